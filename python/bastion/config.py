@@ -1,0 +1,240 @@
+"""One validated, frozen settings object, parsed once at start.
+
+Sources, highest priority first: explicit overrides (CLI flags), environment variables
+(``BASTION_<SECTION>__<FIELD>``, e.g. ``BASTION_SERVER__LISTEN``), the TOML file (``--config`` or
+``BASTION_CONFIG``), then the secure defaults below. Unknown keys are refused. ``Settings.redacted()`` is
+the only form that may be logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from bastion.errors import ConfigError
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bastion"
+
+
+def parse_listen(value: str) -> tuple[str, str, int | None]:
+    """Splits a listen address into (kind, host_or_path, port); kind is "unix" or "tcp"."""
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        if not path:
+            raise ValueError("unix: address needs a path")
+        return "unix", path, None
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT or unix:PATH")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError("port must be an integer") from None
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0..65535")
+    return "tcp", host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TlsSettings(BaseModel):
+    model_config = _FROZEN
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Client CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return self
+
+
+class ServerSettings(BaseModel):
+    model_config = _FROZEN
+    # Loopback by default. Any other TCP address requires TLS.
+    listen: str = "127.0.0.1:50051"
+    # Seconds in-flight streams may run after SIGTERM before they are aborted.
+    grace_period_s: float = Field(default=20.0, ge=0.0, le=600.0)
+    # gRPC message limits (bytes); explicit, never unlimited.
+    max_receive_message_bytes: int = Field(default=1 << 20, ge=1024, le=16 << 20)
+    max_send_message_bytes: int = Field(default=1 << 20, ge=1024, le=16 << 20)
+    # HTTP/2 concurrent streams per connection.
+    max_concurrent_streams: int = Field(default=256, ge=1, le=4096)
+    # Requests admitted at once (running + queued in the engine). Over it: RESOURCE_EXHAUSTED.
+    max_inflight_requests: int = Field(default=128, ge=1, le=65536)
+    # gRPC server reflection. Off by default: it tells anyone the API surface.
+    reflection: bool = False
+    tls: TlsSettings = TlsSettings()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @model_validator(mode="after")
+    def _tls_required(self) -> ServerSettings:
+        kind, host, _ = parse_listen(self.listen)
+        if kind == "tcp" and not is_loopback(host) and not self.tls.enabled:
+            raise ValueError(
+                "server.listen is not a loopback address: set server.tls.cert_file and key_file "
+                "(TLS is required on every non-loopback listener)"
+            )
+        return self
+
+
+class ModelSettings(BaseModel):
+    model_config = _FROZEN
+    # "default" (SmolLM2-135M-Instruct, fetched and converted on first use) or a local model directory.
+    source: str = "default"
+    # Name clients use; defaults to "smollm2-135m-instruct" for the default model, else the directory name.
+    served_name: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": float32 on CPU (about 2x faster than bfloat16 on AVX2), the model's dtype on CUDA.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Context length; None = the model's.
+    max_model_len: int | None = Field(default=None, ge=16, le=1 << 20)
+    max_num_seqs: int = Field(default=64, ge=1, le=4096)
+    enable_prefix_caching: bool = True
+    # CPU backend KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).
+    cpu_kv_cache_gib: float = Field(default=2.0, gt=0, le=1024)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0.05, le=0.98)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    seed: int = Field(default=0, ge=0)
+
+
+class LimitSettings(BaseModel):
+    """Request limits; each is documented in proto/bastion/v1/inference.proto."""
+
+    model_config = _FROZEN
+    max_input_bytes: int = Field(default=131072, ge=1, le=16 << 20)
+    max_message_bytes: int = Field(default=32768, ge=1, le=16 << 20)
+    max_messages: int = Field(default=64, ge=1, le=4096)
+    max_tokens: int = Field(default=4096, ge=1, le=1 << 20)
+    default_max_tokens: int = Field(default=256, ge=1, le=1 << 20)
+    max_stop_strings: int = Field(default=8, ge=0, le=64)
+    max_stop_bytes: int = Field(default=128, ge=1, le=4096)
+    max_logprobs: int = Field(default=20, ge=0, le=20)
+    max_model_name_bytes: int = Field(default=128, ge=1, le=1024)
+    max_client_request_id_bytes: int = Field(default=128, ge=1, le=1024)
+
+
+class ObservabilitySettings(BaseModel):
+    model_config = _FROZEN
+    # Prometheus scrape endpoint, separate from the gRPC port; loopback only. "" disables it.
+    metrics_listen: str = "127.0.0.1:9464"
+    # Where spans go: "none" (kept in process, for tests), "console" (stderr).
+    traces_exporter: Literal["none", "console"] = "none"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, v: str) -> str:
+        if v == "":
+            return v
+        kind, host, _ = parse_listen(v)
+        if kind != "tcp" or not is_loopback(host):
+            raise ValueError("observability.metrics_listen must be a loopback HOST:PORT (or empty to disable)")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="BASTION_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    server: ServerSettings = ServerSettings()
+    model: ModelSettings = ModelSettings()
+    limits: LimitSettings = LimitSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("_BASTION_CONFIG_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """A loggable view: paths and limits only; no secret values ever live in Settings."""
+        return self.model_dump(mode="json")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Parses and validates settings once. Raises ConfigError naming the field; never echoes values."""
+    path = config_file or os.environ.get("BASTION_CONFIG")
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    previous = os.environ.get("_BASTION_CONFIG_FILE")
+    try:
+        if path is not None:
+            os.environ["_BASTION_CONFIG_FILE"] = str(path)
+        else:
+            os.environ.pop("_BASTION_CONFIG_FILE", None)
+        # Nested CLI overrides must merge with env/TOML values of the same section, so read those first.
+        base = Settings()
+        if not overrides:
+            return base
+        merged = _deep_merge(base.model_dump(), overrides)
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration: {type(exc).__name__}") from None
+    finally:
+        if previous is None:
+            os.environ.pop("_BASTION_CONFIG_FILE", None)
+        else:
+            os.environ["_BASTION_CONFIG_FILE"] = previous

@@ -1,0 +1,138 @@
+"""The engine seam: everything servicers know about an engine.
+
+Only ``bastion.engine`` imports vllm. Servicers talk to an :class:`EnginePool` of :class:`Engine`
+objects through the plain dataclasses below, so a fake engine can stand in for gRPC-layer tests and a
+pool of replicas can stand behind the same interface later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from bastion.errors import NotFound
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    digest: str  # "blake3:<hex>"
+    max_context: int
+    device: str  # "cpu" | "cuda"
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Validated sampling parameters (see bastion.server.validation)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingSpec
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """One streamed step: the delta since the previous output of the same request."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprobs, ...] = ()
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative
+    cached_prompt_tokens: int = 0
+
+
+@dataclass
+class EngineStats:
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0  # fraction of KV blocks in use, 0..1
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One served model. Implementations: VllmEngine (real), FakeEngine (tests)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def is_ready(self) -> bool: ...
+
+    def is_dead(self) -> bool: ...
+
+    async def tokenize(self, prompt: str | None, conversation: Sequence[ChatTurn] | None) -> list[int]:
+        """Token ids of a raw prompt, or of a conversation rendered with the chat template."""
+        ...
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Streams outputs; the last one has finished=True. Closing the iterator early aborts."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class EnginePool:
+    """Engines by served name. Today one engine per model; replicas later sit behind the same lookup."""
+
+    def __init__(self, engines: Sequence[Engine] = ()) -> None:
+        self._engines: dict[str, Engine] = {}
+        for e in engines:
+            self.add(e)
+
+    def add(self, engine: Engine) -> None:
+        self._engines[engine.info.name] = engine
+
+    def get(self, name: str) -> Engine:
+        try:
+            return self._engines[name]
+        except KeyError:
+            raise NotFound("model not found") from None
+
+    def all(self) -> list[Engine]:
+        return list(self._engines.values())
+
+    def is_ready(self) -> bool:
+        return bool(self._engines) and all(e.is_ready() and not e.is_dead() for e in self._engines.values())
+
+    def any_dead(self) -> bool:
+        return any(e.is_dead() for e in self._engines.values())
+
+    async def shutdown(self) -> None:
+        for e in self._engines.values():
+            await e.shutdown()
