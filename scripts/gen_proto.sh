@@ -4,7 +4,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$here/python}
-py=${PYTHON:-$here/.venv/bin/python}
+py=${PYTHON:-$(command -v python)}
+[ -x "$here/.venv/bin/python" ] && [ -z "${PYTHON:-}" ] && py=$here/.venv/bin/python
 mkdir -p "$out/bastion/v1"
 "$py" -m grpc_tools.protoc -I "$here/proto" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \

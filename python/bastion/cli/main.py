@@ -1,0 +1,166 @@
+"""``bastion`` command line: serve, generate, health, models fetch-default.
+
+Exit codes: 0 success; 1 a failed call or server start; 2 bad usage or configuration (one line on
+stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from bastion.config import Settings, load_settings
+from bastion.errors import BastionError, ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bastion", description="Hardened self-hosted LLM inference server (gRPC).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the gRPC server")
+    s.add_argument("--config", help="TOML config file (default: $BASTION_CONFIG)")
+    s.add_argument("--listen", help="HOST:PORT or unix:PATH (non-loopback TCP needs TLS)")
+    s.add_argument("--model", help='"default" or a model directory')
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"))
+
+    def client_args(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--config", help="TOML config file; the default target is its server.listen")
+        c.add_argument("--target", help="HOST:PORT or unix:PATH")
+        c.add_argument("--ca-file", help="CA bundle to verify the server (TLS)")
+        c.add_argument("--client-cert", help="client certificate for mutual TLS")
+        c.add_argument("--client-key", help="client key for mutual TLS")
+        c.add_argument("--server-name", help="expected server certificate name, when it differs from the target")
+
+    g = sub.add_parser("generate", help="stream a completion to stdout")
+    client_args(g)
+    g.add_argument("--model", help="served model name (default: the first listed)")
+    g.add_argument("--max-tokens", type=int)
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--system", help="system message (chat mode)")
+    g.add_argument("--raw", action="store_true", help="send PROMPT as raw text, without the chat template")
+    g.add_argument("prompt", metavar="PROMPT")
+
+    h = sub.add_parser("health", help="print SERVING or NOT_SERVING (exit 0 or 1)")
+    client_args(h)
+    h.add_argument("--timeout", type=float, default=5.0)
+
+    m = sub.add_parser("models", help="model management")
+    msub = m.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
+    f = msub.add_parser("fetch-default", help="fetch and convert the default model; prints its directory")
+    f.add_argument("--config", help="TOML config file")
+    return p
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.listen:
+        overrides.setdefault("server", {})["listen"] = args.listen
+    if args.model:
+        overrides.setdefault("model", {})["source"] = args.model
+    if args.device:
+        overrides.setdefault("model", {})["device"] = args.device
+    return overrides
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, _serve_overrides(args))
+    try:
+        from bastion.engine.factory import build_pool  # heavy (vllm); only the serve command needs it
+    except ImportError as exc:
+        print(f"bastion: the inference engine is not installed ({exc.name or exc})", file=sys.stderr)
+        return 1
+    from bastion.server.app import run_server
+
+    return run_server(settings, lambda: build_pool(settings))
+
+
+def _channel(args: argparse.Namespace, settings: Settings) -> Any:
+    from bastion.cli import client
+
+    target = args.target or client.default_target(settings)
+    return client.open_channel(
+        target, settings, ca_file=args.ca_file, client_cert=args.client_cert, client_key=args.client_key,
+        server_name=args.server_name,
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from bastion.cli import client
+
+    settings = load_settings(args.config)
+
+    async def go() -> int:
+        channel = _channel(args, settings)
+        try:
+            await client.generate(
+                channel, prompt=args.prompt, model=args.model, max_tokens=args.max_tokens,
+                temperature=args.temperature, system=args.system, raw=args.raw,
+            )
+            return 0
+        except grpc.aio.AioRpcError as exc:
+            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        finally:
+            await channel.close()
+
+    return asyncio.run(go())
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    import grpc
+
+    from bastion.cli import client
+
+    settings = load_settings(args.config)
+
+    async def go() -> int:
+        channel = _channel(args, settings)
+        try:
+            status = await client.health(channel, args.timeout)
+        except grpc.aio.AioRpcError as exc:
+            print("NOT_SERVING")
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        finally:
+            await channel.close()
+        print(status)
+        return 0 if status == "SERVING" else 1
+
+    return asyncio.run(go())
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    from bastion.models.default import ensure_default_model
+
+    print(ensure_default_model(settings))
+    return 0
+
+
+_COMMANDS = {"serve": _cmd_serve, "generate": _cmd_generate, "health": _cmd_health, "models": _cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"bastion: {exc.public_message}", file=sys.stderr)
+        return 2
+    except BastionError as exc:
+        print(f"bastion: {exc.public_message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. an unreadable certificate file given to a client command
+        print(f"bastion: {exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

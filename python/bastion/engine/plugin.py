@@ -1,0 +1,34 @@
+"""bastion's vLLM plugin (entry point group ``vllm.general_plugins``).
+
+vLLM calls ``register()`` in every process it starts: the API process, the EngineCore and each worker.
+It is where bastion registers what must exist inside those processes (the sealed-model load format and
+the tenant-aware scheduler come with later work). Today it checks that the native extension in the worker
+matches the package, so a stale build can never load weights, and records that it ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+_registered = False
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    from bastion.digest import native_version  # refuses a stale extension (ImportError)
+
+    _registered = True
+    log.debug("bastion vLLM plugin registered in pid %d (native %s)", os.getpid(), native_version())
+    marker = os.environ.get("BASTION_PLUGIN_MARKER_DIR")
+    if marker:  # test hook: proves the plugin ran in vLLM's child processes
+        with open(os.path.join(marker, f"plugin-{os.getpid()}"), "w") as fh:
+            fh.write(native_version())
+
+
+def is_registered() -> bool:
+    return _registered

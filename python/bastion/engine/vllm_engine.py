@@ -1,0 +1,198 @@
+"""The real engine: vLLM's v1 ``AsyncLLM`` in this process, its EngineCore and workers in child processes.
+
+Only this package imports vllm. Start-up (55-100 s on CPU) runs in a worker thread so the gRPC server
+keeps answering health checks (NOT_SERVING) meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from bastion.config import Settings
+from bastion.engine.device import Device, resolve_dtype
+from bastion.engine.protocol import (
+    ChatTurn,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    ModelInfo,
+    TokenLogprobs,
+)
+from bastion.engine.stats import StatsSink, make_stat_logger_factory
+from bastion.errors import EngineError, InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
+
+_FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+def _engine_args(settings: Settings, model_path: str, name: str, device: Device) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    m = settings.model
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        served_model_name=name,
+        dtype=resolve_dtype(m.dtype, device),
+        max_model_len=m.max_model_len,
+        max_num_seqs=m.max_num_seqs,
+        enable_prefix_caching=m.enable_prefix_caching,
+        seed=m.seed,
+        tensor_parallel_size=m.tensor_parallel_size,
+        disable_log_stats=True,  # bastion exports its own metrics; vLLM's stat loggers stay off
+        enable_log_requests=False,  # vLLM would log prompts; bastion never does at INFO
+        trust_remote_code=False,
+    )
+    if device == "cuda":
+        kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
+    return AsyncEngineArgs(**kwargs)
+
+
+class VllmEngine:
+    """Implements bastion.engine.protocol.Engine over vllm.v1.engine.async_llm.AsyncLLM."""
+
+    def __init__(self, llm: Any, info: ModelInfo, sink: StatsSink) -> None:
+        self._llm = llm
+        self._info = info
+        self._sink = sink
+        self._tokenizer = llm.get_tokenizer()
+        self._stopped = False
+
+    @classmethod
+    async def start(cls, settings: Settings, model_path: str, name: str, digest: str, device: Device) -> VllmEngine:
+        if device == "cpu":
+            # Read by vLLM's CPU worker processes (inherited environment).
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.model.cpu_kv_cache_gib)))
+        args = _engine_args(settings, model_path, name, device)
+        sink = StatsSink()
+
+        def build() -> Any:
+            from vllm.usage.usage_lib import UsageContext
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+            return AsyncLLM.from_vllm_config(
+                config,
+                stat_loggers=[make_stat_logger_factory(sink)],
+                disable_log_stats=True,
+                enable_log_requests=False,
+            )
+
+        llm = await asyncio.to_thread(build)
+        max_context = int(llm.model_config.max_model_len)
+        info = ModelInfo(name=name, digest=digest, max_context=max_context, device=device, path=model_path)
+        log.info("engine ready: model %s (%s) on %s, context %d tokens", name, digest, device, max_context)
+        return cls(llm, info, sink)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def is_ready(self) -> bool:
+        return not self._stopped and not self._llm.errored
+
+    def is_dead(self) -> bool:
+        return bool(self._llm.errored)
+
+    def _tokenize_sync(self, prompt: str | None, conversation: Sequence[ChatTurn] | None) -> list[int]:
+        tok = self._tokenizer
+        if conversation is not None:
+            messages = [{"role": t.role, "content": t.content} for t in conversation]
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            # The template already carries the special tokens it needs.
+            return list(tok.encode(text, add_special_tokens=False))
+        assert prompt is not None
+        return list(tok.encode(prompt, add_special_tokens=True))
+
+    async def tokenize(self, prompt: str | None, conversation: Sequence[ChatTurn] | None) -> list[int]:
+        if self.is_dead():
+            raise Unavailable()
+        try:
+            return await asyncio.to_thread(self._tokenize_sync, prompt, conversation)
+        except Exception as exc:  # a template error on odd role orders, for instance
+            log.debug("tokenize failed: %r", exc)
+            raise InvalidArgument("conversation", "cannot be rendered with the model's chat template") from None
+
+    def _sampling_params(self, request: EngineRequest) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        s = request.sampling
+        return SamplingParams(
+            n=1,
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seed=s.seed,
+            stop=list(s.stop) or None,
+            logprobs=s.logprobs if s.logprobs > 0 else None,
+            output_kind=RequestOutputKind.DELTA,
+            skip_special_tokens=True,
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        from vllm.inputs.engine import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self.is_dead():
+            raise Unavailable()
+        params = self._sampling_params(request)
+        prompt = tokens_input(list(request.prompt_token_ids))
+        prompt_tokens = len(request.prompt_token_ids)
+        completion_tokens = 0
+        try:
+            async for out in self._llm.generate(prompt, params, request.request_id):
+                comp = out.outputs[0]
+                ids = tuple(int(t) for t in comp.token_ids)
+                completion_tokens += len(ids)
+                yield EngineOutput(
+                    text=comp.text,
+                    token_ids=ids,
+                    logprobs=_convert_logprobs(ids, comp.logprobs, request.sampling.logprobs),
+                    finished=out.finished,
+                    finish_reason=_FINISH.get(comp.finish_reason, "stop") if out.finished else None,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cached_prompt_tokens=int(out.num_cached_tokens or 0),
+                )
+        except EngineDeadError:
+            raise Unavailable(detail="engine dead") from None
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # AsyncLLM.generate aborts the request itself on cancel / close
+        except Exception as exc:
+            log.debug("engine generate failed: %r", exc)
+            raise EngineError(detail=f"engine error: {type(exc).__name__}") from None
+
+    async def abort(self, request_id: str) -> None:
+        if not self.is_dead():
+            await self._llm.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        return self._sink.snapshot(self._llm.get_num_unfinished_requests())
+
+    async def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await asyncio.to_thread(self._llm.shutdown)
+
+
+def _convert_logprobs(ids: tuple[int, ...], logprobs: Any, k: int) -> tuple[TokenLogprobs, ...]:
+    """vLLM returns, per position, the top-k entries plus the sampled token (ranked 1..)."""
+    if not k or not logprobs:
+        return ()
+    result = []
+    for i, token_id in enumerate(ids):
+        entry = logprobs[i]
+        sampled = float(entry[token_id].logprob) if token_id in entry else float("nan")
+        top = sorted(
+            ((int(t), float(lp.logprob)) for t, lp in entry.items() if lp.rank is not None and lp.rank <= k),
+            key=lambda x: -x[1],
+        )
+        result.append(TokenLogprobs(token_id=token_id, logprob=sampled, top=tuple(top[:k])))
+    return tuple(result)

@@ -1,0 +1,131 @@
+"""Metrics: OpenTelemetry instruments exported through a Prometheus scrape endpoint.
+
+Each :class:`Metrics` owns its MeterProvider and a private prometheus_client registry (so several
+servers in one process, as in tests, never share or double-register series). The scrape endpoint is a
+separate loopback port (``observability.metrics_listen``); "" disables it.
+
+Series (Prometheus names):
+  bastion_rpc_requests_total{method,code}        every finished Inference RPC
+  bastion_rpc_errors_total{method,code}          the non-OK ones
+  bastion_rpc_duration_seconds{method}           RPC wall time
+  bastion_time_to_first_token_seconds{model}     request start -> first streamed token
+  bastion_inter_token_latency_seconds{model}     gap between streamed tokens
+  bastion_output_tokens_total{model}             generated tokens (rate() gives tokens/s)
+  bastion_prompt_tokens_total{model}, bastion_cached_prompt_tokens_total{model}
+  bastion_request_output_tokens_per_second{model}  per request, completion tokens / request wall time
+  bastion_inflight_requests                      admitted generations
+  bastion_engine_running_requests{model}, bastion_engine_waiting_requests{model} (queue depth),
+  bastion_engine_kv_usage_ratio{model}           from EngineStats at scrape time
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.process_collector import ProcessCollector
+
+from bastion.config import parse_listen
+from bastion.engine.protocol import EngineStats
+
+log = logging.getLogger(__name__)
+
+StatsSource = Callable[[], Iterable[tuple[str, EngineStats]]]
+
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5)
+_RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self._reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
+        self._provider = MeterProvider(
+            metric_readers=[self._reader], resource=Resource.create({"service.name": "bastion"})
+        )
+        self._stats: StatsSource = lambda: ()
+        self._inflight: Callable[[], int] = lambda: 0
+        self._http: object | None = None
+        self.http_address = ""  # bound HOST:PORT of the scrape endpoint, once started
+        m = self._provider.get_meter("bastion.server")
+        self.requests = m.create_counter("bastion_rpc_requests", "{request}", "Finished Inference RPCs")
+        self.errors = m.create_counter("bastion_rpc_errors", "{request}", "Inference RPCs that ended non-OK")
+        self.duration = m.create_histogram(
+            "bastion_rpc_duration", "s", "RPC wall time", explicit_bucket_boundaries_advisory=_DURATION_BUCKETS
+        )
+        self.ttft = m.create_histogram(
+            "bastion_time_to_first_token", "s", "Request start to first streamed token",
+            explicit_bucket_boundaries_advisory=_TTFT_BUCKETS,
+        )
+        self.itl = m.create_histogram(
+            "bastion_inter_token_latency", "s", "Time between streamed tokens",
+            explicit_bucket_boundaries_advisory=_ITL_BUCKETS,
+        )
+        self.output_tokens = m.create_counter("bastion_output_tokens", "{token}", "Generated tokens")
+        self.prompt_tokens = m.create_counter("bastion_prompt_tokens", "{token}", "Prompt tokens")
+        self.cached_tokens = m.create_counter(
+            "bastion_cached_prompt_tokens", "{token}", "Prompt tokens served from the prefix cache"
+        )
+        self.tokens_per_s = m.create_histogram(
+            "bastion_request_output_tokens_per_second", "{token}/s",
+            "Per request: completion tokens / request wall time", explicit_bucket_boundaries_advisory=_RATE_BUCKETS,
+        )
+        m.create_observable_gauge(
+            "bastion_inflight_requests", [self._observe_inflight], "{request}", "Admitted generations"
+        )
+        m.create_observable_gauge(
+            "bastion_engine_running_requests", [self._observe("running")], "{request}", "Running in the engine"
+        )
+        m.create_observable_gauge(
+            "bastion_engine_waiting_requests", [self._observe("waiting")], "{request}", "Queued in the engine"
+        )
+        m.create_observable_gauge(
+            "bastion_engine_kv_usage_ratio", [self._observe("kv_usage")], "1", "Fraction of KV blocks in use"
+        )
+
+    def bind(self, *, stats: StatsSource, inflight: Callable[[], int]) -> None:
+        """Connects the scrape-time gauges to the server state."""
+        self._stats = stats
+        self._inflight = inflight
+
+    def _observe_inflight(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self._inflight())]
+
+    # Gauge callbacks run on the scrape thread: they only read counters the engine already keeps.
+    def _observe(self, attr: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(float(getattr(s, attr)), {"model": name}) for name, s in self._stats()]
+            except Exception:  # a scrape must never fail because one engine misbehaves
+                log.debug("engine stats unavailable", exc_info=True)
+                return []
+
+        return callback
+
+    def start_http(self, listen: str) -> str:
+        """Serves /metrics on a loopback HOST:PORT; returns the bound address."""
+        _, host, port = parse_listen(listen)
+        server, _thread = start_http_server(port or 0, addr=host, registry=self.registry)
+        self._http = server
+        bound = f"[{host}]:{server.server_port}" if ":" in host else f"{host}:{server.server_port}"
+        self.http_address = bound
+        log.info("metrics on http://%s/metrics", bound)
+        return bound
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()  # type: ignore[attr-defined]
+            self._http.server_close()  # type: ignore[attr-defined]
+            self._http = None
+
+    def shutdown(self) -> None:
+        self.stop_http()
+        self._provider.shutdown()

@@ -1,0 +1,132 @@
+"""Per-RPC telemetry: one span and one set of metric updates for each Inference RPC.
+
+The servicer opens :meth:`Telemetry.rpc` around a call and fills the :class:`RpcRecord` (model,
+digest, status code, token counts, first-token time); on exit the record becomes span attributes and
+metric points. Span attributes carry ids, counts and timings, never prompt or completion text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from bastion.config import Settings
+from bastion.observability.metrics import Metrics
+from bastion.observability.tracing import build_tracer_provider
+
+SERVICE = "bastion.v1.Inference"
+
+
+class RpcRecord:
+    """What one RPC did; filled by the servicer, read once when the RPC ends."""
+
+    def __init__(self, method: str, request_id: str) -> None:
+        self.method = method
+        self.request_id = request_id
+        self.start = time.perf_counter()
+        self.model = ""
+        self.digest = ""
+        self.client_request_id = ""
+        self.code = grpc.StatusCode.OK
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.ttft_s: float | None = None
+        self.last_token_at: float | None = None
+
+
+class Telemetry:
+    def __init__(self, tracer_provider: TracerProvider, metrics: Metrics | None = None) -> None:
+        self.tracer_provider = tracer_provider
+        self.tracer = tracer_provider.get_tracer("bastion.server")
+        self.metrics = metrics or Metrics()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, span_exporter: SpanExporter | None = None) -> Telemetry:
+        provider = build_tracer_provider(settings.observability.traces_exporter, span_exporter)
+        return cls(provider)
+
+    def shutdown(self) -> None:
+        self.metrics.shutdown()
+        self.tracer_provider.shutdown()
+
+    def tokens(self, rec: RpcRecord, n: int) -> None:
+        """Records n tokens streamed now: the first-token time once, then inter-token gaps."""
+        if n <= 0:
+            return
+        now = time.perf_counter()
+        attrs = {"model": rec.model}
+        if rec.ttft_s is None:
+            rec.ttft_s = now - rec.start
+            self.metrics.ttft.record(rec.ttft_s, attrs)
+        elif rec.last_token_at is not None:
+            gap = (now - rec.last_token_at) / n
+            for _ in range(min(n, 16)):  # a burst of tokens in one step shares the gap
+                self.metrics.itl.record(gap, attrs)
+        rec.last_token_at = now
+
+    @contextmanager
+    def rpc(self, method: str, request_id: str) -> Iterator[RpcRecord]:
+        rec = RpcRecord(method, request_id)
+        with self.tracer.start_as_current_span(
+            f"{SERVICE}/{method}", kind=SpanKind.SERVER, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                yield rec
+            except asyncio.CancelledError:
+                if rec.code == grpc.StatusCode.OK:
+                    rec.code = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException:
+                if rec.code == grpc.StatusCode.OK:
+                    rec.code = grpc.StatusCode.INTERNAL
+                raise
+            finally:
+                self._finish(span, rec)
+
+    def _finish(self, span: object, rec: RpcRecord) -> None:
+        elapsed = time.perf_counter() - rec.start
+        code = rec.code.name
+        attrs = {
+            "rpc.system": "grpc",
+            "rpc.service": SERVICE,
+            "rpc.method": rec.method,
+            "rpc.grpc.status_code": rec.code.value[0],
+            "bastion.request_id": rec.request_id,
+        }
+        if rec.model:
+            attrs["bastion.model"] = rec.model
+        if rec.digest:
+            attrs["bastion.model_digest"] = rec.digest
+        if rec.client_request_id:
+            attrs["bastion.client_request_id"] = rec.client_request_id
+        if rec.method == "Generate":
+            attrs["bastion.usage.prompt_tokens"] = rec.prompt_tokens
+            attrs["bastion.usage.completion_tokens"] = rec.completion_tokens
+            attrs["bastion.usage.cached_prompt_tokens"] = rec.cached_tokens
+            if rec.ttft_s is not None:
+                attrs["bastion.ttft_s"] = rec.ttft_s
+        span.set_attributes(attrs)  # type: ignore[attr-defined]
+        if rec.code != grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code))  # type: ignore[attr-defined]
+
+        m = self.metrics
+        labels = {"method": rec.method, "code": code}
+        m.requests.add(1, labels)
+        if rec.code != grpc.StatusCode.OK:
+            m.errors.add(1, labels)
+        m.duration.record(elapsed, {"method": rec.method})
+        if rec.model and rec.method == "Generate":
+            model = {"model": rec.model}
+            m.prompt_tokens.add(rec.prompt_tokens, model)
+            m.cached_tokens.add(rec.cached_tokens, model)
+            m.output_tokens.add(rec.completion_tokens, model)
+            if rec.completion_tokens and elapsed > 0:
+                m.tokens_per_s.record(rec.completion_tokens / elapsed, model)

@@ -1,0 +1,95 @@
+"""Admission and in-flight tracking: a bounded number of generations, and the drain on shutdown.
+
+Every Inference RPC registers a :class:`Ticket` while it runs so shutdown can wait for them; only
+Generate tickets count against ``server.max_inflight_requests``. A full server answers
+RESOURCE_EXHAUSTED at once instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from bastion.errors import Overloaded, Unavailable
+
+
+class Ticket:
+    """One running RPC. Shutdown past the grace period calls :meth:`request_abort`."""
+
+    __slots__ = ("request_id", "counted", "task", "abort_requested", "cancellable")
+
+    def __init__(self, request_id: str, counted: bool) -> None:
+        self.request_id = request_id
+        self.counted = counted
+        self.task = asyncio.current_task()
+        self.abort_requested = False
+        # True while the handler waits on the engine; False while it writes to the client, so a
+        # shutdown abort never interrupts a half-sent message (the handler checks the flag after it).
+        self.cancellable = True
+
+    def request_abort(self) -> None:
+        self.abort_requested = True
+        if self.cancellable and self.task is not None and not self.task.done():
+            self.task.cancel("bastion shutdown")
+
+
+class Admission:
+    def __init__(self, max_inflight: int) -> None:
+        self._max = max_inflight
+        self._tickets: dict[int, Ticket] = {}
+        self._counted = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.closed = False
+
+    @property
+    def inflight(self) -> int:
+        """Admitted generations (the number bounded by max_inflight_requests)."""
+        return self._counted
+
+    @property
+    def active(self) -> int:
+        """Every tracked RPC."""
+        return len(self._tickets)
+
+    @contextmanager
+    def admit(self, request_id: str, *, counted: bool) -> Iterator[Ticket]:
+        """Tracks the current RPC; raises Unavailable when draining, Overloaded when full (counted only)."""
+        if self.closed:
+            raise Unavailable("server is shutting down")
+        if counted and self._counted >= self._max:
+            raise Overloaded()
+        ticket = Ticket(request_id, counted)
+        key = id(ticket)
+        self._tickets[key] = ticket
+        self._counted += counted
+        self._idle.clear()
+        try:
+            yield ticket
+        finally:
+            del self._tickets[key]
+            self._counted -= counted
+            if not self._tickets:
+                self._idle.set()
+
+    def close(self) -> None:
+        """Refuses new RPCs from now on; running ones continue."""
+        self.closed = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Waits until no RPC is tracked, at most timeout seconds; True when idle."""
+        if self._idle.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def abort_all(self) -> int:
+        """Asks every tracked RPC to end now; returns how many were asked."""
+        tickets = list(self._tickets.values())
+        for t in tickets:
+            t.request_abort()
+        return len(tickets)

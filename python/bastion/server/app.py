@@ -1,0 +1,211 @@
+"""Server lifecycle: bind and start, load the engine pool, serve, drain, stop.
+
+Order (each step logged once):
+  1. build the grpc.aio server (explicit limits), register Inference + grpc.health.v1, bind, start;
+     health is NOT_SERVING, Inference answers UNAVAILABLE;
+  2. ``await pool_factory()`` (a minute or more for vLLM); health turns SERVING once the pool is ready,
+     and a watchdog keeps it in step with the engines (NOT_SERVING when one dies);
+  3. on SIGTERM/SIGINT (or ``stop_event``): health NOT_SERVING for good, new Generate/Tokenize
+     calls refused with UNAVAILABLE "server is shutting down" (the listener stays up meanwhile, so
+     health checks keep answering and no connection is reset), in-flight generations run on for up
+     to ``server.grace_period_s``; past it they are aborted: the engine request is aborted and the
+     client's stream ends with a final FINISH_REASON_ABORT message (usage so far) and status OK;
+     a second signal aborts them at once;
+  4. ``server.stop(FLUSH_S)`` in ``finally`` (finished calls send their status; health watches are
+     then cancelled), then ``pool.shutdown()``.
+Exit codes: 0 after a clean stop, 1 when binding or loading the engine pool failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+
+from grpc_health.v1 import health_pb2_grpc
+
+from bastion.config import Settings
+from bastion.engine.protocol import EnginePool, EngineStats
+from bastion.errors import BastionError, ConfigError
+from bastion.observability.logs import setup_logging
+from bastion.observability.telemetry import Telemetry
+from bastion.server.health import NOT_SERVING, WATCHDOG_INTERVAL_S, Health
+from bastion.server.listener import bind, build_server
+from bastion.server.servicer import InferenceServicer, ServerState
+from bastion.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+PoolFactory = Callable[[], Awaitable[EnginePool]]
+# After the grace period: time for aborted streams to send their final message before the hard stop.
+ABORT_MARGIN_S = 2.0
+# After the drain: time for finished calls to send their last messages and status.
+FLUSH_S = 1.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, BastionError) else f"{type(exc).__name__}: {exc}"
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return line[:500]
+
+
+def _stats(state: ServerState) -> Iterable[tuple[str, EngineStats]]:
+    pool = state.pool
+    return [] if pool is None else [(e.info.name, e.stats()) for e in pool.all()]
+
+
+def _enable_reflection(server: object) -> None:
+    try:
+        from grpc_reflection.v1alpha import reflection  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigError("server.reflection needs the grpcio-reflection package") from None
+    from grpc_health.v1 import health_pb2
+
+    from bastion.v1 import inference_pb2
+
+    names = (
+        inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+
+
+async def _load_pool(pool_factory: PoolFactory, stop_event: asyncio.Event) -> EnginePool | None:
+    """The pool, or None when a stop was requested first (the load is then cancelled)."""
+    loading = asyncio.ensure_future(pool_factory())
+    stopping = asyncio.ensure_future(stop_event.wait())
+    try:
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if loading.done():
+        return loading.result()
+    log.info("stop requested while loading the engine pool; cancelling the load")
+    loading.cancel()
+    try:
+        await loading
+    except BaseException:  # noqa: BLE001 - we are leaving anyway
+        log.debug("engine pool load ended on cancel", exc_info=True)
+    return None
+
+
+async def _drain(health: Health, state: ServerState, grace: float) -> None:
+    """Refuses new work and lets generations finish within grace; aborts the rest.
+
+    The gRPC server keeps running meanwhile, so health checks answer NOT_SERVING and new Inference
+    calls get a clean UNAVAILABLE ("server is shutting down") instead of a reset connection.
+    """
+    await health.shutting_down()
+    state.admission.close()
+    active = state.admission.active
+    if active:
+        log.info("draining %d in-flight requests (grace %.1fs)", active, grace)
+    if not await state.admission.wait_idle(grace):
+        n = state.admission.abort_all()
+        log.warning("grace period over: aborting %d in-flight requests", n)
+        await state.admission.wait_idle(ABORT_MARGIN_S)
+
+
+async def serve(
+    settings: Settings,
+    pool_factory: PoolFactory,
+    *,
+    stop_event: asyncio.Event | None = None,
+    on_bound: Callable[[str], None] | None = None,
+    telemetry: Telemetry | None = None,
+    watchdog_interval: float = WATCHDOG_INTERVAL_S,
+) -> int:
+    """Runs the server until stop_event is set (or SIGTERM/SIGINT when no event is given)."""
+    loop = asyncio.get_running_loop()
+    owns_telemetry = telemetry is None
+    telemetry = telemetry or Telemetry.from_settings(settings)
+    state = ServerState(settings)
+    telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
+    signals: list[int] = []
+    if stop_event is None:
+        stop_event = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop_event.is_set():
+                log.warning("second stop signal: aborting in-flight requests now")
+                state.admission.abort_all()
+            stop_event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+            signals.append(sig)
+
+    health = Health()
+    server = build_server(settings.server)
+    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(state, telemetry), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    pool: EnginePool | None = None
+    watchdog: asyncio.Task[None] | None = None
+    started = False
+    try:
+        try:
+            if settings.server.reflection:
+                _enable_reflection(server)
+                log.warning("gRPC reflection is on: any client can list the API")
+            address, description = bind(server, settings.server)
+            if settings.observability.metrics_listen:
+                telemetry.metrics.start_http(settings.observability.metrics_listen)
+        except (ConfigError, OSError) as exc:
+            log.error("cannot start: %s", _one_line(exc))
+            return 1
+        await health.set(NOT_SERVING)
+        await server.start()
+        started = True
+        log.info("listening on %s (%s); health is NOT_SERVING until the engine is ready", address, description)
+        log.info("try: bastion health --target %s ; bastion generate --target %s 'Hello'", address, address)
+        if on_bound is not None:
+            on_bound(address)
+
+        try:
+            pool = await _load_pool(pool_factory, stop_event)
+        except Exception as exc:  # noqa: BLE001 - reported in one line; details at DEBUG
+            log.error("engine pool failed to start: %s", _one_line(exc))
+            log.debug("engine pool failure detail", exc_info=exc)
+            return 1
+        if pool is None:
+            return 0
+        state.pool = pool
+        watchdog = asyncio.ensure_future(health.follow(pool, watchdog_interval))
+        log.info("engine pool loaded: %s", ", ".join(f"{e.info.name} ({e.info.digest})" for e in pool.all()))
+
+        await stop_event.wait()
+        log.info("stop requested: health NOT_SERVING, draining")
+        await _drain(health, state, settings.server.grace_period_s)
+        return 0
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        if started:
+            await health.shutting_down()
+        state.admission.close()
+        # Drained handlers have returned; their calls get FLUSH_S to send the final status, then
+        # whatever is left (health watches, stragglers) is cancelled.
+        await server.stop(FLUSH_S)
+        telemetry.metrics.stop_http()
+        if pool is not None:
+            try:
+                await pool.shutdown()
+            except Exception as exc:  # noqa: BLE001
+                log.error("engine pool shutdown failed: %s", _one_line(exc))
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        if owns_telemetry:
+            telemetry.shutdown()
+        log.info("stopped")
+
+
+def run_server(settings: Settings, pool_factory: PoolFactory) -> int:
+    """Blocking entry point for ``bastion serve``: logging, the event loop, the exit code."""
+    setup_logging(settings.observability.log_level)
+    log.debug("settings: %s", settings.redacted())
+    try:
+        return asyncio.run(serve(settings, pool_factory))
+    except KeyboardInterrupt:  # a signal before the handlers were installed
+        return 130

@@ -1,0 +1,48 @@
+"""Conversions between the protobuf messages and the engine seam's dataclasses."""
+
+from __future__ import annotations
+
+from bastion.engine.protocol import EngineOutput, ModelInfo, Role
+from bastion.v1 import inference_pb2 as pb
+
+# Proto role values accepted in a conversation; ROLE_UNSPECIFIED and unknown values are refused.
+ROLES: dict[int, Role] = {
+    pb.ROLE_SYSTEM: "system",
+    pb.ROLE_USER: "user",
+    pb.ROLE_ASSISTANT: "assistant",
+}
+
+FINISH_REASONS: dict[str, int] = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "abort": pb.FINISH_REASON_ABORT,
+}
+
+
+def model_info(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(name=info.name, digest=info.digest, max_context=info.max_context, device=info.device)
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cached_prompt_tokens=cached_prompt_tokens,
+    )
+
+
+def delta(request_id: str, out: EngineOutput, *, digest: str = "") -> pb.GenerateResponse:
+    """One streamed message from one engine step (finish fields are added by the caller)."""
+    msg = pb.GenerateResponse(request_id=request_id, text=out.text, token_ids=out.token_ids, model_digest=digest)
+    for lp in out.logprobs:
+        entry = msg.logprobs.add()
+        entry.sampled.token_id = lp.token_id
+        entry.sampled.logprob = lp.logprob
+        for token_id, logprob in lp.top:
+            entry.top.add(token_id=token_id, logprob=logprob)
+    return msg
+
+
+def finish_reason(reason: str | None) -> int:
+    """Unknown or missing reasons from an engine map to STOP only when the engine said it finished."""
+    return FINISH_REASONS.get(reason or "stop", pb.FINISH_REASON_STOP)

@@ -1,0 +1,104 @@
+"""Streaming one generation from the engine to the client, and ending it cleanly in every case.
+
+Endings:
+  * the engine finishes: the last message carries finish_reason, usage and the model digest;
+  * the client cancels or its deadline passes: grpc.aio cancels the handler task; the CancelledError
+    propagates and the engine request is aborted and its iterator closed on the way out;
+  * shutdown past the grace period (``Ticket.request_abort``): the engine request is aborted and the
+    client gets a final message with FINISH_REASON_ABORT and the usage so far, then status OK;
+  * the engine raises: the error propagates to the servicer (UNAVAILABLE when the engine is dead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from bastion.engine.protocol import Engine, EngineOutput, EngineRequest, SamplingSpec
+from bastion.errors import EngineError
+from bastion.observability.telemetry import RpcRecord, Telemetry
+from bastion.server import convert
+from bastion.server.admission import Ticket
+from bastion.v1 import inference_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+async def _release(engine: Engine, request_id: str, it: AsyncIterator[EngineOutput], finished: bool) -> None:
+    """Aborts an unfinished engine request and closes its iterator; never raises."""
+    if not finished:
+        try:
+            await engine.abort(request_id)
+        except Exception:  # noqa: BLE001 - cleanup must finish; the engine logs its own failure
+            log.warning("engine abort failed", exc_info=log.isEnabledFor(logging.DEBUG))
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001
+            log.debug("closing the engine stream failed", exc_info=True)
+
+
+async def stream_generation(
+    engine: Engine,
+    request_id: str,
+    prompt_token_ids: Sequence[int],
+    sampling: SamplingSpec,
+    context: grpc.aio.ServicerContext,
+    ticket: Ticket,
+    rec: RpcRecord,
+    telemetry: Telemetry,
+) -> str:
+    """Streams the generation; returns the finish reason ("stop", "length" or "abort")."""
+    digest = engine.info.digest
+    rec.prompt_tokens = len(prompt_token_ids)
+    it = engine.generate(EngineRequest(request_id, tuple(prompt_token_ids), sampling))
+    finished = False
+    shutdown = False
+    first = True
+    try:
+        while not ticket.abort_requested:
+            ticket.cancellable = True
+            try:
+                out = await anext(it)
+            except StopAsyncIteration:
+                raise EngineError(detail="engine stream ended without a final output") from None
+            finally:
+                ticket.cancellable = False
+            rec.prompt_tokens = out.prompt_tokens or rec.prompt_tokens
+            rec.completion_tokens = out.completion_tokens or rec.completion_tokens + len(out.token_ids)
+            rec.cached_tokens = out.cached_prompt_tokens or rec.cached_tokens
+            msg = convert.delta(request_id, out, digest=digest if first or out.finished else "")
+            first = False
+            if out.finished:
+                finished = True
+                msg.finish_reason = convert.finish_reason(out.finish_reason)
+                msg.usage.CopyFrom(convert.usage(rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens))
+            telemetry.tokens(rec, len(out.token_ids))
+            await context.write(msg)
+            if finished:
+                return out.finish_reason or "stop"
+        shutdown = True  # asked to stop while writing: the loop condition ended it
+    except asyncio.CancelledError:
+        if not ticket.abort_requested:
+            raise  # the client cancelled or its deadline passed
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        shutdown = True
+    finally:
+        await asyncio.shield(_release(engine, request_id, it, finished))
+    # Shutdown past the grace period: end the stream with an explicit ABORT and the usage so far.
+    assert shutdown
+    log.info("generation aborted by shutdown after %d tokens", rec.completion_tokens)
+    final = pb.GenerateResponse(
+        request_id=request_id,
+        finish_reason=pb.FINISH_REASON_ABORT,
+        usage=convert.usage(rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens),
+        model_digest=digest,
+    )
+    await context.write(final)
+    return "abort"

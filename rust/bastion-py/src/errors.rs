@@ -1,0 +1,66 @@
+//! The one mapping from `CoreError` to the Python classes defined in `bastion/errors.py`.
+//!
+//! Exceptions are raised with the class's fixed, client-safe `public_message` and the core's
+//! message (paths and OS errors, never file contents) as `detail`, which is for server logs only.
+
+use bastion_core::CoreError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3::PyTypeInfo;
+
+pyo3::import_exception!(bastion.errors, BastionError);
+pyo3::import_exception!(bastion.errors, IntegrityError);
+pyo3::import_exception!(bastion.errors, FormatError);
+pyo3::import_exception!(bastion.errors, NativeIOError);
+pyo3::import_exception!(bastion.errors, AlreadyFinalized);
+
+/// Import `bastion.errors` (returning its error rather than panicking later) and resolve every
+/// class once.
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    py.import("bastion.errors")?;
+    let _ = (
+        BastionError::type_object(py),
+        IntegrityError::type_object(py),
+        FormatError::type_object(py),
+        NativeIOError::type_object(py),
+        AlreadyFinalized::type_object(py),
+    );
+    Ok(())
+}
+
+/// A core error on its way to Python. Binding functions return `Result<T, NativeError>`; `?` on a
+/// `CoreError` converts through the single `From` below.
+#[derive(Debug)]
+pub(crate) struct NativeError(CoreError);
+
+impl From<CoreError> for NativeError {
+    fn from(e: CoreError) -> Self {
+        NativeError(e)
+    }
+}
+
+impl From<NativeError> for PyErr {
+    fn from(NativeError(e): NativeError) -> PyErr {
+        let detail = e.to_string();
+        Python::attach(|py| {
+            let ty = match e {
+                CoreError::Io { .. } | CoreError::NotADirectory { .. } => {
+                    NativeIOError::type_object(py)
+                }
+                CoreError::Symlink { .. }
+                | CoreError::NotRegularFile { .. }
+                | CoreError::FileChanged { .. } => IntegrityError::type_object(py),
+                CoreError::NonUtf8Path { .. } => FormatError::type_object(py),
+                CoreError::AlreadyFinalized => AlreadyFinalized::type_object(py),
+                // Fail closed: a variant this binding does not know is still a BastionError.
+                _ => BastionError::type_object(py),
+            };
+            let build = || -> PyResult<PyErr> {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("detail", &detail)?;
+                Ok(PyErr::from_value(ty.call((), Some(&kwargs))?))
+            };
+            build().unwrap_or_else(|err| err)
+        })
+    }
+}

@@ -1,0 +1,22 @@
+//! `bastion._native`: pyo3 bindings over `bastion-core`.
+//!
+//! This crate only converts types, maps errors (see `errors.rs`) and decides about the GIL: every
+//! O(bytes) operation runs detached from the interpreter on inputs owned (or immutably borrowed
+//! from `bytes`) beforehand. It contains no `unsafe`.
+#![forbid(unsafe_code)]
+
+mod digest;
+mod errors;
+
+use pyo3::prelude::*;
+
+/// The native half of bastion. Import it through `bastion.digest`, not directly.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Import the exception classes now, so that raising one later can never fail to import them.
+    errors::init(m.py())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(digest::digest_dir, m)?)?;
+    m.add_class::<digest::Blake3Hasher>()?;
+    Ok(())
+}

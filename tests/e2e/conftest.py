@@ -1,0 +1,136 @@
+"""End-to-end fixtures: one real `bastion serve` process (real vLLM engine, real default model, real gRPC
+on a Unix socket) per test session. Tests that end that server (SIGTERM) are marked `terminal_server`
+and run last.
+
+Nothing here skips: without vLLM or the model these tests fail, because they are the proof that the
+capability works.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bastion.v1 import inference_pb2_grpc
+
+START_TIMEOUT_S = float(os.environ.get("BASTION_E2E_START_TIMEOUT", "900"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda it: 1 if it.get_closest_marker("terminal_server") else 0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    proc: subprocess.Popen[bytes]
+    target: str
+    metrics_url: str
+    log_path: Path
+    marker_dir: Path
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.target)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _health(target: str) -> int:
+    with grpc.insecure_channel(target) as ch:
+        try:
+            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+        except grpc.RpcError:
+            return -1
+
+
+def start_server(workdir: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = workdir / "bastion.sock"
+    marker = workdir / "plugin-markers"
+    marker.mkdir(exist_ok=True)
+    port = free_port()
+    config = workdir / "bastion.toml"
+    config.write_text(
+        f"""
+[server]
+listen = "unix:{sock}"
+grace_period_s = 30
+max_inflight_requests = 8
+
+[model]
+source = "default"
+cpu_kv_cache_gib = 1
+max_num_seqs = 16
+
+[observability]
+metrics_listen = "127.0.0.1:{port}"
+"""
+    )
+    env = {**os.environ, "BASTION_PLUGIN_MARKER_DIR": str(marker), **(extra_env or {})}
+    log_path = workdir / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    target = f"unix:{sock}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bastion serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        if sock.exists() and _health(target) == health_pb2.HealthCheckResponse.SERVING:
+            return LiveServer(proc, target, f"http://127.0.0.1:{port}/metrics", log_path, marker)
+        time.sleep(1.0)
+    proc.kill()
+    raise RuntimeError(f"bastion serve not SERVING after {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_server(server: LiveServer) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = start_server(tmp_path_factory.mktemp("live"))
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def stub(live_server: LiveServer) -> Iterator[inference_pb2_grpc.InferenceStub]:
+    with live_server.channel() as ch:
+        yield inference_pb2_grpc.InferenceStub(ch)
+
+
+@pytest.fixture(scope="session")
+def model_name(stub: inference_pb2_grpc.InferenceStub) -> str:
+    from bastion.v1 import inference_pb2
+
+    models = stub.ListModels(inference_pb2.ListModelsRequest(), timeout=10).models
+    assert len(models) == 1
+    return models[0].name

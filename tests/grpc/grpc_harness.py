@@ -1,0 +1,125 @@
+"""An in-process bastion server on 127.0.0.1:0 (or a unix socket) over FakeEngine, for gRPC tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from bastion.config import Settings
+from bastion.engine.protocol import EnginePool
+from bastion.observability.telemetry import Telemetry
+from bastion.server.app import serve
+from bastion.v1 import inference_pb2 as pb
+from bastion.v1 import inference_pb2_grpc as pb_grpc
+
+
+def make_settings(
+    *, listen: str = "127.0.0.1:0", metrics_listen: str = "", server: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> Settings:
+    return Settings.model_validate(
+        {
+            "server": {"listen": listen, "grace_period_s": 5.0, **(server or {})},
+            "limits": limits or {},
+            "observability": {"metrics_listen": metrics_listen},
+        }
+    )
+
+
+@dataclass
+class Running:
+    address: str
+    channel: grpc.aio.Channel
+    stub: pb_grpc.InferenceStub
+    health: health_pb2_grpc.HealthStub
+    stop_event: asyncio.Event
+    task: asyncio.Task[int]
+    telemetry: Telemetry
+    spans: InMemorySpanExporter
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def health_status(self, service: str = "") -> int:
+        reply = await self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return reply.status
+
+    async def wait_health(self, status: int, timeout: float = 5.0, service: str = "") -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while await self.health_status(service) != status:
+            if loop.time() > end:
+                raise AssertionError(f"health did not become {status}")
+            await asyncio.sleep(0.02)
+
+    async def stop(self, timeout: float = 15.0) -> int:
+        self.stop_event.set()
+        return await asyncio.wait_for(self.task, timeout)
+
+
+def pool_of(*engines: Any) -> Callable[[], Awaitable[EnginePool]]:
+    async def factory() -> EnginePool:
+        return EnginePool(list(engines))
+
+    return factory
+
+
+@asynccontextmanager
+async def running_server(
+    engines: Sequence[Any] = (),
+    *,
+    settings: Settings | None = None,
+    pool_factory: Callable[[], Awaitable[EnginePool]] | None = None,
+    wait_ready: bool = True,
+) -> AsyncIterator[Running]:
+    settings = settings or make_settings()
+    spans = InMemorySpanExporter()
+    telemetry = Telemetry.from_settings(settings, span_exporter=spans)
+    stop = asyncio.Event()
+    bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(
+        serve(
+            settings,
+            pool_factory or pool_of(*engines),
+            stop_event=stop,
+            on_bound=bound.set_result,
+            telemetry=telemetry,
+            watchdog_interval=0.05,
+        )
+    )
+    done, _ = await asyncio.wait({task, bound}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    if task in done and not bound.done():
+        raise AssertionError(f"server exited early with {task.result()}")
+    address = bound.result()
+    channel = grpc.aio.insecure_channel(address)
+    running = Running(
+        address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel), stop, task,
+        telemetry, spans,
+    )
+    try:
+        if wait_ready:
+            await running.wait_health(health_pb2.HealthCheckResponse.SERVING)
+        yield running
+    finally:
+        if not task.done():
+            stop.set()
+            try:
+                await asyncio.wait_for(task, 20)
+            except BaseException:
+                task.cancel()
+                raise
+        await channel.close()
+        telemetry.shutdown()
+
+
+def prompt_request(prompt: str = "hello", model: str = "fake-model", **sampling: Any) -> pb.GenerateRequest:
+    return pb.GenerateRequest(model=model, prompt=prompt, sampling=pb.SamplingParams(**sampling))
+
+
+async def collect(call: Any) -> list[pb.GenerateResponse]:
+    return [msg async for msg in call]

@@ -1,0 +1,90 @@
+"""Generate/Tokenize/ListModels happy paths over a real in-process gRPC server with FakeEngine."""
+
+from __future__ import annotations
+
+from fakes import FAKE_DIGEST, FakeEngine
+from grpc_harness import collect, make_settings, prompt_request, running_server
+
+from bastion.v1 import inference_pb2 as pb
+
+
+async def test_stream_deltas_usage_and_request_id() -> None:
+    engine = FakeEngine()
+    async with running_server([engine]) as srv:
+        call = srv.stub.Generate(prompt_request("hello", max_tokens=4))
+        msgs = await collect(call)
+        metadata = dict(await call.initial_metadata())
+    rid = metadata["x-request-id"]
+    assert len(rid) == 32 and int(rid, 16) >= 0
+    assert [m.text for m in msgs] == ["w0 ", "w1 ", "w2 ", "w3 "]
+    assert [list(m.token_ids) for m in msgs] == [[1000], [1001], [1002], [1003]]
+    assert all(m.request_id == rid for m in msgs)
+    assert [m.model_digest for m in msgs] == [FAKE_DIGEST, "", "", FAKE_DIGEST]
+    assert [m.finish_reason for m in msgs] == [0, 0, 0, pb.FINISH_REASON_LENGTH]
+    assert not any(m.HasField("usage") for m in msgs[:-1])
+    assert msgs[-1].usage == pb.Usage(prompt_tokens=5, completion_tokens=4, cached_prompt_tokens=2)
+    # The engine saw the server's id, the tokenized prompt and validated sampling.
+    (req,) = engine.requests
+    assert req.request_id == rid
+    assert req.prompt_token_ids == tuple(b"hello")
+    assert req.sampling.max_tokens == 4
+    assert engine.aborted == [] and engine.closed == [rid]
+
+
+async def test_request_ids_are_unique_and_client_id_is_only_a_label() -> None:
+    engine = FakeEngine()
+    async with running_server([engine]) as srv:
+        req = prompt_request(max_tokens=1)
+        req.client_request_id = "client-1"
+        a = await collect(srv.stub.Generate(req))
+        b = await collect(srv.stub.Generate(req))
+    assert a[0].request_id != b[0].request_id
+    assert "client-1" not in (a[0].request_id, b[0].request_id)
+
+
+async def test_conversation_stop_and_logprobs() -> None:
+    engine = FakeEngine(stop_after=2)
+    async with running_server([engine]) as srv:
+        req = pb.GenerateRequest(model="fake-model", sampling=pb.SamplingParams(max_tokens=10, logprobs=2))
+        req.conversation.messages.add(role=pb.ROLE_SYSTEM, content="sys")
+        req.conversation.messages.add(role=pb.ROLE_USER, content="hi")
+        msgs = await collect(srv.stub.Generate(req))
+    assert msgs[-1].finish_reason == pb.FINISH_REASON_STOP
+    assert msgs[-1].usage.completion_tokens == 2
+    assert engine.requests[0].prompt_token_ids == tuple(b"<system>sys<user>hi<assistant>")
+    lp = msgs[0].logprobs[0]
+    assert lp.sampled.token_id == 1000 and [t.token_id for t in lp.top] == [1000, 1001]
+
+
+async def test_default_max_tokens_shortened_to_fit_context() -> None:
+    engine = FakeEngine(max_context=20)
+    async with running_server([engine]) as srv:
+        msgs = await collect(srv.stub.Generate(prompt_request("x" * 15)))  # default 256 > 5 left
+    assert engine.requests[0].sampling.max_tokens == 5
+    assert msgs[-1].usage.completion_tokens == 5
+
+
+async def test_tokenize_and_list_models() -> None:
+    engines = [FakeEngine("a", max_context=100), FakeEngine("b", max_context=200)]
+    async with running_server(engines) as srv:
+        tok = srv.stub.Tokenize(pb.TokenizeRequest(model="b", prompt="hey"))
+        reply = await tok
+        meta = dict(await tok.initial_metadata())
+        models = await srv.stub.ListModels(pb.ListModelsRequest())
+    assert list(reply.token_ids) == list(b"hey") and reply.max_context == 200
+    assert len(meta["x-request-id"]) == 32
+    assert [(m.name, m.digest, m.max_context, m.device) for m in models.models] == [
+        ("a", FAKE_DIGEST, 100, "cpu"), ("b", FAKE_DIGEST, 200, "cpu"),
+    ]
+
+
+async def test_unix_socket_listener(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import stat
+
+    path = tmp_path / "bastion.sock"
+    async with running_server([FakeEngine()], settings=make_settings(listen=f"unix:{path}")) as srv:
+        assert srv.address == f"unix:{path}"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        msgs = await collect(srv.stub.Generate(prompt_request(max_tokens=2)))
+    assert msgs[-1].usage.completion_tokens == 2

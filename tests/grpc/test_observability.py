@@ -1,0 +1,85 @@
+"""Spans per RPC, the Prometheus endpoint, and request ids in logs (never prompt text)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.request
+
+import grpc
+import pytest
+from fakes import FAKE_DIGEST, FakeEngine
+from grpc_harness import collect, make_settings, prompt_request, running_server
+
+from bastion.observability.logs import RequestIdFilter
+from bastion.v1 import inference_pb2 as pb
+
+PROMPT = "a very private prompt"
+
+
+async def test_spans_carry_rpc_model_usage_and_status() -> None:
+    async with running_server([FakeEngine()]) as srv:
+        call = srv.stub.Generate(prompt_request(PROMPT, max_tokens=3))
+        msgs = await collect(call)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(srv.stub.Generate(prompt_request(model="missing")))
+        await srv.stub.Tokenize(pb.TokenizeRequest(model="fake-model", prompt="x"))
+    spans = {s.attributes["bastion.request_id"]: s for s in srv.spans.get_finished_spans()}
+    ok = spans[msgs[0].request_id]
+    assert ok.name == "bastion.v1.Inference/Generate"
+    a = ok.attributes
+    assert a["rpc.method"] == "Generate" and a["rpc.service"] == "bastion.v1.Inference"
+    assert a["rpc.grpc.status_code"] == 0
+    assert a["bastion.model"] == "fake-model" and a["bastion.model_digest"] == FAKE_DIGEST
+    assert a["bastion.usage.prompt_tokens"] == len(PROMPT) and a["bastion.usage.completion_tokens"] == 3
+    assert a["bastion.usage.cached_prompt_tokens"] == len(PROMPT) // 2
+    assert a["bastion.ttft_s"] >= 0
+    assert all(PROMPT not in str(v) for s in spans.values() for v in s.attributes.values())
+    codes = sorted((s.attributes["rpc.method"], s.attributes["rpc.grpc.status_code"]) for s in spans.values())
+    assert codes == [("Generate", 0), ("Generate", grpc.StatusCode.NOT_FOUND.value[0]), ("Tokenize", 0)]
+
+
+def _scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+async def test_metrics_endpoint_serves_counters() -> None:
+    settings = make_settings(metrics_listen="127.0.0.1:0")
+    async with running_server([FakeEngine(token_delay=0.001)], settings=settings) as srv:
+        await collect(srv.stub.Generate(prompt_request(max_tokens=4)))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(srv.stub.Generate(prompt_request(model="")))
+        address = srv.telemetry.metrics.http_address
+        text = await asyncio.to_thread(_scrape, address)
+    lines = text.splitlines()
+
+    def value(prefix: str) -> float:
+        (line,) = [ln for ln in lines if ln.startswith(prefix)]
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value('bastion_rpc_requests_total{code="OK",method="Generate"}') == 1
+    assert value('bastion_rpc_requests_total{code="INVALID_ARGUMENT",method="Generate"}') == 1
+    assert value('bastion_rpc_errors_total{code="INVALID_ARGUMENT",method="Generate"}') == 1
+    assert value('bastion_output_tokens_total{model="fake-model"}') == 4
+    assert value('bastion_time_to_first_token_seconds_count{model="fake-model"}') == 1
+    assert value('bastion_inter_token_latency_seconds_count{model="fake-model"}') == 3
+    assert value('bastion_request_output_tokens_per_second_count{model="fake-model"}') == 1
+    assert value('bastion_engine_waiting_requests{model="fake-model"}') == 2
+    assert value('bastion_engine_kv_usage_ratio{model="fake-model"}') == 0.25
+    assert value("bastion_inflight_requests") == 0
+    assert "process_cpu_seconds_total" in text
+    # The endpoint is gone after shutdown.
+    with pytest.raises(OSError):
+        await asyncio.to_thread(_scrape, address)
+
+
+async def test_logs_carry_request_id_never_prompt(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.DEBUG, logger="bastion"):
+        async with running_server([FakeEngine()]) as srv:
+            msgs = await collect(srv.stub.Generate(prompt_request(PROMPT, max_tokens=2)))
+    rid = msgs[0].request_id
+    done = [r for r in caplog.records if r.getMessage().startswith("generate done")]
+    assert done and done[0].request_id == rid and done[0].levelname == "INFO"
+    assert all(PROMPT not in r.getMessage() and "w0" not in r.getMessage() for r in caplog.records)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bastion.errors import Overloaded, Unavailable
+from bastion.server.admission import Admission
+
+
+async def test_bounded_and_released() -> None:
+    adm = Admission(max_inflight=2)
+    with adm.admit("a", counted=True), adm.admit("b", counted=True), adm.admit("t", counted=False):
+        assert adm.inflight == 2 and adm.active == 3
+        with pytest.raises(Overloaded), adm.admit("c", counted=True):
+            pass
+    assert adm.inflight == 0 and adm.active == 0
+    with adm.admit("d", counted=True):
+        assert adm.inflight == 1
+
+
+async def test_close_refuses_and_wait_idle() -> None:
+    adm = Admission(max_inflight=4)
+    assert await adm.wait_idle(0)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        with adm.admit("x", counted=True):
+            await release.wait()
+
+    task = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    adm.close()
+    with pytest.raises(Unavailable), adm.admit("y", counted=False):
+        pass
+    assert not await adm.wait_idle(0.05)
+    release.set()
+    assert await adm.wait_idle(1)
+    await task
+
+
+async def test_abort_all_cancels_tasks_waiting_on_the_engine() -> None:
+    adm = Admission(max_inflight=4)
+    seen: list[str] = []
+
+    async def run(cancellable: bool) -> None:
+        with adm.admit("r", counted=True) as ticket:
+            ticket.cancellable = cancellable
+            try:
+                await asyncio.sleep(0.2)
+                seen.append(f"finished aborted={ticket.abort_requested}")
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+
+    tasks = [asyncio.ensure_future(run(True)), asyncio.ensure_future(run(False))]
+    await asyncio.sleep(0)
+    assert adm.abort_all() == 2
+    await asyncio.gather(*tasks)
+    assert sorted(seen) == ["cancelled", "finished aborted=True"]
