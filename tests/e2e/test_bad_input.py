@@ -24,7 +24,7 @@ def expect_error(stub, req: pb.GenerateRequest, code: grpc.StatusCode) -> str:
 CASES = [
     # (sampling / request mutator, field named in the message, limit text expected)
     (dict(sampling=pb.SamplingParams(temperature=2.5)), "sampling.temperature", "2"),
-    (dict(sampling=pb.SamplingParams(temperature=float("nan"))), "sampling.temperature", "finite"),
+    (dict(sampling=pb.SamplingParams(temperature=float("nan"))), "sampling.temperature", "2"),
     (dict(sampling=pb.SamplingParams(top_p=0.0)), "sampling.top_p", "1"),
     (dict(sampling=pb.SamplingParams(top_k=5000)), "sampling.top_k", "1000"),
     (dict(sampling=pb.SamplingParams(max_tokens=0)), "sampling.max_tokens", "4096"),
@@ -84,7 +84,18 @@ def test_prompt_longer_than_context_is_refused(stub, model_name) -> None:
     details = expect_error(stub, pb.GenerateRequest(model=model_name, prompt=prompt,
                                                     sampling=pb.SamplingParams(max_tokens=16)),
                            grpc.StatusCode.INVALID_ARGUMENT)
-    assert "8192" in details and "max_tokens" in details
+    assert "prompt" in details and "8192" in details
+
+
+def test_prompt_plus_max_tokens_over_context_is_refused(stub, model_name) -> None:
+    prompt = "one two three four five six seven eight nine ten " * 700
+    n = len(stub.Tokenize(pb.TokenizeRequest(model=model_name, prompt=prompt), timeout=30).token_ids)
+    assert 4000 < n < 8192
+    over = pb.SamplingParams(max_tokens=min(4096, 8192 - n + 1))
+    assert n + over.max_tokens > 8192
+    details = expect_error(stub, pb.GenerateRequest(model=model_name, prompt=prompt, sampling=over),
+                           grpc.StatusCode.INVALID_ARGUMENT)
+    assert "sampling.max_tokens" in details and "8192" in details
 
 
 def test_message_over_grpc_limit_is_refused(stub, model_name) -> None:

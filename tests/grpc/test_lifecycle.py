@@ -53,6 +53,10 @@ async def test_shutdown_drains_in_flight_stream_within_grace() -> None:
         await call.read()
         srv.stop_event.set()
         await srv.wait_health(NOT_SERVING)
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # new work is refused cleanly meanwhile
+            await collect(srv.stub.Generate(prompt_request(max_tokens=1)))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details() == "server is shutting down"
         rest = await collect_rest(call)
         assert await call.code() == grpc.StatusCode.OK
         assert rest[-1].finish_reason == pb.FINISH_REASON_LENGTH and rest[-1].usage.completion_tokens == 10

@@ -33,11 +33,17 @@ class StatsSink:
 
     def snapshot(self, unfinished: int) -> EngineStats:
         with self._lock:
+            # running/waiting are the scheduler's figures at its latest step (they go stale while the
+            # engine is idle); unfinished is the front end's live count of requests not yet finished.
             return EngineStats(
                 running=self._running,
-                waiting=max(self._waiting, unfinished - self._running),
+                waiting=self._waiting,
                 kv_usage=self._kv_usage,
-                extra={"prefix_cache_queries": float(self._prefix_queries), "prefix_cache_hits": float(self._prefix_hits)},
+                extra={
+                    "unfinished": float(unfinished),
+                    "prefix_cache_queries": float(self._prefix_queries),
+                    "prefix_cache_hits": float(self._prefix_hits),
+                },
             )
 
 

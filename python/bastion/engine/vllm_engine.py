@@ -83,7 +83,13 @@ class VllmEngine:
                 enable_log_requests=False,
             )
 
-        llm = await asyncio.to_thread(build)
+        future = asyncio.get_running_loop().run_in_executor(None, build)
+        try:
+            llm = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # Shutdown arrived while the engine was starting: stop it as soon as it exists.
+            future.add_done_callback(lambda f: f.exception() is None and f.result().shutdown())
+            raise
         max_context = int(llm.model_config.max_model_len)
         info = ModelInfo(name=name, digest=digest, max_context=max_context, device=device, path=model_path)
         log.info("engine ready: model %s (%s) on %s, context %d tokens", name, digest, device, max_context)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 
 from bastion.engine.protocol import EnginePool
 
@@ -25,7 +25,7 @@ WATCHDOG_INTERVAL_S = 0.5
 
 class Health:
     def __init__(self) -> None:
-        self.servicer = HealthServicer()
+        self.servicer = health_aio.HealthServicer()
         self._status: int | None = None
 
     async def set(self, status: int) -> None:

@@ -7,5 +7,6 @@
 
 pub mod digest;
 pub mod error;
+pub mod sealed;
 
 pub use error::CoreError;
