@@ -44,7 +44,7 @@ run: setup
 test: setup test-rust test-python
 
 test-rust:
-	cargo test --workspace --locked --release
+	cargo test --workspace --locked
 
 test-python: setup
 	$(BIN)/python -m pytest -q -ra

@@ -13,6 +13,8 @@ pyo3::import_exception!(bastion.errors, IntegrityError);
 pyo3::import_exception!(bastion.errors, FormatError);
 pyo3::import_exception!(bastion.errors, NativeIOError);
 pyo3::import_exception!(bastion.errors, AlreadyFinalized);
+pyo3::import_exception!(bastion.errors, ConfigError);
+pyo3::import_exception!(bastion.errors, InvalidArgument);
 
 /// Import `bastion.errors` (returning its error rather than panicking later) and resolve every
 /// class once.
@@ -24,6 +26,8 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
         FormatError::type_object(py),
         NativeIOError::type_object(py),
         AlreadyFinalized::type_object(py),
+        ConfigError::type_object(py),
+        InvalidArgument::type_object(py),
     );
     Ok(())
 }
@@ -43,6 +47,14 @@ impl From<NativeError> for PyErr {
     fn from(NativeError(e): NativeError) -> PyErr {
         let detail = e.to_string();
         Python::attach(|py| {
+            // InvalidArgument(field, problem): names the argument and the limit, never the value.
+            if let CoreError::InvalidArgument { field, problem } = &e {
+                let ty = InvalidArgument::type_object(py);
+                return match ty.call1((*field, problem.as_str())) {
+                    Ok(v) => PyErr::from_value(v),
+                    Err(err) => err,
+                };
+            }
             let ty = match e {
                 CoreError::Io { .. } | CoreError::NotADirectory { .. } => {
                     NativeIOError::type_object(py)
@@ -50,7 +62,11 @@ impl From<NativeError> for PyErr {
                 CoreError::Symlink { .. }
                 | CoreError::NotRegularFile { .. }
                 | CoreError::FileChanged { .. } => IntegrityError::type_object(py),
-                CoreError::NonUtf8Path { .. } => FormatError::type_object(py),
+                CoreError::NonUtf8Path { .. }
+                | CoreError::Format { .. }
+                | CoreError::Refused { .. } => FormatError::type_object(py),
+                CoreError::Integrity { .. } => IntegrityError::type_object(py),
+                CoreError::KeyFile { .. } => ConfigError::type_object(py),
                 CoreError::AlreadyFinalized => AlreadyFinalized::type_object(py),
                 // Fail closed: a variant this binding does not know is still a BastionError.
                 _ => BastionError::type_object(py),

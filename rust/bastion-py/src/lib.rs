@@ -7,10 +7,11 @@
 
 mod digest;
 mod errors;
+mod sealed;
 
 use pyo3::prelude::*;
 
-/// The native half of bastion. Import it through `bastion.digest`, not directly.
+/// The native half of bastion. Import it through `bastion.digest` and `bastion.weights`, not directly.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Import the exception classes now, so that raising one later can never fail to import them.
@@ -18,5 +19,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(digest::digest_dir, m)?)?;
     m.add_class::<digest::Blake3Hasher>()?;
+    sealed::register(m)?;
     Ok(())
 }

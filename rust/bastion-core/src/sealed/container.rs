@@ -49,7 +49,11 @@ impl Container {
 
 /// Decode and validate container bytes; errors are [`CoreError::Format`] naming `path`.
 pub fn decode_container(path: &Path, bytes: &[u8]) -> Result<Container, CoreError> {
-    let fmt = |reason: String| CoreError::Format { path: path.to_path_buf(), segment: None, reason };
+    let fmt = |reason: String| CoreError::Format {
+        path: path.to_path_buf(),
+        segment: None,
+        reason,
+    };
     if (bytes.len() as u64) < PREFIX || &bytes[..8] != MAGIC {
         return Err(fmt("bad magic or short prefix".into()));
     }
@@ -62,7 +66,9 @@ pub fn decode_container(path: &Path, bytes: &[u8]) -> Result<Container, CoreErro
     l.copy_from_slice(&bytes[12..20]);
     let json_len = u64::from_le_bytes(l);
     if json_len > MAX_HEADER || json_len > bytes.len() as u64 - PREFIX {
-        return Err(fmt(format!("header length: at most {MAX_HEADER} and within the file")));
+        return Err(fmt(format!(
+            "header length: at most {MAX_HEADER} and within the file"
+        )));
     }
     let json_end = (PREFIX + json_len) as usize;
     let header = Header::parse(&bytes[PREFIX as usize..json_end]).map_err(fmt)?;
@@ -70,7 +76,9 @@ pub fn decode_container(path: &Path, bytes: &[u8]) -> Result<Container, CoreErro
     let tables = &bytes[json_end..];
     let want = n.checked_mul((TAG_LEN + HASH_LEN) as u64);
     if want != Some(tables.len() as u64) {
-        return Err(fmt(format!("tag/hash tables: need {n} entries, found a different size")));
+        return Err(fmt(format!(
+            "tag/hash tables: need {n} entries, found a different size"
+        )));
     }
     let (t, h) = tables.split_at(n as usize * TAG_LEN);
     let tags = t
@@ -81,7 +89,11 @@ pub fn decode_container(path: &Path, bytes: &[u8]) -> Result<Container, CoreErro
         .chunks_exact(HASH_LEN)
         .map(|c| <[u8; HASH_LEN]>::try_from(c).unwrap_or_default())
         .collect();
-    Ok(Container { header, tags, hashes })
+    Ok(Container {
+        header,
+        tags,
+        hashes,
+    })
 }
 
 /// Read and decode `dir/weights.ctxh` (no symlinks; the whole file is bounded by
@@ -104,11 +116,16 @@ pub fn read_container(dir: &Path) -> Result<Container, CoreError> {
     l.copy_from_slice(&prefix[12..20]);
     let json_len = u64::from_le_bytes(l);
     if json_len > MAX_HEADER || json_len > meta.len().saturating_sub(PREFIX) {
-        return Err(CoreError::Format { path, segment: None, reason: "header length exceeds limits".into() });
+        return Err(CoreError::Format {
+            path,
+            segment: None,
+            reason: "header length exceeds limits".into(),
+        });
     }
     let mut bytes = prefix.to_vec();
     bytes.resize((PREFIX + json_len) as usize, 0);
-    f.read_exact(&mut bytes[PREFIX as usize..]).map_err(|e| CoreError::io(&path, e))?;
+    f.read_exact(&mut bytes[PREFIX as usize..])
+        .map_err(|e| CoreError::io(&path, e))?;
     // The header fixes the table size: refuse a file of any other size before reading the tables.
     let expected = Header::parse(&bytes[PREFIX as usize..])
         .ok()
@@ -122,7 +139,8 @@ pub fn read_container(dir: &Path) -> Result<Container, CoreError> {
                 reason: "tag/hash tables: file size does not match the header".into(),
             });
         }
-        f.read_to_end(&mut bytes).map_err(|e| CoreError::io(&path, e))?;
+        f.read_to_end(&mut bytes)
+            .map_err(|e| CoreError::io(&path, e))?;
     }
     decode_container(&path, &bytes)
 }

@@ -196,9 +196,14 @@ impl Header {
         self.validate_files()?;
         self.validate_tensors()?;
         if let Some(o) = &self.origin {
-            for x in [&o.source_uri, &o.revision, &o.upstream_digest, &o.upstream_signer]
-                .into_iter()
-                .flatten()
+            for x in [
+                &o.source_uri,
+                &o.revision,
+                &o.upstream_digest,
+                &o.upstream_signer,
+            ]
+            .into_iter()
+            .flatten()
             {
                 if x.len() > MAX_TEXT {
                     return Err(format!("origin: strings are limited to {MAX_TEXT} bytes"));
@@ -211,19 +216,25 @@ impl Header {
     fn validate_key(&self) -> Result<(), String> {
         let k = &self.key;
         if k.provider.is_empty() || k.provider.len() > MAX_NAME || k.key_id.len() > MAX_TEXT {
-            return Err(format!("key.provider/key_id: 1..{MAX_NAME} / ..{MAX_TEXT} bytes"));
+            return Err(format!(
+                "key.provider/key_id: 1..{MAX_NAME} / ..{MAX_TEXT} bytes"
+            ));
         }
         match b64d(&k.wrapped_dek) {
             Some(w) if !w.is_empty() && w.len() <= MAX_WRAPPED => {}
             _ => return Err(format!("key.wrapped_dek: base64 of 1..{MAX_WRAPPED} bytes")),
         }
         if k.context.len() > MAX_CONTEXT
-            || k.context.iter().any(|(a, b)| a.len() > MAX_TEXT || b.len() > MAX_TEXT)
+            || k.context
+                .iter()
+                .any(|(a, b)| a.len() > MAX_TEXT || b.len() > MAX_TEXT)
         {
-            return Err(format!("key.context: at most {MAX_CONTEXT} entries of {MAX_TEXT} bytes"));
+            return Err(format!(
+                "key.context: at most {MAX_CONTEXT} entries of {MAX_TEXT} bytes"
+            ));
         }
         if k.context.get(CTX_FORMAT).map(String::as_str) != Some(CTX_FORMAT_VALUE)
-            || k.context.get(CTX_HEADER_DIGEST).is_none()
+            || !k.context.contains_key(CTX_HEADER_DIGEST)
         {
             return Err("key.context: bastion.format / bastion.header_digest missing".into());
         }
@@ -244,13 +255,17 @@ impl Header {
                 || !f.source_name.ends_with(".safetensors")
                 || !sources.insert(f.source_name.as_str())
             {
-                return Err(format!("files[{i}].source_name: unique plain *.safetensors name"));
+                return Err(format!(
+                    "files[{i}].source_name: unique plain *.safetensors name"
+                ));
             }
             if f.plaintext_len > MAX_FILE_LEN {
                 return Err(format!("files[{i}].plaintext_len: at most {MAX_FILE_LEN}"));
             }
             if f.segments != n_segments(f.plaintext_len, self.segment_size) {
-                return Err(format!("files[{i}].segments: inconsistent with plaintext_len"));
+                return Err(format!(
+                    "files[{i}].segments: inconsistent with plaintext_len"
+                ));
             }
             total = total.saturating_add(f.segments);
         }

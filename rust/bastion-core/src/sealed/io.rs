@@ -26,7 +26,9 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
 pub fn open_error(path: &Path, e: io::Error) -> CoreError {
     #[cfg(unix)]
     if e.raw_os_error() == Some(libc::ELOOP) {
-        return CoreError::Symlink { path: path.to_path_buf() };
+        return CoreError::Symlink {
+            path: path.to_path_buf(),
+        };
     }
     CoreError::io(path, e)
 }

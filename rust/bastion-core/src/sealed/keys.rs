@@ -10,7 +10,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
 use zeroize::Zeroizing;
 
-use super::io::{open_nofollow, open_error};
+use super::io::{open_error, open_nofollow};
 use super::AeadAlg;
 use crate::CoreError;
 
@@ -24,7 +24,8 @@ pub const WRAPPED_LEN: usize = 12 + 32 + 16;
 
 fn random32(rng: &SystemRandom) -> Result<Zeroizing<[u8; 32]>, CoreError> {
     let mut k = Zeroizing::new([0u8; 32]);
-    rng.fill(&mut k[..]).map_err(|_| CoreError::Crypto("system RNG"))?;
+    rng.fill(&mut k[..])
+        .map_err(|_| CoreError::Crypto("system RNG"))?;
     Ok(k)
 }
 
@@ -50,12 +51,17 @@ impl Dek {
     }
 
     /// Per-file AEAD key: HKDF-SHA256(DEK, salt, "bastion.sealed.v1.aead" ‖ u32be file).
-    pub fn file_key(&self, alg: AeadAlg, salt: &[u8; 32], file: u32) -> Result<LessSafeKey, CoreError> {
+    pub fn file_key(
+        &self,
+        alg: AeadAlg,
+        salt: &[u8; 32],
+        file: u32,
+    ) -> Result<LessSafeKey, CoreError> {
         let algo = alg.ring();
         let idx = file.to_be_bytes();
         let info = [INFO_AEAD, &idx[..]];
-        let okm = self
-            .prk(salt)
+        let prk = self.prk(salt);
+        let okm = prk
             .expand(&info, algo)
             .map_err(|_| CoreError::Crypto("HKDF expand"))?;
         Ok(LessSafeKey::new(UnboundKey::from(okm)))
@@ -63,15 +69,19 @@ impl Dek {
 
     fn commit_key(&self, salt: &[u8; 32]) -> Result<hmac::Key, CoreError> {
         let info = [INFO_COMMIT];
-        let okm = self
-            .prk(salt)
+        let prk = self.prk(salt);
+        let okm = prk
             .expand(&info, hmac::HMAC_SHA256)
             .map_err(|_| CoreError::Crypto("HKDF expand"))?;
         Ok(hmac::Key::from(okm))
     }
 
     /// Key commitment: HMAC-SHA256(HKDF(DEK, salt, "…commit"), domain ‖ header digest).
-    pub fn commitment(&self, salt: &[u8; 32], header_digest: &[u8; 32]) -> Result<[u8; 32], CoreError> {
+    pub fn commitment(
+        &self,
+        salt: &[u8; 32],
+        header_digest: &[u8; 32],
+    ) -> Result<[u8; 32], CoreError> {
         let key = self.commit_key(salt)?;
         let mut ctx = hmac::Context::with_key(&key);
         ctx.update(COMMIT_DOMAIN);
@@ -82,7 +92,12 @@ impl Dek {
     }
 
     /// Constant-time check of a commitment.
-    pub fn check_commitment(&self, salt: &[u8; 32], hd: &[u8; 32], commitment: &[u8]) -> Result<bool, CoreError> {
+    pub fn check_commitment(
+        &self,
+        salt: &[u8; 32],
+        hd: &[u8; 32],
+        commitment: &[u8],
+    ) -> Result<bool, CoreError> {
         let key = self.commit_key(salt)?;
         let msg = [COMMIT_DOMAIN, &hd[..]].concat();
         Ok(hmac::verify(&key, &msg, commitment).is_ok())
@@ -96,7 +111,10 @@ impl KeyEncryptionKey {
     /// Read a KEK file. Refuses symlinks, non-regular files, modes other than 0600/0400 and any
     /// length other than 32 bytes.
     pub fn from_file(path: &Path) -> Result<KeyEncryptionKey, CoreError> {
-        let bad = |reason: String| CoreError::KeyFile { path: path.to_path_buf(), reason };
+        let bad = |reason: String| CoreError::KeyFile {
+            path: path.to_path_buf(),
+            reason,
+        };
         let mut f = open_nofollow(path).map_err(|e| open_error(path, e))?;
         let meta = f.metadata().map_err(|e| CoreError::io(path, e))?;
         if !meta.file_type().is_file() {
@@ -114,7 +132,8 @@ impl KeyEncryptionKey {
             return Err(bad("must hold exactly 32 bytes".into()));
         }
         let mut k = Zeroizing::new([0u8; 32]);
-        f.read_exact(&mut k[..]).map_err(|e| CoreError::io(path, e))?;
+        f.read_exact(&mut k[..])
+            .map_err(|e| CoreError::io(path, e))?;
         let mut extra = [0u8; 1];
         if f.read(&mut extra).map_err(|e| CoreError::io(path, e))? != 0 {
             return Err(bad("must hold exactly 32 bytes".into()));
@@ -143,8 +162,8 @@ impl KeyEncryptionKey {
 
     fn wrap_key(&self) -> Result<LessSafeKey, CoreError> {
         let info = [&b"wrap"[..]];
-        let okm = self
-            .prk()
+        let prk = self.prk();
+        let okm = prk
             .expand(&info, &aead::AES_256_GCM)
             .map_err(|_| CoreError::Crypto("HKDF expand"))?;
         Ok(LessSafeKey::new(UnboundKey::from(okm)))
@@ -158,18 +177,26 @@ impl KeyEncryptionKey {
             .expand(&info, Len(16))
             .and_then(|okm| okm.fill(&mut id))
             .map_err(|_| CoreError::Crypto("HKDF expand"))?;
-        Ok(format!("kek:{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+        Ok(format!(
+            "kek:{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ))
     }
 
     /// Wrap `dek` with AES-256-GCM under the KEK's wrap sub-key, random nonce, AAD = domain ‖ `aad`.
     pub fn wrap(&self, dek: &Dek, aad: &[u8], rng: &SystemRandom) -> Result<Vec<u8>, CoreError> {
         let mut nonce = [0u8; 12];
-        rng.fill(&mut nonce).map_err(|_| CoreError::Crypto("system RNG"))?;
+        rng.fill(&mut nonce)
+            .map_err(|_| CoreError::Crypto("system RNG"))?;
         let mut buf = Zeroizing::new(dek.0.to_vec());
         let a = [WRAP_DOMAIN, aad].concat();
         let tag = self
             .wrap_key()?
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(a), &mut buf[..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(a),
+                &mut buf[..],
+            )
             .map_err(|_| CoreError::Crypto("DEK wrap"))?;
         Ok([&nonce[..], &buf[..], tag.as_ref()].concat())
     }
@@ -184,7 +211,11 @@ impl KeyEncryptionKey {
         let mut buf = Zeroizing::new(wrapped[12..].to_vec());
         let a = [WRAP_DOMAIN, aad].concat();
         let key = self.wrap_key()?;
-        let Ok(pt) = key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(a), &mut buf[..]) else {
+        let Ok(pt) = key.open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(a),
+            &mut buf[..],
+        ) else {
             return Ok(None);
         };
         let mut dek = Zeroizing::new([0u8; 32]);

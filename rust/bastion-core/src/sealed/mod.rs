@@ -20,6 +20,7 @@ mod keys;
 mod reader;
 mod rekey;
 pub mod segment;
+mod source;
 mod st;
 mod verify;
 mod writer;
@@ -34,6 +35,7 @@ pub use reader::{SealedDir, SealedReader};
 pub use rekey::{inspect, rekey};
 pub use st::{dtype_bits, parse_header as parse_safetensors_header, tensor_nbytes};
 pub use verify::VerifyReport;
+pub use writer::seal_dir_with_kek;
 pub use writer::{seal_dir, SealOptions, SealReport};
 
 /// Limits enforced on every header (named in error messages).

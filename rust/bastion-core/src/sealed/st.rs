@@ -66,7 +66,9 @@ pub fn parse_header(
     let mut spans = Vec::with_capacity(map.len());
     for (name, t) in map {
         if name == "__metadata__" {
-            let ok = t.as_object().is_some_and(|m| m.values().all(Value::is_string));
+            let ok = t
+                .as_object()
+                .is_some_and(|m| m.values().all(Value::is_string));
             if !ok {
                 return Err("__metadata__ must map strings to strings".into());
             }
