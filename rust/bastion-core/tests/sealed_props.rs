@@ -110,6 +110,10 @@ proptest! {
             data[at] = *x;
         }
         let r = sealed::decode_container(&f.dir, &data);
+        // One encoding per header: whatever decodes re-encodes to the same bytes.
+        if let Ok(c) = &r {
+            prop_assert_eq!(&c.encode().unwrap(), &data);
+        }
         if in_header {
             // A changed prefix or JSON byte is refused (non-canonical JSON, a bad field), or it
             // decodes to a different header: a different digest (so every segment's AAD and the

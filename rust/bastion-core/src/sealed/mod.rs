@@ -11,6 +11,7 @@
 //! * [`SealedReader`] unwraps the DEK, checks the key commitment and returns plaintext ranges,
 //!   each segment hash-checked against the table before it is decrypted.
 
+mod build;
 mod container;
 mod hash;
 mod header;

@@ -10,16 +10,15 @@ use rayon::prelude::*;
 use ring::aead::LessSafeKey;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::build::build_header;
 use super::container::{Container, CTXH_NAME};
 use super::header::*;
 use super::io::{open_error, open_nofollow, read_full};
 use super::keys::{Dek, KeyEncryptionKey};
 use super::limits::*;
-use super::reader::wrap_aad;
 use super::segment::{n_segments, seal_segment, SegmentPos, HASH_LEN, TAG_LEN};
 use super::source::{scan, SourceWeights};
 use super::{AeadAlg, HashAlg};
-use crate::digest::to_hex;
 use crate::CoreError;
 
 /// Segments encrypted per batch (in parallel) while streaming.
@@ -145,76 +144,6 @@ pub fn seal_dir_with_kek(
             .cloned()
             .unwrap_or_default(),
     })
-}
-
-fn build_header(
-    weights: &[SourceWeights],
-    kek: &KeyEncryptionKey,
-    opts: &SealOptions,
-    rng: &SystemRandom,
-) -> Result<(Header, Dek, [u8; 32]), CoreError> {
-    let mut salt = [0u8; 32];
-    rng.fill(&mut salt)
-        .map_err(|_| CoreError::Crypto("system RNG"))?;
-    let mut files = Vec::with_capacity(weights.len());
-    let mut tensors = BTreeMap::new();
-    for (i, w) in weights.iter().enumerate() {
-        files.push(FileEntry {
-            name: data_file_name(i),
-            source_name: w.name.clone(),
-            plaintext_len: w.len,
-            segments: n_segments(w.len, opts.segment_size),
-        });
-        for (name, t) in &w.tensors {
-            let e = TensorEntry {
-                dtype: t.dtype.clone(),
-                shape: t.shape.clone(),
-                file: i as u32,
-                data_offsets: t.offsets,
-            };
-            if tensors.insert(name.clone(), e).is_some() {
-                return Err(CoreError::Format {
-                    path: w.path.clone(),
-                    segment: None,
-                    reason: "tensor name repeated across files".into(),
-                });
-            }
-        }
-    }
-    let mut h = Header {
-        format: FORMAT_NAME.into(),
-        version: FORMAT_VERSION,
-        aead: opts.aead,
-        segment_size: opts.segment_size,
-        hash: opts.hash,
-        salt: b64e(&salt),
-        key: KeyBlock {
-            provider: "file".into(),
-            key_id: kek.key_id()?,
-            wrapped_dek: String::new(),
-            context: opts.context.clone(),
-        },
-        commitment: String::new(),
-        files,
-        tensors,
-        origin: opts.origin.clone(),
-    };
-    let internal = |r: String| CoreError::InvalidArgument {
-        field: "options",
-        problem: r,
-    };
-    let digest = h.digest().map_err(internal)?;
-    h.key
-        .context
-        .insert(CTX_FORMAT.into(), CTX_FORMAT_VALUE.into());
-    h.key
-        .context
-        .insert(CTX_HEADER_DIGEST.into(), to_hex(&digest));
-    let dek = Dek::generate(rng)?;
-    h.key.wrapped_dek = b64e(&kek.wrap(&dek, &wrap_aad(&h.key).map_err(internal)?, rng)?);
-    h.commitment = b64e(&dek.commitment(&salt, &digest)?);
-    h.validate().map_err(internal)?;
-    Ok((h, dek, salt))
 }
 
 fn staging_dir(out: &Path, rng: &SystemRandom) -> Result<PathBuf, CoreError> {
