@@ -516,6 +516,10 @@ def bastion_toml(cfg: BenchConfig, listen: str) -> str:
         "enable_prefix_caching = true",
         f"cpu_kv_cache_gib = {cfg.kv_cache_gib}",
         f"seed = {cfg.seed}",
+        # The same plain safetensors directory vLLM serves: this benchmark measures the serving path,
+        # not weight loading (benchmarks/load_bench.py measures sealed loading).
+        "[weights]",
+        "allow_unsealed = true",
         "[observability]",
         'metrics_listen = ""',
         "",
@@ -530,7 +534,8 @@ def vllm_command(cfg: BenchConfig, port: int, extra: str) -> list[str]:
         "--model", cfg.model_dir, "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", str(cfg.max_model_len), "--max-num-seqs", str(cfg.max_num_seqs),
         "--enable-prefix-caching", "--seed", str(cfg.seed),
-        "--disable-log-stats",  # bastion runs its engine with disable_log_stats=True too
+        # Engine stats stay on (vLLM's default): bastion passes disable_log_stats=True but also a custom
+        # stat logger, which turns AsyncLLM's stats collection back on; so both engines collect stats.
         *shlex.split(extra),
     ]
 

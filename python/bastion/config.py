@@ -129,6 +129,16 @@ class ModelSettings(BaseModel):
     seed: int = Field(default=0, ge=0)
 
 
+class WeightsSettings(BaseModel):
+    model_config = _FROZEN
+    # KEK file (32 random bytes, mode 0600 or 0400; `bastion keys create`) that opens a sealed model
+    # given as model.source. The default model is sealed under its own key, <cache_dir>/keys/default.kek.
+    kek_file: Path | None = None
+    # Development only: serve a plain (unsealed) safetensors directory as model.source. Off by default;
+    # when used, start-up logs a WARNING (no encryption at rest, no integrity check on load).
+    allow_unsealed: bool = False
+
+
 class LimitSettings(BaseModel):
     """Request limits; each is documented in proto/bastion/v1/inference.proto."""
 
@@ -175,6 +185,7 @@ class Settings(BaseSettings):
 
     server: ServerSettings = ServerSettings()
     model: ModelSettings = ModelSettings()
+    weights: WeightsSettings = WeightsSettings()
     limits: LimitSettings = LimitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     cache_dir: Path = Field(default_factory=default_cache_dir)

@@ -1,4 +1,5 @@
-"""``bastion`` command line: serve, generate, health, models fetch-default.
+"""``bastion`` command line: serve, generate, health, models fetch-default; sealed models: keys create,
+seal, verify, inspect, rekey (``bastion.cli.weights``).
 
 Exit codes: 0 success; 1 a failed call or server start; 2 bad usage or configuration (one line on
 stderr, no traceback).
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from bastion.cli import weights as weights_cli
 from bastion.config import Settings, load_settings
 from bastion.errors import BastionError, ConfigError
 
@@ -49,8 +51,13 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="model management")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
-    f = msub.add_parser("fetch-default", help="fetch and convert the default model; prints its directory")
+    f = msub.add_parser(
+        "fetch-default", help="fetch, convert and seal the default model; prints the converted directory"
+    )
     f.add_argument("--config", help="TOML config file")
+    f.add_argument("--sealed", action="store_true", help="print the sealed directory (what serve uses) instead")
+
+    weights_cli.add_parsers(sub)
     return p
 
 
@@ -137,12 +144,17 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     from bastion.models.default import ensure_default_model
+    from bastion.models.resolve import ensure_default_sealed
 
-    print(ensure_default_model(settings))
+    sealed = ensure_default_sealed(settings.cache_dir)
+    print(sealed.path if args.sealed else ensure_default_model(settings.cache_dir).path)
     return 0
 
 
-_COMMANDS = {"serve": _cmd_serve, "generate": _cmd_generate, "health": _cmd_health, "models": _cmd_models}
+_COMMANDS = {
+    "serve": _cmd_serve, "generate": _cmd_generate, "health": _cmd_health, "models": _cmd_models,
+    **weights_cli.COMMANDS,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

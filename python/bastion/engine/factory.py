@@ -18,8 +18,14 @@ async def build_pool(settings: Settings) -> EnginePool:
 
     device = resolve_device(settings.model.device)
     prepared = await asyncio.to_thread(prepare_model, settings)
-    log.info("starting the engine for %s (%s) on %s", prepared.name, prepared.digest, device)
+    log.info(
+        "starting the engine for %s (%s, %s) on %s",
+        prepared.name, prepared.digest, "sealed" if prepared.sealed else "UNSEALED", device,
+    )
     from bastion.engine.vllm_engine import VllmEngine
 
-    engine = await VllmEngine.start(settings, str(prepared.path), prepared.name, prepared.digest, device)
+    sealed_env = prepared.key.worker_env() if prepared.key is not None else None
+    engine = await VllmEngine.start(
+        settings, str(prepared.path), prepared.name, prepared.digest, device, sealed_env=sealed_env
+    )
     return EnginePool([engine])

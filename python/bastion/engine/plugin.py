@@ -1,9 +1,10 @@
 """bastion's vLLM plugin (entry point group ``vllm.general_plugins``).
 
 vLLM calls ``register()`` in every process it starts: the API process, the EngineCore and each worker.
-It is where bastion registers what must exist inside those processes (the sealed-model load format and
-the tenant-aware scheduler come with later work). Today it checks that the native extension in the worker
-matches the package, so a stale build can never load weights, and records that it ran.
+It is where bastion registers what must exist inside those processes: the sealed-model load format
+``bastion`` (``bastion.engine.sealed_loader``; the tenant-aware scheduler comes with later work). It also
+checks that the native extension in the worker matches the package, so a stale build can never load
+weights, and records that it ran.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ def register() -> None:
     if _registered:
         return
     from bastion.digest import native_version  # refuses a stale extension (ImportError)
+    from bastion.engine.sealed_loader import register as register_sealed_loader
 
+    register_sealed_loader()
     _registered = True
     log.debug("bastion vLLM plugin registered in pid %d (native %s)", os.getpid(), native_version())
     marker = os.environ.get("BASTION_PLUGIN_MARKER_DIR")

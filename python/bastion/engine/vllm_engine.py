@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from bastion.config import Settings
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 _FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
-def _engine_args(settings: Settings, model_path: str, name: str, device: Device) -> Any:
+def _engine_args(settings: Settings, model_path: str, name: str, device: Device, load_format: str = "auto") -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     m = settings.model
@@ -47,6 +47,7 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device)
         disable_log_stats=True,  # bastion exports its own metrics; vLLM's stat loggers stay off
         enable_log_requests=False,  # vLLM would log prompts; bastion never does at INFO
         trust_remote_code=False,
+        load_format=load_format,
     )
     if device == "cuda":
         kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
@@ -64,11 +65,25 @@ class VllmEngine:
         self._stopped = False
 
     @classmethod
-    async def start(cls, settings: Settings, model_path: str, name: str, digest: str, device: Device) -> VllmEngine:
+    async def start(
+        cls,
+        settings: Settings,
+        model_path: str,
+        name: str,
+        digest: str,
+        device: Device,
+        *,
+        sealed_env: Mapping[str, str] | None = None,
+    ) -> VllmEngine:
+        """``sealed_env`` (a key provider's ``worker_env()``): the model is sealed; load it with the
+        ``bastion`` load format, whose loader finds its key provider through these variables."""
         if device == "cpu":
             # Read by vLLM's CPU worker processes (inherited environment).
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.model.cpu_kv_cache_gib)))
-        args = _engine_args(settings, model_path, name, device)
+        if sealed_env is not None:
+            # Inherited by the EngineCore and worker processes; key references only, never in argv or logs.
+            os.environ.update(sealed_env)
+        args = _engine_args(settings, model_path, name, device, "bastion" if sealed_env is not None else "auto")
         sink = StatsSink()
 
         def build() -> Any:

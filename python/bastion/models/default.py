@@ -18,8 +18,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bastion.errors import ConfigError, IntegrityError
+
+if TYPE_CHECKING:
+    from bastion.keys import KeyProvider
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,12 @@ class PreparedModel:
     name: str
     path: Path
     digest: str
+    # Set for a sealed model: the provider of the key that opens it (None: plain safetensors).
+    key: KeyProvider | None = None
+
+    @property
+    def sealed(self) -> bool:
+        return self.key is not None
 
 
 def _gguf_dir() -> Path:

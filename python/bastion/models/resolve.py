@@ -1,27 +1,54 @@
-"""Turns ``model.source`` ("default" or a local Hugging Face model directory) into a prepared model."""
+"""Turns ``model.source`` ("default" or a local model directory) into a prepared model.
+
+Rules:
+* ``default``: the converted default model, sealed on first use under a locally created key
+  (``<cache_dir>/keys/default.kek``) into ``<cache_dir>/models/smollm2-135m-instruct.sealed``; that
+  sealed directory is what serves. Its digest is recorded beside it and checked on every start.
+* a sealed directory (it has ``weights.ctxh``): opened with ``weights.kek_file``; the key is checked
+  (unwrap and key commitment) before the engine starts; the engine loads it with the ``bastion`` load
+  format, which verifies every segment before use.
+* a plain safetensors directory: refused unless ``weights.allow_unsealed = true`` (development only,
+  logged at WARNING).
+The digest is always the BLAKE3 digest of the directory served (for a sealed model: its ciphertext).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
+import os
 import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from bastion.config import Settings
-from bastion.errors import ConfigError
-from bastion.models.default import DEFAULT_NAME, PreparedModel, ensure_default_model
+from bastion.errors import ConfigError, IntegrityError
+from bastion.models.default import DEFAULT_NAME, GGUF_FILE, SOURCE_DIST, PreparedModel, ensure_default_model
+
+log = logging.getLogger(__name__)
 
 # Pickle-based weight formats execute code on load; bastion never loads them.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _NAME_RE = re.compile(r"[^A-Za-z0-9._:-]+")
+SEALED_HEADER = "weights.ctxh"
+SEALED_SUFFIX = ".sealed"
+DEFAULT_KEK = "default.kek"
+
+
+def is_sealed_dir(path: Path) -> bool:
+    return (path / SEALED_HEADER).is_file()
 
 
 def prepare_model(settings: Settings) -> PreparedModel:
-    from bastion.digest import digest_dir
-
     source = settings.model.source
     if source == "default":
-        prepared = ensure_default_model(settings.cache_dir)
-        name = settings.model.served_name or DEFAULT_NAME
-        return PreparedModel(name, prepared.path, prepared.digest)
+        prepared = ensure_default_sealed(settings.cache_dir)
+        return replace(prepared, name=settings.model.served_name or DEFAULT_NAME)
     path = Path(source).expanduser()
     if not path.is_dir():
         raise ConfigError("model.source: not 'default' and not a local model directory")
@@ -30,8 +57,136 @@ def prepare_model(settings: Settings) -> PreparedModel:
     pickles = sorted(p.name for p in path.rglob("*") if p.suffix.lower() in _PICKLE_SUFFIXES)
     if pickles:
         raise ConfigError(f"model.source: pickle weight files are refused ({', '.join(pickles[:3])}); use safetensors")
-    if not any(path.glob("*.safetensors")):
-        raise ConfigError("model.source: no *.safetensors weights in the directory")
     name = settings.model.served_name or _NAME_RE.sub("-", path.resolve().name)[:128] or "model"
     resolved = path.resolve()
-    return PreparedModel(name, resolved, digest_dir(resolved).digest)
+    if is_sealed_dir(resolved):
+        return _prepare_sealed(settings, resolved, name)
+    return _prepare_unsealed(settings, resolved, name)
+
+
+def _prepare_unsealed(settings: Settings, path: Path, name: str) -> PreparedModel:
+    from bastion.digest import digest_dir
+
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError("model.source: no *.safetensors weights in the directory")
+    if not settings.weights.allow_unsealed:
+        raise ConfigError(
+            "model.source: an unsealed model directory is refused; seal it with "
+            "`bastion seal SRC OUT --key KEK` and serve OUT with weights.kek_file = KEK "
+            "(or set weights.allow_unsealed = true, for development only)"
+        )
+    log.warning(
+        "weights.allow_unsealed = true: serving UNSEALED weights from %s — no encryption at rest, no "
+        "integrity check on load. Development only; never in production.", path,
+    )
+    return PreparedModel(name, path, digest_dir(path).digest)
+
+
+def _prepare_sealed(settings: Settings, path: Path, name: str) -> PreparedModel:
+    if settings.weights.kek_file is None:
+        raise ConfigError("model.source is a sealed model: set weights.kek_file (the key that opens it)")
+    return open_sealed(path, name, settings.weights.kek_file)
+
+
+def open_sealed(path: Path, name: str, kek_file: Path) -> PreparedModel:
+    """Validates a sealed directory and its key without decrypting any weights; digests the directory."""
+    from bastion.digest import digest_dir
+    from bastion.keys import FileKeyProvider
+    from bastion.weights import inspect
+
+    stray = sorted(p.name for p in path.iterdir() if p.suffix.lower() == ".safetensors")
+    if stray:
+        raise ConfigError(f"model.source: plaintext weights inside a sealed model directory are refused ({stray[0]})")
+    provider = FileKeyProvider(kek_file)
+    provider.check()
+    header = inspect(path)  # FormatError on any malformed header
+    with provider.open(path):  # unwraps the data key and checks the key commitment (IntegrityError)
+        pass
+    digest = digest_dir(path).digest
+    log.info(
+        "sealed model %s: header %s:%s, %d tensors, %d segments of %d KiB, %s, key %s (%s)",
+        path, header["hash"], header["header_digest"], len(header["tensors"]), header["total_segments"],
+        header["segment_size"] // 1024, header["aead"], header["key"]["key_id"], provider.describe(),
+    )
+    return PreparedModel(name, path, digest, key=provider)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock: two servers starting at once seal the default model only once."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def default_kek_path(cache_dir: Path) -> Path:
+    return cache_dir / "keys" / DEFAULT_KEK
+
+
+def default_sealed_path(cache_dir: Path) -> Path:
+    return cache_dir / "models" / f"{DEFAULT_NAME}{SEALED_SUFFIX}"
+
+
+def _sealed_record_path(cache_dir: Path) -> Path:
+    return cache_dir / "models" / f"{DEFAULT_NAME}{SEALED_SUFFIX}.json"
+
+
+def ensure_default_sealed(cache_dir: Path) -> PreparedModel:
+    """The sealed default model, converting and sealing it first if needed; checks its recorded digest."""
+    from bastion.digest import digest_dir
+    from bastion.keys import FileKeyProvider
+
+    models = cache_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = default_sealed_path(cache_dir)
+    record = _sealed_record_path(cache_dir)
+    kek = default_kek_path(cache_dir)
+    with _locked(models / f".{DEFAULT_NAME}.lock"):
+        if target.is_dir() and record.is_file():
+            expected = json.loads(record.read_text())["digest"]
+            actual = digest_dir(target).digest
+            if actual != expected:
+                raise IntegrityError(
+                    "the cached sealed default model changed since it was sealed",
+                    detail=f"{target}: recorded {expected}, found {actual}; delete it to seal again",
+                )
+            if not kek.is_file():
+                raise ConfigError(f"the default model's key {kek} is missing; delete {target} to seal it again")
+            provider = FileKeyProvider(kek)
+            provider.check()
+            with provider.open(target):  # the key opens it (unwrap + key commitment)
+                pass
+            return PreparedModel(DEFAULT_NAME, target, actual, key=provider)
+
+        plain = ensure_default_model(cache_dir)  # the seal input (converted once, digest checked)
+        if target.exists():  # sealed without a record: an interrupted earlier start; seal anew
+            shutil.rmtree(target)
+        kek.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(kek.parent, 0o700)
+        provider = FileKeyProvider(kek) if kek.exists() else FileKeyProvider.create(kek)
+        provider.check()
+        started = time.monotonic()
+        report = provider.seal(
+            plain.path,
+            target,
+            context={"model": DEFAULT_NAME},
+            origin={"source_uri": f"pypi:{SOURCE_DIST}/{GGUF_FILE}", "upstream_digest": plain.digest},
+        )
+        digest = digest_dir(target).digest
+        tmp = record.with_suffix(".json.tmp")
+        tmp.write_text(
+            json.dumps(
+                {"name": DEFAULT_NAME, "digest": digest, "header_digest": report.header_digest,
+                 "source_digest": plain.digest, "key": provider.describe(), "sealed_at": int(time.time())},
+                indent=2,
+            )
+        )
+        os.replace(tmp, record)
+        log.info(
+            "sealed the default model into %s (%s; %d tensors, %.0f MiB) in %.1f s, key %s",
+            target, digest, report.tensors, report.bytes / 2**20, time.monotonic() - started, provider.describe(),
+        )
+        return PreparedModel(DEFAULT_NAME, target, digest, key=provider)

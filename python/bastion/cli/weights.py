@@ -1,0 +1,167 @@
+"""``bastion keys create``, ``seal``, ``verify``, ``inspect``, ``rekey``: the sealed-model commands.
+
+Errors are one line on stderr naming the file (and segment, for integrity failures), never key
+material and never a traceback. Exit codes: 0 success; 1 the artifact failed a check (integrity,
+wrong key, malformed header); 2 bad usage, a missing or unusable file or key (bad mode, exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import BastionError, ConfigError, IntegrityError
+
+AEADS = ("aes-256-gcm", "chacha20-poly1305")
+HASHES = ("blake3", "sha256")
+
+
+def add_parsers(sub: Any) -> None:
+    k = sub.add_parser("keys", help="key-encryption keys for sealed models")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    kc = ksub.add_parser("create", help="write a new random 32-byte key file (mode 0600; never overwrites)")
+    kc.add_argument("path", metavar="PATH")
+
+    s = sub.add_parser("seal", help="encrypt a safetensors model directory into a sealed directory")
+    s.add_argument("src", metavar="SRC", help="Hugging Face model directory (safetensors, config, tokenizer)")
+    s.add_argument("out", metavar="OUT", help="new sealed directory (must not exist)")
+    s.add_argument("--key", required=True, metavar="KEK", help="key file (bastion keys create)")
+    s.add_argument("--origin", metavar="URI", help="source URI recorded (authenticated) in the header")
+    s.add_argument("--aead", choices=AEADS, default="aes-256-gcm",
+                   help="chacha20-poly1305 for CPUs without AES instructions (default: aes-256-gcm)")
+    s.add_argument("--hash", choices=HASHES, default="blake3", help="segment hash (default: blake3)")
+    s.add_argument("--segment-size", type=int, default=1 << 20, metavar="BYTES",
+                   help="power of two, 64 KiB to 64 MiB (default: 1 MiB)")
+
+    v = sub.add_parser("verify", help="check every ciphertext segment against the header's hash table")
+    v.add_argument("dir", metavar="DIR")
+    v.add_argument("--key", metavar="KEK", help="also unwrap the key and authenticate and decrypt every segment")
+
+    i = sub.add_parser("inspect", help="print a sealed directory's header as JSON (no secrets)")
+    i.add_argument("dir", metavar="DIR")
+
+    r = sub.add_parser("rekey", help="rewrap a sealed model's data key under a new key file")
+    r.add_argument("dir", metavar="DIR")
+    r.add_argument("--old-key", required=True, metavar="KEK")
+    r.add_argument("--new-key", required=True, metavar="KEK")
+
+
+def _usable_key(path: str) -> Any:
+    from bastion.keys import FileKeyProvider
+
+    provider = FileKeyProvider(path)
+    provider.check()
+    return provider
+
+
+def _sealed_dir(path: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(f"not a directory: {p}")
+    if not (p / "weights.ctxh").is_file():
+        raise ConfigError(f"not a sealed model directory (no weights.ctxh): {p}")
+    return p
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from bastion.keys import FileKeyProvider
+
+    provider = FileKeyProvider.create(args.path)
+    print(f"created {provider.path} (32 random bytes, mode 0600); keep it secret and backed up")
+    return 0
+
+
+def _cmd_seal(args: argparse.Namespace) -> int:
+    from bastion.digest import digest_dir
+
+    src, out = Path(args.src), Path(args.out)
+    if not src.is_dir():
+        raise ConfigError(f"not a directory: {src}")
+    if out.exists() or out.is_symlink():
+        raise ConfigError(f"output already exists: {out}")
+    provider = _usable_key(args.key)
+    origin = {"source_uri": args.origin} if args.origin else None
+    report = provider.seal(src, out, aead=args.aead, hash=args.hash, segment_size=args.segment_size, origin=origin)
+    digest = digest_dir(out).digest
+    print(
+        f"sealed {report.tensors} tensors ({report.bytes / 2**20:.1f} MiB in {report.files} data files) "
+        f"into {out}\nheader digest {args.hash}:{report.header_digest}\ndirectory digest {digest}\n"
+        f"copied plaintext: {', '.join(report.copied) or '(none)'}"
+    )
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from bastion.weights import verify_ciphertext
+
+    path = _sealed_dir(args.dir)
+    if args.key:
+        provider = _usable_key(args.key)
+        with provider.open(path) as reader:
+            rep = reader.verify_all()
+        what = "hashes match weights.ctxh and every segment authenticates and decrypts under the key"
+    else:
+        rep = verify_ciphertext(path)
+        what = "ciphertext hashes match weights.ctxh (no key used; signature check: not yet implemented)"
+    print(f"OK {path}: {rep.files} data files, {rep.segments} segments, {rep.bytes / 2**20:.1f} MiB: {what}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from bastion.weights import inspect
+
+    header = inspect(_sealed_dir(args.dir))
+    header.get("key", {}).pop("wrapped_dek", None)  # never printed (inspect already leaves it out)
+    json.dump(header, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _cmd_rekey(args: argparse.Namespace) -> int:
+    from bastion.weights import inspect, rekey
+
+    path = _sealed_dir(args.dir)
+    old, new = _usable_key(args.old_key), _usable_key(args.new_key)
+    if old.path.resolve() == new.path.resolve():
+        raise ConfigError("--old-key and --new-key are the same file")
+    before = inspect(path)["key"]["key_id"]
+    rekey(path, old.path, new.path)
+    after = inspect(path)["key"]["key_id"]
+    print(f"rekeyed {path}: key {before} -> {after}; data files unchanged; the old key no longer opens it")
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "keys": _cmd_keys,
+    "seal": _cmd_seal,
+    "verify": _cmd_verify,
+    "inspect": _cmd_inspect,
+    "rekey": _cmd_rekey,
+}
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs one command; maps errors to one line and an exit code (details name files, never keys)."""
+    from bastion.errors import InvalidArgument, NativeIOError
+
+    try:
+        return _HANDLERS[args.command](args)
+    except IntegrityError as exc:  # FormatError included: the artifact is bad
+        print(f"bastion {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, NativeIOError, InvalidArgument) as exc:
+        print(f"bastion {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BastionError as exc:
+        print(f"bastion {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"bastion {args.command}: {exc.strerror or type(exc).__name__}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {name: _run for name in _HANDLERS}

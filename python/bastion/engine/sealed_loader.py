@@ -1,0 +1,200 @@
+"""vLLM load format ``bastion``: serves a sealed model directory (docs/sealed-format.md).
+
+Registered by ``bastion.engine.plugin.register()`` in every vLLM process; it runs inside the process
+that owns the weights (the CPU worker or each GPU rank). The key provider comes from the environment
+the server set before starting the engine (``BASTION_KEY_PROVIDER`` / ``BASTION_KEK_FILE``, see
+``bastion.keys``) or from ``model_loader_extra_config={"kek_file": ...}``; key material never passes
+through Python.
+
+Every byte of every data file is read once: each ciphertext segment's hash is checked against the
+header's table, then the segment is authenticated and decrypted by the Rust reader, and only then do
+its bytes become a tensor for ``model.load_weights``. The bytes no tensor covers (each file's embedded
+safetensors header) are read and verified too, so a loaded model means a fully verified artifact. Any
+failure (integrity, wrong key, missing or unexpected tensor) aborts the load with an error naming the
+file and segment; the engine then fails to start and nothing serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bastion.errors import BastionError, ConfigError
+from bastion.weights.sealed import SealedReader, TensorInfo
+
+if TYPE_CHECKING:
+    from bastion.keys import KeyProvider
+
+LOAD_FORMAT = "bastion"
+SEALED_HEADER = "weights.ctxh"
+EXTRA_CONFIG_KEYS = frozenset({"kek_file"})
+
+# In vLLM's processes only the "vllm" logger tree has a handler (bastion configures logging in the
+# server process only), so the loader logs under it to reach the server log from the worker.
+log = logging.getLogger("vllm.bastion.sealed_loader")
+
+# safetensors dtype -> torch dtype. Sub-byte float formats (F4, F6_*) have no byte-addressable torch
+# dtype and are refused.
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "U16": torch.uint16,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I32": torch.int32,
+    "U32": torch.uint32,
+    "F32": torch.float32,
+    "I64": torch.int64,
+    "U64": torch.uint64,
+    "F64": torch.float64,
+    "C64": torch.complex64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+if hasattr(torch, "float8_e8m0fnu"):
+    _TORCH_DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    try:
+        return _TORCH_DTYPES[dtype]
+    except KeyError:
+        raise ConfigError(f"sealed tensor dtype {dtype} is not supported by the bastion loader") from None
+
+
+def to_tensor(data: bytes, info: TensorInfo) -> torch.Tensor:
+    """A tensor over ``data`` without a copy (the tensor keeps the bytes object alive)."""
+    dtype = torch_dtype(info.dtype)
+    if len(data) == 0:
+        return torch.empty(info.shape, dtype=dtype)
+    with warnings.catch_warnings():
+        # bytes are immutable; vLLM's weight loaders only read (copy into the parameter).
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        flat = torch.frombuffer(data, dtype=dtype)
+    return flat.reshape(info.shape)
+
+
+def _uncovered(ranges: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """The parts of ``[0, length)`` that no range covers."""
+    gaps, pos = [], 0
+    for b, e in sorted(ranges):
+        if b > pos:
+            gaps.append((pos, b))
+        pos = max(pos, e)
+    if pos < length:
+        gaps.append((pos, length))
+    return gaps
+
+
+def sealed_weights(reader: SealedReader, stats: dict[str, int] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the sealed model as ``(name, tensor)``, in file order, each verified before use.
+
+    The bytes outside every tensor (the embedded safetensors header of each data file) are read and
+    verified first, so when the iterator is exhausted every byte of the artifact has been checked.
+    """
+    names = reader.tensor_names()
+    infos = {n: reader.tensor_info(n) for n in names}
+    for n, info in infos.items():
+        torch_dtype(info.dtype)  # refuse an unsupported dtype before any decryption
+    files = reader.files()
+    verified = 0
+    for fi, (_data_name, _source, length) in enumerate(files):
+        ranges = [i.data_offsets for i in infos.values() if i.file == fi]
+        for b, e in _uncovered(ranges, length):
+            verified += len(reader.read_range(fi, b, e))
+    for n in sorted(names, key=lambda x: (infos[x].file, infos[x].data_offsets)):
+        data = reader.read_tensor(n)
+        verified += len(data)
+        yield n, to_tensor(data, infos[n])
+    if stats is not None:
+        stats["tensors"] = len(names)
+        stats["bytes"] = verified
+        stats["files"] = len(files)
+
+
+def is_sealed_dir(path: str | os.PathLike[str]) -> bool:
+    return os.path.isfile(os.path.join(path, SEALED_HEADER))
+
+
+def _register() -> None:
+    from torch import nn
+    from vllm.config import ModelConfig
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor.model_loader import register_model_loader
+    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+    class BastionSealedLoader(BaseModelLoader):
+        """``load_format="bastion"``: decrypts and verifies a sealed directory into the model."""
+
+        def __init__(self, load_config: LoadConfig) -> None:
+            super().__init__(load_config)
+            extra = load_config.model_loader_extra_config or {}
+            if not isinstance(extra, dict) or set(extra) - EXTRA_CONFIG_KEYS:
+                raise ValueError(f"load format {LOAD_FORMAT}: model_loader_extra_config accepts only {sorted(EXTRA_CONFIG_KEYS)}")
+            self._kek_file: str | None = extra.get("kek_file")
+
+        def _provider(self) -> KeyProvider:
+            from bastion.keys import FileKeyProvider, provider_from_env
+
+            return FileKeyProvider(self._kek_file) if self._kek_file else provider_from_env()
+
+        def download_model(self, model_config: ModelConfig) -> None:
+            if not is_sealed_dir(model_config.model):
+                raise ValueError(f"load format {LOAD_FORMAT}: {model_config.model} is not a sealed model directory")
+
+        def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
+            path = str(model_config.model)
+            started = time.perf_counter()
+            stats: dict[str, int] = {}
+            try:
+                self.download_model(model_config)
+                provider = self._provider()
+                provider.check()
+                with provider.open(path) as reader:
+                    loaded = model.load_weights(sealed_weights(reader, stats))
+            except BastionError as exc:
+                # str(exc) carries the detail: the file and segment that failed, never key material.
+                log.error("sealed model load refused: %s", exc)
+                raise RuntimeError(f"sealed model load refused: {exc}") from None
+            if "tensors" not in stats:
+                raise RuntimeError(f"sealed model load refused: {path}: the model stopped reading weights early")
+            if model_config.quantization is None and loaded is not None:
+                # Same strict check as vLLM's default loader: every parameter must come from the artifact.
+                DefaultModelLoader.track_weights_loading(self, model, set(loaded))  # type: ignore[arg-type]
+            elapsed = time.perf_counter() - started
+            log.info(
+                "sealed model verified and loaded: %s, %d tensors in %d files, %.1f MiB in %.2f s (%.0f MiB/s)",
+                path, stats["tensors"], stats["files"], stats["bytes"] / 2**20, elapsed,
+                stats["bytes"] / 2**20 / max(elapsed, 1e-9),
+            )
+
+    register_model_loader(LOAD_FORMAT)(BastionSealedLoader)
+
+
+_registered = False
+
+
+def register() -> None:
+    """Registers the ``bastion`` load format with vLLM (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    _register()
+    _registered = True
+
+
+def loader_class() -> Any:
+    from vllm.model_executor.model_loader import get_model_loader
+    from vllm.config.load import LoadConfig
+
+    register()
+    return type(get_model_loader(LoadConfig(load_format=LOAD_FORMAT)))

@@ -1,0 +1,56 @@
+"""The key-provider protocol and how a vLLM worker process finds its provider."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from bastion.errors import ConfigError
+from bastion.weights.sealed import SealedReader, SealReport, StrPath
+
+# Set by the server before it starts the engine; inherited by vLLM's EngineCore and worker processes.
+ENV_PROVIDER = "BASTION_KEY_PROVIDER"
+ENV_KEK_FILE = "BASTION_KEK_FILE"
+
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    """Opens and seals models under one key-encryption key. Holds references only, never key bytes."""
+
+    #: the ``key.provider`` value this provider writes into (and accepts from) a sealed header
+    name: str
+
+    def describe(self) -> str:
+        """A loggable one-line description (a path or key name; never key material)."""
+        ...
+
+    def check(self) -> None:
+        """Raises ``ConfigError`` when the key cannot be used (missing, wrong type or permissions)."""
+        ...
+
+    def open(self, sealed_dir: StrPath) -> SealedReader:
+        """Opens a sealed model: unwraps its data key and checks the key commitment."""
+        ...
+
+    def seal(self, src: StrPath, out: StrPath, **options: Any) -> SealReport:
+        """Seals the safetensors directory ``src`` into the new directory ``out``."""
+        ...
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment variables from which ``provider_from_env`` rebuilds this provider in a worker."""
+        ...
+
+
+def provider_from_env(env: Mapping[str, str] | None = None) -> KeyProvider:
+    """The provider the server configured for this process tree (vLLM workers call this)."""
+    env = os.environ if env is None else env
+    kind = env.get(ENV_PROVIDER, "file")
+    if kind == "file":
+        from bastion.keys.file import FileKeyProvider
+
+        path = env.get(ENV_KEK_FILE)
+        if not path:
+            raise ConfigError(f"no key for the sealed model: {ENV_KEK_FILE} is not set in this process")
+        return FileKeyProvider(path)
+    raise ConfigError(f"unknown key provider {kind!r} in {ENV_PROVIDER}")
