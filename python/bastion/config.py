@@ -134,6 +134,9 @@ class WeightsSettings(BaseModel):
     # KEK file (32 random bytes, mode 0600 or 0400; `bastion keys create`) that opens a sealed model
     # given as model.source. The default model is sealed under its own key, <cache_dir>/keys/default.kek.
     kek_file: Path | None = None
+    # Trust policy (bastion.weights.policy): who may sign which models, from which origins. Required for a
+    # sealed model.source; the default model uses the one created beside its local key.
+    trust_policy: Path | None = None
     # Development only: serve a plain (unsealed) safetensors directory as model.source. Off by default;
     # when used, start-up logs a WARNING (no encryption at rest, no integrity check on load).
     allow_unsealed: bool = False

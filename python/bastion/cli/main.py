@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     client_args(g)
     g.add_argument("--model", help="served model name (default: the first listed)")
     g.add_argument("--max-tokens", type=int)
-    g.add_argument("--temperature", type=float)
+    g.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature (default 0: greedy, the same answer every time)")
     g.add_argument("--system", help="system message (chat mode)")
     g.add_argument("--raw", action="store_true", help="send PROMPT as raw text, without the chat template")
     g.add_argument("prompt", metavar="PROMPT")

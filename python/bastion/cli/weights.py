@@ -25,20 +25,33 @@ def add_parsers(sub: Any) -> None:
     ksub = k.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     kc = ksub.add_parser("create", help="write a new random 32-byte key file (mode 0600; never overwrites)")
     kc.add_argument("path", metavar="PATH")
+    ks = ksub.add_parser("create-signing", help="write a new EC signing key (PEM, 0600) and PATH.pub")
+    ks.add_argument("path", metavar="PATH")
+    ks.add_argument("--curve", choices=("p256", "p384"), default="p256")
 
     s = sub.add_parser("seal", help="encrypt a safetensors model directory into a sealed directory")
     s.add_argument("src", metavar="SRC", help="Hugging Face model directory (safetensors, config, tokenizer)")
     s.add_argument("out", metavar="OUT", help="new sealed directory (must not exist)")
     s.add_argument("--key", required=True, metavar="KEK", help="key file (bastion keys create)")
     s.add_argument("--origin", metavar="URI", help="source URI recorded (authenticated) in the header")
+    s.add_argument("--sign-key", metavar="PEM", help="EC private key (P-256/384) that signs model.sig (OMS v1.0)")
+    s.add_argument("--sign-cert", metavar="PEM", help="signing certificate for --sign-key (certificate bundle)")
+    s.add_argument("--cert-chain", metavar="PEM", action="append", default=[],
+                   help="intermediate/root certificates to embed with --sign-cert (repeatable)")
+    s.add_argument("--unsigned", action="store_true",
+                   help="leave the directory unsigned (it loads only where the trust policy allows unsigned models)")
     s.add_argument("--aead", choices=AEADS, default="aes-256-gcm",
                    help="chacha20-poly1305 for CPUs without AES instructions (default: aes-256-gcm)")
     s.add_argument("--hash", choices=HASHES, default="blake3", help="segment hash (default: blake3)")
     s.add_argument("--segment-size", type=int, default=1 << 20, metavar="BYTES",
                    help="power of two, 64 KiB to 64 MiB (default: 1 MiB)")
 
-    v = sub.add_parser("verify", help="check every ciphertext segment against the header's hash table")
+    v = sub.add_parser("verify", help="check model.sig against a trust policy, every signed digest and every "
+                       "ciphertext segment (no data key needed)")
     v.add_argument("dir", metavar="DIR")
+    v.add_argument("--policy", required=True, metavar="TOML", help="trust policy (bastion.weights.policy)")
+    v.add_argument("--model-name", metavar="NAME", help="served model name the policy is matched against "
+                   "(default: the directory name)")
     v.add_argument("--key", metavar="KEK", help="also unwrap the key and authenticate and decrypt every segment")
 
     i = sub.add_parser("inspect", help="print a sealed directory's header as JSON (no secrets)")
@@ -48,6 +61,10 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("dir", metavar="DIR")
     r.add_argument("--old-key", required=True, metavar="KEK")
     r.add_argument("--new-key", required=True, metavar="KEK")
+    r.add_argument("--sign-key", metavar="PEM", help="re-sign model.sig after the rewrap (it covers weights.ctxh); "
+                   "required when the directory is signed")
+    r.add_argument("--sign-cert", metavar="PEM", help="signing certificate for --sign-key")
+    r.add_argument("--cert-chain", metavar="PEM", action="append", default=[], help="chain for --sign-cert")
 
 
 def _usable_key(path: str) -> Any:
@@ -70,6 +87,12 @@ def _sealed_dir(path: str) -> Path:
 def _cmd_keys(args: argparse.Namespace) -> int:
     from bastion.keys import FileKeyProvider
 
+    if args.keys_command == "create-signing":
+        from bastion.weights.signing import create_signing_key
+
+        pub = create_signing_key(args.path, args.curve)
+        print(f"created {args.path} (EC {args.curve}, mode 0600; keep it secret) and {pub} (give this to verifiers)")
+        return 0
     provider = FileKeyProvider.create(args.path)
     print(f"created {provider.path} (32 random bytes, mode 0600); keep it secret and backed up")
     return 0
@@ -83,22 +106,44 @@ def _cmd_seal(args: argparse.Namespace) -> int:
         raise ConfigError(f"not a directory: {src}")
     if out.exists() or out.is_symlink():
         raise ConfigError(f"output already exists: {out}")
+    if not args.sign_key and not args.unsigned:
+        raise ConfigError("--sign-key is required (or --unsigned, for a directory only a lax policy would load)")
+    if args.sign_cert and not args.sign_key:
+        raise ConfigError("--sign-cert needs --sign-key")
     provider = _usable_key(args.key)
     origin = {"source_uri": args.origin} if args.origin else None
     report = provider.seal(src, out, aead=args.aead, hash=args.hash, segment_size=args.segment_size, origin=origin)
+    signed = "unsigned"
+    if args.sign_key:
+        from bastion.weights.signing import sign_dir
+
+        sign_dir(out, private_key=args.sign_key, certificate=args.sign_cert, chain=args.cert_chain)
+        signed = f"signed {out / 'model.sig'} (OMS v1.0)"
     digest = digest_dir(out).digest
     print(
         f"sealed {report.tensors} tensors ({report.bytes / 2**20:.1f} MiB in {report.files} data files) "
         f"into {out}\nheader digest {args.hash}:{report.header_digest}\ndirectory digest {digest}\n"
-        f"copied plaintext: {', '.join(report.copied) or '(none)'}"
+        f"copied plaintext: {', '.join(report.copied) or '(none)'}\n{signed}"
     )
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from bastion.weights import verify_ciphertext
+    from bastion.weights.policy import load_policy
+    from bastion.weights.signing import HEADER_FILE, check_files, verify_sealed
 
     path = _sealed_dir(args.dir)
+    policy = load_policy(args.policy)
+    name = args.model_name or path.resolve().name
+    header = (path / HEADER_FILE).read_bytes()
+    manifest = verify_sealed(path, policy, name, header_file=header, origin=_header_origin(path, header))
+    if manifest is None:
+        sig = f"UNSIGNED (the policy allows {name!r} unsigned)"
+    else:
+        files = check_files(path, manifest)  # every signed file, data files included, hashed in full
+        sig = (f"model.sig by {manifest.signer} ({manifest.identity}) allowed for {name!r}; {files} files match "
+               f"the signed manifest; OMS digest {manifest.model_digest}")
     if args.key:
         provider = _usable_key(args.key)
         with provider.open(path) as reader:
@@ -106,9 +151,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         what = "hashes match weights.ctxh and every segment authenticates and decrypts under the key"
     else:
         rep = verify_ciphertext(path)
-        what = "ciphertext hashes match weights.ctxh (no key used; signature check: not yet implemented)"
-    print(f"OK {path}: {rep.files} data files, {rep.segments} segments, {rep.bytes / 2**20:.1f} MiB: {what}")
+        what = "ciphertext hashes match weights.ctxh (no data key used)"
+    print(f"OK {path}: {sig}\n{rep.files} data files, {rep.segments} segments, {rep.bytes / 2**20:.1f} MiB: {what}")
     return 0
+
+
+def _header_origin(path: Path, header: bytes) -> str | None:
+    from bastion.weights import inspect
+    from bastion.weights.sealed import header_json
+
+    inspect(path)  # validates the header (FormatError) before its JSON is trusted for the origin
+    origin: str | None = (header_json(header).get("origin") or {}).get("source_uri")
+    return origin
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -128,10 +182,19 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     old, new = _usable_key(args.old_key), _usable_key(args.new_key)
     if old.path.resolve() == new.path.resolve():
         raise ConfigError("--old-key and --new-key are the same file")
+    signed = (path / "model.sig").exists()
+    if signed and not args.sign_key:
+        raise ConfigError("this directory is signed and rekeying rewrites weights.ctxh: pass --sign-key to re-sign it")
     before = inspect(path)["key"]["key_id"]
     rekey(path, old.path, new.path)
     after = inspect(path)["key"]["key_id"]
-    print(f"rekeyed {path}: key {before} -> {after}; data files unchanged; the old key no longer opens it")
+    resigned = ""
+    if args.sign_key:
+        from bastion.weights.signing import sign_dir
+
+        sign_dir(path, private_key=args.sign_key, certificate=args.sign_cert, chain=args.cert_chain)
+        resigned = "; model.sig re-signed"
+    print(f"rekeyed {path}: key {before} -> {after}; data files unchanged; the old key no longer opens it{resigned}")
     return 0
 
 

@@ -24,7 +24,7 @@ async def build_pool(settings: Settings) -> EnginePool:
     )
     from bastion.engine.vllm_engine import VllmEngine
 
-    sealed_env = prepared.key.worker_env() if prepared.key is not None else None
+    sealed_env = prepared.worker_env() if prepared.sealed else None
     engine = await VllmEngine.start(
         settings, str(prepared.path), prepared.name, prepared.digest, device, sealed_env=sealed_env
     )

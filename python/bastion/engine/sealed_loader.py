@@ -1,12 +1,15 @@
 """vLLM load format ``bastion``: serves a sealed model directory (docs/sealed-format.md).
 
 Registered by ``bastion.engine.plugin.register()`` in every vLLM process; it runs inside the process
-that owns the weights (the CPU worker or each GPU rank). The key provider comes from the environment
-the server set before starting the engine (``BASTION_KEY_PROVIDER`` / ``BASTION_KEK_FILE``, see
-``bastion.keys``) or from ``model_loader_extra_config={"kek_file": ...}``; key material never passes
+that owns the weights (the CPU worker or each GPU rank). The key provider, trust policy and served
+name come from the environment the server set before starting the engine (``BASTION_KEY_PROVIDER`` /
+``BASTION_KEK_FILE``, see ``bastion.keys``; ``bastion.engine.sealed_env``) or from
+``model_loader_extra_config={"kek_file", "trust_policy", "served_model"}``; key material never passes
 through Python.
 
-Every byte of every data file is read once: each ciphertext segment's hash is checked against the
+Before any weight is decrypted, the OMS signature (``model.sig``) is checked here, in the loading
+process, against the trust policy, and every signed file but the data files is compared with the signed
+manifest (``weights.ctxh`` on the exact bytes the Rust reader decoded). Every byte of every data file is read once: each ciphertext segment's hash is checked against the
 header's table, then the segment is authenticated and decrypted by the Rust reader, and only then do
 its bytes become a tensor for ``model.load_weights``. The bytes no tensor covers (each file's embedded
 safetensors header) are read and verified too, so a loaded model means a fully verified artifact. Any
@@ -26,14 +29,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bastion.errors import BastionError, ConfigError
-from bastion.weights.sealed import SealedReader, TensorInfo
+from bastion.weights.policy import TrustPolicy, load_policy
+from bastion.weights.sealed import SealedReader, TensorInfo, header_json
+from bastion.weights.signing import verify_sealed
 
 if TYPE_CHECKING:
     from bastion.keys import KeyProvider
 
 LOAD_FORMAT = "bastion"
 SEALED_HEADER = "weights.ctxh"
-EXTRA_CONFIG_KEYS = frozenset({"kek_file"})
+EXTRA_CONFIG_KEYS = frozenset({"kek_file", "trust_policy", "served_model"})
 
 # In vLLM's processes only the "vllm" logger tree has a handler (bastion configures logging in the
 # server process only), so the loader logs under it to reach the server log from the worker.
@@ -141,11 +146,25 @@ def _register() -> None:
             if not isinstance(extra, dict) or set(extra) - EXTRA_CONFIG_KEYS:
                 raise ValueError(f"load format {LOAD_FORMAT}: model_loader_extra_config accepts only {sorted(EXTRA_CONFIG_KEYS)}")
             self._kek_file: str | None = extra.get("kek_file")
+            self._trust_policy: str | None = extra.get("trust_policy")
+            self._served_model: str | None = extra.get("served_model")
 
         def _provider(self) -> KeyProvider:
             from bastion.keys import FileKeyProvider, provider_from_env
 
             return FileKeyProvider(self._kek_file) if self._kek_file else provider_from_env()
+
+        def _policy(self) -> tuple[TrustPolicy, str]:
+            from bastion.engine.sealed_env import ENV_SERVED_MODEL, ENV_TRUST_POLICY
+
+            policy_path = self._trust_policy or os.environ.get(ENV_TRUST_POLICY)
+            served = self._served_model or os.environ.get(ENV_SERVED_MODEL)
+            if not policy_path or not served:
+                raise ConfigError(
+                    f"no trust policy or served model name for the sealed model in this process "
+                    f"({ENV_TRUST_POLICY}, {ENV_SERVED_MODEL}); nothing loads unverified"
+                )
+            return load_policy(policy_path), served
 
         def download_model(self, model_config: ModelConfig) -> None:
             if not is_sealed_dir(model_config.model):
@@ -159,7 +178,16 @@ def _register() -> None:
                 self.download_model(model_config)
                 provider = self._provider()
                 provider.check()
+                policy, served = self._policy()
                 with provider.open(path) as reader:
+                    header = reader.header_file()
+                    origin = (header_json(header).get("origin") or {}).get("source_uri")
+                    manifest = verify_sealed(path, policy, served, header_file=header, origin=origin)
+                    if manifest is None:
+                        log.warning("sealed model %s is UNSIGNED (allowed by the trust policy for %r)", path, served)
+                    else:
+                        log.info("model.sig verified in pid %d: signer %s (%s), OMS digest %s",
+                                 os.getpid(), manifest.signer, manifest.identity, manifest.model_digest)
                     loaded = model.load_weights(sealed_weights(reader, stats))
             except BastionError as exc:
                 # str(exc) carries the detail: the file and segment that failed, never key material.

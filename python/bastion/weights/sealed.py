@@ -60,6 +60,10 @@ class SealedReader:
     def __init__(self, path: StrPath, kek_path: StrPath) -> None:
         self._r = _native.SealedReader(path, kek_path)
 
+    def header_file(self) -> bytes:
+        """The exact bytes of ``weights.ctxh`` this reader decoded (checked against the signature)."""
+        return self._r.header_file()
+
     def tensor_names(self) -> list[str]:
         return self._r.tensor_names()
 
@@ -91,6 +95,16 @@ class SealedReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_PREFIX = 8 + 4 + 8  # magic, u32 version, u64 JSON length (docs/sealed-format.md)
+
+
+def header_json(header_file: bytes) -> dict[str, Any]:
+    """The JSON header inside ``weights.ctxh`` bytes the Rust reader already validated."""
+    n = int.from_bytes(header_file[12:_PREFIX], "little")
+    result: dict[str, Any] = json.loads(header_file[_PREFIX : _PREFIX + n])
+    return result
 
 
 def seal_dir(

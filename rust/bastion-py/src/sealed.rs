@@ -64,6 +64,11 @@ impl SealedReader {
         })
     }
 
+    /// The exact bytes of `weights.ctxh` this reader decoded (for the signature check).
+    fn header_file<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyBytes>, NativeError> {
+        Ok(PyBytes::new(py, self.get()?.sealed_dir().header_file_bytes()))
+    }
+
     /// Sorted tensor names.
     fn tensor_names(&self) -> Result<Vec<String>, NativeError> {
         Ok(self.get()?.tensor_names())

@@ -99,6 +99,12 @@ pub fn decode_container(path: &Path, bytes: &[u8]) -> Result<Container, CoreErro
 /// Read and decode `dir/weights.ctxh` (no symlinks; the whole file is bounded by
 /// `MAX_HEADER` plus the tables its header declares).
 pub fn read_container(dir: &Path) -> Result<Container, CoreError> {
+    read_container_bytes(dir).map(|(c, _)| c)
+}
+
+/// [`read_container`], also returning the exact file bytes that were decoded (so a signature
+/// over the file can be checked against the bytes in use, with no second read).
+pub fn read_container_bytes(dir: &Path) -> Result<(Container, Vec<u8>), CoreError> {
     let path = dir.join(CTXH_NAME);
     let mut f = open_nofollow(&path).map_err(|e| open_error(&path, e))?;
     let meta = f.metadata().map_err(|e| CoreError::io(&path, e))?;
@@ -142,5 +148,6 @@ pub fn read_container(dir: &Path) -> Result<Container, CoreError> {
         f.read_to_end(&mut bytes)
             .map_err(|e| CoreError::io(&path, e))?;
     }
-    decode_container(&path, &bytes)
+    let c = decode_container(&path, &bytes)?;
+    Ok((c, bytes))
 }

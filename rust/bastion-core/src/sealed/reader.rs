@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use ring::aead::LessSafeKey;
 
-use super::container::{read_container, Container, CTXH_NAME};
+use super::container::{read_container_bytes, Container, CTXH_NAME};
 use super::header::{b64d, Header, KeyBlock, TensorEntry, CTX_HEADER_DIGEST};
 use super::io::{open_error, open_nofollow, pread_exact};
 use super::keys::{Dek, KeyEncryptionKey};
@@ -32,6 +32,8 @@ pub struct SealedDir {
     pub(crate) c: Container,
     pub(crate) digest: [u8; 32],
     pub(crate) files: Vec<DataFile>,
+    /// The exact bytes of `weights.ctxh` that were decoded.
+    pub(crate) header_file: Vec<u8>,
 }
 
 /// The canonical bytes the `file` provider's wrap authenticates: the key block without
@@ -48,7 +50,7 @@ impl SealedDir {
     /// Open `dir`: parse and validate `weights.ctxh`, check the key context names this header's
     /// digest, open every data file (no symlinks) and check its size against the header.
     pub fn open(dir: &Path) -> Result<SealedDir, CoreError> {
-        let c = read_container(dir)?;
+        let (c, header_file) = read_container_bytes(dir)?;
         let ctxh = dir.join(CTXH_NAME);
         let fmt = |reason: String| CoreError::Format {
             path: ctxh.clone(),
@@ -103,12 +105,19 @@ impl SealedDir {
             c,
             digest,
             files,
+            header_file,
         })
     }
 
     /// The validated header.
     pub fn header(&self) -> &Header {
         &self.c.header
+    }
+
+    /// The exact bytes of `weights.ctxh` this directory was opened from (what a signature over
+    /// the file must match).
+    pub fn header_file_bytes(&self) -> &[u8] {
+        &self.header_file
     }
 
     /// The header digest (bound into every segment's AAD; stable across rekeying).

@@ -1,0 +1,335 @@
+"""OpenSSF Model Signing (OMS v1.0) bundles: ``model.sig`` over every file of a model directory.
+
+Signing uses the stock library (PyPI ``model-signing``), so stock ``model_signing verify`` accepts what
+``bastion seal`` writes, without the data key. Verification is split so that it happens in the process
+that loads, on the bytes it loads, with no second read of the weights:
+
+1. ``verify_signature`` checks the bundle's signature with the stock verifiers, against the signers the
+   trust policy allows for this model name (and, for certificate chains, the leaf identity), and returns
+   the signed manifest;
+2. ``check_files`` compares the directory with that manifest: no missing, extra or symlinked file; each
+   small file (config, tokenizer, chat template) is hashed and compared; ``weights.ctxh`` is compared on
+   the exact bytes the Rust reader decoded; sealed data files (``*.ctxd``) are not re-read here: every
+   ciphertext segment is checked against the hash table inside the signed ``weights.ctxh`` as the loader
+   reads it, which covers every byte of them.
+
+Accepted bundles: EC P-256/P-384 keys and X.509 chains, whole-file (``files``) and range-hashed
+(``shards``, algorithm ``sha256-sharded-N``, float ``shard_size``) manifests, SHA-256, BLAKE2b, BLAKE3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError, IntegrityError
+from bastion.weights.policy import Signer, TrustPolicy
+
+SIGNATURE_FILE = "model.sig"
+HEADER_FILE = "weights.ctxh"
+DATA_SUFFIX = ".ctxd"
+MAX_SIGNATURE_BYTES = 16 << 20
+# Paths the stock signer leaves out of every manifest; never loaded by vLLM.
+IGNORED = frozenset({SIGNATURE_FILE, ".gitattributes", ".gitignore"})
+IGNORED_DIRS = frozenset({".git", ".github"})
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One signed resource: a whole file (``start is None``) or the byte range [start, end)."""
+
+    algorithm: str
+    digest: str
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedManifest:
+    signer: str          # the policy's signer name
+    identity: str        # key fingerprint (sha256 of the SPKI PEM) or the leaf certificate's identity
+    model_name: str      # informative: the directory name when it was signed
+    model_digest: str    # the OMS subject digest: sha256 over the resource digests sorted by name
+    entries: dict[str, tuple[Entry, ...]]
+
+    def files(self) -> set[str]:
+        return set(self.entries)
+
+
+def _stock() -> Any:
+    import model_signing
+
+    return model_signing
+
+
+def create_signing_key(path: str | os.PathLike[str], curve: str = "p256") -> Path:
+    """Writes a new EC private key (PKCS#8 PEM, mode 0600, never overwrites) and ``<path>.pub``
+    (its public key, PEM); returns the public key path."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    curves = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}
+    if curve not in curves:
+        raise ConfigError(f"signing key curve must be one of {sorted(curves)}")
+    p = Path(path).expanduser()
+    key = ec.generate_private_key(curves[curve])
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"signing key already exists (never overwritten): {p}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub = p.with_name(p.name + ".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pub
+
+
+def sign_dir(
+    model_dir: str | os.PathLike[str],
+    *,
+    private_key: str | os.PathLike[str],
+    certificate: str | os.PathLike[str] | None = None,
+    chain: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """Signs every file of ``model_dir`` (SHA-256 per file) into ``model_dir/model.sig``."""
+    ms = _stock()
+    d = Path(model_dir).resolve()
+    out, tmp = d / SIGNATURE_FILE, d / f".{SIGNATURE_FILE}.tmp"
+    # An existing model.sig (when re-signing) and the temporary bundle are never part of the manifest.
+    hashing = (
+        ms.hashing.Config()
+        .use_file_serialization(hashing_algorithm="sha256")
+        .set_ignored_paths(paths=[SIGNATURE_FILE, tmp.name], ignore_git_paths=True)
+    )
+    cfg = ms.signing.Config().set_hashing_config(hashing)
+    if certificate is not None:
+        cfg.use_certificate_signer(private_key=private_key, signing_certificate=certificate, certificate_chain=list(chain))
+    else:
+        cfg.use_elliptic_key_signer(private_key=private_key)
+    try:
+        cfg.sign(d, tmp)
+        os.replace(tmp, out)  # a reader sees the old bundle or the new one, never half of one
+    except (ValueError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"signing {d} failed: {exc}") from None
+    return out
+
+
+def _leaf_identities(signature: Any) -> list[str]:
+    """SAN URIs, emails and DNS names, then the subject CN, of the bundle's signing certificate."""
+    from cryptography import x509
+
+    certs = signature.bundle.verification_material.x509_certificate_chain.certificates
+    if not certs:
+        return []
+    leaf = x509.load_der_x509_certificate(certs[0].raw_bytes)
+    out: list[str] = []
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        for kind in (x509.UniformResourceIdentifier, x509.RFC822Name, x509.DNSName):
+            out.extend(str(v) for v in san.get_values_for_type(kind))
+    except x509.ExtensionNotFound:
+        pass
+    out.extend(str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME))
+    return out
+
+
+def _key_fingerprint(public_key: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(public_key.read_bytes())
+    spki = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def _verify_with(signer: Signer, signature: Any) -> tuple[Any, str] | None:
+    """The signed manifest and the signer identity if ``signer`` verifies ``signature``; else None."""
+    from model_signing._signing import sign_certificate, sign_ec_key
+
+    try:
+        if signer.public_key is not None:
+            manifest = sign_ec_key.Verifier(signer.public_key).verify(signature)
+            return manifest, _key_fingerprint(signer.public_key)
+        manifest = sign_certificate.Verifier(list(signer.certificate_chain)).verify(signature)
+    except Exception:  # noqa: BLE001 - any failure of this signer means "not this signer"; try the next
+        return None
+    identities = _leaf_identities(signature)
+    if not signer.identity_allowed(identities):
+        return None
+    return manifest, identities[0]
+
+
+def _entries(manifest: Any) -> dict[str, tuple[Entry, ...]]:
+    method = manifest.serialization_type.get("method")
+    out: dict[str, list[Entry]] = defaultdict(list)
+    for rd in manifest.resource_descriptors():
+        ident = str(rd.identifier)
+        if method == "shards":
+            name, start, end = ident.rsplit(":", 2)
+            out[name].append(Entry(rd.digest.algorithm, rd.digest.digest_hex, int(start), int(end)))
+        elif method == "files":
+            out[ident].append(Entry(rd.digest.algorithm, rd.digest.digest_hex))
+        else:
+            raise IntegrityError(f"{SIGNATURE_FILE}: unsupported serialization method {method!r}")
+    return {k: tuple(sorted(v, key=lambda e: e.start or 0)) for k, v in out.items()}
+
+
+def _subject_digest(manifest: Any) -> str:
+    h = hashlib.sha256()
+    for rd in manifest.resource_descriptors():
+        h.update(rd.digest.digest_value)
+    return "sha256:" + h.hexdigest()
+
+
+def verify_signature(model_dir: str | os.PathLike[str], policy: TrustPolicy, model: str) -> SignedManifest | None:
+    """Checks ``model.sig`` against the signers the policy allows for ``model``; returns the manifest.
+
+    Returns None only for a model without ``model.sig`` whose name the policy lists in
+    ``unsigned_models``. Raises ``IntegrityError`` for a missing, malformed, forged or untrusted bundle.
+    """
+    from model_signing._signing import sign_sigstore_pb
+
+    sig = Path(model_dir) / SIGNATURE_FILE
+    try:
+        st = os.lstat(sig)
+    except FileNotFoundError:
+        if policy.unsigned_allowed(model):
+            return None
+        raise IntegrityError(f"{sig}: missing; the trust policy does not allow model {model!r} unsigned") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise IntegrityError(f"{sig}: not a regular file")
+    if st.st_size > MAX_SIGNATURE_BYTES:
+        raise IntegrityError(f"{sig}: larger than {MAX_SIGNATURE_BYTES} bytes")
+    try:
+        signature = sign_sigstore_pb.Signature.read(sig)
+    except Exception:  # noqa: BLE001 - a bundle that does not parse is refused, whatever the parser raised
+        raise IntegrityError(f"{sig}: not a valid OMS (Sigstore bundle) signature") from None
+    candidates = policy.signers_for(model)
+    if not candidates:
+        raise IntegrityError(f"{sig}: the trust policy names no signer for model {model!r}")
+    for signer in candidates:
+        verified = _verify_with(signer, signature)
+        if verified is None:
+            continue
+        manifest, identity = verified
+        return SignedManifest(signer.name, identity, manifest.model_name, _subject_digest(manifest), _entries(manifest))
+    raise IntegrityError(f"{sig}: not signed by any signer the trust policy allows for model {model!r}")
+
+
+def _hasher(algorithm: str) -> Any:
+    base = algorithm.split("-sharded-", 1)[0]
+    if base == "sha256":
+        return hashlib.sha256()
+    if base in ("blake2b", "blake2"):
+        return hashlib.blake2b()
+    if base == "blake3":
+        import blake3
+
+        return blake3.blake3()
+    raise IntegrityError(f"{SIGNATURE_FILE}: unsupported hash algorithm {algorithm!r}")
+
+
+def _digest_range(data: bytes | None, path: Path, entry: Entry, size: int) -> str:
+    start, end = (0, size) if entry.start is None else (entry.start, entry.end or 0)
+    h = _hasher(entry.algorithm)
+    if data is not None:
+        h.update(data[start:end])
+        return str(h.hexdigest())
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return str(h.hexdigest())
+
+
+def _listing(root: Path) -> set[str]:
+    out: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        dirnames[:] = [d for d in dirnames if not (rel_dir == Path(".") and d in IGNORED_DIRS)]
+        for d in dirnames:
+            if (Path(dirpath) / d).is_symlink():
+                raise IntegrityError(f"{Path(dirpath) / d}: symbolic links are refused in a model directory")
+        for name in filenames:
+            rel = (rel_dir / name).as_posix()
+            if rel in IGNORED:
+                continue
+            p = Path(dirpath) / name
+            if not stat.S_ISREG(os.lstat(p).st_mode):
+                raise IntegrityError(f"{p}: not a regular file (symbolic links are refused)")
+            out.add(rel)
+    return out
+
+
+def check_files(
+    model_dir: str | os.PathLike[str], manifest: SignedManifest, *, header_file: bytes | None = None
+) -> int:
+    """Compares the directory with the signed manifest; returns how many files were hashed here.
+
+    ``header_file``: the bytes of ``weights.ctxh`` the Rust reader decoded (a sealed model); its data
+    files are then checked segment by segment by the loader, not here.
+    """
+    root = Path(model_dir)
+    present = _listing(root)
+    signed = manifest.files()
+    extra, missing = sorted(present - signed), sorted(signed - present)
+    if extra:
+        raise IntegrityError(f"{root / extra[0]}: not covered by {SIGNATURE_FILE} (unsigned file)")
+    if missing:
+        raise IntegrityError(f"{root / missing[0]}: signed in {SIGNATURE_FILE} but missing")
+    hashed = 0
+    for name, entries in sorted(manifest.entries.items()):
+        path = root / name
+        sealed_data = header_file is not None and name.endswith(DATA_SUFFIX) and "/" not in name
+        if sealed_data:
+            continue
+        data = header_file if (header_file is not None and name == HEADER_FILE) else None
+        size = len(data) if data is not None else os.lstat(path).st_size
+        pos = 0
+        for e in entries:
+            if e.start is not None:
+                if e.start != pos or e.end is None or e.end < e.start or (e.end == e.start and size) or e.end > size:
+                    raise IntegrityError(f"{path}: signed byte ranges do not cover the file exactly")
+                pos = e.end
+            if _digest_range(data, path, e, size) != e.digest:
+                where = "" if e.start is None else f" bytes {e.start}..{e.end}"
+                raise IntegrityError(f"{path}{where}: digest does not match {SIGNATURE_FILE}")
+        if entries[0].start is not None and pos != size:
+            raise IntegrityError(f"{path}: signed byte ranges do not cover the file exactly")
+        hashed += 1
+    if header_file is not None and HEADER_FILE not in signed:
+        raise IntegrityError(f"{root / HEADER_FILE}: not covered by {SIGNATURE_FILE}")
+    return hashed
+
+
+def verify_sealed(
+    model_dir: str | os.PathLike[str], policy: TrustPolicy, model: str, *, header_file: bytes, origin: str | None
+) -> SignedManifest | None:
+    """The whole load-time check of a sealed directory short of its data segments: the bundle against the
+    policy, the signer's allowed origins against the header's (authenticated) origin, and every file but
+    the ``*.ctxd`` data against the manifest (``weights.ctxh`` on ``header_file``, the bytes in use)."""
+    manifest = verify_signature(model_dir, policy, model)
+    if manifest is None:
+        return None
+    signer = next(s for s in policy.signer if s.name == manifest.signer)
+    if not signer.origin_allowed(origin):
+        raise IntegrityError(
+            f"{Path(model_dir) / HEADER_FILE}: origin {origin or '(none)'} is not allowed for signer {signer.name}"
+        )
+    check_files(model_dir, manifest, header_file=header_file)
+    return manifest
