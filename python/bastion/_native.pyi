@@ -1,6 +1,7 @@
 """Type stubs for the Rust extension ``bastion._native`` (import it via ``bastion.digest``)."""
 
 import os
+from typing import Any
 from typing import final
 
 __version__: str
@@ -26,9 +27,9 @@ class Blake3Hasher:
 
 @final
 class SealedReader:
-    """A sealed model opened with a 0600/0400 KEK file; the DEK never leaves Rust."""
+    """A sealed model opened with a 0600/0400 KEK file (read by Rust) or a key-provider object."""
 
-    def __new__(cls, path: str | os.PathLike[str], kek_path: str | os.PathLike[str]) -> SealedReader: ...
+    def __new__(cls, path: str | os.PathLike[str], kek: str | os.PathLike[str] | Any) -> SealedReader: ...
     def header_file(self) -> bytes: ...
     def tensor_names(self) -> list[str]: ...
     def tensor_info(self, name: str) -> tuple[str, list[int], int, tuple[int, int]]: ...
@@ -42,7 +43,7 @@ class SealedReader:
 def seal_dir(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    kek_path: str | os.PathLike[str],
+    kek: str | os.PathLike[str] | Any,
     *,
     aead: str = "aes-256-gcm",
     segment_size: int = 1048576,
@@ -51,7 +52,7 @@ def seal_dir(
     origin: dict[str, str] | None = None,
 ) -> tuple[int, int, int, list[str], str]: ...
 def rekey(
-    path: str | os.PathLike[str], old_kek: str | os.PathLike[str], new_kek: str | os.PathLike[str]
+    path: str | os.PathLike[str], old_kek: str | os.PathLike[str] | Any, new_kek: str | os.PathLike[str] | Any
 ) -> None: ...
 def create_kek(path: str | os.PathLike[str]) -> None: ...
 def inspect(path: str | os.PathLike[str]) -> str: ...

@@ -60,7 +60,18 @@ def _health(target: str) -> int:
             return -1
 
 
-def start_server(workdir: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+DEFAULT_MODEL_TOML = """
+[model]
+source = "default"
+cpu_kv_cache_gib = 1
+max_num_seqs = 16
+"""
+
+
+def launch_server(
+    workdir: Path, extra_env: dict[str, str] | None = None, model_toml: str = DEFAULT_MODEL_TOML
+) -> LiveServer:
+    """Starts `bastion serve` (a Unix socket in ``workdir``); ``model_toml`` holds its [model]/[weights]."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "bastion.sock"
     marker = workdir / "plugin-markers"
@@ -73,12 +84,7 @@ def start_server(workdir: Path, extra_env: dict[str, str] | None = None) -> Live
 listen = "unix:{sock}"
 grace_period_s = 30
 max_inflight_requests = 8
-
-[model]
-source = "default"
-cpu_kv_cache_gib = 1
-max_num_seqs = 16
-
+{model_toml}
 [observability]
 metrics_listen = "127.0.0.1:{port}"
 """
@@ -90,13 +96,22 @@ metrics_listen = "127.0.0.1:{port}"
             [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
-    target = f"unix:{sock}"
+    return LiveServer(proc, f"unix:{sock}", f"http://127.0.0.1:{port}/metrics", log_path, marker)
+
+
+def start_server(
+    workdir: Path, extra_env: dict[str, str] | None = None, model_toml: str = DEFAULT_MODEL_TOML
+) -> LiveServer:
+    """Starts `bastion serve` and waits until health says SERVING."""
+    server = launch_server(workdir, extra_env, model_toml)
+    proc, log_path, target = server.proc, server.log_path, server.target
+    sock = workdir / "bastion.sock"
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"bastion serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
         if sock.exists() and _health(target) == health_pb2.HealthCheckResponse.SERVING:
-            return LiveServer(proc, target, f"http://127.0.0.1:{port}/metrics", log_path, marker)
+            return server
         time.sleep(1.0)
     proc.kill()
     raise RuntimeError(f"bastion serve not SERVING after {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")

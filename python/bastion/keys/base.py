@@ -53,4 +53,25 @@ def provider_from_env(env: Mapping[str, str] | None = None) -> KeyProvider:
         if not path:
             raise ConfigError(f"no key for the sealed model: {ENV_KEK_FILE} is not set in this process")
         return FileKeyProvider(path)
+    if kind == "openbao":
+        from bastion.keys import openbao as ob
+
+        return ob.OpenBaoTransitProvider(
+            _need(env, ob.ENV_ADDR), _need(env, ob.ENV_KEY), mount=env.get(ob.ENV_MOUNT, "transit"),
+            token_file=env.get(ob.ENV_TOKEN_FILE) or None, ca_file=env.get(ob.ENV_CA_FILE) or None,
+        )
+    if kind == "pkcs11":
+        from bastion.keys import pkcs11 as p11
+
+        return p11.Pkcs11Provider(
+            _need(env, p11.ENV_MODULE), _need(env, p11.ENV_TOKEN), _need(env, p11.ENV_KEY),
+            pin_file=env.get(p11.ENV_PIN_FILE) or None,
+        )
     raise ConfigError(f"unknown key provider {kind!r} in {ENV_PROVIDER}")
+
+
+def _need(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise ConfigError(f"the sealed model's key provider needs {name} in this process")
+    return value

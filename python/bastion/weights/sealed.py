@@ -14,12 +14,30 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from bastion import digest as _digest  # noqa: F401  (refuses a stale extension on import)
 from bastion import _native
 
 StrPath = str | os.PathLike[str]
+
+
+@runtime_checkable
+class KekWrapper(Protocol):
+    """A key-encryption key held by a KMS or HSM (``bastion.keys``), as the native core calls it.
+
+    A KEK given as a path is read by Rust itself and never reaches Python; a wrapper object has to see
+    the data key to hand it to its service: ``wrap`` gets it in a ``bytearray`` that is zeroed when the
+    call returns, and ``unwrap`` returns a ``bytearray`` that Rust copies and zeroes.
+    """
+
+    name: str
+
+    def key_id(self) -> str: ...
+
+    def wrap(self, dek: bytearray, aad: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, aad: bytes) -> bytearray | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +75,8 @@ class SealedReader:
 
     __slots__ = ("_r",)
 
-    def __init__(self, path: StrPath, kek_path: StrPath) -> None:
-        self._r = _native.SealedReader(path, kek_path)
+    def __init__(self, path: StrPath, kek: StrPath | KekWrapper) -> None:
+        self._r = _native.SealedReader(path, kek)
 
     def header_file(self) -> bytes:
         """The exact bytes of ``weights.ctxh`` this reader decoded (checked against the signature)."""
@@ -110,7 +128,7 @@ def header_json(header_file: bytes) -> dict[str, Any]:
 def seal_dir(
     src: StrPath,
     out: StrPath,
-    kek_path: StrPath,
+    kek: StrPath | KekWrapper,
     *,
     aead: str = "aes-256-gcm",
     segment_size: int = 1 << 20,
@@ -122,7 +140,7 @@ def seal_dir(
     files, tensors, nbytes, copied, hd = _native.seal_dir(
         src,
         out,
-        kek_path,
+        kek,
         aead=aead,
         segment_size=segment_size,
         hash=hash,
@@ -132,8 +150,8 @@ def seal_dir(
     return SealReport(files, tensors, nbytes, tuple(copied), hd)
 
 
-def rekey(path: StrPath, old_kek: StrPath, new_kek: StrPath) -> None:
-    """Rewrap the data key under ``new_kek``; only ``weights.ctxh`` changes."""
+def rekey(path: StrPath, old_kek: StrPath | KekWrapper, new_kek: StrPath | KekWrapper) -> None:
+    """Rewrap the data key under ``new_kek`` (possibly another provider); only ``weights.ctxh`` changes."""
     _native.rekey(path, old_kek, new_kek)
 
 

@@ -8,6 +8,7 @@
 mod digest;
 mod errors;
 mod sealed;
+mod wrapper;
 
 use pyo3::prelude::*;
 

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::NativeError;
+use crate::wrapper::Key;
 
 type Report = (usize, u64, u64);
 /// `(dtype, shape, file index, (begin, end))`.
@@ -54,11 +55,12 @@ impl SealedReader {
 
 #[pymethods]
 impl SealedReader {
-    /// Open `path` with the KEK file `kek_path` (0600/0400). Validates the header, every data
-    /// file's size, unwraps the DEK and checks the key commitment.
+    /// Open `path` with `kek`: a KEK file (0600/0400) or a key-provider object (`wrapper.rs`).
+    /// Validates the header, every data file's size, unwraps the DEK and checks the key commitment.
     #[new]
-    fn new(py: Python<'_>, path: PathBuf, kek_path: PathBuf) -> Result<Self, NativeError> {
-        let r = py.detach(move || sealed::SealedReader::open(&path, &kek_path))?;
+    fn new(py: Python<'_>, path: PathBuf, kek: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let key = Key::from_py(kek)?;
+        let r = key.finish(py.detach(|| sealed::SealedReader::open_with(&path, key.wrapper())))?;
         Ok(SealedReader {
             inner: Mutex::new(Some(Arc::new(r))),
         })
@@ -141,19 +143,19 @@ impl SealedReader {
 /// Seal `src` into the new directory `out` under the KEK file `kek_path`. Returns
 /// `(files, tensors, bytes, copied names, header digest hex)`.
 #[pyfunction]
-#[pyo3(signature = (src, out, kek_path, *, aead = "aes-256-gcm", segment_size = 1 << 20, hash = "blake3", context = None, origin = None))]
+#[pyo3(signature = (src, out, kek, *, aead = "aes-256-gcm", segment_size = 1 << 20, hash = "blake3", context = None, origin = None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn seal_dir(
     py: Python<'_>,
     src: PathBuf,
     out: PathBuf,
-    kek_path: PathBuf,
+    kek: &Bound<'_, PyAny>,
     aead: &str,
     segment_size: u64,
     hash: &str,
     context: Option<BTreeMap<String, String>>,
     origin: Option<BTreeMap<String, String>>,
-) -> Result<(usize, usize, u64, Vec<String>, String), NativeError> {
+) -> PyResult<(usize, usize, u64, Vec<String>, String)> {
     let aead = AeadAlg::from_name(aead)
         .ok_or_else(|| invalid("aead", "aes-256-gcm or chacha20-poly1305"))?;
     let hash = HashAlg::from_name(hash).ok_or_else(|| invalid("hash", "blake3 or sha256"))?;
@@ -165,7 +167,8 @@ pub(crate) fn seal_dir(
         context: context.unwrap_or_default(),
         origin,
     };
-    let r = py.detach(move || sealed::seal_dir(&src, &out, &kek_path, &opts))?;
+    let key = Key::from_py(kek)?;
+    let r = key.finish(py.detach(|| sealed::seal_dir_with(&src, &out, key.wrapper(), &opts)))?;
     Ok((r.files, r.tensors, r.bytes, r.copied, r.header_digest))
 }
 
@@ -185,15 +188,18 @@ fn origin_from(mut m: BTreeMap<String, String>) -> Result<Origin, NativeError> {
     Ok(o)
 }
 
-/// Rewrap the DEK of `path` from `old_kek` to `new_kek` (ciphertext untouched).
+/// Rewrap the DEK of `path` from `old_kek` to `new_kek` (ciphertext untouched); each is a KEK
+/// file or a key-provider object, so a model can move between providers.
 #[pyfunction]
 pub(crate) fn rekey(
     py: Python<'_>,
     path: PathBuf,
-    old_kek: PathBuf,
-    new_kek: PathBuf,
-) -> Result<(), NativeError> {
-    Ok(py.detach(move || sealed::rekey(&path, &old_kek, &new_kek))?)
+    old_kek: &Bound<'_, PyAny>,
+    new_kek: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let (old, new) = (Key::from_py(old_kek)?, Key::from_py(new_kek)?);
+    py.detach(|| sealed::rekey_with(&path, old.wrapper(), new.wrapper()))
+        .map_err(|e| old.take_error().or_else(|| new.take_error()).unwrap_or_else(|| NativeError::from(e).into()))
 }
 
 /// Create a new 0600 KEK file of 32 random bytes (refuses to overwrite).

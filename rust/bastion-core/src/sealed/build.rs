@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::header::*;
-use super::keys::{Dek, KeyEncryptionKey};
+use super::keys::{Dek, KeyWrapper};
 use super::limits::FORMAT_VERSION;
 use super::reader::wrap_aad;
 use super::segment::n_segments;
@@ -19,7 +19,7 @@ use crate::CoreError;
 /// and the commitment computed.
 pub(crate) fn build_header(
     weights: &[SourceWeights],
-    kek: &KeyEncryptionKey,
+    kek: &dyn KeyWrapper,
     opts: &SealOptions,
     rng: &SystemRandom,
 ) -> Result<(Header, Dek, [u8; 32]), CoreError> {
@@ -59,7 +59,7 @@ pub(crate) fn build_header(
         hash: opts.hash,
         salt: b64e(&salt),
         key: KeyBlock {
-            provider: "file".into(),
+            provider: kek.provider(),
             key_id: kek.key_id()?,
             wrapped_dek: String::new(),
             context: opts.context.clone(),
@@ -81,7 +81,7 @@ pub(crate) fn build_header(
         .context
         .insert(CTX_HEADER_DIGEST.into(), to_hex(&digest));
     let dek = Dek::generate(rng)?;
-    h.key.wrapped_dek = b64e(&kek.wrap(&dek, &wrap_aad(&h.key).map_err(internal)?, rng)?);
+    h.key.wrapped_dek = b64e(&kek.wrap_dek(&dek, &wrap_aad(&h.key).map_err(internal)?)?);
     h.commitment = b64e(&dek.commitment(&salt, &digest)?);
     h.validate().map_err(internal)?;
     Ok((h, dek, salt))

@@ -46,6 +46,21 @@ impl Dek {
         Ok(Dek(random32(rng)?))
     }
 
+    /// A DEK from exactly 32 bytes (a KMS or HSM unwrap); the caller wipes its own copy.
+    pub fn from_slice(bytes: &[u8]) -> Result<Dek, CoreError> {
+        if bytes.len() != 32 {
+            return Err(CoreError::Crypto("unwrapped data key is not 32 bytes"));
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(bytes);
+        Ok(Dek(k))
+    }
+
+    /// Lends the key bytes to `f` (to hand them to a KMS or HSM for wrapping); nothing returns them.
+    pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.0[..])
+    }
+
     fn prk(&self, salt: &[u8; 32]) -> hkdf::Prk {
         hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&self.0[..])
     }
@@ -101,6 +116,34 @@ impl Dek {
         let key = self.commit_key(salt)?;
         let msg = [COMMIT_DOMAIN, &hd[..]].concat();
         Ok(hmac::verify(&key, &msg, commitment).is_ok())
+    }
+}
+
+/// A key-encryption key that wraps and unwraps data keys: the local [`KeyEncryptionKey`] (`file`),
+/// or a key that lives in a KMS or HSM (implemented outside the core, e.g. by the Python bindings).
+pub trait KeyWrapper: Send + Sync {
+    /// The `key.provider` value written into headers, and the only one this wrapper opens.
+    fn provider(&self) -> String;
+    /// A public identifier of the key-encryption key (never key material).
+    fn key_id(&self) -> Result<String, CoreError>;
+    /// Wrap `dek`; `aad` (the canonical key block without the wrapped key) must be authenticated.
+    fn wrap_dek(&self, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, CoreError>;
+    /// Unwrap; `Ok(None)` when the key is wrong or the wrapped key or `aad` was altered.
+    fn unwrap_wrapped(&self, wrapped: &[u8], aad: &[u8]) -> Result<Option<Dek>, CoreError>;
+}
+
+impl KeyWrapper for KeyEncryptionKey {
+    fn provider(&self) -> String {
+        "file".into()
+    }
+    fn key_id(&self) -> Result<String, CoreError> {
+        KeyEncryptionKey::key_id(self)
+    }
+    fn wrap_dek(&self, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, CoreError> {
+        self.wrap(dek, aad, &SystemRandom::new())
+    }
+    fn unwrap_wrapped(&self, wrapped: &[u8], aad: &[u8]) -> Result<Option<Dek>, CoreError> {
+        self.unwrap_dek(wrapped, aad)
     }
 }
 

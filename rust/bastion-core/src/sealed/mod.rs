@@ -31,12 +31,12 @@ use serde::{Deserialize, Serialize};
 pub use container::{decode_container, Container, CTXH_NAME, MAGIC};
 pub use hash::HashAlg;
 pub use header::{data_file_name, FileEntry, Header, KeyBlock, Origin, TensorEntry};
-pub use keys::KeyEncryptionKey;
+pub use keys::{Dek, KeyEncryptionKey, KeyWrapper};
 pub use reader::{SealedDir, SealedReader};
-pub use rekey::{inspect, rekey};
+pub use rekey::{inspect, rekey, rekey_with};
 pub use st::{dtype_bits, parse_header as parse_safetensors_header, tensor_nbytes};
 pub use verify::VerifyReport;
-pub use writer::seal_dir_with_kek;
+pub use writer::{seal_dir_with, seal_dir_with_kek};
 pub use writer::{seal_dir, SealOptions, SealReport};
 
 /// Limits enforced on every header (named in error messages).

@@ -11,7 +11,7 @@ use ring::aead::LessSafeKey;
 use super::container::{read_container_bytes, Container, CTXH_NAME};
 use super::header::{b64d, Header, KeyBlock, TensorEntry, CTX_HEADER_DIGEST};
 use super::io::{open_error, open_nofollow, pread_exact};
-use super::keys::{Dek, KeyEncryptionKey};
+use super::keys::{Dek, KeyEncryptionKey, KeyWrapper};
 use super::segment::{covering, open_segment, segment_bounds, SegmentPos};
 use super::{json, limits};
 use crate::digest::to_hex;
@@ -166,7 +166,7 @@ pub struct SealedReader {
 }
 
 /// Unwrap the DEK with a local KEK and check the key commitment (before any decryption).
-pub(crate) fn unlock(d: &SealedDir, kek: &KeyEncryptionKey) -> Result<Dek, CoreError> {
+pub(crate) fn unlock(d: &SealedDir, kek: &dyn KeyWrapper) -> Result<Dek, CoreError> {
     let h = &d.c.header;
     let ctxh = d.dir.join(CTXH_NAME);
     let integ = |reason: &str| CoreError::Integrity {
@@ -174,10 +174,14 @@ pub(crate) fn unlock(d: &SealedDir, kek: &KeyEncryptionKey) -> Result<Dek, CoreE
         segment: None,
         reason: reason.into(),
     };
-    if h.key.provider != "file" {
+    if h.key.provider != kek.provider() {
         return Err(CoreError::InvalidArgument {
             field: "kek",
-            problem: "this model's key provider is not the local file provider".into(),
+            problem: format!(
+                "this model's data key is wrapped by the '{}' key provider, not '{}'",
+                h.key.provider,
+                kek.provider()
+            ),
         });
     }
     let aad = wrap_aad(&h.key).map_err(|r| CoreError::Format {
@@ -187,7 +191,7 @@ pub(crate) fn unlock(d: &SealedDir, kek: &KeyEncryptionKey) -> Result<Dek, CoreE
     })?;
     let wrapped = b64d(&h.key.wrapped_dek).unwrap_or_default();
     let dek = kek
-        .unwrap_dek(&wrapped, &aad)?
+        .unwrap_wrapped(&wrapped, &aad)?
         .ok_or_else(|| integ("DEK unwrap failed: wrong key-encryption key or altered key block"))?;
     let salt = h.salt_bytes().map_err(|r| CoreError::Format {
         path: ctxh.clone(),
@@ -211,6 +215,11 @@ impl SealedReader {
 
     /// [`SealedReader::open`] with an already-loaded KEK.
     pub fn open_with_kek(dir: &Path, kek: &KeyEncryptionKey) -> Result<SealedReader, CoreError> {
+        Self::open_with(dir, kek)
+    }
+
+    /// Open `dir` with any key-encryption key (a local file, a KMS, an HSM).
+    pub fn open_with(dir: &Path, kek: &dyn KeyWrapper) -> Result<SealedReader, CoreError> {
         let d = SealedDir::open(dir)?;
         let dek = unlock(&d, kek)?;
         let h = &d.c.header;

@@ -2,12 +2,11 @@
 
 use std::path::Path;
 
-use ring::rand::SystemRandom;
 use serde_json::Value;
 
 use super::container::CTXH_NAME;
 use super::header::b64e;
-use super::keys::KeyEncryptionKey;
+use super::keys::{KeyEncryptionKey, KeyWrapper};
 use super::reader::{unlock, wrap_aad, SealedDir};
 use super::writer::write_ctxh;
 use crate::digest::to_hex;
@@ -21,8 +20,14 @@ use crate::CoreError;
 pub fn rekey(dir: &Path, old_kek: &Path, new_kek: &Path) -> Result<(), CoreError> {
     let old = KeyEncryptionKey::from_file(old_kek)?;
     let new = KeyEncryptionKey::from_file(new_kek)?;
+    rekey_with(dir, &old, &new)
+}
+
+/// [`rekey`] between any two key-encryption keys, including across providers (a local file to a
+/// KMS or an HSM): the old one must unwrap, then the key block names the new provider and key.
+pub fn rekey_with(dir: &Path, old: &dyn KeyWrapper, new: &dyn KeyWrapper) -> Result<(), CoreError> {
     let d = SealedDir::open(dir)?;
-    let dek = unlock(&d, &old)?;
+    let dek = unlock(&d, old)?;
     let mut c = d.c.clone();
     let ctxh = dir.join(CTXH_NAME);
     let fmt = |reason: String| CoreError::Format {
@@ -30,9 +35,10 @@ pub fn rekey(dir: &Path, old_kek: &Path, new_kek: &Path) -> Result<(), CoreError
         segment: None,
         reason,
     };
+    c.header.key.provider = new.provider();
     c.header.key.key_id = new.key_id()?;
     let aad = wrap_aad(&c.header.key).map_err(fmt)?;
-    c.header.key.wrapped_dek = b64e(&new.wrap(&dek, &aad, &SystemRandom::new())?);
+    c.header.key.wrapped_dek = b64e(&new.wrap_dek(&dek, &aad)?);
     // Defence in depth: the digest must not have moved.
     if c.header.digest().map_err(fmt)? != d.digest {
         return Err(CoreError::Crypto("header digest changed during rekey"));

@@ -14,7 +14,7 @@ use super::build::build_header;
 use super::container::{Container, CTXH_NAME};
 use super::header::*;
 use super::io::{open_error, open_nofollow, read_full};
-use super::keys::{Dek, KeyEncryptionKey};
+use super::keys::{Dek, KeyEncryptionKey, KeyWrapper};
 use super::limits::*;
 use super::segment::{n_segments, seal_segment, SegmentPos, HASH_LEN, TAG_LEN};
 use super::source::{scan, SourceWeights};
@@ -92,6 +92,16 @@ pub fn seal_dir_with_kek(
     src: &Path,
     out: &Path,
     kek: &KeyEncryptionKey,
+    opts: &SealOptions,
+) -> Result<SealReport, CoreError> {
+    seal_dir_with(src, out, kek, opts)
+}
+
+/// [`seal_dir`] with any key-encryption key (a local file, a KMS, an HSM).
+pub fn seal_dir_with(
+    src: &Path,
+    out: &Path,
+    kek: &dyn KeyWrapper,
     opts: &SealOptions,
 ) -> Result<SealReport, CoreError> {
     let s = opts.segment_size;

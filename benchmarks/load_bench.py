@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Sealed-model load benchmark: the Rust core's verify+decrypt throughput against plain reads of the same
+bytes, in the same run; optionally time to SERVING of the sealed default model vs the same model plain.
+
+    .venv/bin/python benchmarks/load_bench.py --quick     # throughput only, 2 repeats (CI)
+    .venv/bin/python benchmarks/load_bench.py             # throughput, 5 repeats, + time to ready (2 starts each)
+
+Throughput is measured on a warm page cache (the file is read once first) so that it measures the CPU
+work, not the disk. Every mode runs in a fresh subprocess with ``RAYON_NUM_THREADS`` set (1 = per core,
+and all cores). Modes, each over every byte of every data file of the sealed model:
+
+* ``plain_read``: ``readinto`` of the data files in 1 MiB chunks into one reused buffer (the anchor);
+* ``hash_only``: the ciphertext hash of every segment against the header's table (no key);
+* ``verify_decrypt``: hash check + AES-256-GCM authentication and decryption of every segment;
+* ``loader_path``: what vLLM's worker does: every tensor through ``read_tensor`` (hash, decrypt, slice
+  into a new ``bytes``).
+
+Goals (issue 3): verify+decrypt ≥ 1.5 GB/s per core; ≥ 0.8× plain read with all cores; time to ready
+sealed ≤ 1.10× plain. Output: a table and ``benchmarks/results/load_bench[-quick].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "python"))
+
+from common import machine_info  # noqa: E402
+
+MODES = ("plain_read", "hash_only", "verify_decrypt", "loader_path")
+
+
+def _child(mode: str, sealed: str, kek: str) -> None:
+    """Runs one mode once in this (fresh) process; prints {"bytes", "seconds"}."""
+    from bastion.weights import SealedReader, verify_ciphertext
+
+    data = sorted(Path(sealed).glob("*.ctxd"))
+    total = sum(p.stat().st_size for p in data)
+    started = time.perf_counter()
+    if mode == "plain_read":
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        n = 0
+        for p in data:
+            with open(p, "rb", buffering=0) as f:
+                while True:
+                    got = f.readinto(view)
+                    if not got:
+                        break
+                    n += got
+        assert n == total
+    elif mode == "hash_only":
+        rep = verify_ciphertext(sealed)
+        assert rep.bytes == total
+    elif mode == "verify_decrypt":
+        with SealedReader(sealed, kek) as r:
+            rep = r.verify_all()
+        assert rep.bytes == total
+    elif mode == "loader_path":
+        with SealedReader(sealed, kek) as r:
+            n = sum(len(r.read_tensor(name)) for name in r.tensor_names())
+        total = n  # tensor bytes (each data file's small embedded safetensors header excluded)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps({"bytes": total, "seconds": time.perf_counter() - started}))
+
+
+def run_mode(mode: str, sealed: Path, kek: Path, threads: int) -> dict[str, float]:
+    env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--sealed", str(sealed), "--kek", str(kek)],
+        check=True, capture_output=True, text=True, env=env, timeout=600,
+    )
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"bytes": r["bytes"], "seconds": r["seconds"], "gb_s": r["bytes"] / r["seconds"] / 1e9}
+
+
+def warm(sealed: Path) -> None:
+    for p in sealed.iterdir():
+        with open(p, "rb") as f:
+            while f.read(8 << 20):
+                pass
+
+
+def time_to_ready(sealed: bool, workdir: Path) -> float:
+    """Seconds from `bastion serve` start to health SERVING, with the default model sealed or plain."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from bastion.config import load_settings
+    from bastion.models.default import ensure_default_model
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = workdir / "b.sock"
+    sock.unlink(missing_ok=True)
+    model = ('source = "default"' if sealed else
+             f'source = "{ensure_default_model(load_settings(None).cache_dir).path}"\nserved_name = "smollm2-135m-instruct"')
+    weights = "" if sealed else "[weights]\nallow_unsealed = true\n"
+    cfg = workdir / "b.toml"
+    cfg.write_text(f'[server]\nlisten = "unix:{sock}"\n[model]\n{model}\ncpu_kv_cache_gib = 1\nmax_num_seqs = 16\n'
+                   f'{weights}[observability]\nmetrics_listen = ""\n')
+    started = time.monotonic()
+    with open(workdir / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while time.monotonic() - started < 900:
+            if proc.poll() is not None:
+                raise SystemExit(f"bastion serve exited {proc.returncode}; see {workdir / 'server.log'}")
+            if sock.exists():
+                with grpc.insecure_channel(f"unix:{sock}") as ch:
+                    try:
+                        st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    except grpc.RpcError:
+                        st = -1
+                if st == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - started
+            time.sleep(0.25)
+        raise SystemExit("bastion serve did not become SERVING in 900 s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="throughput only, 2 repeats")
+    ap.add_argument("--repeats", type=int, help="runs per mode and thread count (median reported)")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--sealed", help=argparse.SUPPRESS)
+    ap.add_argument("--kek", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(args.child, args.sealed, args.kek)
+        return 0
+
+    from bastion.config import load_settings
+    from bastion.models.resolve import default_kek_path, ensure_default_sealed
+
+    cache = load_settings(None).cache_dir
+    sealed = ensure_default_sealed(cache).path
+    kek = default_kek_path(cache)
+    repeats = args.repeats or (2 if args.quick else 5)
+    cores = os.cpu_count() or 1
+    warm(sealed)
+    results: dict[str, dict[str, Any]] = {}
+    for threads in sorted({1, cores}):
+        for mode in MODES:
+            runs = [run_mode(mode, sealed, kek, threads) for _ in range(repeats)]
+            key = f"{mode}@{threads}"
+            results[key] = {
+                "mode": mode, "threads": threads, "bytes": runs[0]["bytes"],
+                "gb_s_median": round(statistics.median(r["gb_s"] for r in runs), 3),
+                "gb_s_runs": [round(r["gb_s"], 3) for r in runs],
+            }
+            print(f"{mode:15s} threads={threads}  {results[key]['gb_s_median']:7.3f} GB/s  (runs {results[key]['gb_s_runs']})",
+                  flush=True)
+    per_core = results["verify_decrypt@1"]["gb_s_median"]
+    all_cores = results[f"verify_decrypt@{cores}"]["gb_s_median"]
+    plain = results[f"plain_read@{cores}"]["gb_s_median"]
+    goals: dict[str, Any] = {
+        "verify_decrypt_per_core_gb_s": per_core, "per_core_goal_gb_s": 1.5, "per_core_met": per_core >= 1.5,
+        "all_cores_vs_plain_read": round(all_cores / plain, 3), "all_cores_goal": 0.8,
+        "all_cores_met": all_cores / plain >= 0.8,
+    }
+    ready: dict[str, Any] | None = None
+    if not args.quick:
+        work = ROOT / "benchmarks" / "results" / "tmp" / "ready"
+        # one start of each first, so both measured starts find vLLM's compile cache warm
+        time_to_ready(False, work / "warm")
+        plain_s = [time_to_ready(False, work / f"plain{i}") for i in range(2)]
+        sealed_s = [time_to_ready(True, work / f"sealed{i}") for i in range(2)]
+        ready = {"plain_s": [round(x, 1) for x in plain_s], "sealed_s": [round(x, 1) for x in sealed_s],
+                 "ratio_median": round(statistics.median(sealed_s) / statistics.median(plain_s), 3)}
+        goals.update({"time_to_ready_ratio": ready["ratio_median"], "time_to_ready_goal": 1.10,
+                      "time_to_ready_met": ready["ratio_median"] <= 1.10})
+        print(f"time to SERVING: plain {ready['plain_s']} s, sealed {ready['sealed_s']} s, ratio {ready['ratio_median']}")
+    report = {"benchmark": "load_bench", "mode": "quick" if args.quick else "full",
+              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+              "model": str(sealed), "aead": "aes-256-gcm", "hash": "blake3", "segment_size": 1 << 20,
+              "repeats": repeats, "throughput": results, "time_to_ready": ready, "goals": goals}
+    out = args.out or ROOT / "benchmarks" / "results" / ("load_bench-quick.json" if args.quick else "load_bench.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(goals, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Sealed, signed weights through the real server and the real vLLM engine.
+
+The session's live server serves the sealed default model; here we check that the signature was verified
+inside vLLM's loading process, and that tampered copies of that model never serve: a flipped bit in a
+signed plaintext file stops the server before the engine starts, and a flipped bit in one ciphertext
+segment stops the load inside the worker, with the error naming the file and the segment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import START_TIMEOUT_S, LiveServer, launch_server
+
+from bastion.config import load_settings
+from bastion.models.resolve import default_kek_path, default_policy_path, ensure_default_sealed
+
+pytestmark = pytest.mark.e2e
+
+
+def test_signature_is_verified_in_the_loading_process(live_server: LiveServer) -> None:
+    log = live_server.log_text()
+    m = re.search(r"model\.sig verified in pid (\d+): signer local-default \(sha256:[0-9a-f]{64}\), OMS digest sha256:[0-9a-f]{64}", log)
+    assert m, log[-3000:]
+    assert int(m.group(1)) != live_server.proc.pid  # the worker that loads, not the front end
+    assert re.search(r"sealed model verified and loaded: .*smollm2-135m-instruct\.sealed, 272 tensors", log)
+
+
+def _tampered_copy(tmp_path: Path, victim: str, offset: int) -> Path:
+    """A copy of the sealed default model with one bit flipped in ``victim`` (others hard-linked)."""
+    src = ensure_default_sealed(load_settings(None).cache_dir).path
+    dst = tmp_path / "tampered.sealed"
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name == victim:
+            shutil.copyfile(f, dst / f.name)
+        else:
+            os.link(f, dst / f.name)
+    p = dst / victim
+    with open(p, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0x01]))
+    return dst
+
+
+def _serve_until_exit(tmp_path: Path, model_dir: Path) -> tuple[int, str]:
+    cache = load_settings(None).cache_dir
+    server = launch_server(
+        tmp_path / "srv",
+        model_toml=f"""
+[model]
+source = "{model_dir}"
+served_name = "smollm2-135m-instruct"
+cpu_kv_cache_gib = 1
+max_num_seqs = 4
+[weights]
+kek_file = "{default_kek_path(cache)}"
+trust_policy = "{default_policy_path(cache)}"
+""",
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while server.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1.0)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+    return server.proc.returncode, server.log_text()
+
+
+def test_flipped_bit_in_config_stops_the_server_before_the_engine(tmp_path: Path) -> None:
+    code, log = _serve_until_exit(tmp_path, _tampered_copy(tmp_path, "config.json", 40))
+    assert code != 0
+    assert "config.json: digest does not match model.sig" in log, log[-3000:]
+    assert "starting the engine" not in log and "Traceback" not in log
+
+
+def test_flipped_bit_in_a_segment_aborts_the_load_in_the_worker(tmp_path: Path) -> None:
+    segment = 77
+    code, log = _serve_until_exit(tmp_path, _tampered_copy(tmp_path, "weights-00001.ctxd", segment * (1 << 20) + 12345))
+    assert code != 0
+    # The server-side check passed (it does not read data segments); the loader refused segment 77.
+    assert "starting the engine" in log, log[-3000:]
+    m = re.search(r"sealed model load refused: .*weights-00001\.ctxd.*segment (\d+).*ciphertext hash", log)
+    assert m and int(m.group(1)) == segment, log[-4000:]
+    assert "sealed model verified and loaded" not in log
