@@ -15,7 +15,7 @@ else
 endif
 RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml' 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: setup system-deps run test test-python test-rust proto proto-check bench-quick clean
+.PHONY: setup system-deps run test test-python test-rust fuzz-short proto proto-check bench-quick clean
 
 setup: $(VENV)/.native-stamp
 
@@ -50,10 +50,22 @@ system-deps:
 	  else echo "make test needs SoftHSM2: sudo apt-get install softhsm2" >&2; exit 1; fi; \
 	fi
 
-test: system-deps setup test-rust test-python
+test: system-deps setup test-rust fuzz-short test-python
 
 test-rust:
 	cargo test --workspace --locked
+
+# Every fuzz target (rust/bastion-core/fuzz) for FUZZ_SECONDS each, from the committed seeds. cargo fuzz needs
+# nightly -Z flags; the one toolchain here is stable, so RUSTC_BOOTSTRAP=1 enables them for this build only.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := sealed_header safetensors_header
+fuzz-short:
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
+	cd rust/bastion-core && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY)" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; done
 
 test-python: system-deps setup
 	$(BIN)/python -m pytest -q -ra
@@ -67,6 +79,7 @@ proto-check: setup
 
 bench-quick: setup
 	$(BIN)/python benchmarks/serve_bench.py --quick
+	$(BIN)/python benchmarks/load_bench.py --quick
 
 clean:
 	rm -rf $(VENV) target

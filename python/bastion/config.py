@@ -129,8 +129,35 @@ class ModelSettings(BaseModel):
     seed: int = Field(default=0, ge=0)
 
 
+class OpenBaoSettings(BaseModel):
+    """``weights.key_provider = "openbao"``: an OpenBao/Vault Transit key (token from a 0600 file or
+    BAO_TOKEN / VAULT_TOKEN in the environment; never in this file)."""
+
+    model_config = _FROZEN
+    addr: str = Field(default="", max_length=512)
+    key: str = Field(default="", max_length=128, pattern=r"^[A-Za-z0-9._-]*$")
+    mount: str = Field(default="transit", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._/-]+$")
+    token_file: Path | None = None
+    ca_file: Path | None = None
+
+
+class Pkcs11Settings(BaseModel):
+    """``weights.key_provider = "pkcs11"``: an AES key in a PKCS#11 token (PIN from a 0600 file or
+    BASTION_PKCS11_PIN in the environment; never in this file)."""
+
+    model_config = _FROZEN
+    module: Path | None = None
+    token: str = Field(default="", max_length=32)
+    key: str = Field(default="", max_length=128)
+    pin_file: Path | None = None
+
+
 class WeightsSettings(BaseModel):
     model_config = _FROZEN
+    # Where the key-encryption key of a sealed model.source lives: "file" (kek_file), "openbao", "pkcs11".
+    key_provider: Literal["file", "openbao", "pkcs11"] = "file"
+    openbao: OpenBaoSettings = OpenBaoSettings()
+    pkcs11: Pkcs11Settings = Pkcs11Settings()
     # KEK file (32 random bytes, mode 0600 or 0400; `bastion keys create`) that opens a sealed model
     # given as model.source. The default model is sealed under its own key, <cache_dir>/keys/default.kek.
     kek_file: Path | None = None
@@ -140,6 +167,14 @@ class WeightsSettings(BaseModel):
     # Development only: serve a plain (unsealed) safetensors directory as model.source. Off by default;
     # when used, start-up logs a WARNING (no encryption at rest, no integrity check on load).
     allow_unsealed: bool = False
+
+    @model_validator(mode="after")
+    def _provider_complete(self) -> WeightsSettings:
+        if self.key_provider == "openbao" and not (self.openbao.addr and self.openbao.key):
+            raise ValueError("weights.key_provider = openbao needs weights.openbao.addr and weights.openbao.key")
+        if self.key_provider == "pkcs11" and not (self.pkcs11.module and self.pkcs11.token and self.pkcs11.key):
+            raise ValueError("weights.key_provider = pkcs11 needs weights.pkcs11.module, token and key")
+        return self
 
 
 class LimitSettings(BaseModel):

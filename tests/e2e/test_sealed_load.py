@@ -13,9 +13,10 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import START_TIMEOUT_S, LiveServer, launch_server
+from conftest import START_TIMEOUT_S, LiveServer, launch_server, start_server, stop_server
 
 from bastion.config import load_settings
 from bastion.models.resolve import default_kek_path, default_policy_path, ensure_default_sealed
@@ -92,3 +93,54 @@ def test_flipped_bit_in_a_segment_aborts_the_load_in_the_worker(tmp_path: Path) 
     m = re.search(r"sealed model load refused: .*weights-00001\.ctxd.*segment (\d+).*ciphertext hash", log)
     assert m and int(m.group(1)) == segment, log[-4000:]
     assert "sealed model verified and loaded" not in log
+
+
+def test_a_model_whose_key_is_in_openbao_serves(tmp_path: Path, openbao: dict[str, Any]) -> None:
+    """The default model rewrapped under an OpenBao Transit key (data files untouched), re-signed, served:
+    vLLM's worker rebuilds the provider from references and unwraps through OpenBao."""
+    from bastion.keys.openbao import OpenBaoTransitProvider
+    from bastion.models.resolve import default_signing_key_path
+    from bastion.v1 import inference_pb2 as pb
+    from bastion.v1 import inference_pb2_grpc
+    from bastion.weights import inspect, rekey
+    from bastion.weights.signing import sign_dir
+
+    cache = load_settings(None).cache_dir
+    src = ensure_default_sealed(cache).path
+    dst = tmp_path / "openbao.sealed"
+    dst.mkdir()
+    for f in src.iterdir():
+        (shutil.copyfile if f.name in ("weights.ctxh", "model.sig") else os.link)(f, dst / f.name)
+    provider = OpenBaoTransitProvider(openbao["addr"], "smollm2", token_file=openbao["token_file"])
+    provider.create_key()
+    rekey(dst, default_kek_path(cache), provider)
+    sign_dir(dst, private_key=default_signing_key_path(cache))
+    assert inspect(dst)["key"]["provider"] == "openbao"
+    server = start_server(tmp_path / "srv", model_toml=f"""
+[model]
+source = "{dst}"
+served_name = "smollm2-openbao"
+cpu_kv_cache_gib = 1
+max_num_seqs = 4
+[weights]
+key_provider = "openbao"
+trust_policy = "{default_policy_path(cache)}"
+[weights.openbao]
+addr = "{openbao['addr']}"
+key = "smollm2"
+token_file = "{openbao['token_file']}"
+""")
+    try:
+        with server.channel() as ch:
+            stub = inference_pb2_grpc.InferenceStub(ch)
+            req = pb.GenerateRequest(
+                model="smollm2-openbao", sampling=pb.SamplingParams(max_tokens=16, temperature=0.0),
+                conversation=pb.Conversation(messages=[pb.ChatMessage(role=pb.ROLE_USER, content="What is the capital of France?")]),
+            )
+            text = "".join(m.text for m in stub.Generate(req, timeout=120))
+        assert "Paris" in text
+        log = server.log_text()
+        assert "model.sig verified in pid" in log and "sealed model verified and loaded" in log
+        assert openbao["token"] not in log
+    finally:
+        stop_server(server)

@@ -8,7 +8,7 @@ worker processes rebuild the provider from environment variables holding referen
 names, credential *file paths*), never from argv or logs (``worker_env`` / ``provider_from_env``).
 """
 
-from bastion.keys.base import ENV_KEK_FILE, ENV_PROVIDER, KeyProvider, provider_from_env
+from bastion.keys.base import ENV_KEK_FILE, ENV_PROVIDER, KeyProvider, provider_from_env, provider_from_settings
 from bastion.keys.file import FileKeyProvider
 
-__all__ = ["ENV_KEK_FILE", "ENV_PROVIDER", "FileKeyProvider", "KeyProvider", "provider_from_env"]
+__all__ = ["ENV_KEK_FILE", "ENV_PROVIDER", "FileKeyProvider", "KeyProvider", "provider_from_env", "provider_from_settings"]

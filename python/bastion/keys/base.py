@@ -42,6 +42,25 @@ class KeyProvider(Protocol):
         ...
 
 
+def provider_from_settings(weights: Any) -> KeyProvider:
+    """The provider ``[weights]`` configures (``bastion.config.WeightsSettings``) for a sealed model.source."""
+    if weights.key_provider == "openbao":
+        from bastion.keys.openbao import OpenBaoTransitProvider
+
+        o = weights.openbao
+        return OpenBaoTransitProvider(o.addr, o.key, mount=o.mount, token_file=o.token_file, ca_file=o.ca_file)
+    if weights.key_provider == "pkcs11":
+        from bastion.keys.pkcs11 import Pkcs11Provider
+
+        k = weights.pkcs11
+        return Pkcs11Provider(k.module, k.token, k.key, pin_file=k.pin_file)
+    if weights.kek_file is None:
+        raise ConfigError("model.source is a sealed model: set weights.kek_file (the key that opens it)")
+    from bastion.keys.file import FileKeyProvider
+
+    return FileKeyProvider(weights.kek_file)
+
+
 def provider_from_env(env: Mapping[str, str] | None = None) -> KeyProvider:
     """The provider the server configured for this process tree (vLLM workers call this)."""
     env = os.environ if env is None else env

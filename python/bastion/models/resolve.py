@@ -29,10 +29,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bastion.config import Settings
 from bastion.errors import ConfigError, IntegrityError
 from bastion.models.default import DEFAULT_NAME, GGUF_FILE, SOURCE_DIST, PreparedModel, ensure_default_model
+
+if TYPE_CHECKING:
+    from bastion.keys import KeyProvider
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +96,14 @@ def _prepare_unsealed(settings: Settings, path: Path, name: str) -> PreparedMode
 
 
 def _prepare_sealed(settings: Settings, path: Path, name: str) -> PreparedModel:
-    if settings.weights.kek_file is None:
-        raise ConfigError("model.source is a sealed model: set weights.kek_file (the key that opens it)")
+    from bastion.keys import provider_from_settings
+
     if settings.weights.trust_policy is None:
         raise ConfigError("model.source is a sealed model: set weights.trust_policy (who may sign it)")
-    return open_sealed(path, name, settings.weights.kek_file, settings.weights.trust_policy)
+    return open_sealed(path, name, provider_from_settings(settings.weights), settings.weights.trust_policy)
 
 
-def open_sealed(path: Path, name: str, kek_file: Path, trust_policy: Path) -> PreparedModel:
+def open_sealed(path: Path, name: str, provider: KeyProvider | Path, trust_policy: Path) -> PreparedModel:
     """Checks a sealed directory, its signature and its key without decrypting any weights.
 
     The signature (against the trust policy), every signed small file and the header bytes are checked
@@ -115,7 +119,8 @@ def open_sealed(path: Path, name: str, kek_file: Path, trust_policy: Path) -> Pr
     stray = sorted(p.name for p in path.iterdir() if p.suffix.lower() == ".safetensors")
     if stray:
         raise ConfigError(f"model.source: plaintext weights inside a sealed model directory are refused ({stray[0]})")
-    provider = FileKeyProvider(kek_file)
+    if isinstance(provider, Path):
+        provider = FileKeyProvider(provider)
     provider.check()
     policy = load_policy(trust_policy)
     header = inspect(path)  # FormatError on any malformed header
