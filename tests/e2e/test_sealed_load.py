@@ -60,7 +60,7 @@ def _serve_until_exit(tmp_path: Path, model_dir: Path) -> tuple[int, str]:
 source = "{model_dir}"
 served_name = "smollm2-135m-instruct"
 cpu_kv_cache_gib = 1
-max_num_seqs = 4
+max_num_seqs = 16
 [weights]
 kek_file = "{default_kek_path(cache)}"
 trust_policy = "{default_policy_path(cache)}"
@@ -121,7 +121,7 @@ def test_a_model_whose_key_is_in_openbao_serves(tmp_path: Path, openbao: dict[st
 source = "{dst}"
 served_name = "smollm2-openbao"
 cpu_kv_cache_gib = 1
-max_num_seqs = 4
+max_num_seqs = 16
 [weights]
 key_provider = "openbao"
 trust_policy = "{default_policy_path(cache)}"

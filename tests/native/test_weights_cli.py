@@ -88,3 +88,20 @@ def test_rekey_then_the_old_key_no_longer_opens(sealed: dict[str, Path], tmp_pat
     assert code == 1 and "DEK unwrap failed" in err
     code, out, err = run(capsys, "verify", str(sealed["out"]), "--policy", str(sealed["policy"]), "--key", str(new))
     assert code == 0 and "authenticates and decrypts under the key" in out, err
+
+
+def test_progress_line_redraws_while_the_work_runs() -> None:
+    import io
+    import time
+
+    from bastion.cli.progress import watch
+
+    out = io.StringIO()
+    done = [0]
+    with watch("sealing", 4 << 20, lambda: done[0], out=out, interval=0.01, force=True):
+        for step in range(1, 5):
+            done[0] = step << 20
+            time.sleep(0.05)
+    text = out.getvalue()
+    assert "\rsealing:  25% 1 MiB/4 MiB" in text or "\rsealing:  50% 2 MiB/4 MiB" in text
+    assert text.rstrip().splitlines()[-1].lstrip("\r").startswith("sealing: 4 MiB in ")

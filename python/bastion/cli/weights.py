@@ -110,14 +110,24 @@ def _cmd_seal(args: argparse.Namespace) -> int:
         raise ConfigError("--sign-key is required (or --unsigned, for a directory only a lax policy would load)")
     if args.sign_cert and not args.sign_key:
         raise ConfigError("--sign-cert needs --sign-key")
+    from bastion.cli.progress import watch
+
     provider = _usable_key(args.key)
     origin = {"source_uri": args.origin} if args.origin else None
-    report = provider.seal(src, out, aead=args.aead, hash=args.hash, segment_size=args.segment_size, origin=origin)
+    total = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+
+    def written() -> int:  # ciphertext so far: in the staging directory, then in OUT once renamed
+        staged = [*out.parent.glob(f".{out.name}.sealing-*/*.ctxd"), *out.glob("*.ctxd")]
+        return sum(p.stat().st_size for p in staged if p.exists())
+
+    with watch("sealing", total, written):
+        report = provider.seal(src, out, aead=args.aead, hash=args.hash, segment_size=args.segment_size, origin=origin)
     signed = "unsigned"
     if args.sign_key:
         from bastion.weights.signing import sign_dir
 
-        sign_dir(out, private_key=args.sign_key, certificate=args.sign_cert, chain=args.cert_chain)
+        with watch("signing (SHA-256 of every file)", sum(p.stat().st_size for p in out.iterdir()), None):
+            sign_dir(out, private_key=args.sign_key, certificate=args.sign_cert, chain=args.cert_chain)
         signed = f"signed {out / 'model.sig'} (OMS v1.0)"
     digest = digest_dir(out).digest
     print(

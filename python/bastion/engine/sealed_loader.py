@@ -75,50 +75,63 @@ def torch_dtype(dtype: str) -> torch.dtype:
         raise ConfigError(f"sealed tensor dtype {dtype} is not supported by the bastion loader") from None
 
 
-def to_tensor(data: bytes, info: TensorInfo) -> torch.Tensor:
-    """A tensor over ``data`` without a copy (the tensor keeps the bytes object alive)."""
+def to_tensor(data: bytes, info: TensorInfo, offset: int = 0) -> torch.Tensor:
+    """A tensor over ``data[offset : offset + nbytes]`` without a copy (it keeps ``data`` alive); copied
+    instead when the offset is not aligned to the element size."""
     dtype = torch_dtype(info.dtype)
-    if len(data) == 0:
+    nbytes = info.data_offsets[1] - info.data_offsets[0]
+    if nbytes == 0:
         return torch.empty(info.shape, dtype=dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if offset % itemsize:
+        data, offset = data[offset : offset + nbytes], 0
     with warnings.catch_warnings():
         # bytes are immutable; vLLM's weight loaders only read (copy into the parameter).
         warnings.filterwarnings("ignore", message="The given buffer is not writable")
-        flat = torch.frombuffer(data, dtype=dtype)
+        flat = torch.frombuffer(data, dtype=dtype, count=nbytes // itemsize, offset=offset)
     return flat.reshape(info.shape)
 
 
-def _uncovered(ranges: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
-    """The parts of ``[0, length)`` that no range covers."""
-    gaps, pos = [], 0
-    for b, e in sorted(ranges):
-        if b > pos:
-            gaps.append((pos, b))
-        pos = max(pos, e)
-    if pos < length:
-        gaps.append((pos, length))
-    return gaps
+# Plaintext is read in batches of consecutive tensors of about this size: one call into Rust per batch,
+# every segment hashed and decrypted once (a batch boundary inside a segment costs that one segment twice).
+BATCH_BYTES = 64 << 20
 
 
-def sealed_weights(reader: SealedReader, stats: dict[str, int] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def _batches(spans: list[tuple[int, int, str]], length: int, limit: int) -> Iterator[tuple[int, int, list[tuple[int, str]]]]:
+    """Splits ``[0, length)`` into contiguous ranges ending at tensor ends, about ``limit`` bytes each;
+    yields ``(begin, end, [(tensor begin, name), ...])``. The bytes no tensor covers (the data file's
+    embedded safetensors header, padding) belong to the range that holds them, so all are read."""
+    begin, members = 0, []
+    for b, e, name in sorted(spans):
+        members.append((b, name))
+        if e - begin >= limit:
+            yield begin, e, members
+            begin, members = e, []
+    if members or begin < length:
+        yield begin, length, members
+
+
+def sealed_weights(
+    reader: SealedReader, stats: dict[str, int] | None = None, batch_bytes: int = BATCH_BYTES
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the sealed model as ``(name, tensor)``, in file order, each verified before use.
 
-    The bytes outside every tensor (the embedded safetensors header of each data file) are read and
-    verified first, so when the iterator is exhausted every byte of the artifact has been checked.
+    Each data file is read front to back in contiguous batches that together cover every byte of it, so
+    when the iterator is exhausted every byte of the artifact has been hash-checked and authenticated.
     """
     names = reader.tensor_names()
     infos = {n: reader.tensor_info(n) for n in names}
-    for n, info in infos.items():
+    for info in infos.values():
         torch_dtype(info.dtype)  # refuse an unsupported dtype before any decryption
     files = reader.files()
     verified = 0
     for fi, (_data_name, _source, length) in enumerate(files):
-        ranges = [i.data_offsets for i in infos.values() if i.file == fi]
-        for b, e in _uncovered(ranges, length):
-            verified += len(reader.read_range(fi, b, e))
-    for n in sorted(names, key=lambda x: (infos[x].file, infos[x].data_offsets)):
-        data = reader.read_tensor(n)
-        verified += len(data)
-        yield n, to_tensor(data, infos[n])
+        spans = [(i.data_offsets[0], i.data_offsets[1], n) for n, i in infos.items() if i.file == fi]
+        for begin, end, members in _batches(spans, length, batch_bytes):
+            data = reader.read_range(fi, begin, end)
+            verified += len(data)
+            for b, name in members:
+                yield name, to_tensor(data, infos[name], b - begin)
     if stats is not None:
         stats["tensors"] = len(names)
         stats["bytes"] = verified
