@@ -89,6 +89,8 @@ def _child(mode: str, sealed: str, kek: str) -> None:
         print(json.dumps({"bytes": n, "seconds": time.perf_counter() - started}))
         return
 
+    from bastion.engine.sealed_loader import sealed_weights  # imports torch: outside the timed region
+
     data = sorted(Path(sealed).glob("*.ctxd"))
     total = sum(p.stat().st_size for p in data)
     started = time.perf_counter()
@@ -112,8 +114,6 @@ def _child(mode: str, sealed: str, kek: str) -> None:
             rep = r.verify_all()
         assert rep.bytes == total
     elif mode == "loader_path":
-        from bastion.engine.sealed_loader import sealed_weights
-
         with SealedReader(sealed, kek) as r:
             n = sum(t.nbytes for _, t in sealed_weights(r))
         total = n  # tensor bytes (each data file's small embedded safetensors header excluded)
