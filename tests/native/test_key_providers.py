@@ -136,3 +136,25 @@ def test_file_provider_is_unchanged(model: Path, kek: Path) -> None:
     assert inspect(out)["key"]["provider"] == "file"
     with p.open(out) as r:
         assert r.tensor_names()
+
+
+def test_cli_seals_verifies_and_rekeys_through_a_configured_provider(
+    model: Path, kek: Path, openbao: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bastion.cli.main import main
+
+    make_openbao(openbao, "cli-kek")
+    cfg = tmp_path / "bastion.toml"
+    cfg.write_text(f'[weights]\nkey_provider = "openbao"\n[weights.openbao]\naddr = "{openbao["addr"]}"\n'
+                   f'key = "cli-kek"\ntoken_file = "{openbao["token_file"]}"\n')
+    out = tmp_path / "sealed"
+    assert main(["seal", str(model), str(out), "--key", f"config:{cfg}", "--unsigned"]) == 0
+    assert inspect(out)["key"]["provider"] == "openbao"
+    lax = tmp_path / "lax.toml"
+    lax.write_text('unsigned_models = ["*"]\n')
+    assert main(["verify", str(out), "--policy", str(lax), "--key", f"config:{cfg}"]) == 0
+    assert "authenticates and decrypts under the key" in capsys.readouterr().out
+    assert main(["rekey", str(out), "--old-key", f"config:{cfg}", "--new-key", str(kek)]) == 0
+    assert inspect(out)["key"]["provider"] == "file"
+    assert main(["verify", str(out), "--policy", str(lax), "--key", f"config:{cfg}"]) == 2
+    assert "data key is wrapped by the 'file' key provider, not 'openbao'" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def add_parsers(sub: Any) -> None:
     s = sub.add_parser("seal", help="encrypt a safetensors model directory into a sealed directory")
     s.add_argument("src", metavar="SRC", help="Hugging Face model directory (safetensors, config, tokenizer)")
     s.add_argument("out", metavar="OUT", help="new sealed directory (must not exist)")
-    s.add_argument("--key", required=True, metavar="KEK", help="key file (bastion keys create)")
+    s.add_argument("--key", required=True, metavar="KEK", help=KEY_HELP)
     s.add_argument("--origin", metavar="URI", help="source URI recorded (authenticated) in the header")
     s.add_argument("--sign-key", metavar="PEM", help="EC private key (P-256/384) that signs model.sig (OMS v1.0)")
     s.add_argument("--sign-cert", metavar="PEM", help="signing certificate for --sign-key (certificate bundle)")
@@ -52,25 +52,35 @@ def add_parsers(sub: Any) -> None:
     v.add_argument("--policy", required=True, metavar="TOML", help="trust policy (bastion.weights.policy)")
     v.add_argument("--model-name", metavar="NAME", help="served model name the policy is matched against "
                    "(default: the directory name)")
-    v.add_argument("--key", metavar="KEK", help="also unwrap the key and authenticate and decrypt every segment")
+    v.add_argument("--key", metavar="KEK", help="also unwrap the data key and authenticate and decrypt every "
+                   "segment; " + KEY_HELP)
 
     i = sub.add_parser("inspect", help="print a sealed directory's header as JSON (no secrets)")
     i.add_argument("dir", metavar="DIR")
 
     r = sub.add_parser("rekey", help="rewrap a sealed model's data key under a new key file")
     r.add_argument("dir", metavar="DIR")
-    r.add_argument("--old-key", required=True, metavar="KEK")
-    r.add_argument("--new-key", required=True, metavar="KEK")
+    r.add_argument("--old-key", required=True, metavar="KEK", help=KEY_HELP)
+    r.add_argument("--new-key", required=True, metavar="KEK", help=KEY_HELP + " (a model can move between providers)")
     r.add_argument("--sign-key", metavar="PEM", help="re-sign model.sig after the rewrap (it covers weights.ctxh); "
                    "required when the directory is signed")
     r.add_argument("--sign-cert", metavar="PEM", help="signing certificate for --sign-key")
     r.add_argument("--cert-chain", metavar="PEM", action="append", default=[], help="chain for --sign-cert")
 
 
-def _usable_key(path: str) -> Any:
-    from bastion.keys import FileKeyProvider
+KEY_HELP = "a key file (bastion keys create), or config:FILE for the key provider FILE's [weights] configures"
 
-    provider = FileKeyProvider(path)
+
+def _usable_key(spec: str) -> Any:
+    """``spec``: a KEK file, or ``config:FILE`` (the provider in FILE's ``[weights]``: file, openbao, pkcs11)."""
+    from bastion.keys import FileKeyProvider, provider_from_settings
+
+    if spec.startswith("config:"):
+        from bastion.config import load_settings
+
+        provider = provider_from_settings(load_settings(spec[len("config:"):]).weights)
+    else:
+        provider = FileKeyProvider(spec)
     provider.check()
     return provider
 
@@ -190,13 +200,13 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
 
     path = _sealed_dir(args.dir)
     old, new = _usable_key(args.old_key), _usable_key(args.new_key)
-    if old.path.resolve() == new.path.resolve():
-        raise ConfigError("--old-key and --new-key are the same file")
+    if old.describe() == new.describe():
+        raise ConfigError("--old-key and --new-key are the same key")
     signed = (path / "model.sig").exists()
     if signed and not args.sign_key:
         raise ConfigError("this directory is signed and rekeying rewrites weights.ctxh: pass --sign-key to re-sign it")
     before = inspect(path)["key"]["key_id"]
-    rekey(path, old.path, new.path)
+    rekey(path, old, new)  # a file provider is os.PathLike (Rust reads the KEK); others wrap through their service
     after = inspect(path)["key"]["key_id"]
     resigned = ""
     if args.sign_key:

@@ -26,6 +26,10 @@ class FileKeyProvider:
     def __repr__(self) -> str:
         return f"FileKeyProvider({str(self.path)!r})"
 
+    def __fspath__(self) -> str:
+        """The native core takes the KEK as a path and reads it itself (the key never reaches Python)."""
+        return str(self.path)
+
     @classmethod
     def create(cls, path: StrPath) -> FileKeyProvider:
         """Writes a new random KEK (mode 0600; never overwrites an existing file)."""
@@ -38,7 +42,7 @@ class FileKeyProvider:
         return cls(p)
 
     def describe(self) -> str:
-        return f"file:{self.path}"
+        return f"file:{self.path.resolve()}"
 
     def check(self) -> None:
         """The same rules the Rust core applies, checked up front for a clear start-up error."""
