@@ -23,6 +23,7 @@ import logging
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -124,11 +125,22 @@ def sealed_weights(
     for info in infos.values():
         torch_dtype(info.dtype)  # refuse an unsupported dtype before any decryption
     files = reader.files()
+    plan = [
+        (fi, begin, end, members)
+        for fi, (_data_name, _source, length) in enumerate(files)
+        for begin, end, members in _batches(
+            [(i.data_offsets[0], i.data_offsets[1], n) for n, i in infos.items() if i.file == fi], length, batch_bytes
+        )
+    ]
     verified = 0
-    for fi, (_data_name, _source, length) in enumerate(files):
-        spans = [(i.data_offsets[0], i.data_offsets[1], n) for n, i in infos.items() if i.file == fi]
-        for begin, end, members in _batches(spans, length, batch_bytes):
-            data = reader.read_range(fi, begin, end)
+    # Read-ahead: the next batch is read, hash-checked and decrypted on a worker thread (the native call
+    # releases the GIL) while the caller copies the current batch's tensors into the model.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-readahead") as pool:
+        pending = pool.submit(reader.read_range, *plan[0][:3]) if plan else None
+        for k, (_fi, begin, _end, members) in enumerate(plan):
+            assert pending is not None
+            data = pending.result()  # raises the batch's IntegrityError here, before any of its tensors
+            pending = pool.submit(reader.read_range, *plan[k + 1][:3]) if k + 1 < len(plan) else None
             verified += len(data)
             for b, name in members:
                 yield name, to_tensor(data, infos[name], b - begin)
