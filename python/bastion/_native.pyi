@@ -4,6 +4,18 @@ import os
 from typing import Any
 from typing import final
 
+__all__ = [
+    "Blake3Hasher",
+    "SealedReader",
+    "__version__",
+    "create_kek",
+    "digest_dir",
+    "inspect",
+    "rekey",
+    "seal_dir",
+    "verify_ciphertext",
+]
+
 __version__: str
 
 def digest_dir(path: str | os.PathLike[str]) -> tuple[str, list[tuple[str, int, str]]]:

@@ -143,7 +143,7 @@ impl SealedReader {
 /// Seal `src` into the new directory `out` under the KEK file `kek_path`. Returns
 /// `(files, tensors, bytes, copied names, header digest hex)`.
 #[pyfunction]
-#[pyo3(signature = (src, out, kek, *, aead = "aes-256-gcm", segment_size = 1 << 20, hash = "blake3", context = None, origin = None))]
+#[pyo3(signature = (src, out, kek, *, aead = "aes-256-gcm", segment_size = 1048576, hash = "blake3", context = None, origin = None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn seal_dir(
     py: Python<'_>,
