@@ -5,9 +5,16 @@ from typing import Any
 from typing import final
 
 __all__ = [
+    "AuditChain",
+    "AuditContentKey",
+    "AuditPublicKey",
+    "AuditSigningKey",
     "Blake3Hasher",
     "SealedReader",
     "__version__",
+    "audit_keygen",
+    "audit_segment_name",
+    "audit_verify_dir",
     "create_kek",
     "digest_dir",
     "inspect",
@@ -69,3 +76,66 @@ def rekey(
 def create_kek(path: str | os.PathLike[str]) -> None: ...
 def inspect(path: str | os.PathLike[str]) -> str: ...
 def verify_ciphertext(path: str | os.PathLike[str]) -> tuple[int, int, int]: ...
+
+# Tamper-evident audit log (import it via bastion.audit).
+
+@final
+class AuditChain:
+    """The chain state of one log; seals records in order (a failed seal changes nothing)."""
+
+    @staticmethod
+    def recover(dir: str | os.PathLike[str]) -> tuple[AuditChain, dict[str, Any]]:
+        """``(chain, {fresh, segment, segment_len, truncated})``; a torn final line is cut off."""
+
+    def seal(self, kind: str, fields_json: bytes | str, now_ms: int) -> tuple[int, bytes]:
+        """``(seq, line)``; raises bastion.errors.InvalidArgument naming the field (or ``kind``)."""
+
+    def checkpoint(self, signing_key: AuditSigningKey, now_ms: int) -> tuple[int, str, bytes]:
+        """``(seq, hash_hex, line)`` of a signed checkpoint."""
+
+    @property
+    def log_id(self) -> str: ...
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def since_checkpoint(self) -> int: ...
+
+@final
+class AuditSigningKey:
+    """Ed25519 PKCS#8 checkpoint key (0600/0400 file, read by Rust; never returned)."""
+
+    @staticmethod
+    def from_file(path: str | os.PathLike[str]) -> AuditSigningKey: ...
+    @property
+    def key_id(self) -> str: ...
+
+@final
+class AuditPublicKey:
+    """The checkpoint verification key (``ed25519:<64 hex>``)."""
+
+    @staticmethod
+    def from_file(path: str | os.PathLike[str]) -> AuditPublicKey: ...
+    @property
+    def key_id(self) -> str: ...
+
+@final
+class AuditContentKey:
+    """The content-HMAC key (32 bytes, 0600/0400 file, read by Rust; never returned)."""
+
+    @staticmethod
+    def from_file(path: str | os.PathLike[str]) -> AuditContentKey: ...
+    def mac_for(self, tenant: str, data: bytes) -> str:
+        """``hmac-sha256:<64 hex>`` under the key derived for ``tenant`` (HKDF-SHA256)."""
+
+def audit_keygen(
+    signing_path: str | os.PathLike[str], public_path: str | os.PathLike[str], content_path: str | os.PathLike[str]
+) -> str: ...
+def audit_segment_name(i: int) -> str: ...
+def audit_verify_dir(
+    dir: str | os.PathLike[str],
+    public_key_path: str | os.PathLike[str],
+    witness_seq: int | None = None,
+    witness_hash: str | None = None,
+) -> dict[str, Any]:
+    """``{segments, records, bytes, log_id, last_seq, last_hash, last_checkpoint, unsigned_tail, problem}``;
+    ``problem`` is None or ``{segment, line, seq, reason}``."""

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from bastion.audit.settings import AuditSettings
+from bastion.auth.settings import AuthSettings
 from bastion.errors import ConfigError
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -212,6 +214,13 @@ class ObservabilitySettings(BaseModel):
         return v
 
 
+class TenancySettings(BaseModel):
+    model_config = _FROZEN
+    # The tenancy policy (bastion.tenancy.policy): principals → tenants and roles, per-tenant limits.
+    # Required to serve: a principal that is not in it is refused.
+    policy_file: Path | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True,
@@ -226,6 +235,9 @@ class Settings(BaseSettings):
     weights: WeightsSettings = WeightsSettings()
     limits: LimitSettings = LimitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    auth: AuthSettings = AuthSettings()
+    tenancy: TenancySettings = TenancySettings()
+    audit: AuditSettings = AuditSettings()
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
     @classmethod
@@ -248,11 +260,11 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -273,7 +285,7 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
         base = Settings()
         if not overrides:
             return base
-        merged = _deep_merge(base.model_dump(), overrides)
+        merged = deep_merge(base.model_dump(), overrides)
         return Settings.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(

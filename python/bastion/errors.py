@@ -63,6 +63,17 @@ class PermissionDenied(BastionError):
     public_default = "permission denied"
 
 
+class RateLimited(BastionError):
+    """A tenant's request, token or stream limit is reached; ``retry_after_s`` says when to try again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    public_default = "rate limit exceeded; retry later"
+
+    def __init__(self, retry_after_s: float, *, detail: str | None = None) -> None:
+        self.retry_after_s = max(0.0, retry_after_s)
+        super().__init__(detail=detail)
+
+
 class ConfigError(BastionError):
     """The configuration is invalid; raised at start, never at request time."""
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from identity import Identity, bearer_channel, make_identity
 
 from bastion.v1 import inference_pb2_grpc
 
@@ -44,9 +45,12 @@ class LiveServer:
     metrics_url: str
     log_path: Path
     marker_dir: Path
+    identity: Identity
+    audit_dir: Path
 
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.target)
+    def channel(self, who: str = "alice") -> grpc.Channel:
+        """A channel carrying ``who``'s API key (see tests/identity.py)."""
+        return bearer_channel(self.target, self.identity.keys[who])
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -78,6 +82,8 @@ def launch_server(
     marker.mkdir(exist_ok=True)
     port = free_port()
     config = workdir / "bastion.toml"
+    identity = make_identity(workdir / "identity")
+    audit_dir = workdir / "audit"
     config.write_text(
         f"""
 [server]
@@ -87,6 +93,7 @@ max_inflight_requests = 8
 {model_toml}
 [observability]
 metrics_listen = "127.0.0.1:{port}"
+{identity.toml(audit_dir)}
 """
     )
     env = {**os.environ, "BASTION_PLUGIN_MARKER_DIR": str(marker), **(extra_env or {})}
@@ -96,7 +103,7 @@ metrics_listen = "127.0.0.1:{port}"
             [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
-    return LiveServer(proc, f"unix:{sock}", f"http://127.0.0.1:{port}/metrics", log_path, marker)
+    return LiveServer(proc, f"unix:{sock}", f"http://127.0.0.1:{port}/metrics", log_path, marker, identity, audit_dir)
 
 
 def start_server(

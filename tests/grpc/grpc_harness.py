@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from identity import Identity, aio_bearer, make_identity
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bastion.config import Settings
+from bastion.config import Settings, deep_merge
 from bastion.engine.protocol import EnginePool
 from bastion.observability.telemetry import Telemetry
 from bastion.server.app import serve
@@ -22,15 +25,33 @@ from bastion.v1 import inference_pb2_grpc as pb_grpc
 
 def make_settings(
     *, listen: str = "127.0.0.1:0", metrics_listen: str = "", server: dict[str, Any] | None = None,
-    limits: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None, identity: Identity | None = None, extra: dict[str, Any] | None = None,
 ) -> Settings:
-    return Settings.model_validate(
-        {
-            "server": {"listen": listen, "grace_period_s": 5.0, **(server or {})},
-            "limits": limits or {},
-            "observability": {"metrics_listen": metrics_listen},
-        }
+    """Settings for a test server: API keys and a tenancy policy (a fresh identity in a temp dir unless
+    one is given) and its own audit log directory."""
+    ident = identity or make_identity(Path(tempfile.mkdtemp(prefix="bastion-id-")))
+    audit_dir = Path(tempfile.mkdtemp(prefix="bastion-audit-"))
+    settings = Settings.model_validate(
+        deep_merge(
+            {
+                "server": {"listen": listen, "grace_period_s": 5.0, **(server or {})},
+                "limits": limits or {},
+                "observability": {"metrics_listen": metrics_listen},
+                **ident.settings(audit_dir),
+            },
+            extra or {},
+        )
     )
+    _IDENTITIES[id(settings)] = ident
+    return settings
+
+
+# Which identity a Settings object was made with (settings are frozen; this keeps the test API small).
+_IDENTITIES: dict[int, Identity] = {}
+
+
+def identity_of(settings: Settings) -> Identity:
+    return _IDENTITIES[id(settings)]
 
 
 @dataclass
@@ -43,7 +64,16 @@ class Running:
     task: asyncio.Task[int]
     telemetry: Telemetry
     spans: InMemorySpanExporter
+    identity: Identity
+    audit_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def channel_for(self, name: str | None) -> grpc.aio.Channel:
+        """A plaintext channel with ``name``'s API key (None: no credentials)."""
+        interceptors = None if name is None else aio_bearer(self.identity.keys[name])
+        ch = grpc.aio.insecure_channel(self.address, interceptors=interceptors)
+        self.extra.setdefault("channels", []).append(ch)  # kept alive (and closed) with the server
+        return ch
 
     async def health_status(self, service: str = "") -> int:
         reply = await self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
@@ -96,10 +126,13 @@ async def running_server(
     if task in done and not bound.done():
         raise AssertionError(f"server exited early with {task.result()}")
     address = bound.result()
-    channel = grpc.aio.insecure_channel(address)
+    ident = identity_of(settings)
+    channel = grpc.aio.insecure_channel(address, interceptors=aio_bearer(ident.keys["alice"]))
+    audit_dir = settings.audit.dir
+    assert audit_dir is not None
     running = Running(
         address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel), stop, task,
-        telemetry, spans,
+        telemetry, spans, ident, audit_dir,
     )
     try:
         if wait_ready:
@@ -114,6 +147,8 @@ async def running_server(
                 task.cancel()
                 raise
         await channel.close()
+        for ch in running.extra.get("channels", []):
+            await ch.close()
         telemetry.shutdown()
 
 

@@ -30,7 +30,7 @@ async def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
     async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
         good = client.open_channel(
             srv.address, settings, ca_file=str(pki["ca"]), client_cert=str(pki["client_cert"]),
-            client_key=str(pki["client_key"]),
+            client_key=str(pki["client_key"]), bearer=srv.identity.keys["alice"],
         )
         reply = await pb_grpc.InferenceStub(good).ListModels(pb.ListModelsRequest(), timeout=5)
         assert [m.name for m in reply.models] == ["fake-model"]
@@ -58,9 +58,12 @@ async def test_client_generate_streams_chat_and_picks_first_model() -> None:
         assert await client.health(srv.channel, 5) == "SERVING"
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
+async def _cli(*args: str, api_key: str | None = None) -> tuple[int, str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
     env.pop("BASTION_CONFIG", None)
+    env.pop("BASTION_API_KEY", None)
+    if api_key:
+        env["BASTION_API_KEY"] = api_key
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bastion.cli.main", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -71,13 +74,18 @@ async def _cli(*args: str) -> tuple[int, str, str]:
 
 async def test_cli_commands_exit_codes(tmp_path: Path) -> None:
     async with running_server([FakeEngine()]) as srv:
-        gen, health = await asyncio.gather(
-            _cli("generate", "--target", srv.address, "--max-tokens", "2", "--raw", "hello"),
+        key = srv.identity.keys["alice"]
+        key_file = tmp_path / "key"
+        key_file.write_text(key + "\n")
+        gen, health, anon = await asyncio.gather(
+            _cli("generate", "--target", srv.address, "--max-tokens", "2", "--raw", "hello", api_key=key),
             _cli("health", "--target", srv.address),
+            _cli("generate", "--target", srv.address, "--max-tokens", "2", "hello"),
         )
-        bad = await _cli("generate", "--target", srv.address, "--model", "nope", "hello")
+        bad = await _cli("generate", "--target", srv.address, "--api-key-file", str(key_file), "--model", "nope", "x")
     assert gen == (0, "w0 w1 \n", "")
     assert health == (0, "SERVING\n", "")
+    assert anon[0] == 1 and "UNAUTHENTICATED: authentication required" in anon[2]
     assert bad[0] == 1 and "NOT_FOUND: model not found" in bad[2]
     bad_cfg = tmp_path / "bad.toml"
     bad_cfg.write_text('[server]\nlisten = "0.0.0.0:1"\n')

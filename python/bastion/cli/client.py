@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +27,42 @@ def default_target(settings: Settings) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _Bearer:
+    def __init__(self, token: str) -> None:
+        self._md = ("authorization", f"Bearer {token}")
+
+    def _details(self, d: Any) -> Any:
+        md = grpc.aio.Metadata(*(list(d.metadata or ()) + [self._md]))
+        return grpc.aio.ClientCallDetails(d.method, d.timeout, md, d.credentials, d.wait_for_ready)
+
+
+class _BearerUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Callable[..., Any], d: Any, request: Any) -> Any:
+        return await continuation(self._details(d), request)
+
+
+class _BearerStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Callable[..., Any], d: Any, request: Any) -> Any:
+        return await continuation(self._details(d), request)
+
+
+def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors adding ``authorization: Bearer <token>`` (API key or JWT) to every unary and
+    server-streaming call. One object per kind: grpc.aio files an interceptor under one kind only."""
+    return [_BearerUnary(token), _BearerStream(token)]
+
+
+def bearer_from(api_key_file: str | None, token_file: str | None) -> str | None:
+    """The bearer credential: --api-key-file, --token-file, then $BASTION_API_KEY; None when none is given."""
+    for path in (api_key_file, token_file):
+        if path:
+            text = Path(path).read_text(encoding="ascii").strip()
+            if not text:
+                raise OSError(0, "empty credential file", path)
+            return text
+    return os.environ.get("BASTION_API_KEY") or None
+
+
 def open_channel(
     target: str,
     settings: Settings,
@@ -33,12 +71,15 @@ def open_channel(
     client_cert: str | None = None,
     client_key: str | None = None,
     server_name: str | None = None,
+    bearer: str | None = None,
 ) -> grpc.aio.Channel:
-    """TLS when a CA is given or the server config has TLS (its own certificate then serves as CA)."""
+    """TLS when a CA is given or the server config has TLS (its own certificate then serves as CA).
+    ``bearer`` (an API key or a JWT) is sent as ``authorization`` metadata on every call."""
     tls = settings.server.tls
     ca = ca_file or (str(tls.cert_file) if tls.enabled and tls.cert_file else None)
+    interceptors = bearer_interceptors(bearer) if bearer else None
     if ca is None:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
     chain = key = None
     if client_cert and client_key:
         chain, key = Path(client_cert).read_bytes(), Path(client_key).read_bytes()
@@ -46,7 +87,7 @@ def open_channel(
         root_certificates=Path(ca).read_bytes(), private_key=key, certificate_chain=chain
     )
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    return grpc.aio.secure_channel(target, creds, options=options)
+    return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
 
 
 async def generate(

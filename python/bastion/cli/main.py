@@ -1,5 +1,6 @@
 """``bastion`` command line: serve, generate, health, models fetch-default; sealed models: keys create,
-seal, verify, inspect, rekey (``bastion.cli.weights``).
+seal, verify, inspect, rekey (``bastion.cli.weights``); api-keys issue/revoke/list (``bastion.cli.apikeys``);
+audit verify/keygen (``bastion.cli.audit``); admin (``bastion.cli.admin``).
 
 Exit codes: 0 success; 1 a failed call or server start; 2 bad usage or configuration (one line on
 stderr, no traceback).
@@ -13,6 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from bastion.cli import admin as admin_cli
+from bastion.cli import apikeys as apikeys_cli
+from bastion.cli import audit as audit_cli
 from bastion.cli import weights as weights_cli
 from bastion.config import Settings, load_settings
 from bastion.errors import BastionError, ConfigError
@@ -27,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT or unix:PATH (non-loopback TCP needs TLS)")
     s.add_argument("--model", help='"default" or a model directory')
     s.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--dev", action="store_true",
+                   help="local development profile: create (once) a CA, server and client certificates, an API "
+                        "key and a tenancy policy under ~/.config/bastion/dev, and serve with mutual TLS")
 
     def client_args(c: argparse.ArgumentParser) -> None:
         c.add_argument("--config", help="TOML config file; the default target is its server.listen")
@@ -35,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--client-cert", help="client certificate for mutual TLS")
         c.add_argument("--client-key", help="client key for mutual TLS")
         c.add_argument("--server-name", help="expected server certificate name, when it differs from the target")
+        c.add_argument("--api-key-file", help="file holding an API key (or set BASTION_API_KEY)")
+        c.add_argument("--token-file", help="file holding an OIDC/JWT bearer token")
 
     g = sub.add_parser("generate", help="stream a completion to stdout")
     client_args(g)
@@ -59,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--sealed", action="store_true", help="print the sealed directory (what serve uses) instead")
 
     weights_cli.add_parsers(sub)
+    apikeys_cli.add_parsers(sub)
+    audit_cli.add_parsers(sub)
+    admin_cli.add_parsers(sub, client_args)
     return p
 
 
@@ -74,7 +86,14 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, _serve_overrides(args))
+    overrides = _serve_overrides(args)
+    if args.dev:
+        from bastion.config import deep_merge
+        from bastion.cli.devprofile import ensure_profile, profile_dir, server_overrides
+
+        overrides = deep_merge(server_overrides(ensure_profile()), overrides)
+        print(f"bastion: development profile in {profile_dir()} (mutual TLS, API key, tenant dev)", file=sys.stderr)
+    settings = load_settings(args.config, overrides)
     try:
         from bastion.engine.factory import build_pool  # heavy (vllm); only the serve command needs it
     except ImportError as exc:
@@ -89,9 +108,17 @@ def _channel(args: argparse.Namespace, settings: Settings) -> Any:
     from bastion.cli import client
 
     target = args.target or client.default_target(settings)
+    ca, cert, key = args.ca_file, args.client_cert, args.client_key
+    explicit = ca or cert or args.target or args.api_key_file or args.token_file or settings.server.tls.enabled
+    if not explicit:
+        from bastion.cli.devprofile import existing_profile
+
+        dev = existing_profile()  # the development profile's files, when `serve --dev` created them
+        if dev is not None:
+            ca, cert, key = str(dev["ca"]), str(dev["client_cert"]), str(dev["client_key"])
     return client.open_channel(
-        target, settings, ca_file=args.ca_file, client_cert=args.client_cert, client_key=args.client_key,
-        server_name=args.server_name,
+        target, settings, ca_file=ca, client_cert=cert, client_key=key, server_name=args.server_name,
+        bearer=client.bearer_from(args.api_key_file, args.token_file),
     )
 
 
@@ -154,7 +181,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "serve": _cmd_serve, "generate": _cmd_generate, "health": _cmd_health, "models": _cmd_models,
-    **weights_cli.COMMANDS,
+    **weights_cli.COMMANDS, **apikeys_cli.COMMANDS, **audit_cli.COMMANDS, **admin_cli.commands(_channel),
 }
 
 

@@ -2,7 +2,8 @@
 
 The servicer opens :meth:`Telemetry.rpc` around a call and fills the :class:`RpcRecord` (model,
 digest, status code, token counts, first-token time); on exit the record becomes span attributes and
-metric points. Span attributes carry ids, counts and timings, never prompt or completion text.
+metric points. Span attributes carry ids (request, tenant, principal), counts and timings, never prompt or
+completion text and never a credential.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,9 +29,15 @@ SERVICE = "bastion.v1.Inference"
 class RpcRecord:
     """What one RPC did; filled by the servicer, read once when the RPC ends."""
 
-    def __init__(self, method: str, request_id: str) -> None:
+    def __init__(self, method: str, request_id: str, tenant: str = "", principal: str = "") -> None:
         self.method = method
         self.request_id = request_id
+        self.tenant = tenant
+        self.principal = principal
+        # Set once this RPC's audit record was appended (exactly one per RPC).
+        self.audited = False
+        # Completion text as streamed, for its keyed HMAC in the audit record (never logged).
+        self.completion_parts: list[str] = []
         self.start = time.perf_counter()
         self.model = ""
         self.digest = ""
@@ -73,8 +81,11 @@ class Telemetry:
         rec.last_token_at = now
 
     @contextmanager
-    def rpc(self, method: str, request_id: str) -> Iterator[RpcRecord]:
-        rec = RpcRecord(method, request_id)
+    def rpc(self, method: str, request_id: str, caller: Any = None) -> Iterator[RpcRecord]:
+        """``caller`` (a bastion.server.caller.Caller) adds the tenant and principal ids to the span."""
+        tenant = caller.tenant if caller is not None else ""
+        principal = caller.principal.id if caller is not None else ""
+        rec = RpcRecord(method, request_id, tenant, principal)
         with self.tracer.start_as_current_span(
             f"{SERVICE}/{method}", kind=SpanKind.SERVER, record_exception=False, set_status_on_exception=False
         ) as span:
@@ -101,6 +112,10 @@ class Telemetry:
             "rpc.grpc.status_code": rec.code.value[0],
             "bastion.request_id": rec.request_id,
         }
+        if rec.tenant:
+            attrs["bastion.tenant"] = rec.tenant
+        if rec.principal:
+            attrs["bastion.principal"] = rec.principal
         if rec.model:
             attrs["bastion.model"] = rec.model
         if rec.digest:

@@ -1,7 +1,10 @@
 """Server lifecycle: bind and start, load the engine pool, serve, drain, stop.
 
 Order (each step logged once):
-  1. build the grpc.aio server (explicit limits), register Inference + grpc.health.v1, bind, start;
+  0. security: the tenancy policy, the authenticator and the audit log (recovered and continued); a
+     missing piece is a start failure (exit 1), never an open server;
+  1. build the grpc.aio server (explicit limits, the auth interceptor), register Inference, Admin and
+     grpc.health.v1, bind, start;
      health is NOT_SERVING, Inference answers UNAVAILABLE;
   2. ``await pool_factory()`` (a minute or more for vLLM); health turns SERVING once the pool is ready,
      and a watchdog keeps it in step with the engines (NOT_SERVING when one dies);
@@ -12,7 +15,8 @@ Order (each step logged once):
      client's stream ends with a final FINISH_REASON_ABORT message (usage so far) and status OK;
      a second signal aborts them at once;
   4. ``server.stop(FLUSH_S)`` in ``finally`` (finished calls send their status; health watches are
-     then cancelled), then ``pool.shutdown()``.
+     then cancelled), then ``pool.shutdown()``, then the audit log is closed (stop record, checkpoint).
+A failing audit log (write or fsync error) turns health NOT_SERVING and fails every later call.
 Exit codes: 0 after a clean stop, 1 when binding or loading the engine pool failed.
 """
 
@@ -27,12 +31,16 @@ from grpc_health.v1 import health_pb2_grpc
 
 from bastion.config import Settings
 from bastion.engine.protocol import EnginePool, EngineStats
+from bastion.auth.api_keys import revoke as revoke_api_key
 from bastion.errors import BastionError, ConfigError
 from bastion.observability.logs import setup_logging
 from bastion.observability.telemetry import Telemetry
 from bastion.server.health import NOT_SERVING, WATCHDOG_INTERVAL_S, Health
 from bastion.server.listener import bind, build_server
+from bastion.server.admin import AdminServicer
+from bastion.server.security import Security, build_security
 from bastion.server.servicer import InferenceServicer, ServerState
+from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -62,10 +70,11 @@ def _enable_reflection(server: object) -> None:
         raise ConfigError("server.reflection needs the grpcio-reflection package") from None
     from grpc_health.v1 import health_pb2
 
-    from bastion.v1 import inference_pb2
+    from bastion.v1 import admin_pb2, inference_pb2
 
     names = (
         inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
@@ -121,7 +130,20 @@ async def serve(
     loop = asyncio.get_running_loop()
     owns_telemetry = telemetry is None
     telemetry = telemetry or Telemetry.from_settings(settings)
-    state = ServerState(settings)
+    health = Health()
+
+    def on_audit_failure() -> None:
+        log.error("the audit log failed: health NOT_SERVING; every call is refused until restart")
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(health.shutting_down()))
+
+    try:
+        security: Security = build_security(settings, on_audit_failure)
+    except (ConfigError, BastionError, OSError) as exc:
+        log.error("cannot start: %s", _one_line(exc))
+        if owns_telemetry:
+            telemetry.shutdown()
+        return 1
+    state = ServerState(settings, security.guard, security.recorder)
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
     signals: list[int] = []
     if stop_event is None:
@@ -137,9 +159,15 @@ async def serve(
             loop.add_signal_handler(sig, on_signal)
             signals.append(sig)
 
-    health = Health()
-    server = build_server(settings.server)
+    server = build_server(settings.server, [security.interceptor])
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(state, telemetry), server)
+    apb_grpc.add_AdminServicer_to_server(
+        AdminServicer(
+            state, telemetry, policy_file=settings.tenancy.policy_file, api_key_store=settings.auth.api_keys.file,
+            revoke_key=revoke_api_key,
+        ),
+        server,
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     pool: EnginePool | None = None
     watchdog: asyncio.Task[None] | None = None
@@ -196,6 +224,10 @@ async def serve(
                 log.error("engine pool shutdown failed: %s", _one_line(exc))
         for sig in signals:
             loop.remove_signal_handler(sig)
+        try:
+            await security.audit.aclose()
+        except Exception as exc:  # noqa: BLE001
+            log.error("closing the audit log failed: %s", _one_line(exc))
         if owns_telemetry:
             telemetry.shutdown()
         log.info("stopped")

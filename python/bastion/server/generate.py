@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
@@ -51,8 +51,13 @@ async def stream_generation(
     ticket: Ticket,
     rec: RpcRecord,
     telemetry: Telemetry,
+    before_final: Callable[[str], Awaitable[None]],
 ) -> str:
-    """Streams the generation; returns the finish reason ("stop", "length" or "abort")."""
+    """Streams the generation; returns the finish reason ("stop", "length" or "abort").
+
+    ``before_final(finish_reason)`` runs before the final message is written (the audit record is
+    appended there, so no stream completes without its record); if it raises, no final message is sent.
+    """
     digest = engine.info.digest
     rec.prompt_tokens = len(prompt_token_ids)
     it = engine.generate(EngineRequest(request_id, tuple(prompt_token_ids), sampling))
@@ -71,6 +76,8 @@ async def stream_generation(
             rec.prompt_tokens = out.prompt_tokens or rec.prompt_tokens
             rec.completion_tokens = out.completion_tokens or rec.completion_tokens + len(out.token_ids)
             rec.cached_tokens = out.cached_prompt_tokens or rec.cached_tokens
+            if out.text:
+                rec.completion_parts.append(out.text)
             msg = convert.delta(request_id, out, digest=digest if first or out.finished else "")
             first = False
             if out.finished:
@@ -78,6 +85,9 @@ async def stream_generation(
                 msg.finish_reason = convert.finish_reason(out.finish_reason)
                 msg.usage.CopyFrom(convert.usage(rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens))
             telemetry.tokens(rec, len(out.token_ids))
+            if finished:
+                ticket.cancellable = False
+                await before_final(out.finish_reason or "stop")
             await context.write(msg)
             if finished:
                 return out.finish_reason or "stop"
@@ -100,5 +110,6 @@ async def stream_generation(
         usage=convert.usage(rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens),
         model_digest=digest,
     )
+    await before_final("abort")
     await context.write(final)
     return "abort"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import grpc
@@ -33,8 +34,9 @@ def server_options(s: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
-def build_server(s: ServerSettings) -> grpc.aio.Server:
+def build_server(s: ServerSettings, interceptors: list[grpc.aio.ServerInterceptor]) -> grpc.aio.Server:
     return grpc.aio.server(
+        interceptors=interceptors,
         options=server_options(s),
         # Bounds everything (Tokenize, ListModels, health) beyond the Generate admission limit.
         maximum_concurrent_rpcs=2 * s.max_inflight_requests + _EXTRA_CONCURRENT_RPCS,
@@ -48,17 +50,89 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigError(f"cannot read server.tls.{what} ({exc.strerror})") from None
 
 
-def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
-    """TLS credentials; with a client CA, clients must present a certificate it signed (mTLS)."""
-    assert tls.cert_file is not None and tls.key_file is not None
-    key_mode = os.stat(tls.key_file).st_mode if tls.key_file.exists() else 0
-    if key_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("server.tls.key_file is readable by group or others; chmod 600 it")
-    key, cert = _read(tls.key_file, "key_file"), _read(tls.cert_file, "cert_file")
-    client_ca = _read(tls.client_ca_file, "client_ca_file") if tls.client_ca_file is not None else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+class _CertReloader:
+    """Serves the current certificate files; re-reads them when one changes (rotation without restart).
+
+    gRPC calls :meth:`fetch` before every new TLS handshake. The files' (inode, size, mtime) are
+    compared at most every ``RELOAD_CHECK_S``; a changed set that fails to load (half-written, key
+    and certificate mismatched) keeps the previous configuration and is logged once per change.
+    """
+
+    RELOAD_CHECK_S = 1.0
+
+    def __init__(self, tls: TlsSettings) -> None:
+        assert tls.cert_file is not None and tls.key_file is not None
+        self._paths = [p for p in (tls.key_file, tls.cert_file, tls.client_ca_file) if p is not None]
+        self._tls = tls
+        self._stamp = self._stamps()
+        self._checked = time.monotonic()
+        self.initial = self._load()
+        self.reloads = 0
+
+    def _stamps(self) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for p in self._paths:
+            try:
+                st = os.stat(p)
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((0, 0, 0))
+        return tuple(out)
+
+    def _load(self) -> grpc.ServerCertificateConfiguration:
+        tls = self._tls
+        assert tls.cert_file is not None and tls.key_file is not None
+        key_mode = os.stat(tls.key_file).st_mode if tls.key_file.exists() else 0
+        if key_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("server.tls.key_file is readable by group or others; chmod 600 it")
+        key, cert = _read(tls.key_file, "key_file"), _read(tls.cert_file, "cert_file")
+        _check_pair(key, cert)
+        ca = _read(tls.client_ca_file, "client_ca_file") if tls.client_ca_file is not None else None
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        now = time.monotonic()
+        if now - self._checked < self.RELOAD_CHECK_S:
+            return None
+        self._checked = now
+        stamp = self._stamps()
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        try:
+            config = self._load()
+        except ConfigError as exc:
+            log.error("TLS files changed but cannot be loaded; keeping the previous ones: %s", exc.public_message)
+            return None
+        self.reloads += 1
+        log.info("TLS certificate files changed: reloaded (new handshakes use them)")
+        return config
+
+
+def _check_pair(key_pem: bytes, cert_pem: bytes) -> None:
+    """The private key must belong to the certificate (a mismatch would fail every handshake)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except (ValueError, TypeError):
+        raise ConfigError("server.tls: key_file or cert_file is not an unencrypted PEM key / certificate") from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if key.public_key().public_bytes(enc, pub) != cert.public_key().public_bytes(enc, pub):
+        raise ConfigError("server.tls: key_file does not match cert_file")
+
+
+def server_credentials(tls: TlsSettings) -> tuple[grpc.ServerCredentials, _CertReloader]:
+    """TLS credentials that follow certificate rotation; with a client CA, clients must present a
+    certificate it signed (mutual TLS)."""
+    reloader = _CertReloader(tls)
+    creds = grpc.dynamic_ssl_server_credentials(
+        reloader.initial, reloader.fetch, require_client_authentication=tls.client_ca_file is not None
     )
+    return creds, reloader
 
 
 def _prepare_unix_socket(path: str) -> None:
@@ -73,7 +147,7 @@ def _prepare_unix_socket(path: str) -> None:
 def bind(server: grpc.aio.Server, s: ServerSettings) -> tuple[str, str]:
     """Binds the listen address; returns (address, description). Raises ConfigError on failure."""
     kind, host, port = parse_listen(s.listen)
-    creds = server_credentials(s.tls) if s.tls.enabled else None
+    creds = server_credentials(s.tls)[0] if s.tls.enabled else None
     if kind == "unix":
         _prepare_unix_socket(host)
         address = f"unix:{host}"

@@ -4,13 +4,20 @@ Every RPC gets a server-generated request id, sent in the initial metadata (``x-
 every GenerateResponse, in the trailing metadata of errors, in logs (contextvar) and on the span.
 Errors reach the client as ``grpc_status(exc)``; anything unexpected becomes INTERNAL with the text
 ``internal error (request_id=...)`` and nothing else.
+
+The auth interceptor has already authenticated the caller and mapped it to a tenant
+(:func:`current_caller`); here the tenant's policy is enforced (model allowed, per-request token cap,
+streams, rate limits) and every RPC ends with exactly one audit record, appended (durably) before the
+final response or status is sent. A failing audit log fails the call (UNAVAILABLE).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import traceback
+from dataclasses import replace
 from typing import NoReturn
 
 import grpc
@@ -22,9 +29,13 @@ from bastion.observability.logs import request_id_var
 from bastion.observability.telemetry import RpcRecord, Telemetry
 from bastion.server import convert
 from bastion.server.admission import Admission, Ticket
+from bastion.server.audit_recorder import AuditRecorder, is_decision
+from bastion.server.caller import Caller, current_caller
 from bastion.server.generate import stream_generation
 from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
-from bastion.server.validation import fit_context, validate_generate, validate_input
+from bastion.server.interceptor import abort_metadata
+from bastion.server.validation import InputSpec, fit_context, validate_generate, validate_input
+from bastion.tenancy.guard import TenantGuard
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 
@@ -35,12 +46,22 @@ SHUTTING_DOWN = "server is shutting down"
 
 
 class ServerState:
-    """What the servicer shares with the app: the pool (set once loaded) and admission."""
+    """What the servicers share with the app: the pool (set once loaded), admission, tenancy, audit."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, guard: TenantGuard, recorder: AuditRecorder) -> None:
         self.settings = settings
         self.pool: EnginePool | None = None
         self.admission = Admission(settings.server.max_inflight_requests)
+        self.guard = guard
+        self.recorder = recorder
+
+
+def prompt_text(spec: InputSpec) -> str:
+    """The text whose keyed HMAC the audit record carries: the raw prompt, or the conversation as JSON."""
+    if spec.prompt is not None:
+        return spec.prompt
+    turns = spec.conversation or ()
+    return json.dumps([[t.role, t.content] for t in turns], ensure_ascii=False, separators=(",", ":"))
 
 
 def _where(exc: BaseException) -> str:
@@ -57,6 +78,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._state = state
         self._limits = state.settings.limits
         self._telemetry = telemetry
+        self._guard = state.guard
+        self._recorder = state.recorder
 
     def _engine(self, model: str) -> Engine:
         pool = self._state.pool
@@ -67,14 +90,40 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             raise Unavailable(NOT_READY)
         return engine
 
-    async def _begin(self, context: grpc.aio.ServicerContext) -> str:
-        rid = new_request_id()
+    async def _begin(self, context: grpc.aio.ServicerContext) -> tuple[str, Caller]:
+        caller = current_caller()  # set by the auth interceptor; fails closed without it
+        rid = caller.request_id or new_request_id()
         request_id_var.set(rid)  # this RPC's task has its own context
         await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rid),))
-        return rid
+        return rid, caller
+
+    async def _audit(
+        self, caller: Caller, rec: RpcRecord, code: grpc.StatusCode, *, finish: str = "",
+        prompt: str | None = None, exc: BaseException | None = None,
+    ) -> None:
+        """Appends this RPC's one audit record (durable when this returns)."""
+        if rec.audited:
+            return
+        rec.audited = True
+        if exc is not None and is_decision(exc):
+            self._guard.deny(caller.tenant, rate_limited=code == grpc.StatusCode.RESOURCE_EXHAUSTED)
+            await self._recorder.denied(
+                request_id=rec.request_id, method=caller.method, peer=caller.peer, principal=caller.principal,
+                tenant=caller.tenant, exc=exc, model=rec.model,
+            )
+            return
+        await self._recorder.request(
+            request_id=rec.request_id, method=caller.method, peer=caller.peer, principal=caller.principal,
+            tenant=caller.tenant, status=code, started=rec.start, model=rec.model, model_digest=rec.digest,
+            client_request_id=rec.client_request_id, prompt_tokens=rec.prompt_tokens,
+            completion_tokens=rec.completion_tokens, cached_tokens=rec.cached_tokens, finish_reason=finish,
+            prompt_text=prompt, completion_text="".join(rec.completion_parts) if prompt is not None else None,
+            reason=(exc.detail or "")[:200] if isinstance(exc, BastionError) and code != grpc.StatusCode.OK else "",
+        )
 
     async def _fail(
-        self, context: grpc.aio.ServicerContext, rec: RpcRecord, exc: Exception, engine: Engine | None
+        self, context: grpc.aio.ServicerContext, rec: RpcRecord, exc: Exception, engine: Engine | None,
+        caller: Caller, prompt: str | None = None,
     ) -> None:
         if isinstance(exc, BastionError) and exc.code != grpc.StatusCode.INTERNAL:
             code, message = exc.code, exc.public_message
@@ -88,14 +137,25 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             log.error("%s failed: internal error %s at %s", rec.method, type(exc).__name__, _where(exc))
             log.debug("%s internal error detail", rec.method, exc_info=exc)
         rec.code = code
-        await context.abort(code, message, trailing_metadata=((REQUEST_ID_METADATA_KEY, rec.request_id),))
+        try:
+            await self._audit(caller, rec, code, prompt=prompt, exc=exc)
+        except BastionError as audit_exc:  # the audit log failed: fail closed with its status
+            code, message = audit_exc.code, audit_exc.public_message
+            rec.code = code
+        await context.abort(code, message, trailing_metadata=abort_metadata(rec.request_id, exc))
 
-    @staticmethod
-    def _cancelled(context: grpc.aio.ServicerContext, rec: RpcRecord) -> None:
+    async def _cancelled(
+        self, context: grpc.aio.ServicerContext, rec: RpcRecord, caller: Caller, prompt: str | None = None
+    ) -> None:
         remaining = context.time_remaining()
         expired = remaining is not None and remaining <= 0
         rec.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
         log.info("%s %s by the client", rec.method, "deadline exceeded" if expired else "cancelled")
+        # The task is being cancelled: the record is still written (shielded), nothing is answered.
+        try:
+            await asyncio.shield(self._audit(caller, rec, rec.code, prompt=prompt))
+        except (BastionError, asyncio.CancelledError):
+            log.error("%s: audit record for a cancelled call was not confirmed", rec.method)
 
     @staticmethod
     def _shutdown_cancel(ticket: Ticket, exc: asyncio.CancelledError) -> NoReturn:
@@ -108,15 +168,22 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         raise Unavailable(SHUTTING_DOWN)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
-        rid = await self._begin(context)
-        with self._telemetry.rpc("Generate", rid) as rec:
+        rid, caller = await self._begin(context)
+        with self._telemetry.rpc("Generate", rid, caller) as rec:
             engine: Engine | None = None
+            prompt: str | None = None
             try:
                 spec = validate_generate(request, self._limits)
                 rec.client_request_id = spec.client_request_id
+                rec.model = spec.input.model
+                prompt = prompt_text(spec.input)
+                self._guard.check_model(caller.assignment, spec.input.model)
                 engine = self._engine(spec.input.model)
                 info = engine.info
                 rec.model, rec.digest = info.name, info.digest
+                cap = caller.assignment.limits.max_tokens_per_request
+                if not spec.max_tokens_explicit and spec.sampling.max_tokens > cap:
+                    spec = replace(spec, sampling=replace(spec.sampling, max_tokens=cap))
                 with self._state.admission.admit(rid, counted=True) as ticket:
                     try:
                         ids = await engine.tokenize(spec.input.prompt, spec.input.conversation)
@@ -125,50 +192,67 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     sampling = fit_context(spec, len(ids), info.max_context)
                     if ticket.abort_requested:
                         raise Unavailable(SHUTTING_DOWN)
-                    finish = await stream_generation(
-                        engine, rid, ids, sampling, context, ticket, rec, self._telemetry
-                    )
+                    with self._guard.stream(caller.assignment, len(ids), sampling.max_tokens) as lease:
+                        text = prompt
+
+                        async def before_final(finish: str) -> None:
+                            lease.settle(rec.prompt_tokens, rec.completion_tokens)
+                            await self._audit(caller, rec, grpc.StatusCode.OK, finish=finish, prompt=text)
+
+                        finish = await stream_generation(
+                            engine, rid, ids, sampling, context, ticket, rec, self._telemetry, before_final
+                        )
                 log.info(
-                    "generate done model=%s client_id=%s prompt_tokens=%d completion_tokens=%d finish=%s",
-                    rec.model, rec.client_request_id or "-", rec.prompt_tokens, rec.completion_tokens, finish,
+                    "generate done tenant=%s model=%s client_id=%s prompt_tokens=%d completion_tokens=%d finish=%s",
+                    caller.tenant, rec.model, rec.client_request_id or "-", rec.prompt_tokens,
+                    rec.completion_tokens, finish,
                 )
             except asyncio.CancelledError:
-                self._cancelled(context, rec)
+                await self._cancelled(context, rec, caller, prompt)
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is mapped, none leaks
-                await self._fail(context, rec, exc, engine)
+                await self._fail(context, rec, exc, engine, caller, prompt)
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
-        rid = await self._begin(context)
-        with self._telemetry.rpc("Tokenize", rid) as rec:
+        rid, caller = await self._begin(context)
+        with self._telemetry.rpc("Tokenize", rid, caller) as rec:
             engine: Engine | None = None
             try:
                 spec = validate_input(request, self._limits)
+                rec.model = spec.model
+                self._guard.check_model(caller.assignment, spec.model)
                 engine = self._engine(spec.model)
                 rec.model, rec.digest = engine.info.name, engine.info.digest
+                self._guard.take_request(caller.assignment)
                 with self._state.admission.admit(rid, counted=False) as ticket:
                     try:
                         ids = await engine.tokenize(spec.prompt, spec.conversation)
                     except asyncio.CancelledError as exc:
                         self._shutdown_cancel(ticket, exc)
+                rec.prompt_tokens = len(ids)
+                await self._audit(caller, rec, grpc.StatusCode.OK, prompt=prompt_text(spec))
                 return pb.TokenizeResponse(token_ids=ids, max_context=engine.info.max_context)
             except asyncio.CancelledError:
-                self._cancelled(context, rec)
+                await self._cancelled(context, rec, caller)
                 raise
             except Exception as exc:  # noqa: BLE001
-                await self._fail(context, rec, exc, engine)
+                await self._fail(context, rec, exc, engine, caller)
         raise AssertionError("unreachable")  # _fail always raises
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        rid = await self._begin(context)
-        with self._telemetry.rpc("ListModels", rid) as rec:
+        rid, caller = await self._begin(context)
+        with self._telemetry.rpc("ListModels", rid, caller) as rec:
             try:
                 pool = self._state.pool
                 if pool is None:
                     raise Unavailable(NOT_READY)
-                return pb.ListModelsResponse(models=[convert.model_info(e.info) for e in pool.all()])
+                limits = caller.assignment.limits
+                # A tenant sees only the models its policy allows.
+                models = [convert.model_info(e.info) for e in pool.all() if limits.allows_model(e.info.name)]
+                await self._audit(caller, rec, grpc.StatusCode.OK)
+                return pb.ListModelsResponse(models=models)
             except Exception as exc:  # noqa: BLE001
-                await self._fail(context, rec, exc, None)
+                await self._fail(context, rec, exc, None, caller)
         raise AssertionError("unreachable")

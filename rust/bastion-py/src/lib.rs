@@ -5,6 +5,7 @@
 //! from `bytes`) beforehand. It contains no `unsafe`.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod digest;
 mod errors;
 mod sealed;
@@ -12,7 +13,7 @@ mod wrapper;
 
 use pyo3::prelude::*;
 
-/// The native half of bastion. Import it through `bastion.digest` and `bastion.weights`, not directly.
+/// The native half of bastion. Import it through `bastion.digest`, `bastion.weights` and `bastion.audit`, not directly.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Import the exception classes now, so that raising one later can never fail to import them.
@@ -21,5 +22,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(digest::digest_dir, m)?)?;
     m.add_class::<digest::Blake3Hasher>()?;
     sealed::register(m)?;
+    audit::register(m)?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use super::hash::{chain_hash, genesis, hex, signed_message};
 use super::keys::SigningKey;
 use super::limits::MAX_LINE;
 use super::time::rfc3339_ms;
-use crate::sealed::json::canonical;
+use crate::sealed::json::{canonical, parse_strict};
 use crate::CoreError;
 
 /// A record's `kind`.
@@ -146,6 +146,24 @@ impl Chain {
             body.insert("log_id".into(), Value::String(self.log_id.clone()));
         }
         self.build(kind, body, now_ms, None)
+    }
+
+    /// [`Chain::seal`] for callers holding text: `kind` by name (not `checkpoint`) and `json`, a
+    /// JSON object of event fields (strict: no duplicate keys). Errors name the argument or field.
+    pub fn seal_json(&mut self, kind: &str, json: &[u8], now_ms: u64) -> Result<Sealed, CoreError> {
+        let kind = Kind::from_name(kind)
+            .filter(|k| *k != Kind::Checkpoint)
+            .ok_or_else(|| CoreError::InvalidArgument {
+                field: "kind",
+                problem: "must be one of request, decision, start, stop".into(),
+            })?;
+        if json.len() > MAX_LINE {
+            return Err(invalid(format!("longer than {MAX_LINE} bytes")));
+        }
+        match parse_strict(json) {
+            Ok(Value::Object(m)) => self.seal(kind, m, now_ms),
+            _ => Err(invalid("must be a JSON object of event fields".into())),
+        }
     }
 
     /// Seal a checkpoint signed by `key` over (log id, seq, hash).

@@ -5,9 +5,15 @@ use serde_json::{Map, Value};
 
 use super::limits::MAX_FIELD;
 
-/// Event fields holding a string of at most [`MAX_FIELD`] bytes.
+/// Event fields holding a string of at most [`MAX_FIELD`] bytes. Sorted.
 pub const STR_FIELDS: &[&str] = &[
+    "adapter",
+    "adapter_digest",
+    "auth_method",
+    "client_request_id",
     "completion_hmac",
+    "decision",
+    "event",
     "finish_reason",
     "method",
     "model",
@@ -17,18 +23,21 @@ pub const STR_FIELDS: &[&str] = &[
     "prompt_hmac",
     "reason",
     "request_id",
+    "retention",
     "status",
     "tenant",
     "version",
 ];
 
-/// Event fields holding a non-negative integer.
+/// Event fields holding a non-negative integer. Sorted.
 pub const INT_FIELDS: &[&str] = &[
     "cached_tokens",
     "completion_tokens",
     "latency_ms",
     "prompt_tokens",
+    "records",
     "recovered_bytes",
+    "streams",
 ];
 
 /// Fields the chain itself writes; callers may not supply them.

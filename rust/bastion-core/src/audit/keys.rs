@@ -8,7 +8,7 @@ use std::path::Path;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
-use ring::hmac;
+use ring::{hkdf, hmac};
 use zeroize::Zeroizing;
 
 use super::hash::{from_hex, hex};
@@ -164,8 +164,17 @@ impl PublicKey {
     }
 }
 
-/// The key of the content HMACs (`prompt_hmac`, `completion_hmac`): HMAC-SHA256.
-pub struct ContentKey(hmac::Key);
+/// HKDF salt of the per-tenant content keys.
+const CONTENT_SALT: &[u8] = b"bastion.audit.v1 content key salt";
+/// HKDF info prefix of a per-tenant content key; the tenant follows, length-prefixed (u64 BE).
+const CONTENT_INFO: &[u8] = b"bastion audit content v1\0";
+
+/// The key of the content HMACs (`prompt_hmac`, `completion_hmac`): HMAC-SHA256, under a key
+/// derived per tenant with HKDF-SHA256, so one tenant's HMACs say nothing about another's.
+pub struct ContentKey {
+    key: hmac::Key,
+    prk: hkdf::Prk,
+}
 
 impl ContentKey {
     /// Read a 0600/0400 file of exactly 32 bytes.
@@ -174,12 +183,28 @@ impl ContentKey {
         if bytes.len() != 32 {
             return Err(key_err(path, "must hold exactly 32 bytes"));
         }
-        Ok(ContentKey(hmac::Key::new(hmac::HMAC_SHA256, &bytes)))
+        Ok(ContentKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            prk: hkdf::Salt::new(hkdf::HKDF_SHA256, CONTENT_SALT).extract(&bytes),
+        })
     }
 
-    /// `hmac-sha256:<64 hex>` of `data`.
+    /// `hmac-sha256:<64 hex>` of `data` under the content key itself (no tenant).
     pub fn mac(&self, data: &[u8]) -> String {
-        format!("hmac-sha256:{}", hex(hmac::sign(&self.0, data).as_ref()))
+        format!("hmac-sha256:{}", hex(hmac::sign(&self.key, data).as_ref()))
+    }
+
+    /// `hmac-sha256:<64 hex>` of `data` under the key of `tenant`: HKDF-SHA256-Expand of the
+    /// content key with info = `"bastion audit content v1\0"` ‖ u64be(len(tenant)) ‖ tenant.
+    pub fn mac_for(&self, tenant: &str, data: &[u8]) -> Result<String, CoreError> {
+        let len = (tenant.len() as u64).to_be_bytes();
+        let info = [CONTENT_INFO, &len[..], tenant.as_bytes()];
+        let okm = self
+            .prk
+            .expand(&info, hmac::HMAC_SHA256)
+            .map_err(|_| CoreError::Crypto("HKDF expand"))?;
+        let key = hmac::Key::from(okm);
+        Ok(format!("hmac-sha256:{}", hex(hmac::sign(&key, data).as_ref())))
     }
 }
 

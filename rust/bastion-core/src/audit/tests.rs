@@ -153,3 +153,112 @@ fn key_files() {
         assert!(SigningKey::from_file(&s).is_err());
     }
 }
+
+#[test]
+fn content_mac_is_keyed_per_tenant_and_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, p, c) = (dir.path().join("s"), dir.path().join("p"), dir.path().join("c"));
+    keygen(&s, &p, &c).unwrap();
+    let k = ContentKey::from_file(&c).unwrap();
+    let a = k.mac_for("acme", b"the prompt").unwrap();
+    assert!(a.starts_with("hmac-sha256:") && a.len() == 12 + 64, "{a}");
+    assert_eq!(a, k.mac_for("acme", b"the prompt").unwrap());
+    assert_ne!(a, k.mac_for("globex", b"the prompt").unwrap());
+    assert_ne!(a, k.mac_for("acme", b"the prompt.").unwrap());
+    assert_ne!(a, k.mac(b"the prompt"), "the tenant key is not the content key itself");
+    // The tenant is length-prefixed: moving bytes between tenant and data changes the MAC.
+    assert_ne!(k.mac_for("ab", b"c").unwrap(), k.mac_for("a", b"bc").unwrap());
+    // Another content key gives other MACs.
+    let (s2, p2, c2) = (dir.path().join("s2"), dir.path().join("p2"), dir.path().join("c2"));
+    keygen(&s2, &p2, &c2).unwrap();
+    assert_ne!(a, ContentKey::from_file(&c2).unwrap().mac_for("acme", b"the prompt").unwrap());
+}
+
+#[test]
+fn field_lists_are_sorted_and_disjoint() {
+    for list in [STR_FIELDS, INT_FIELDS] {
+        assert!(list.windows(2).all(|w| w[0] < w[1]), "{list:?}");
+    }
+    assert!(STR_FIELDS.iter().all(|f| !INT_FIELDS.contains(f)));
+    let mut c = Chain::fresh().unwrap();
+    let f = fields(json!({"auth_method": "mtls", "decision": "deny", "event": "rate_limited",
+        "adapter": "a", "adapter_digest": "blake3:00", "client_request_id": "x", "retention": "30d",
+        "records": 3, "streams": 2}));
+    c.seal(Kind::Decision, f, 0).unwrap();
+}
+
+#[test]
+fn seal_json_checks_kind_and_object() {
+    let mut c = Chain::fresh().unwrap();
+    let s = c.seal_json("start", b"{\"version\":\"1\"}", 0).unwrap();
+    assert_eq!(s.seq, 0);
+    let e = c.seal_json("checkpoint", b"{}", 0).unwrap_err().to_string();
+    assert!(e.contains("kind"), "{e}");
+    let e = c.seal_json("request", b"[1]", 0).unwrap_err().to_string();
+    assert!(e.contains("fields"), "{e}");
+    let e = c.seal_json("request", b"{\"a\":1,\"a\":2}", 0).unwrap_err().to_string();
+    assert!(e.contains("fields"), "{e}");
+    let e = c.seal_json("request", b"{\"prompt\":\"secret\"}", 0).unwrap_err().to_string();
+    assert!(e.contains("unknown field prompt") && !e.contains("secret"), "{e}");
+    assert_eq!(c.next_seq(), 1);
+}
+
+/// A log of `n` requests with a checkpoint after every 3 records; returns the bytes and the
+/// checkpoints' `(seq, hash)`.
+fn checkpointed(n: usize, key: &SigningKey) -> (Vec<u8>, Vec<Witness>) {
+    let mut c = Chain::fresh().unwrap();
+    let mut out = c.seal(Kind::Start, Map::new(), 0).unwrap().line;
+    let mut cps = Vec::new();
+    for i in 0..n {
+        let f = fields(json!({"request_id": format!("r{i}")}));
+        out.extend(c.seal(Kind::Request, f, i as u64).unwrap().line);
+        if i % 3 == 2 {
+            let s = c.checkpoint(key, i as u64).unwrap();
+            cps.push(Witness { seq: s.seq, hash: s.hash });
+            out.extend(s.line);
+        }
+    }
+    (out, cps)
+}
+
+fn cut_after_lines(bytes: &[u8], n: usize) -> Vec<u8> {
+    bytes.split_inclusive(|b| *b == b'\n').take(n).collect::<Vec<_>>().concat()
+}
+
+#[test]
+fn witness_matches_and_detects_truncation_and_rewrite() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let pk = key.public_key();
+    let (bytes, cps) = checkpointed(9, &key);
+    let seg = |b: Vec<u8>| vec![(segment_name(0), b)];
+    let last = *cps.last().unwrap();
+    let ok = verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(last));
+    assert_eq!(ok.problem, None);
+    assert_eq!(ok.last_checkpoint, Some(last.seq));
+    // Records cut back to the second checkpoint: intact on its own, caught by the witness.
+    let earlier = cps[1];
+    let cut = cut_after_lines(&bytes, earlier.seq as usize + 1);
+    assert_eq!(verify_segments(&seg(cut.clone()), &pk).problem, None);
+    let p = verify_segments_with_witness(&seg(cut), &pk, Some(last)).problem.unwrap();
+    let want = format!("log truncated: checkpoint seq {} from the witness is missing", last.seq);
+    assert!(p.reason.starts_with(&want), "{}", p.reason);
+    assert_eq!((p.seq, p.line), (earlier.seq + 1, earlier.seq + 2));
+    // A witness of an earlier checkpoint still matches a longer log.
+    assert_eq!(verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(earlier)).problem, None);
+    // A different hash at the witnessed seq: rewritten (or another log).
+    let bad = Witness { seq: last.seq, hash: [9u8; 32] };
+    let p = verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(bad)).problem.unwrap();
+    let want = format!("checkpoint seq {} from the witness differs", last.seq);
+    assert!(p.reason.contains(&want), "{}", p.reason);
+    // The witnessed seq holds a request record, not a checkpoint.
+    let not_cp = Witness { seq: 1, hash: last.hash };
+    let p = verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(not_cp)).problem.unwrap();
+    assert_eq!(p.seq, 1);
+    assert!(p.reason.contains("differs"), "{}", p.reason);
+    // The same through the directory verifier.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(segment_name(0)), cut_after_lines(&bytes, 3)).unwrap();
+    let r = verify_dir_with_witness(dir.path(), &pk, Some(last)).unwrap();
+    assert!(r.problem.unwrap().reason.starts_with("log truncated"));
+    assert_eq!(verify_dir_with_witness(dir.path(), &pk, None).unwrap().problem, None);
+}

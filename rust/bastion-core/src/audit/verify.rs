@@ -50,6 +50,17 @@ pub struct VerifyReport {
     pub problem: Option<Problem>,
 }
 
+/// The latest checkpoint as known from outside the log (the writer's witness file, kept on other
+/// storage). The verifier alone cannot see records cut off after the last checkpoint; given a
+/// witness it requires the log to hold that very checkpoint, so truncation back past it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Witness {
+    /// The checkpoint's seq.
+    pub seq: u64,
+    /// Its `hash`.
+    pub hash: [u8; 32],
+}
+
 /// One record checked on its own (form, schema and own hash).
 struct Rec {
     seq: u64,
@@ -139,9 +150,56 @@ struct Walk<'k> {
     key: &'k PublicKey,
     key_id: String,
     report: VerifyReport,
+    witness: Option<Witness>,
+    witness_seen: bool,
+    /// Complete lines in the last segment walked.
+    lines_in_last: u64,
 }
 
-impl Walk<'_> {
+impl<'k> Walk<'k> {
+    fn new(key: &'k PublicKey, witness: Option<Witness>) -> Self {
+        Walk {
+            key,
+            key_id: key.key_id(),
+            report: VerifyReport::default(),
+            witness,
+            witness_seen: false,
+            lines_in_last: 0,
+        }
+    }
+
+    /// The record at the witness's seq must be the witnessed checkpoint.
+    fn check_witness(&mut self, r: &Rec) -> Result<(), String> {
+        let Some(w) = self.witness.filter(|w| w.seq == r.seq) else {
+            return Ok(());
+        };
+        if r.kind != Kind::Checkpoint || r.hash != w.hash {
+            return Err(format!(
+                "checkpoint seq {} from the witness differs \
+                 (log rewritten, or the witness is of another log)",
+                w.seq
+            ));
+        }
+        self.witness_seen = true;
+        Ok(())
+    }
+
+    /// After the last segment: the witnessed checkpoint must have been seen.
+    fn finish(&mut self) {
+        let (Some(w), None, false) = (self.witness, &self.report.problem, self.witness_seen) else {
+            return;
+        };
+        let segment = self.report.segments.last().cloned().unwrap_or_else(|| segment_name(0));
+        let want = self.expected();
+        let line = self.lines_in_last + 1;
+        self.fail(
+            &segment,
+            line,
+            want,
+            format!("log truncated: checkpoint seq {} from the witness is missing (records end before it)", w.seq),
+        );
+    }
+
     fn fail(&mut self, segment: &str, line: u64, seq: u64, reason: impl Into<String>) {
         self.report.problem = Some(Problem {
             segment: segment.to_owned(),
@@ -189,13 +247,14 @@ impl Walk<'_> {
         if r.log_id.is_some() && r.log_id != self.report.log_id {
             return Err("log id differs from record 0's (spliced from another log)".into());
         }
+        self.check_witness(r)?;
         if r.kind == Kind::Checkpoint {
             let id = self.report.log_id.clone().unwrap_or_default();
             if r.log_id.is_none() {
                 return Err("checkpoint without a log id".into());
             }
             if r.key_id.as_deref() != Some(self.key_id.as_str()) {
-                return Err("checkpoint signed by another key (key_id differs from --pubkey)".into());
+                return Err("checkpoint signed by another key (key_id differs from the given public key)".into());
             }
             let msg = signed_message(&id, r.seq, &r.hash);
             let good = r.sig.is_some_and(|s| self.key.verify(&msg, &s));
@@ -217,6 +276,7 @@ impl Walk<'_> {
         self.report.segments.push(name.to_owned());
         self.report.bytes += bytes.len() as u64;
         let (lines, torn) = split_lines(bytes);
+        self.lines_in_last = lines.len() as u64;
         if lines.is_empty() && torn == 0 && !is_last {
             let want = self.expected();
             self.fail(name, 0, want, "empty segment in the middle of the log");
@@ -252,7 +312,16 @@ impl Walk<'_> {
 
 /// Verify in-memory segments `(file name, bytes)` in order against `key`.
 pub fn verify_segments(segments: &[(String, Vec<u8>)], key: &PublicKey) -> VerifyReport {
-    let mut w = Walk { key, key_id: key.key_id(), report: VerifyReport::default() };
+    verify_segments_with_witness(segments, key, None)
+}
+
+/// [`verify_segments`], also requiring the checkpoint `witness` (when given) to be in the log.
+pub fn verify_segments_with_witness(
+    segments: &[(String, Vec<u8>)],
+    key: &PublicKey,
+    witness: Option<Witness>,
+) -> VerifyReport {
+    let mut w = Walk::new(key, witness);
     let n = segments.len();
     for (i, (name, bytes)) in segments.iter().enumerate() {
         let prev = i.checked_sub(1).and_then(|p| segments.get(p)).map(|s| s.0.as_str());
@@ -260,12 +329,23 @@ pub fn verify_segments(segments: &[(String, Vec<u8>)], key: &PublicKey) -> Verif
             break;
         }
     }
+    w.finish();
     w.report
 }
 
 /// Verify the log in directory `dir` against `key`, one segment in memory at a time.
 pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<VerifyReport, CoreError> {
-    let mut w = Walk { key, key_id: key.key_id(), report: VerifyReport::default() };
+    verify_dir_with_witness(dir, key, None)
+}
+
+/// [`verify_dir`], also requiring the checkpoint `witness` (when given) to be in the log: without
+/// it, records cut off after the last checkpoint cannot be told from records never written.
+pub fn verify_dir_with_witness(
+    dir: &Path,
+    key: &PublicKey,
+    witness: Option<Witness>,
+) -> Result<VerifyReport, CoreError> {
+    let mut w = Walk::new(key, witness);
     let idx = list_segments(dir)?;
     if idx.is_empty() {
         w.fail(&segment_name(0), 0, 0, "no audit segments in the directory");
@@ -285,5 +365,6 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<VerifyReport, CoreError
             break;
         }
     }
+    w.finish();
     Ok(w.report)
 }

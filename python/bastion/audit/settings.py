@@ -1,0 +1,76 @@
+"""``[audit]`` settings: where the tamper-evident audit log lives, its keys, rotation and commit policy.
+
+Secure defaults: the log is always on, under ``<cache_dir>/audit`` (mode 0700). Key files left unset are
+``<dir>/keys/signing.pk8`` (Ed25519 PKCS#8, 0600), ``<dir>/keys/signing.pub`` and ``<dir>/keys/content.key``
+(32 bytes, 0600); they are generated on first start only when none of the three is configured and none
+exists. Keeping the signing key (a secret mount) and the witness file (other storage) off the log's disk
+is what makes a rewrite or a truncation by someone who can write the log detectable (docs/audit-log.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MIB = 1 << 20
+
+#: File names of the default keys inside ``<dir>/keys/`` (also what ``bastion audit keygen DIR`` writes).
+SIGNING_KEY_NAME = "signing.pk8"
+PUBLIC_KEY_NAME = "signing.pub"
+CONTENT_KEY_NAME = "content.key"
+WITNESS_NAME = "witness.json"
+
+
+class AuditSettings(BaseModel):
+    """The audit log's settings (``[audit]``); paths left ``None`` are derived as documented per field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dir: Path | None = Field(default=None, description="log directory (mode 0700); None: <cache_dir>/audit")
+    signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 PKCS#8 checkpoint signing key (0600/0400); None: <dir>/keys/signing.pk8"
+    )
+    public_key_file: Path | None = Field(
+        default=None, description="its public key (ed25519:<hex>), checked against the signing key at start; "
+        "None: <dir>/keys/signing.pub"
+    )
+    content_key_file: Path | None = Field(
+        default=None, description="32-byte content-HMAC key (0600/0400); None: <dir>/keys/content.key"
+    )
+    segment_max_bytes: int = Field(
+        default=64 * MIB, ge=64 * 1024, le=1024 * MIB,
+        description="a segment is closed with a checkpoint and the next one started once it reaches this size",
+    )
+    checkpoint_every_records: int = Field(
+        default=1000, ge=1, le=1_000_000, description="sign a checkpoint after this many records"
+    )
+    checkpoint_every_s: float = Field(
+        default=10.0, gt=0, le=3600, description="or after this many seconds with unsigned records"
+    )
+    commit_max_delay_ms: float = Field(
+        default=2.0, ge=0, le=100, description="group commit: how long a batch waits for more records "
+        "before its write and fsync (0: never waits)"
+    )
+    witness_file: Path | None = Field(
+        default=None, description="the latest checkpoint (log id, seq, hash), replaced atomically after each "
+        "checkpoint; put it on other storage; None: <dir>/witness.json"
+    )
+
+    def resolved_dir(self, cache_dir: Path) -> Path:
+        return self.dir if self.dir is not None else cache_dir / "audit"
+
+    def key_paths(self, log_dir: Path) -> tuple[Path, Path, Path]:
+        """(signing, public, content) key files, defaults filled in."""
+        keys = log_dir / "keys"
+        return (
+            self.signing_key_file or keys / SIGNING_KEY_NAME,
+            self.public_key_file or keys / PUBLIC_KEY_NAME,
+            self.content_key_file or keys / CONTENT_KEY_NAME,
+        )
+
+    def keys_configured(self) -> bool:
+        return any(p is not None for p in (self.signing_key_file, self.public_key_file, self.content_key_file))
+
+    def resolved_witness(self, log_dir: Path) -> Path:
+        return self.witness_file if self.witness_file is not None else log_dir / WITNESS_NAME

@@ -1,0 +1,123 @@
+"""Bearer JWTs (OIDC access or ID tokens) → ``jwt:<issuer>#<sub>`` principals.
+
+Verification is PyJWT's: the signature with the issuer's JWKS key (``bastion.auth.jwks``), then ``iss``,
+``aud`` (any of ``auth.jwt.audiences``), ``exp``, ``nbf`` and ``iat`` with ``leeway_s`` of skew, and the
+required claims. Before that the header is checked here: the token's ``alg`` must be one of
+``auth.jwt.algorithms`` (never ``none`` nor HS*: an HS256 token "signed" with the issuer's public key is
+refused before any key is touched) and must equal the algorithm PyJWT bound to the selected key, so a key
+of one type is never used for another. A token without ``kid`` is accepted only when the JWKS holds one
+key. Errors are ``Unauthenticated`` with a fixed public message and a reason category in ``detail``;
+neither ever contains the token.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jwt
+
+from bastion.auth.jwks import JwksCache
+from bastion.auth.principal import Principal, jwt_principal
+from bastion.auth.settings import JwtSettings
+from bastion.errors import ConfigError, Unauthenticated
+
+# Compact JWS: three base64url parts (an empty signature is left to the algorithm and signature checks).
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+MAX_SUB = 256
+_AUDIT_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "azp", "client_id")
+
+# PyJWT errors, most specific first, to the reason categories the audit log records.
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired token"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.InvalidAlgorithmError, "disallowed algorithm"),
+    (jwt.InvalidKeyError, "unusable key"),
+    (jwt.DecodeError, "malformed token"),
+)
+
+
+def _refuse(detail: str) -> Unauthenticated:
+    return Unauthenticated("invalid credentials", detail=detail)
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"missing claim {exc.claim}" if exc.claim in ("exp", "iat", "nbf", "sub", "jti", "iss", "aud") \
+            else "missing claim"
+    for cls, reason in _REASONS:
+        if isinstance(exc, cls):
+            return reason
+    return "invalid token"
+
+
+class JwtVerifier:
+    def __init__(self, settings: JwtSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if not settings.enabled:
+            raise ConfigError("auth.jwt.issuer is not set")
+        self._s = settings
+        self._allowed = frozenset(settings.algorithms)
+        self._require = sorted({*settings.required_claims, "iss", "aud"})
+        self.jwks = JwksCache(settings, clock=clock)
+
+    def _header(self, token: str) -> tuple[str, str | None]:
+        """(alg, kid) from the unverified header, after the checks that need no key."""
+        if len(token) > self._s.max_token_bytes:
+            raise _refuse("oversized token")
+        if not TOKEN_RE.fullmatch(token):
+            raise _refuse("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _refuse("malformed token") from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in self._allowed:
+            raise _refuse("disallowed algorithm")
+        if kid is not None and (not isinstance(kid, str) or not 1 <= len(kid) <= 256):
+            raise _refuse("malformed kid")
+        return alg, kid
+
+    def _decode(self, token: str, alg: str, key: jwt.PyJWK) -> Principal:
+        if key.algorithm_name != alg:
+            raise _refuse("algorithm does not match key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=[alg], issuer=self._s.issuer, audience=list(self._s.audiences),
+                leeway=self._s.leeway_s,
+                options={"require": self._require, "strict_aud": False, "enforce_minimum_key_length": True},
+            )
+        except jwt.PyJWTError as exc:
+            raise _refuse(_reason(exc)) from None
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SUB or not sub.isprintable():
+            raise _refuse("malformed sub claim")
+        return jwt_principal(self._s.issuer, sub, _audit_claims(claims))
+
+    def verify(self, token: str) -> Principal:
+        """The token's principal; may fetch the JWKS on this thread (use ``verify_async`` on an event loop)."""
+        alg, kid = self._header(token)
+        return self._decode(token, alg, self.jwks.key_for(kid))
+
+    async def verify_async(self, token: str) -> Principal:
+        """The token's principal; a JWKS fetch, when one is due, runs on a worker thread."""
+        alg, kid = self._header(token)
+        return self._decode(token, alg, await self.jwks.key_for_async(kid))
+
+
+def _audit_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """A few non-secret claims for the audit log, bounded."""
+    out: dict[str, Any] = {}
+    for name in _AUDIT_CLAIMS:
+        v = claims.get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = v
+        elif isinstance(v, str):
+            out[name] = v[:256]
+        elif isinstance(v, list) and all(isinstance(a, str) for a in v):
+            out[name] = [a[:256] for a in v[:16]]
+    return out

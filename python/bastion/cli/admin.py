@@ -1,0 +1,66 @@
+"""``bastion admin``: the Admin service from the command line (needs a principal with the admin role).
+
+``admin tenants`` lists tenants with limits and usage, ``admin reload-policy`` re-reads the tenancy
+policy and API key store, ``admin revoke-key KEY_ID`` revokes an API key, ``admin models`` shows model
+status. Output is JSON. Exit 1 when the call fails (the status and its message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from bastion.config import load_settings
+
+
+def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    a = sub.add_parser("admin", help="administration calls (tenants, policy reload, key revocation, models)")
+    asub = a.add_subparsers(dest="admin_command", required=True, metavar="SUBCOMMAND")
+    for name, text in (
+        ("tenants", "list tenants with their limits and usage"),
+        ("reload-policy", "re-read the tenancy policy (the running one stays if the new one is bad)"),
+        ("models", "served models with digest and state"),
+    ):
+        client_args(asub.add_parser(name, help=text))
+    r = asub.add_parser("revoke-key", help="revoke an API key by id")
+    client_args(r)
+    r.add_argument("key_id", metavar="KEY_ID")
+
+
+def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str, Callable[[argparse.Namespace], int]]:
+    def run(args: argparse.Namespace) -> int:
+        import grpc
+
+        from bastion.v1 import admin_pb2 as apb
+        from bastion.v1 import admin_pb2_grpc as apb_grpc
+
+        settings = load_settings(args.config)
+
+        async def go() -> int:
+            channel = channel_for(args, settings)
+            stub = apb_grpc.AdminStub(channel)
+            calls = {
+                "tenants": lambda: stub.ListTenants(apb.ListTenantsRequest(), timeout=10),
+                "reload-policy": lambda: stub.ReloadPolicy(apb.ReloadPolicyRequest(), timeout=10),
+                "models": lambda: stub.ModelStatus(apb.ModelStatusRequest(), timeout=10),
+                "revoke-key": lambda: stub.RevokeApiKey(apb.RevokeApiKeyRequest(key_id=args.key_id), timeout=10),
+            }
+            try:
+                reply = await calls[args.admin_command]()
+            except grpc.aio.AioRpcError as exc:
+                print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                return 1
+            finally:
+                await channel.close()
+            print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2, sort_keys=True))
+            return 0
+
+        return asyncio.run(go())
+
+    return {"admin": run}

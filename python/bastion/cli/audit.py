@@ -1,0 +1,95 @@
+"""``bastion audit verify`` and ``bastion audit keygen``: the audit-log commands.
+
+Exit codes: 0 the log verifies; 1 a problem was found (one line naming segment, line and seq); 2 bad usage or
+an unusable file (missing or insecure key, unreadable directory). Errors never print key material or a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import BastionError, ConfigError, IntegrityError
+
+
+def add_parsers(sub: Any) -> None:
+    a = sub.add_parser("audit", help="the tamper-evident audit log: verify it, create its keys")
+    asub = a.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    v = asub.add_parser("verify", help="check every record, chain link and checkpoint signature of a log directory")
+    v.add_argument("dir", metavar="DIR", help="the audit log directory (audit-NNNNNNNN.jsonl segments)")
+    v.add_argument("--public-key", required=True, metavar="FILE", help="the checkpoint public key (ed25519:<hex>)")
+    v.add_argument("--witness", metavar="FILE", help="the witness file the server keeps (witness.json): also "
+                   "detects records cut off after that checkpoint")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    k = asub.add_parser("keygen", help="create signing.pk8 (0600), signing.pub and content.key (0600) in DIR")
+    k.add_argument("dir", metavar="DIR", help="directory for the keys (created 0700; existing keys are never "
+                   "overwritten)")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from bastion.audit.verifier import verify
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise ConfigError(f"not a directory: {directory}")
+    r = verify(directory, Path(args.public_key), Path(args.witness) if args.witness else None)
+    if args.json:
+        d = dataclasses.asdict(r)
+        d["ok"] = r.ok
+        print(json.dumps(d, sort_keys=True))
+    else:
+        head = "OK" if r.ok else "FAILED"
+        print(f"{head} {directory}: {r.records} records verified in {len(r.segments)} segments; log {r.log_id}; "
+              f"last seq {r.last_seq}; last checkpoint seq {r.last_checkpoint}")
+        if r.witness is not None and r.ok:
+            print(f"witness: checkpoint seq {r.witness.seq} is present and matches")
+        if r.ok and r.unsigned_tail:
+            print(f"warning: {r.unsigned_tail} records after the last checkpoint are not signed yet; "
+                  + ("they are covered by the chain only" if r.witness else
+                     "without --witness a truncation of them is not detectable"))
+    if not r.ok:
+        print(f"bastion audit verify: {r.problem_line()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from bastion.audit.keys import keygen
+
+    key_id, signing, public, content = keygen(Path(args.dir))
+    print(f"created {signing} and {content} (mode 0600; keep them secret) and {public} (give this to verifiers); "
+          f"key id {key_id}")
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"verify": _cmd_verify, "keygen": _cmd_keygen}
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs one ``audit`` subcommand; maps errors to one line and an exit code."""
+    from bastion.errors import InvalidArgument, NativeIOError
+
+    prefix = f"bastion audit {args.audit_command}"
+    try:
+        return _HANDLERS[args.audit_command](args)
+    except IntegrityError as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, NativeIOError, InvalidArgument) as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 2
+    except BastionError as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{prefix}: {exc.strerror or type(exc).__name__}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"audit": _run}

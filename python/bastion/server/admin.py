@@ -1,0 +1,137 @@
+"""The ``bastion.v1.Admin`` servicer: reload the tenancy policy, list tenants and usage, revoke API keys,
+model status. The interceptor has already required the "admin" role; every call is audited."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from bastion.errors import BastionError, ConfigError, InvalidArgument, NotFound
+from bastion.observability.telemetry import Telemetry
+from bastion.server.caller import Caller, current_caller
+from bastion.server.servicer import ServerState
+from bastion.tenancy.policy import TenancyPolicy
+from bastion.v1 import admin_pb2 as apb
+from bastion.v1 import admin_pb2_grpc as apb_grpc
+
+log = logging.getLogger(__name__)
+KEY_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+
+
+class FailedPrecondition(BastionError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    public_default = "failed precondition"
+
+
+class AdminServicer(apb_grpc.AdminServicer):
+    def __init__(
+        self,
+        state: ServerState,
+        telemetry: Telemetry,
+        *,
+        policy_file: Path | None,
+        api_key_store: Path | None,
+        revoke_key: Callable[[Path, str], None],
+    ) -> None:
+        self._state = state
+        self._telemetry = telemetry
+        self._policy_file = policy_file
+        self._store = api_key_store
+        self._revoke_key = revoke_key
+
+    async def _run(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[Caller], object]) -> object:
+        caller = current_caller()
+        rid = caller.request_id
+        with self._telemetry.rpc(f"Admin/{name}", rid, caller) as rec:
+            try:
+                result = fn(caller)
+                await self._state.recorder.request(
+                    request_id=rid, method=caller.method, peer=caller.peer, principal=caller.principal,
+                    tenant=caller.tenant, status=grpc.StatusCode.OK, started=rec.start,
+                )
+                return result
+            except BastionError as exc:
+                rec.code = exc.code
+                await self._state.recorder.request(
+                    request_id=rid, method=caller.method, peer=caller.peer, principal=caller.principal,
+                    tenant=caller.tenant, status=exc.code, started=rec.start, reason=(exc.detail or "")[:200],
+                )
+                await context.abort(exc.code, exc.public_message)
+        raise AssertionError("unreachable")
+
+    async def ReloadPolicy(
+        self, request: apb.ReloadPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ReloadPolicyResponse:
+        def reload(caller: Caller) -> apb.ReloadPolicyResponse:
+            if self._policy_file is None:
+                raise FailedPrecondition("no tenancy.policy_file is configured")
+            try:
+                policy = TenancyPolicy.load(self._policy_file)
+            except ConfigError as exc:
+                # The running policy stays; the message names the field, never a value.
+                raise FailedPrecondition(exc.public_message, detail="policy reload refused") from None
+            self._state.guard.reload(policy)
+            log.info("tenancy policy reloaded by %s: %s", caller.principal.id, policy.digest)
+            return apb.ReloadPolicyResponse(
+                policy_digest=policy.digest, tenants=len(policy.tenants), principals=policy.principal_count
+            )
+
+        return await self._run("ReloadPolicy", context, reload)  # type: ignore[return-value]
+
+    async def ListTenants(
+        self, request: apb.ListTenantsRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ListTenantsResponse:
+        def listing(caller: Caller) -> apb.ListTenantsResponse:
+            guard = self._state.guard
+            policy = guard.policy
+            out = apb.ListTenantsResponse(policy_digest=policy.digest)
+            for u in guard.usage():
+                lim = policy.tenants.get(u.tenant)
+                if lim is None:
+                    continue
+                out.tenants.add(
+                    tenant=u.tenant, max_tokens_per_request=lim.max_tokens_per_request,
+                    max_concurrent_streams=lim.max_concurrent_streams, requests_per_s=lim.requests_per_s,
+                    tokens_per_min=lim.tokens_per_min, kv_reserved_blocks=lim.kv_reserved_blocks,
+                    kv_max_blocks=lim.kv_max_blocks, active_streams=u.active_streams, requests=u.requests,
+                    denied=u.denied, rate_limited=u.rate_limited, prompt_tokens=u.prompt_tokens,
+                    completion_tokens=u.completion_tokens,
+                )
+            return out
+
+        return await self._run("ListTenants", context, listing)  # type: ignore[return-value]
+
+    async def RevokeApiKey(
+        self, request: apb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> apb.RevokeApiKeyResponse:
+        def revoke(caller: Caller) -> apb.RevokeApiKeyResponse:
+            if not KEY_ID_RE.fullmatch(request.key_id):
+                raise InvalidArgument("key_id", "1 to 64 characters of [A-Za-z0-9]")
+            if self._store is None:
+                raise FailedPrecondition("no auth.api_keys.file is configured")
+            try:
+                self._revoke_key(self._store, request.key_id)
+            except KeyError:
+                raise NotFound("no API key has that id") from None
+            log.warning("API key %s revoked by %s", request.key_id, caller.principal.id)
+            return apb.RevokeApiKeyResponse()
+
+        return await self._run("RevokeApiKey", context, revoke)  # type: ignore[return-value]
+
+    async def ModelStatus(
+        self, request: apb.ModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ModelStatusResponse:
+        def status(caller: Caller) -> apb.ModelStatusResponse:
+            out = apb.ModelStatusResponse()
+            pool = self._state.pool
+            for e in pool.all() if pool is not None else []:
+                state = "dead" if e.is_dead() else "ready" if e.is_ready() else "loading"
+                out.models.add(name=e.info.name, digest=e.info.digest, state=state)
+            return out
+
+        return await self._run("ModelStatus", context, status)  # type: ignore[return-value]
+

@@ -1,0 +1,128 @@
+"""Builds the server's audit records and appends them to the audit log (``bastion.audit``).
+
+One record per RPC: a ``decision`` record when the call was refused (authentication, authorization,
+rate limit, identity-override attempt), else a ``request`` record with its outcome. Records carry ids,
+counts and digests; prompt and completion content only as tenant-keyed HMACs. The append returns once
+the record is durable (see docs/audit-log.md), and the servicer awaits it before the final response, so
+no call is answered without its record.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import grpc
+
+from bastion.auth.principal import Principal
+from bastion.errors import BastionError, PermissionDenied, RateLimited, Unauthenticated
+
+_DECISION_CODES = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
+
+
+class AppendsRecords(Protocol):
+    async def append(self, kind: str, fields: dict[str, Any]) -> int: ...
+
+    def content_hmac(self, tenant: str, text: str) -> str: ...
+
+
+def _event(exc: BaseException) -> str:
+    if isinstance(exc, Unauthenticated):
+        return "authentication_failed"
+    if isinstance(exc, RateLimited):
+        return "rate_limited"
+    if isinstance(exc, PermissionDenied):
+        detail = exc.detail or ""
+        if "override" in detail or "unknown request fields" in detail:
+            return "identity_override_attempt"
+        return "authorization_denied"
+    return "refused"
+
+
+def is_decision(exc: BaseException) -> bool:
+    """Whether a failure is an access decision (audited as kind "decision")."""
+    return isinstance(exc, (Unauthenticated, PermissionDenied, RateLimited))
+
+
+class AuditRecorder:
+    def __init__(self, log: AppendsRecords) -> None:
+        self.log = log
+
+    async def denied(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        peer: str,
+        principal: Principal | None,
+        tenant: str,
+        exc: BaseException,
+        model: str = "",
+    ) -> None:
+        code = exc.code if isinstance(exc, BastionError) else grpc.StatusCode.INTERNAL
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "method": method,
+            "peer": peer[:256],
+            "decision": "deny",
+            "event": _event(exc),
+            "status": code.name,
+            "reason": ((exc.detail if isinstance(exc, BastionError) else None) or str(code.name))[:512],
+        }
+        if principal is not None:
+            fields["principal"] = principal.id[:1024]
+            fields["auth_method"] = principal.method
+        if tenant:
+            fields["tenant"] = tenant
+        if model:
+            fields["model"] = model[:256]
+        await self.log.append("decision", fields)
+
+    async def request(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        peer: str,
+        principal: Principal,
+        tenant: str,
+        status: grpc.StatusCode,
+        started: float,
+        model: str = "",
+        model_digest: str = "",
+        client_request_id: str = "",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cached_tokens: int = 0,
+        finish_reason: str = "",
+        prompt_text: str | None = None,
+        completion_text: str | None = None,
+        reason: str = "",
+    ) -> None:
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "method": method,
+            "peer": peer[:256],
+            "principal": principal.id[:1024],
+            "auth_method": principal.method,
+            "tenant": tenant,
+            "decision": "allow",
+            "status": status.name,
+            "latency_ms": max(0, int((time.perf_counter() - started) * 1000)),
+        }
+        for k, v in (
+            ("model", model), ("model_digest", model_digest), ("client_request_id", client_request_id),
+            ("finish_reason", finish_reason), ("reason", reason),
+        ):
+            if v:
+                fields[k] = v[:512]
+        if method.endswith("/Generate") or prompt_tokens:
+            fields.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached_tokens)
+        if prompt_text is not None:
+            fields["prompt_hmac"] = self.log.content_hmac(tenant, prompt_text)
+        if completion_text is not None:
+            fields["completion_hmac"] = self.log.content_hmac(tenant, completion_text)
+        await self.log.append("request", fields)

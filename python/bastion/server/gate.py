@@ -1,0 +1,76 @@
+"""The security gate every RPC passes before its handler runs: shape checks, authentication, role.
+
+Order: metadata shape and identity-override check → request fields (unknown fields refused) →
+authentication (mTLS, JWT or API key → principal) → tenancy policy (principal → tenant, roles) → the
+method's role ("user" for Inference, "admin" for Admin). Any refusal is audited as a decision record
+before the client hears of it, and the client gets a fixed message: UNAUTHENTICATED,
+PERMISSION_DENIED or INVALID_ARGUMENT, never the reason. Health may be public (configured); every
+other method needs a principal, so no RPC runs anonymously.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, Protocol
+
+import grpc
+
+from bastion.auth.principal import Principal
+from bastion.errors import BastionError, PermissionDenied
+from bastion.server.audit_recorder import AuditRecorder
+from bastion.server.caller import Caller
+from bastion.server.request_checks import check_metadata, check_request_fields
+from bastion.tenancy.guard import TenantGuard
+
+log = logging.getLogger(__name__)
+
+Requirement = Literal["public", "authenticated", "user", "admin"]
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+INFERENCE_PREFIX = "/bastion.v1.Inference/"
+ADMIN_PREFIX = "/bastion.v1.Admin/"
+
+
+class Authenticates(Protocol):
+    async def authenticate(self, metadata, auth_context) -> Principal: ...  # type: ignore[no-untyped-def]
+
+
+class SecurityGate:
+    def __init__(
+        self, authenticator: Authenticates, guard: TenantGuard, recorder: AuditRecorder, *, public_health: bool
+    ) -> None:
+        self.authenticator = authenticator
+        self.guard = guard
+        self.recorder = recorder
+        self.public_health = public_health
+
+    def requirement(self, method: str) -> Requirement:
+        if method.startswith(HEALTH_PREFIX):
+            return "public" if self.public_health else "authenticated"
+        if method.startswith(INFERENCE_PREFIX):
+            return "user"
+        if method.startswith(ADMIN_PREFIX):
+            return "admin"
+        return "admin"  # anything else (reflection, future services): administrators only
+
+    async def admit(self, method: str, request: object, context: grpc.aio.ServicerContext, rid: str) -> Caller:
+        """The caller, or raises a BastionError after auditing the refusal."""
+        peer = context.peer() or ""
+        principal: Principal | None = None
+        tenant = ""
+        try:
+            metadata = tuple(context.invocation_metadata() or ())
+            check_metadata(metadata)
+            check_request_fields(request)
+            principal = await self.authenticator.authenticate(metadata, context.auth_context())
+            assignment = self.guard.resolve(principal.id)
+            tenant = assignment.tenant
+            need = self.requirement(method)
+            if need in ("user", "admin") and need not in assignment.roles:
+                raise PermissionDenied(detail=f"principal lacks the {need} role")
+            return Caller(rid, method, peer, principal, assignment)
+        except BastionError as exc:
+            self.guard.deny(tenant or None)
+            await self.recorder.denied(
+                request_id=rid, method=method, peer=peer, principal=principal, tenant=tenant, exc=exc
+            )
+            raise

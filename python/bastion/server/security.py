@@ -1,0 +1,54 @@
+"""Builds the server's security pieces from the settings: authenticator, tenancy guard, audit log, gate.
+
+The server refuses to start without a way to authenticate (mTLS client CA, JWT issuer or an API key
+store) and without a tenancy policy, so no configuration can serve anonymously.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bastion.audit.log import AuditLog
+from bastion.auth.authenticator import Authenticator
+from bastion.config import Settings
+from bastion.errors import ConfigError
+from bastion.server.audit_recorder import AuditRecorder
+from bastion.server.gate import SecurityGate
+from bastion.server.interceptor import AuthInterceptor
+from bastion.tenancy.guard import TenantGuard
+from bastion.tenancy.policy import TenancyPolicy
+
+
+@dataclass
+class Security:
+    audit: AuditLog
+    guard: TenantGuard
+    recorder: AuditRecorder
+    gate: SecurityGate
+    interceptor: AuthInterceptor
+
+
+def check_auth_configured(settings: Settings) -> None:
+    a = settings.auth
+    mtls = settings.server.tls.client_ca_file is not None and a.mtls.enabled
+    if not (mtls or a.jwt.issuer or a.api_keys.file):
+        raise ConfigError(
+            "no authentication configured: set server.tls.client_ca_file (mTLS), auth.jwt.issuer or "
+            "auth.api_keys.file (or run `bastion serve --dev` for the local development profile)"
+        )
+    if settings.tenancy.policy_file is None:
+        raise ConfigError("tenancy.policy_file is required: it maps authenticated principals to tenants")
+
+
+def build_security(settings: Settings, on_audit_failure: Callable[[], None]) -> Security:
+    """Raises ConfigError naming the setting when something is missing or unreadable."""
+    check_auth_configured(settings)
+    assert settings.tenancy.policy_file is not None
+    policy = TenancyPolicy.load(settings.tenancy.policy_file)
+    guard = TenantGuard(policy)
+    authenticator = Authenticator(settings.auth, client_ca=settings.server.tls.client_ca_file is not None)
+    audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure)
+    recorder = AuditRecorder(audit)
+    gate = SecurityGate(authenticator, guard, recorder, public_health=settings.auth.public_health)
+    return Security(audit, guard, recorder, gate, AuthInterceptor(gate))
