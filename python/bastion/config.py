@@ -201,6 +201,9 @@ class ObservabilitySettings(BaseModel):
     metrics_listen: str = "127.0.0.1:9464"
     # Where spans go: "none" (kept in process, for tests), "console" (stderr).
     traces_exporter: Literal["none", "console"] = "none"
+    # Audit records also exported as OpenTelemetry log records: "none" or "console" (stderr). The
+    # on-disk audit log stays the authority.
+    audit_logs_exporter: Literal["none", "console"] = "none"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("metrics_listen")

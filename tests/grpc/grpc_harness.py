@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from identity import Identity, aio_bearer, make_identity
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bastion.config import Settings, deep_merge
@@ -66,6 +67,7 @@ class Running:
     spans: InMemorySpanExporter
     identity: Identity
     audit_dir: Path
+    logs: InMemoryLogRecordExporter
     extra: dict[str, Any] = field(default_factory=dict)
 
     def channel_for(self, name: str | None) -> grpc.aio.Channel:
@@ -109,7 +111,8 @@ async def running_server(
 ) -> AsyncIterator[Running]:
     settings = settings or make_settings()
     spans = InMemorySpanExporter()
-    telemetry = Telemetry.from_settings(settings, span_exporter=spans)
+    logs = InMemoryLogRecordExporter()
+    telemetry = Telemetry.from_settings(settings, span_exporter=spans, log_exporter=logs)
     stop = asyncio.Event()
     bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(
@@ -132,7 +135,7 @@ async def running_server(
     assert audit_dir is not None
     running = Running(
         address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel), stop, task,
-        telemetry, spans, ident, audit_dir,
+        telemetry, spans, ident, audit_dir, logs,
     )
     try:
         if wait_ready:

@@ -258,3 +258,20 @@ async def test_audit_failure_fails_closed(monkeypatch: pytest.MonkeyPatch) -> No
         await srv.wait_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         code, _, _ = await code_of(srv.stub.ListModels(pb.ListModelsRequest(), timeout=5))
         assert code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_audit_records_are_exported_as_otel_logs_and_spans_carry_ids() -> None:
+    async with running_server([FakeEngine()]) as srv:
+        bob = pb_grpc.InferenceStub(srv.channel_for("bob"))
+        await collect(bob.Generate(prompt_request("a private prompt", max_tokens=2), timeout=5))
+        rid = records(srv.audit_dir)[-1]["request_id"]
+        exported = [r.log_record for r in srv.logs.get_finished_logs()]
+        mine = [r for r in exported if (r.attributes or {}).get("audit.request_id") == rid]
+        assert len(mine) == 1
+        attrs = dict(mine[0].attributes or {})
+        assert attrs["audit.tenant"] == "tenant-b" and attrs["audit.kind"] == "request"
+        assert "a private prompt" not in json.dumps({k: str(v) for k, v in attrs.items()})
+        span = next(s for s in srv.spans.get_finished_spans() if s.attributes.get("bastion.request_id") == rid)
+        assert span.attributes["bastion.tenant"] == "tenant-b"
+        assert span.attributes["bastion.principal"] == srv.identity.principals["bob"]
+        assert srv.identity.keys["bob"] not in json.dumps({k: str(v) for k, v in span.attributes.items()})

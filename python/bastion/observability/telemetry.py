@@ -51,19 +51,38 @@ class RpcRecord:
 
 
 class Telemetry:
-    def __init__(self, tracer_provider: TracerProvider, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, tracer_provider: TracerProvider, metrics: Metrics | None = None, audit_sink: Any = None
+    ) -> None:
         self.tracer_provider = tracer_provider
         self.tracer = tracer_provider.get_tracer("bastion.server")
         self.metrics = metrics or Metrics()
+        # Audit records as OpenTelemetry log records (bastion.audit.export.OtelAuditExporter), or None.
+        self.audit_sink = audit_sink
 
     @classmethod
-    def from_settings(cls, settings: Settings, span_exporter: SpanExporter | None = None) -> Telemetry:
+    def from_settings(
+        cls, settings: Settings, span_exporter: SpanExporter | None = None, log_exporter: Any = None
+    ) -> Telemetry:
+        """``log_exporter`` (an OpenTelemetry LogRecordExporter) receives the audit records too; tests
+        pass an in-memory one."""
         provider = build_tracer_provider(settings.observability.traces_exporter, span_exporter)
-        return cls(provider)
+        sink = None
+        if settings.observability.audit_logs_exporter == "console" or log_exporter is not None:
+            from bastion.audit.export import OtelAuditExporter
+
+            if log_exporter is None:
+                from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+
+                log_exporter = ConsoleLogRecordExporter()
+            sink = OtelAuditExporter(log_exporter, batch=settings.observability.audit_logs_exporter == "console")
+        return cls(provider, audit_sink=sink)
 
     def shutdown(self) -> None:
         self.metrics.shutdown()
         self.tracer_provider.shutdown()
+        if self.audit_sink is not None:
+            self.audit_sink.shutdown()
 
     def tokens(self, rec: RpcRecord, n: int) -> None:
         """Records n tokens streamed now: the first-token time once, then inter-token gaps."""

@@ -137,7 +137,7 @@ async def serve(
         loop.call_soon_threadsafe(lambda: asyncio.ensure_future(health.shutting_down()))
 
     try:
-        security: Security = build_security(settings, on_audit_failure)
+        security: Security = build_security(settings, on_audit_failure, telemetry.audit_sink)
     except (ConfigError, BastionError, OSError) as exc:
         log.error("cannot start: %s", _one_line(exc))
         if owns_telemetry:

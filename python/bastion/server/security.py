@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bastion.audit.log import AuditLog
 from bastion.auth.authenticator import Authenticator
@@ -41,14 +42,16 @@ def check_auth_configured(settings: Settings) -> None:
         raise ConfigError("tenancy.policy_file is required: it maps authenticated principals to tenants")
 
 
-def build_security(settings: Settings, on_audit_failure: Callable[[], None]) -> Security:
+def build_security(
+    settings: Settings, on_audit_failure: Callable[[], None], audit_sink: Any = None
+) -> Security:
     """Raises ConfigError naming the setting when something is missing or unreadable."""
     check_auth_configured(settings)
     assert settings.tenancy.policy_file is not None
     policy = TenancyPolicy.load(settings.tenancy.policy_file)
     guard = TenantGuard(policy)
     authenticator = Authenticator(settings.auth, client_ca=settings.server.tls.client_ca_file is not None)
-    audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure)
+    audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
     recorder = AuditRecorder(audit)
     gate = SecurityGate(authenticator, guard, recorder, public_health=settings.auth.public_health)
     return Security(audit, guard, recorder, gate, AuthInterceptor(gate))

@@ -1,0 +1,162 @@
+"""Each authentication method through the real gRPC stack: an mTLS SPIFFE principal, a JWT principal,
+refusals audited, and server certificate rotation picked up without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from certs import make_pki
+from fakes import FakeEngine
+from grpc_harness import collect, make_settings, prompt_request, running_server
+from identity import make_identity
+from jwt_fixtures import AUDIENCE, ISSUER, ec_signer, write_jwks
+
+from bastion.cli import client
+from bastion.v1 import inference_pb2 as pb
+from bastion.v1 import inference_pb2_grpc as pb_grpc
+
+SPIFFE = "spiffe://prod.test/ns/chat/sa/frontend"
+
+
+def records(audit_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for seg in sorted(audit_dir.glob("audit-*.jsonl")):
+        out += [json.loads(line) for line in seg.read_text().splitlines() if line]
+    return [r for r in out if r["kind"] in ("request", "decision")]
+
+
+def tls(pki: dict[str, Path], client_ca: bool = True) -> dict[str, Any]:
+    t = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
+    if client_ca:
+        t["client_ca_file"] = str(pki["ca"])
+    return {"tls": t}
+
+
+async def test_mtls_spiffe_principal_and_untrusted_trust_domain(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path, client_uris=[SPIFFE])
+    ident = make_identity(tmp_path / "id")
+    ident.write_policy(extra_principals=[{"id": SPIFFE, "tenant": "tenant-b"}])
+    for domains, want in ((["prod.test"], grpc.StatusCode.OK), (["other.test"], grpc.StatusCode.UNAUTHENTICATED)):
+        settings = make_settings(
+            identity=ident, server=tls(pki), extra={"auth": {"mtls": {"trust_domains": domains}}}
+        )
+        async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
+            ch = client.open_channel(
+                srv.address, settings, ca_file=str(pki["ca"]), client_cert=str(pki["client_cert"]),
+                client_key=str(pki["client_key"]),
+            )
+            try:
+                await collect(pb_grpc.InferenceStub(ch).Generate(prompt_request(max_tokens=1), timeout=10))
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+            await ch.close()
+        assert code == want
+        rec = records(srv.audit_dir)[-1]
+        if want == grpc.StatusCode.OK:
+            assert rec["principal"] == SPIFFE and rec["auth_method"] == "mtls" and rec["tenant"] == "tenant-b"
+        else:
+            assert rec["decision"] == "deny" and "trust domain" in rec["reason"]
+
+
+async def test_jwt_principal_and_refused_tokens(tmp_path: Path) -> None:
+    signer = ec_signer()
+    jwks_file = write_jwks(tmp_path / "jwks.json", signer)
+    ident = make_identity(tmp_path / "id")
+    ident.write_policy(extra_principals=[{"id": f"jwt:{ISSUER}#user-42", "tenant": "tenant-a"}])
+    settings = make_settings(
+        identity=ident,
+        extra={"auth": {"jwt": {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks_file": str(jwks_file)}}},
+    )
+    other = ec_signer(kid="ec-1")  # same kid, different key: a forged signature
+    async with running_server([FakeEngine()], settings=settings) as srv:
+        cases = [
+            (signer.token(), grpc.StatusCode.OK),
+            (signer.token(exp=1_000_000_000, iat=999_999_000), grpc.StatusCode.UNAUTHENTICATED),
+            (signer.token(aud="someone-else"), grpc.StatusCode.UNAUTHENTICATED),
+            (other.token(), grpc.StatusCode.UNAUTHENTICATED),
+            (signer.token(sub="user-7"), grpc.StatusCode.PERMISSION_DENIED),  # valid, not in the policy
+        ]
+        for token, want in cases:
+            ch = grpc.aio.insecure_channel(srv.address, interceptors=client.bearer_interceptors(token))
+            try:
+                await pb_grpc.InferenceStub(ch).ListModels(pb.ListModelsRequest(), timeout=5)
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+            await ch.close()
+            assert code == want
+        recs = records(srv.audit_dir)
+        assert recs[0]["principal"] == f"jwt:{ISSUER}#user-42" and recs[0]["auth_method"] == "jwt"
+        assert [r["decision"] for r in recs] == ["allow", "deny", "deny", "deny", "deny"]
+        assert all(t not in json.dumps(recs) for t, _ in cases)
+
+
+async def test_server_certificate_rotation_without_restart(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = make_pki(tmp_path / "old"), make_pki(tmp_path / "new")
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("server.pem", "server.key"):
+        shutil.copy(tmp_path / "old" / name, live / name)
+    settings = make_settings(server={"tls": {"cert_file": str(live / "server.pem"), "key_file": str(live / "server.key")}})
+    async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
+        key = srv.identity.keys["alice"]
+
+        async def call(ca: Path) -> grpc.StatusCode:
+            creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+            ch = grpc.aio.secure_channel(srv.address, creds, interceptors=client.bearer_interceptors(key))
+            try:
+                await pb_grpc.InferenceStub(ch).ListModels(pb.ListModelsRequest(), timeout=5)
+                return grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            finally:
+                await ch.close()
+
+        assert await call(old["ca"]) == grpc.StatusCode.OK
+        # Rotate: write the new pair atomically (as cert-manager / a secret mount does).
+        for name in ("server.key", "server.pem"):
+            tmp = live / (name + ".tmp")
+            shutil.copy(tmp_path / "new" / name, tmp)
+            tmp.replace(live / name)
+        await asyncio.sleep(1.2)  # the reloader checks at most once a second
+        assert await call(new["ca"]) == grpc.StatusCode.OK
+        assert await call(old["ca"]) == grpc.StatusCode.UNAVAILABLE  # the old certificate is gone
+
+
+def test_mismatched_rotation_keeps_serving(tmp_path: Path) -> None:
+    from bastion.config import TlsSettings
+    from bastion.server.listener import _CertReloader
+
+    a, b = make_pki(Path(tempfile.mkdtemp())), make_pki(Path(tempfile.mkdtemp()))
+    cert, keyf = tmp_path / "c.pem", tmp_path / "k.pem"
+    shutil.copy(a["server_cert"], cert)
+    shutil.copy(a["server_key"], keyf)
+    keyf.chmod(0o600)
+    r = _CertReloader(TlsSettings(cert_file=cert, key_file=keyf))
+    r.RELOAD_CHECK_S = 0.0
+    assert r.fetch() is None  # nothing changed
+    shutil.copy(b["server_cert"], cert)  # a half-done rotation: new certificate, old key
+    assert r.fetch() is None and r.reloads == 0  # refused: the previous configuration stays
+    shutil.copy(b["server_key"], keyf)
+    assert r.fetch() is not None and r.reloads == 1
+
+
+def test_bad_tls_pair_refused_at_start(tmp_path: Path) -> None:
+    from bastion.config import TlsSettings
+    from bastion.errors import ConfigError
+    from bastion.server.listener import server_credentials
+
+    a, b = make_pki(tmp_path), make_pki(Path(tempfile.mkdtemp()))
+    a["server_key"].chmod(0o600)
+    with pytest.raises(ConfigError, match="key_file does not match cert_file"):
+        server_credentials(TlsSettings(cert_file=a["server_cert"], key_file=b["server_key"]))

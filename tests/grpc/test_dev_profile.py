@@ -1,0 +1,80 @@
+"""`bastion serve --dev` (what `make run` uses): a local CA, mutual TLS, an API key and a tenancy policy
+created once under the user's config directory, and client commands that use them by default."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import grpc
+from fakes import FakeEngine
+from grpc_harness import running_server
+
+from bastion.cli import devprofile
+from bastion.config import Settings, deep_merge
+from bastion.v1 import inference_pb2 as pb
+from bastion.v1 import inference_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bastion.cli.main", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    paths = devprofile.ensure_profile()
+    d = devprofile.profile_dir()
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    for private in ("server_key", "client_key", "api_key", "api_keys", "policy"):
+        assert stat.S_IMODE(paths[private].stat().st_mode) == 0o600, private
+    assert not list(d.glob("ca.key"))  # the CA key is not kept
+    again = devprofile.ensure_profile()
+    assert again["api_key"].read_text() == paths["api_key"].read_text()  # created once, then reused
+
+    port = _port()
+    settings = Settings.model_validate(deep_merge(devprofile.server_overrides(paths), {
+        "server": {"listen": f"127.0.0.1:{port}"},
+        "observability": {"metrics_listen": ""},
+        "audit": {"dir": str(tmp_path / "audit")},
+    }))
+    from grpc_harness import _IDENTITIES
+    from identity import Identity
+
+    ident = Identity(d, paths["policy"], paths["api_keys"], keys={"alice": paths["api_key"].read_text().strip()})
+    _IDENTITIES[id(settings)] = ident
+    async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+        env.pop("BASTION_API_KEY", None)
+        cfg = tmp_path / "client.toml"
+        cfg.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n')
+        gen = await _cli(env, "generate", "--config", str(cfg), "--max-tokens", "2", "--raw", "hi")
+        tenants = await _cli(env, "admin", "tenants", "--config", str(cfg))
+        # Plaintext, or TLS without the client certificate, does not get in.
+        plain = grpc.aio.insecure_channel(srv.address)
+        try:
+            await pb_grpc.InferenceStub(plain).ListModels(pb.ListModelsRequest(), timeout=5)
+            reached = True
+        except grpc.aio.AioRpcError as exc:
+            reached = exc.code() != grpc.StatusCode.UNAVAILABLE
+        await plain.close()
+    assert gen == (0, "w0 w1 \n", ""), gen
+    assert tenants[0] == 0 and json.loads(tenants[1])["tenants"][0]["tenant"] == "dev"
+    assert not reached
