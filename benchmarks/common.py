@@ -293,6 +293,32 @@ def compare(bastion_levels: Sequence[dict[str, Any]], vllm_levels: Sequence[dict
     return out
 
 
+def compare_security(on_levels: Sequence[dict[str, Any]], off_levels: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per concurrency: security on / off. Goals (issue 4): throughput ratio >= 0.97, TTFT p50 delta <= +1 ms."""
+    by_c = {lv["concurrency"]: lv for lv in off_levels}
+    out = []
+    for on in on_levels:
+        off = by_c.get(on["concurrency"])
+        if off is None:
+            continue
+        tput = _ratio(on["output_tok_s"], off["output_tok_s"])
+        a, b = on["ttft_ms"]["p50"], off["ttft_ms"]["p50"]
+        delta = round(a - b, 2) if a is not None and b is not None else None
+        out.append(
+            {
+                "concurrency": on["concurrency"],
+                "throughput_ratio": tput,
+                "ttft_p50_delta_ms": delta,
+                "ttft_p50_ratio": _ratio(a, b),
+                "goal_met": {
+                    "throughput": tput is not None and tput >= 0.97,
+                    "ttft_p50": delta is not None and delta <= 1.0,
+                },
+            }
+        )
+    return out
+
+
 def output_agreement(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:
     """How many prompts got the identical (greedy) completion text from both servers."""
     common = sorted(set(a) & set(b))

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Serving benchmark: bastion's gRPC server against vLLM's OpenAI-compatible server, same model, same run.
+"""Serving benchmark: bastion's gRPC server against vLLM's OpenAI-compatible server, same model, same run;
+and bastion with its security on against the same server with security off.
+
+Servers: ``bastion`` runs with everything on: mutual TLS, a JWT bearer token verified against a JWKS
+file, a tenancy policy with (non-binding) rate limits, and the audit log (fsync before each final
+response). ``bastion-open`` is the same server and engine with that layer replaced by a pass-through
+(benchmarks/open_server.py: plaintext, anonymous, no audit). ``vllm`` is `vllm serve`.
 
 Both servers are started one after the other (never together), with the same engine settings, and get
 the same workload: N unique raw-text prompts, greedy decoding, a fixed max_tokens, a concurrency sweep.
 Per level: warm-up requests first, then the measured requests with exactly ``concurrency`` in flight.
 
-    .venv/bin/python benchmarks/serve_bench.py --quick            # CI: small, both servers, ~5 min
-    .venv/bin/python benchmarks/serve_bench.py                    # full sweep 1, 4, 16 (~15 min)
+    .venv/bin/python benchmarks/serve_bench.py --quick            # CI: small, bastion and bastion-open
+    .venv/bin/python benchmarks/serve_bench.py                    # full sweep 1, 4, 16, all three servers
     .venv/bin/python benchmarks/serve_bench.py --model /tmp/smol --servers vllm
 
 Writes benchmarks/results/serve_bench[-quick].json (see benchmarks/README.md for every field).
@@ -504,8 +510,57 @@ def versions() -> dict[str, Any]:
     }
 
 
-def bastion_toml(cfg: BenchConfig, listen: str) -> str:
+def secure_setup(d: Path) -> tuple[str, BastionAuth]:
+    """Security on: a PKI (mTLS), an EC JWT signer and its JWKS file, a tenancy policy whose rate limits
+    are checked on every call but set high enough not to bind, and an audit log. Returns the TOML
+    sections and the client's credentials (client certificate + bearer JWT)."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from bastion.cli.devprofile import CLIENT_SPIFFE_ID, TRUST_DOMAIN, issue_pki
+
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    issue_pki(d)
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="bench-1", alg="ES256", use="sig")
+    (d / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    issuer, audience, sub = "https://idp.bench.local", "bastion", "bench-client"
+    now = int(time.time())
+    token = jwt.encode({"iss": issuer, "aud": audience, "sub": sub, "iat": now, "exp": now + 6 * 3600}, key,
+                       algorithm="ES256", headers={"kid": "bench-1"})
+    (d / "tenants.toml").write_text(f"""
+[[principals]]
+id = "jwt:{issuer}#{sub}"
+tenant = "bench"
+[[principals]]
+id = "{CLIENT_SPIFFE_ID}"
+tenant = "bench"
+[tenants.bench]
+models = ["*"]
+max_tokens_per_request = 4096
+max_concurrent_streams = 1024
+requests_per_s = 1000.0
+request_burst = 1000
+tokens_per_min = 100000000
+token_burst = 10000000
+""")
+    toml = "\n".join([
+        "[server.tls]",
+        f'cert_file = "{d / "server.pem"}"', f'key_file = "{d / "server.key"}"', f'client_ca_file = "{d / "ca.pem"}"',
+        "[auth.mtls]", f'trust_domains = ["{TRUST_DOMAIN}"]',
+        "[auth.jwt]", f'issuer = "{issuer}"', f'audiences = ["{audience}"]', f'jwks_file = "{d / "jwks.json"}"',
+        "[tenancy]", f'policy_file = "{d / "tenants.toml"}"',
+        "[audit]", f'dir = "{d / "audit"}"',
+        "",
+    ])
+    auth = BastionAuth(token, "authorization", str(d / "ca.pem"), str(d / "client.pem"), str(d / "client.key"))
+    return toml, auth
+
+
+def bastion_toml(cfg: BenchConfig, listen: str, security: str = "") -> str:
     return "\n".join([
+        security,
         "[server]",
         f'listen = "{listen}"',
         "[model]",
@@ -546,14 +601,14 @@ def vllm_command(cfg: BenchConfig, port: int, extra: str) -> list[str]:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    hdr = f"{'server':<8} {'conc':>4} {'ok/req':>7} {'tok/s':>8} {'req/s':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}  {'peak RSS (front-end)':>20}"
+    hdr = f"{'server':<12} {'conc':>4} {'ok/req':>7} {'tok/s':>8} {'req/s':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}  {'peak RSS (front-end)':>20}"
     print("\n" + hdr)
     print("-" * len(hdr))
     for name, s in report["servers"].items():
         rss = (s.get("memory") or {}).get("frontend_peak_rss_mib")
         for lv in s.get("levels", []):
             print(
-                f"{name:<8} {lv['concurrency']:>4} {lv['ok']:>3}/{lv['requests']:<3} {lv['output_tok_s'] or 0:>8.1f} "
+                f"{name:<12} {lv['concurrency']:>4} {lv['ok']:>3}/{lv['requests']:<3} {lv['output_tok_s'] or 0:>8.1f} "
                 f"{lv['requests_s'] or 0:>6.2f} {lv['ttft_ms']['p50'] or 0:>7.1f}ms {lv['ttft_ms']['p99'] or 0:>7.1f}ms "
                 f"{lv['itl_ms']['p50'] or 0:>6.1f}ms {lv['itl_ms']['p99'] or 0:>6.1f}ms  "
                 f"{(str(rss) + ' MiB') if rss else '-':>20}"
@@ -566,6 +621,14 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>18.3f} {c['ttft_p50_ratio'] or 0:>13.3f} "
                 f"{c['itl_p50_ratio'] or 0:>12.3f}  throughput {'met' if g['throughput'] else 'NOT met'}, "
                 f"TTFT {'met' if g['ttft_p50'] else 'NOT met'}"
+            )
+    if report.get("security_comparison"):
+        print(f"\n{'conc':>4} {'tput on/off':>12} {'TTFT p50 on-off':>16}  goals (>= 0.97, <= +1 ms)")
+        for c in report["security_comparison"]:
+            g = c["goal_met"]
+            print(
+                f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>12.3f} {c['ttft_p50_delta_ms'] or 0:>13.2f} ms  "
+                f"throughput {'met' if g['throughput'] else 'NOT met'}, TTFT {'met' if g['ttft_p50'] else 'NOT met'}"
             )
     if report.get("errors"):
         print("\nERRORS:\n  " + "\n  ".join(report["errors"]))
@@ -581,7 +644,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small CI run: concurrency 1,4, max_tokens 32, few requests")
     p.add_argument("--model", default="default", help='model directory, or "default" (bastion\'s default model)')
     p.add_argument("--out", help="JSON output (default benchmarks/results/serve_bench[-quick].json)")
-    p.add_argument("--servers", default="bastion,vllm", help="which servers, in this order (default bastion,vllm)")
+    p.add_argument("--servers", help="which servers, in this order: bastion, bastion-open, vllm (default: all "
+                   "three; quick: bastion,bastion-open)")
     p.add_argument("--concurrency", help="comma-separated levels (default 1,4,16; quick 1,4)")
     p.add_argument("--requests", type=int, help="measured requests per level (default max(16,4c); quick max(4,2c))")
     p.add_argument("--warmup", type=int, help="warm-up requests per level (default: the concurrency)")
@@ -609,9 +673,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not servers or any(s not in ("bastion", "vllm") for s in servers):
-        print("serve_bench: --servers takes bastion and/or vllm", file=sys.stderr)
+    spec = args.servers or ("bastion,bastion-open" if args.quick else "bastion,bastion-open,vllm")
+    servers = [s.strip() for s in spec.split(",") if s.strip()]
+    if not servers or any(s not in ("bastion", "bastion-open", "vllm") for s in servers):
+        print("serve_bench: --servers takes bastion, bastion-open and/or vllm", file=sys.stderr)
         return 2
     conc = tuple(int(x) for x in (args.concurrency or ("1,4" if args.quick else "1,4,16")).split(","))
     model_dir = resolve_model(args.model, args)
@@ -680,19 +745,27 @@ async def amain(args: argparse.Namespace) -> int:
     failed_logs: list[ServerProcess] = []
     try:
         for name in servers:
-            if name == "bastion":
+            if name in ("bastion", "bastion-open"):
                 if args.bastion_listen == "unix":
-                    listen = f"unix:{logdir / 'bastion.sock'}"
+                    listen = f"unix:{logdir / (name + '.sock')}"
                     target = listen
                 else:
                     port = free_port()
                     listen = target = f"127.0.0.1:{port}"
-                cfg_file = logdir / "bastion.toml"
-                cfg_file.write_text(bastion_toml(cfg, listen), encoding="utf-8")
-                report["config"]["bastion_toml"] = bastion_toml(cfg, listen)
-                server = ServerProcess(name, bcmd + ["serve", "--config", str(cfg_file)], {**env, **benv},
-                                       logdir / "bastion.log")
-                client: BastionClient | VllmClient = BastionClient(target, auth, cfg)
+                cfg_file = logdir / f"{name}.toml"
+                if name == "bastion":
+                    security, server_auth = secure_setup(logdir / "secure")
+                    if auth.tls or auth.api_key:
+                        server_auth = auth  # explicit credentials given on the command line win
+                    text = bastion_toml(cfg, listen, security)
+                    cmd = bcmd + ["serve", "--config", str(cfg_file)]
+                else:
+                    server_auth, text = BastionAuth(), bastion_toml(cfg, listen)
+                    cmd = [sys.executable, str(HERE / "open_server.py"), "--config", str(cfg_file)]
+                cfg_file.write_text(text, encoding="utf-8")
+                report["config"][f"{name}_toml"] = text
+                server = ServerProcess(name, cmd, {**env, **benv}, logdir / f"{name}.log")
+                client: BastionClient | VllmClient = BastionClient(target, server_auth, cfg)
             else:
                 port = free_port()
                 cmd = vllm_command(cfg, port, args.vllm_extra_args)
@@ -715,6 +788,15 @@ async def amain(args: argparse.Namespace) -> int:
                 failed_logs.append(server)
                 print(f"[{name}] FAILED: {exc}", flush=True)
     finally:
+        if "bastion" in report["servers"] and "bastion-open" in report["servers"]:
+            sec = common.compare_security(
+                report["servers"]["bastion"]["levels"], report["servers"]["bastion-open"]["levels"]
+            )
+            report["security_comparison"] = sec
+            report["security_goal_met"] = {
+                "throughput": bool(sec) and all(c["goal_met"]["throughput"] for c in sec),
+                "ttft_p50": bool(sec) and all(c["goal_met"]["ttft_p50"] for c in sec),
+            }
         if "bastion" in report["servers"] and "vllm" in report["servers"]:
             report["comparison"] = common.compare(
                 report["servers"]["bastion"]["levels"], report["servers"]["vllm"]["levels"]

@@ -69,9 +69,15 @@ class Identity:
         for t in sorted({"tenant-a", "tenant-b", *tenants}):
             lines.append(f'[tenants."{t}"]')
             for k, v in {**DEFAULT_TENANT, **tenants.get(t, {})}.items():
-                lines.append(f"{k} = {json.dumps(v)}")
+                lines.append(f"{k} = {_toml_value(v)}")
             lines.append("")
         self.policy_file.write_text("\n".join(lines))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    return json.dumps(v)
 
 
 def api_key_principal(key_id: str, name: str) -> str:

@@ -275,3 +275,31 @@ async def test_audit_records_are_exported_as_otel_logs_and_spans_carry_ids() -> 
         assert span.attributes["bastion.tenant"] == "tenant-b"
         assert span.attributes["bastion.principal"] == srv.identity.principals["bob"]
         assert srv.identity.keys["bob"] not in json.dumps({k: str(v) for k, v in span.attributes.items()})
+
+
+async def test_content_logging_is_a_per_tenant_opt_in_with_retention() -> None:
+    import datetime as dt
+    import stat
+
+    from bastion.audit.content import ContentStore
+
+    ident = make_identity(Path(__import__("tempfile").mkdtemp()),
+                          tenants={"tenant-b": {"content_logging": {"enabled": True, "retention_days": 7}}})
+    async with running_server([FakeEngine()], settings=make_settings(identity=ident)) as srv:
+        await collect(pb_grpc.InferenceStub(srv.channel_for("alice")).Generate(prompt_request("alice's", max_tokens=2), timeout=5))
+        await collect(pb_grpc.InferenceStub(srv.channel_for("bob")).Generate(prompt_request("bob's", max_tokens=2), timeout=5))
+        content = srv.audit_dir / "content"
+        assert not (content / "tenant-a").exists()  # no opt-in: nothing kept
+        (day,) = (content / "tenant-b").iterdir()
+        assert stat.S_IMODE(day.stat().st_mode) == 0o600
+        line = json.loads(day.read_text())
+        assert line["prompt"] == "bob's" and line["completion"] == "w0 w1 "
+        ra, rb = records(srv.audit_dir)[-2:]
+        assert "retention" not in ra and rb["retention"] == "7d" and rb["request_id"] == line["request_id"]
+    # Retention: day files older than the tenant's retention go; a tenant without opt-in loses all.
+    store = ContentStore(content)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    old = content / "tenant-b" / f"{today - dt.timedelta(days=7):%Y-%m-%d}.jsonl"
+    old.write_text("{}\n")
+    assert store.prune({"tenant-b": 7}) == 1 and day.exists() and not old.exists()
+    assert store.prune({}) == 1 and not day.exists()

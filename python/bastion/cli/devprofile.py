@@ -64,7 +64,8 @@ def _expiring(cert_path: Path) -> bool:
     return left < dt.timedelta(days=RENEW_DAYS)
 
 
-def _issue_pki(d: Path) -> None:
+def issue_pki(d: Path) -> None:
+    """A CA (key discarded), a localhost server certificate and a SPIFFE client certificate in ``d``."""
     now = dt.datetime.now(dt.timezone.utc)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=VALID_DAYS)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -141,7 +142,7 @@ def ensure_profile(d: Path | None = None) -> dict[str, Path]:
     if any(not paths[k].exists() for k in ("ca", "server_cert", "server_key", "client_cert", "client_key")) or any(
         _expiring(paths[k]) for k in ("ca", "server_cert", "client_cert")
     ):
-        _issue_pki(d)
+        issue_pki(d)
     if not paths["api_key"].exists() or not paths["policy"].exists():
         key_id, key = issue(paths["api_keys"], f"dev key ({TENANT})", description="bastion dev profile")
         _write(paths["api_key"], (key + "\n").encode(), 0o600)

@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from bastion.config import Settings
 from bastion.engine.protocol import EnginePool, EngineStats
+from bastion.audit.content import PRUNE_EVERY_S, ContentStore
 from bastion.auth.api_keys import revoke as revoke_api_key
 from bastion.errors import BastionError, ConfigError
 from bastion.observability.logs import setup_logging
@@ -81,6 +82,18 @@ def _enable_reflection(server: object) -> None:
     reflection.enable_server_reflection(names, server)
 
 
+async def _prune_content(content: ContentStore, state: ServerState) -> None:
+    """Deletes opt-in content past each tenant's retention, now and then hourly."""
+    while True:
+        days = {t: p.content_logging.retention_days for t, p in state.guard.policy.tenants.items()
+                if p.content_logging.enabled}
+        try:
+            await asyncio.to_thread(content.prune, days)
+        except OSError as exc:
+            log.error("content retention pruning failed: %s", exc.strerror or type(exc).__name__)
+        await asyncio.sleep(PRUNE_EVERY_S)
+
+
 async def _load_pool(pool_factory: PoolFactory, stop_event: asyncio.Event) -> EnginePool | None:
     """The pool, or None when a stop was requested first (the load is then cancelled)."""
     loading = asyncio.ensure_future(pool_factory())
@@ -125,8 +138,13 @@ async def serve(
     on_bound: Callable[[str], None] | None = None,
     telemetry: Telemetry | None = None,
     watchdog_interval: float = WATCHDOG_INTERVAL_S,
+    security_factory: Callable[..., Security] = build_security,
 ) -> int:
-    """Runs the server until stop_event is set (or SIGTERM/SIGINT when no event is given)."""
+    """Runs the server until stop_event is set (or SIGTERM/SIGINT when no event is given).
+
+    ``security_factory`` builds the authenticator, tenancy guard and audit log; the CLI always uses
+    :func:`build_security`. Only benchmarks/ passes another (an open server, to measure what security costs).
+    """
     loop = asyncio.get_running_loop()
     owns_telemetry = telemetry is None
     telemetry = telemetry or Telemetry.from_settings(settings)
@@ -137,13 +155,14 @@ async def serve(
         loop.call_soon_threadsafe(lambda: asyncio.ensure_future(health.shutting_down()))
 
     try:
-        security: Security = build_security(settings, on_audit_failure, telemetry.audit_sink)
+        security: Security = security_factory(settings, on_audit_failure, telemetry.audit_sink)
     except (ConfigError, BastionError, OSError) as exc:
         log.error("cannot start: %s", _one_line(exc))
         if owns_telemetry:
             telemetry.shutdown()
         return 1
-    state = ServerState(settings, security.guard, security.recorder)
+    content = ContentStore(security.audit.directory / "content") if hasattr(security.audit, "directory") else None
+    state = ServerState(settings, security.guard, security.recorder, content)
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
     signals: list[int] = []
     if stop_event is None:
@@ -171,6 +190,7 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     pool: EnginePool | None = None
     watchdog: asyncio.Task[None] | None = None
+    pruner: asyncio.Future[None] | None = None
     started = False
     try:
         try:
@@ -201,6 +221,8 @@ async def serve(
             return 0
         state.pool = pool
         watchdog = asyncio.ensure_future(health.follow(pool, watchdog_interval))
+        if content is not None:
+            pruner = asyncio.ensure_future(_prune_content(content, state))
         log.info("engine pool loaded: %s", ", ".join(f"{e.info.name} ({e.info.digest})" for e in pool.all()))
 
         await stop_event.wait()
@@ -210,6 +232,8 @@ async def serve(
     finally:
         if watchdog is not None:
             watchdog.cancel()
+        if pruner is not None:
+            pruner.cancel()
         if started:
             await health.shutting_down()
         state.admission.close()

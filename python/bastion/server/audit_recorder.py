@@ -101,6 +101,7 @@ class AuditRecorder:
         prompt_text: str | None = None,
         completion_text: str | None = None,
         reason: str = "",
+        retention: str = "",
     ) -> None:
         fields: dict[str, Any] = {
             "request_id": request_id,
@@ -115,7 +116,7 @@ class AuditRecorder:
         }
         for k, v in (
             ("model", model), ("model_digest", model_digest), ("client_request_id", client_request_id),
-            ("finish_reason", finish_reason), ("reason", reason),
+            ("finish_reason", finish_reason), ("reason", reason), ("retention", retention),
         ):
             if v:
                 fields[k] = v[:512]

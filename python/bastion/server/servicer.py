@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import grpc
 
+from bastion.audit.content import ContentStore
 from bastion.config import Settings
 from bastion.engine.protocol import Engine, EnginePool
 from bastion.errors import BastionError, Unavailable
@@ -48,12 +49,16 @@ SHUTTING_DOWN = "server is shutting down"
 class ServerState:
     """What the servicers share with the app: the pool (set once loaded), admission, tenancy, audit."""
 
-    def __init__(self, settings: Settings, guard: TenantGuard, recorder: AuditRecorder) -> None:
+    def __init__(
+        self, settings: Settings, guard: TenantGuard, recorder: AuditRecorder, content: ContentStore | None = None
+    ) -> None:
         self.settings = settings
         self.pool: EnginePool | None = None
         self.admission = Admission(settings.server.max_inflight_requests)
         self.guard = guard
         self.recorder = recorder
+        # Opt-in per-tenant content logging (tenancy policy content_logging); None: never.
+        self.content = content
 
 
 def prompt_text(spec: InputSpec) -> str:
@@ -105,6 +110,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         if rec.audited:
             return
         rec.audited = True
+        retention = ""
+        opt_in = caller.assignment.limits.content_logging
+        if (
+            opt_in.enabled and self._state.content is not None and prompt is not None
+            and code == grpc.StatusCode.OK
+        ):
+            await asyncio.to_thread(
+                self._state.content.write, caller.tenant, rec.request_id, prompt, "".join(rec.completion_parts)
+            )
+            retention = f"{opt_in.retention_days}d"
         if exc is not None and is_decision(exc):
             self._guard.deny(caller.tenant, rate_limited=code == grpc.StatusCode.RESOURCE_EXHAUSTED)
             await self._recorder.denied(
@@ -119,6 +134,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             completion_tokens=rec.completion_tokens, cached_tokens=rec.cached_tokens, finish_reason=finish,
             prompt_text=prompt, completion_text="".join(rec.completion_parts) if prompt is not None else None,
             reason=(exc.detail or "")[:200] if isinstance(exc, BastionError) and code != grpc.StatusCode.OK else "",
+            retention=retention,
         )
 
     async def _fail(

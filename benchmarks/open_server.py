@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""bastion with its security layer replaced by a pass-through: the "security off" side of serve_bench.
+
+Every call is accepted as one anonymous principal in one unlimited tenant, and audit records are dropped
+instead of written and fsynced. Plaintext, loopback only. This exists only to measure what
+authentication, tenancy, rate limiting and the audit log cost; the ``bastion`` CLI has no such mode.
+
+    python benchmarks/open_server.py --config FILE      # same TOML as `bastion serve --config FILE`
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from bastion.auth.principal import Principal
+from bastion.config import Settings, is_loopback, load_settings, parse_listen
+from bastion.server.audit_recorder import AuditRecorder
+from bastion.server.gate import SecurityGate
+from bastion.server.interceptor import AuthInterceptor
+from bastion.server.security import Security
+from bastion.tenancy.guard import TenantGuard
+from bastion.tenancy.policy import TenancyPolicy
+
+ANONYMOUS = Principal(id="bench:anonymous", method="api_key", subject="anonymous")
+OPEN_POLICY = b"""
+[[principals]]
+id = "bench:anonymous"
+tenant = "open"
+[tenants.open]
+models = ["*"]
+max_tokens_per_request = 1048576
+max_concurrent_streams = 65536
+requests_per_s = 1000000.0
+request_burst = 1000000
+tokens_per_min = 1099511627776
+token_burst = 1099511627776
+"""
+
+
+class _Anyone:
+    async def authenticate(self, metadata: Any, auth_context: Any) -> Principal:
+        return ANONYMOUS
+
+
+class _NoAudit:
+    async def append(self, kind: str, fields: dict[str, Any]) -> int:
+        return 0
+
+    def content_hmac(self, tenant: str, text: str) -> str:
+        return ""
+
+    async def aclose(self) -> None:
+        return None
+
+
+def open_security(settings: Settings, on_failure: Callable[[], None], sink: Any = None) -> Security:
+    guard = TenantGuard(TenancyPolicy.parse(OPEN_POLICY))
+    recorder = AuditRecorder(_NoAudit())
+    gate = SecurityGate(_Anyone(), guard, recorder, public_health=True)
+    return Security(_NoAudit(), guard, recorder, gate, AuthInterceptor(gate))  # type: ignore[arg-type]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", required=True)
+    args = p.parse_args()
+    settings = load_settings(args.config)
+    kind, host, _ = parse_listen(settings.server.listen)
+    if kind == "tcp" and not is_loopback(host):
+        print("open_server: loopback or unix socket only", file=sys.stderr)
+        return 2
+    from bastion.engine.factory import build_pool
+    from bastion.observability.logs import setup_logging
+    from bastion.server.app import serve
+
+    import asyncio
+
+    setup_logging(settings.observability.log_level)
+    return asyncio.run(serve(settings, lambda: build_pool(settings), security_factory=open_security))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
