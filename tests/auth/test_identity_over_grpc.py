@@ -160,3 +160,24 @@ def test_bad_tls_pair_refused_at_start(tmp_path: Path) -> None:
     a["server_key"].chmod(0o600)
     with pytest.raises(ConfigError, match="key_file does not match cert_file"):
         server_credentials(TlsSettings(cert_file=a["server_cert"], key_file=b["server_key"]))
+
+
+async def test_client_certificate_from_an_untrusted_ca_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pki = make_pki(tmp_path / "a", client_uris=[SPIFFE])
+    rogue = make_pki(tmp_path / "b", client_uris=[SPIFFE])  # same SPIFFE id, another CA
+    engine = FakeEngine()
+    ident = make_identity(tmp_path / "id")
+    ident.write_policy(extra_principals=[{"id": SPIFFE, "tenant": "tenant-b"}])
+    settings = make_settings(identity=ident, server=tls(pki), extra={"auth": {"mtls": {"trust_domains": ["prod.test"]}}})
+    async with running_server([engine], settings=settings, wait_ready=False) as srv:
+        ch = client.open_channel(
+            srv.address, settings, ca_file=str(pki["ca"]), client_cert=str(rogue["client_cert"]),
+            client_key=str(rogue["client_key"]),
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(pb_grpc.InferenceStub(ch).Generate(prompt_request(max_tokens=1), timeout=10))
+        await ch.close()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails: no call at all
+    assert engine.requests == []

@@ -82,7 +82,7 @@ class PrincipalEntry(BaseModel):
     model_config = _FROZEN
     id: str = Field(min_length=1, max_length=512)
     tenant: str = Field(pattern=NAME)
-    roles: list[Role] = Field(default_factory=lambda: ["user"], min_length=1)
+    roles: list[Role] = Field(default=["user"], min_length=1)
 
 
 class PolicyFile(BaseModel):
