@@ -79,6 +79,7 @@ proto-check: setup
 
 bench-quick: setup
 	$(BIN)/python benchmarks/serve_bench.py --quick
+	$(BIN)/python benchmarks/security_bench.py --quick
 	$(BIN)/python benchmarks/load_bench.py --quick
 
 clean:

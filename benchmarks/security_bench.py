@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""What the security layer costs the front end, without engine noise: bastion's real gRPC server over the
+fake engine of the gRPC tests (instant tokens), security on against security off, same run.
+
+On: mutual TLS, a JWT bearer token checked against a JWKS file, the tenancy policy with its token buckets,
+and the audit log (record fsynced before each final message). Off: the pass-through of
+benchmarks/open_server.py on plaintext loopback. Each side is its own server process (started one after
+the other); the client is this process (grpc.aio, one channel).
+
+    .venv/bin/python benchmarks/security_bench.py --quick    # CI
+    .venv/bin/python benchmarks/security_bench.py            # concurrency 1, 16, 64
+
+Writes benchmarks/results/security_bench[-quick].json. serve_bench.py measures the same comparison on the
+real engine (bastion vs bastion-open), where engine noise is far larger than this layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
+
+
+def serve_main(config: str, mode: str, address_file: str) -> int:
+    """The server process: bastion's server over the tests' FakeEngine."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fakes import FakeEngine  # noqa: PLC0415
+
+    from bastion.config import load_settings
+    from bastion.engine.protocol import EnginePool
+    from bastion.observability.logs import setup_logging
+    from bastion.server.app import serve
+    from bastion.server.security import build_security
+    from open_server import open_security
+
+    settings = load_settings(config)
+    setup_logging("WARNING")
+
+    async def pool() -> EnginePool:
+        return EnginePool([FakeEngine(max_context=4096)])
+
+    def bound(address: str) -> None:
+        Path(address_file + ".tmp").write_text(address)
+        os.replace(address_file + ".tmp", address_file)
+
+    factory = build_security if mode == "on" else open_security
+    return asyncio.run(serve(settings, pool, on_bound=bound, security_factory=factory))
+
+
+async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_tokens: int) -> dict[str, Any]:
+    sem = asyncio.Semaphore(c)
+    ttft: list[float] = []
+    lat: list[float] = []
+    tokens = 0
+
+    async def one(i: int) -> None:
+        nonlocal tokens
+        async with sem:
+            req = pb.GenerateRequest(model="fake-model", prompt=f"Request {i:05d} hello",
+                                     sampling=pb.SamplingParams(max_tokens=max_tokens))
+            t0 = time.perf_counter()
+            first = None
+            async for m in stub.Generate(req, metadata=metadata, timeout=60):
+                if first is None and m.token_ids:
+                    first = time.perf_counter()
+                tokens += len(m.token_ids)
+            ttft.append(((first or time.perf_counter()) - t0) * 1000)
+            lat.append((time.perf_counter() - t0) * 1000)
+
+    await asyncio.gather(*[one(i) for i in range(c)])  # warm-up
+    ttft.clear()
+    lat.clear()
+    tokens = 0
+    start = time.perf_counter()
+    await asyncio.gather(*[one(i) for i in range(n)])
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(ttft, n=100)
+    return {
+        "concurrency": c, "requests": n, "output_tok_s": round(tokens / wall, 1),
+        "requests_s": round(n / wall, 1),
+        "ttft_ms": {"p50": round(statistics.median(ttft), 3), "p99": round(q[98], 3)},
+        "latency_ms": {"p50": round(statistics.median(lat), 3)},
+    }
+
+
+async def bench(mode: str, cfg_path: Path, auth: Any, levels: list[int], n: int, max_tokens: int,
+                logdir: Path) -> dict[str, Any]:
+    from bastion.v1 import inference_pb2 as pb
+    from bastion.v1 import inference_pb2_grpc as pb_grpc
+
+    addr_file = logdir / f"{mode}.address"
+    log = open(logdir / f"{mode}.log", "wb")
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(cfg_path), "--mode", mode,
+                             "--address-file", str(addr_file)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not addr_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{mode} server did not start: {(logdir / f'{mode}.log').read_text()[-2000:]}")
+            await asyncio.sleep(0.05)
+        channel = auth.channel(addr_file.read_text())
+        stub = pb_grpc.InferenceStub(channel)
+        out = []
+        for c in levels:
+            lv = await run_level(stub, pb, auth.metadata(), c, max(n, 4 * c), max_tokens)
+            print(f"[{mode}] c={c:<3} {lv['output_tok_s']:>9} tok/s  TTFT p50 {lv['ttft_ms']['p50']:.3f} ms", flush=True)
+            out.append(lv)
+        await channel.close()
+        return {"levels": out}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+async def amain(args: argparse.Namespace) -> int:
+    import serve_bench
+
+    levels = [1, 16] if args.quick else [1, 16, 64]
+    n = 64 if args.quick else 400
+    logdir = Path(tempfile.mkdtemp(prefix="security_bench."))
+    security, auth = serve_bench.secure_setup(logdir / "secure")
+    ports = {m: serve_bench.free_port() for m in ("on", "off")}
+    base = '[observability]\nmetrics_listen = ""\n[server]\nmax_inflight_requests = 1024\n'
+    (logdir / "on.toml").write_text(security + base + f'listen = "127.0.0.1:{ports["on"]}"\n')
+    (logdir / "off.toml").write_text(base + f'listen = "127.0.0.1:{ports["off"]}"\n')
+    report: dict[str, Any] = {
+        "benchmark": "security_bench", "mode": "quick" if args.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": common.machine_info(),
+        "config": {"engine": "tests/fakes.py FakeEngine (no delay)", "max_tokens": args.max_tokens,
+                   "concurrency": levels, "requests_per_level": n,
+                   "on": "mTLS + JWT (ES256, JWKS file) + tenancy/rate limits + audit log (fsync per call, group commit)",
+                   "off": "benchmarks/open_server.py pass-through, plaintext loopback"},
+        "servers": {},
+    }
+    report["servers"]["on"] = await bench("on", logdir / "on.toml", auth, levels, n, args.max_tokens, logdir)
+    report["servers"]["off"] = await bench("off", logdir / "off.toml", serve_bench.BastionAuth(), levels, n,
+                                           args.max_tokens, logdir)
+    report["comparison"] = common.compare_security(report["servers"]["on"]["levels"], report["servers"]["off"]["levels"])
+    audit = logdir / "secure" / "audit"
+    report["audit_records"] = sum(
+        1 for seg in audit.glob("audit-*.jsonl") for line in seg.read_text().splitlines() if '"kind":"request"' in line
+    )
+    out = Path(args.out) if args.out else HERE / "results" / f"security_bench{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{'conc':>4} {'tput on/off':>12} {'TTFT p50 on-off':>16}")
+    for c in report["comparison"]:
+        print(f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>12.3f} {c['ttft_p50_delta_ms'] or 0:>13.3f} ms")
+    print(f"audit records written (security on): {report['audit_records']}\nsaved {out}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--out")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=("on", "off"), help=argparse.SUPPRESS)
+    p.add_argument("--address-file", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        return serve_main(args.serve, args.mode, args.address_file)
+    return asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
