@@ -154,8 +154,18 @@ def time_to_ready(sealed: bool, workdir: Path) -> float:
              f'source = "{ensure_default_model(load_settings(None).cache_dir).path}"\nserved_name = "smollm2-135m-instruct"')
     weights = "" if sealed else "[weights]\nallow_unsealed = true\n"
     cfg = workdir / "b.toml"
+    # The server refuses to start without authentication and a tenancy policy: an API key store and a
+    # one-tenant policy (health, which this measures, is public).
+    from bastion.auth.api_keys import issue
+
+    store, policy = workdir / "api-keys.json", workdir / "tenants.toml"
+    if not store.exists():
+        key_id, _ = issue(store, "load-bench")
+        policy.write_text(f'[[principals]]\nid = "apikey:{key_id}"\ntenant = "bench"\n[tenants.bench]\nmodels = ["*"]\n')
+    security = (f'[auth.api_keys]\nfile = "{store}"\n[tenancy]\npolicy_file = "{policy}"\n'
+                f'[audit]\ndir = "{workdir / "audit"}"\n')
     cfg.write_text(f'[server]\nlisten = "unix:{sock}"\n[model]\n{model}\ncpu_kv_cache_gib = 1\nmax_num_seqs = 16\n'
-                   f'{weights}[observability]\nmetrics_listen = ""\n')
+                   f'{weights}[observability]\nmetrics_listen = ""\n{security}')
     started = time.monotonic()
     with open(workdir / "server.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
