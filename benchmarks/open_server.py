@@ -11,6 +11,7 @@ authentication, tenancy, rate limiting and the audit log cost; the ``bastion`` C
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from bastion.server.gate import SecurityGate
 from bastion.server.interceptor import AuthInterceptor
 from bastion.server.security import Security
 from bastion.tenancy.guard import TenantGuard
+from bastion.tenancy.partition import PartitionKeys
 from bastion.tenancy.policy import TenancyPolicy
 
 ANONYMOUS = Principal(id="bench:anonymous", method="api_key", subject="anonymous")
@@ -60,7 +62,9 @@ def open_security(settings: Settings, on_failure: Callable[[], None], sink: Any 
     guard = TenantGuard(TenancyPolicy.parse(OPEN_POLICY))
     recorder = AuditRecorder(_NoAudit())
     gate = SecurityGate(_Anyone(), guard, recorder, public_health=True)
-    return Security(_NoAudit(), guard, recorder, gate, AuthInterceptor(gate))  # type: ignore[arg-type]
+    # A random partition key: requests carry a cache salt as with security on (the engine does the same work).
+    partition = PartitionKeys(secrets.token_bytes(32))
+    return Security(_NoAudit(), guard, recorder, gate, AuthInterceptor(gate), partition)  # type: ignore[arg-type]
 
 
 def main() -> int:

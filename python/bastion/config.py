@@ -224,6 +224,13 @@ class TenancySettings(BaseModel):
     policy_file: Path | None = None
 
 
+class IsolationSettings(BaseModel):
+    model_config = _FROZEN
+    # 32-byte secret (0600) from which each tenant's prefix-cache partition key is derived (HKDF).
+    # None: <cache_dir>/keys/partition.key, created on first start.
+    partition_key_file: Path | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True,
@@ -241,6 +248,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     tenancy: TenancySettings = TenancySettings()
     audit: AuditSettings = AuditSettings()
+    isolation: IsolationSettings = IsolationSettings()
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
     @classmethod

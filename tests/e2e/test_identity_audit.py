@@ -65,3 +65,22 @@ def test_audit_verify_accepts_the_live_log(live_server, stub, model_name) -> Non
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["records"] >= 2 and report["problem"] is None
+
+
+def test_prefix_cache_is_partitioned_by_tenant(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
+    """Tenant B sending tenant A's exact long prompt gets no cached tokens; A (and A's other principal,
+    carol) repeating it do. The partition key comes from the server, never from the request."""
+    long_prompt = "Tenant A's private context: " + " ".join(f"fact-{i} is {i * 7 % 13}." for i in range(160))
+
+    def cached(who: str) -> int:
+        req = pb.GenerateRequest(model=model_name, prompt=long_prompt,
+                                 sampling=pb.SamplingParams(max_tokens=1, temperature=0.0))
+        with live_server.channel(who) as ch:
+            msgs = list(inference_pb2_grpc.InferenceStub(ch).Generate(req, timeout=180))
+        assert msgs[-1].usage.prompt_tokens > 600
+        return msgs[-1].usage.cached_prompt_tokens
+
+    assert cached("alice") == 0  # cold
+    assert cached("bob") == 0  # another tenant: no hit on tenant A's blocks
+    assert cached("alice") > 0  # the same tenant hits its own prefix
+    assert cached("carol") > 0  # another principal of tenant A shares the tenant's partition

@@ -38,6 +38,7 @@ def make_settings(
                 "server": {"listen": listen, "grace_period_s": 5.0, **(server or {})},
                 "limits": limits or {},
                 "observability": {"metrics_listen": metrics_listen},
+                "cache_dir": str(audit_dir / "cache"),
                 **ident.settings(audit_dir),
             },
             extra or {},

@@ -50,6 +50,8 @@ class EngineRequest:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingSpec
+    # The tenant's prefix-cache partition key (bastion.tenancy.partition); set by the server only.
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ class VllmEngine:
         if self.is_dead():
             raise Unavailable()
         params = self._sampling_params(request)
-        prompt = tokens_input(list(request.prompt_token_ids))
+        prompt = tokens_input(list(request.prompt_token_ids), cache_salt=request.cache_salt)
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
         try:

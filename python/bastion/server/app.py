@@ -162,7 +162,7 @@ async def serve(
             telemetry.shutdown()
         return 1
     content = ContentStore(security.audit.directory / "content") if hasattr(security.audit, "directory") else None
-    state = ServerState(settings, security.guard, security.recorder, content)
+    state = ServerState(settings, security.guard, security.recorder, content, security.partition)
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
     signals: list[int] = []
     if stop_event is None:

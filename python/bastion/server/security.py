@@ -18,6 +18,7 @@ from bastion.server.audit_recorder import AuditRecorder
 from bastion.server.gate import SecurityGate
 from bastion.server.interceptor import AuthInterceptor
 from bastion.tenancy.guard import TenantGuard
+from bastion.tenancy.partition import PartitionKeys, load_or_create
 from bastion.tenancy.policy import TenancyPolicy
 
 
@@ -28,6 +29,7 @@ class Security:
     recorder: AuditRecorder
     gate: SecurityGate
     interceptor: AuthInterceptor
+    partition: PartitionKeys | None = None
 
 
 def check_auth_configured(settings: Settings) -> None:
@@ -51,7 +53,9 @@ def build_security(
     policy = TenancyPolicy.load(settings.tenancy.policy_file)
     guard = TenantGuard(policy)
     authenticator = Authenticator(settings.auth, client_ca=settings.server.tls.client_ca_file is not None)
+    key_file = settings.isolation.partition_key_file
+    secret = load_or_create(key_file or settings.cache_dir / "keys" / "partition.key", create=key_file is None)
     audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
     recorder = AuditRecorder(audit)
     gate = SecurityGate(authenticator, guard, recorder, public_health=settings.auth.public_health)
-    return Security(audit, guard, recorder, gate, AuthInterceptor(gate))
+    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), PartitionKeys(secret))

@@ -37,6 +37,7 @@ from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
 from bastion.server.interceptor import abort_metadata
 from bastion.server.validation import InputSpec, fit_context, validate_generate, validate_input
 from bastion.tenancy.guard import TenantGuard
+from bastion.tenancy.partition import PartitionKeys
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 
@@ -50,7 +51,8 @@ class ServerState:
     """What the servicers share with the app: the pool (set once loaded), admission, tenancy, audit."""
 
     def __init__(
-        self, settings: Settings, guard: TenantGuard, recorder: AuditRecorder, content: ContentStore | None = None
+        self, settings: Settings, guard: TenantGuard, recorder: AuditRecorder, content: ContentStore | None = None,
+        partition: PartitionKeys | None = None,
     ) -> None:
         self.settings = settings
         self.pool: EnginePool | None = None
@@ -59,6 +61,8 @@ class ServerState:
         self.recorder = recorder
         # Opt-in per-tenant content logging (tenancy policy content_logging); None: never.
         self.content = content
+        # Per-tenant prefix-cache partition keys; required to generate (fails closed without).
+        self.partition = partition
 
 
 def prompt_text(spec: InputSpec) -> str:
@@ -215,8 +219,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             lease.settle(rec.prompt_tokens, rec.completion_tokens)
                             await self._audit(caller, rec, grpc.StatusCode.OK, finish=finish, prompt=text)
 
+                        partition = self._state.partition
+                        if partition is None:
+                            raise Unavailable(detail="no prefix-cache partition keys")
                         finish = await stream_generation(
-                            engine, rid, ids, sampling, context, ticket, rec, self._telemetry, before_final
+                            engine, rid, ids, sampling, context, ticket, rec, self._telemetry, before_final,
+                            partition.salt_for(caller.tenant),
                         )
                 log.info(
                     "generate done tenant=%s model=%s client_id=%s prompt_tokens=%d completion_tokens=%d finish=%s",
