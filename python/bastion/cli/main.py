@@ -17,6 +17,7 @@ from typing import Any
 from bastion.cli import admin as admin_cli
 from bastion.cli import apikeys as apikeys_cli
 from bastion.cli import audit as audit_cli
+from bastion.cli import tenants as tenants_cli
 from bastion.cli import weights as weights_cli
 from bastion.config import Settings, load_settings
 from bastion.errors import BastionError, ConfigError
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     weights_cli.add_parsers(sub)
     apikeys_cli.add_parsers(sub)
     audit_cli.add_parsers(sub)
+    tenants_cli.add_parsers(sub)
     admin_cli.add_parsers(sub, client_args)
     return p
 
@@ -181,7 +183,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "serve": _cmd_serve, "generate": _cmd_generate, "health": _cmd_health, "models": _cmd_models,
-    **weights_cli.COMMANDS, **apikeys_cli.COMMANDS, **audit_cli.COMMANDS, **admin_cli.commands(_channel),
+    **weights_cli.COMMANDS, **apikeys_cli.COMMANDS, **audit_cli.COMMANDS, **tenants_cli.COMMANDS, **admin_cli.commands(_channel),
 }
 
 
