@@ -4,8 +4,9 @@ fake engine of the gRPC tests (instant tokens), security on against security off
 
 On: mutual TLS, a JWT bearer token checked against a JWKS file, the tenancy policy with its token buckets,
 and the audit log (record fsynced before each final message). Off: the pass-through of
-benchmarks/open_server.py on plaintext loopback. Each side is its own server process (started one after
-the other); the client is this process (grpc.aio, one channel).
+benchmarks/open_server.py on plaintext loopback. Each side is its own server process; both run at once and
+are measured alternately, several times per level (medians reported); the client is this process
+(grpc.aio, one channel per server).
 
     .venv/bin/python benchmarks/security_bench.py --quick    # CI
     .venv/bin/python benchmarks/security_bench.py            # concurrency 1, 16, 64
@@ -98,44 +99,80 @@ async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_token
     }
 
 
-async def bench(mode: str, cfg_path: Path, auth: Any, levels: list[int], n: int, max_tokens: int,
-                logdir: Path) -> dict[str, Any]:
-    from bastion.v1 import inference_pb2 as pb
-    from bastion.v1 import inference_pb2_grpc as pb_grpc
-
+def start_server(mode: str, cfg_path: Path, logdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     addr_file = logdir / f"{mode}.address"
+    addr_file.unlink(missing_ok=True)
     log = open(logdir / f"{mode}.log", "wb")
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(cfg_path), "--mode", mode,
                              "--address-file", str(addr_file)], stdout=log, stderr=subprocess.STDOUT)
+    return proc, addr_file
+
+
+async def wait_address(proc: subprocess.Popen[bytes], addr_file: Path, log: Path) -> str:
+    deadline = time.monotonic() + 60
+    while not addr_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+        await asyncio.sleep(0.05)
+    return addr_file.read_text()
+
+
+def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of repeated runs of one level (throughput, TTFT p50/p99, latency p50)."""
+    med = statistics.median
+    return {
+        "concurrency": runs[0]["concurrency"], "requests": runs[0]["requests"], "repeats": len(runs),
+        "output_tok_s": round(med(r["output_tok_s"] for r in runs), 1),
+        "requests_s": round(med(r["requests_s"] for r in runs), 1),
+        "ttft_ms": {"p50": round(med(r["ttft_ms"]["p50"] for r in runs), 3),
+                    "p99": round(med(r["ttft_ms"]["p99"] for r in runs), 3)},
+        "latency_ms": {"p50": round(med(r["latency_ms"]["p50"] for r in runs), 3)},
+        "runs": runs,
+    }
+
+
+async def bench_pair(cfgs: dict[str, Path], auths: dict[str, Any], levels: list[int], n: int, max_tokens: int,
+                     repeats: int, logdir: Path) -> dict[str, Any]:
+    """Both servers up at once (the fake engine is light); per level, on and off measured alternately
+    ``repeats`` times, so drift on a shared machine hits both sides alike; medians reported."""
+    from bastion.v1 import inference_pb2 as pb
+    from bastion.v1 import inference_pb2_grpc as pb_grpc
+
+    procs = {m: start_server(m, cfgs[m], logdir) for m in ("on", "off")}
     try:
-        deadline = time.monotonic() + 60
-        while not addr_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{mode} server did not start: {(logdir / f'{mode}.log').read_text()[-2000:]}")
-            await asyncio.sleep(0.05)
-        channel = auth.channel(addr_file.read_text())
-        stub = pb_grpc.InferenceStub(channel)
-        out = []
+        stubs, channels = {}, {}
+        for m, (proc, addr) in procs.items():
+            channels[m] = auths[m].channel(await wait_address(proc, addr, logdir / f"{m}.log"))
+            stubs[m] = pb_grpc.InferenceStub(channels[m])
+        out: dict[str, Any] = {"on": {"levels": []}, "off": {"levels": []}}
         for c in levels:
-            lv = await run_level(stub, pb, auth.metadata(), c, max(n, 4 * c), max_tokens)
-            print(f"[{mode}] c={c:<3} {lv['output_tok_s']:>9} tok/s  TTFT p50 {lv['ttft_ms']['p50']:.3f} ms", flush=True)
-            out.append(lv)
-        await channel.close()
-        return {"levels": out}
+            runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+            for _ in range(repeats):
+                for m in ("on", "off"):
+                    runs[m].append(await run_level(stubs[m], pb, auths[m].metadata(), c, max(n, 4 * c), max_tokens))
+            for m in ("on", "off"):
+                lv = median_level(runs[m])
+                out[m]["levels"].append(lv)
+                print(f"[{m}] c={c:<3} {lv['output_tok_s']:>9} tok/s  TTFT p50 {lv['ttft_ms']['p50']:.3f} ms "
+                      f"(median of {repeats})", flush=True)
+        for ch in channels.values():
+            await ch.close()
+        return out
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        for proc, _ in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 async def amain(args: argparse.Namespace) -> int:
     import serve_bench
 
     levels = [1, 16] if args.quick else [1, 16, 64]
-    n = 64 if args.quick else 400
+    n = 64 if args.quick else 200
     logdir = Path(tempfile.mkdtemp(prefix="security_bench."))
     security, auth = serve_bench.secure_setup(logdir / "secure")
     ports = {m: serve_bench.free_port() for m in ("on", "off")}
@@ -151,9 +188,12 @@ async def amain(args: argparse.Namespace) -> int:
                    "off": "benchmarks/open_server.py pass-through, plaintext loopback"},
         "servers": {},
     }
-    report["servers"]["on"] = await bench("on", logdir / "on.toml", auth, levels, n, args.max_tokens, logdir)
-    report["servers"]["off"] = await bench("off", logdir / "off.toml", serve_bench.BastionAuth(), levels, n,
-                                           args.max_tokens, logdir)
+    repeats = 3 if args.quick else 7
+    report["config"]["repeats"] = repeats
+    report["servers"] = await bench_pair(
+        {"on": logdir / "on.toml", "off": logdir / "off.toml"}, {"on": auth, "off": serve_bench.BastionAuth()},
+        levels, n, args.max_tokens, repeats, logdir,
+    )
     report["comparison"] = common.compare_security(report["servers"]["on"]["levels"], report["servers"]["off"]["levels"])
     audit = logdir / "secure" / "audit"
     report["audit_records"] = sum(

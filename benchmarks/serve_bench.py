@@ -551,7 +551,7 @@ token_burst = 10000000
         "[auth.mtls]", f'trust_domains = ["{TRUST_DOMAIN}"]',
         "[auth.jwt]", f'issuer = "{issuer}"', f'audiences = ["{audience}"]', f'jwks_file = "{d / "jwks.json"}"',
         "[tenancy]", f'policy_file = "{d / "tenants.toml"}"',
-        "[audit]", f'dir = "{d / "audit"}"',
+        "[audit]", f'dir = "{d / "audit"}"', "commit_max_delay_ms = 0",
         "",
     ])
     auth = BastionAuth(token, "authorization", str(d / "ca.pem"), str(d / "client.pem"), str(d / "client.key"))

@@ -308,3 +308,24 @@ def test_redirects_from_the_jwks_url_are_not_followed() -> None:
         v = JwtVerifier(settings(jwks_url=srv.url.replace("/jwks.json", "/moved")), clock=FakeClock())
         assert refused(v, s.token()) == "jwks unavailable"
         assert srv.requests == 1
+
+
+async def test_verified_tokens_are_remembered_only_until_exp_or_the_cache_lifetime(tmp_path: Path) -> None:
+    signer = ec_signer()
+    v = verifier(tmp_path / "jwks.json", signer)
+    now = time.time()
+    token = signer.token(exp=int(now) + 30)
+    first = await v.verify_async(token)
+    calls: list[str] = []
+    real = v._decode
+    v._decode = lambda *a: calls.append("decode") or real(*a)  # type: ignore[method-assign]
+    assert await v.verify_async(token) == first and calls == []  # served from the cache
+    v._wall = lambda: now + 31  # past exp: the cache no longer answers; the token is checked again
+    await v.verify_async(token)  # (PyJWT's own clock decides; in real time it has not expired yet)
+    assert calls == ["decode"]
+    long_lived = signer.token(exp=int(now) + 3600)
+    v._wall = lambda: now
+    await v.verify_async(long_lived)
+    v._wall = lambda: now + 61  # the cache lifetime (60 s) bounds even a long-lived token
+    await v.verify_async(long_lived)
+    assert calls == ["decode", "decode", "decode"]
