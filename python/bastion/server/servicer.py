@@ -272,6 +272,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 pool = self._state.pool
                 if pool is None:
                     raise Unavailable(NOT_READY)
+                self._guard.take_request(caller.assignment)
                 limits = caller.assignment.limits
                 # A tenant sees only the models its policy allows.
                 models = [convert.model_info(e.info) for e in pool.all() if limits.allows_model(e.info.name)]
