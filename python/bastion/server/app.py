@@ -161,7 +161,7 @@ async def serve(
         if owns_telemetry:
             telemetry.shutdown()
         return 1
-    content = ContentStore(security.audit.directory / "content") if hasattr(security.audit, "directory") else None
+    content = security.content
     state = ServerState(settings, security.guard, security.recorder, content, security.partition)
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
     signals: list[int] = []

@@ -60,43 +60,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
         caller_var.set(caller)
 
-    def _wrap_unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await self._admit(method, request, context)
-            return await behavior(request, context)
+    def _wrap(self, method: str, behavior: Callable[..., Any], *, unary_request: bool) -> Callable[..., Any]:
+        """``behavior`` with the gate in front, of the same kind (coroutine or async generator). For
+        client-streaming methods (reflection) the gate runs before the first message is read."""
 
-        return wrapped
+        def request_of(arg: Any) -> Any:
+            return arg if unary_request else None
 
-    def _wrap_stream_out(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):
 
-            async def gen(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await self._admit(method, request, context)
-                async for item in behavior(request, context):
+            async def gen(arg: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await self._admit(method, request_of(arg), context)
+                async for item in behavior(arg, context):
                     yield item
 
             return gen
 
-        async def coro(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await self._admit(method, request, context)
-            return await behavior(request, context)
-
-        return coro
-
-    def _wrap_stream_in(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        # Client-streaming methods (reflection): authenticated before the first message is read.
-        if inspect.isasyncgenfunction(behavior):
-
-            async def gen(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await self._admit(method, None, context)
-                async for item in behavior(request_iterator, context):
-                    yield item
-
-            return gen
-
-        async def coro(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            await self._admit(method, None, context)
-            return await behavior(request_iterator, context)
+        async def coro(arg: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(method, request_of(arg), context)
+            return await behavior(arg, context)
 
         return coro
 
@@ -111,9 +93,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         des, ser = handler.request_deserializer, handler.response_serializer
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._wrap_unary(method, handler.unary_unary), des, ser)
+            wrapped = self._wrap(method, handler.unary_unary, unary_request=True)
+            return grpc.unary_unary_rpc_method_handler(wrapped, des, ser)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._wrap_stream_out(method, handler.unary_stream), des, ser)
+            wrapped = self._wrap(method, handler.unary_stream, unary_request=True)
+            return grpc.unary_stream_rpc_method_handler(wrapped, des, ser)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._wrap_stream_in(method, handler.stream_unary), des, ser)
-        return grpc.stream_stream_rpc_method_handler(self._wrap_stream_in(method, handler.stream_stream), des, ser)
+            wrapped = self._wrap(method, handler.stream_unary, unary_request=False)
+            return grpc.stream_unary_rpc_method_handler(wrapped, des, ser)
+        wrapped = self._wrap(method, handler.stream_stream, unary_request=False)
+        return grpc.stream_stream_rpc_method_handler(wrapped, des, ser)

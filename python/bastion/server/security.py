@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bastion.audit.content import ContentStore
 from bastion.audit.log import AuditLog
 from bastion.auth.authenticator import Authenticator
 from bastion.config import Settings
@@ -30,6 +31,8 @@ class Security:
     gate: SecurityGate
     interceptor: AuthInterceptor
     partition: PartitionKeys | None = None
+    # Opt-in per-tenant content logging, beside the audit log; None: never.
+    content: ContentStore | None = None
 
 
 def check_auth_configured(settings: Settings) -> None:
@@ -58,4 +61,5 @@ def build_security(
     audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
     recorder = AuditRecorder(audit)
     gate = SecurityGate(authenticator, guard, recorder, public_health=settings.auth.public_health)
-    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), PartitionKeys(secret))
+    content = ContentStore(audit.directory / "content")
+    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), PartitionKeys(secret), content)
