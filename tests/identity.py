@@ -3,6 +3,7 @@ under test. Real keys through the real store; nothing is mocked."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,10 @@ class Identity:
             f'[audit]\ndir = "{s["audit"]["dir"]}"\ncommit_max_delay_ms = 0.5\n'
         )
 
-    def write_policy(self, tenants: dict[str, dict[str, Any]] | None = None, extra_principals: list[dict[str, Any]] | None = None) -> None:
+    def write_policy(
+        self, tenants: dict[str, dict[str, Any]] | None = None, extra_principals: list[dict[str, Any]] | None = None,
+        public_prefixes: dict[str, str] | None = None,
+    ) -> None:
         lines: list[str] = []
         for name, (tenant, roles) in PEOPLE.items():
             if tenant is None:
@@ -71,6 +75,9 @@ class Identity:
             for k, v in {**DEFAULT_TENANT, **tenants.get(t, {})}.items():
                 lines.append(f"{k} = {_toml_value(v)}")
             lines.append("")
+        for name, text in (public_prefixes or {}).items():
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            lines += ["[[public_prefixes]]", f'name = "{name}"', f"text = {json.dumps(text)}", f'sha256 = "{digest}"', ""]
         self.policy_file.write_text("\n".join(lines))
 
 
@@ -84,14 +91,16 @@ def api_key_principal(key_id: str, name: str) -> str:
     return f"apikey:{key_id}"
 
 
-def make_identity(d: Path, tenants: dict[str, dict[str, Any]] | None = None) -> Identity:
+def make_identity(
+    d: Path, tenants: dict[str, dict[str, Any]] | None = None, public_prefixes: dict[str, str] | None = None
+) -> Identity:
     d.mkdir(parents=True, exist_ok=True)
     ident = Identity(d, d / "tenants.toml", d / "api-keys.json")
     for name in PEOPLE:
         key_id, key = issue(ident.api_key_store, name)
         ident.keys[name], ident.key_ids[name] = key, key_id
         ident.principals[name] = api_key_principal(key_id, name)
-    ident.write_policy(tenants)
+    ident.write_policy(tenants, public_prefixes=public_prefixes)
     return ident
 
 

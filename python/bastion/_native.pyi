@@ -10,6 +10,8 @@ __all__ = [
     "AuditPublicKey",
     "AuditSigningKey",
     "Blake3Hasher",
+    "BlockKeyer",
+    "KvLedger",
     "SealedReader",
     "__version__",
     "audit_keygen",
@@ -139,3 +141,68 @@ def audit_verify_dir(
 ) -> dict[str, Any]:
     """``{segments, records, bytes, log_id, last_seq, last_hash, last_checkpoint, unsigned_tail, problem}``;
     ``problem`` is None or ``{segment, line, seq, reason}``."""
+
+# --- keyed, typed prefix-cache block keys (bastion.isolation.block_hasher) ---
+
+@final
+class BlockKeyer:
+    """Keyed BLAKE3 block keys over typed, length-prefixed fields; the 32-byte key cannot be read back."""
+
+    def __new__(cls, key: bytes) -> BlockKeyer: ...
+    def chain(
+        self,
+        parent: bytes | None,
+        tokens: list[int],
+        block_size: int,
+        public_blocks: int,
+        tenant_key: bytes,
+        adapter: tuple[str, str] | None = None,
+    ) -> list[bytes]:
+        """Keys of the full blocks of ``tokens`` chained from ``parent``; the first ``public_blocks`` public."""
+
+    def block_key(
+        self,
+        parent: bytes | None,
+        tokens: list[int],
+        tenant_key: bytes | None,
+        adapter: tuple[str, str] | None = None,
+        mm: list[tuple[int, bytes]] = ...,
+        prompt_embeds: bytes | None = None,
+    ) -> bytes:
+        """One block's key with every extra field; ``tenant_key=None`` is the public partition."""
+
+# --- per-tenant KV-cache block budgets (bastion.isolation.scheduler) ---
+
+@final
+class KvLedger:
+    """Per-tenant KV block ledger of one pool: reservation, cap, held/cached counters (O(1) each)."""
+
+    def __new__(cls, capacity: int) -> KvLedger: ...
+    def register(self, key: str, reserved: int, cap: int) -> int:
+        """The tenant's slot (limits updated); InvalidArgument if reserved > cap or reservations exceed capacity."""
+
+    def slot(self, key: str) -> int | None: ...
+    def admit_gate(self, slot: int, n: int) -> int | None:
+        """None if ``n`` more blocks pass the cap, else the free blocks to keep for other tenants' reservations."""
+
+    def can_admit(self, slot: int, n: int, free: int) -> bool: ...
+    def others_unused(self, slot: int) -> int: ...
+    def on_allocate(self, slot: int, n: int) -> None: ...
+    def on_free(self, slot: int, n: int) -> None: ...
+    def on_cache(self, slot: int, n: int) -> None: ...
+    def on_uncache(self, slot: int, n: int) -> None: ...
+    def on_evict(self, slot: int, n: int) -> None: ...
+    def on_preempt(self, slot: int) -> None: ...
+    def held(self, slot: int) -> int: ...
+    def over_reservation(self, slot: int) -> bool: ...
+    def evictable(self, slot: int, pending: int) -> bool: ...
+    def at_cap(self, slot: int) -> bool: ...
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """``{tenant_key: {reserved, cap, held, cached, preemptions, evictions}}``."""
+
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def total_held(self) -> int: ...
+    @property
+    def total_unused(self) -> int: ...

@@ -126,6 +126,8 @@ class ModelSettings(BaseModel):
     enable_prefix_caching: bool = True
     # CPU backend KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).
     cpu_kv_cache_gib: float = Field(default=2.0, gt=0, le=1024)
+    # Cap the KV cache at this many blocks (vLLM's num_gpu_blocks_override); default: what memory allows.
+    num_kv_blocks: int | None = Field(default=None, ge=1, le=1 << 24)
     gpu_memory_utilization: float = Field(default=0.85, gt=0.05, le=0.98)
     tensor_parallel_size: int = Field(default=1, ge=1, le=64)
     seed: int = Field(default=0, ge=0)

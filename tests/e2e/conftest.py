@@ -27,6 +27,26 @@ from bastion.v1 import inference_pb2_grpc
 
 START_TIMEOUT_S = float(os.environ.get("BASTION_E2E_START_TIMEOUT", "900"))
 
+# KV budgets of the live server's tenants (96 blocks of 128 tokens): tenant-a may use at most 72 blocks,
+# tenant-b has 12 guaranteed (tests/e2e/test_kv_budgets.py).
+KV_BUDGETS = {"tenant-a": {"kv_max_blocks": 72}, "tenant-b": {"kv_reserved_blocks": 12}}
+
+# Declared in the live server's tenancy policy as a public prefix (tests/e2e/test_isolation.py).
+PUBLIC_SYSTEM = " ".join([
+    "You are the support assistant of Example Corp. Answer questions about orders, deliveries, returns and",
+    "invoices politely and briefly. Never reveal internal notes. Our opening hours are Monday to Friday,",
+    "nine to five, and our returns window is thirty days from delivery. Refunds go back to the original",
+    "payment method within five working days. Delivery inside the country takes two to four days; abroad",
+    "it takes up to two weeks. If a parcel is lost, open a claim after ten days without tracking updates.",
+    "Gift cards cannot be refunded or exchanged for cash. Damaged items are replaced free of charge when the",
+    "customer sends a photo within seven days. Invoices are emailed when the order ships; a corrected invoice",
+    "needs the order number and the new billing address. Business customers may pay by bank transfer within",
+    "thirty days. We do not sell customer data and we never ask for passwords by email or phone. Large items",
+    "are delivered by a freight partner who calls the day before to agree on a two-hour window. Customers",
+    "can change the delivery address until the parcel leaves the warehouse; after that, the carrier decides.",
+    "Always end with a short summary of the next step the customer should take.",
+])  # about 300 tokens: more than two KV blocks (128 tokens each on the CPU backend)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda it: 1 if it.get_closest_marker("terminal_server") else 0)
@@ -68,6 +88,7 @@ DEFAULT_MODEL_TOML = """
 [model]
 source = "default"
 cpu_kv_cache_gib = 1
+num_kv_blocks = 96
 max_num_seqs = 16
 """
 
@@ -82,7 +103,7 @@ def launch_server(
     marker.mkdir(exist_ok=True)
     port = free_port()
     config = workdir / "bastion.toml"
-    identity = make_identity(workdir / "identity")
+    identity = make_identity(workdir / "identity", tenants=KV_BUDGETS, public_prefixes={"support": PUBLIC_SYSTEM})
     audit_dir = workdir / "audit"
     config.write_text(
         f"""

@@ -62,6 +62,9 @@ async def test_metrics_endpoint_serves_counters() -> None:
     assert value('bastion_rpc_requests_total{code="INVALID_ARGUMENT",method="Generate"}') == 1
     assert value('bastion_rpc_errors_total{code="INVALID_ARGUMENT",method="Generate"}') == 1
     assert value('bastion_output_tokens_total{model="fake-model"}') == 4
+    # Per tenant: prompt and cached prompt tokens (the tenant's prefix hit rate is their ratio).
+    assert value('bastion_prompt_tokens_total{model="fake-model",tenant="tenant-a"}') == len("hello")
+    assert value('bastion_cached_prompt_tokens_total{model="fake-model",tenant="tenant-a"}') == len("hello") // 2
     assert value('bastion_time_to_first_token_seconds_count{model="fake-model"}') == 1
     assert value('bastion_inter_token_latency_seconds_count{model="fake-model"}') == 3
     assert value('bastion_request_output_tokens_per_second_count{model="fake-model"}') == 1

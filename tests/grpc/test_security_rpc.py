@@ -303,13 +303,3 @@ async def test_content_logging_is_a_per_tenant_opt_in_with_retention() -> None:
     old.write_text("{}\n")
     assert store.prune({"tenant-b": 7}) == 1 and day.exists() and not old.exists()
     assert store.prune({}) == 1 and not day.exists()
-
-
-async def test_engine_requests_carry_the_tenants_partition_key() -> None:
-    engine = FakeEngine()
-    async with running_server([engine]) as srv:
-        for who in ("alice", "carol", "bob"):  # alice and carol share tenant-a
-            await collect(pb_grpc.InferenceStub(srv.channel_for(who)).Generate(prompt_request(max_tokens=1), timeout=5))
-    a1, a2, b = (r.cache_salt for r in engine.requests)
-    assert a1 and a1 == a2 and b and b != a1
-    assert all(len(s) == 64 for s in (a1, b))

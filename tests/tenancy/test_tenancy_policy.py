@@ -65,3 +65,26 @@ def test_bad_policy_refused_naming_the_field(text: bytes, names: str) -> None:
 def test_oversized_policy_refused() -> None:
     with pytest.raises(ConfigError, match="larger than"):
         TenancyPolicy.parse(b"#" * (5 << 20))
+
+
+def _prefix(text: str, digest: str) -> bytes:
+    return GOOD + f'\n[[public_prefixes]]\nname = "sys"\ntext = "{text}"\nsha256 = "{digest}"\n'.encode()
+
+
+def test_public_prefixes_are_pinned_by_sha256() -> None:
+    import hashlib
+
+    digest = hashlib.sha256(b"You are helpful.").hexdigest()
+    p = TenancyPolicy.parse(_prefix("You are helpful.", digest))
+    assert [x.name for x in p.public_prefixes] == ["sys"] and p.public_prefixes[0].text == "You are helpful."
+    assert TenancyPolicy.parse(GOOD).public_prefixes == ()
+    with pytest.raises(ConfigError, match=r"public_prefixes\.0: .*sha256 does not match"):
+        TenancyPolicy.parse(_prefix("You are helpful!", digest))
+    with pytest.raises(ConfigError, match=r"public_prefixes\.0\.sha256"):
+        TenancyPolicy.parse(_prefix("x", "not-hex"))
+
+
+def test_kv_reservation_cannot_exceed_the_cap() -> None:
+    bad = GOOD.replace(b"max_tokens_per_request = 64", b"kv_reserved_blocks = 9\nkv_max_blocks = 8")
+    with pytest.raises(ConfigError, match="tenants.a: .*kv_reserved_blocks must not exceed kv_max_blocks"):
+        TenancyPolicy.parse(bad)

@@ -2,7 +2,8 @@
 
 vLLM calls ``register()`` in every process it starts: the API process, the EngineCore and each worker.
 It is where bastion registers what must exist inside those processes: the sealed-model load format
-``bastion`` (``bastion.engine.sealed_loader``; the tenant-aware scheduler comes with later work). It also
+``bastion`` (``bastion.engine.sealed_loader``) and the tenant-partitioned block hasher
+(``bastion.isolation.block_hasher``). It also
 checks that the native extension in the worker matches the package, so a stale build can never load
 weights, and records that it ran.
 """
@@ -25,6 +26,10 @@ def register() -> None:
     from bastion.engine.sealed_loader import register as register_sealed_loader
 
     register_sealed_loader()
+    # Tenant-partitioned, keyed prefix-cache block hashing in the EngineCore (when the server asks for it).
+    from bastion.isolation.block_hasher import install as install_block_hasher
+
+    install_block_hasher()
     _registered = True
     log.debug("bastion vLLM plugin registered in pid %d (native %s)", os.getpid(), native_version())
     marker = os.environ.get("BASTION_PLUGIN_MARKER_DIR")

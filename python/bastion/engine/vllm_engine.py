@@ -25,6 +25,7 @@ from bastion.engine.protocol import (
 )
 from bastion.engine.stats import StatsSink, make_stat_logger_factory
 from bastion.errors import EngineError, InvalidArgument, Unavailable
+from bastion.isolation.block_hasher import ENV_KEY_FILE as ISOLATION_ENV  # set by the server: isolation on
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
         trust_remote_code=False,
         load_format=load_format,
     )
+    if m.num_kv_blocks is not None:
+        kwargs["num_gpu_blocks_override"] = m.num_kv_blocks
     if device == "cuda":
         kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
     return AsyncEngineArgs(**kwargs)
@@ -91,6 +94,13 @@ class VllmEngine:
             from vllm.v1.engine.async_llm import AsyncLLM
 
             config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+            if os.environ.get(ISOLATION_ENV):
+                # Tenant isolation (the server set its partition key file): per-tenant KV budgets.
+                sched = config.scheduler_config
+                sched.scheduler_cls = (
+                    "bastion.isolation.scheduler.AsyncTenantScheduler" if sched.async_scheduling
+                    else "bastion.isolation.scheduler.TenantScheduler"
+                )
             return AsyncLLM.from_vllm_config(
                 config,
                 stat_loggers=[make_stat_logger_factory(sink)],

@@ -36,6 +36,8 @@ from bastion.engine.protocol import EngineStats
 log = logging.getLogger(__name__)
 
 StatsSource = Callable[[], Iterable[tuple[str, EngineStats]]]
+# (model, tenant, {held, reserved, cached, preemptions, evictions}) from the tenant-aware schedulers.
+TenantKvSource = Callable[[], Iterable[tuple[str, str, dict[str, int]]]]
 
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5)
@@ -52,6 +54,7 @@ class Metrics:
             metric_readers=[self._reader], resource=Resource.create({"service.name": "bastion"})
         )
         self._stats: StatsSource = lambda: ()
+        self._tenant_kv: TenantKvSource = lambda: ()
         self._inflight: Callable[[], int] = lambda: 0
         self._http: object | None = None
         self.http_address = ""  # bound HOST:PORT of the scrape endpoint, once started
@@ -90,6 +93,32 @@ class Metrics:
         m.create_observable_gauge(
             "bastion_engine_kv_usage_ratio", [self._observe("kv_usage")], "1", "Fraction of KV blocks in use"
         )
+
+        for field, kind, what in (
+            ("held", "gauge", "KV blocks held by the tenant's requests"),
+            ("reserved", "gauge", "KV blocks reserved for the tenant"),
+            ("cached", "gauge", "Free KV blocks still caching the tenant's prefixes"),
+            ("preemptions", "counter", "Preemptions of the tenant's requests"),
+            ("evictions", "counter", "The tenant's cached KV blocks evicted"),
+        ):
+            make = m.create_observable_gauge if kind == "gauge" else m.create_observable_counter
+            unit = "{block}" if kind == "gauge" else "{event}"
+            name = f"bastion_tenant_kv_blocks_{field}" if kind == "gauge" else f"bastion_tenant_kv_{field}"
+            make(name, [self._observe_tenant_kv(field)], unit, what)
+
+    def bind_tenant_kv(self, source: TenantKvSource) -> None:
+        self._tenant_kv = source
+
+    def _observe_tenant_kv(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(f[field], {"model": model, "tenant": tenant})
+                        for model, tenant, f in self._tenant_kv()]
+            except Exception:  # a scrape must never fail because the stats are unreadable
+                log.debug("per-tenant KV stats unavailable", exc_info=True)
+                return []
+
+        return callback
 
     def bind(self, *, stats: StatsSource, inflight: Callable[[], int]) -> None:
         """Connects the scrape-time gauges to the server state."""

@@ -159,8 +159,10 @@ class Telemetry:
         m.duration.record(elapsed, {"method": rec.method})
         if rec.model and rec.method == "Generate":
             model = {"model": rec.model}
-            m.prompt_tokens.add(rec.prompt_tokens, model)
-            m.cached_tokens.add(rec.cached_tokens, model)
+            # Per tenant (bounded by the policy): cached / prompt is the tenant's prefix hit rate.
+            per_tenant = {**model, "tenant": rec.tenant or "-"}
+            m.prompt_tokens.add(rec.prompt_tokens, per_tenant)
+            m.cached_tokens.add(rec.cached_tokens, per_tenant)
             m.output_tokens.add(rec.completion_tokens, model)
             if rec.completion_tokens and elapsed > 0:
                 m.tokens_per_s.record(rec.completion_tokens / elapsed, model)

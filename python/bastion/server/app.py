@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
 from grpc_health.v1 import health_pb2_grpc
 
@@ -34,6 +38,8 @@ from bastion.engine.protocol import EnginePool, EngineStats
 from bastion.audit.content import PRUNE_EVERY_S, ContentStore
 from bastion.auth.api_keys import revoke as revoke_api_key
 from bastion.errors import BastionError, ConfigError
+from bastion.isolation import block_hasher
+from bastion.isolation.kv_metrics import ENV_STATS_DIR, TenantKvStats
 from bastion.observability.logs import setup_logging
 from bastion.observability.telemetry import Telemetry
 from bastion.server.health import NOT_SERVING, WATCHDOG_INTERVAL_S, Health
@@ -189,6 +195,7 @@ async def serve(
     )
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     pool: EnginePool | None = None
+    kv_stats: Path | None = None
     watchdog: asyncio.Task[None] | None = None
     pruner: asyncio.Future[None] | None = None
     started = False
@@ -212,6 +219,15 @@ async def serve(
             on_bound(address)
 
         try:
+            if security.partition is not None and security.partition.source is not None:
+                # The EngineCore (a child process) keys its prefix-cache blocks with the same secret and
+                # runs the tenant-aware scheduler, which reports per-tenant KV figures into kv_stats.
+                os.environ[block_hasher.ENV_KEY_FILE] = str(security.partition.source)
+                kv_stats = Path(tempfile.mkdtemp(prefix="bastion-kv-stats-"))
+                os.environ[ENV_STATS_DIR] = str(kv_stats)
+                partition, guard = security.partition, security.guard
+                stats = TenantKvStats(kv_stats, partition, lambda: guard.policy.tenants)
+                telemetry.metrics.bind_tenant_kv(stats.rows)
             pool = await _load_pool(pool_factory, stop_event)
         except Exception as exc:  # noqa: BLE001 - reported in one line; details at DEBUG
             log.error("engine pool failed to start: %s", _one_line(exc))
@@ -252,6 +268,8 @@ async def serve(
             await security.audit.aclose()
         except Exception as exc:  # noqa: BLE001
             log.error("closing the audit log failed: %s", _one_line(exc))
+        if kv_stats is not None:
+            shutil.rmtree(kv_stats, ignore_errors=True)
         if owns_telemetry:
             telemetry.shutdown()
         log.info("stopped")

@@ -57,9 +57,10 @@ def build_security(
     guard = TenantGuard(policy)
     authenticator = Authenticator(settings.auth, client_ca=settings.server.tls.client_ca_file is not None)
     key_file = settings.isolation.partition_key_file
-    secret = load_or_create(key_file or settings.cache_dir / "keys" / "partition.key", create=key_file is None)
+    key_path = key_file or settings.cache_dir / "keys" / "partition.key"
+    secret = load_or_create(key_path, create=key_file is None)
     audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
     recorder = AuditRecorder(audit)
     gate = SecurityGate(authenticator, guard, recorder, public_health=settings.auth.public_health)
     content = ContentStore(audit.directory / "content")
-    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), PartitionKeys(secret), content)
+    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), PartitionKeys(secret, key_path), content)

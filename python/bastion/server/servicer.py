@@ -26,6 +26,8 @@ from bastion.audit.content import ContentStore
 from bastion.config import Settings
 from bastion.engine.protocol import Engine, EnginePool
 from bastion.errors import BastionError, Unavailable
+from bastion.isolation.public_prefixes import PublicPrefixMatcher
+from bastion.isolation.tag import PartitionTag
 from bastion.observability.logs import request_id_var
 from bastion.observability.telemetry import RpcRecord, Telemetry
 from bastion.server import convert
@@ -89,6 +91,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._telemetry = telemetry
         self._guard = state.guard
         self._recorder = state.recorder
+        self._public = PublicPrefixMatcher()
+
+    async def _partition_tag(self, caller: Caller, engine: Engine, spec: InputSpec, ids: list[int]) -> str:
+        """The engine-side partition of this request: tenant key, public prefix length, KV budget."""
+        partition = self._state.partition
+        if partition is None:  # fails closed: no generation without a partition
+            raise Unavailable(detail="no prefix-cache partition keys")
+        limits = caller.assignment.limits
+        public = await self._public.public_tokens(
+            self._guard.policy.public_prefixes, engine, engine.info.name, spec.prompt, spec.conversation, ids
+        )
+        tag = PartitionTag(partition.salt_for(caller.tenant), public, limits.kv_reserved_blocks, limits.kv_max_blocks)
+        return tag.encode()
 
     def _engine(self, model: str) -> Engine:
         pool = self._state.pool
@@ -219,12 +234,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             lease.settle(rec.prompt_tokens, rec.completion_tokens)
                             await self._audit(caller, rec, grpc.StatusCode.OK, finish=finish, prompt=text)
 
-                        partition = self._state.partition
-                        if partition is None:
-                            raise Unavailable(detail="no prefix-cache partition keys")
+                        tag = await self._partition_tag(caller, engine, spec.input, ids)
                         finish = await stream_generation(
                             engine, rid, ids, sampling, context, ticket, rec, self._telemetry, before_final,
-                            partition.salt_for(caller.tenant),
+                            tag,
                         )
                 log.info(
                     "generate done tenant=%s model=%s client_id=%s prompt_tokens=%d completion_tokens=%d finish=%s",

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from bastion.errors import ConfigError
 
 INFO_PREFIX = b"bastion kv partition v1\x00"
+BLOCK_KEY_INFO = b"bastion kv block key v1"
 SALT = b"bastion.kv.partition.salt.v1"
 KEY_BYTES = 32
 
@@ -52,12 +53,19 @@ def load_or_create(path: Path, *, create: bool) -> bytes:
     return _read_key(path)
 
 
+def block_key(secret: bytes) -> bytes:
+    """The EngineCore's block-hashing key (``bastion.isolation.block_hasher``), derived from the same secret."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=BLOCK_KEY_INFO).derive(secret)
+
+
 class PartitionKeys:
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, source: Path | None = None) -> None:
         if len(secret) != KEY_BYTES:
             raise ValueError("partition secret must be 32 bytes")
         self._secret = secret
         self._cache: dict[str, str] = {}
+        # The file the secret came from: the EngineCore reads it too (BASTION_PARTITION_KEY_FILE).
+        self.source = source
 
     def salt_for(self, tenant: str) -> str:
         """64 hex characters, stable for (secret, tenant), unrelated across tenants."""

@@ -16,12 +16,18 @@ A TOML file (``tenancy.policy_file``), unknown keys refused::
     request_burst = 10
     tokens_per_min = 60000          # prompt + max_tokens charged at admission, unused tokens refunded
     token_burst = 20000
-    kv_reserved_blocks = 0          # KV budget (enforced by the isolation work)
-    kv_max_blocks = 0               # 0 = no cap
+    kv_reserved_blocks = 0          # KV blocks guaranteed to this tenant (bastion.isolation.scheduler)
+    kv_max_blocks = 0               # burst cap in KV blocks; 0 = no cap
     [tenants.chat.content_logging]  # off by default: the audit log keeps keyed HMACs, not content
     enabled = false
     retention_days = 0
 
+    [[public_prefixes]]             # operator-declared prefixes whose KV blocks tenants may share
+    name = "support-system-prompt"
+    text = "You are the support assistant of Example Corp. ..."
+    sha256 = "<hex SHA-256 of text, UTF-8>"   # pins the text: a typo cannot silently share something else
+
+Every other prompt block is private to its tenant (bastion.isolation).
 The tenant of a call always comes from this mapping of the authenticated principal; nothing in a
 request can choose it. A principal that is not listed is refused (PERMISSION_DENIED).
 """
@@ -71,6 +77,12 @@ class TenantPolicy(BaseModel):
     kv_max_blocks: int = Field(default=0, ge=0, le=1 << 30)
     content_logging: ContentLogging = ContentLogging()
 
+    @model_validator(mode="after")
+    def _kv_budget(self) -> TenantPolicy:
+        if self.kv_max_blocks and self.kv_reserved_blocks > self.kv_max_blocks:
+            raise ValueError("kv_reserved_blocks must not exceed kv_max_blocks (0 = no cap)")
+        return self
+
     def allows_model(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, g) for g in self.models)
 
@@ -85,10 +97,24 @@ class PrincipalEntry(BaseModel):
     roles: list[Role] = Field(default=["user"], min_length=1)
 
 
+class PublicPrefix(BaseModel):
+    model_config = _FROZEN
+    name: str = Field(pattern=NAME)
+    text: str = Field(min_length=1, max_length=1 << 20)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _pinned(self) -> PublicPrefix:
+        if hashlib.sha256(self.text.encode("utf-8")).hexdigest() != self.sha256:
+            raise ValueError("sha256 does not match the SHA-256 of text (UTF-8)")
+        return self
+
+
 class PolicyFile(BaseModel):
     model_config = _FROZEN
     principals: list[PrincipalEntry] = Field(default_factory=list, max_length=100_000)
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict, max_length=10_000)
+    public_prefixes: list[PublicPrefix] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyFile:
@@ -104,6 +130,9 @@ class PolicyFile(BaseModel):
             seen.add(p.id)
             if p.tenant not in self.tenants:
                 raise ValueError(f"principals[{i}].tenant: no [tenants.{p.tenant}] section")
+        names = [p.name for p in self.public_prefixes]
+        if len(set(names)) != len(names):
+            raise ValueError("public_prefixes: a name is listed twice")
         return self
 
 
@@ -121,6 +150,7 @@ class TenancyPolicy:
 
     def __init__(self, parsed: PolicyFile, digest: str) -> None:
         self.tenants = dict(parsed.tenants)
+        self.public_prefixes = tuple(parsed.public_prefixes)
         self.digest = digest
         self.principal_count = len(parsed.principals)
         self._by_id = {

@@ -6,8 +6,10 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod blockhash;
 pub mod digest;
 pub mod error;
+pub mod kvbudget;
 pub mod sealed;
 
 pub use error::CoreError;

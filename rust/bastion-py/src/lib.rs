@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod blockhash;
 mod digest;
 mod errors;
+mod kvbudget;
 mod sealed;
 mod wrapper;
 
@@ -23,5 +25,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<digest::Blake3Hasher>()?;
     sealed::register(m)?;
     audit::register(m)?;
+    blockhash::register(m)?;
+    kvbudget::register(m)?;
     Ok(())
 }

@@ -1,0 +1,142 @@
+"""The scheduler half of benchmarks/isolation_bench.py: a real vLLM v1 scheduler without a model
+(bastion.isolation.offline): each step schedules, then reports one sampled token per request."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+import time
+from typing import Any
+
+BLOCK = 16
+_ids = itertools.count()
+
+
+def _tag(tenant: int, public: int = 0, reserved: int = 0, cap: int = 0) -> str:
+    from bastion.isolation.tag import PartitionTag
+
+    return PartitionTag(f"{tenant + 1:064x}", public, reserved, cap).encode()
+
+
+def _request(tokens: list[int], salt: str | None, hasher: Any, max_tokens: int) -> Any:
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.request import Request
+
+    return Request(f"r{next(_ids)}", tokens, SamplingParams(max_tokens=max_tokens, ignore_eos=True), None,
+                   cache_salt=salt, block_hasher=hasher)
+
+
+def _hashers() -> dict[str, Any]:
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+
+    from bastion._native import BlockKeyer
+    from bastion.isolation.block_hasher import make_request_block_hasher
+
+    sha = get_hash_fn_by_name("sha256")
+    init_none_hash(sha)
+    return {"vllm": get_request_block_hasher(BLOCK, sha),
+            "bastion": make_request_block_hasher(BLOCK, BlockKeyer(bytes(range(32))))}
+
+
+def _decode_scheduler(budgets: bool, concurrency: int, hashers: dict[str, Any]) -> Any:
+    """A scheduler with `concurrency` requests of 8 tenants, past their prefill, decoding."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from bastion.isolation.offline import make_scheduler, step
+    from bastion.isolation.scheduler import TenantScheduler
+
+    s = make_scheduler(4096, TenantScheduler if budgets else Scheduler, block_size=BLOCK,
+                       max_num_seqs=concurrency, max_num_batched_tokens=8192, max_model_len=4096)
+    rng = random.Random(0)
+    hasher = hashers["bastion" if budgets else "vllm"]
+    for i in range(concurrency):
+        salt = _tag(i % 8, 0, 16, 1024) if budgets else None
+        s.add_request(_request([rng.randrange(49152) for _ in range(100)], salt, hasher, 10_000))
+    for _ in range(3):
+        step(s)
+    return s
+
+
+def bench_scheduler(quick: bool) -> dict[str, Any]:
+    """Both schedulers side by side, their steps interleaved in random order, so that the machine's noise
+    (this is a shared VM) falls on both alike; CPU time per step, medians."""
+    from bastion.isolation.offline import step
+
+    hashers = _hashers()
+    out: dict[str, Any] = {"what": "scheduler step (schedule + update_from_output), decode, 8 tenants, "
+                                   "CPU time, steps interleaved", "goal_overhead_pct": 2.0, "levels": []}
+    rng = random.Random(2)
+    for c in (64, 128):
+        pair = {False: _decode_scheduler(False, c, hashers), True: _decode_scheduler(True, c, hashers)}
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(400 if quick else 1500):
+            for budgets in rng.sample((False, True), 2):
+                t0 = time.process_time()
+                step(pair[budgets])
+                times[budgets].append(time.process_time() - t0)
+        a, b = sum(times[False]), sum(times[True])
+        pct = 100 * (b - a) / a
+        out["levels"].append({
+            "concurrency": c, "steps": len(times[True]),
+            "vllm_step_us": round(1e6 * a / len(times[False]), 1), "budgets_step_us": round(1e6 * b / len(times[True]), 1),
+            "vllm_median_us": round(1e6 * statistics.median(times[False]), 1),
+            "budgets_median_us": round(1e6 * statistics.median(times[True]), 1),
+            "overhead_pct": round(pct, 2), "goal_met": pct <= 2.0,
+        })
+    return out
+
+
+def _serve_prompts(s: Any, prompts: list[tuple[list[int], str | None]], hasher: Any) -> tuple[int, int]:
+    """Runs the prompts through the scheduler in waves of 8; returns (prompt tokens, cached tokens)."""
+    from bastion.isolation.offline import step
+
+    total = cached = 0
+    for i in range(0, len(prompts), 8):
+        reqs = [_request(t, salt, hasher, 4) for t, salt in prompts[i:i + 8]]
+        for r in reqs:
+            s.add_request(r)
+        hits: dict[str, int] = {}
+        while any(not r.is_finished() for r in reqs):
+            for new in step(s).scheduled_new_reqs:  # computed tokens at admission = prefix-cache hit
+                hits[new.req_id] = new.num_computed_tokens
+        for r in reqs:
+            total += r.num_prompt_tokens
+            cached += hits[r.request_id]
+    return total, cached
+
+
+def bench_prefix_sharing(quick: bool) -> dict[str, Any]:
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from bastion.isolation.offline import make_scheduler
+    from bastion.isolation.scheduler import TenantScheduler
+
+    hashers = _hashers()
+    rng = random.Random(1)
+    n = 48 if quick else 128
+    system = [rng.randrange(49152) for _ in range(512)]  # a shared 512-token system prompt
+    bodies = [[rng.randrange(49152) for _ in range(rng.randrange(40, 200))] for _ in range(n)]
+
+    def run(cls: Any, hasher: Any, salts: list[str | None]) -> tuple[int, int]:
+        s = make_scheduler(2048, cls, block_size=BLOCK, max_num_seqs=16, max_num_batched_tokens=4096,
+                           max_model_len=2048)
+        return _serve_prompts(s, [(system + b, salts[i]) for i, b in enumerate(bodies)], hasher)
+
+    # One tenant: partitioned (bastion) vs vLLM unpartitioned.
+    t_v, c_v = run(Scheduler, hashers["vllm"], [None] * n)
+    t_b, c_b = run(TenantScheduler, hashers["bastion"], [_tag(0)] * n)
+    single = {"requests": n, "vllm_hit_rate": round(c_v / t_v, 4), "bastion_hit_rate": round(c_b / t_b, 4),
+              "ratio": round((c_b / t_b) / (c_v / t_v), 4), "goal_ratio": 0.98,
+              "goal_met": (c_b / t_b) >= 0.98 * (c_v / t_v)}
+    # N tenants sharing the system prompt: declared public vs per-tenant partitions. Prefill tokens
+    # computed (prompt - cached) is what drives time to first token.
+    tenants = 16
+    t_p, c_p = run(TenantScheduler, hashers["bastion"], [_tag(i % tenants, len(system)) for i in range(n)])
+    t_i, c_i = run(TenantScheduler, hashers["bastion"], [_tag(i % tenants) for i in range(n)])
+    shared = {"tenants": tenants, "requests": n, "system_prompt_tokens": len(system),
+              "prefill_tokens_public_prefix": t_p - c_p, "prefill_tokens_per_tenant": t_i - c_i,
+              "hit_rate_public_prefix": round(c_p / t_p, 4), "hit_rate_per_tenant": round(c_i / t_i, 4),
+              "prefill_saved_pct": round(100 * (1 - (t_p - c_p) / (t_i - c_i)), 2)}
+    return {"single_tenant": single, "public_prefix": shared}

@@ -1,0 +1,97 @@
+"""Tenant isolation inside the real engine (SC-4): keyed, typed block hashing partitioned by tenant in the
+EngineCore, operator-declared public prefixes, and the statistical self-audit (bastion audit-isolation)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import PUBLIC_SYSTEM
+
+from bastion.v1 import inference_pb2 as pb
+from bastion.v1 import inference_pb2_grpc
+
+UNDECLARED = " ".join(
+    f"Internal note {i}: client matter {i * 37 % 101} is billed in six-minute units and reviewed quarterly."
+    for i in range(24)
+)  # about 400 tokens, shared by the requests below but not declared public
+
+
+def _cached(live_server, request: pb.GenerateRequest, who: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    with live_server.channel(who) as ch:
+        msgs = list(inference_pb2_grpc.InferenceStub(ch).Generate(request, timeout=180))
+    return msgs[-1].usage.cached_prompt_tokens, msgs[-1].usage.prompt_tokens
+
+
+def _raw(model: str, prompt: str) -> pb.GenerateRequest:
+    return pb.GenerateRequest(model=model, prompt=prompt, sampling=pb.SamplingParams(max_tokens=1))
+
+
+def _chat(model: str, system: str, user: str) -> pb.GenerateRequest:
+    msgs = [pb.ChatMessage(role=pb.ROLE_SYSTEM, content=system), pb.ChatMessage(role=pb.ROLE_USER, content=user)]
+    return pb.GenerateRequest(model=model, conversation=pb.Conversation(messages=msgs),
+                              sampling=pb.SamplingParams(max_tokens=1))
+
+
+def test_a_declared_public_prefix_is_shared_across_tenants(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
+    a_cached, _ = _cached(live_server, _raw(model_name, PUBLIC_SYSTEM + " Where is order 1182?"), "alice")
+    b_cached, b_prompt = _cached(live_server, _raw(model_name, PUBLIC_SYSTEM + " Can I return a lamp?"), "bob")
+    assert a_cached == 0
+    # Bob hits the public blocks alice's request filled: whole blocks of the declared text, nothing after it
+    # (the CPU backend's blocks are 128 tokens; the declared text is about 300).
+    assert b_cached >= 128 and b_cached <= b_prompt - 5
+    # Chat: a conversation opening with the declared system prompt shares the rendered system turn.
+    a_chat, _ = _cached(live_server, _chat(model_name, PUBLIC_SYSTEM, "Hello, my parcel is late."), "alice")
+    b_chat, _ = _cached(live_server, _chat(model_name, PUBLIC_SYSTEM, "Do you ship abroad?"), "bob")
+    assert a_chat == 0 and b_chat >= 128
+
+
+def test_an_undeclared_common_prefix_is_not_shared(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
+    a1, _ = _cached(live_server, _raw(model_name, UNDECLARED + " Summarise the billing rule."), "alice")
+    b, _ = _cached(live_server, _raw(model_name, UNDECLARED + " Summarise the deadline rule."), "bob")
+    a2, _ = _cached(live_server, _raw(model_name, UNDECLARED + " Summarise the conflict rule."), "carol")
+    assert a1 == 0 and b == 0  # another tenant gets nothing
+    assert a2 >= 128  # within tenant A prefix caching keeps working
+
+
+def _key_file(live_server, tmp_path: Path, who: str) -> Path:  # type: ignore[no-untyped-def]
+    f = tmp_path / f"{who}.key"
+    f.write_text(live_server.identity.keys[who])
+    f.chmod(0o600)
+    return f
+
+
+def _audit(live_server, tmp_path: Path, victim: str, other: str) -> tuple[int, dict]:  # type: ignore[no-untyped-def,type-arg]
+    out = tmp_path / f"audit-{victim}-{other}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bastion.cli.main", "audit-isolation", "--target", live_server.target,
+         "--api-key-file", str(_key_file(live_server, tmp_path, victim)),
+         "--other-api-key-file", str(_key_file(live_server, tmp_path, other)),
+         "--samples", "12", "--prompt-words", "400", "--seed", "7", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert out.exists(), proc.stderr[-2000:]
+    return proc.returncode, json.loads(out.read_text())
+
+
+def test_isolation_self_audit_passes_across_tenants(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rc, report = _audit(live_server, tmp_path, "alice", "bob")
+    within, across = report["within_tenant"], report["across_tenants"]
+    print(json.dumps({k: {x: v[x] for x in v if x not in ("hit", "miss")} for k, v in report.items()
+                      if isinstance(v, dict)}, indent=1))
+    assert within["distinguishable"] and within["p_value"] < 0.05  # the audit has power
+    assert within["max_cached_prompt_tokens_hit"] > 0
+    assert not across["distinguishable"] and across["p_value"] > 0.05
+    assert across["max_cached_prompt_tokens_hit"] == 0
+    assert rc == 0 and report["passed"]
+
+
+def test_isolation_self_audit_detects_a_shared_partition(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Control: carol is another principal of alice's tenant, so they share one partition; the same audit
+    must report the sharing (a leak verdict, exit 1)."""
+    rc, report = _audit(live_server, tmp_path, "alice", "carol")
+    across = report["across_tenants"]
+    assert across["distinguishable"] and across["max_cached_prompt_tokens_hit"] > 0
+    assert rc == 1 and not report["passed"] and report["verdict"].startswith("LEAK")

@@ -1,0 +1,63 @@
+"""The self-audit's procedure and statistics (bastion.isolation.self_audit), with simulated servers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bastion.isolation.self_audit import Probe, auc_hit_faster, run_audit, verdict
+
+
+class SimulatedServer:
+    """A prefix cache keyed by (partition, first words): TTFT 0.1 s when the probe's prompt shares the
+    victim's opening words in the same partition, else 0.3 s; small noise."""
+
+    def __init__(self, shared: bool, seed: int = 1) -> None:
+        self.shared = shared
+        self.seen: set[tuple[str, str]] = set()
+        self.rng = random.Random(seed)
+
+    def sender(self, partition: str):  # type: ignore[no-untyped-def]
+        async def send(prompt: str) -> Probe:
+            head = " ".join(prompt.split()[:20])
+            key = ("all" if self.shared else partition, head)
+            hit = key in self.seen
+            self.seen.add(key)
+            return Probe((0.1 if hit else 0.3) + self.rng.uniform(0, 0.02), 128 if hit else 0, 40)
+
+        return send
+
+
+async def test_a_shared_cache_is_detected_and_a_partitioned_one_is_not() -> None:
+    isolated = SimulatedServer(shared=False)
+    within = await run_audit("within", isolated.sender("a"), isolated.sender("a"), samples=20, prompt_words=40, seed=3)
+    across = await run_audit("across", isolated.sender("a"), isolated.sender("b"), samples=20, prompt_words=40, seed=4)
+    assert within.distinguishable and within.p_value < 1e-6 and within.auc == 1.0 and within.cached_in_hits == 128
+    assert not across.distinguishable and across.cached_in_hits == 0
+    assert verdict(within, across)[0] is True
+
+    leaky = SimulatedServer(shared=True)
+    leak = await run_audit("across", leaky.sender("a"), leaky.sender("b"), samples=20, prompt_words=40, seed=5)
+    ok, line = verdict(within, leak)
+    assert not ok and line.startswith("LEAK")
+
+
+async def test_no_power_is_inconclusive_not_a_pass() -> None:
+    flat = SimulatedServer(shared=False)  # the probe never shares the victim's partition: no hits anywhere
+    within = await run_audit("within", flat.sender("a"), flat.sender("c"), samples=10, prompt_words=40, seed=6)
+    across = await run_audit("across", flat.sender("a"), flat.sender("b"), samples=10, prompt_words=40, seed=7)
+    ok, line = verdict(within, across)
+    assert not ok and line.startswith("inconclusive")
+
+
+def test_auc() -> None:
+    assert auc_hit_faster([1, 2], [3, 4]) == 1.0
+    assert auc_hit_faster([3, 4], [1, 2]) == 0.0
+    assert auc_hit_faster([1, 1], [1, 1]) == 0.5
+
+
+async def test_bad_parameters_are_refused() -> None:
+    s = SimulatedServer(shared=False).sender("a")
+    with pytest.raises(ValueError, match="samples"):
+        await run_audit("x", s, s, samples=1, prompt_words=40)
