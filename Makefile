@@ -81,6 +81,7 @@ bench-quick: setup
 	$(BIN)/python benchmarks/serve_bench.py --quick
 	$(BIN)/python benchmarks/security_bench.py --quick
 	$(BIN)/python benchmarks/load_bench.py --quick
+	$(BIN)/python benchmarks/isolation_bench.py --quick
 
 clean:
 	rm -rf $(VENV) target

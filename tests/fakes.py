@@ -40,8 +40,9 @@ class FakeEngine:
         tokenize_error: BaseException | None = None,
         tokenize_delay: float = 0.0,
         stats: EngineStats | None = None,
+        adapters: tuple[str, ...] = (),
     ) -> None:
-        self._info = ModelInfo(name=name, digest=digest, max_context=max_context, device="cpu")
+        self._info = ModelInfo(name=name, digest=digest, max_context=max_context, device="cpu", adapters=adapters)
         self._ready = ready
         self._dead = False
         self.token_delay = token_delay

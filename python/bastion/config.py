@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,6 +132,19 @@ class ModelSettings(BaseModel):
     gpu_memory_utilization: float = Field(default=0.85, gt=0.05, le=0.98)
     tensor_parallel_size: int = Field(default=1, ge=1, le=64)
     seed: int = Field(default=0, ge=0)
+    # LoRA adapters served with the model: name -> adapter directory (PEFT layout). Tenants name them in
+    # GenerateRequest.adapter; their policy's `adapters` globs say which. Not sealed or signed yet: they
+    # need weights.allow_unsealed (development) until that exists.
+    adapters: dict[str, Path] = Field(default_factory=dict, max_length=64)
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, v: dict[str, Path]) -> dict[str, Path]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+                raise ValueError("an adapter name must be 1-64 characters of [A-Za-z0-9._-]")
+        return v
 
 
 class OpenBaoSettings(BaseModel):
@@ -267,6 +281,15 @@ class Settings(BaseSettings):
         if toml_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _adapters_need_unsealed(self) -> Settings:
+        if self.model.adapters and not self.weights.allow_unsealed:
+            raise ValueError(
+                "model.adapters: adapters are not sealed or signed yet; serving them needs "
+                "weights.allow_unsealed = true (development only)"
+            )
+        return self
 
     def redacted(self) -> dict[str, Any]:
         """A loggable view: paths and limits only; no secret values ever live in Settings."""

@@ -70,3 +70,13 @@ def test_metrics_listen_loopback_only() -> None:
     with pytest.raises(ConfigError, match="metrics_listen"):
         load_settings(overrides={"observability": {"metrics_listen": "0.0.0.0:9464"}})
     assert load_settings(overrides={"observability": {"metrics_listen": ""}}).observability.metrics_listen == ""
+
+
+def test_adapters_need_unsealed_weights_until_adapters_are_signed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.adapters: adapters are not sealed or signed yet"):
+        load_settings(overrides={"model": {"adapters": {"support-v1": str(tmp_path)}}})
+    s = load_settings(overrides={"model": {"adapters": {"support-v1": str(tmp_path)}},
+                                 "weights": {"allow_unsealed": True}})
+    assert s.model.adapters == {"support-v1": tmp_path}
+    with pytest.raises(ConfigError, match="adapter name"):
+        load_settings(overrides={"model": {"adapters": {"a/b": str(tmp_path)}}, "weights": {"allow_unsealed": True}})

@@ -30,6 +30,7 @@ class ModelInfo:
     max_context: int
     device: str  # "cpu" | "cuda"
     path: str = ""
+    adapters: tuple[str, ...] = ()  # LoRA adapters served with this model (model.adapters)
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,10 @@ class EngineRequest:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingSpec
-    # The tenant's prefix-cache partition key (bastion.tenancy.partition); set by the server only.
+    # The tenant's partition tag (bastion.isolation.tag); set by the server only.
     cache_salt: str | None = None
+    # A LoRA adapter of this model (ModelInfo.adapters) the tenant's policy allows; None: the base model.
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)

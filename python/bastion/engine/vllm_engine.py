@@ -50,6 +50,8 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
         trust_remote_code=False,
         load_format=load_format,
     )
+    if m.adapters:
+        kwargs.update(enable_lora=True, max_loras=min(len(m.adapters), 8), max_lora_rank=m.max_lora_rank)
     if m.num_kv_blocks is not None:
         kwargs["num_gpu_blocks_override"] = m.num_kv_blocks
     if device == "cuda":
@@ -60,10 +62,11 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
 class VllmEngine:
     """Implements bastion.engine.protocol.Engine over vllm.v1.engine.async_llm.AsyncLLM."""
 
-    def __init__(self, llm: Any, info: ModelInfo, sink: StatsSink) -> None:
+    def __init__(self, llm: Any, info: ModelInfo, sink: StatsSink, adapters: Mapping[str, Any] | None = None) -> None:
         self._llm = llm
         self._info = info
         self._sink = sink
+        self._loras = dict(adapters or {})  # adapter name -> vLLM LoRARequest
         self._tokenizer = llm.get_tokenizer()
         self._stopped = False
 
@@ -116,9 +119,14 @@ class VllmEngine:
             future.add_done_callback(lambda f: f.exception() is None and f.result().shutdown())
             raise
         max_context = int(llm.model_config.max_model_len)
-        info = ModelInfo(name=name, digest=digest, max_context=max_context, device=device, path=model_path)
+        from vllm.lora.request import LoRARequest
+
+        loras = {a: LoRARequest(a, i + 1, str(p)) for i, (a, p) in enumerate(sorted(settings.model.adapters.items()))}
+        info = ModelInfo(
+            name=name, digest=digest, max_context=max_context, device=device, path=model_path, adapters=tuple(loras)
+        )
         log.info("engine ready: model %s (%s) on %s, context %d tokens", name, digest, device, max_context)
-        return cls(llm, info, sink)
+        return cls(llm, info, sink, loras)
 
     @property
     def info(self) -> ModelInfo:
@@ -177,7 +185,8 @@ class VllmEngine:
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
         try:
-            async for out in self._llm.generate(prompt, params, request.request_id):
+            lora = self._loras[request.adapter] if request.adapter else None  # the server checked it exists
+            async for out in self._llm.generate(prompt, params, request.request_id, lora_request=lora):
                 comp = out.outputs[0]
                 ids = tuple(int(t) for t in comp.token_ids)
                 completion_tokens += len(ids)

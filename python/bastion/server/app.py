@@ -270,6 +270,8 @@ async def serve(
             log.error("closing the audit log failed: %s", _one_line(exc))
         if kv_stats is not None:
             shutil.rmtree(kv_stats, ignore_errors=True)
+            os.environ.pop(ENV_STATS_DIR, None)
+            os.environ.pop(block_hasher.ENV_KEY_FILE, None)
         if owns_telemetry:
             telemetry.shutdown()
         log.info("stopped")

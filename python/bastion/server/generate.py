@@ -53,6 +53,7 @@ async def stream_generation(
     telemetry: Telemetry,
     before_final: Callable[[str], Awaitable[None]],
     cache_salt: str | None = None,
+    adapter: str | None = None,
 ) -> str:
     """Streams the generation; returns the finish reason ("stop", "length" or "abort").
 
@@ -61,7 +62,7 @@ async def stream_generation(
     """
     digest = engine.info.digest
     rec.prompt_tokens = len(prompt_token_ids)
-    it = engine.generate(EngineRequest(request_id, tuple(prompt_token_ids), sampling, cache_salt))
+    it = engine.generate(EngineRequest(request_id, tuple(prompt_token_ids), sampling, cache_salt, adapter))
     finished = False
     shutdown = False
     first = True

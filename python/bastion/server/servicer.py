@@ -25,7 +25,7 @@ import grpc
 from bastion.audit.content import ContentStore
 from bastion.config import Settings
 from bastion.engine.protocol import Engine, EnginePool
-from bastion.errors import BastionError, Unavailable
+from bastion.errors import BastionError, NotFound, Unavailable
 from bastion.isolation.public_prefixes import PublicPrefixMatcher
 from bastion.isolation.tag import PartitionTag
 from bastion.observability.logs import request_id_var
@@ -213,9 +213,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 rec.model = spec.input.model
                 prompt = prompt_text(spec.input)
                 self._guard.check_model(caller.assignment, spec.input.model)
+                if spec.adapter is not None:  # the policy first: nothing about others' adapters leaks
+                    self._guard.check_adapter(caller.assignment, spec.adapter)
                 engine = self._engine(spec.input.model)
                 info = engine.info
                 rec.model, rec.digest = info.name, info.digest
+                if spec.adapter is not None and spec.adapter not in info.adapters:
+                    raise NotFound("adapter not found for the model")
                 cap = caller.assignment.limits.max_tokens_per_request
                 if not spec.max_tokens_explicit and spec.sampling.max_tokens > cap:
                     spec = replace(spec, sampling=replace(spec.sampling, max_tokens=cap))
@@ -237,7 +241,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         tag = await self._partition_tag(caller, engine, spec.input, ids)
                         finish = await stream_generation(
                             engine, rid, ids, sampling, context, ticket, rec, self._telemetry, before_final,
-                            tag,
+                            tag, spec.adapter,
                         )
                 log.info(
                     "generate done tenant=%s model=%s client_id=%s prompt_tokens=%d completion_tokens=%d finish=%s",

@@ -8,6 +8,7 @@ fix its request and nothing it sent is reflected back (or into logs through the 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 from bastion.config import LimitSettings
@@ -16,6 +17,8 @@ from bastion.errors import InvalidArgument
 from bastion.server.convert import ROLES
 from bastion.server.ids import CLIENT_REQUEST_ID_RE
 from bastion.v1 import inference_pb2 as pb
+
+ADAPTER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 MAX_TEMPERATURE = 2.0
 MAX_TOP_K = 1000
@@ -43,6 +46,7 @@ class GenerateSpec:
     # False when max_tokens took its default: then it is shortened to fit the context instead of refused.
     max_tokens_explicit: bool
     client_request_id: str
+    adapter: str | None = None
 
 
 def _utf8_len_over(text: str, limit: int) -> bool:
@@ -147,11 +151,22 @@ def validate_client_request_id(value: str, limits: LimitSettings) -> str:
     return value
 
 
+def validate_adapter(value: str) -> str | None:
+    if not value:
+        return None
+    if not ADAPTER_RE.fullmatch(value):
+        raise InvalidArgument("adapter", "must be 1 to 64 characters of [A-Za-z0-9._-]")
+    return value
+
+
 def validate_generate(request: pb.GenerateRequest, limits: LimitSettings) -> GenerateSpec:
     input_spec = validate_input(request, limits)
     sampling, explicit = validate_sampling(request.sampling, limits)
     client_id = validate_client_request_id(request.client_request_id, limits)
-    return GenerateSpec(input=input_spec, sampling=sampling, max_tokens_explicit=explicit, client_request_id=client_id)
+    return GenerateSpec(
+        input=input_spec, sampling=sampling, max_tokens_explicit=explicit, client_request_id=client_id,
+        adapter=validate_adapter(request.adapter),
+    )
 
 
 def fit_context(spec: GenerateSpec, prompt_tokens: int, max_context: int) -> SamplingSpec:
