@@ -1,6 +1,8 @@
 """Type stubs for the Rust extension ``bastion._native`` (import it via ``bastion.digest``)."""
 
 import os
+from array import array
+from collections.abc import Sequence
 from typing import Any
 from typing import final
 
@@ -152,7 +154,7 @@ class BlockKeyer:
     def chain(
         self,
         parent: bytes | None,
-        tokens: list[int],
+        tokens: Sequence[int] | array[int],
         block_size: int,
         public_blocks: int,
         tenant_key: bytes,
@@ -163,7 +165,7 @@ class BlockKeyer:
     def block_key(
         self,
         parent: bytes | None,
-        tokens: list[int],
+        tokens: Sequence[int] | array[int],
         tenant_key: bytes | None,
         adapter: tuple[str, str] | None = None,
         mm: list[tuple[int, bytes]] = ...,

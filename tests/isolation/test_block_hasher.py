@@ -96,3 +96,21 @@ def test_an_unreadable_key_file_stops_the_engine(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv(block_hasher.ENV_KEY_FILE, str(tmp_path / "missing.key"))
     with pytest.raises(ConfigError, match="partition_key_file"):
         block_hasher.install()
+
+
+def test_keyer_takes_lists_and_u32_arrays_alike_and_refuses_bad_ids() -> None:
+    from array import array
+
+    from bastion.errors import InvalidArgument
+
+    k, tenant = BlockKeyer(b"k" * 32), b"t" * 32
+    ids = list(range(40_000, 40_064))
+    assert k.chain(None, ids, BS, 0, tenant) == k.chain(None, array("I", ids), BS, 0, tenant)
+    assert k.block_key(None, ids[:BS], tenant) == k.block_key(None, array("I", ids[:BS]), tenant)
+    for bad in ([1, -2], [2**32], ["x"], array("d", [1.0])):
+        with pytest.raises(InvalidArgument, match="tokens"):
+            k.chain(None, bad, BS, 0, tenant)
+    with pytest.raises(InvalidArgument, match="block_size"):
+        k.chain(None, ids, 0, 0, tenant)
+    with pytest.raises(InvalidArgument, match="tenant_key: must be exactly 32 bytes"):
+        k.chain(None, ids, BS, 0, b"short")

@@ -16,6 +16,7 @@ A request without a valid tag (none is sent by bastion) gets a random partition 
 from __future__ import annotations
 
 import functools
+from array import array
 import hashlib
 import logging
 import os
@@ -63,7 +64,9 @@ def make_request_block_hasher(block_size: int, keyer: BlockKeyer) -> RequestBloc
         end = start + (n - start) // block_size * block_size
         if request.mm_features or request.prompt_embeds is not None:
             return _with_extras(keyer, request, block_size, start, end, parent, tenant, public_left, adapter)
-        return keyer.chain(parent, request.all_token_ids[start:end], block_size, public_left, tenant, adapter)
+        # array("I") converts the ints at C speed and hands Rust a buffer: about twice as fast as a list.
+        tokens = array("I", request.all_token_ids[start:end])
+        return keyer.chain(parent, tokens, block_size, public_left, tenant, adapter)
 
     return request_block_hasher
 
