@@ -42,6 +42,7 @@ def _tag(tenant: int, public: int = 0) -> str:
 
 
 def bench_hashing(n_requests: int, prompt_tokens: int, repeats: int, block: int = BLOCK) -> dict[str, Any]:
+    """The ≥ 5x goal is stated for block size 16 (vLLM's GPU default); other sizes are reported without it."""
     from vllm.sampling_params import SamplingParams
     from vllm.utils.hashing import get_hash_fn_by_name
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
@@ -85,7 +86,7 @@ def bench_hashing(n_requests: int, prompt_tokens: int, repeats: int, block: int 
         "vllm_sha256_ns_per_token": round(vllm_ns, 2), "bastion_ns_per_token": round(ours_ns, 2),
         "speedup": round(statistics.median(ratios), 2) if ratios else None,
         "speedup_per_round_min_max": [round(ratios[0], 2), round(ratios[-1], 2)] if ratios else None,
-        "goal_speedup": 5.0, "goal_met": bool(ratios) and statistics.median(ratios) >= 5.0,
+        **({"goal_speedup": 5.0, "goal_met": bool(ratios) and statistics.median(ratios) >= 5.0} if block == BLOCK else {}),
     }
 
 
