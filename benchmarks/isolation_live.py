@@ -71,6 +71,8 @@ file = "{store}"
 policy_file = "{d / 'tenants.toml'}"
 [audit]
 dir = "{d / 'audit'}"
+[assurance]
+require_attestation = false
 """)
     return cfg, keys
 

@@ -575,6 +575,9 @@ def bastion_toml(cfg: BenchConfig, listen: str, security: str = "") -> str:
         # not weight loading (benchmarks/load_bench.py measures sealed loading).
         "[weights]",
         "allow_unsealed = true",
+        # Serving speed, not the go-live gate: the model is released without an evaluation attestation.
+        "[assurance]",
+        "require_attestation = false",
         "[observability]",
         'metrics_listen = ""',
         "",

@@ -20,6 +20,7 @@ PEOPLE: dict[str, tuple[str | None, list[str]]] = {
     "bob": ("tenant-b", ["user"]),
     "carol": ("tenant-a", ["user"]),
     "mallory": (None, ["user"]),
+    "erin": ("assurance", ["evaluator"]),  # bastion eval's principal
 }
 DEFAULT_TENANT = {
     "models": ["*"],
@@ -46,14 +47,19 @@ class Identity:
             "auth": {"api_keys": {"file": str(self.api_key_store)}},
             "tenancy": {"policy_file": str(self.policy_file)},
             "audit": {"dir": str(audit_dir or self.dir / "audit"), "commit_max_delay_ms": 0.5},
+            # The go-live gate is tested where it is the subject (tests/assurance, tests/e2e/test_assurance.py);
+            # elsewhere models are released without an attestation.
+            "assurance": {"require_attestation": False},
         }
 
-    def toml(self, audit_dir: Path | None = None) -> str:
+    def toml(self, audit_dir: Path | None = None, assurance: str | None = None) -> str:
+        """The [auth]/[tenancy]/[audit] tables and ``assurance`` (an [assurance] table; default: off)."""
         s = self.settings(audit_dir)
         return (
             f'[auth.api_keys]\nfile = "{s["auth"]["api_keys"]["file"]}"\n'
             f'[tenancy]\npolicy_file = "{s["tenancy"]["policy_file"]}"\n'
             f'[audit]\ndir = "{s["audit"]["dir"]}"\ncommit_max_delay_ms = 0.5\n'
+            + (assurance if assurance is not None else "[assurance]\nrequire_attestation = false\n")
         )
 
     def write_policy(
@@ -70,7 +76,7 @@ class Identity:
             lines += ["[[principals]]", f"id = {json.dumps(p['id'])}", f'tenant = "{p["tenant"]}"',
                       f"roles = {json.dumps(p.get('roles', ['user']))}", ""]
         tenants = tenants or {}
-        for t in sorted({"tenant-a", "tenant-b", *tenants}):
+        for t in sorted({"tenant-a", "tenant-b", "assurance", *tenants}):
             lines.append(f'[tenants."{t}"]')
             for k, v in {**DEFAULT_TENANT, **tenants.get(t, {})}.items():
                 lines.append(f"{k} = {_toml_value(v)}")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from bastion.assurance.settings import AssuranceSettings
 from bastion.audit.settings import AuditSettings
 from bastion.auth.settings import AuthSettings
 from bastion.errors import ConfigError
@@ -265,6 +266,7 @@ class Settings(BaseSettings):
     tenancy: TenancySettings = TenancySettings()
     audit: AuditSettings = AuditSettings()
     isolation: IsolationSettings = IsolationSettings()
+    assurance: AssuranceSettings = AssuranceSettings()
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
     @classmethod

@@ -94,9 +94,11 @@ max_num_seqs = 16
 
 
 def launch_server(
-    workdir: Path, extra_env: dict[str, str] | None = None, model_toml: str = DEFAULT_MODEL_TOML
+    workdir: Path, extra_env: dict[str, str] | None = None, model_toml: str = DEFAULT_MODEL_TOML,
+    assurance_toml: str | None = None,
 ) -> LiveServer:
-    """Starts `bastion serve` (a Unix socket in ``workdir``); ``model_toml`` holds its [model]/[weights]."""
+    """Starts `bastion serve` (a Unix socket in ``workdir``); ``model_toml`` holds its [model]/[weights],
+    ``assurance_toml`` its [assurance] table (default: models released without an attestation)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "bastion.sock"
     marker = workdir / "plugin-markers"
@@ -114,7 +116,7 @@ max_inflight_requests = 8
 {model_toml}
 [observability]
 metrics_listen = "127.0.0.1:{port}"
-{identity.toml(audit_dir)}
+{identity.toml(audit_dir, assurance_toml)}
 """
     )
     env = {**os.environ, "BASTION_PLUGIN_MARKER_DIR": str(marker), **(extra_env or {})}
@@ -128,10 +130,11 @@ metrics_listen = "127.0.0.1:{port}"
 
 
 def start_server(
-    workdir: Path, extra_env: dict[str, str] | None = None, model_toml: str = DEFAULT_MODEL_TOML
+    workdir: Path, extra_env: dict[str, str] | None = None, model_toml: str = DEFAULT_MODEL_TOML,
+    assurance_toml: str | None = None,
 ) -> LiveServer:
     """Starts `bastion serve` and waits until health says SERVING."""
-    server = launch_server(workdir, extra_env, model_toml)
+    server = launch_server(workdir, extra_env, model_toml, assurance_toml)
     proc, log_path, target = server.proc, server.log_path, server.target
     sock = workdir / "bastion.sock"
     deadline = time.monotonic() + START_TIMEOUT_S

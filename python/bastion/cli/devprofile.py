@@ -158,6 +158,9 @@ def server_overrides(paths: dict[str, Path]) -> dict[str, Any]:
         }},
         "auth": {"mtls": {"trust_domains": [TRUST_DOMAIN]}, "api_keys": {"file": str(paths["api_keys"])}},
         "tenancy": {"policy_file": str(paths["policy"])},
+        # Development: the default model answers before any evaluation (start-up logs a WARNING).
+        # Production keeps the default: tenants get a model only with a signed PASSED attestation.
+        "assurance": {"require_attestation": False},
     }
 
 

@@ -1,7 +1,7 @@
 """``bastion`` command line: serve, generate, health, models fetch-default; sealed models: keys create,
 seal, verify, inspect, rekey (``bastion.cli.weights``); api-keys issue/revoke/list (``bastion.cli.apikeys``);
 audit verify/keygen (``bastion.cli.audit``); admin (``bastion.cli.admin``); audit-isolation
-(``bastion.cli.isolation``).
+(``bastion.cli.isolation``); eval (``bastion.cli.evaluate``).
 
 Exit codes: 0 success; 1 a failed call or server start; 2 bad usage or configuration (one line on
 stderr, no traceback).
@@ -18,6 +18,7 @@ from typing import Any
 from bastion.cli import admin as admin_cli
 from bastion.cli import apikeys as apikeys_cli
 from bastion.cli import audit as audit_cli
+from bastion.cli import evaluate as evaluate_cli
 from bastion.cli import isolation as isolation_cli
 from bastion.cli import tenants as tenants_cli
 from bastion.cli import weights as weights_cli
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     tenants_cli.add_parsers(sub)
     admin_cli.add_parsers(sub, client_args)
     isolation_cli.add_parsers(sub, client_args)
+    evaluate_cli.add_parsers(sub, client_args)
     return p
 
 
@@ -188,6 +190,7 @@ _COMMANDS = {
     "serve": _cmd_serve, "generate": _cmd_generate, "health": _cmd_health, "models": _cmd_models,
     **weights_cli.COMMANDS, **apikeys_cli.COMMANDS, **audit_cli.COMMANDS, **tenants_cli.COMMANDS, **admin_cli.commands(_channel),
     **isolation_cli.commands(_channel),
+    **evaluate_cli.commands(_channel),
 }
 
 

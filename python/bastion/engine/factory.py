@@ -26,6 +26,7 @@ async def build_pool(settings: Settings) -> EnginePool:
 
     sealed_env = prepared.worker_env() if prepared.sealed else None
     engine = await VllmEngine.start(
-        settings, str(prepared.path), prepared.name, prepared.digest, device, sealed_env=sealed_env
+        settings, str(prepared.path), prepared.name, prepared.digest, device, sealed_env=sealed_env,
+        subject_digest=prepared.oms_digest or "",
     )
     return EnginePool([engine])

@@ -31,6 +31,21 @@ class ModelInfo:
     device: str  # "cpu" | "cuda"
     path: str = ""
     adapters: tuple[str, ...] = ()  # LoRA adapters served with this model (model.adapters)
+    # The OMS subject digest of the model's signature ("sha256:<hex>"); "" for an unsigned model.
+    subject_digest: str = ""
+    # adapter name -> "blake3:<hex>" digest of its directory (the subject of its attestation).
+    adapter_digests: tuple[tuple[str, str], ...] = ()
+
+    def digest_set(self) -> dict[str, str]:
+        """The in-toto digest set that names this model: {"blake3": hex, "sha256": hex (signed only)}."""
+        out = dict([self.digest.split(":", 1)])
+        if self.subject_digest:
+            algo, value = self.subject_digest.split(":", 1)
+            out[algo] = value
+        return out
+
+    def adapter_digest(self, name: str) -> str | None:
+        return dict(self.adapter_digests).get(name)
 
 
 @dataclass(frozen=True)

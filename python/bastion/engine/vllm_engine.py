@@ -80,6 +80,7 @@ class VllmEngine:
         device: Device,
         *,
         sealed_env: Mapping[str, str] | None = None,
+        subject_digest: str = "",
     ) -> VllmEngine:
         """``sealed_env`` (a key provider's ``worker_env()``): the model is sealed; load it with the
         ``bastion`` load format, whose loader finds its key provider through these variables."""
@@ -122,8 +123,12 @@ class VllmEngine:
         from vllm.lora.request import LoRARequest
 
         loras = {a: LoRARequest(a, i + 1, str(p)) for i, (a, p) in enumerate(sorted(settings.model.adapters.items()))}
+        from bastion.digest import digest_dir
+
+        adapter_digests = tuple((a, digest_dir(p).digest) for a, p in sorted(settings.model.adapters.items()))
         info = ModelInfo(
-            name=name, digest=digest, max_context=max_context, device=device, path=model_path, adapters=tuple(loras)
+            name=name, digest=digest, max_context=max_context, device=device, path=model_path, adapters=tuple(loras),
+            subject_digest=subject_digest, adapter_digests=adapter_digests,
         )
         log.info("engine ready: model %s (%s) on %s, context %d tokens", name, digest, device, max_context)
         return cls(llm, info, sink, loras)

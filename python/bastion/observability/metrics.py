@@ -56,6 +56,7 @@ class Metrics:
         self._stats: StatsSource = lambda: ()
         self._tenant_kv: TenantKvSource = lambda: ()
         self._inflight: Callable[[], int] = lambda: 0
+        self._releases: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._http: object | None = None
         self.http_address = ""  # bound HOST:PORT of the scrape endpoint, once started
         m = self._provider.get_meter("bastion.server")
@@ -93,6 +94,10 @@ class Metrics:
         m.create_observable_gauge(
             "bastion_engine_kv_usage_ratio", [self._observe("kv_usage")], "1", "Fraction of KV blocks in use"
         )
+        m.create_observable_gauge(
+            "bastion_model_release", [self._observe_release], "1",
+            "1 for the model's current release state (released, evaluation_only, quarantined)",
+        )
 
         for field, kind, what in (
             ("held", "gauge", "KV blocks held by the tenant's requests"),
@@ -119,6 +124,20 @@ class Metrics:
                 return []
 
         return callback
+
+    def bind_releases(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """(model, release state) pairs: the go-live gate's decisions (bastion.assurance.release)."""
+        self._releases = source
+
+    def _observe_release(self, _options: CallbackOptions) -> Iterable[Observation]:
+        from bastion.assurance.release import EVALUATION_ONLY, QUARANTINED, RELEASED
+
+        try:
+            return [Observation(1 if state == s else 0, {"model": model, "state": s})
+                    for model, state in self._releases() for s in (RELEASED, EVALUATION_ONLY, QUARANTINED)]
+        except Exception:
+            log.debug("release states unavailable", exc_info=True)
+            return []
 
     def bind(self, *, stats: StatsSource, inflight: Callable[[], int]) -> None:
         """Connects the scrape-time gauges to the server state."""

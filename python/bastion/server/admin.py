@@ -1,8 +1,9 @@
 """The ``bastion.v1.Admin`` servicer: reload the tenancy policy, list tenants and usage, revoke API keys,
-model status. The interceptor has already required the "admin" role; every call is audited."""
+model status, reload the security attestations that release models to tenants. The interceptor has already required the "admin" role; every call is audited."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -128,10 +129,34 @@ class AdminServicer(apb_grpc.AdminServicer):
         def status(caller: Caller) -> apb.ModelStatusResponse:
             out = apb.ModelStatusResponse()
             pool = self._state.pool
-            for e in pool.all() if pool is not None else []:
-                state = "dead" if e.is_dead() else "ready" if e.is_ready() else "loading"
-                out.models.add(name=e.info.name, digest=e.info.digest, state=state)
+            out.models.extend(self._model_states())
             return out
 
         return await self._run("ModelStatus", context, status)  # type: ignore[return-value]
+
+    def _model_states(self) -> list[apb.ModelState]:
+        pool, releases = self._state.pool, self._state.releases
+        out = []
+        for e in pool.all() if pool is not None else []:
+            state = "dead" if e.is_dead() else "ready" if e.is_ready() else "loading"
+            rel = releases.release(e.info.name)
+            out.append(apb.ModelState(
+                name=e.info.name, digest=e.info.digest, state=state, release=rel.state,
+                subject_digest=e.info.subject_digest, attestation=rel.attestation,
+            ))
+        return out
+
+    async def ReloadAttestations(
+        self, request: apb.ReloadAttestationsRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ReloadAttestationsResponse:
+        pool = self._state.pool
+        infos = [e.info for e in pool.all()] if pool is not None else []
+        # Verifying signatures reads files: off the event loop, before the audited decision below.
+        files, rejected = await asyncio.to_thread(self._state.releases.reload, infos)
+
+        def reloaded(caller: Caller) -> apb.ReloadAttestationsResponse:
+            log.info("attestations reloaded by %s: %d files, %d rejected", caller.principal.id, files, rejected)
+            return apb.ReloadAttestationsResponse(files=files, rejected=rejected, models=self._model_states())
+
+        return await self._run("ReloadAttestations", context, reloaded)  # type: ignore[return-value]
 

@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from bastion.config import Settings
 from bastion.engine.protocol import EnginePool, EngineStats
+from bastion.assurance.release import ReleaseBook
 from bastion.audit.content import PRUNE_EVERY_S, ContentStore
 from bastion.auth.api_keys import revoke as revoke_api_key
 from bastion.errors import BastionError, ConfigError
@@ -168,8 +169,22 @@ async def serve(
             telemetry.shutdown()
         return 1
     content = security.content
-    state = ServerState(settings, security.guard, security.recorder, content, security.partition)
+    try:
+        releases = ReleaseBook(settings.assurance, settings.cache_dir)
+    except (ConfigError, BastionError, OSError) as exc:  # the accepted probe suites do not verify
+        log.error("cannot start: %s", _one_line(exc))
+        await security.audit.aclose()
+        if owns_telemetry:
+            telemetry.shutdown()
+        return 1
+    if not releases.enforced:
+        log.warning("assurance.require_attestation = false: models are served to tenants WITHOUT a security "
+                    "evaluation attestation (development only)")
+    state = ServerState(settings, security.guard, security.recorder, content, security.partition, releases)
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
+    telemetry.metrics.bind_releases(
+        lambda: [] if state.pool is None else [(e.info.name, releases.release(e.info.name).state) for e in state.pool.all()]
+    )
     signals: list[int] = []
     if stop_event is None:
         stop_event = asyncio.Event()
@@ -236,6 +251,7 @@ async def serve(
         if pool is None:
             return 0
         state.pool = pool
+        await asyncio.to_thread(releases.reload, [e.info for e in pool.all()])
         watchdog = asyncio.ensure_future(health.follow(pool, watchdog_interval))
         if content is not None:
             pruner = asyncio.ensure_future(_prune_content(content, state))

@@ -19,8 +19,13 @@ FINISH_REASONS: dict[str, int] = {
 }
 
 
-def model_info(info: ModelInfo) -> pb.ModelInfo:
-    return pb.ModelInfo(name=info.name, digest=info.digest, max_context=info.max_context, device=info.device)
+def model_info(info: ModelInfo, release: str = "", adapters: list[tuple[str, str, str]] | None = None) -> pb.ModelInfo:
+    """``adapters``: (name, digest, release) of the adapters the caller may use."""
+    return pb.ModelInfo(
+        name=info.name, digest=info.digest, max_context=info.max_context, device=info.device,
+        subject_digest=info.subject_digest, release=release,
+        adapters=[pb.AdapterInfo(name=n, digest=d, release=r) for n, d, r in adapters or ()],
+    )
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int) -> pb.Usage:

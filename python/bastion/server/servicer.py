@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import grpc
 
+from bastion.assurance.release import ReleaseBook
 from bastion.audit.content import ContentStore
 from bastion.config import Settings
 from bastion.engine.protocol import Engine, EnginePool
@@ -54,7 +55,7 @@ class ServerState:
 
     def __init__(
         self, settings: Settings, guard: TenantGuard, recorder: AuditRecorder, content: ContentStore | None = None,
-        partition: PartitionKeys | None = None,
+        partition: PartitionKeys | None = None, releases: ReleaseBook | None = None,
     ) -> None:
         self.settings = settings
         self.pool: EnginePool | None = None
@@ -65,6 +66,8 @@ class ServerState:
         self.content = content
         # Per-tenant prefix-cache partition keys; required to generate (fails closed without).
         self.partition = partition
+        # The go-live gate: which models and adapters tenants may call (bastion.assurance.release).
+        self.releases = releases or ReleaseBook(settings.assurance, settings.cache_dir)
 
 
 def prompt_text(spec: InputSpec) -> str:
@@ -220,6 +223,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 rec.model, rec.digest = info.name, info.digest
                 if spec.adapter is not None and spec.adapter not in info.adapters:
                     raise NotFound("adapter not found for the model")
+                self._state.releases.check(caller.assignment.roles, info.name, spec.adapter)
                 cap = caller.assignment.limits.max_tokens_per_request
                 if not spec.max_tokens_explicit and spec.sampling.max_tokens > cap:
                     spec = replace(spec, sampling=replace(spec.sampling, max_tokens=cap))
@@ -264,6 +268,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 self._guard.check_model(caller.assignment, spec.model)
                 engine = self._engine(spec.model)
                 rec.model, rec.digest = engine.info.name, engine.info.digest
+                self._state.releases.check(caller.assignment.roles, engine.info.name, None)
                 self._guard.take_request(caller.assignment)
                 with self._state.admission.admit(rid, counted=False) as ticket:
                     try:
@@ -292,7 +297,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 self._guard.take_request(caller.assignment)
                 limits = caller.assignment.limits
                 # A tenant sees only the models its policy allows.
-                models = [convert.model_info(e.info) for e in pool.all() if limits.allows_model(e.info.name)]
+                releases = self._state.releases
+                models = [
+                    convert.model_info(
+                        e.info, releases.release(e.info.name).state,
+                        [(a, d, releases.adapter_release(e.info.name, a).state)
+                         for a, d in e.info.adapter_digests if limits.allows_adapter(a)],
+                    )
+                    for e in pool.all() if limits.allows_model(e.info.name)
+                ]
                 await self._audit(caller, rec, grpc.StatusCode.OK)
                 return pb.ListModelsResponse(models=models)
             except Exception as exc:  # noqa: BLE001

@@ -5,7 +5,9 @@ A TOML file (``tenancy.policy_file``), unknown keys refused::
     [[principals]]
     id = "spiffe://prod.example/ns/chat/sa/frontend"   # exact principal id (see bastion.auth.principal)
     tenant = "chat"
-    roles = ["user"]                                    # "user": Inference; "admin": the Admin service
+    roles = ["user"]                                    # "user": Inference; "admin": the Admin service;
+                                                        # "evaluator": Inference, also on models not yet
+                                                        # released (bastion eval, bastion.assurance)
 
     [tenants.chat]
     models = ["smollm2-*"]          # served model names (globs) this tenant may call; none by default
@@ -46,7 +48,7 @@ from bastion.errors import ConfigError
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 NAME = r"^[A-Za-z0-9._-]{1,64}$"
-Role = Literal["user", "admin"]
+Role = Literal["user", "admin", "evaluator"]
 MAX_POLICY_BYTES = 4 << 20
 
 

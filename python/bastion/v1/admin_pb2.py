@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61stion/v1/admin.proto\x12\nbastion.v1\"\x15\n\x13ReloadPolicyRequest\"R\n\x14ReloadPolicyResponse\x12\x15\n\rpolicy_digest\x18\x01 \x01(\t\x12\x0f\n\x07tenants\x18\x02 \x01(\r\x12\x12\n\nprincipals\x18\x03 \x01(\r\"\x14\n\x12ListTenantsRequest\"\xc3\x02\n\x0cTenantStatus\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1e\n\x16max_tokens_per_request\x18\x02 \x01(\r\x12\x1e\n\x16max_concurrent_streams\x18\x03 \x01(\r\x12\x16\n\x0erequests_per_s\x18\x04 \x01(\x01\x12\x16\n\x0etokens_per_min\x18\x05 \x01(\x04\x12\x1a\n\x12kv_reserved_blocks\x18\x06 \x01(\x04\x12\x15\n\rkv_max_blocks\x18\x07 \x01(\x04\x12\x16\n\x0e\x61\x63tive_streams\x18\x08 \x01(\r\x12\x10\n\x08requests\x18\t \x01(\x04\x12\x0e\n\x06\x64\x65nied\x18\n \x01(\x04\x12\x14\n\x0crate_limited\x18\x0b \x01(\x04\x12\x15\n\rprompt_tokens\x18\x0c \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\r \x01(\x04\"W\n\x13ListTenantsResponse\x12\x15\n\rpolicy_digest\x18\x01 \x01(\t\x12)\n\x07tenants\x18\x02 \x03(\x0b\x32\x18.bastion.v1.TenantStatus\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x16\n\x14RevokeApiKeyResponse\"\x14\n\x12ModelStatusRequest\"9\n\nModelState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"=\n\x13ModelStatusResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.bastion.v1.ModelState2\xcd\x02\n\x05\x41\x64min\x12Q\n\x0cReloadPolicy\x12\x1f.bastion.v1.ReloadPolicyRequest\x1a .bastion.v1.ReloadPolicyResponse\x12N\n\x0bListTenants\x12\x1e.bastion.v1.ListTenantsRequest\x1a\x1f.bastion.v1.ListTenantsResponse\x12Q\n\x0cRevokeApiKey\x12\x1f.bastion.v1.RevokeApiKeyRequest\x1a .bastion.v1.RevokeApiKeyResponse\x12N\n\x0bModelStatus\x12\x1e.bastion.v1.ModelStatusRequest\x1a\x1f.bastion.v1.ModelStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61stion/v1/admin.proto\x12\nbastion.v1\"\x15\n\x13ReloadPolicyRequest\"R\n\x14ReloadPolicyResponse\x12\x15\n\rpolicy_digest\x18\x01 \x01(\t\x12\x0f\n\x07tenants\x18\x02 \x01(\r\x12\x12\n\nprincipals\x18\x03 \x01(\r\"\x14\n\x12ListTenantsRequest\"\xc3\x02\n\x0cTenantStatus\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1e\n\x16max_tokens_per_request\x18\x02 \x01(\r\x12\x1e\n\x16max_concurrent_streams\x18\x03 \x01(\r\x12\x16\n\x0erequests_per_s\x18\x04 \x01(\x01\x12\x16\n\x0etokens_per_min\x18\x05 \x01(\x04\x12\x1a\n\x12kv_reserved_blocks\x18\x06 \x01(\x04\x12\x15\n\rkv_max_blocks\x18\x07 \x01(\x04\x12\x16\n\x0e\x61\x63tive_streams\x18\x08 \x01(\r\x12\x10\n\x08requests\x18\t \x01(\x04\x12\x0e\n\x06\x64\x65nied\x18\n \x01(\x04\x12\x14\n\x0crate_limited\x18\x0b \x01(\x04\x12\x15\n\rprompt_tokens\x18\x0c \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\r \x01(\x04\"W\n\x13ListTenantsResponse\x12\x15\n\rpolicy_digest\x18\x01 \x01(\t\x12)\n\x07tenants\x18\x02 \x03(\x0b\x32\x18.bastion.v1.TenantStatus\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x16\n\x14RevokeApiKeyResponse\"\x14\n\x12ModelStatusRequest\"w\n\nModelState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07release\x18\x04 \x01(\t\x12\x16\n\x0esubject_digest\x18\x05 \x01(\t\x12\x13\n\x0b\x61ttestation\x18\x06 \x01(\t\"=\n\x13ModelStatusResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.bastion.v1.ModelState\"\x1b\n\x19ReloadAttestationsRequest\"e\n\x1aReloadAttestationsResponse\x12\r\n\x05\x66iles\x18\x01 \x01(\r\x12\x10\n\x08rejected\x18\x02 \x01(\r\x12&\n\x06models\x18\x03 \x03(\x0b\x32\x16.bastion.v1.ModelState2\xb2\x03\n\x05\x41\x64min\x12Q\n\x0cReloadPolicy\x12\x1f.bastion.v1.ReloadPolicyRequest\x1a .bastion.v1.ReloadPolicyResponse\x12N\n\x0bListTenants\x12\x1e.bastion.v1.ListTenantsRequest\x1a\x1f.bastion.v1.ListTenantsResponse\x12Q\n\x0cRevokeApiKey\x12\x1f.bastion.v1.RevokeApiKeyRequest\x1a .bastion.v1.RevokeApiKeyResponse\x12N\n\x0bModelStatus\x12\x1e.bastion.v1.ModelStatusRequest\x1a\x1f.bastion.v1.ModelStatusResponse\x12\x63\n\x12ReloadAttestations\x12%.bastion.v1.ReloadAttestationsRequest\x1a&.bastion.v1.ReloadAttestationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,9 +48,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSTATUSREQUEST']._serialized_start=645
   _globals['_MODELSTATUSREQUEST']._serialized_end=665
   _globals['_MODELSTATE']._serialized_start=667
-  _globals['_MODELSTATE']._serialized_end=724
-  _globals['_MODELSTATUSRESPONSE']._serialized_start=726
-  _globals['_MODELSTATUSRESPONSE']._serialized_end=787
-  _globals['_ADMIN']._serialized_start=790
-  _globals['_ADMIN']._serialized_end=1123
+  _globals['_MODELSTATE']._serialized_end=786
+  _globals['_MODELSTATUSRESPONSE']._serialized_start=788
+  _globals['_MODELSTATUSRESPONSE']._serialized_end=849
+  _globals['_RELOADATTESTATIONSREQUEST']._serialized_start=851
+  _globals['_RELOADATTESTATIONSREQUEST']._serialized_end=878
+  _globals['_RELOADATTESTATIONSRESPONSE']._serialized_start=880
+  _globals['_RELOADATTESTATIONSRESPONSE']._serialized_end=981
+  _globals['_ADMIN']._serialized_start=984
+  _globals['_ADMIN']._serialized_end=1418
 # @@protoc_insertion_point(module_scope)

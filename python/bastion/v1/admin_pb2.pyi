@@ -77,17 +77,37 @@ class ModelStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelState(_message.Message):
-    __slots__ = ("name", "digest", "state")
+    __slots__ = ("name", "digest", "state", "release", "subject_digest", "attestation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     state: str
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    release: str
+    subject_digest: str
+    attestation: str
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., state: _Optional[str] = ..., release: _Optional[str] = ..., subject_digest: _Optional[str] = ..., attestation: _Optional[str] = ...) -> None: ...
 
 class ModelStatusResponse(_message.Message):
     __slots__ = ("models",)
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelState]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ...) -> None: ...
+
+class ReloadAttestationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadAttestationsResponse(_message.Message):
+    __slots__ = ("files", "rejected", "models")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    files: int
+    rejected: int
+    models: _containers.RepeatedCompositeFieldContainer[ModelState]
+    def __init__(self, files: _Optional[int] = ..., rejected: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class AdminStub:
                 request_serializer=bastion_dot_v1_dot_admin__pb2.ModelStatusRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_admin__pb2.ModelStatusResponse.FromString,
                 _registered_method=True)
+        self.ReloadAttestations = channel.unary_unary(
+                '/bastion.v1.Admin/ReloadAttestations',
+                request_serializer=bastion_dot_v1_dot_admin__pb2.ReloadAttestationsRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_admin__pb2.ReloadAttestationsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -89,6 +94,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadAttestations(self, request, context):
+        """Re-reads assurance.attestations_dir and re-decides which models are released to tenants. An
+        attestation that fails verification is ignored (and counted); a released model whose attestation is
+        gone returns to evaluation-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ModelStatus,
                     request_deserializer=bastion_dot_v1_dot_admin__pb2.ModelStatusRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_admin__pb2.ModelStatusResponse.SerializeToString,
+            ),
+            'ReloadAttestations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadAttestations,
+                    request_deserializer=bastion_dot_v1_dot_admin__pb2.ReloadAttestationsRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_admin__pb2.ReloadAttestationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +240,33 @@ class Admin:
             '/bastion.v1.Admin/ModelStatus',
             bastion_dot_v1_dot_admin__pb2.ModelStatusRequest.SerializeToString,
             bastion_dot_v1_dot_admin__pb2.ModelStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadAttestations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.v1.Admin/ReloadAttestations',
+            bastion_dot_v1_dot_admin__pb2.ReloadAttestationsRequest.SerializeToString,
+            bastion_dot_v1_dot_admin__pb2.ReloadAttestationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -144,16 +144,32 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "digest", "max_context", "device")
+    __slots__ = ("name", "digest", "max_context", "device", "subject_digest", "release", "adapters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     max_context: int
     device: str
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., max_context: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    subject_digest: str
+    release: str
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterInfo]
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., max_context: _Optional[int] = ..., device: _Optional[str] = ..., subject_digest: _Optional[str] = ..., release: _Optional[str] = ..., adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ...) -> None: ...
+
+class AdapterInfo(_message.Message):
+    __slots__ = ("name", "digest", "release")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: str
+    release: str
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., release: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
