@@ -73,6 +73,10 @@ policy_file = "{d / 'tenants.toml'}"
 dir = "{d / 'audit'}"
 [assurance]
 require_attestation = false
+[assurance.drift]
+enabled = false
+[assurance.redteam]
+enabled = false
 """)
     return cfg, keys
 

@@ -163,7 +163,9 @@ def time_to_ready(sealed: bool, workdir: Path) -> float:
         key_id, _ = issue(store, "load-bench")
         policy.write_text(f'[[principals]]\nid = "apikey:{key_id}"\ntenant = "bench"\n[tenants.bench]\nmodels = ["*"]\n')
     security = (f'[auth.api_keys]\nfile = "{store}"\n[tenancy]\npolicy_file = "{policy}"\n'
-                f'[audit]\ndir = "{workdir / "audit"}"\n')
+                f'[audit]\ndir = "{workdir / "audit"}"\n'
+                # Load time only: no drift checks competing for the CPU after start.
+                '[assurance.drift]\nenabled = false\n[assurance.redteam]\nenabled = false\n')
     cfg.write_text(f'[server]\nlisten = "unix:{sock}"\n[model]\n{model}\ncpu_kv_cache_gib = 1\nmax_num_seqs = 16\n'
                    f'{weights}[observability]\nmetrics_listen = ""\n{security}')
     started = time.monotonic()

@@ -176,7 +176,8 @@ async def amain(args: argparse.Namespace) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="security_bench."))
     security, auth = serve_bench.secure_setup(logdir / "secure")
     ports = {m: serve_bench.free_port() for m in ("on", "off")}
-    base = ('[assurance]\nrequire_attestation = false\n[observability]\nmetrics_listen = ""\n'
+    base = ('[assurance]\nrequire_attestation = false\n[assurance.drift]\nenabled = false\n'
+            '[assurance.redteam]\nenabled = false\n[observability]\nmetrics_listen = ""\n'
             '[server]\nmax_inflight_requests = 1024\n')
     (logdir / "on.toml").write_text(security + base + f'listen = "127.0.0.1:{ports["on"]}"\n')
     (logdir / "off.toml").write_text(base + f'listen = "127.0.0.1:{ports["off"]}"\n')

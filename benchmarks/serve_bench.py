@@ -578,6 +578,10 @@ def bastion_toml(cfg: BenchConfig, listen: str, security: str = "") -> str:
         # Serving speed, not the go-live gate: the model is released without an evaluation attestation.
         "[assurance]",
         "require_attestation = false",
+        "[assurance.drift]",
+        "enabled = false",
+        "[assurance.redteam]",
+        "enabled = false",
         "[observability]",
         'metrics_listen = ""',
         "",

@@ -49,7 +49,7 @@ class Identity:
             "audit": {"dir": str(audit_dir or self.dir / "audit"), "commit_max_delay_ms": 0.5},
             # The go-live gate is tested where it is the subject (tests/assurance, tests/e2e/test_assurance.py);
             # elsewhere models are released without an attestation.
-            "assurance": {"require_attestation": False},
+            "assurance": {"require_attestation": False, "redteam": {"enabled": False}},
         }
 
     def toml(self, audit_dir: Path | None = None, assurance: str | None = None) -> str:
@@ -59,7 +59,9 @@ class Identity:
             f'[auth.api_keys]\nfile = "{s["auth"]["api_keys"]["file"]}"\n'
             f'[tenancy]\npolicy_file = "{s["tenancy"]["policy_file"]}"\n'
             f'[audit]\ndir = "{s["audit"]["dir"]}"\ncommit_max_delay_ms = 0.5\n'
-            + (assurance if assurance is not None else "[assurance]\nrequire_attestation = false\n")
+            + (assurance if assurance is not None else
+               f'[assurance]\nrequire_attestation = false\n[assurance.drift]\ndir = "{self.dir / "drift"}"\n'
+               '[assurance.redteam]\nenabled = false\n')
         )
 
     def write_policy(

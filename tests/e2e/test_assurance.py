@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import LiveServer, start_server, stop_server
+from e2e_metrics import gauge
 from identity import bearer_channel
 from perturb import perturbed_copy
 
@@ -98,7 +99,9 @@ def test_unmodified_model_passes_against_its_own_baseline(live_server: LiveServe
 
 
 @pytest.fixture(scope="module")
-def perturbed_server(tmp_path_factory: pytest.TempPathFactory, signer: tuple[Path, Path]) -> LiveServer:
+def perturbed_server(
+    tmp_path_factory: pytest.TempPathFactory, signer: tuple[Path, Path], live_server: LiveServer
+) -> LiveServer:
     from bastion.config import load_settings
     from bastion.models.default import ensure_default_model
 
@@ -107,6 +110,11 @@ def perturbed_server(tmp_path_factory: pytest.TempPathFactory, signer: tuple[Pat
     model = perturbed_copy(plain, d / "model", scale=0.5, seed=7)
     atts = d / "attestations"
     atts.mkdir()
+    # The go-live drift baseline of the unmodified model (taken by the live server at its start).
+    drift = d / "drift"
+    drift.mkdir()
+    baseline_file = live_server.identity.dir / "drift" / f"{MODEL}.baseline.json"
+    (drift / baseline_file.name).write_bytes(baseline_file.read_bytes())
     toml = f"""
 [model]
 source = "{model}"
@@ -117,7 +125,9 @@ max_num_seqs = 16
 allow_unsealed = true
 """
     assurance = (f'[assurance]\nrequire_attestation = true\nattestations_dir = "{atts}"\n'
-                 f'trusted_keys = ["{signer[1]}"]\naccepted_suites = ["ci"]\n')
+                 f'trusted_keys = ["{signer[1]}"]\naccepted_suites = ["ci"]\n'
+                 # Alert only: the gate's steps below need the model out of quarantine.
+                 f'[assurance.drift]\ndir = "{drift}"\nquarantine = false\n[assurance.redteam]\nenabled = false\n')
     server = start_server(d / "srv", model_toml=toml, assurance_toml=assurance)
     yield server
     stop_server(server)
@@ -140,7 +150,29 @@ def _admin(server: LiveServer, call: str) -> object:
         stub = apb_grpc.AdminStub(ch)
         if call == "status":
             return stub.ModelStatus(apb.ModelStatusRequest(), timeout=30)
+        if call == "drift":
+            return stub.CheckDrift(apb.CheckDriftRequest(), timeout=300)
         return stub.ReloadAttestations(apb.ReloadAttestationsRequest(), timeout=60)
+
+
+def _audit_records(server: LiveServer) -> list[dict[str, object]]:
+    out = []
+    for seg in sorted(server.audit_dir.glob("audit-*.jsonl")):
+        for line in seg.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def test_drift_stays_quiet_on_the_same_weights(live_server: LiveServer) -> None:
+    drift = _admin(live_server, "drift").models[0]  # type: ignore[attr-defined]
+    status = _admin(live_server, "status").models[0]  # type: ignore[attr-defined]
+    print(f"drift check on the same weights: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}, "
+          f"noise floor {drift.noise_floor:.3g}, {drift.seconds:.1f} s")
+    assert drift.status == "quiet" and drift.delta <= drift.tolerance and drift.alerts == 0, drift
+    assert drift.baseline_digest == status.digest
 
 
 def test_gate_on_a_perturbed_copy(
@@ -148,6 +180,15 @@ def test_gate_on_a_perturbed_copy(
 ) -> None:
     server = perturbed_server
     atts = Path(server.log_path).parent.parent / "attestations"
+    # Drift: the perturbed copy serves under the name whose go-live baseline is the unmodified model's;
+    # the check at start alarmed (confirmed twice), and an explicit check alarms again.
+    drift = _admin(server, "drift").models[0]  # type: ignore[attr-defined]
+    print(f"drift check on the perturbed copy: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}")
+    assert drift.status == "alert" and drift.alerts >= 2 and drift.delta > 100 * drift.tolerance, drift
+    alerts = [r for r in _audit_records(server) if r.get("event") == "drift"]
+    assert alerts and alerts[0]["decision"] == "alert" and alerts[0]["kind"] == "decision", alerts
+    assert gauge(server.metrics_url, "bastion_drift_alerts_total") >= 2
+    assert "drift ALERT" in server.log_text()
     # Unattested: evaluation-only. Tenants are refused; the evaluator may call it; status says why.
     assert _generate(server, "bob") == grpc.StatusCode.FAILED_PRECONDITION
     assert _generate(server, "erin") == grpc.StatusCode.OK

@@ -40,7 +40,7 @@ def start(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
         "auth": {"api_keys": {"file": str(store)}},
         "tenancy": {"policy_file": str(policy)},
         "audit": {"dir": str(audit), "checkpoint_every_records": 500, "commit_max_delay_ms": 2},
-        "assurance": {"require_attestation": False},  # the audit log under load, not the go-live gate
+        "assurance": {"require_attestation": False, "redteam": {"enabled": False}},  # the audit log under load, not the go-live gate
     }
     (tmp / "cfg.json").write_text(json.dumps(cfg))
     (tmp / "keys.json").write_text(json.dumps(keys))

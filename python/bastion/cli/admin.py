@@ -2,7 +2,8 @@
 
 ``admin tenants`` lists tenants with limits and usage, ``admin reload-policy`` re-reads the tenancy
 policy and API key store, ``admin revoke-key KEY_ID`` revokes an API key, ``admin models`` shows model
-status and release, ``admin reload-attestations`` re-reads the security attestations. Output is JSON. Exit 1 when the call fails (the status and its message on stderr).
+status and release, ``admin reload-attestations`` re-reads the security attestations, ``admin check-drift``
+runs a drift check now. Output is JSON. Exit 1 when the call fails (the status and its message on stderr).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
         ("reload-policy", "re-read the tenancy policy (the running one stays if the new one is bad)"),
         ("models", "served models with digest, state and release (attestation)"),
         ("reload-attestations", "re-read assurance.attestations_dir and re-decide which models are released"),
+        ("check-drift", "run a log-prob drift check now against the go-live baseline"),
     ):
         client_args(asub.add_parser(name, help=text))
     r = asub.add_parser("revoke-key", help="revoke an API key by id")
@@ -51,6 +53,7 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
                 "reload-policy": lambda: stub.ReloadPolicy(apb.ReloadPolicyRequest(), timeout=10),
                 "models": lambda: stub.ModelStatus(apb.ModelStatusRequest(), timeout=10),
                 "reload-attestations": lambda: stub.ReloadAttestations(apb.ReloadAttestationsRequest(), timeout=30),
+                "check-drift": lambda: stub.CheckDrift(apb.CheckDriftRequest(), timeout=300),
                 "revoke-key": lambda: stub.RevokeApiKey(apb.RevokeApiKeyRequest(key_id=args.key_id), timeout=10),
             }
             try:

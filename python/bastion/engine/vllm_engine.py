@@ -213,6 +213,32 @@ class VllmEngine:
             log.debug("engine generate failed: %r", exc)
             raise EngineError(detail=f"engine error: {type(exc).__name__}") from None
 
+    async def prompt_logprobs(self, request_id: str, token_ids: Sequence[int]) -> list[float]:
+        """Teacher-forced log-probabilities: for each position i >= 1, log p(token_i | tokens_<i), read
+        from the engine's own forward pass (prompt_logprobs=0, one output token, prefix cache not read;
+        no cache salt, so the request lands in a partition of its own). For the drift monitor."""
+        from vllm.inputs.engine import tokens_input
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        if self.is_dead():
+            raise Unavailable()
+        params = SamplingParams(
+            n=1, max_tokens=1, temperature=0.0, prompt_logprobs=0, skip_reading_prefix_cache=True,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        ids = [int(t) for t in token_ids]
+        final = None
+        async for out in self._llm.generate(tokens_input(ids), params, request_id):
+            final = out
+        if final is None or final.prompt_logprobs is None:
+            raise EngineError(detail="engine returned no prompt logprobs")
+        values: list[float] = []
+        for tok, entry in zip(ids[1:], final.prompt_logprobs[1:]):
+            if entry is None or tok not in entry:
+                raise EngineError(detail="engine prompt logprobs miss a prompt token")
+            values.append(float(entry[tok].logprob))
+        return values
+
     async def abort(self, request_id: str) -> None:
         if not self.is_dead():
             await self._llm.abort(request_id)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -57,6 +58,8 @@ class Metrics:
         self._tenant_kv: TenantKvSource = lambda: ()
         self._inflight: Callable[[], int] = lambda: 0
         self._releases: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
+        self._drift: Callable[[], Iterable[Any]] = lambda: ()
+        self._redteam: Callable[[], Iterable[Any]] = lambda: ()
         self._http: object | None = None
         self.http_address = ""  # bound HOST:PORT of the scrape endpoint, once started
         m = self._provider.get_meter("bastion.server")
@@ -98,6 +101,21 @@ class Metrics:
             "bastion_model_release", [self._observe_release], "1",
             "1 for the model's current release state (released, evaluation_only, quarantined)",
         )
+        for attr, kind, unit, what in (
+            ("delta", "gauge", "1", "Drift: largest per-canary log-prob change against the go-live baseline (nats/token)"),
+            ("tolerance", "gauge", "1", "Drift: the tolerance the change is held to"),
+            ("checks", "counter", "{check}", "Drift checks run"),
+            ("alerts", "counter", "{alert}", "Confirmed drift alerts"),
+        ):
+            make = m.create_observable_gauge if kind == "gauge" else m.create_observable_counter
+            name = f"bastion_drift_logprob_{attr}" if kind == "gauge" else f"bastion_drift_{attr}"
+            make(name, [self._observe_drift(attr)], unit, what)
+        m.create_observable_counter("bastion_redteam_probes", [self._observe_redteam(0)], "{probe}",
+                                    "Continuous red-team probes run, per family")
+        m.create_observable_counter("bastion_redteam_findings", [self._observe_redteam(1)], "{finding}",
+                                    "Continuous red-team findings (bad outcomes), per family")
+        for attr, what in (("alerts", "Confirmed red-team regressions"), ("deferred", "Red-team batches deferred for tenant traffic")):
+            m.create_observable_counter(f"bastion_redteam_{attr}", [self._observe_redteam_total(attr)], "{event}", what)
 
         for field, kind, what in (
             ("held", "gauge", "KV blocks held by the tenant's requests"),
@@ -121,6 +139,46 @@ class Metrics:
                         for model, tenant, f in self._tenant_kv()]
             except Exception:  # a scrape must never fail because the stats are unreadable
                 log.debug("per-tenant KV stats unavailable", exc_info=True)
+                return []
+
+        return callback
+
+    def bind_drift(self, source: Callable[[], Iterable[Any]]) -> None:
+        """The drift monitors' states (bastion.assurance.drift.DriftState)."""
+        self._drift = source
+
+    def _observe_drift(self, attr: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(float(getattr(s, attr)), {"model": s.model}) for s in self._drift()
+                        if s.status not in ("pending", "error") and getattr(s, attr) != float("inf")]
+            except Exception:
+                log.debug("drift states unavailable", exc_info=True)
+                return []
+
+        return callback
+
+    def bind_redteam(self, source: Callable[[], Iterable[Any]]) -> None:
+        """The red-team schedulers' states (bastion.assurance.redteam.RedTeamState)."""
+        self._redteam = source
+
+    def _observe_redteam(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(counts[index], {"model": s.model, "family": fam})
+                        for s in self._redteam() for fam, counts in s.per_family.items()]
+            except Exception:
+                log.debug("red-team states unavailable", exc_info=True)
+                return []
+
+        return callback
+
+    def _observe_redteam_total(self, attr: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(getattr(s, attr), {"model": s.model}) for s in self._redteam()]
+            except Exception:
+                log.debug("red-team states unavailable", exc_info=True)
                 return []
 
         return callback

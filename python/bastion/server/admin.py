@@ -160,3 +160,26 @@ class AdminServicer(apb_grpc.AdminServicer):
 
         return await self._run("ReloadAttestations", context, reloaded)  # type: ignore[return-value]
 
+
+    async def CheckDrift(self, request: apb.CheckDriftRequest, context: grpc.aio.ServicerContext) -> apb.CheckDriftResponse:
+        monitors = list(self._state.drift.values())
+        results = []
+        error: BastionError | None = None
+        if not self._state.settings.assurance.drift.enabled:
+            error = FailedPrecondition("drift monitoring is off (assurance.drift.enabled = false)")
+        else:
+            for m in monitors:  # before the audited decision: a check runs the engine for seconds
+                try:
+                    results.append(await m.check())
+                except BastionError:
+                    results.append(m.state)
+
+        def report(caller: Caller) -> apb.CheckDriftResponse:
+            if error is not None:
+                raise error
+            return apb.CheckDriftResponse(models=[apb.DriftStatus(
+                model=s.model, status=s.status, delta=s.delta, tolerance=s.tolerance, noise_floor=s.noise_floor,
+                baseline_digest=s.baseline_digest, checks=s.checks, alerts=s.alerts, seconds=s.seconds,
+            ) for s in results])
+
+        return await self._run("CheckDrift", context, report)  # type: ignore[return-value]

@@ -30,11 +30,13 @@ import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from grpc_health.v1 import health_pb2_grpc
 
 from bastion.config import Settings
 from bastion.engine.protocol import EnginePool, EngineStats
+from bastion.assurance.drift import DriftMonitor
 from bastion.assurance.release import ReleaseBook
 from bastion.audit.content import PRUNE_EVERY_S, ContentStore
 from bastion.auth.api_keys import revoke as revoke_api_key
@@ -120,6 +122,53 @@ async def _load_pool(pool_factory: PoolFactory, stop_event: asyncio.Event) -> En
     return None
 
 
+def _start_drift(settings: Settings, state: ServerState, pool: EnginePool) -> list[asyncio.Future[None]]:
+    """A drift monitor per engine that can score log-probs (bastion.assurance.drift)."""
+    if not settings.assurance.drift.enabled:
+        return []
+    tasks = []
+    for engine in pool.all():
+        if not hasattr(engine, "prompt_logprobs"):
+            continue
+
+        async def on_alert(model: str, digest: str, reason: str, action: str) -> None:
+            await state.recorder.alert(event="drift", model=model, model_digest=digest, reason=reason, action=action)
+
+        monitor = DriftMonitor(settings.assurance.drift, settings.cache_dir, engine, state.releases, on_alert)
+        state.drift[engine.info.name] = monitor
+        tasks.append(asyncio.ensure_future(monitor.run()))
+    return tasks
+
+
+def _redteam_baseline(settings: Settings) -> dict[str, Any] | None:
+    rt = settings.assurance.redteam
+    if not rt.enabled or rt.baseline is None:
+        return None
+    from bastion.assurance.report import load_summary
+
+    return load_summary(rt.baseline)  # ConfigError naming the file: a start failure
+
+
+def _start_redteam(
+    settings: Settings, state: ServerState, pool: EnginePool, baseline: dict[str, Any] | None
+) -> list[asyncio.Future[None]]:
+    """A continuous red-team scheduler per engine (bastion.assurance.redteam)."""
+    if not settings.assurance.redteam.enabled:
+        return []
+    from bastion.assurance.redteam import RedTeam
+
+    async def on_event(event: str, model: str, digest: str, reason: str, action: str) -> None:
+        await state.recorder.alert(event=event, model=model, model_digest=digest, reason=reason, action=action)
+
+    tasks = []
+    for engine in pool.all():
+        team = RedTeam(settings.assurance.redteam, engine, state.releases, lambda: state.admission.inflight,
+                       on_event, baseline)
+        state.redteam[engine.info.name] = team
+        tasks.append(asyncio.ensure_future(team.run()))
+    return tasks
+
+
 async def _drain(health: Health, state: ServerState, grace: float) -> None:
     """Refuses new work and lets generations finish within grace; aborts the rest.
 
@@ -171,6 +220,7 @@ async def serve(
     content = security.content
     try:
         releases = ReleaseBook(settings.assurance, settings.cache_dir)
+        redteam_baseline = _redteam_baseline(settings)
     except (ConfigError, BastionError, OSError) as exc:  # the accepted probe suites do not verify
         log.error("cannot start: %s", _one_line(exc))
         await security.audit.aclose()
@@ -182,6 +232,8 @@ async def serve(
                     "evaluation attestation (development only)")
     state = ServerState(settings, security.guard, security.recorder, content, security.partition, releases)
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
+    telemetry.metrics.bind_drift(lambda: [m.state for m in state.drift.values()])
+    telemetry.metrics.bind_redteam(lambda: [t.state for t in state.redteam.values()])
     telemetry.metrics.bind_releases(
         lambda: [] if state.pool is None else [(e.info.name, releases.release(e.info.name).state) for e in state.pool.all()]
     )
@@ -212,6 +264,7 @@ async def serve(
     pool: EnginePool | None = None
     kv_stats: Path | None = None
     watchdog: asyncio.Task[None] | None = None
+    drift_tasks: list[asyncio.Future[None]] = []
     pruner: asyncio.Future[None] | None = None
     started = False
     try:
@@ -252,6 +305,7 @@ async def serve(
             return 0
         state.pool = pool
         await asyncio.to_thread(releases.reload, [e.info for e in pool.all()])
+        drift_tasks = _start_drift(settings, state, pool) + _start_redteam(settings, state, pool, redteam_baseline)
         watchdog = asyncio.ensure_future(health.follow(pool, watchdog_interval))
         if content is not None:
             pruner = asyncio.ensure_future(_prune_content(content, state))
@@ -264,6 +318,8 @@ async def serve(
     finally:
         if watchdog is not None:
             watchdog.cancel()
+        for t in drift_tasks:
+            t.cancel()
         if pruner is not None:
             pruner.cancel()
         if started:

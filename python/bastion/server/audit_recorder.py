@@ -81,6 +81,14 @@ class AuditRecorder:
             fields["model"] = model[:256]
         await self.log.append("decision", fields)
 
+    async def alert(self, *, event: str, model: str, model_digest: str, reason: str, action: str) -> None:
+        """A monitoring alert (drift, red-team finding) and what was done about it ("alert" or
+        "quarantine"), recorded as a decision of the server itself."""
+        await self.log.append("decision", {
+            "principal": "bastion:assurance", "decision": action, "event": event[:128], "model": model[:256],
+            "model_digest": model_digest[:128], "reason": reason[:512],
+        })
+
     async def request(
         self,
         *,

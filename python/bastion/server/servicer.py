@@ -18,10 +18,11 @@ import json
 import logging
 import traceback
 from dataclasses import replace
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
+from bastion.assurance.drift import DriftMonitor
 from bastion.assurance.release import ReleaseBook
 from bastion.audit.content import ContentStore
 from bastion.config import Settings
@@ -68,6 +69,10 @@ class ServerState:
         self.partition = partition
         # The go-live gate: which models and adapters tenants may call (bastion.assurance.release).
         self.releases = releases or ReleaseBook(settings.assurance, settings.cache_dir)
+        # model name -> its drift monitor (bastion.assurance.drift), set once the pool is loaded.
+        self.drift: dict[str, DriftMonitor] = {}
+        # model name -> its continuous red-team scheduler (bastion.assurance.redteam).
+        self.redteam: dict[str, Any] = {}
 
 
 def prompt_text(spec: InputSpec) -> str:

@@ -111,3 +111,35 @@ class ReloadAttestationsResponse(_message.Message):
     rejected: int
     models: _containers.RepeatedCompositeFieldContainer[ModelState]
     def __init__(self, files: _Optional[int] = ..., rejected: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ...) -> None: ...
+
+class CheckDriftRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DriftStatus(_message.Message):
+    __slots__ = ("model", "status", "delta", "tolerance", "noise_floor", "baseline_digest", "checks", "alerts", "seconds")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    status: str
+    delta: float
+    tolerance: float
+    noise_floor: float
+    baseline_digest: str
+    checks: int
+    alerts: int
+    seconds: float
+    def __init__(self, model: _Optional[str] = ..., status: _Optional[str] = ..., delta: _Optional[float] = ..., tolerance: _Optional[float] = ..., noise_floor: _Optional[float] = ..., baseline_digest: _Optional[str] = ..., checks: _Optional[int] = ..., alerts: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class CheckDriftResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[DriftStatus]
+    def __init__(self, models: _Optional[_Iterable[_Union[DriftStatus, _Mapping]]] = ...) -> None: ...

@@ -59,6 +59,11 @@ class AdminStub:
                 request_serializer=bastion_dot_v1_dot_admin__pb2.ReloadAttestationsRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_admin__pb2.ReloadAttestationsResponse.FromString,
                 _registered_method=True)
+        self.CheckDrift = channel.unary_unary(
+                '/bastion.v1.Admin/CheckDrift',
+                request_serializer=bastion_dot_v1_dot_admin__pb2.CheckDriftRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_admin__pb2.CheckDriftResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -103,6 +108,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckDrift(self, request, context):
+        """Runs a drift check now (teacher-forced log-prob canaries against the go-live baseline) on every
+        model and returns the result; a confirmed drift alerts (and quarantines, by policy) as a scheduled
+        check would. FAILED_PRECONDITION when assurance.drift.enabled is false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +144,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ReloadAttestations,
                     request_deserializer=bastion_dot_v1_dot_admin__pb2.ReloadAttestationsRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_admin__pb2.ReloadAttestationsResponse.SerializeToString,
+            ),
+            'CheckDrift': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDrift,
+                    request_deserializer=bastion_dot_v1_dot_admin__pb2.CheckDriftRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_admin__pb2.CheckDriftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +286,33 @@ class Admin:
             '/bastion.v1.Admin/ReloadAttestations',
             bastion_dot_v1_dot_admin__pb2.ReloadAttestationsRequest.SerializeToString,
             bastion_dot_v1_dot_admin__pb2.ReloadAttestationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDrift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.v1.Admin/CheckDrift',
+            bastion_dot_v1_dot_admin__pb2.CheckDriftRequest.SerializeToString,
+            bastion_dot_v1_dot_admin__pb2.CheckDriftResponse.FromString,
             options,
             channel_credentials,
             insecure,
