@@ -181,13 +181,14 @@ def test_gate_on_a_perturbed_copy(
     server = perturbed_server
     atts = Path(server.log_path).parent.parent / "attestations"
     # Drift: the perturbed copy serves under the name whose go-live baseline is the unmodified model's;
-    # the check at start alarmed (confirmed twice), and an explicit check alarms again.
+    # a check (the one at start, or this one when it comes first) alarms, confirmed by a second measurement.
     drift = _admin(server, "drift").models[0]  # type: ignore[attr-defined]
-    print(f"drift check on the perturbed copy: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}")
-    assert drift.status == "alert" and drift.alerts >= 2 and drift.delta > 100 * drift.tolerance, drift
+    print(f"drift check on the perturbed copy: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}, "
+          f"{drift.seconds:.1f} s")
+    assert drift.status == "alert" and drift.alerts >= 1 and drift.delta > 100 * drift.tolerance, drift
     alerts = [r for r in _audit_records(server) if r.get("event") == "drift"]
     assert alerts and alerts[0]["decision"] == "alert" and alerts[0]["kind"] == "decision", alerts
-    assert gauge(server.metrics_url, "bastion_drift_alerts_total") >= 2
+    assert gauge(server.metrics_url, "bastion_drift_alerts_total") >= 1
     assert "drift ALERT" in server.log_text()
     # Unattested: evaluation-only. Tenants are refused; the evaluator may call it; status says why.
     assert _generate(server, "bob") == grpc.StatusCode.FAILED_PRECONDITION

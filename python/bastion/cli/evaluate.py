@@ -68,6 +68,12 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
         if not 1 <= args.concurrency <= 256:
             print("bastion: --concurrency must be 1..256", file=sys.stderr)
             return 2
+        if args.attestations_dir and not args.sign_key:
+            print("bastion: --attestations-dir needs --sign-key (only signed attestations are placed)", file=sys.stderr)
+            return 2
+        if args.sign_key and not os.access(args.sign_key, os.R_OK):  # before a run that can take an hour
+            print(f"bastion: --sign-key {args.sign_key}: not a readable file", file=sys.stderr)
+            return 2
         settings = load_settings(args.config)
         try:
             return asyncio.run(_evaluate(args, lambda: channel_for(args, settings)))
