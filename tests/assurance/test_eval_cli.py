@@ -13,6 +13,7 @@ from bastion.cli.main import main
     (["--attestations-dir", "ATTS"], "--attestations-dir needs --sign-key"),
     (["--sign-key", "MISSING"], "not a readable file"),
     (["--concurrency", "0"], "--concurrency must be 1..256"),
+    (["--adapter", "support-v1"], "--adapter needs --parent"),
 ])
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
     extra = [str(tmp_path / a) if a in ("ATTS", "MISSING") else a for a in extra]

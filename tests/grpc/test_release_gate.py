@@ -34,14 +34,14 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
 
 def _attestation(key: Path, *, result_figures: dict[str, list[bool]], digest: str = FAKE_DIGEST,
-                 profile: str = "ci", adapters: tuple[tuple[str, str], ...] = ()) -> bytes:
+                 profile: str = "ci", adapters: tuple[tuple[str, str], ...] = (), parent: str | None = None) -> bytes:
     suite = load_suite(profile, canary_seed=b"\0" * 32)
     policy = load_gate_policy(GATE / "production.toml")
     decision = decide(family_figures(result_figures), policy)
     statement = build_statement(
         decision=decision, model_name="fake-model", model_digest=digest, adapters=adapters,
         suite_name=suite.name, suite_version=suite.version, suite_digest=suite.digest,
-        report_digest="sha256:" + "00" * 32, evaluator="test", started=NOW, finished=NOW,
+        report_digest="sha256:" + "00" * 32, evaluator="test", started=NOW, finished=NOW, baseline_digest=parent,
     )
     return sign_statement(statement, key)
 
@@ -117,10 +117,15 @@ async def test_only_a_valid_attestation_for_exactly_this_digest_releases_the_mod
         status = (await admin.ModelStatus(apb.ModelStatusRequest(), timeout=5)).models[0]
         assert status.release == "released" and status.digest == FAKE_DIGEST
 
-        # The adapter is a new artefact: refused until an attestation names the model AND the adapter.
+        # The adapter is a new artefact: refused until an attestation names the model AND the adapter, and
+        # records the comparison with its parent (this model) as the baseline.
+        assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.FAILED_PRECONDITION
+        (atts / "adapter-unpaired.intoto.json").write_bytes(
+            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),)))
+        await reload()
         assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.FAILED_PRECONDITION
         (atts / "adapter.intoto.json").write_bytes(
-            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),)))
+            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),), parent=FAKE_DIGEST))
         await reload()
         assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.OK
         listed = (await alice.ListModels(pb.ListModelsRequest(), timeout=5)).models[0]

@@ -7,7 +7,9 @@ A model is *released* while ``assurance.attestations_dir`` holds an attestation 
   - has a subject whose digest set matches the model's exactly: every algorithm the two share has the
     same value, and they share at least one (``blake3`` of the directory served, ``sha256`` OMS digest).
 An adapter is released for a model only by an attestation whose subjects cover both the model and the
-adapter's directory digest: a fine-tune is a new artefact and needs its own evaluation (MS-2.7-008).
+adapter's directory digest and whose baseline is that model (``bastion eval --adapter --parent``: the
+adapted model compared with its parent probe by probe, McNemar): a fine-tune is a new artefact and needs
+its own evaluation (MS-2.7-008).
 
 Otherwise the model is *evaluation-only*: principals with the "evaluator" role may call it (that is how
 ``bastion eval`` produces the attestation), everybody else gets FAILED_PRECONDITION. A model can also be
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from bastion.assurance.attestation import Attestation, verify_attestation
+from bastion.assurance.attestation import Attestation, digests_match, verify_attestation
 from bastion.assurance.settings import AssuranceSettings
 from bastion.engine.protocol import ModelInfo
 from bastion.errors import BastionError, IntegrityError
@@ -57,6 +59,12 @@ class Release:
 
 def _covers(att: Attestation, digest_set: Mapping[str, str]) -> bool:
     return att.covers(None, digest_set)
+
+
+def _parent_is(att: Attestation, digest_set: Mapping[str, str]) -> bool:
+    """The attestation's baseline (the parent an adapter was compared with) is this model."""
+    baseline = att.statement["predicate"]["bastion"].get("baseline")
+    return isinstance(baseline, dict) and digests_match(baseline, digest_set)
 
 
 class ReleaseBook:
@@ -127,8 +135,9 @@ class ReleaseBook:
                 table[m.name] = self._decide(atts, m.digest_set(), "model")
                 for name, digest in m.adapter_digests:
                     algo, value = digest.split(":", 1)
-                    covering = [a for a in atts if _covers(a, m.digest_set())]
-                    adapters[(m.name, name)] = self._decide(covering, {algo: value}, "adapter")
+                    # Evaluated with this model, and compared with it (its parent) probe by probe.
+                    covering = [a for a in atts if _covers(a, m.digest_set()) and _parent_is(a, m.digest_set())]
+                    adapters[(m.name, name)] = self._decide(covering, {algo: value}, "adapter (compared with its parent)")
         with self._lock:
             self._models, self._adapters = table, adapters
         for name, rel in table.items():

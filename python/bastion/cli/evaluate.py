@@ -68,6 +68,10 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
         if not 1 <= args.concurrency <= 256:
             print("bastion: --concurrency must be 1..256", file=sys.stderr)
             return 2
+        if args.adapter and not args.parent:
+            print("bastion: --adapter needs --parent (the base model's summary.json): a fine-tune is compared with "
+                  "its parent probe by probe", file=sys.stderr)
+            return 2
         if args.attestations_dir and not args.sign_key:
             print("bastion: --attestations-dir needs --sign-key (only signed attestations are placed)", file=sys.stderr)
             return 2
@@ -174,7 +178,7 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
     if args.sign_key:
         from bastion.assurance.attestation import build_statement, sign_statement
 
-        reference = baseline or parent
+        reference = parent or baseline
         statement = build_statement(
             decision=decision, model_name=subjects[0][0], model_digest=subjects[0][1], adapters=subjects[1:],
             suite_name=suite.name, suite_version=suite.version, suite_digest=suite.digest,
