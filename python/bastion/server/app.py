@@ -230,6 +230,9 @@ async def serve(
     if not releases.enforced:
         log.warning("assurance.require_attestation = false: models are served to tenants WITHOUT a security "
                     "evaluation attestation (development only)")
+    elif not settings.assurance.trusted_keys:
+        log.warning("assurance.trusted_keys is empty: no attestation can release a model; every model stays "
+                    "evaluation-only (bastion eval needs an evaluator principal)")
     state = ServerState(settings, security.guard, security.recorder, content, security.partition, releases)
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
     telemetry.metrics.bind_drift(lambda: [m.state for m in state.drift.values()])
