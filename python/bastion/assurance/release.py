@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from bastion.assurance.attestation import Attestation, digests_match, verify_attestation
+from bastion.assurance.attestation import MAX_ENVELOPE_BYTES, Attestation, digests_match, verify_attestation
 from bastion.assurance.settings import AssuranceSettings
 from bastion.engine.protocol import ModelInfo
 from bastion.errors import BastionError, IntegrityError
@@ -97,6 +97,8 @@ class ReleaseBook:
         rejected = 0
         for path in files:
             try:
+                if path.stat().st_size > MAX_ENVELOPE_BYTES:  # verify_attestation refuses it too; never read it all
+                    raise IntegrityError(detail=f"over {MAX_ENVELOPE_BYTES} bytes")
                 good.append(verify_attestation(path.read_bytes(), self.settings.trusted_keys))
             except (IntegrityError, OSError) as exc:
                 rejected += 1
