@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
-from isolation_live import wait_serving  # noqa: E402
+from isolation_live import live_config, wait_serving  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 CI_BUDGET_S = 300.0
@@ -45,29 +45,7 @@ def setup(d: Path) -> tuple[Path, str, str]:
         f'[[principals]]\nid = "apikey:{admin_id}"\ntenant = "ops"\nroles = ["admin"]\n\n'
         '[tenants.assurance]\nmodels = ["*"]\nrequests_per_s = 1000.0\nrequest_burst = 1000\n'
         'tokens_per_min = 100000000\ntoken_burst = 10000000\n\n[tenants.ops]\nmodels = []\n')
-    cfg = d / "bastion.toml"
-    cfg.write_text(f"""
-[server]
-listen = "unix:{d / 'bastion.sock'}"
-[model]
-source = "default"
-cpu_kv_cache_gib = 1
-max_num_seqs = 16
-[observability]
-metrics_listen = ""
-[auth.api_keys]
-file = "{store}"
-[tenancy]
-policy_file = "{d / 'tenants.toml'}"
-[audit]
-dir = "{d / 'audit'}"
-[assurance]
-require_attestation = false
-[assurance.drift]
-dir = "{d / 'drift'}"
-[assurance.redteam]
-enabled = false
-""")
+    cfg = live_config(d, store, drift_dir=d / "drift")
     key_file = d / "eval.key"
     key_file.write_text(eval_key)
     key_file.chmod(0o600)

@@ -55,6 +55,14 @@ def setup(d: Path, tenants: int, public: str) -> tuple[Path, list[str]]:
     digest = hashlib.sha256(public.encode()).hexdigest()
     lines += ["[[public_prefixes]]", 'name = "system"', f"text = {json.dumps(public)}", f'sha256 = "{digest}"']
     (d / "tenants.toml").write_text("\n".join(lines) + "\n")
+    cfg = live_config(d, store)
+    return cfg, keys
+
+
+def live_config(d: Path, store: Path, drift_dir: Path | None = None) -> Path:
+    """bastion.toml for a benchmark server in ``d``: the default model on a Unix socket, API keys from ``store``,
+    the policy ``d/tenants.toml``, no go-live gate and no red team; drift checks only with ``drift_dir``."""
+    drift = f'dir = "{drift_dir}"' if drift_dir is not None else "enabled = false"
     cfg = d / "bastion.toml"
     cfg.write_text(f"""
 [server]
@@ -74,11 +82,11 @@ dir = "{d / 'audit'}"
 [assurance]
 require_attestation = false
 [assurance.drift]
-enabled = false
+{drift}
 [assurance.redteam]
 enabled = false
 """)
-    return cfg, keys
+    return cfg
 
 
 def wait_serving(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 900) -> None:
