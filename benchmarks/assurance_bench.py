@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
-from isolation_live import live_config, wait_serving  # noqa: E402
+from isolation_live import live_config, live_server  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 CI_BUDGET_S = 300.0
@@ -94,19 +92,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bastion-assurance-") as tmp:
         d = Path(tmp)
         cfg, key_file, admin_key = setup(d)
-        log = d / "server.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        target = f"unix:{d / 'bastion.sock'}"
-        try:
-            wait_serving(target, proc, log)
+        with live_server(d, cfg) as target:
             ours = run_eval(target, key_file, d / "eval8", 8)
             anchor = run_eval(target, key_file, d / "eval1", 1)
             drift = drift_checks(target, admin_key)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=120)
     worst_drift = max(r["wall_s"] for r in drift)
     res = {
         "benchmark": "assurance_bench", "machine": common.machine_info(),

@@ -12,6 +12,7 @@ benchmarks/results/isolation_live.json. Not part of `make bench-quick` (it needs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,22 @@ enabled = false
     return cfg
 
 
+@contextlib.contextmanager
+def live_server(d: Path, cfg: Path) -> Iterator[str]:
+    """`bastion serve --config cfg` (log in d/server.log) until SERVING; yields its target; SIGTERM at the end."""
+    log = d / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        target = f"unix:{d / 'bastion.sock'}"
+        wait_serving(target, proc, log)
+        yield target
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
 def wait_serving(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 900) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -138,13 +156,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bastion-isolive-") as tmp:
         d = Path(tmp)
         cfg, keys = setup(d, args.tenants, public)
-        log = d / "server.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        target = f"unix:{d / 'bastion.sock'}"
-        try:
-            wait_serving(target, proc, log)
+        with live_server(d, cfg) as target:
             model = "smollm2-135m-instruct"
             ttft(target, keys[0], model, "Warm-up: hello.")
             rows: dict[str, list[tuple[float, int, int]]] = {"public": [], "per_tenant": []}
@@ -152,9 +164,6 @@ def main() -> int:
                 q = f" Question {i}: where is order {1000 + i}?"
                 for kind, system in (("public", public), ("per_tenant", private))[:: 1 if i % 2 else -1]:
                     rows[kind].append(ttft(target, key, model, system + q))
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=120)
 
     def summary(rs: list[tuple[float, int, int]]) -> dict[str, Any]:
         later = rs[1:]  # the first tenant fills the cache in both cases
