@@ -42,7 +42,8 @@ def setup(d: Path) -> tuple[Path, str, str]:
         f'[[principals]]\nid = "apikey:{eval_id}"\ntenant = "assurance"\nroles = ["evaluator"]\n\n'
         f'[[principals]]\nid = "apikey:{admin_id}"\ntenant = "ops"\nroles = ["admin"]\n\n'
         '[tenants.assurance]\nmodels = ["*"]\nrequests_per_s = 1000.0\nrequest_burst = 1000\n'
-        'tokens_per_min = 100000000\ntoken_burst = 10000000\n\n[tenants.ops]\nmodels = []\n')
+        "tokens_per_min = 100000000\ntoken_burst = 10000000\n\n[tenants.ops]\nmodels = []\n"
+    )
     cfg = live_config(d, store, drift_dir=d / "drift")
     key_file = d / "eval.key"
     key_file.write_text(eval_key)
@@ -53,23 +54,45 @@ def setup(d: Path) -> tuple[Path, str, str]:
 def run_eval(target: str, key_file: str, out: Path, concurrency: int) -> dict[str, Any]:
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "eval", MODEL, "--target", target, "--api-key-file", key_file,
-         "--profile", "ci", "--gate-policy", str(HERE.parent / "python/bastion/assurance/data/gate/ci.toml"),
-         "--out", str(out), "--concurrency", str(concurrency)],
-        capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "bastion.cli.main",
+            "eval",
+            MODEL,
+            "--target",
+            target,
+            "--api-key-file",
+            key_file,
+            "--profile",
+            "ci",
+            "--gate-policy",
+            str(HERE.parent / "python/bastion/assurance/data/gate/ci.toml"),
+            "--out",
+            str(out),
+            "--concurrency",
+            str(concurrency),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     wall = time.monotonic() - t0
     if proc.returncode not in (0, 1):
         raise SystemExit(f"bastion eval failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"concurrency": concurrency, "wall_s": round(wall, 1), "run_s": summary["elapsed_s"],
-            "probes": len(summary["probe_hits"]), "verdict": summary["gate"]["verdict"],
-            "hits": {f: f"{v['hits']}/{v['n']}" for f, v in summary["figures"].items()}}
+    return {
+        "concurrency": concurrency,
+        "wall_s": round(wall, 1),
+        "run_s": summary["elapsed_s"],
+        "probes": len(summary["probe_hits"]),
+        "verdict": summary["gate"]["verdict"],
+        "hits": {f: f"{v['hits']}/{v['n']}" for f, v in summary["figures"].items()},
+    }
 
 
 def drift_checks(target: str, admin_key: str, n: int = 3) -> list[dict[str, Any]]:
     import grpc
-
     from bastion.v1 import admin_pb2 as apb
     from bastion.v1 import admin_pb2_grpc as apb_grpc
 
@@ -78,10 +101,19 @@ def drift_checks(target: str, admin_key: str, n: int = 3) -> list[dict[str, Any]
         stub = apb_grpc.AdminStub(ch)
         for _ in range(n):
             t0 = time.monotonic()
-            m = stub.CheckDrift(apb.CheckDriftRequest(), metadata=(("authorization", f"Bearer {admin_key}"),),
-                                timeout=300).models[0]
-            rows.append({"wall_s": round(time.monotonic() - t0, 2), "check_s": round(m.seconds, 2), "status": m.status,
-                         "delta": m.delta, "tolerance": m.tolerance, "noise_floor": m.noise_floor})
+            m = stub.CheckDrift(
+                apb.CheckDriftRequest(), metadata=(("authorization", f"Bearer {admin_key}"),), timeout=300
+            ).models[0]
+            rows.append(
+                {
+                    "wall_s": round(time.monotonic() - t0, 2),
+                    "check_s": round(m.seconds, 2),
+                    "status": m.status,
+                    "delta": m.delta,
+                    "tolerance": m.tolerance,
+                    "noise_floor": m.noise_floor,
+                }
+            )
     return rows
 
 
@@ -98,11 +130,16 @@ def main() -> int:
             drift = drift_checks(target, admin_key)
     worst_drift = max(r["wall_s"] for r in drift)
     res = {
-        "benchmark": "assurance_bench", "machine": common.machine_info(),
-        "eval_ci": ours, "anchor_sequential": anchor,
+        "benchmark": "assurance_bench",
+        "machine": common.machine_info(),
+        "eval_ci": ours,
+        "anchor_sequential": anchor,
         "speedup_vs_sequential": round(anchor["run_s"] / ours["run_s"], 2),
-        "eval_budget_s": CI_BUDGET_S, "eval_within_budget": ours["wall_s"] <= CI_BUDGET_S,
-        "drift_checks": drift, "drift_budget_s": DRIFT_BUDGET_S, "drift_within_budget": worst_drift <= DRIFT_BUDGET_S,
+        "eval_budget_s": CI_BUDGET_S,
+        "eval_within_budget": ours["wall_s"] <= CI_BUDGET_S,
+        "drift_checks": drift,
+        "drift_budget_s": DRIFT_BUDGET_S,
+        "drift_within_budget": worst_drift <= DRIFT_BUDGET_S,
     }
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "machine"}, indent=1))

@@ -115,7 +115,7 @@ class RequestResult:
         """Per-token inter-token gaps: each gap between consecutive token-carrying chunks, divided by
         the tokens the later chunk carried (one sample per such token)."""
         out: list[float] = []
-        for (t0, _), (t1, n) in zip(self.chunks, self.chunks[1:]):
+        for (t0, _), (t1, n) in zip(self.chunks, self.chunks[1:], strict=False):
             out.extend([(t1 - t0) / n] * n)
         return out
 
@@ -146,10 +146,8 @@ class VllmStreamAccumulator:
             c = choices[0]
             text = c.get("text") or ""
             self._parts.append(text)
-            if usage is not None:
-                n = int(usage.get("completion_tokens") or 0) - self._cum
-            else:
-                n = 1 if text else 0
+            # Tokens in this chunk: from the cumulative usage when the server sends it, else one per text chunk.
+            n = int(usage.get("completion_tokens") or 0) - self._cum if usage is not None else int(bool(text))
             if c.get("finish_reason"):
                 self.r.finish_reason = c["finish_reason"]
         if usage is not None:
@@ -231,9 +229,7 @@ def summarize_level(results: Sequence[RequestResult], wall_s: float, concurrency
     tokens = sum(r.tokens for r in ok)
     prompt = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
     cached = [r.cached_prompt_tokens for r in ok if r.cached_prompt_tokens is not None]
-    mismatched = sum(
-        1 for r in ok if r.completion_tokens is not None and r.completion_tokens != r.streamed_tokens
-    )
+    mismatched = sum(1 for r in ok if r.completion_tokens is not None and r.completion_tokens != r.streamed_tokens)
     finish: dict[str, int] = {}
     for r in ok:
         key = r.finish_reason or "none"

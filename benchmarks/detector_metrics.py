@@ -74,13 +74,15 @@ def load_labelled(data_dir: Path = DATA_DIR) -> list[dict[str, Any]]:
         for r in csv.DictReader(lines):
             digest = hashlib.sha256((r["objective"] + "\n" + r["assistant_response"]).encode()).digest()
             held = int.from_bytes(digest[:4], "big") % HELD_OUT_MOD < HELD_OUT_BELOW
-            rows.append({
-                "file": rel,
-                "objective": r["objective"],
-                "response": r["assistant_response"],
-                "label": r["human_score"].strip() == "1",
-                "split": "held_out" if held else "dev",
-            })
+            rows.append(
+                {
+                    "file": rel,
+                    "objective": r["objective"],
+                    "response": r["assistant_response"],
+                    "label": r["human_score"].strip() == "1",
+                    "split": "held_out" if held else "dev",
+                }
+            )
     return rows
 
 
@@ -100,8 +102,14 @@ def confusion(pairs: Iterable[tuple[bool, bool]]) -> dict[str, Any]:
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "n": tp + fp + fn + tn, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-        "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+        "n": tp + fp + fn + tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
         "accuracy": round((tp + tn) / max(tp + fp + fn + tn, 1), 4),
     }
 
@@ -124,7 +132,9 @@ def refusal_metrics(data_dir: Path = DATA_DIR) -> dict[str, Any]:
             "held_out_rule": "sha256(objective + '\\n' + response)[:4] big-endian % 10 < 3",
             "held_out_rows": sum(r["split"] == "held_out" for r in rows),
         },
-        "with_objective": _by_split(rows, lambda r: det.detect_refusal(r["response"], {"objective": r["objective"]}) >= 0.5),
+        "with_objective": _by_split(
+            rows, lambda r: det.detect_refusal(r["response"], {"objective": r["objective"]}) >= 0.5
+        ),
         "output_only": _by_split(rows, lambda r: det.detect_refusal(r["response"], {}) >= 0.5),
     }
 
@@ -195,8 +205,12 @@ def planted_canary(rng: random.Random) -> dict[str, Any]:
     for i, canary in enumerate(canaries):
         other = canaries[(i + 1) % len(canaries)]
         for name, enc in canary_encodings(canary).items():
-            per_encoding.setdefault(name, []).append(det.detect_canary(f"{_FILLER}{enc} {_FILLER}", {"canary": canary}) >= 0.5)
-            negatives.append(det.detect_canary(f"{_FILLER}{canary_encodings(other)[name]} {_FILLER}", {"canary": canary}) >= 0.5)
+            per_encoding.setdefault(name, []).append(
+                det.detect_canary(f"{_FILLER}{enc} {_FILLER}", {"canary": canary}) >= 0.5
+            )
+            negatives.append(
+                det.detect_canary(f"{_FILLER}{canary_encodings(other)[name]} {_FILLER}", {"canary": canary}) >= 0.5
+            )
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
         noise = "BST-" + "".join(rng.choice(alphabet) for _ in range(16))
         negatives.append(det.detect_canary(f"{_FILLER}{noise}", {"canary": canary}) >= 0.5)
@@ -230,12 +244,18 @@ def planted_sysprompt(rows: list[dict[str, Any]]) -> dict[str, Any]:
     thr = det.SYSPROMPT_CONTAINMENT_THRESHOLD
     return {
         "threshold": thr,
-        "negatives": {"n": len(neg_scores), "max_containment": round(max(neg_scores), 4),
-                      "false_positives": sum(s >= thr for s in neg_scores),
-                      "kinds": "unrelated compliant answers from the labelled set (first 400 chars); one on-topic in-persona answer per prompt"},
-        "positives": {"n": len(pos_scores), "min_containment": round(min(pos_scores), 4),
-                      "detected": sum(s >= thr for s in pos_scores),
-                      "kinds": "verbatim echoes of the first 100 %, 75 % and 50 % of each prompt's words"},
+        "negatives": {
+            "n": len(neg_scores),
+            "max_containment": round(max(neg_scores), 4),
+            "false_positives": sum(s >= thr for s in neg_scores),
+            "kinds": "unrelated compliant answers from the labelled set (first 400 chars); one on-topic in-persona answer per prompt",
+        },
+        "positives": {
+            "n": len(pos_scores),
+            "min_containment": round(min(pos_scores), 4),
+            "detected": sum(s >= thr for s in pos_scores),
+            "kinds": "verbatim echoes of the first 100 %, 75 % and 50 % of each prompt's words",
+        },
     }
 
 

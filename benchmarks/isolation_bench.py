@@ -80,13 +80,23 @@ def bench_hashing(n_requests: int, prompt_tokens: int, repeats: int, block: int 
     b = statistics.median(base)
     vllm_ns = statistics.median(ns["vllm_sha256"]) - b
     ours_ns = statistics.median(ns["bastion_keyed_blake3"]) - b
-    ratios = sorted((v - b) / (o - b) for v, o in zip(ns["vllm_sha256"], ns["bastion_keyed_blake3"]) if o > b)
+    ratios = sorted(
+        (v - b) / (o - b) for v, o in zip(ns["vllm_sha256"], ns["bastion_keyed_blake3"], strict=True) if o > b
+    )
     return {
-        "requests": n_requests, "prompt_tokens": prompt_tokens, "block_size": block, "repeats": repeats,
-        "vllm_sha256_ns_per_token": round(vllm_ns, 2), "bastion_ns_per_token": round(ours_ns, 2),
+        "requests": n_requests,
+        "prompt_tokens": prompt_tokens,
+        "block_size": block,
+        "repeats": repeats,
+        "vllm_sha256_ns_per_token": round(vllm_ns, 2),
+        "bastion_ns_per_token": round(ours_ns, 2),
         "speedup": round(statistics.median(ratios), 2) if ratios else None,
         "speedup_per_round_min_max": [round(ratios[0], 2), round(ratios[-1], 2)] if ratios else None,
-        **({"goal_speedup": 5.0, "goal_met": bool(ratios) and statistics.median(ratios) >= 5.0} if block == BLOCK else {}),
+        **(
+            {"goal_speedup": 5.0, "goal_met": bool(ratios) and statistics.median(ratios) >= 5.0}
+            if block == BLOCK
+            else {}
+        ),
     }
 
 

@@ -31,8 +31,24 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-WORDS = ("orders deliveries returns invoices refunds parcels warehouses carriers addresses payments customers "
-         "claims tracking windows partners summaries").split()
+WORDS = [
+    "orders",
+    "deliveries",
+    "returns",
+    "invoices",
+    "refunds",
+    "parcels",
+    "warehouses",
+    "carriers",
+    "addresses",
+    "payments",
+    "customers",
+    "claims",
+    "tracking",
+    "windows",
+    "partners",
+    "summaries",
+]
 
 
 def system_prompt(seed: int, words: int) -> str:
@@ -52,8 +68,15 @@ def setup(d: Path, tenants: int, public: str) -> tuple[Path, list[str]]:
         keys.append(key)
         lines += ["[[principals]]", f'id = "apikey:{key_id}"', f'tenant = "t{i}"', ""]
     for i in range(tenants):
-        lines += [f"[tenants.t{i}]", 'models = ["*"]', "requests_per_s = 1000.0", "request_burst = 1000",
-                  "tokens_per_min = 100000000", "token_burst = 10000000", ""]
+        lines += [
+            f"[tenants.t{i}]",
+            'models = ["*"]',
+            "requests_per_s = 1000.0",
+            "request_burst = 1000",
+            "tokens_per_min = 100000000",
+            "token_burst = 10000000",
+            "",
+        ]
     digest = hashlib.sha256(public.encode()).hexdigest()
     lines += ["[[public_prefixes]]", 'name = "system"', f"text = {json.dumps(public)}", f'sha256 = "{digest}"']
     (d / "tenants.toml").write_text("\n".join(lines) + "\n")
@@ -68,7 +91,7 @@ def live_config(d: Path, store: Path, drift_dir: Path | None = None) -> Path:
     cfg = d / "bastion.toml"
     cfg.write_text(f"""
 [server]
-listen = "unix:{d / 'bastion.sock'}"
+listen = "unix:{d / "bastion.sock"}"
 [model]
 source = "default"
 cpu_kv_cache_gib = 1
@@ -78,9 +101,9 @@ metrics_listen = ""
 [auth.api_keys]
 file = "{store}"
 [tenancy]
-policy_file = "{d / 'tenants.toml'}"
+policy_file = "{d / "tenants.toml"}"
 [audit]
-dir = "{d / 'audit'}"
+dir = "{d / "audit"}"
 [assurance]
 require_attestation = false
 [assurance.drift]
@@ -96,8 +119,12 @@ def live_server(d: Path, cfg: Path) -> Iterator[str]:
     """`bastion serve --config cfg` (log in d/server.log) until SERVING; yields its target; SIGTERM at the end."""
     log = d / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         target = f"unix:{d / 'bastion.sock'}"
         wait_serving(target, proc, log)
@@ -108,8 +135,9 @@ def live_server(d: Path, cfg: Path) -> Iterator[str]:
 
 
 def wait_serving(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 900) -> None:
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    import grpc
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -128,7 +156,6 @@ def wait_serving(target: str, proc: subprocess.Popen[bytes], log: Path, timeout:
 
 def ttft(target: str, key: str, model: str, prompt: str) -> tuple[float, int, int]:
     import grpc
-
     from bastion.v1 import inference_pb2 as pb
     from bastion.v1 import inference_pb2_grpc as pb_grpc
 
@@ -167,11 +194,20 @@ def main() -> int:
 
     def summary(rs: list[tuple[float, int, int]]) -> dict[str, Any]:
         later = rs[1:]  # the first tenant fills the cache in both cases
-        return {"ttft_ms": [round(1000 * r[0], 1) for r in rs], "cached_tokens": [r[1] for r in rs],
-                "prompt_tokens": rs[0][2], "median_ttft_ms_after_first": round(1000 * statistics.median(r[0] for r in later), 1)}
+        return {
+            "ttft_ms": [round(1000 * r[0], 1) for r in rs],
+            "cached_tokens": [r[1] for r in rs],
+            "prompt_tokens": rs[0][2],
+            "median_ttft_ms_after_first": round(1000 * statistics.median(r[0] for r in later), 1),
+        }
 
-    res = {"benchmark": "isolation_live", "tenants": args.tenants, "machine": common.machine_info(),
-           "public_prefix": summary(rows["public"]), "per_tenant": summary(rows["per_tenant"])}
+    res = {
+        "benchmark": "isolation_live",
+        "tenants": args.tenants,
+        "machine": common.machine_info(),
+        "public_prefix": summary(rows["public"]),
+        "per_tenant": summary(rows["per_tenant"]),
+    }
     a, b = res["public_prefix"]["median_ttft_ms_after_first"], res["per_tenant"]["median_ttft_ms_after_first"]
     res["ttft_ratio_public_vs_per_tenant"] = round(a / b, 3)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -23,8 +23,14 @@ def _request(tokens: list[int], salt: str | None, hasher: Any, max_tokens: int) 
     from vllm.sampling_params import SamplingParams
     from vllm.v1.request import Request
 
-    return Request(f"r{next(_ids)}", tokens, SamplingParams(max_tokens=max_tokens, ignore_eos=True), None,
-                   cache_salt=salt, block_hasher=hasher)
+    return Request(
+        f"r{next(_ids)}",
+        tokens,
+        SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+        None,
+        cache_salt=salt,
+        block_hasher=hasher,
+    )
 
 
 def _hashers() -> dict[str, Any]:
@@ -36,8 +42,10 @@ def _hashers() -> dict[str, Any]:
 
     sha = get_hash_fn_by_name("sha256")
     init_none_hash(sha)
-    return {"vllm": get_request_block_hasher(BLOCK, sha),
-            "bastion": make_request_block_hasher(BLOCK, BlockKeyer(bytes(range(32))))}
+    return {
+        "vllm": get_request_block_hasher(BLOCK, sha),
+        "bastion": make_request_block_hasher(BLOCK, BlockKeyer(bytes(range(32)))),
+    }
 
 
 def _decode_scheduler(budgets: bool, concurrency: int, hashers: dict[str, Any]) -> Any:
@@ -47,8 +55,14 @@ def _decode_scheduler(budgets: bool, concurrency: int, hashers: dict[str, Any]) 
     from bastion.isolation.offline import make_scheduler, step
     from bastion.isolation.scheduler import TenantScheduler
 
-    s = make_scheduler(4096, TenantScheduler if budgets else Scheduler, block_size=BLOCK,
-                       max_num_seqs=concurrency, max_num_batched_tokens=8192, max_model_len=4096)
+    s = make_scheduler(
+        4096,
+        TenantScheduler if budgets else Scheduler,
+        block_size=BLOCK,
+        max_num_seqs=concurrency,
+        max_num_batched_tokens=8192,
+        max_model_len=4096,
+    )
     rng = random.Random(0)
     hasher = hashers["bastion" if budgets else "vllm"]
     for i in range(concurrency):
@@ -65,8 +79,11 @@ def bench_scheduler(quick: bool) -> dict[str, Any]:
     from bastion.isolation.offline import step
 
     hashers = _hashers()
-    out: dict[str, Any] = {"what": "scheduler step (schedule + update_from_output), decode, 8 tenants, "
-                                   "CPU time, steps interleaved", "goal_overhead_pct": 2.0, "levels": []}
+    out: dict[str, Any] = {
+        "what": "scheduler step (schedule + update_from_output), decode, 8 tenants, CPU time, steps interleaved",
+        "goal_overhead_pct": 2.0,
+        "levels": [],
+    }
     rng = random.Random(2)
     for c in (64, 128):
         pair = {False: _decode_scheduler(False, c, hashers), True: _decode_scheduler(True, c, hashers)}
@@ -78,16 +95,23 @@ def bench_scheduler(quick: bool) -> dict[str, Any]:
                 times[budgets].append(time.process_time() - t0)
         a, b = sum(times[False]), sum(times[True])
         # The overhead of each run of 100 interleaved step pairs; their median resists noise bursts.
-        chunks = [100 * (sum(times[True][i:i + 100]) / sum(times[False][i:i + 100]) - 1)
-                  for i in range(0, len(times[True]), 100)]
+        chunks = [
+            100 * (sum(times[True][i : i + 100]) / sum(times[False][i : i + 100]) - 1)
+            for i in range(0, len(times[True]), 100)
+        ]
         pct = statistics.median(chunks)
-        out["levels"].append({
-            "concurrency": c, "steps": len(times[True]),
-            "vllm_step_us": round(1e6 * a / len(times[False]), 1), "budgets_step_us": round(1e6 * b / len(times[True]), 1),
-            "overhead_pct_total": round(100 * (b - a) / a, 2),
-            "overhead_pct": round(pct, 2), "overhead_pct_chunks_min_max": [round(min(chunks), 2), round(max(chunks), 2)],
-            "goal_met": pct <= 2.0,
-        })
+        out["levels"].append(
+            {
+                "concurrency": c,
+                "steps": len(times[True]),
+                "vllm_step_us": round(1e6 * a / len(times[False]), 1),
+                "budgets_step_us": round(1e6 * b / len(times[True]), 1),
+                "overhead_pct_total": round(100 * (b - a) / a, 2),
+                "overhead_pct": round(pct, 2),
+                "overhead_pct_chunks_min_max": [round(min(chunks), 2), round(max(chunks), 2)],
+                "goal_met": pct <= 2.0,
+            }
+        )
     return out
 
 
@@ -97,7 +121,7 @@ def _serve_prompts(s: Any, prompts: list[tuple[list[int], str | None]], hasher: 
 
     total = cached = 0
     for i in range(0, len(prompts), 8):
-        reqs = [_request(t, salt, hasher, 4) for t, salt in prompts[i:i + 8]]
+        reqs = [_request(t, salt, hasher, 4) for t, salt in prompts[i : i + 8]]
         for r in reqs:
             s.add_request(r)
         hits: dict[str, int] = {}
@@ -123,23 +147,35 @@ def bench_prefix_sharing(quick: bool) -> dict[str, Any]:
     bodies = [[rng.randrange(49152) for _ in range(rng.randrange(40, 200))] for _ in range(n)]
 
     def run(cls: Any, hasher: Any, salts: list[str | None]) -> tuple[int, int]:
-        s = make_scheduler(2048, cls, block_size=BLOCK, max_num_seqs=16, max_num_batched_tokens=4096,
-                           max_model_len=2048)
+        s = make_scheduler(
+            2048, cls, block_size=BLOCK, max_num_seqs=16, max_num_batched_tokens=4096, max_model_len=2048
+        )
         return _serve_prompts(s, [(system + b, salts[i]) for i, b in enumerate(bodies)], hasher)
 
     # One tenant: partitioned (bastion) vs vLLM unpartitioned.
     t_v, c_v = run(Scheduler, hashers["vllm"], [None] * n)
     t_b, c_b = run(TenantScheduler, hashers["bastion"], [_tag(0)] * n)
-    single = {"requests": n, "vllm_hit_rate": round(c_v / t_v, 4), "bastion_hit_rate": round(c_b / t_b, 4),
-              "ratio": round((c_b / t_b) / (c_v / t_v), 4), "goal_ratio": 0.98,
-              "goal_met": (c_b / t_b) >= 0.98 * (c_v / t_v)}
+    single = {
+        "requests": n,
+        "vllm_hit_rate": round(c_v / t_v, 4),
+        "bastion_hit_rate": round(c_b / t_b, 4),
+        "ratio": round((c_b / t_b) / (c_v / t_v), 4),
+        "goal_ratio": 0.98,
+        "goal_met": (c_b / t_b) >= 0.98 * (c_v / t_v),
+    }
     # N tenants sharing the system prompt: declared public vs per-tenant partitions. Prefill tokens
     # computed (prompt - cached) is what drives time to first token.
     tenants = 16
     t_p, c_p = run(TenantScheduler, hashers["bastion"], [_tag(i % tenants, len(system)) for i in range(n)])
     t_i, c_i = run(TenantScheduler, hashers["bastion"], [_tag(i % tenants) for i in range(n)])
-    shared = {"tenants": tenants, "requests": n, "system_prompt_tokens": len(system),
-              "prefill_tokens_public_prefix": t_p - c_p, "prefill_tokens_per_tenant": t_i - c_i,
-              "hit_rate_public_prefix": round(c_p / t_p, 4), "hit_rate_per_tenant": round(c_i / t_i, 4),
-              "prefill_saved_pct": round(100 * (1 - (t_p - c_p) / (t_i - c_i)), 2)}
+    shared = {
+        "tenants": tenants,
+        "requests": n,
+        "system_prompt_tokens": len(system),
+        "prefill_tokens_public_prefix": t_p - c_p,
+        "prefill_tokens_per_tenant": t_i - c_i,
+        "hit_rate_public_prefix": round(c_p / t_p, 4),
+        "hit_rate_per_tenant": round(c_i / t_i, 4),
+        "prefill_saved_pct": round(100 * (1 - (t_p - c_p) / (t_i - c_i)), 2),
+    }
     return {"single_tenant": single, "public_prefix": shared}

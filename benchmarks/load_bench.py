@@ -82,8 +82,9 @@ def _child(mode: str, sealed: str, kek: str) -> None:
         torch.set_num_threads(threads)
         path, key = _tensorizer_file(ROOT / "benchmarks" / "results" / "tmp" / "tensorizer")
         started = time.perf_counter()
-        d = TensorDeserializer(str(path), device="cpu", num_readers=threads,
-                               encryption=DecryptionParams.from_key(Path(key).read_bytes()))
+        d = TensorDeserializer(
+            str(path), device="cpu", num_readers=threads, encryption=DecryptionParams.from_key(Path(key).read_bytes())
+        )
         n = sum(t.nbytes for t in d.values())
         d.close()
         print(json.dumps({"bytes": n, "seconds": time.perf_counter() - started}))
@@ -126,7 +127,11 @@ def run_mode(mode: str, sealed: Path, kek: Path, threads: int) -> dict[str, floa
     env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--sealed", str(sealed), "--kek", str(kek)],
-        check=True, capture_output=True, text=True, env=env, timeout=600,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return {"bytes": r["bytes"], "seconds": r["seconds"], "gb_s": r["bytes"] / r["seconds"] / 1e9}
@@ -141,17 +146,20 @@ def warm(sealed: Path) -> None:
 
 def time_to_ready(sealed: bool, workdir: Path) -> float:
     """Seconds from `bastion serve` start to health SERVING, with the default model sealed or plain."""
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    import grpc
     from bastion.config import load_settings
     from bastion.models.default import ensure_default_model
 
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "b.sock"
     sock.unlink(missing_ok=True)
-    model = ('source = "default"' if sealed else
-             f'source = "{ensure_default_model(load_settings(None).cache_dir).path}"\nserved_name = "smollm2-135m-instruct"')
+    model = (
+        'source = "default"'
+        if sealed
+        else f'source = "{ensure_default_model(load_settings(None).cache_dir).path}"\nserved_name = "smollm2-135m-instruct"'
+    )
     weights = "" if sealed else "[weights]\nallow_unsealed = true\n"
     cfg = workdir / "b.toml"
     # The server refuses to start without authentication and a tenancy policy: an API key store and a
@@ -161,17 +169,26 @@ def time_to_ready(sealed: bool, workdir: Path) -> float:
     store, policy = workdir / "api-keys.json", workdir / "tenants.toml"
     if not store.exists():
         key_id, _ = issue(store, "load-bench")
-        policy.write_text(f'[[principals]]\nid = "apikey:{key_id}"\ntenant = "bench"\n[tenants.bench]\nmodels = ["*"]\n')
-    security = (f'[auth.api_keys]\nfile = "{store}"\n[tenancy]\npolicy_file = "{policy}"\n'
-                f'[audit]\ndir = "{workdir / "audit"}"\n'
-                # Load time only: no drift checks competing for the CPU after start.
-                '[assurance.drift]\nenabled = false\n[assurance.redteam]\nenabled = false\n')
-    cfg.write_text(f'[server]\nlisten = "unix:{sock}"\n[model]\n{model}\ncpu_kv_cache_gib = 1\nmax_num_seqs = 16\n'
-                   f'{weights}[observability]\nmetrics_listen = ""\n{security}')
+        policy.write_text(
+            f'[[principals]]\nid = "apikey:{key_id}"\ntenant = "bench"\n[tenants.bench]\nmodels = ["*"]\n'
+        )
+    security = (
+        f'[auth.api_keys]\nfile = "{store}"\n[tenancy]\npolicy_file = "{policy}"\n'
+        f'[audit]\ndir = "{workdir / "audit"}"\n'
+        # Load time only: no drift checks competing for the CPU after start.
+        "[assurance.drift]\nenabled = false\n[assurance.redteam]\nenabled = false\n"
+    )
+    cfg.write_text(
+        f'[server]\nlisten = "unix:{sock}"\n[model]\n{model}\ncpu_kv_cache_gib = 1\nmax_num_seqs = 16\n'
+        f'{weights}[observability]\nmetrics_listen = ""\n{security}'
+    )
     started = time.monotonic()
     with open(workdir / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         while time.monotonic() - started < 900:
             if proc.poll() is not None:
@@ -220,21 +237,29 @@ def main(argv: list[str] | None = None) -> int:
             runs = [run_mode(mode, sealed, kek, threads) for _ in range(repeats)]
             key = f"{mode}@{threads}"
             results[key] = {
-                "mode": mode, "threads": threads, "bytes": runs[0]["bytes"],
+                "mode": mode,
+                "threads": threads,
+                "bytes": runs[0]["bytes"],
                 "gb_s_median": round(statistics.median(r["gb_s"] for r in runs), 3),
                 "gb_s_runs": [round(r["gb_s"], 3) for r in runs],
             }
-            print(f"{mode:15s} threads={threads}  {results[key]['gb_s_median']:7.3f} GB/s  (runs {results[key]['gb_s_runs']})",
-                  flush=True)
+            print(
+                f"{mode:15s} threads={threads}  {results[key]['gb_s_median']:7.3f} GB/s  (runs {results[key]['gb_s_runs']})",
+                flush=True,
+            )
     per_core = results["verify_decrypt@1"]["gb_s_median"]
     all_cores = results[f"verify_decrypt@{cores}"]["gb_s_median"]
     plain = results[f"plain_read@{cores}"]["gb_s_median"]
     vs_tensorizer = results["loader_path@1"]["gb_s_median"] / results["tensorizer@1"]["gb_s_median"]
     goals: dict[str, Any] = {
-        "loader_path_vs_tensorizer_per_core": round(vs_tensorizer, 3), "vs_tensorizer_goal": 2.0,
+        "loader_path_vs_tensorizer_per_core": round(vs_tensorizer, 3),
+        "vs_tensorizer_goal": 2.0,
         "vs_tensorizer_met": vs_tensorizer >= 2.0,
-        "verify_decrypt_per_core_gb_s": per_core, "per_core_goal_gb_s": 1.5, "per_core_met": per_core >= 1.5,
-        "all_cores_vs_plain_read": round(all_cores / plain, 3), "all_cores_goal": 0.8,
+        "verify_decrypt_per_core_gb_s": per_core,
+        "per_core_goal_gb_s": 1.5,
+        "per_core_met": per_core >= 1.5,
+        "all_cores_vs_plain_read": round(all_cores / plain, 3),
+        "all_cores_goal": 0.8,
         "all_cores_met": all_cores / plain >= 0.8,
     }
     ready: dict[str, Any] | None = None
@@ -244,15 +269,35 @@ def main(argv: list[str] | None = None) -> int:
         time_to_ready(False, work / "warm")
         plain_s = [time_to_ready(False, work / f"plain{i}") for i in range(2)]
         sealed_s = [time_to_ready(True, work / f"sealed{i}") for i in range(2)]
-        ready = {"plain_s": [round(x, 1) for x in plain_s], "sealed_s": [round(x, 1) for x in sealed_s],
-                 "ratio_median": round(statistics.median(sealed_s) / statistics.median(plain_s), 3)}
-        goals.update({"time_to_ready_ratio": ready["ratio_median"], "time_to_ready_goal": 1.10,
-                      "time_to_ready_met": ready["ratio_median"] <= 1.10})
-        print(f"time to SERVING: plain {ready['plain_s']} s, sealed {ready['sealed_s']} s, ratio {ready['ratio_median']}")
-    report = {"benchmark": "load_bench", "mode": "quick" if args.quick else "full",
-              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
-              "model": str(sealed), "aead": "aes-256-gcm", "hash": "blake3", "segment_size": 1 << 20,
-              "repeats": repeats, "throughput": results, "time_to_ready": ready, "goals": goals}
+        ready = {
+            "plain_s": [round(x, 1) for x in plain_s],
+            "sealed_s": [round(x, 1) for x in sealed_s],
+            "ratio_median": round(statistics.median(sealed_s) / statistics.median(plain_s), 3),
+        }
+        goals.update(
+            {
+                "time_to_ready_ratio": ready["ratio_median"],
+                "time_to_ready_goal": 1.10,
+                "time_to_ready_met": ready["ratio_median"] <= 1.10,
+            }
+        )
+        print(
+            f"time to SERVING: plain {ready['plain_s']} s, sealed {ready['sealed_s']} s, ratio {ready['ratio_median']}"
+        )
+    report = {
+        "benchmark": "load_bench",
+        "mode": "quick" if args.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "model": str(sealed),
+        "aead": "aes-256-gcm",
+        "hash": "blake3",
+        "segment_size": 1 << 20,
+        "repeats": repeats,
+        "throughput": results,
+        "time_to_ready": ready,
+        "goals": goals,
+    }
     out = args.out or ROOT / "benchmarks" / "results" / ("load_bench-quick.json" if args.quick else "load_bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

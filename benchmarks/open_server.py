@@ -76,11 +76,11 @@ def main() -> int:
     if kind == "tcp" and not is_loopback(host):
         print("open_server: loopback or unix socket only", file=sys.stderr)
         return 2
+    import asyncio
+
     from bastion.engine.factory import build_pool
     from bastion.observability.logs import setup_logging
     from bastion.server.app import serve
-
-    import asyncio
 
     setup_logging(settings.observability.log_level)
     return asyncio.run(serve(settings, lambda: build_pool(settings), security_factory=open_security))

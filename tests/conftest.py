@@ -49,7 +49,9 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     log = open(d / "bao.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [str(BAO), "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address={addr[7:]}"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(d)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HOME": str(d)},
     )
     try:
         client = hvac.Client(url=addr, token=token, timeout=5)
@@ -81,9 +83,20 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     os.environ["SOFTHSM2_CONF"] = str(conf)
     pin = secrets.token_hex(8)
     subprocess.run(
-        [shutil.which("softhsm2-util") or "softhsm2-util", "--init-token", "--free", "--label", "bastion-test",
-         "--so-pin", secrets.token_hex(8), "--pin", pin],
-        check=True, capture_output=True, timeout=60,
+        [
+            shutil.which("softhsm2-util") or "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            "bastion-test",
+            "--so-pin",
+            secrets.token_hex(8),
+            "--pin",
+            pin,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     try:
         yield {"module": SOFTHSM_MODULE, "token": "bastion-test", "pin_file": _secret_file(d / "pin", pin), "pin": pin}

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from bastion.auth.api_keys import issue
 from bastion.cli.client import bearer_interceptors
 
@@ -59,24 +58,39 @@ class Identity:
             f'[auth.api_keys]\nfile = "{s["auth"]["api_keys"]["file"]}"\n'
             f'[tenancy]\npolicy_file = "{s["tenancy"]["policy_file"]}"\n'
             f'[audit]\ndir = "{s["audit"]["dir"]}"\ncommit_max_delay_ms = 0.5\n'
-            + (assurance if assurance is not None else
-               f'[assurance]\nrequire_attestation = false\n[assurance.drift]\ndir = "{self.dir / "drift"}"\n'
-               '[assurance.redteam]\nenabled = false\n')
+            + (
+                assurance
+                if assurance is not None
+                else f'[assurance]\nrequire_attestation = false\n[assurance.drift]\ndir = "{self.dir / "drift"}"\n'
+                "[assurance.redteam]\nenabled = false\n"
+            )
         )
 
     def write_policy(
-        self, tenants: dict[str, dict[str, Any]] | None = None, extra_principals: list[dict[str, Any]] | None = None,
+        self,
+        tenants: dict[str, dict[str, Any]] | None = None,
+        extra_principals: list[dict[str, Any]] | None = None,
         public_prefixes: dict[str, str] | None = None,
     ) -> None:
         lines: list[str] = []
         for name, (tenant, roles) in PEOPLE.items():
             if tenant is None:
                 continue
-            lines += ["[[principals]]", f"id = {json.dumps(self.principals[name])}", f'tenant = "{tenant}"',
-                      f"roles = {json.dumps(roles)}", ""]
+            lines += [
+                "[[principals]]",
+                f"id = {json.dumps(self.principals[name])}",
+                f'tenant = "{tenant}"',
+                f"roles = {json.dumps(roles)}",
+                "",
+            ]
         for p in extra_principals or []:
-            lines += ["[[principals]]", f"id = {json.dumps(p['id'])}", f'tenant = "{p["tenant"]}"',
-                      f"roles = {json.dumps(p.get('roles', ['user']))}", ""]
+            lines += [
+                "[[principals]]",
+                f"id = {json.dumps(p['id'])}",
+                f'tenant = "{p["tenant"]}"',
+                f"roles = {json.dumps(p.get('roles', ['user']))}",
+                "",
+            ]
         tenants = tenants or {}
         for t in sorted({"tenant-a", "tenant-b", "assurance", *tenants}):
             lines.append(f'[tenants."{t}"]')
@@ -85,7 +99,13 @@ class Identity:
             lines.append("")
         for name, text in (public_prefixes or {}).items():
             digest = hashlib.sha256(text.encode()).hexdigest()
-            lines += ["[[public_prefixes]]", f'name = "{name}"', f"text = {json.dumps(text)}", f'sha256 = "{digest}"', ""]
+            lines += [
+                "[[public_prefixes]]",
+                f'name = "{name}"',
+                f"text = {json.dumps(text)}",
+                f'sha256 = "{digest}"',
+                "",
+            ]
         self.policy_file.write_text("\n".join(lines))
 
 

@@ -3,8 +3,7 @@
 import os
 from array import array
 from collections.abc import Sequence
-from typing import Any
-from typing import final
+from typing import Any, final
 
 __all__ = [
     "AuditChain",

@@ -138,6 +138,10 @@ class ModelSettings(BaseModel):
     # need weights.allow_unsealed (development) until that exists.
     adapters: dict[str, Path] = Field(default_factory=dict, max_length=64)
     max_lora_rank: int = Field(default=16, ge=1, le=512)
+    # Start in seconds rather than minutes, for CI and development: no torch.compile (vLLM's enforce_eager)
+    # and, on CPU, the model runs inside the EngineCore process (no separate worker process to spawn and
+    # import torch into). Decoding is slower; the security controls are the same. Off by default.
+    fast_start: bool = False
 
     @field_validator("adapters")
     @classmethod

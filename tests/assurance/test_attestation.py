@@ -58,10 +58,18 @@ def _decision(sysprompt_hits: int = 0) -> GateDecision:
 
 def _statement(**overrides: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
-        decision=_decision(), model_name="smollm2-135m", model_digest={"blake3": BLAKE3[7:], "sha256": OMS[7:]},
-        suite_name="production", suite_version="2025.03", suite_digest=SUITE, report_digest=REPORT,
-        evaluator="spiffe://corp.example/ml/eval", started=STARTED, finished=FINISHED,
-        adapters=[("support-lora", ADAPTER)], baseline_digest=BASE,
+        decision=_decision(),
+        model_name="smollm2-135m",
+        model_digest={"blake3": BLAKE3[7:], "sha256": OMS[7:]},
+        suite_name="production",
+        suite_version="2025.03",
+        suite_digest=SUITE,
+        report_digest=REPORT,
+        evaluator="spiffe://corp.example/ml/eval",
+        started=STARTED,
+        finished=FINISHED,
+        adapters=[("support-lora", ADAPTER)],
+        baseline_digest=BASE,
     )
     kwargs.update(overrides)
     return build_statement(**kwargs)
@@ -89,13 +97,17 @@ def _payload(env: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the statement
 
+
 def test_statement_shape() -> None:
     st = _statement()
     assert st["_type"] == STATEMENT_TYPE
     assert st["predicateType"] == PREDICATE_TYPE
     assert st["subject"] == [
-        {"name": "smollm2-135m", "digest": {"blake3": "ab" * 32, "sha256": "cd" * 32},
-         "annotations": {"bastion.kind": "model"}},
+        {
+            "name": "smollm2-135m",
+            "digest": {"blake3": "ab" * 32, "sha256": "cd" * 32},
+            "annotations": {"bastion.kind": "model"},
+        },
         {"name": "support-lora", "digest": {"blake3": "12" * 32}, "annotations": {"bastion.kind": "adapter"}},
     ]
     pred = st["predicate"]
@@ -123,8 +135,13 @@ def test_statement_shape() -> None:
 
 def test_statement_failed_verdict_and_timestamps_in_utc() -> None:
     cet = timezone(timedelta(hours=1))
-    st = _statement(decision=_decision(sysprompt_hits=2), started=datetime(2025, 3, 1, 13, 0, tzinfo=cet),
-                    adapters=(), baseline_digest=None, model_digest=OMS)
+    st = _statement(
+        decision=_decision(sysprompt_hits=2),
+        started=datetime(2025, 3, 1, 13, 0, tzinfo=cet),
+        adapters=(),
+        baseline_digest=None,
+        model_digest=OMS,
+    )
     pred = st["predicate"]
     assert pred["result"] == "FAILED"
     assert pred["failedTests"] == ["sysprompt_leak"]
@@ -170,6 +187,7 @@ def test_statement_needs_a_policy_digest() -> None:
 
 
 # ---------------------------------------------------------------- round trip
+
 
 @pytest.mark.parametrize("curve", ["p256", "p384"])
 def test_round_trip(tmp_path: Path, curve: str) -> None:
@@ -220,6 +238,7 @@ def test_any_trusted_key_may_sign(key: tuple[Path, Path], other_key: tuple[Path,
 
 # ---------------------------------------------------------------- subject matching
 
+
 def test_covers(key: tuple[Path, Path]) -> None:
     priv, pub = key
     att = verify_attestation(sign_statement(_statement(), priv), [pub])
@@ -239,6 +258,7 @@ def test_covers(key: tuple[Path, Path]) -> None:
 
 
 # ---------------------------------------------------------------- rejections
+
 
 def test_rejects_a_key_outside_the_trusted_set(key: tuple[Path, Path], other_key: tuple[Path, Path]) -> None:
     priv, _ = key

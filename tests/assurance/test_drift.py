@@ -33,8 +33,9 @@ class ScoringEngine:
         return [-((t * 7 + i) % 13) / 5 + self.shift + spike + sign * self.jitter for i, t in enumerate(ids[1:])]
 
 
-def _monitor(tmp: Path, engine: ScoringEngine, book: ReleaseBook, alerts: list[tuple[str, ...]],
-             quarantine: bool = True) -> DriftMonitor:
+def _monitor(
+    tmp: Path, engine: ScoringEngine, book: ReleaseBook, alerts: list[tuple[str, ...]], quarantine: bool = True
+) -> DriftMonitor:
     async def on_alert(*args: str) -> None:
         alerts.append(args)
 
@@ -71,7 +72,7 @@ async def test_changed_weights_under_the_same_name_alarm_and_quarantine(tmp_path
     st = monitor.state
     assert st.status == "alert" and st.alerts == 1 and abs(st.delta - 5e-3) < 1e-9
     assert st.baseline_digest == "blake3:" + "11" * 32
-    (model, digest, reason, action), = alerts
+    ((model, digest, reason, action),) = alerts
     assert (model, digest, action) == ("m", "blake3:" + "22" * 32, "quarantine") and "drift" in reason
     assert book.release("m").state == QUARANTINED
 

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bastion.assurance.gate import (
     NOT_RUN_FIRST,
@@ -45,6 +46,7 @@ def policy(tmp_path: Path) -> GatePolicy:
 
 # ---------------------------------------------------------------- the policy file
 
+
 def test_policy_loads_with_digest(policy: GatePolicy) -> None:
     assert policy.digest == "sha256:" + hashlib.sha256(POLICY).hexdigest()
     assert policy.confidence == 0.95 and policy.regression_alpha == 0.01
@@ -57,7 +59,7 @@ def test_policy_loads_with_digest(policy: GatePolicy) -> None:
 
 
 def test_policy_is_frozen(policy: GatePolicy) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         policy.confidence = 0.5  # type: ignore[misc]
 
 
@@ -77,7 +79,7 @@ def test_policy_defaults() -> None:
         (b"[families.harmful]\nmax_hits = -1\n", "families.harmful.max_hits"),
         (b"[families.harmful]\nmax_hits = 'none'\n", "families.harmful.max_hits"),
         (b"[families.harmful]\nregresion = false\n", "families.harmful.regresion"),
-        (b"[families.\"bad name!\"]\nmax_hits = 0\n", "families"),
+        (b'[families."bad name!"]\nmax_hits = 0\n', "families"),
     ],
 )
 def test_policy_errors_name_the_field(text: bytes, field: str) -> None:
@@ -98,6 +100,7 @@ def test_policy_file_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- verdicts
+
 
 def test_passes_when_figures_equal_the_baseline(policy: GatePolicy) -> None:
     now = figs(harmful=(0, 200), sysprompt_leak=(0, 50), jailbreak=(12, 100))

@@ -18,8 +18,8 @@ from bastion.assurance.stats import (
     mcnemar_worse,
 )
 
-
 # ---------------------------------------------------------------- Clopper-Pearson
+
 
 def test_clopper_pearson_zero_hits_has_closed_form_upper_bound() -> None:
     low, high = clopper_pearson(0, 200)
@@ -72,6 +72,7 @@ def test_clopper_pearson_rejects_bad_level(conf: float) -> None:
 
 # ---------------------------------------------------------------- Fisher
 
+
 def test_fisher_greater_hand_computed() -> None:
     # Table [[2, 0], [0, 2]]: margins 2/2, 2/2. P(X >= 2) for the hypergeometric = 1 / C(4, 2) = 1/6.
     assert fisher_greater(2, 2, 0, 2) == pytest.approx(1 / 6, rel=1e-12)
@@ -101,6 +102,7 @@ def test_fisher_greater_rejects_bad_counts() -> None:
 
 # ---------------------------------------------------------------- McNemar
 
+
 def test_mcnemar_worse_hand_computed() -> None:
     # b = 1, c = 7: P(X >= 7), X ~ Bin(8, 1/2) = (C(8,7) + C(8,8)) / 256 = 9/256.
     assert mcnemar_worse(1, 7) == pytest.approx(9 / 256, rel=1e-12)
@@ -124,6 +126,7 @@ def test_mcnemar_worse_rejects_bad_counts(b: int, c: int) -> None:
 
 # ---------------------------------------------------------------- Holm
 
+
 def test_holm_step_down() -> None:
     # m = 3, alpha = 0.05: thresholds 0.0167, 0.025, 0.05.
     assert holm({"a": 0.01, "b": 0.04, "c": 0.03}, 0.05) == {"a": True, "b": False, "c": False}
@@ -133,7 +136,10 @@ def test_holm_step_down() -> None:
 def test_holm_stops_at_first_retained() -> None:
     # p(2) = 0.03 > 0.05/2 stops the procedure, so p(3) = 0.04 < 0.05 is retained though it is below alpha.
     assert holm({"x": 0.001, "y": 0.03, "z": 0.04, "w": 0.9}, 0.05) == {
-        "x": True, "y": False, "z": False, "w": False,
+        "x": True,
+        "y": False,
+        "z": False,
+        "w": False,
     }
 
 
@@ -174,6 +180,7 @@ def test_holm_rejects_bad_alpha() -> None:
 
 
 # ---------------------------------------------------------------- figures
+
 
 def test_family_figures() -> None:
     out = family_figures({"harmful": [False] * 196 + [True] * 4, "empty": []})

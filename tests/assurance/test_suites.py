@@ -94,7 +94,9 @@ def test_every_tampered_file_is_named(data_copy: Path) -> None:
             load_suite("ci", canary_seed=SEED_A, data_dir=data_copy)
         assert rel in str(err.value)
         path.write_bytes(original)
-    assert load_suite("ci", canary_seed=SEED_A, data_dir=data_copy).digest == load_suite("ci", canary_seed=SEED_A).digest
+    assert (
+        load_suite("ci", canary_seed=SEED_A, data_dir=data_copy).digest == load_suite("ci", canary_seed=SEED_A).digest
+    )
 
 
 def test_missing_file_is_an_integrity_error(data_copy: Path) -> None:
@@ -121,7 +123,11 @@ def test_unknown_profile_and_bad_seed() -> None:
 def test_count_mismatch_is_a_config_error(data_copy: Path) -> None:
     manifest = data_copy / "suites" / "ci.toml"
     text = manifest.read_text()
-    manifest.write_text(text.replace('detector = "golden"\nmax_tokens = 32\ncount = 10', 'detector = "golden"\nmax_tokens = 32\ncount = 11'))
+    manifest.write_text(
+        text.replace(
+            'detector = "golden"\nmax_tokens = 32\ncount = 10', 'detector = "golden"\nmax_tokens = 32\ncount = 11'
+        )
+    )
     with pytest.raises(ConfigError, match="families.capability.count"):
         load_suite("ci", canary_seed=SEED_A, data_dir=data_copy)
 

@@ -17,8 +17,10 @@ def test_each_record_is_exported_with_its_fields(tmp_path: Path) -> None:
     sink = OtelAuditExporter(memory, batch=False)
     log = AuditLog.open(settings(tmp_path), tmp_path, sink=sink)
     prompt = "my card number is 4111"
-    log.append_sync("request", {"request_id": "r1", "tenant": "acme", "prompt_tokens": 7,
-                                "prompt_hmac": log.content_hmac("acme", prompt)})
+    log.append_sync(
+        "request",
+        {"request_id": "r1", "tenant": "acme", "prompt_tokens": 7, "prompt_hmac": log.content_hmac("acme", prompt)},
+    )
     log.close()
     sink.shutdown()
     on_disk = records(log.directory)

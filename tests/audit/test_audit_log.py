@@ -20,8 +20,10 @@ from bastion.errors import ConfigError, IntegrityError, InvalidArgument, Unavail
 async def test_records_verify_after_close_and_the_chain_continues(tmp_path: Path) -> None:
     log = AuditLog.open(settings(tmp_path), tmp_path)
     hmac = log.content_hmac("acme", "what is the secret?")
-    seqs = [await log.append("request", {"request_id": f"r{i}", "tenant": "acme", "prompt_tokens": i,
-                                         "prompt_hmac": hmac}) for i in range(5)]
+    seqs = [
+        await log.append("request", {"request_id": f"r{i}", "tenant": "acme", "prompt_tokens": i, "prompt_hmac": hmac})
+        for i in range(5)
+    ]
     seqs.append(await log.append("decision", {"request_id": "d", "decision": "deny", "event": "rate_limited"}))
     await log.aclose()
     d = log.directory
@@ -73,7 +75,7 @@ async def test_concurrent_appends_keep_order_and_count_in_few_fsyncs(
     per_task = await asyncio.gather(*(worker(w) for w in range(50)))
     log.close()
     assert len(got) == 2000 and sorted(got.values()) == list(range(2, 2002))
-    assert all(a < b for mine in per_task for a, b in zip(mine, mine[1:]))
+    assert all(a < b for mine in per_task for a, b in zip(mine, mine[1:], strict=False))
     on_disk = {r["request_id"]: r["seq"] for r in records(log.directory) if r["kind"] == "request"}
     assert on_disk == got
     # Group commit: many records per write + fsync.
@@ -141,8 +143,9 @@ async def test_write_failure_fails_closed(tmp_path: Path, monkeypatch: pytest.Mo
     log = AuditLog.open(settings(tmp_path), tmp_path, on_failure=lambda: calls.append(1))
     assert await log.append("request", {"request_id": "before"}) == 2
     _break_write(log, monkeypatch, how)
-    results = await asyncio.gather(*(log.append("request", {"request_id": f"r{i}"}) for i in range(20)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(log.append("request", {"request_id": f"r{i}"}) for i in range(20)), return_exceptions=True
+    )
     assert all(isinstance(r, AuditUnavailable) for r in results), results
     err = results[0]
     assert isinstance(err, Unavailable) and err.public_message == "audit log unavailable"
@@ -237,11 +240,20 @@ def test_directory_open_to_others_is_refused(tmp_path: Path) -> None:
 def test_settings_defaults_and_bounds(tmp_path: Path) -> None:
     s = AuditSettings()
     assert (s.segment_max_bytes, s.checkpoint_every_records, s.checkpoint_every_s, s.commit_max_delay_ms) == (
-        64 << 20, 1000, 10.0, 2.0)
+        64 << 20,
+        1000,
+        10.0,
+        2.0,
+    )
     assert s.resolved_dir(tmp_path) == tmp_path / "audit"
     assert s.resolved_witness(tmp_path / "audit") == tmp_path / "audit" / "witness.json"
-    for bad in ({"commit_max_delay_ms": 101}, {"segment_max_bytes": 1024}, {"checkpoint_every_records": 0},
-                {"checkpoint_every_s": 0}, {"unknown": 1}):
+    for bad in (
+        {"commit_max_delay_ms": 101},
+        {"segment_max_bytes": 1024},
+        {"checkpoint_every_records": 0},
+        {"checkpoint_every_s": 0},
+        {"unknown": 1},
+    ):
         with pytest.raises(ValueError):
             AuditSettings(**bad)
     with pytest.raises(ValueError):

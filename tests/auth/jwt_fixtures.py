@@ -40,12 +40,16 @@ class Signer:
     def token(self, claims: dict[str, Any] | None = None, headers: dict[str, Any] | None = None, **over: Any) -> str:
         h = {"kid": self.kid} if self.kid is not None else {}
         h.update(headers or {})
-        return jwt.encode(claims if claims is not None else make_claims(**over), self.private, algorithm=self.alg,
-                          headers=h)
+        return jwt.encode(
+            claims if claims is not None else make_claims(**over), self.private, algorithm=self.alg, headers=h
+        )
 
     def public_pem(self) -> bytes:
-        return bytes(self.private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return bytes(
+            self.private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
 
 
 def rsa_signer(kid: str | None = "rsa-1", bits: int = 2048) -> Signer:
@@ -84,8 +88,9 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def raw_token(header: dict[str, Any], claims: dict[str, Any], sign_key: bytes | None = None,
-              signature: bytes = b"") -> str:
+def raw_token(
+    header: dict[str, Any], claims: dict[str, Any], sign_key: bytes | None = None, signature: bytes = b""
+) -> str:
     """A compact JWS built by hand: for tokens PyJWT refuses to make (HS256 keyed with a public key PEM)."""
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
     if sign_key is not None:
@@ -102,7 +107,7 @@ class JwksServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 outer.requests += 1
                 if self.path != "/jwks.json":
                     self.send_response(302)

@@ -22,7 +22,7 @@ def refused(store: ApiKeyStore, key: str) -> str:
         store.authenticate(key)
     exc = ei.value
     assert exc.public_message == "invalid credentials"
-    secret = key[len("bst_aaaaaaaaaaaa_"):]
+    secret = key[len("bst_aaaaaaaaaaaa_") :]
     for text in (str(exc), repr(exc), exc.detail or ""):
         assert not key or key not in text
         assert len(secret) < 8 or secret not in text
@@ -37,7 +37,7 @@ def test_issue_writes_only_a_hash_with_mode_0600(tmp_path: Path) -> None:
     assert key.startswith(f"bst_{key_id}_")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
-    assert key not in text and key[len("bst_aaaaaaaaaaaa_"):] not in text
+    assert key not in text and key[len("bst_aaaaaaaaaaaa_") :] not in text
     doc = json.loads(text)
     (entry,) = doc["keys"]
     assert entry["key_id"] == key_id and entry["principal"] == "ci bot" and entry["description"] == "for CI"
@@ -55,7 +55,7 @@ def test_a_valid_key_maps_to_its_principal(tmp_path: Path) -> None:
 def test_wrong_secret_for_a_known_key_id(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     key_id, key = issue(path, "a")
-    other_secret = issue(tmp_path / "other.json", "b")[1][len("bst_aaaaaaaaaaaa_"):]
+    other_secret = issue(tmp_path / "other.json", "b")[1][len("bst_aaaaaaaaaaaa_") :]
     assert refused(ApiKeyStore(path), f"bst_{key_id}_{other_secret}") == "wrong api key secret"
 
 
@@ -105,18 +105,28 @@ def test_expired_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key_id, key = issue(path, "a", expires_in=dt.timedelta(hours=1))
     store = ApiKeyStore(path)
     assert store.authenticate(key).id == f"apikey:{key_id}"
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1, seconds=1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1, seconds=1)
     monkeypatch.setattr(api_keys, "_now", lambda: later)
     assert refused(store, key) == "expired api key"
     with pytest.raises(ConfigError, match="expires_in must be positive"):
         issue(path, "b", expires_in=dt.timedelta(0))
 
 
-@pytest.mark.parametrize("bad", [
-    "", "bst_", "bst_abc_def", "xyz_aaaaaaaaaaaa_" + "A" * 43, "bst_AAAAAAAAAAAA_" + "A" * 43,
-    "bst_aaaaaaaaaaaa_" + "A" * 42, "bst_aaaaaaaaaaaa_" + "A" * 44, "bst_aaaaaaaaaaaa_" + "A" * 42 + "=",
-    "bst_aaaaaaaaaaaa_" + "A" * 42 + "\u00e9", "bst_aaaaaaaaaaaa_" + "A" * 4000,
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "bst_",
+        "bst_abc_def",
+        "xyz_aaaaaaaaaaaa_" + "A" * 43,
+        "bst_AAAAAAAAAAAA_" + "A" * 43,
+        "bst_aaaaaaaaaaaa_" + "A" * 42,
+        "bst_aaaaaaaaaaaa_" + "A" * 44,
+        "bst_aaaaaaaaaaaa_" + "A" * 42 + "=",
+        "bst_aaaaaaaaaaaa_" + "A" * 42 + "\u00e9",
+        "bst_aaaaaaaaaaaa_" + "A" * 4000,
+    ],
+)
 def test_malformed_keys(tmp_path: Path, bad: str) -> None:
     path = tmp_path / "keys.json"
     issue(path, "a")

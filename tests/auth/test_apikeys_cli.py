@@ -26,8 +26,19 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_issue_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "keys.json"
-    code, out, err = run(capsys, "api-keys", "issue", "--store", str(store), "--principal", "ci bot",
-                         "--expires-in", "30d", "--description", "nightly")
+    code, out, err = run(
+        capsys,
+        "api-keys",
+        "issue",
+        "--store",
+        str(store),
+        "--principal",
+        "ci bot",
+        "--expires-in",
+        "30d",
+        "--description",
+        "nightly",
+    )
     assert code == 0, err
     key = re.search(r"^key: (bst_\S+)$", out, re.M)
     key_id = re.search(r"^key id: ([a-z2-7]{12})$", out, re.M)
@@ -61,8 +72,9 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path, capsys: pytest.Capt
     code, _, err = run(capsys, "api-keys", "list", "--store", str(tmp_path / "absent.json"))
     assert code == 2 and "no API key store at" in err
     for bad in ("0d", "30", "d", "1y", "99999d", "-1h"):
-        code, _, err = run(capsys, "api-keys", "issue", "--store", str(store), "--principal", "a",
-                           f"--expires-in={bad}")
+        code, _, err = run(
+            capsys, "api-keys", "issue", "--store", str(store), "--principal", "a", f"--expires-in={bad}"
+        )
         assert code == 2 and err.startswith("bastion api-keys issue: --expires-in"), (bad, err)
     code, _, err = run(capsys, "api-keys", "issue", "--store", str(store), "--principal", "bad\x07name")
     assert code == 2 and "principal: printable" in err and "Traceback" not in err

@@ -30,45 +30,63 @@ def test_defaults() -> None:
         a.public_health = False  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("url", [
-    "http://idp.example/jwks", "http://10.0.0.1/jwks", "http://127.0.0.2.nip.io/jwks", "ftp://idp.example/jwks",
-    "file:///etc/jwks.json", "https://user:pw@idp.example/jwks", "https:///jwks", "jwks.json",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://idp.example/jwks",
+        "http://10.0.0.1/jwks",
+        "http://127.0.0.2.nip.io/jwks",
+        "ftp://idp.example/jwks",
+        "file:///etc/jwks.json",
+        "https://user:pw@idp.example/jwks",
+        "https:///jwks",
+        "jwks.json",
+    ],
+)
 def test_jwks_url_must_be_https_or_loopback_http(url: str) -> None:
     with pytest.raises(ValidationError, match="jwks_url"):
         jwt_settings(jwks_url=url)
 
 
-@pytest.mark.parametrize("url", [
-    "https://idp.example/.well-known/jwks.json", "http://127.0.0.1:8080/jwks", "http://localhost/jwks",
-    "http://[::1]:9000/jwks",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://idp.example/.well-known/jwks.json",
+        "http://127.0.0.1:8080/jwks",
+        "http://localhost/jwks",
+        "http://[::1]:9000/jwks",
+    ],
+)
 def test_jwks_url_accepted(url: str) -> None:
     assert jwt_settings(jwks_url=url).jwks_url == url
 
 
 def test_http_jwks_url_is_refused_by_the_verifier_too() -> None:
     """Even a settings object built without validation cannot make the verifier fetch over plain http."""
-    s = JwtSettings.model_construct(**{**jwt_settings(jwks_url="https://idp.example/j").__dict__,
-                                       "jwks_url": "http://idp.example/jwks"})
+    s = JwtSettings.model_construct(
+        **{**jwt_settings(jwks_url="https://idp.example/j").__dict__, "jwks_url": "http://idp.example/jwks"}
+    )
     with pytest.raises(ConfigError, match="must be https"):
         JwtVerifier(s, clock=FakeClock())
 
 
-@pytest.mark.parametrize("over,match", [
-    ({"audiences": []}, "audiences"),
-    ({}, "exactly one of jwks_file and jwks_url"),
-    ({"jwks_file": "/j.json", "jwks_url": "https://idp.example/j"}, "exactly one"),
-    ({"jwks_file": "/j.json", "required_claims": ["iat", "sub"]}, "must include exp and sub"),
-    ({"jwks_file": "/j.json", "leeway_s": 301}, "leeway_s"),
-    ({"jwks_file": "/j.json", "leeway_s": -1}, "leeway_s"),
-    ({"jwks_file": "/j.json", "max_token_bytes": 100_000}, "max_token_bytes"),
-    ({"jwks_file": "/j.json", "algorithms": ["HS256"]}, "algorithms"),
-    ({"jwks_file": "/j.json", "algorithms": ["none"]}, "algorithms"),
-    ({"jwks_file": "/j.json", "algorithms": []}, "algorithms"),
-    ({"jwks_file": "/j.json", "jwks_min_refresh_s": 600, "jwks_cache_s": 60}, "jwks_min_refresh_s"),
-    ({"jwks_file": "/j.json", "surprise": 1}, "surprise"),
-])
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"audiences": []}, "audiences"),
+        ({}, "exactly one of jwks_file and jwks_url"),
+        ({"jwks_file": "/j.json", "jwks_url": "https://idp.example/j"}, "exactly one"),
+        ({"jwks_file": "/j.json", "required_claims": ["iat", "sub"]}, "must include exp and sub"),
+        ({"jwks_file": "/j.json", "leeway_s": 301}, "leeway_s"),
+        ({"jwks_file": "/j.json", "leeway_s": -1}, "leeway_s"),
+        ({"jwks_file": "/j.json", "max_token_bytes": 100_000}, "max_token_bytes"),
+        ({"jwks_file": "/j.json", "algorithms": ["HS256"]}, "algorithms"),
+        ({"jwks_file": "/j.json", "algorithms": ["none"]}, "algorithms"),
+        ({"jwks_file": "/j.json", "algorithms": []}, "algorithms"),
+        ({"jwks_file": "/j.json", "jwks_min_refresh_s": 600, "jwks_cache_s": 60}, "jwks_min_refresh_s"),
+        ({"jwks_file": "/j.json", "surprise": 1}, "surprise"),
+    ],
+)
 def test_jwt_settings_are_checked(over: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         JwtSettings(**{"issuer": ISSUER, "audiences": [AUDIENCE], **over})

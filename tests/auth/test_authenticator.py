@@ -25,13 +25,21 @@ def setup(tmp_path: Path) -> dict[str, Any]:
     jwks = write_jwks(tmp_path / "jwks.json", signer)
     store = tmp_path / "keys.json"
     key_id, key = issue(store, "ci")
-    settings = AuthSettings.model_validate({
-        "mtls": {"trust_domains": ["prod.example"]},
-        "jwt": {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks_file": str(jwks)},
-        "api_keys": {"file": str(store)},
-    })
-    return {"auth": Authenticator(settings, client_ca=True), "signer": signer, "store": store, "key_id": key_id,
-            "key": key, "cert": {"transport_security_type": [b"ssl"], "x509_pem_cert": [client_cert_pem(uris=[SID])]}}
+    settings = AuthSettings.model_validate(
+        {
+            "mtls": {"trust_domains": ["prod.example"]},
+            "jwt": {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks_file": str(jwks)},
+            "api_keys": {"file": str(store)},
+        }
+    )
+    return {
+        "auth": Authenticator(settings, client_ca=True),
+        "signer": signer,
+        "store": store,
+        "key_id": key_id,
+        "key": key,
+        "cert": {"transport_security_type": [b"ssl"], "x509_pem_cert": [client_cert_pem(uris=[SID])]},
+    }
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -90,8 +98,10 @@ async def test_refusal_reasons_reach_detail_without_the_credential(setup: dict[s
     assert (await refused(auth, bearer(unknown), secret=unknown)).detail == "unknown api key"
     wrong_secret = f"bst_{setup['key_id']}_" + "C" * 43
     assert (await refused(auth, bearer(wrong_secret), secret="C" * 43)).detail == "wrong api key secret"
-    untrusted = {"transport_security_type": [b"ssl"],
-                 "x509_pem_cert": [client_cert_pem(uris=["spiffe://other.example/a"])]}
+    untrusted = {
+        "transport_security_type": [b"ssl"],
+        "x509_pem_cert": [client_cert_pem(uris=["spiffe://other.example/a"])],
+    }
     assert (await refused(auth, [], untrusted)).detail == "untrusted trust domain"
 
 
@@ -109,19 +119,22 @@ async def test_oversized_authorization_metadata(setup: dict[str, Any]) -> None:
     assert (await refused(setup["auth"], bearer(at_limit))).detail == "malformed token"
 
 
-@pytest.mark.parametrize("value,detail", [
-    ("Basic dXNlcjpwYXNz", "unsupported authorization scheme"),
-    ("bst_aaaaaaaaaaaa_" + "A" * 43, "unsupported authorization scheme"),
-    ("Bearer", "unsupported authorization scheme"),
-    ("Bearer ", "malformed authorization metadata"),
-    ("Bearer  token", "malformed authorization metadata"),
-    ("Bearer a b", "malformed authorization metadata"),
-    ("Bearer tok\u00e9n", "malformed authorization metadata"),
-    ("Bearer tok\tx", "malformed authorization metadata"),
-    (b"Bearer \xff\xfe", "malformed authorization metadata"),
-    ("Bearer not-a-jwt", "malformed token"),
-    ("Bearer bst_short", "malformed api key"),
-])
+@pytest.mark.parametrize(
+    "value,detail",
+    [
+        ("Basic dXNlcjpwYXNz", "unsupported authorization scheme"),
+        ("bst_aaaaaaaaaaaa_" + "A" * 43, "unsupported authorization scheme"),
+        ("Bearer", "unsupported authorization scheme"),
+        ("Bearer ", "malformed authorization metadata"),
+        ("Bearer  token", "malformed authorization metadata"),
+        ("Bearer a b", "malformed authorization metadata"),
+        ("Bearer tok\u00e9n", "malformed authorization metadata"),
+        ("Bearer tok\tx", "malformed authorization metadata"),
+        (b"Bearer \xff\xfe", "malformed authorization metadata"),
+        ("Bearer not-a-jwt", "malformed token"),
+        ("Bearer bst_short", "malformed api key"),
+    ],
+)
 async def test_malformed_authorization_metadata(setup: dict[str, Any], value: Any, detail: str) -> None:
     exc = await refused(setup["auth"], [("authorization", value)], setup["cert"])
     assert (exc.public_message, exc.detail) == ("invalid credentials", detail)
@@ -137,12 +150,20 @@ async def test_credentials_for_unconfigured_methods_are_refused(tmp_path: Path, 
     jwt_token = setup["signer"].token()
     assert (await refused(only_keys, bearer(jwt_token), secret=jwt_token)).detail == "jwt not configured"
     assert (await refused(only_keys, [], setup["cert"])).detail == "untrusted trust domain"  # no trust_domains
-    only_jwt = Authenticator(AuthSettings.model_validate({"jwt": {
-        "issuer": ISSUER, "audiences": [AUDIENCE], "jwks_file": str(tmp_path / "jwks.json")}}), client_ca=False)
+    only_jwt = Authenticator(
+        AuthSettings.model_validate(
+            {"jwt": {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks_file": str(tmp_path / "jwks.json")}}
+        ),
+        client_ca=False,
+    )
     assert (await refused(only_jwt, bearer(setup["key"]), secret=setup["key"])).detail == "api keys not configured"
     assert (await refused(only_jwt, [], setup["cert"])).detail == "no credentials"
-    mtls_off = Authenticator(AuthSettings.model_validate({"mtls": {"enabled": False, "trust_domains": ["prod.example"]},
-                                                          "api_keys": {"file": str(setup["store"])}}), client_ca=True)
+    mtls_off = Authenticator(
+        AuthSettings.model_validate(
+            {"mtls": {"enabled": False, "trust_domains": ["prod.example"]}, "api_keys": {"file": str(setup["store"])}}
+        ),
+        client_ca=True,
+    )
     assert (await refused(mtls_off, [], setup["cert"])).detail == "no credentials"
 
 

@@ -10,17 +10,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from certs import make_pki
-from fakes import FakeEngine
 from grpc_harness import collect, make_settings, prompt_request, running_server
-from identity import make_identity
 from jwt_fixtures import AUDIENCE, ISSUER, ec_signer, write_jwks
 
+import grpc
 from bastion.cli import client
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from fakes import FakeEngine
+from identity import make_identity
 
 SPIFFE = "spiffe://prod.test/ns/chat/sa/frontend"
 
@@ -44,12 +44,13 @@ async def test_mtls_spiffe_principal_and_untrusted_trust_domain(tmp_path: Path) 
     ident = make_identity(tmp_path / "id")
     ident.write_policy(extra_principals=[{"id": SPIFFE, "tenant": "tenant-b"}])
     for domains, want in ((["prod.test"], grpc.StatusCode.OK), (["other.test"], grpc.StatusCode.UNAUTHENTICATED)):
-        settings = make_settings(
-            identity=ident, server=tls(pki), extra={"auth": {"mtls": {"trust_domains": domains}}}
-        )
+        settings = make_settings(identity=ident, server=tls(pki), extra={"auth": {"mtls": {"trust_domains": domains}}})
         async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
             ch = client.open_channel(
-                srv.address, settings, ca_file=str(pki["ca"]), client_cert=str(pki["client_cert"]),
+                srv.address,
+                settings,
+                ca_file=str(pki["ca"]),
+                client_cert=str(pki["client_cert"]),
                 client_key=str(pki["client_key"]),
             )
             try:
@@ -107,7 +108,9 @@ async def test_server_certificate_rotation_without_restart(tmp_path: Path) -> No
     live.mkdir()
     for name in ("server.pem", "server.key"):
         shutil.copy(tmp_path / "old" / name, live / name)
-    settings = make_settings(server={"tls": {"cert_file": str(live / "server.pem"), "key_file": str(live / "server.key")}})
+    settings = make_settings(
+        server={"tls": {"cert_file": str(live / "server.pem"), "key_file": str(live / "server.key")}}
+    )
     async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
         key = srv.identity.keys["alice"]
 
@@ -170,10 +173,15 @@ async def test_client_certificate_from_an_untrusted_ca_is_refused(tmp_path: Path
     engine = FakeEngine()
     ident = make_identity(tmp_path / "id")
     ident.write_policy(extra_principals=[{"id": SPIFFE, "tenant": "tenant-b"}])
-    settings = make_settings(identity=ident, server=tls(pki), extra={"auth": {"mtls": {"trust_domains": ["prod.test"]}}})
+    settings = make_settings(
+        identity=ident, server=tls(pki), extra={"auth": {"mtls": {"trust_domains": ["prod.test"]}}}
+    )
     async with running_server([engine], settings=settings, wait_ready=False) as srv:
         ch = client.open_channel(
-            srv.address, settings, ca_file=str(pki["ca"]), client_cert=str(rogue["client_cert"]),
+            srv.address,
+            settings,
+            ca_file=str(pki["ca"]),
+            client_cert=str(rogue["client_cert"]),
             client_key=str(rogue["client_key"]),
         )
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import grpc
 import pytest
 from certs import client_cert_pem, make_pki
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+import grpc
 from bastion.auth.authenticator import Authenticator
 from bastion.auth.mtls import peer_certificate, principal_from_certificate
 from bastion.auth.principal import Principal
@@ -24,8 +24,11 @@ FALLBACK = MtlsAuthSettings(trust_domains=["prod.example"], allow_subject_fallba
 
 def ctx(pem: bytes) -> dict[str, list[bytes]]:
     """What grpc.aio's ServicerContext.auth_context() holds for a TLS call with a client certificate."""
-    return {"transport_security_type": [b"ssl"], "x509_pem_cert": [pem],
-            "security_level": [b"TSI_PRIVACY_AND_INTEGRITY"]}
+    return {
+        "transport_security_type": [b"ssl"],
+        "x509_pem_cert": [pem],
+        "security_level": [b"TSI_PRIVACY_AND_INTEGRITY"],
+    }
 
 
 def principal(pem: bytes, settings: MtlsAuthSettings = TRUSTED) -> Principal:
@@ -69,11 +72,21 @@ def test_more_than_one_spiffe_id_is_refused() -> None:
     assert refused(pem) == "more than one spiffe id"
 
 
-@pytest.mark.parametrize("sid", [
-    "spiffe://prod.example", "spiffe://prod.example/", "spiffe://Prod.Example/a", "spiffe://prod.example/a/../b",
-    "spiffe://prod.example/a//b", "spiffe://prod.example/a?x=1", "spiffe://prod.example:443/a",
-    "spiffe://user@prod.example/a", "SPIFFE://prod.example/a", "spiffe://prod.example/a#frag",
-])
+@pytest.mark.parametrize(
+    "sid",
+    [
+        "spiffe://prod.example",
+        "spiffe://prod.example/",
+        "spiffe://Prod.Example/a",
+        "spiffe://prod.example/a/../b",
+        "spiffe://prod.example/a//b",
+        "spiffe://prod.example/a?x=1",
+        "spiffe://prod.example:443/a",
+        "spiffe://user@prod.example/a",
+        "SPIFFE://prod.example/a",
+        "spiffe://prod.example/a#frag",
+    ],
+)
 def test_malformed_spiffe_ids_are_refused(sid: str) -> None:
     assert refused(client_cert_pem(uris=[sid]), FALLBACK) == "malformed spiffe id"
 
@@ -108,14 +121,13 @@ async def test_real_mutual_tls_call_maps_the_client_spiffe_id(tmp_path: Path) ->
         seen.append(p.id)
         return p.id.encode()
 
-    handler = grpc.method_handlers_generic_handler(
-        "test.Auth", {"WhoAmI": grpc.unary_unary_rpc_method_handler(whoami)}
-    )
+    handler = grpc.method_handlers_generic_handler("test.Auth", {"WhoAmI": grpc.unary_unary_rpc_method_handler(whoami)})
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     creds = grpc.ssl_server_credentials(
         [(pki["server_key"].read_bytes(), pki["server_cert"].read_bytes())],
-        root_certificates=pki["ca"].read_bytes(), require_client_auth=True,
+        root_certificates=pki["ca"].read_bytes(),
+        require_client_auth=True,
     )
     port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()

@@ -20,8 +20,20 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_issue_key_adds_the_principal_and_revoke_works(tmp_path: Path) -> None:
     policy, store = tmp_path / "tenants.toml", tmp_path / "keys.json"
     policy.write_text(POLICY)
-    out = cli("tenants", "issue-key", "--policy", str(policy), "--store", str(store), "--tenant", "chat",
-              "--role", "user", "--role", "admin")
+    out = cli(
+        "tenants",
+        "issue-key",
+        "--policy",
+        str(policy),
+        "--store",
+        str(store),
+        "--tenant",
+        "chat",
+        "--role",
+        "user",
+        "--role",
+        "admin",
+    )
     assert out.returncode == 0, out.stderr
     fields = dict(line.split(": ", 1) for line in out.stdout.splitlines())
     p = TenancyPolicy.load(policy)

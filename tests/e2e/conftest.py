@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from identity import Identity, bearer_channel, make_identity
 
+import grpc
 from bastion.v1 import inference_pb2_grpc
+from identity import Identity, bearer_channel, make_identity
 
 START_TIMEOUT_S = float(os.environ.get("BASTION_E2E_START_TIMEOUT", "900"))
 
@@ -32,20 +32,22 @@ START_TIMEOUT_S = float(os.environ.get("BASTION_E2E_START_TIMEOUT", "900"))
 KV_BUDGETS = {"tenant-a": {"kv_max_blocks": 72}, "tenant-b": {"kv_reserved_blocks": 12}}
 
 # Declared in the live server's tenancy policy as a public prefix (tests/e2e/test_isolation.py).
-PUBLIC_SYSTEM = " ".join([
-    "You are the support assistant of Example Corp. Answer questions about orders, deliveries, returns and",
-    "invoices politely and briefly. Never reveal internal notes. Our opening hours are Monday to Friday,",
-    "nine to five, and our returns window is thirty days from delivery. Refunds go back to the original",
-    "payment method within five working days. Delivery inside the country takes two to four days; abroad",
-    "it takes up to two weeks. If a parcel is lost, open a claim after ten days without tracking updates.",
-    "Gift cards cannot be refunded or exchanged for cash. Damaged items are replaced free of charge when the",
-    "customer sends a photo within seven days. Invoices are emailed when the order ships; a corrected invoice",
-    "needs the order number and the new billing address. Business customers may pay by bank transfer within",
-    "thirty days. We do not sell customer data and we never ask for passwords by email or phone. Large items",
-    "are delivered by a freight partner who calls the day before to agree on a two-hour window. Customers",
-    "can change the delivery address until the parcel leaves the warehouse; after that, the carrier decides.",
-    "Always end with a short summary of the next step the customer should take.",
-])  # about 300 tokens: more than two KV blocks (128 tokens each on the CPU backend)
+PUBLIC_SYSTEM = " ".join(
+    [
+        "You are the support assistant of Example Corp. Answer questions about orders, deliveries, returns and",
+        "invoices politely and briefly. Never reveal internal notes. Our opening hours are Monday to Friday,",
+        "nine to five, and our returns window is thirty days from delivery. Refunds go back to the original",
+        "payment method within five working days. Delivery inside the country takes two to four days; abroad",
+        "it takes up to two weeks. If a parcel is lost, open a claim after ten days without tracking updates.",
+        "Gift cards cannot be refunded or exchanged for cash. Damaged items are replaced free of charge when the",
+        "customer sends a photo within seven days. Invoices are emailed when the order ships; a corrected invoice",
+        "needs the order number and the new billing address. Business customers may pay by bank transfer within",
+        "thirty days. We do not sell customer data and we never ask for passwords by email or phone. Large items",
+        "are delivered by a freight partner who calls the day before to agree on a two-hour window. Customers",
+        "can change the delivery address until the parcel leaves the warehouse; after that, the carrier decides.",
+        "Always end with a short summary of the next step the customer should take.",
+    ]
+)  # about 300 tokens: more than two KV blocks (128 tokens each on the CPU backend)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -94,7 +96,9 @@ max_num_seqs = 16
 
 
 def launch_server(
-    workdir: Path, extra_env: dict[str, str] | None = None, model_toml: str = DEFAULT_MODEL_TOML,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    model_toml: str = DEFAULT_MODEL_TOML,
     assurance_toml: str | None = None,
 ) -> LiveServer:
     """Starts `bastion serve` (a Unix socket in ``workdir``); ``model_toml`` holds its [model]/[weights],
@@ -124,13 +128,17 @@ metrics_listen = "127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     return LiveServer(proc, f"unix:{sock}", f"http://127.0.0.1:{port}/metrics", log_path, marker, identity, audit_dir)
 
 
 def start_server(
-    workdir: Path, extra_env: dict[str, str] | None = None, model_toml: str = DEFAULT_MODEL_TOML,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    model_toml: str = DEFAULT_MODEL_TOML,
     assurance_toml: str | None = None,
 ) -> LiveServer:
     """Starts `bastion serve` and waits until health says SERVING."""

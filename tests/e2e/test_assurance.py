@@ -21,17 +21,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
-from conftest import LiveServer, start_server, stop_server
 from e2e_metrics import gauge
-from identity import bearer_channel
 from perturb import perturbed_copy
 
+import grpc
 from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from conftest import LiveServer, start_server, stop_server
+from identity import bearer_channel
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m-instruct"
@@ -46,9 +46,28 @@ def _eval(server: LiveServer, out: Path, *extra: str, policy: Path = CI_POLICY) 
     key.write_text(server.identity.keys["erin"])
     key.chmod(0o600)
     proc = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "eval", MODEL, "--target", server.target, "--api-key-file", str(key),
-         "--profile", "ci", "--gate-policy", str(policy), "--out", str(out), *extra],
-        capture_output=True, text=True, timeout=900, env={**os.environ},
+        [
+            sys.executable,
+            "-m",
+            "bastion.cli.main",
+            "eval",
+            MODEL,
+            "--target",
+            server.target,
+            "--api-key-file",
+            str(key),
+            "--profile",
+            "ci",
+            "--gate-policy",
+            str(policy),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ},
     )
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -87,7 +106,9 @@ def test_eval_writes_garak_compatible_report_and_passes(baseline: Path) -> None:
         assert 0 <= f["ci_low"] <= f["rate"] <= f["ci_high"] <= 1
 
 
-def test_unmodified_model_passes_against_its_own_baseline(live_server: LiveServer, baseline: Path, tmp_path: Path) -> None:
+def test_unmodified_model_passes_against_its_own_baseline(
+    live_server: LiveServer, baseline: Path, tmp_path: Path
+) -> None:
     code, text = _eval(live_server, tmp_path / "again", "--baseline", str(baseline / "summary.json"))
     assert code == 0, text
     summary = json.loads((tmp_path / "again" / "summary.json").read_text())
@@ -124,10 +145,12 @@ max_num_seqs = 16
 [weights]
 allow_unsealed = true
 """
-    assurance = (f'[assurance]\nrequire_attestation = true\nattestations_dir = "{atts}"\n'
-                 f'trusted_keys = ["{signer[1]}"]\naccepted_suites = ["ci"]\n'
-                 # Alert only: the gate's steps below need the model out of quarantine.
-                 f'[assurance.drift]\ndir = "{drift}"\nquarantine = false\n[assurance.redteam]\nenabled = false\n')
+    assurance = (
+        f'[assurance]\nrequire_attestation = true\nattestations_dir = "{atts}"\n'
+        f'trusted_keys = ["{signer[1]}"]\naccepted_suites = ["ci"]\n'
+        # Alert only: the gate's steps below need the model out of quarantine.
+        f'[assurance.drift]\ndir = "{drift}"\nquarantine = false\n[assurance.redteam]\nenabled = false\n'
+    )
     server = start_server(d / "srv", model_toml=toml, assurance_toml=assurance)
     yield server
     stop_server(server)
@@ -136,8 +159,9 @@ allow_unsealed = true
 def _generate(server: LiveServer, who: str) -> grpc.StatusCode:
     with bearer_channel(server.target, server.identity.keys[who]) as ch:
         stub = pb_grpc.InferenceStub(ch)
-        req = pb.GenerateRequest(model=MODEL, prompt="What is the capital of France?",
-                                 sampling=pb.SamplingParams(max_tokens=4))
+        req = pb.GenerateRequest(
+            model=MODEL, prompt="What is the capital of France?", sampling=pb.SamplingParams(max_tokens=4)
+        )
         try:
             list(stub.Generate(req, timeout=120))
             return grpc.StatusCode.OK
@@ -169,8 +193,10 @@ def _audit_records(server: LiveServer) -> list[dict[str, object]]:
 def test_drift_stays_quiet_on_the_same_weights(live_server: LiveServer) -> None:
     drift = _admin(live_server, "drift").models[0]  # type: ignore[attr-defined]
     status = _admin(live_server, "status").models[0]  # type: ignore[attr-defined]
-    print(f"drift check on the same weights: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}, "
-          f"noise floor {drift.noise_floor:.3g}, {drift.seconds:.1f} s")
+    print(
+        f"drift check on the same weights: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}, "
+        f"noise floor {drift.noise_floor:.3g}, {drift.seconds:.1f} s"
+    )
     assert drift.status == "quiet" and drift.delta <= drift.tolerance and drift.alerts == 0, drift
     assert drift.baseline_digest == status.digest
 
@@ -183,8 +209,10 @@ def test_gate_on_a_perturbed_copy(
     # Drift: the perturbed copy serves under the name whose go-live baseline is the unmodified model's;
     # a check (the one at start, or this one when it comes first) alarms, confirmed by a second measurement.
     drift = _admin(server, "drift").models[0]  # type: ignore[attr-defined]
-    print(f"drift check on the perturbed copy: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}, "
-          f"{drift.seconds:.1f} s")
+    print(
+        f"drift check on the perturbed copy: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}, "
+        f"{drift.seconds:.1f} s"
+    )
     assert drift.status == "alert" and drift.alerts >= 1 and drift.delta > 100 * drift.tolerance, drift
     alerts = [r for r in _audit_records(server) if r.get("event") == "drift"]
     assert alerts and alerts[0]["decision"] == "alert" and alerts[0]["kind"] == "decision", alerts
@@ -217,8 +245,16 @@ def test_gate_on_a_perturbed_copy(
 
     # Against the baseline the perturbed copy regresses significantly: FAILED, and its (FAILED)
     # attestation releases nothing.
-    code, text = _eval(server, tmp_path / "perturbed", "--baseline", str(baseline / "summary.json"),
-                       "--sign-key", str(signer[0]), "--attestations-dir", str(atts))
+    code, text = _eval(
+        server,
+        tmp_path / "perturbed",
+        "--baseline",
+        str(baseline / "summary.json"),
+        "--sign-key",
+        str(signer[0]),
+        "--attestations-dir",
+        str(atts),
+    )
     assert code == 1, text
     summary = json.loads((tmp_path / "perturbed" / "summary.json").read_text())
     assert summary["gate"]["verdict"] == "FAILED", summary["gate"]
@@ -229,8 +265,9 @@ def test_gate_on_a_perturbed_copy(
     # A PASSED attestation for exactly this digest releases it.
     lenient = tmp_path / "lenient.toml"
     lenient.write_text(LENIENT_POLICY)
-    code, text = _eval(server, tmp_path / "golive", "--sign-key", str(signer[0]), "--attestations-dir", str(atts),
-                       policy=lenient)
+    code, text = _eval(
+        server, tmp_path / "golive", "--sign-key", str(signer[0]), "--attestations-dir", str(atts), policy=lenient
+    )
     assert code == 0, text
     after = _admin(server, "reload").models[0]  # type: ignore[attr-defined]
     assert after.release == "released" and "PASSED" in after.attestation

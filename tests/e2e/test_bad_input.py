@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
+import grpc
 from bastion.v1 import inference_pb2 as pb
 
 USER = pb.ChatMessage(role=pb.ROLE_USER, content="hi")
@@ -17,7 +17,7 @@ def expect_error(stub, req: pb.GenerateRequest, code: grpc.StatusCode) -> str:
     err = info.value
     assert err.code() == code, (err.code(), err.details())
     details = err.details() or ""
-    assert "Traceback" not in details and "File \"" not in details
+    assert "Traceback" not in details and 'File "' not in details
     return details
 
 
@@ -58,32 +58,42 @@ def test_missing_model_is_refused(stub) -> None:
 
 def test_unspecified_role_is_refused(stub, model_name) -> None:
     conv = pb.Conversation(messages=[pb.ChatMessage(content="hi")])
-    details = expect_error(stub, pb.GenerateRequest(model=model_name, conversation=conv), grpc.StatusCode.INVALID_ARGUMENT)
+    details = expect_error(
+        stub, pb.GenerateRequest(model=model_name, conversation=conv), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "role" in details
 
 
 def test_oversized_message_is_refused(stub, model_name) -> None:
     conv = pb.Conversation(messages=[pb.ChatMessage(role=pb.ROLE_USER, content="x" * 40000)])
-    details = expect_error(stub, pb.GenerateRequest(model=model_name, conversation=conv), grpc.StatusCode.INVALID_ARGUMENT)
+    details = expect_error(
+        stub, pb.GenerateRequest(model=model_name, conversation=conv), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "content" in details and "32768" in details
 
 
 def test_too_many_messages_are_refused(stub, model_name) -> None:
     conv = pb.Conversation(messages=[USER] * 65)
-    details = expect_error(stub, pb.GenerateRequest(model=model_name, conversation=conv), grpc.StatusCode.INVALID_ARGUMENT)
+    details = expect_error(
+        stub, pb.GenerateRequest(model=model_name, conversation=conv), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "messages" in details and "64" in details
 
 
 def test_oversized_prompt_is_refused(stub, model_name) -> None:
-    details = expect_error(stub, pb.GenerateRequest(model=model_name, prompt="x" * 140000), grpc.StatusCode.INVALID_ARGUMENT)
+    details = expect_error(
+        stub, pb.GenerateRequest(model=model_name, prompt="x" * 140000), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "prompt" in details and "131072" in details
 
 
 def test_prompt_longer_than_context_is_refused(stub, model_name) -> None:
     prompt = "one two three four five six seven eight nine ten " * 1000  # ~10k tokens, 50 KB
-    details = expect_error(stub, pb.GenerateRequest(model=model_name, prompt=prompt,
-                                                    sampling=pb.SamplingParams(max_tokens=16)),
-                           grpc.StatusCode.INVALID_ARGUMENT)
+    details = expect_error(
+        stub,
+        pb.GenerateRequest(model=model_name, prompt=prompt, sampling=pb.SamplingParams(max_tokens=16)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     assert "prompt" in details and "8192" in details
 
 
@@ -93,8 +103,9 @@ def test_prompt_plus_max_tokens_over_context_is_refused(stub, model_name) -> Non
     assert 4000 < n < 8192
     over = pb.SamplingParams(max_tokens=min(4096, 8192 - n + 1))
     assert n + over.max_tokens > 8192
-    details = expect_error(stub, pb.GenerateRequest(model=model_name, prompt=prompt, sampling=over),
-                           grpc.StatusCode.INVALID_ARGUMENT)
+    details = expect_error(
+        stub, pb.GenerateRequest(model=model_name, prompt=prompt, sampling=over), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "sampling.max_tokens" in details and "8192" in details
 
 

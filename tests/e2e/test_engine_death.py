@@ -9,13 +9,13 @@ import signal
 import time
 from pathlib import Path
 
-import grpc
 import pytest
-from conftest import start_server, stop_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
+from conftest import start_server, stop_server
 
 
 def _descendants(pid: int) -> list[int]:
@@ -42,9 +42,15 @@ def test_engine_death_turns_health_not_serving_and_calls_unavailable(tmp_path: P
         with server.channel() as ch:
             stub = inference_pb2_grpc.InferenceStub(ch)
             name = stub.ListModels(pb.ListModelsRequest(), timeout=10).models[0].name
-            out = list(stub.Generate(pb.GenerateRequest(model=name, prompt="Hi", sampling=pb.SamplingParams(max_tokens=2)), timeout=60))
+            out = list(
+                stub.Generate(
+                    pb.GenerateRequest(model=name, prompt="Hi", sampling=pb.SamplingParams(max_tokens=2)), timeout=60
+                )
+            )
             assert out[-1].usage.completion_tokens == 2
-            engine_pids = [p for p in _descendants(server.proc.pid) if "EngineCore" in _cmdline(p) or "VLLM" in _cmdline(p)]
+            engine_pids = [
+                p for p in _descendants(server.proc.pid) if "EngineCore" in _cmdline(p) or "VLLM" in _cmdline(p)
+            ]
             assert engine_pids, "no vLLM engine process found under the server"
             for p in engine_pids:
                 os.kill(p, signal.SIGKILL)

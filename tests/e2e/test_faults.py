@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
-import grpc
 import pytest
-
-from bastion.v1 import inference_pb2 as pb
 from e2e_metrics import gauge
+
+import grpc
+from bastion.v1 import inference_pb2 as pb
 
 LONG = pb.SamplingParams(max_tokens=2000, temperature=0.0)
 
@@ -26,12 +25,21 @@ def wait_idle(url: str, timeout: float = 15.0) -> None:
 def assert_engine_not_running_leftovers(stub, model_name, url: str) -> None:
     """A short request after the abort runs alone in the engine: the scheduler's running count at its
     steps is 1. Had the 2000-token request not been aborted, it would still be running (2)."""
-    list(stub.Generate(pb.GenerateRequest(model=model_name, prompt="Hi", sampling=pb.SamplingParams(max_tokens=8, temperature=0.0)), timeout=60))
+    list(
+        stub.Generate(
+            pb.GenerateRequest(
+                model=model_name, prompt="Hi", sampling=pb.SamplingParams(max_tokens=8, temperature=0.0)
+            ),
+            timeout=60,
+        )
+    )
     assert gauge(url, "bastion_engine_running_requests") <= 1
 
 
 def test_client_cancel_aborts_engine_request(live_server, stub, model_name) -> None:
-    call = stub.Generate(pb.GenerateRequest(model=model_name, prompt="Write a very long story.", sampling=LONG), timeout=300)
+    call = stub.Generate(
+        pb.GenerateRequest(model=model_name, prompt="Write a very long story.", sampling=LONG), timeout=300
+    )
     first = next(call)
     assert first.request_id
     assert gauge(live_server.metrics_url, "bastion_inflight_requests") >= 1
@@ -43,7 +51,11 @@ def test_client_cancel_aborts_engine_request(live_server, stub, model_name) -> N
 def test_deadline_aborts_engine_request(live_server, stub, model_name) -> None:
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.Generate(pb.GenerateRequest(model=model_name, prompt="Write a very long story.", sampling=LONG), timeout=3.0))
+        list(
+            stub.Generate(
+                pb.GenerateRequest(model=model_name, prompt="Write a very long story.", sampling=LONG), timeout=3.0
+            )
+        )
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 10
     wait_idle(live_server.metrics_url)
@@ -52,12 +64,20 @@ def test_deadline_aborts_engine_request(live_server, stub, model_name) -> None:
 
 def test_overload_is_resource_exhausted(live_server, stub, model_name) -> None:
     # The e2e server admits 8 requests at once (server.max_inflight_requests = 8).
-    calls = [stub.Generate(pb.GenerateRequest(model=model_name, prompt=f"Story {i}:", sampling=LONG), timeout=300) for i in range(8)]
+    calls = [
+        stub.Generate(pb.GenerateRequest(model=model_name, prompt=f"Story {i}:", sampling=LONG), timeout=300)
+        for i in range(8)
+    ]
     try:
         for c in calls:
             next(c)  # all eight admitted and streaming
         with pytest.raises(grpc.RpcError) as info:
-            list(stub.Generate(pb.GenerateRequest(model=model_name, prompt="one more", sampling=pb.SamplingParams(max_tokens=4)), timeout=30))
+            list(
+                stub.Generate(
+                    pb.GenerateRequest(model=model_name, prompt="one more", sampling=pb.SamplingParams(max_tokens=4)),
+                    timeout=30,
+                )
+            )
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "overloaded" in (info.value.details() or "")
     finally:
@@ -65,7 +85,11 @@ def test_overload_is_resource_exhausted(live_server, stub, model_name) -> None:
             c.cancel()
     wait_idle(live_server.metrics_url)
     # Capacity is back once the flood is gone.
-    out = list(stub.Generate(pb.GenerateRequest(model=model_name, prompt="Hi", sampling=pb.SamplingParams(max_tokens=2)), timeout=60))
+    out = list(
+        stub.Generate(
+            pb.GenerateRequest(model=model_name, prompt="Hi", sampling=pb.SamplingParams(max_tokens=2)), timeout=60
+        )
+    )
     assert out[-1].usage.completion_tokens == 2
 
 

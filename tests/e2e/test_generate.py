@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import grpc
-
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
 
 FRANCE = pb.Conversation(messages=[pb.ChatMessage(role=pb.ROLE_USER, content="What is the capital of France?")])
 
 
-def collect(stub: inference_pb2_grpc.InferenceStub, req: pb.GenerateRequest, timeout: float = 120) -> list[pb.GenerateResponse]:
+def collect(
+    stub: inference_pb2_grpc.InferenceStub, req: pb.GenerateRequest, timeout: float = 120
+) -> list[pb.GenerateResponse]:
     return list(stub.Generate(req, timeout=timeout))
 
 
@@ -19,8 +20,12 @@ def text_of(msgs: list[pb.GenerateResponse]) -> str:
 
 
 def test_chat_answers_paris_and_streams(stub, model_name) -> None:
-    msgs = collect(stub, pb.GenerateRequest(model=model_name, conversation=FRANCE,
-                                            sampling=pb.SamplingParams(max_tokens=48, temperature=0.0)))
+    msgs = collect(
+        stub,
+        pb.GenerateRequest(
+            model=model_name, conversation=FRANCE, sampling=pb.SamplingParams(max_tokens=48, temperature=0.0)
+        ),
+    )
     assert len(msgs) >= 3, "expected a token stream, not one message"
     assert "Paris" in text_of(msgs)
     ids = [t for m in msgs for t in m.token_ids]
@@ -35,8 +40,12 @@ def test_chat_answers_paris_and_streams(stub, model_name) -> None:
 
 
 def test_request_ids_are_server_generated(stub, model_name) -> None:
-    req = pb.GenerateRequest(model=model_name, prompt="Hello", client_request_id="same-label",
-                             sampling=pb.SamplingParams(max_tokens=2, temperature=0.0))
+    req = pb.GenerateRequest(
+        model=model_name,
+        prompt="Hello",
+        client_request_id="same-label",
+        sampling=pb.SamplingParams(max_tokens=2, temperature=0.0),
+    )
     a, b = collect(stub, req), collect(stub, req)
     assert a[0].request_id != b[0].request_id
     assert "same-label" not in a[0].request_id
@@ -48,41 +57,65 @@ def test_chat_template_matches_tokenize_and_usage(stub, model_name) -> None:
     # The template adds the default system prompt and role markers around the question.
     assert len(tok.token_ids) > len(raw.token_ids) + 5
     assert tok.max_context == 8192
-    msgs = collect(stub, pb.GenerateRequest(model=model_name, conversation=FRANCE,
-                                            sampling=pb.SamplingParams(max_tokens=4, temperature=0.0)))
+    msgs = collect(
+        stub,
+        pb.GenerateRequest(
+            model=model_name, conversation=FRANCE, sampling=pb.SamplingParams(max_tokens=4, temperature=0.0)
+        ),
+    )
     assert msgs[-1].usage.prompt_tokens == len(tok.token_ids)
 
 
 def test_greedy_is_deterministic(stub, model_name) -> None:
-    req = pb.GenerateRequest(model=model_name, prompt="Once upon a time",
-                             sampling=pb.SamplingParams(max_tokens=24, temperature=0.0))
+    req = pb.GenerateRequest(
+        model=model_name, prompt="Once upon a time", sampling=pb.SamplingParams(max_tokens=24, temperature=0.0)
+    )
     runs = [[t for m in collect(stub, req) for t in m.token_ids] for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == 24
 
 
 def test_seeded_sampling_is_reproducible(stub, model_name) -> None:
     def run(seed: int) -> list[int]:
-        req = pb.GenerateRequest(model=model_name, prompt="My favourite animal is",
-                                 sampling=pb.SamplingParams(max_tokens=16, temperature=1.0, seed=seed))
+        req = pb.GenerateRequest(
+            model=model_name,
+            prompt="My favourite animal is",
+            sampling=pb.SamplingParams(max_tokens=16, temperature=1.0, seed=seed),
+        )
         return [t for m in collect(stub, req) for t in m.token_ids]
 
     assert run(7) == run(7)
 
 
 def test_max_tokens_ends_with_length(stub, model_name) -> None:
-    msgs = collect(stub, pb.GenerateRequest(model=model_name, prompt="Count: one, two, three,",
-                                            sampling=pb.SamplingParams(max_tokens=5, temperature=0.0)))
+    msgs = collect(
+        stub,
+        pb.GenerateRequest(
+            model=model_name,
+            prompt="Count: one, two, three,",
+            sampling=pb.SamplingParams(max_tokens=5, temperature=0.0),
+        ),
+    )
     assert msgs[-1].finish_reason == pb.FINISH_REASON_LENGTH
     assert msgs[-1].usage.completion_tokens == 5
     assert sum(len(m.token_ids) for m in msgs) == 5
 
 
 def test_stop_string_ends_generation_and_is_excluded(stub, model_name) -> None:
-    base = collect(stub, pb.GenerateRequest(model=model_name, conversation=FRANCE,
-                                            sampling=pb.SamplingParams(max_tokens=48, temperature=0.0)))
+    base = collect(
+        stub,
+        pb.GenerateRequest(
+            model=model_name, conversation=FRANCE, sampling=pb.SamplingParams(max_tokens=48, temperature=0.0)
+        ),
+    )
     assert "Paris" in text_of(base)
-    stopped = collect(stub, pb.GenerateRequest(model=model_name, conversation=FRANCE,
-                                               sampling=pb.SamplingParams(max_tokens=48, temperature=0.0, stop=["Paris"])))
+    stopped = collect(
+        stub,
+        pb.GenerateRequest(
+            model=model_name,
+            conversation=FRANCE,
+            sampling=pb.SamplingParams(max_tokens=48, temperature=0.0, stop=["Paris"]),
+        ),
+    )
     text = text_of(stopped)
     assert "Paris" not in text
     assert text_of(base).startswith(text)
@@ -91,11 +124,15 @@ def test_stop_string_ends_generation_and_is_excluded(stub, model_name) -> None:
 
 
 def test_logprobs_returned_per_token(stub, model_name) -> None:
-    msgs = collect(stub, pb.GenerateRequest(model=model_name, prompt="The sky is",
-                                            sampling=pb.SamplingParams(max_tokens=4, temperature=0.0, logprobs=3)))
+    msgs = collect(
+        stub,
+        pb.GenerateRequest(
+            model=model_name, prompt="The sky is", sampling=pb.SamplingParams(max_tokens=4, temperature=0.0, logprobs=3)
+        ),
+    )
     for m in msgs:
         assert len(m.logprobs) == len(m.token_ids)
-        for tid, lp in zip(m.token_ids, m.logprobs):
+        for tid, lp in zip(m.token_ids, m.logprobs, strict=True):
             assert lp.sampled.token_id == tid and lp.sampled.logprob <= 0.0
             assert len(lp.top) == 3
             # Greedy: the sampled token is the most likely one.

@@ -7,10 +7,9 @@ import json
 import subprocess
 import sys
 
-import grpc
 import pytest
-from identity import bearer_channel
 
+import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
 
@@ -51,16 +50,31 @@ def test_tenants_refusals_and_records_on_the_real_engine(live_server, model_name
     assert rec_a["prompt_hmac"] != rec_b["prompt_hmac"] and rec_a["completion_hmac"] != rec_b["completion_hmac"]
     assert PROMPT not in json.dumps(list(recs.values()))
     denials = [r for r in _records(live_server) if r["kind"] == "decision"][-3:]
-    assert [r["event"] for r in denials] == ["authentication_failed", "authorization_denied", "identity_override_attempt"]
+    assert [r["event"] for r in denials] == [
+        "authentication_failed",
+        "authorization_denied",
+        "identity_override_attempt",
+    ]
 
 
 def test_audit_verify_accepts_the_live_log(live_server, stub, model_name) -> None:  # type: ignore[no-untyped-def]
     stub.ListModels(pb.ListModelsRequest(), timeout=10)
     keys = live_server.audit_dir / "keys"
     proc = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "audit", "verify", str(live_server.audit_dir),
-         "--public-key", str(keys / "signing.pub"), "--json"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bastion.cli.main",
+            "audit",
+            "verify",
+            str(live_server.audit_dir),
+            "--public-key",
+            str(keys / "signing.pub"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -73,8 +87,9 @@ def test_prefix_cache_is_partitioned_by_tenant(live_server, model_name) -> None:
     long_prompt = "Tenant A's private context: " + " ".join(f"fact-{i} is {i * 7 % 13}." for i in range(160))
 
     def cached(who: str) -> int:
-        req = pb.GenerateRequest(model=model_name, prompt=long_prompt,
-                                 sampling=pb.SamplingParams(max_tokens=1, temperature=0.0))
+        req = pb.GenerateRequest(
+            model=model_name, prompt=long_prompt, sampling=pb.SamplingParams(max_tokens=1, temperature=0.0)
+        )
         with live_server.channel(who) as ch:
             msgs = list(inference_pb2_grpc.InferenceStub(ch).Generate(req, timeout=180))
         assert msgs[-1].usage.prompt_tokens > 600

@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import PUBLIC_SYSTEM
-
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
+from conftest import PUBLIC_SYSTEM
 
 UNDECLARED = " ".join(
     f"Internal note {i}: client matter {i * 37 % 101} is billed in six-minute units and reviewed quarterly."
@@ -31,8 +30,9 @@ def _raw(model: str, prompt: str) -> pb.GenerateRequest:
 
 def _chat(model: str, system: str, user: str) -> pb.GenerateRequest:
     msgs = [pb.ChatMessage(role=pb.ROLE_SYSTEM, content=system), pb.ChatMessage(role=pb.ROLE_USER, content=user)]
-    return pb.GenerateRequest(model=model, conversation=pb.Conversation(messages=msgs),
-                              sampling=pb.SamplingParams(max_tokens=1))
+    return pb.GenerateRequest(
+        model=model, conversation=pb.Conversation(messages=msgs), sampling=pb.SamplingParams(max_tokens=1)
+    )
 
 
 def test_a_declared_public_prefix_is_shared_across_tenants(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
@@ -66,11 +66,29 @@ def _key_file(live_server, tmp_path: Path, who: str) -> Path:  # type: ignore[no
 def _audit(live_server, tmp_path: Path, victim: str, other: str) -> tuple[int, dict]:  # type: ignore[no-untyped-def,type-arg]
     out = tmp_path / f"audit-{victim}-{other}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "audit-isolation", "--target", live_server.target,
-         "--api-key-file", str(_key_file(live_server, tmp_path, victim)),
-         "--other-api-key-file", str(_key_file(live_server, tmp_path, other)),
-         "--samples", "12", "--prompt-words", "400", "--seed", "7", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "bastion.cli.main",
+            "audit-isolation",
+            "--target",
+            live_server.target,
+            "--api-key-file",
+            str(_key_file(live_server, tmp_path, victim)),
+            "--other-api-key-file",
+            str(_key_file(live_server, tmp_path, other)),
+            "--samples",
+            "12",
+            "--prompt-words",
+            "400",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.exists(), proc.stderr[-2000:]
     return proc.returncode, json.loads(out.read_text())
@@ -79,8 +97,12 @@ def _audit(live_server, tmp_path: Path, victim: str, other: str) -> tuple[int, d
 def test_isolation_self_audit_passes_across_tenants(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     rc, report = _audit(live_server, tmp_path, "alice", "bob")
     within, across = report["within_tenant"], report["across_tenants"]
-    print(json.dumps({k: {x: v[x] for x in v if x not in ("hit", "miss")} for k, v in report.items()
-                      if isinstance(v, dict)}, indent=1))
+    print(
+        json.dumps(
+            {k: {x: v[x] for x in v if x not in ("hit", "miss")} for k, v in report.items() if isinstance(v, dict)},
+            indent=1,
+        )
+    )
     assert within["distinguishable"] and within["p_value"] < 0.05  # the audit has power
     assert within["max_cached_prompt_tokens_hit"] > 0
     assert not across["distinguishable"] and across["p_value"] > 0.05

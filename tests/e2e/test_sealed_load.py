@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import START_TIMEOUT_S, LiveServer, launch_server, start_server, stop_server
 
 from bastion.config import load_settings
 from bastion.models.resolve import default_kek_path, default_policy_path, ensure_default_sealed
+from conftest import START_TIMEOUT_S, LiveServer, launch_server, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
 
 def test_signature_is_verified_in_the_loading_process(live_server: LiveServer) -> None:
     log = live_server.log_text()
-    m = re.search(r"model\.sig verified in pid (\d+): signer local-default \(sha256:[0-9a-f]{64}\), OMS digest sha256:[0-9a-f]{64}", log)
+    m = re.search(
+        r"model\.sig verified in pid (\d+): signer local-default \(sha256:[0-9a-f]{64}\), OMS digest sha256:[0-9a-f]{64}",
+        log,
+    )
     assert m, log[-3000:]
     assert int(m.group(1)) != live_server.proc.pid  # the worker that loads, not the front end
     assert re.search(r"sealed model verified and loaded: .*smollm2-135m-instruct\.sealed, 272 tensors", log)
@@ -116,7 +119,9 @@ def test_a_model_whose_key_is_in_openbao_serves(tmp_path: Path, openbao: dict[st
     rekey(dst, default_kek_path(cache), provider)
     sign_dir(dst, private_key=default_signing_key_path(cache))
     assert inspect(dst)["key"]["provider"] == "openbao"
-    server = start_server(tmp_path / "srv", model_toml=f"""
+    server = start_server(
+        tmp_path / "srv",
+        model_toml=f"""
 [model]
 source = "{dst}"
 served_name = "smollm2-openbao"
@@ -126,16 +131,20 @@ max_num_seqs = 16
 key_provider = "openbao"
 trust_policy = "{default_policy_path(cache)}"
 [weights.openbao]
-addr = "{openbao['addr']}"
+addr = "{openbao["addr"]}"
 key = "smollm2"
-token_file = "{openbao['token_file']}"
-""")
+token_file = "{openbao["token_file"]}"
+""",
+    )
     try:
         with server.channel() as ch:
             stub = inference_pb2_grpc.InferenceStub(ch)
             req = pb.GenerateRequest(
-                model="smollm2-openbao", sampling=pb.SamplingParams(max_tokens=16, temperature=0.0),
-                conversation=pb.Conversation(messages=[pb.ChatMessage(role=pb.ROLE_USER, content="What is the capital of France?")]),
+                model="smollm2-openbao",
+                sampling=pb.SamplingParams(max_tokens=16, temperature=0.0),
+                conversation=pb.Conversation(
+                    messages=[pb.ChatMessage(role=pb.ROLE_USER, content="What is the capital of France?")]
+                ),
             )
             text = "".join(m.text for m in stub.Generate(req, timeout=120))
         assert "Paris" in text

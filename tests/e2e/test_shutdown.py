@@ -8,10 +8,10 @@ import signal
 import threading
 import time
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import grpc
 from bastion.v1 import inference_pb2 as pb
 
 
@@ -21,8 +21,16 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(live_server, stub, mode
 
     def stream() -> None:
         try:
-            msgs = list(stub.Generate(pb.GenerateRequest(model=model_name, prompt="Once upon a time",
-                                                         sampling=pb.SamplingParams(max_tokens=64, temperature=0.0)), timeout=120))
+            msgs = list(
+                stub.Generate(
+                    pb.GenerateRequest(
+                        model=model_name,
+                        prompt="Once upon a time",
+                        sampling=pb.SamplingParams(max_tokens=64, temperature=0.0),
+                    ),
+                    timeout=120,
+                )
+            )
             results["msgs"] = msgs
         except grpc.RpcError as err:  # pragma: no cover - reported by the assertion below
             results["error"] = (err.code(), err.details())

@@ -28,12 +28,16 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 def make_pki(d: Path, *, client_uris: Sequence[str] = ()) -> dict[str, Path]:
     """CA, server and client certificates and keys under ``d``; ``client_uris`` become the client
     certificate's URI SANs (e.g. a SPIFFE id)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(_name("test-ca")).issuer_name(_name("test-ca"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(_name("test-ca"))
+        .issuer_name(_name("test-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
@@ -42,14 +46,20 @@ def make_pki(d: Path, *, client_uris: Sequence[str] = ()) -> dict[str, Path]:
     for who, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
-            x509.CertificateBuilder().subject_name(_name(f"test-{who}")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+            x509.CertificateBuilder()
+            .subject_name(_name(f"test-{who}"))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if who == "server":
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
                 critical=False,
             )
         elif client_uris:
@@ -74,16 +84,20 @@ def client_cert_pem(
 ) -> bytes:
     """One client leaf certificate (PEM) signed by a throwaway CA: URI SANs ``uris`` (SPIFFE ids), DNS SANs
     ``dns``, subject CN (and O); ``usages=None`` leaves out the extended key usage extension."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     key = ec.generate_private_key(ec.SECP256R1())
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
     if org is not None:
         attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
     builder = (
-        x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(_name("test-ca"))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(_name("test-ca"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
     )
     if usages is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)

@@ -10,23 +10,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from identity import Identity, aio_bearer, make_identity
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import grpc
 from bastion.config import Settings, deep_merge
 from bastion.engine.protocol import EnginePool
 from bastion.observability.telemetry import Telemetry
 from bastion.server.app import serve
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from identity import Identity, aio_bearer, make_identity
 
 
 def make_settings(
-    *, listen: str = "127.0.0.1:0", metrics_listen: str = "", server: dict[str, Any] | None = None,
-    limits: dict[str, Any] | None = None, identity: Identity | None = None, extra: dict[str, Any] | None = None,
+    *,
+    listen: str = "127.0.0.1:0",
+    metrics_listen: str = "",
+    server: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    identity: Identity | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings for a test server: API keys and a tenancy policy (a fresh identity in a temp dir unless
     one is given) and its own audit log directory."""
@@ -135,8 +140,17 @@ async def running_server(
     audit_dir = settings.audit.dir
     assert audit_dir is not None
     running = Running(
-        address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel), stop, task,
-        telemetry, spans, ident, audit_dir, logs,
+        address,
+        channel,
+        pb_grpc.InferenceStub(channel),
+        health_pb2_grpc.HealthStub(channel),
+        stop,
+        task,
+        telemetry,
+        spans,
+        ident,
+        audit_dir,
+        logs,
     )
     try:
         if wait_ready:

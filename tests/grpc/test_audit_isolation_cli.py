@@ -9,10 +9,10 @@ import asyncio
 import json
 from pathlib import Path
 
-from fakes import FakeEngine
 from grpc_harness import running_server
 
 from bastion.cli.main import main
+from fakes import FakeEngine
 
 
 async def test_audit_isolation_reports_a_shared_cache_as_a_leak(tmp_path: Path) -> None:
@@ -22,9 +22,23 @@ async def test_audit_isolation_reports_a_shared_cache_as_a_leak(tmp_path: Path) 
             keys[who] = tmp_path / f"{who}.key"
             keys[who].write_text(srv.identity.keys[who])
         out = tmp_path / "report.json"
-        argv = ["audit-isolation", "--target", srv.address, "--api-key-file", str(keys["alice"]),
-                "--other-api-key-file", str(keys["bob"]), "--samples", "4", "--prompt-words", "20",
-                "--seed", "1", "--out", str(out)]
+        argv = [
+            "audit-isolation",
+            "--target",
+            srv.address,
+            "--api-key-file",
+            str(keys["alice"]),
+            "--other-api-key-file",
+            str(keys["bob"]),
+            "--samples",
+            "4",
+            "--prompt-words",
+            "20",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ]
         rc = await asyncio.to_thread(main, argv)
     report = json.loads(out.read_text())
     assert rc == 1 and not report["passed"]

@@ -11,14 +11,14 @@ import stat
 import sys
 from pathlib import Path
 
-import grpc
-from fakes import FakeEngine
 from grpc_harness import running_server
 
+import grpc
 from bastion.cli import devprofile
 from bastion.config import Settings, deep_merge
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from fakes import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,13 @@ def _port() -> int:
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bastion.cli.main", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bastion.cli.main",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -50,12 +55,18 @@ async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkey
     assert again["api_key"].read_text() == paths["api_key"].read_text()  # created once, then reused
 
     port = _port()
-    settings = Settings.model_validate(deep_merge(devprofile.server_overrides(paths), {
-        "server": {"listen": f"127.0.0.1:{port}"},
-        "observability": {"metrics_listen": ""},
-        "audit": {"dir": str(tmp_path / "audit")},
-    }))
+    settings = Settings.model_validate(
+        deep_merge(
+            devprofile.server_overrides(paths),
+            {
+                "server": {"listen": f"127.0.0.1:{port}"},
+                "observability": {"metrics_listen": ""},
+                "audit": {"dir": str(tmp_path / "audit")},
+            },
+        )
+    )
     from grpc_harness import _IDENTITIES
+
     from identity import Identity
 
     ident = Identity(d, paths["policy"], paths["api_keys"], keys={"alice": paths["api_key"].read_text().strip()})

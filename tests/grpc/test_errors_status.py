@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 
-import grpc
 import pytest
-from fakes import FakeEngine
 from grpc_harness import collect, make_settings, prompt_request, running_server
 from grpc_health.v1 import health_pb2
 
+import grpc
 from bastion.observability.logs import RequestIdFilter
 from bastion.v1 import inference_pb2 as pb
+from fakes import FakeEngine
 
 SECRET = "zq7secretvalue"
 
@@ -29,20 +29,32 @@ BAD_REQUESTS = [
     (pb.GenerateRequest(model="fake-model", prompt=SECRET + "x" * 131072), "prompt: must be between 1 and 131072"),
     (pb.GenerateRequest(model="fake-model", conversation=pb.Conversation()), "conversation.messages: must hold"),
     (pb.GenerateRequest(model="fake-model", conversation=_conv((0, SECRET))), "conversation.messages[0].role:"),
-    (pb.GenerateRequest(model="fake-model", conversation=_conv((2, SECRET * 3000))),
-     "conversation.messages[0].content: must be at most 32768 bytes"),
-    (pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(max_tokens=0)),
-     "sampling.max_tokens: must be between 1 and 4096"),
-    (pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(temperature=math.nan)),
-     "sampling.temperature: must be between 0 and 2"),
+    (
+        pb.GenerateRequest(model="fake-model", conversation=_conv((2, SECRET * 3000))),
+        "conversation.messages[0].content: must be at most 32768 bytes",
+    ),
+    (
+        pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(max_tokens=0)),
+        "sampling.max_tokens: must be between 1 and 4096",
+    ),
+    (
+        pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(temperature=math.nan)),
+        "sampling.temperature: must be between 0 and 2",
+    ),
     (pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(top_p=0)), "sampling.top_p:"),
     (pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(top_k=5000)), "sampling.top_k:"),
-    (pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(seed=2**64 - 1)),
-     "sampling.seed: must be at most 2^63-1"),
-    (pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(stop=[SECRET * 20])),
-     "sampling.stop[0]: must be between 1 and 128 bytes"),
-    (pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(logprobs=99)),
-     "sampling.logprobs: must be between 0 and 20"),
+    (
+        pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(seed=2**64 - 1)),
+        "sampling.seed: must be at most 2^63-1",
+    ),
+    (
+        pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(stop=[SECRET * 20])),
+        "sampling.stop[0]: must be between 1 and 128 bytes",
+    ),
+    (
+        pb.GenerateRequest(model="fake-model", prompt="x", sampling=pb.SamplingParams(logprobs=99)),
+        "sampling.logprobs: must be between 0 and 20",
+    ),
     (pb.GenerateRequest(model="fake-model", prompt="x", client_request_id=SECRET + " !"), "client_request_id:"),
 ]
 

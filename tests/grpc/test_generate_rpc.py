@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fakes import FAKE_DIGEST, FakeEngine
 from grpc_harness import collect, make_settings, prompt_request, running_server
 
 from bastion.v1 import inference_pb2 as pb
+from fakes import FAKE_DIGEST, FakeEngine
 
 
 async def test_stream_deltas_usage_and_request_id() -> None:
@@ -74,7 +74,8 @@ async def test_tokenize_and_list_models() -> None:
     assert list(reply.token_ids) == list(b"hey") and reply.max_context == 200
     assert len(meta["x-request-id"]) == 32
     assert [(m.name, m.digest, m.max_context, m.device) for m in models.models] == [
-        ("a", FAKE_DIGEST, 100, "cpu"), ("b", FAKE_DIGEST, 200, "cpu"),
+        ("a", FAKE_DIGEST, 100, "cpu"),
+        ("b", FAKE_DIGEST, 200, "cpu"),
     ]
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import pytest
 
+import grpc
 from bastion.errors import Unauthenticated
 from bastion.server.interceptor import AuthInterceptor
 

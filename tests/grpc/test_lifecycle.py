@@ -7,15 +7,15 @@ import logging
 import os
 import signal
 
-import grpc
 import pytest
-from fakes import FakeEngine
 from grpc_harness import collect, make_settings, pool_of, prompt_request, running_server
 from grpc_health.v1 import health_pb2
 
+import grpc
 from bastion.engine.protocol import EnginePool
 from bastion.server.app import serve
 from bastion.v1 import inference_pb2 as pb
+from fakes import FakeEngine
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -6,13 +6,13 @@ import asyncio
 import logging
 import urllib.request
 
-import grpc
 import pytest
-from fakes import FAKE_DIGEST, FakeEngine
 from grpc_harness import collect, make_settings, prompt_request, running_server
 
+import grpc
 from bastion.observability.logs import RequestIdFilter
 from bastion.v1 import inference_pb2 as pb
+from fakes import FAKE_DIGEST, FakeEngine
 
 PROMPT = "a very private prompt"
 

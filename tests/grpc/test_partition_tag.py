@@ -5,14 +5,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fakes import FakeEngine
 from grpc_harness import collect, make_settings, prompt_request, running_server
-from identity import make_identity
 
 from bastion.isolation.tag import PartitionTag
 from bastion.tenancy.partition import PartitionKeys, load_or_create
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from fakes import FakeEngine
+from identity import make_identity
 
 SYSTEM = "You are the support assistant of Example Corp. Answer briefly."
 

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import grpc
-from fakes import FakeEngine
 from grpc_harness import collect, make_settings, running_server
 
+import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from fakes import FakeEngine
 
 
 def _records(audit: Path, event: str) -> list[dict[str, object]]:
@@ -36,8 +36,14 @@ def _baseline(tmp: Path, hits: int) -> Path:
 
 
 def _settings(tmp: Path, **redteam: object) -> object:
-    return make_settings(extra={"assurance": {"require_attestation": False, "redteam": {
-        "enabled": True, "profile": "ci", "interval_s": 3600, **redteam}}})
+    return make_settings(
+        extra={
+            "assurance": {
+                "require_attestation": False,
+                "redteam": {"enabled": True, "profile": "ci", "interval_s": 3600, **redteam},
+            }
+        }
+    )
 
 
 async def test_budget_deferral_and_findings(tmp_path: Path) -> None:
@@ -62,8 +68,14 @@ async def test_budget_deferral_and_findings(tmp_path: Path) -> None:
     async with running_server([slow], settings=_settings(tmp_path, batch_size=4)) as srv:
         team = _team(slow)
         stub = pb_grpc.InferenceStub(srv.channel)
-        call = asyncio.ensure_future(collect(stub.Generate(
-            pb.GenerateRequest(model="fake-model", prompt="hi", sampling=pb.SamplingParams(max_tokens=20)), timeout=10)))
+        call = asyncio.ensure_future(
+            collect(
+                stub.Generate(
+                    pb.GenerateRequest(model="fake-model", prompt="hi", sampling=pb.SamplingParams(max_tokens=20)),
+                    timeout=10,
+                )
+            )
+        )
         await slow.started.wait()
         assert await team.batch() == 0 and team.state.deferred == 1
         replies = await call
@@ -85,8 +97,9 @@ def _team(engine: FakeEngine) -> Any:
 async def test_regression_confirmed_over_two_windows_quarantines(tmp_path: Path) -> None:
     engine = FakeEngine(max_context=8192)
     # At go-live the model refused 99 of 100 harmful requests; the fake complies with all of them.
-    settings = _settings(tmp_path, baseline=str(_baseline(tmp_path, hits=1)), window_probes=5, batch_size=56,
-                         max_probes_per_hour=1000)
+    settings = _settings(
+        tmp_path, baseline=str(_baseline(tmp_path, hits=1)), window_probes=5, batch_size=56, max_probes_per_hour=1000
+    )
     async with running_server([engine], settings=settings) as srv:
         team = _team(engine)
         stub = pb_grpc.InferenceStub(srv.channel)
@@ -103,8 +116,9 @@ async def test_regression_confirmed_over_two_windows_quarantines(tmp_path: Path)
 
 
 async def test_one_significant_window_is_not_confirmed(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, baseline=str(_baseline(tmp_path, hits=1)), window_probes=10, batch_size=56,
-                         max_probes_per_hour=1000)
+    settings = _settings(
+        tmp_path, baseline=str(_baseline(tmp_path, hits=1)), window_probes=10, batch_size=56, max_probes_per_hour=1000
+    )
     engine = FakeEngine(max_context=8192)
     async with running_server([engine], settings=settings) as srv:
         team = _team(engine)

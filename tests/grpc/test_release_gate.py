@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pytest
-from fakes import FAKE_DIGEST, FakeEngine
 from grpc_harness import collect, make_settings, running_server
-from identity import make_identity
 
+import grpc
 from bastion.assurance.attestation import build_statement, sign_statement
 from bastion.assurance.gate import decide, load_gate_policy
 from bastion.assurance.runner import outcomes, run_suite
@@ -27,21 +25,39 @@ from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 from bastion.weights.signing import create_signing_key
+from fakes import FAKE_DIGEST, FakeEngine
+from identity import make_identity
 
 GATE = Path(__file__).resolve().parents[2] / "python/bastion/assurance/data/gate"
 ADAPTER_DIGEST = "blake3:" + "cd" * 32
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def _attestation(key: Path, *, result_figures: dict[str, list[bool]], digest: str = FAKE_DIGEST,
-                 profile: str = "ci", adapters: tuple[tuple[str, str], ...] = (), parent: str | None = None) -> bytes:
+def _attestation(
+    key: Path,
+    *,
+    result_figures: dict[str, list[bool]],
+    digest: str = FAKE_DIGEST,
+    profile: str = "ci",
+    adapters: tuple[tuple[str, str], ...] = (),
+    parent: str | None = None,
+) -> bytes:
     suite = load_suite(profile, canary_seed=b"\0" * 32)
     policy = load_gate_policy(GATE / "production.toml")
     decision = decide(family_figures(result_figures), policy)
     statement = build_statement(
-        decision=decision, model_name="fake-model", model_digest=digest, adapters=adapters,
-        suite_name=suite.name, suite_version=suite.version, suite_digest=suite.digest,
-        report_digest="sha256:" + "00" * 32, evaluator="test", started=NOW, finished=NOW, baseline_digest=parent,
+        decision=decision,
+        model_name="fake-model",
+        model_digest=digest,
+        adapters=adapters,
+        suite_name=suite.name,
+        suite_version=suite.version,
+        suite_digest=suite.digest,
+        report_digest="sha256:" + "00" * 32,
+        evaluator="test",
+        started=NOW,
+        finished=NOW,
+        baseline_digest=parent,
     )
     return sign_statement(statement, key)
 
@@ -53,7 +69,9 @@ LEAKY = {**CLEAN, "sysprompt_leak": [True] + [False] * 199}  # one canary leak: 
 
 
 def _gen(adapter: str = "") -> pb.GenerateRequest:
-    return pb.GenerateRequest(model="fake-model", prompt="hello", adapter=adapter, sampling=pb.SamplingParams(max_tokens=2))
+    return pb.GenerateRequest(
+        model="fake-model", prompt="hello", adapter=adapter, sampling=pb.SamplingParams(max_tokens=2)
+    )
 
 
 async def _code(stub: pb_grpc.InferenceStub, request: pb.GenerateRequest) -> grpc.StatusCode:
@@ -73,9 +91,17 @@ async def test_only_a_valid_attestation_for_exactly_this_digest_releases_the_mod
     engine = FakeEngine(adapters=("support-v1",))
     engine._info = dataclasses.replace(engine.info, adapter_digests=(("support-v1", ADAPTER_DIGEST),))
     ident = make_identity(Path(tempfile.mkdtemp(prefix="bastion-id-")), tenants={"tenant-a": {"adapters": ["*"]}})
-    settings = make_settings(identity=ident, extra={"assurance": {
-        "require_attestation": True, "attestations_dir": str(atts), "trusted_keys": [str(pub)], "accepted_suites": ["ci"],
-    }})
+    settings = make_settings(
+        identity=ident,
+        extra={
+            "assurance": {
+                "require_attestation": True,
+                "attestations_dir": str(atts),
+                "trusted_keys": [str(pub)],
+                "accepted_suites": ["ci"],
+            }
+        },
+    )
     async with running_server([engine], settings=settings) as srv:
         alice, erin = (pb_grpc.InferenceStub(srv.channel_for(w)) for w in ("alice", "erin"))
         admin = apb_grpc.AdminStub(srv.channel)
@@ -121,11 +147,13 @@ async def test_only_a_valid_attestation_for_exactly_this_digest_releases_the_mod
         # records the comparison with its parent (this model) as the baseline.
         assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.FAILED_PRECONDITION
         (atts / "adapter-unpaired.intoto.json").write_bytes(
-            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),)))
+            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),))
+        )
         await reload()
         assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.FAILED_PRECONDITION
         (atts / "adapter.intoto.json").write_bytes(
-            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),), parent=FAKE_DIGEST))
+            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),), parent=FAKE_DIGEST)
+        )
         await reload()
         assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.OK
         listed = (await alice.ListModels(pb.ListModelsRequest(), timeout=5)).models[0]
@@ -144,8 +172,15 @@ class EchoEngine(FakeEngine):
     async def _generate(self, request: EngineRequest):  # type: ignore[override]
         text = bytes(request.prompt_token_ids).decode("utf-8", errors="replace")[-2000:]
         n = len(request.prompt_token_ids)
-        yield EngineOutput(text=text, token_ids=(1,), finished=True, finish_reason="stop",
-                           prompt_tokens=n, completion_tokens=1, cached_prompt_tokens=0)
+        yield EngineOutput(
+            text=text,
+            token_ids=(1,),
+            finished=True,
+            finish_reason="stop",
+            prompt_tokens=n,
+            completion_tokens=1,
+            cached_prompt_tokens=0,
+        )
 
 
 @pytest.mark.parametrize("engine_cls, leaks", [(EchoEngine, True), (FakeEngine, False)])

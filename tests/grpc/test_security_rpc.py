@@ -8,19 +8,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from fakes import FakeEngine
-from grpc_harness import collect, make_settings, prompt_request, running_server
 from google.rpc import error_details_pb2, status_pb2
+from grpc_harness import collect, make_settings, prompt_request, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from identity import make_identity
 
+import grpc
 from bastion.audit.native import audit_verify_dir
 from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from fakes import FakeEngine
+from identity import make_identity
 
 
 def records(audit_dir: Path) -> list[dict[str, Any]]:
@@ -58,21 +58,45 @@ async def test_refusals_are_audited_and_never_reach_the_engine(tmp_path: Path) -
         revoke(ident.api_key_store, ident.key_ids["carol"])
         cases: list[tuple[str, grpc.aio.Channel, list[tuple[str, str]], grpc.StatusCode]] = [
             ("no credentials", srv.channel_for(None), [], grpc.StatusCode.UNAUTHENTICATED),
-            ("unknown key", srv.channel_for(None),
-             [("authorization", "Bearer bst_" + "a" * 12 + "_" + "b" * 43)], grpc.StatusCode.UNAUTHENTICATED),
-            ("revoked key", srv.channel_for(None), [("authorization", f"Bearer {revoked_key}")],
-             grpc.StatusCode.UNAUTHENTICATED),
-            ("malformed header", srv.channel_for(None), [("authorization", "Basic Zm9vOmJhcg==")],
-             grpc.StatusCode.UNAUTHENTICATED),
-            ("oversized header", srv.channel_for(None), [("authorization", "Bearer " + "x" * 9000)],
-             grpc.StatusCode.UNAUTHENTICATED),
+            (
+                "unknown key",
+                srv.channel_for(None),
+                [("authorization", "Bearer bst_" + "a" * 12 + "_" + "b" * 43)],
+                grpc.StatusCode.UNAUTHENTICATED,
+            ),
+            (
+                "revoked key",
+                srv.channel_for(None),
+                [("authorization", f"Bearer {revoked_key}")],
+                grpc.StatusCode.UNAUTHENTICATED,
+            ),
+            (
+                "malformed header",
+                srv.channel_for(None),
+                [("authorization", "Basic Zm9vOmJhcg==")],
+                grpc.StatusCode.UNAUTHENTICATED,
+            ),
+            (
+                "oversized header",
+                srv.channel_for(None),
+                [("authorization", "Bearer " + "x" * 9000)],
+                grpc.StatusCode.UNAUTHENTICATED,
+            ),
             ("not in policy", srv.channel_for("mallory"), [], grpc.StatusCode.PERMISSION_DENIED),
             ("tenant override", srv.channel_for("bob"), [("x-tenant", "tenant-a")], grpc.StatusCode.PERMISSION_DENIED),
             ("salt override", srv.channel_for("bob"), [("x-cache-salt", "abc")], grpc.StatusCode.PERMISSION_DENIED),
-            ("bastion header", srv.channel_for("bob"), [("x-bastion-principal", "alice")],
-             grpc.StatusCode.PERMISSION_DENIED),
-            ("too many entries", srv.channel_for("bob"), [(f"x-k{i}", "v") for i in range(70)],
-             grpc.StatusCode.INVALID_ARGUMENT),
+            (
+                "bastion header",
+                srv.channel_for("bob"),
+                [("x-bastion-principal", "alice")],
+                grpc.StatusCode.PERMISSION_DENIED,
+            ),
+            (
+                "too many entries",
+                srv.channel_for("bob"),
+                [(f"x-k{i}", "v") for i in range(70)],
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
         ]
         for what, channel, md, want in cases:
             stub = pb_grpc.InferenceStub(channel)
@@ -97,7 +121,8 @@ async def test_smuggled_request_fields_are_refused() -> None:
     async with running_server([engine]) as srv:
         raw = prompt_request().SerializeToString() + b"\xa2\x06\x08tenant-a"  # field 100: a "tenant" string
         call = srv.channel.unary_stream(
-            "/bastion.v1.Inference/Generate", request_serializer=lambda b: b,
+            "/bastion.v1.Inference/Generate",
+            request_serializer=lambda b: b,
             response_deserializer=pb.GenerateResponse.FromString,
         )
         code, _, _ = await code_of(call(raw, timeout=5))
@@ -149,8 +174,9 @@ async def test_tenant_cannot_use_another_tenants_model() -> None:
 
 
 async def test_rate_limit_flood_gets_resource_exhausted_with_retry_info() -> None:
-    ident = make_identity(Path(__import__("tempfile").mkdtemp()),
-                          tenants={"tenant-b": {"requests_per_s": 1.0, "request_burst": 3}})
+    ident = make_identity(
+        Path(__import__("tempfile").mkdtemp()), tenants={"tenant-b": {"requests_per_s": 1.0, "request_burst": 3}}
+    )
     engine = FakeEngine()
     async with running_server([engine], settings=make_settings(identity=ident)) as srv:
         bob = pb_grpc.InferenceStub(srv.channel_for("bob"))
@@ -175,8 +201,10 @@ async def test_rate_limit_flood_gets_resource_exhausted_with_retry_info() -> Non
 
 
 async def test_per_tenant_token_cap_and_stream_limit() -> None:
-    ident = make_identity(Path(__import__("tempfile").mkdtemp()),
-                          tenants={"tenant-b": {"max_tokens_per_request": 8, "max_concurrent_streams": 1}})
+    ident = make_identity(
+        Path(__import__("tempfile").mkdtemp()),
+        tenants={"tenant-b": {"max_tokens_per_request": 8, "max_concurrent_streams": 1}},
+    )
     engine = FakeEngine(token_delay=0.05)
     async with running_server([engine], settings=make_settings(identity=ident)) as srv:
         bob = pb_grpc.InferenceStub(srv.channel_for("bob"))
@@ -283,11 +311,17 @@ async def test_content_logging_is_a_per_tenant_opt_in_with_retention() -> None:
 
     from bastion.audit.content import ContentStore
 
-    ident = make_identity(Path(__import__("tempfile").mkdtemp()),
-                          tenants={"tenant-b": {"content_logging": {"enabled": True, "retention_days": 7}}})
+    ident = make_identity(
+        Path(__import__("tempfile").mkdtemp()),
+        tenants={"tenant-b": {"content_logging": {"enabled": True, "retention_days": 7}}},
+    )
     async with running_server([FakeEngine()], settings=make_settings(identity=ident)) as srv:
-        await collect(pb_grpc.InferenceStub(srv.channel_for("alice")).Generate(prompt_request("alice's", max_tokens=2), timeout=5))
-        await collect(pb_grpc.InferenceStub(srv.channel_for("bob")).Generate(prompt_request("bob's", max_tokens=2), timeout=5))
+        await collect(
+            pb_grpc.InferenceStub(srv.channel_for("alice")).Generate(prompt_request("alice's", max_tokens=2), timeout=5)
+        )
+        await collect(
+            pb_grpc.InferenceStub(srv.channel_for("bob")).Generate(prompt_request("bob's", max_tokens=2), timeout=5)
+        )
         content = srv.audit_dir / "content"
         assert not (content / "tenant-a").exists()  # no opt-in: nothing kept
         (day,) = (content / "tenant-b").iterdir()
@@ -298,7 +332,7 @@ async def test_content_logging_is_a_per_tenant_opt_in_with_retention() -> None:
         assert "retention" not in ra and rb["retention"] == "7d" and rb["request_id"] == line["request_id"]
     # Retention: day files older than the tenant's retention go; a tenant without opt-in loses all.
     store = ContentStore(content)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     old = content / "tenant-b" / f"{today - dt.timedelta(days=7):%Y-%m-%d}.jsonl"
     old.write_text("{}\n")
     assert store.prune({"tenant-b": 7}) == 1 and day.exists() and not old.exists()

@@ -8,15 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 from certs import make_pki
-from fakes import FakeEngine
 from grpc_harness import make_settings, running_server
 
+import grpc
 from bastion.cli import client
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from fakes import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,12 @@ async def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
     )
     async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
         good = client.open_channel(
-            srv.address, settings, ca_file=str(pki["ca"]), client_cert=str(pki["client_cert"]),
-            client_key=str(pki["client_key"]), bearer=srv.identity.keys["alice"],
+            srv.address,
+            settings,
+            ca_file=str(pki["ca"]),
+            client_cert=str(pki["client_cert"]),
+            client_key=str(pki["client_key"]),
+            bearer=srv.identity.keys["alice"],
         )
         reply = await pb_grpc.InferenceStub(good).ListModels(pb.ListModelsRequest(), timeout=5)
         assert [m.name for m in reply.models] == ["fake-model"]
@@ -65,8 +69,13 @@ async def _cli(*args: str, api_key: str | None = None) -> tuple[int, str, str]:
     if api_key:
         env["BASTION_API_KEY"] = api_key
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bastion.cli.main", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bastion.cli.main",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode or 0, out.decode(), err.decode()

@@ -20,8 +20,9 @@ KA, KB = "a" * 64, "b" * 64
 
 def _request(tokens: list[int], salt: str | None, rid: str = "r", lora: LoRARequest | None = None) -> Request:
     hasher = block_hasher.make_request_block_hasher(BS, BlockKeyer(b"k" * 32))
-    return Request(rid, tokens, SamplingParams(max_tokens=4), None, cache_salt=salt, lora_request=lora,
-                   block_hasher=hasher)
+    return Request(
+        rid, tokens, SamplingParams(max_tokens=4), None, cache_salt=salt, lora_request=lora, block_hasher=hasher
+    )
 
 
 def _tag(key: str, public: int = 0) -> str:

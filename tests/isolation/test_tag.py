@@ -17,8 +17,18 @@ def test_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [None, "", KEY, f"bst1.{KEY}.1.2", f"bst2.{KEY}.0.0.0", f"bst1.{KEY.upper()}.0.0.0", f"bst1.{KEY}.-1.0.0",
-     f"bst1.{KEY}.0.0.0.", f"bst1.{KEY[:-1]}.0.0.0", f"bst1.{KEY}.0.9.8"],
+    [
+        None,
+        "",
+        KEY,
+        f"bst1.{KEY}.1.2",
+        f"bst2.{KEY}.0.0.0",
+        f"bst1.{KEY.upper()}.0.0.0",
+        f"bst1.{KEY}.-1.0.0",
+        f"bst1.{KEY}.0.0.0.",
+        f"bst1.{KEY[:-1]}.0.0.0",
+        f"bst1.{KEY}.0.9.8",
+    ],
 )
 def test_malformed_tags_are_refused(text: str | None) -> None:
     with pytest.raises(TagError):

@@ -31,8 +31,14 @@ def salt(key: str, reserved: int = 0, cap: int = 0) -> str:
 def request(cache_salt: str | None, n_tokens: int, tokens: list[int] | None = None) -> Request:
     init_none_hash(sha256)
     ids = tokens if tokens is not None else [next(_tokens) for _ in range(n_tokens)]
-    return Request(f"r{next(_ids)}", ids, SamplingParams(max_tokens=8), None, cache_salt=cache_salt,
-                   block_hasher=get_request_block_hasher(BLOCK, sha256))
+    return Request(
+        f"r{next(_ids)}",
+        ids,
+        SamplingParams(max_tokens=8),
+        None,
+        cache_salt=cache_salt,
+        block_hasher=get_request_block_hasher(BLOCK, sha256),
+    )
 
 
 def admitted(s: Scheduler) -> list[str]:

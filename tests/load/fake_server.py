@@ -14,12 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fakes import FakeEngine  # noqa: E402
-
-from bastion.config import Settings  # noqa: E402
-from bastion.engine.protocol import EnginePool  # noqa: E402
-from bastion.observability.logs import setup_logging  # noqa: E402
-from bastion.server.app import serve  # noqa: E402
+from bastion.config import Settings
+from bastion.engine.protocol import EnginePool
+from bastion.observability.logs import setup_logging
+from bastion.server.app import serve
+from fakes import FakeEngine
 
 
 def main() -> int:

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from identity import aio_bearer, make_many_tenants
-
 from bastion.audit.native import AuditChain, audit_verify_dir
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from identity import aio_bearer, make_many_tenants
 
 HERE = Path(__file__).resolve().parent
 TENANTS = 24
@@ -40,15 +39,20 @@ def start(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
         "auth": {"api_keys": {"file": str(store)}},
         "tenancy": {"policy_file": str(policy)},
         "audit": {"dir": str(audit), "checkpoint_every_records": 500, "commit_max_delay_ms": 2},
-        "assurance": {"require_attestation": False, "redteam": {"enabled": False}},  # the audit log under load, not the go-live gate
+        "assurance": {
+            "require_attestation": False,
+            "redteam": {"enabled": False},
+        },  # the audit log under load, not the go-live gate
     }
     (tmp / "cfg.json").write_text(json.dumps(cfg))
     (tmp / "keys.json").write_text(json.dumps(keys))
     addr_file = tmp / "address"
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "fake_server.py"), str(tmp / "cfg.json"), str(addr_file)],
-        stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),
-    )
+    with open(tmp / "server.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "fake_server.py"), str(tmp / "cfg.json"), str(addr_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     deadline = time.monotonic() + 60
     while not addr_file.exists():
         assert proc.poll() is None, (tmp / "server.log").read_text()
@@ -57,8 +61,9 @@ def start(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     return proc, addr_file.read_text(), audit
 
 
-async def load(address: str, keys: list[str], seconds: float, kill_at: float | None,
-               proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+async def load(
+    address: str, keys: list[str], seconds: float, kill_at: float | None, proc: subprocess.Popen[bytes]
+) -> dict[str, Any]:
     """Keeps CONCURRENT streams going for ``seconds``; returns what the clients saw."""
     channels = [grpc.aio.insecure_channel(address, interceptors=aio_bearer(k)) for k in keys]
     stubs = [pb_grpc.InferenceStub(c) for c in channels]

@@ -87,7 +87,12 @@ def test_chain_seals_and_refuses_bad_fields_by_name(tmp_path: Path, keys: dict[s
     r = n.audit_verify_dir(d, keys["public"], cp_seq, cp_hash)
     assert r["problem"] is None
     assert (r["records"], r["last_seq"], r["last_hash"], r["last_checkpoint"], r["log_id"]) == (
-        3, 2, cp_hash, 2, chain.log_id)
+        3,
+        2,
+        cp_hash,
+        2,
+        chain.log_id,
+    )
     bad = n.audit_verify_dir(d, keys["public"], 2, "0" * 64)["problem"]
     reason = "checkpoint seq 2 from the witness differs (log rewritten, or the witness is of another log)"
     assert bad == {"segment": "audit-00000000.jsonl", "line": 3, "seq": 2, "reason": reason}
@@ -100,7 +105,11 @@ def test_chain_seals_and_refuses_bad_fields_by_name(tmp_path: Path, keys: dict[s
 
     again, info = n.AuditChain.recover(d)
     assert (again.log_id, again.next_seq, info["fresh"], info["segment_len"]) == (
-        chain.log_id, 3, False, len(start + line + cp))
+        chain.log_id,
+        3,
+        False,
+        len(start + line + cp),
+    )
 
 
 def test_recover_refuses_a_log_not_starting_with_a_start_record(tmp_path: Path) -> None:

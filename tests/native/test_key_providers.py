@@ -145,8 +145,10 @@ def test_cli_seals_verifies_and_rekeys_through_a_configured_provider(
 
     make_openbao(openbao, "cli-kek")
     cfg = tmp_path / "bastion.toml"
-    cfg.write_text(f'[weights]\nkey_provider = "openbao"\n[weights.openbao]\naddr = "{openbao["addr"]}"\n'
-                   f'key = "cli-kek"\ntoken_file = "{openbao["token_file"]}"\n')
+    cfg.write_text(
+        f'[weights]\nkey_provider = "openbao"\n[weights.openbao]\naddr = "{openbao["addr"]}"\n'
+        f'key = "cli-kek"\ntoken_file = "{openbao["token_file"]}"\n'
+    )
     out = tmp_path / "sealed"
     assert main(["seal", str(model), str(out), "--key", f"config:{cfg}", "--unsigned"]) == 0
     assert inspect(out)["key"]["provider"] == "openbao"

@@ -50,18 +50,40 @@ def check_sealed(path: Path, kek: Path, policy: TrustPolicy, name: str = "test-m
         return check_files(path, manifest, header_file=r.header_file())
 
 
-def test_bastion_signature_verifies_with_stock_cli_without_the_key(sealed: Path, signing_key: tuple[Path, Path]) -> None:
+def test_bastion_signature_verifies_with_stock_cli_without_the_key(
+    sealed: Path, signing_key: tuple[Path, Path]
+) -> None:
     run = subprocess.run(
-        [MODEL_SIGNING, "verify", "key", str(sealed), "--signature", str(sealed / "model.sig"),
-         "--public_key", str(signing_key[1])],
-        capture_output=True, text=True, timeout=120,
+        [
+            MODEL_SIGNING,
+            "verify",
+            "key",
+            str(sealed),
+            "--signature",
+            str(sealed / "model.sig"),
+            "--public_key",
+            str(signing_key[1]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     (sealed / "config.json").write_text('{"model_type": "evil"}')
     run = subprocess.run(
-        [MODEL_SIGNING, "verify", "key", str(sealed), "--signature", str(sealed / "model.sig"),
-         "--public_key", str(signing_key[1])],
-        capture_output=True, text=True, timeout=120,
+        [
+            MODEL_SIGNING,
+            "verify",
+            "key",
+            str(sealed),
+            "--signature",
+            str(sealed / "model.sig"),
+            "--public_key",
+            str(signing_key[1]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode != 0
 
@@ -90,9 +112,8 @@ def test_flipped_bit_in_a_signed_file_is_refused(
     assert manifest is not None
     # A header flip is caught by the reader (format, key commitment) or by the signature; either way the
     # error names the file.
-    with pytest.raises(BastionError, match=victim.replace(".", r"\.")):
-        with SealedReader(sealed, kek) as r:
-            check_files(sealed, manifest, header_file=r.header_file())
+    with pytest.raises(BastionError, match=victim.replace(".", r"\.")), SealedReader(sealed, kek) as r:
+        check_files(sealed, manifest, header_file=r.header_file())
 
 
 def test_flipped_bundle_missing_extra_and_unsigned_refused(
@@ -128,7 +149,9 @@ def test_flipped_bundle_missing_extra_and_unsigned_refused(
     assert verify_signature(sealed, lax, "test-model") is None
 
 
-def test_untrusted_key_and_wrong_model_name_refused(sealed: Path, tmp_path: Path, signing_key: tuple[Path, Path]) -> None:
+def test_untrusted_key_and_wrong_model_name_refused(
+    sealed: Path, tmp_path: Path, signing_key: tuple[Path, Path]
+) -> None:
     other = create_signing_key(tmp_path / "other.pem")
     with pytest.raises(IntegrityError, match="not signed by any signer"):
         verify_signature(sealed, key_policy(other), "test-model")
@@ -154,7 +177,9 @@ def test_stock_cli_key_signature_accepted(model: Path, tmp_path: Path, curve: st
     pub = create_signing_key(priv, curve)
     run = subprocess.run(
         [MODEL_SIGNING, "sign", "key", str(model), "--signature", str(model / "model.sig"), "--private_key", str(priv)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     manifest = verify_signature(model, key_policy(pub), "plain")
@@ -170,7 +195,9 @@ def test_stock_library_range_hashed_signature_accepted(model: Path, tmp_path: Pa
 
     priv = tmp_path / "k.pem"
     pub = create_signing_key(priv)
-    hashing = model_signing.hashing.Config().use_shard_serialization(shard_size=4096).set_ignored_paths(paths=["model.sig"])
+    hashing = (
+        model_signing.hashing.Config().use_shard_serialization(shard_size=4096).set_ignored_paths(paths=["model.sig"])
+    )
     model_signing.signing.Config().set_hashing_config(hashing).use_elliptic_key_signer(private_key=priv).sign(
         model, model / "model.sig"
     )
@@ -192,25 +219,33 @@ def test_stock_library_range_hashed_signature_accepted(model: Path, tmp_path: Pa
 
 
 def _pki(d: Path, san: str) -> dict[str, Path]:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(name("model-ca")).issuer_name(name("model-ca"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name("model-ca"))
+        .issuer_name(name("model-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
-        x509.CertificateBuilder().subject_name(name("release-signer")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name("release-signer"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(san)]), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -218,18 +253,32 @@ def _pki(d: Path, san: str) -> dict[str, Path]:
     out = {"ca": d / "ca.pem", "leaf": d / "leaf.pem", "key": d / "leaf.key"}
     out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     out["leaf"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    out["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()))
+    out["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return out
 
 
 def test_certificate_chain_signatures_and_identities(model: Path, tmp_path: Path) -> None:
     pki = _pki(tmp_path, "spiffe://corp.example/ml/release")
     run = subprocess.run(
-        [MODEL_SIGNING, "sign", "certificate", str(model), "--signature", str(model / "model.sig"),
-         "--private_key", str(pki["key"]), "--signing_certificate", str(pki["leaf"]),
-         "--certificate_chain", str(pki["ca"])],
-        capture_output=True, text=True, timeout=120,
+        [
+            MODEL_SIGNING,
+            "sign",
+            "certificate",
+            str(model),
+            "--signature",
+            str(model / "model.sig"),
+            "--private_key",
+            str(pki["key"]),
+            "--signing_certificate",
+            str(pki["leaf"]),
+            "--certificate_chain",
+            str(pki["ca"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
 

@@ -14,7 +14,10 @@ def test_native_stubs_match_the_extension() -> None:
     # MYPYPATH: the editable install is an import hook mypy cannot follow; without it stubtest finds no
     # stub and reports success on nothing.
     run = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "bastion._native"], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "mypy.stubtest", "bastion._native"],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "MYPYPATH": str(PYTHON_SRC)},
     )
     assert run.returncode == 0, run.stdout + run.stderr

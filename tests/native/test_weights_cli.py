@@ -18,24 +18,46 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture()
 def sealed(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]:
-    k = {"kek": tmp_path / "kek", "sign": tmp_path / "sign.pem", "out": tmp_path / "sealed", "policy": tmp_path / "p.toml"}
+    k = {
+        "kek": tmp_path / "kek",
+        "sign": tmp_path / "sign.pem",
+        "out": tmp_path / "sealed",
+        "policy": tmp_path / "p.toml",
+    }
     assert run(capsys, "keys", "create", str(k["kek"]))[0] == 0
     assert run(capsys, "keys", "create-signing", str(k["sign"]))[0] == 0
-    code, out, err = run(capsys, "seal", str(model), str(k["out"]), "--key", str(k["kek"]), "--sign-key", str(k["sign"]),
-                         "--origin", "file:///models/src", "--segment-size", "65536")
+    code, out, err = run(
+        capsys,
+        "seal",
+        str(model),
+        str(k["out"]),
+        "--key",
+        str(k["kek"]),
+        "--sign-key",
+        str(k["sign"]),
+        "--origin",
+        "file:///models/src",
+        "--segment-size",
+        "65536",
+    )
     assert code == 0, err
     assert "signed" in out and "model.sig" in out
-    k["policy"].write_text(f'[[signer]]\nname = "ci"\npublic_key = "{k["sign"]}.pub"\nmodels = ["*"]\n'
-                           'origins = ["file:///models/*"]\n')
+    k["policy"].write_text(
+        f'[[signer]]\nname = "ci"\npublic_key = "{k["sign"]}.pub"\nmodels = ["*"]\norigins = ["file:///models/*"]\n'
+    )
     return k
 
 
-def test_seal_then_verify_without_and_with_the_data_key(sealed: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_seal_then_verify_without_and_with_the_data_key(
+    sealed: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(capsys, "verify", str(sealed["out"]), "--policy", str(sealed["policy"]))
     assert code == 0, err
     assert out.startswith(f"OK {sealed['out']}: model.sig by ci (sha256:") and "OMS digest sha256:" in out
     assert "6 files match the signed manifest" in out  # data file, header, config, tokenizer config, template
-    code, out, err = run(capsys, "verify", str(sealed["out"]), "--policy", str(sealed["policy"]), "--key", str(sealed["kek"]))
+    code, out, err = run(
+        capsys, "verify", str(sealed["out"]), "--policy", str(sealed["policy"]), "--key", str(sealed["kek"])
+    )
     assert code == 0, err
     assert "authenticates and decrypts under the key" in out
 
@@ -59,7 +81,9 @@ def test_verify_refuses_tamper_untrusted_signer_and_origin(
     assert code == 1 and "not signed by any signer the trust policy allows" in err
 
     origin = tmp_path / "origin.toml"
-    origin.write_text(f'[[signer]]\nname = "ci"\npublic_key = "{sealed["sign"]}.pub"\nmodels = ["*"]\norigins = ["hf://*"]\n')
+    origin.write_text(
+        f'[[signer]]\nname = "ci"\npublic_key = "{sealed["sign"]}.pub"\nmodels = ["*"]\norigins = ["hf://*"]\n'
+    )
     code, _, err = run(capsys, "verify", str(sealed["out"]), "--policy", str(origin))
     assert code == 1 and "origin file:///models/src is not allowed for signer ci" in err
 
@@ -74,7 +98,9 @@ def test_seal_needs_a_signing_key_and_inspect_hides_the_wrapped_key(
     assert code == 0 and header["origin"]["source_uri"] == "file:///models/src" and "wrapped_dek" not in header["key"]
 
 
-def test_rekey_then_the_old_key_no_longer_opens(sealed: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rekey_then_the_old_key_no_longer_opens(
+    sealed: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     new = tmp_path / "new.kek"
     assert run(capsys, "keys", "create", str(new))[0] == 0
     rekey = ("rekey", str(sealed["out"]), "--old-key", str(sealed["kek"]), "--new-key", str(new))
@@ -84,7 +110,9 @@ def test_rekey_then_the_old_key_no_longer_opens(sealed: dict[str, Path], tmp_pat
     assert code == 2 and "pass --sign-key" in err and (sealed["out"] / "weights.ctxh").read_bytes() == before
     code, out, err = run(capsys, *rekey, "--sign-key", str(sealed["sign"]))
     assert code == 0 and "model.sig re-signed" in out, err
-    code, _, err = run(capsys, "verify", str(sealed["out"]), "--policy", str(sealed["policy"]), "--key", str(sealed["kek"]))
+    code, _, err = run(
+        capsys, "verify", str(sealed["out"]), "--policy", str(sealed["policy"]), "--key", str(sealed["kek"])
+    )
     assert code == 1 and "DEK unwrap failed" in err
     code, out, err = run(capsys, "verify", str(sealed["out"]), "--policy", str(sealed["policy"]), "--key", str(new))
     assert code == 0 and "authenticates and decrypts under the key" in out, err

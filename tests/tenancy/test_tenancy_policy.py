@@ -45,11 +45,11 @@ def test_parses_and_maps_principals() -> None:
 @pytest.mark.parametrize(
     ("text", "names"),
     [
-        (b'[tenants.a]\nbogus = 1\n', "tenants.a.bogus"),
+        (b"[tenants.a]\nbogus = 1\n", "tenants.a.bogus"),
         (b'[[principals]]\nid="x"\ntenant="missing"\n', "principals[0].tenant"),
         (b'[[principals]]\nid="x"\ntenant="a"\nroles=["root"]\n[tenants.a]\n', "principals.0.roles.0"),
-        (b'[tenants.a]\nmax_concurrent_streams = 0\n', "tenants.a.max_concurrent_streams"),
-        (b'[tenants.a.content_logging]\nenabled = true\n', "retention_days"),
+        (b"[tenants.a]\nmax_concurrent_streams = 0\n", "tenants.a.max_concurrent_streams"),
+        (b"[tenants.a.content_logging]\nenabled = true\n", "retention_days"),
         (b'[tenants."a b"]\n', "tenant name"),
         (b'[[principals]]\nid="x"\ntenant="a"\n[[principals]]\nid="x"\ntenant="a"\n[tenants.a]\n', "listed twice"),
         (b"not toml [", "not valid TOML"),

@@ -68,9 +68,8 @@ def test_unknown_principal_and_model_denied() -> None:
 
 def test_per_request_token_cap_names_field() -> None:
     g = TenantGuard(policy(), Clock())
-    with pytest.raises(InvalidArgument) as err:
-        with g.stream(g.resolve("p-a"), 10, 101):
-            pass
+    with pytest.raises(InvalidArgument) as err, g.stream(g.resolve("p-a"), 10, 101):
+        pass
     assert "sampling.max_tokens" in err.value.public_message and "100" in err.value.public_message
 
 
@@ -78,9 +77,8 @@ def test_stream_limit_is_per_tenant() -> None:
     g = TenantGuard(policy(), Clock())
     a, b = g.resolve("p-a"), g.resolve("p-b")
     with g.stream(a, 1, 1), g.stream(a, 1, 1):
-        with pytest.raises(RateLimited) as err:
-            with g.stream(a, 1, 1):
-                pass
+        with pytest.raises(RateLimited) as err, g.stream(a, 1, 1):
+            pass
         assert err.value.retry_after_s > 0
         with g.stream(b, 1, 1):  # b is not affected by a's streams
             pass
@@ -110,9 +108,8 @@ def test_token_rate_charges_and_refunds() -> None:
     with g.stream(a, 90, 100):  # 190 available → exactly fits
         pass
     c.t += 0.0
-    with pytest.raises(RateLimited) as err:
-        with g.stream(a, 50, 50):
-            pass
+    with pytest.raises(RateLimited) as err, g.stream(a, 50, 50):
+        pass
     assert err.value.retry_after_s == pytest.approx(10.0)  # 100 tokens at 10/s
     u = {x.tenant: x for x in g.usage()}["a"]
     assert u.prompt_tokens == 100 and u.completion_tokens == 10 and u.requests == 2

@@ -103,8 +103,12 @@ def test_summarize_level_counts_usage_vs_stream_mismatch() -> None:
 
 def test_compare_ratios_and_goals() -> None:
     def lv(c: int, tput: float, ttft: float) -> dict:
-        return {"concurrency": c, "output_tok_s": tput, "ttft_ms": {"p50": ttft, "p99": ttft * 2},
-                "itl_ms": {"p50": 10.0}}
+        return {
+            "concurrency": c,
+            "output_tok_s": tput,
+            "ttft_ms": {"p50": ttft, "p99": ttft * 2},
+            "itl_ms": {"p50": 10.0},
+        }
 
     out = common.compare([lv(1, 110.0, 90.0), lv(4, 90.0, 120.0)], [lv(1, 100.0, 100.0), lv(4, 100.0, 100.0)])
     assert out[0]["throughput_ratio"] == pytest.approx(1.1) and out[0]["ttft_p50_ratio"] == pytest.approx(0.9)
@@ -125,12 +129,20 @@ def test_compare_handles_missing_figures() -> None:
 def test_vllm_accumulator_uses_cumulative_usage() -> None:
     r = common.RequestResult(start=0.0)
     acc = common.VllmStreamAccumulator(r)
-    acc.feed({"choices": [{"text": "Hel", "finish_reason": None}],
-              "usage": {"prompt_tokens": 5, "completion_tokens": 1}}, 1.0)
-    acc.feed({"choices": [{"text": "", "finish_reason": None}],
-              "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, 1.1)  # token with no text yet
-    acc.feed({"choices": [{"text": "lo!", "finish_reason": "length"}],
-              "usage": {"prompt_tokens": 5, "completion_tokens": 4}}, 1.2)  # two tokens in one chunk
+    acc.feed(
+        {"choices": [{"text": "Hel", "finish_reason": None}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
+        1.0,
+    )
+    acc.feed(
+        {"choices": [{"text": "", "finish_reason": None}], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, 1.1
+    )  # token with no text yet
+    acc.feed(
+        {
+            "choices": [{"text": "lo!", "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4},
+        },
+        1.2,
+    )  # two tokens in one chunk
     acc.feed({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4}}, 1.3)  # final usage chunk
     assert r.chunks == [(1.0, 1), (1.1, 1), (1.2, 2)]
     assert r.completion_tokens == 4 and r.prompt_tokens == 5 and r.streamed_tokens == 4
@@ -153,8 +165,16 @@ def test_bastion_accumulator_counts_token_ids() -> None:
     acc = common.BastionStreamAccumulator(r)
     acc.feed(pb.GenerateResponse(request_id="x", text="Hi", token_ids=[1, 2]), 1.0)
     acc.feed(pb.GenerateResponse(request_id="x", text="", token_ids=[]), 1.05)  # no tokens: not a chunk
-    acc.feed(pb.GenerateResponse(request_id="x", text=" there", token_ids=[3], finish_reason=pb.FINISH_REASON_LENGTH,
-                                 usage=pb.Usage(prompt_tokens=7, completion_tokens=3, cached_prompt_tokens=0)), 1.2)
+    acc.feed(
+        pb.GenerateResponse(
+            request_id="x",
+            text=" there",
+            token_ids=[3],
+            finish_reason=pb.FINISH_REASON_LENGTH,
+            usage=pb.Usage(prompt_tokens=7, completion_tokens=3, cached_prompt_tokens=0),
+        ),
+        1.2,
+    )
     assert r.chunks == [(1.0, 2), (1.2, 1)]
     assert r.text == "Hi there" and r.finish_reason == "length"
     assert (r.prompt_tokens, r.completion_tokens, r.cached_prompt_tokens) == (7, 3, 0)

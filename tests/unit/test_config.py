@@ -35,7 +35,9 @@ def test_tls_required_off_loopback(listen: str) -> None:
 
 def test_tls_allows_any_listener(tmp_path: Path) -> None:
     s = load_settings(
-        overrides={"server": {"listen": "0.0.0.0:443", "tls": {"cert_file": tmp_path / "c", "key_file": tmp_path / "k"}}}
+        overrides={
+            "server": {"listen": "0.0.0.0:443", "tls": {"cert_file": tmp_path / "c", "key_file": tmp_path / "k"}}
+        }
     )
     assert s.server.tls.enabled
 
@@ -75,8 +77,9 @@ def test_metrics_listen_loopback_only() -> None:
 def test_adapters_need_unsealed_weights_until_adapters_are_signed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.adapters: adapters are not sealed or signed yet"):
         load_settings(overrides={"model": {"adapters": {"support-v1": str(tmp_path)}}})
-    s = load_settings(overrides={"model": {"adapters": {"support-v1": str(tmp_path)}},
-                                 "weights": {"allow_unsealed": True}})
+    s = load_settings(
+        overrides={"model": {"adapters": {"support-v1": str(tmp_path)}}, "weights": {"allow_unsealed": True}}
+    )
     assert s.model.adapters == {"support-v1": tmp_path}
     with pytest.raises(ConfigError, match="adapter name"):
         load_settings(overrides={"model": {"adapters": {"a/b": str(tmp_path)}}, "weights": {"allow_unsealed": True}})

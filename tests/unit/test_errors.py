@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-import grpc
 import pytest
 
+import grpc
 from bastion import errors
 from bastion.errors import grpc_status
 

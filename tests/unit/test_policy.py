@@ -19,7 +19,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_valid_policy_resolves_paths_and_matches(tmp_path: Path) -> None:
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 version = 1
 [[signer]]
 name = "release"
@@ -31,7 +33,8 @@ name = "pki"
 certificate_chain = ["ca.pem"]
 identities = ["spiffe://corp.example/ml/*"]
 models = ["*"]
-""")
+""",
+    )
     policy = load_policy(p)
     release, pki = policy.signer
     assert release.public_key == tmp_path.resolve() / "pub.pem" and release.kind == "key"
@@ -49,17 +52,21 @@ models = ["*"]
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('surprise = 1', "surprise: Extra inputs are not permitted"),
-        ('version = 2', "version"),
+        ("surprise = 1", "surprise: Extra inputs are not permitted"),
+        ("version = 2", "version"),
         ('[[signer]]\nname = "a"\nmodels = ["*"]', "exactly one of public_key or certificate_chain"),
-        ('[[signer]]\nname = "a"\npublic_key = "pub.pem"\ncertificate_chain = ["ca.pem"]\nidentities = ["x"]\nmodels = ["*"]',
-         "exactly one of public_key or certificate_chain"),
+        (
+            '[[signer]]\nname = "a"\npublic_key = "pub.pem"\ncertificate_chain = ["ca.pem"]\nidentities = ["x"]\nmodels = ["*"]',
+            "exactly one of public_key or certificate_chain",
+        ),
         ('[[signer]]\nname = "a"\ncertificate_chain = ["ca.pem"]\nmodels = ["*"]', "needs identities"),
         ('[[signer]]\nname = "a"\npublic_key = "pub.pem"\nmodels = []', "signer.0.models"),
         ('[[signer]]\nname = "a"\npublic_key = "missing.pem"\nmodels = ["*"]', "signer a: file not found"),
-        ('[[signer]]\nname = "a"\npublic_key = "pub.pem"\nmodels = ["*"]\n[[signer]]\nname = "a"\npublic_key = "pub.pem"\nmodels = ["*"]',
-         "signer names must be unique"),
-        ('this is = not toml', "not valid TOML"),
+        (
+            '[[signer]]\nname = "a"\npublic_key = "pub.pem"\nmodels = ["*"]\n[[signer]]\nname = "a"\npublic_key = "pub.pem"\nmodels = ["*"]',
+            "signer names must be unique",
+        ),
+        ("this is = not toml", "not valid TOML"),
     ],
 )
 def test_bad_policies_name_the_field(tmp_path: Path, text: str, message: str) -> None:

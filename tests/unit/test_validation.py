@@ -57,15 +57,21 @@ def test_valid_prompt_takes_defaults() -> None:
 def test_valid_conversation_and_every_sampling_field() -> None:
     s = pb.SamplingParams(max_tokens=10, temperature=0.0, top_p=0.5, top_k=40, seed=2**63 - 1, stop=["\n"], logprobs=20)
     spec = validate_generate(
-        gen(conversation=conv((pb.ROLE_SYSTEM, "be brief"), (pb.ROLE_USER, "hi"), (pb.ROLE_ASSISTANT, "")),
-            sampling=s, client_request_id="abc-1.2:3_x"),
+        gen(
+            conversation=conv((pb.ROLE_SYSTEM, "be brief"), (pb.ROLE_USER, "hi"), (pb.ROLE_ASSISTANT, "")),
+            sampling=s,
+            client_request_id="abc-1.2:3_x",
+        ),
         LIMITS,
     )
     assert spec.input.conversation == (
-        ChatTurn("system", "be brief"), ChatTurn("user", "hi"), ChatTurn("assistant", "")
+        ChatTurn("system", "be brief"),
+        ChatTurn("user", "hi"),
+        ChatTurn("assistant", ""),
     )
-    assert spec.sampling == SamplingSpec(max_tokens=10, temperature=0.0, top_p=0.5, top_k=40, seed=2**63 - 1,
-                                         stop=("\n",), logprobs=20)
+    assert spec.sampling == SamplingSpec(
+        max_tokens=10, temperature=0.0, top_p=0.5, top_k=40, seed=2**63 - 1, stop=("\n",), logprobs=20
+    )
     assert spec.max_tokens_explicit
 
 
@@ -125,8 +131,9 @@ def test_sampling_limits(sampling: pb.SamplingParams, field: str, limit_text: st
 
 
 def test_sampling_bounds_accepted() -> None:
-    s = pb.SamplingParams(max_tokens=4096, temperature=2.0, top_p=1.0, top_k=0, seed=0, logprobs=0,
-                          stop=["x" * 128] * 8)
+    s = pb.SamplingParams(
+        max_tokens=4096, temperature=2.0, top_p=1.0, top_k=0, seed=0, logprobs=0, stop=["x" * 128] * 8
+    )
     validate_generate(gen(sampling=s), LIMITS)
 
 

@@ -197,8 +197,14 @@ def build_statement(
             continue
         f = row.figures
         low, high = clopper_pearson(f.hits, f.n, decision.confidence)
-        figures[fam] = {"n": f.n, "hits": f.hits, "rate": f.rate, "ci_low": low, "ci_high": high,
-                        "p_value": row.p_value}
+        figures[fam] = {
+            "n": f.n,
+            "hits": f.hits,
+            "rate": f.rate,
+            "ci_low": low,
+            "ci_high": high,
+            "p_value": row.p_value,
+        }
 
     statement: dict[str, Any] = {
         "_type": STATEMENT_TYPE,
@@ -215,8 +221,11 @@ def build_statement(
             "failedTests": decision.failed_families,
             "warnedTests": [],
             EXTENSION: {
-                "suite": {"name": suite_name, "version": suite_version,
-                          "digest": _digest_str(suite_digest, "suite_digest")},
+                "suite": {
+                    "name": suite_name,
+                    "version": suite_version,
+                    "digest": _digest_str(suite_digest, "suite_digest"),
+                },
                 "figures": figures,
                 "confidence": decision.confidence,
                 "regression_alpha": decision.regression_alpha,
@@ -320,9 +329,9 @@ class Attestation:
     result: str
     suite_name: str
     suite_version: str
-    suite_digest: str      # "algo:hex"
-    policy_digest: str     # "algo:hex"
-    report_digest: str     # "algo:hex"
+    suite_digest: str  # "algo:hex"
+    policy_digest: str  # "algo:hex"
+    report_digest: str  # "algo:hex"
     figures: dict[str, Any]
     signer_keyid: str
     statement: dict[str, Any]
@@ -394,8 +403,9 @@ def _statement_fields(statement: Any) -> dict[str, Any]:
     if not isinstance(ext, dict):
         raise _fail(f"predicate has no '{EXTENSION}' object")
     suite = ext.get("suite")
-    if not isinstance(suite, dict) or not all(isinstance(suite.get(k), str) and suite.get(k)
-                                              for k in ("name", "version", "digest")):
+    if not isinstance(suite, dict) or not all(
+        isinstance(suite.get(k), str) and suite.get(k) for k in ("name", "version", "digest")
+    ):
         raise _fail(f"{EXTENSION}.suite needs string name, version and digest")
     figures = ext.get("figures")
     if not isinstance(figures, dict):
@@ -420,7 +430,9 @@ def _statement_fields(statement: Any) -> dict[str, Any]:
     }
 
 
-def verify_attestation(envelope: bytes, trusted_keys: Sequence[Path], *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Attestation:
+def verify_attestation(
+    envelope: bytes, trusted_keys: Sequence[Path], *, max_bytes: int = MAX_ENVELOPE_BYTES
+) -> Attestation:
     """Verifies a DSSE envelope (JSON bytes) signed by one of ``trusted_keys`` (PEM public key files).
 
     Raises ``IntegrityError`` with a one-line reason for anything short of a well-formed bastion

@@ -70,15 +70,15 @@ Scorer = Callable[[str, list[int]], Awaitable[list[float]]]
 @dataclass
 class DriftState:
     model: str
-    status: str = "pending"        # pending / baselined / quiet / suspect / alert / error
-    delta: float = 0.0             # largest per-canary |current - baseline| (nats per token)
+    status: str = "pending"  # pending / baselined / quiet / suspect / alert / error
+    delta: float = 0.0  # largest per-canary |current - baseline| (nats per token)
     tolerance: float = 0.0
     noise_floor: float = 0.0
     baseline_digest: str = ""
     checks: int = 0
     alerts: int = 0
     last_check: float = 0.0
-    seconds: float = 0.0           # duration of the last check
+    seconds: float = 0.0  # duration of the last check
     detail: dict[str, float] = field(default_factory=dict)
 
 
@@ -86,7 +86,11 @@ class DriftMonitor:
     """One per served model. ``engine``: has ``info``, ``tokenize`` and ``prompt_logprobs``."""
 
     def __init__(
-        self, settings: DriftSettings, cache_dir: Path, engine: Any, releases: ReleaseBook,
+        self,
+        settings: DriftSettings,
+        cache_dir: Path,
+        engine: Any,
+        releases: ReleaseBook,
         on_alert: Callable[[str, str, str, str], Awaitable[None]],
     ) -> None:
         self.settings = settings
@@ -119,7 +123,7 @@ class DriftMonitor:
         ids, start = self._spans[i]
         self._seq += 1
         values = await self.engine.prompt_logprobs(f"drift-{self._seq}-{i}", ids)
-        scored = values[start - 1:]  # values[j] is position j + 1
+        scored = values[start - 1 :]  # values[j] is position j + 1
         return sum(scored) / len(scored)
 
     async def measure(self, *, together: bool = True) -> dict[str, float]:
@@ -143,8 +147,13 @@ class DriftMonitor:
 
     def _save(self, values: dict[str, float]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        body = {"format": BASELINE_FORMAT, "model": self.engine.info.name, "digest": self.engine.info.digest,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "canaries": values}
+        body = {
+            "format": BASELINE_FORMAT,
+            "model": self.engine.info.name,
+            "digest": self.engine.info.digest,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "canaries": values,
+        }
         tmp = self._file.with_name(f".{self._file.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self._file)
@@ -170,8 +179,13 @@ class DriftMonitor:
                     log.info("drift: %s is a new go-live (%s released); baseline replaced", info.name, info.digest)
                 self._save(first)
                 st.status, st.seconds = "baselined", time.monotonic() - started
-                log.info("drift: baseline for %s taken (%d canaries, noise floor %.2e, tolerance %.2e)",
-                         info.name, len(first), noise, st.tolerance)
+                log.info(
+                    "drift: baseline for %s taken (%d canaries, noise floor %.2e, tolerance %.2e)",
+                    info.name,
+                    len(first),
+                    noise,
+                    st.tolerance,
+                )
                 return
             self._baseline = {k: float(v) for k, v in data["canaries"].items()}
             st.baseline_digest = data["digest"]
@@ -203,8 +217,10 @@ class DriftMonitor:
                 return st
             st.status, st.alerts = "alert", st.alerts + 1
             info = self.engine.info
-            reason = (f"log-prob drift {delta:.3g} > tolerance {st.tolerance:.3g} against the baseline of "
-                      f"{st.baseline_digest} (two checks)")
+            reason = (
+                f"log-prob drift {delta:.3g} > tolerance {st.tolerance:.3g} against the baseline of "
+                f"{st.baseline_digest} (two checks)"
+            )
             action = "quarantine" if self.settings.quarantine else "alert"
             log.error("drift ALERT on %s (%s): %s; action: %s", info.name, info.digest, reason, action)
             await self.on_alert(info.name, info.digest, reason, action)
@@ -218,8 +234,11 @@ class DriftMonitor:
             await self.start()
         except Exception as exc:  # noqa: BLE001 - the monitor must never take the server down
             self.state.status = "error"
-            log.error("drift monitor for %s could not start: %s", self.state.model,
-                      exc.detail if isinstance(exc, BastionError) else type(exc).__name__)
+            log.error(
+                "drift monitor for %s could not start: %s",
+                self.state.model,
+                exc.detail if isinstance(exc, BastionError) else type(exc).__name__,
+            )
             return
         while True:
             await asyncio.sleep(self.settings.interval_s)

@@ -109,9 +109,7 @@ def parse_gate_policy(data: bytes, *, source: str = "gate policy") -> GatePolicy
     try:
         policy = GatePolicy.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {e['msg']}" for e in exc.errors()[:5])
         raise ConfigError(f"{source}: {problems}") from None
     policy._digest = "sha256:" + hashlib.sha256(data).hexdigest()
     return policy

@@ -59,8 +59,13 @@ class RedTeam:
     """The scheduler for one engine. ``tenant_inflight()``: tenant generations in flight now."""
 
     def __init__(
-        self, settings: RedTeamSettings, engine: Any, releases: ReleaseBook, tenant_inflight: Callable[[], int],
-        on_event: Callable[[str, str, str, str, str], Awaitable[None]], baseline: dict[str, Any] | None = None,
+        self,
+        settings: RedTeamSettings,
+        engine: Any,
+        releases: ReleaseBook,
+        tenant_inflight: Callable[[], int],
+        on_event: Callable[[str, str, str, str, str], Awaitable[None]],
+        baseline: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -82,7 +87,8 @@ class RedTeam:
         turns = [ChatTurn(role=r, content=c) for r, c in probe.messages]  # type: ignore[arg-type]
         ids = await self.engine.tokenize(None, turns)
         request = EngineRequest(
-            request_id=f"redteam-{secrets.token_hex(8)}", prompt_token_ids=tuple(ids),
+            request_id=f"redteam-{secrets.token_hex(8)}",
+            prompt_token_ids=tuple(ids),
             sampling=SamplingSpec(max_tokens=probe.max_tokens, temperature=0.0, seed=0),
         )
         text = "".join([out.text async for out in self.engine.generate(request)])
@@ -113,8 +119,13 @@ class RedTeam:
         if hit:
             st.findings += 1
             fam[1] += 1
-            await self.on_event("redteam_finding", info.name, info.digest,
-                                f"probe {probe.id} ({probe.family}, detector {probe.detector})", "finding")
+            await self.on_event(
+                "redteam_finding",
+                info.name,
+                info.digest,
+                f"probe {probe.id} ({probe.family}, detector {probe.detector})",
+                "finding",
+            )
         if probe.family not in self.baseline:
             return
         win = st.windows.setdefault(probe.family, FamilyWindow())
@@ -126,12 +137,16 @@ class RedTeam:
         p = fisher_greater(win.hits, win.n, k_base, n_base)
         significant = p < self.settings.alpha
         confirmed = significant and win.suspect
-        reason = (f"{probe.family}: {win.hits}/{win.n} hits in the last window vs {k_base}/{n_base} at go-live "
-                  f"(Fisher p={p:.3g})")
+        reason = (
+            f"{probe.family}: {win.hits}/{win.n} hits in the last window vs {k_base}/{n_base} at go-live "
+            f"(Fisher p={p:.3g})"
+        )
         st.windows[probe.family] = FamilyWindow(suspect=significant and not confirmed)
         if not confirmed:
             if significant:
-                log.warning("red team: %s on %s suspect: %s; confirming in the next window", probe.family, info.name, reason)
+                log.warning(
+                    "red team: %s on %s suspect: %s; confirming in the next window", probe.family, info.name, reason
+                )
             return
         st.alerts += 1
         action = "quarantine" if self.settings.quarantine else "alert"

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-
 from bastion.assurance.attestation import MAX_ENVELOPE_BYTES, Attestation, digests_match, verify_attestation
 from bastion.assurance.settings import AssuranceSettings
 from bastion.engine.protocol import ModelInfo
@@ -53,8 +52,8 @@ class NotReleased(BastionError):
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    state: str          # RELEASED / EVALUATION_ONLY / QUARANTINED
-    attestation: str    # what is in force ("<suite>@<version> PASSED signed by <keyid>") or why nothing is
+    state: str  # RELEASED / EVALUATION_ONLY / QUARANTINED
+    attestation: str  # what is in force ("<suite>@<version> PASSED signed by <keyid>") or why nothing is
 
 
 def _covers(att: Attestation, digest_set: Mapping[str, str]) -> bool:
@@ -108,7 +107,9 @@ class ReleaseBook:
 
     def _decide(self, atts: list[Attestation], digest_set: Mapping[str, str], what: str) -> Release:
         reasons = []
-        newest_first = sorted(atts, key=lambda a: str(a.statement["predicate"]["bastion"].get("finished", "")), reverse=True)
+        newest_first = sorted(
+            atts, key=lambda a: str(a.statement["predicate"]["bastion"].get("finished", "")), reverse=True
+        )
         for att in newest_first:
             if not _covers(att, digest_set):
                 continue
@@ -139,7 +140,9 @@ class ReleaseBook:
                     algo, value = digest.split(":", 1)
                     # Evaluated with this model, and compared with it (its parent) probe by probe.
                     covering = [a for a in atts if _covers(a, m.digest_set()) and _parent_is(a, m.digest_set())]
-                    adapters[(m.name, name)] = self._decide(covering, {algo: value}, "adapter (compared with its parent)")
+                    adapters[(m.name, name)] = self._decide(
+                        covering, {algo: value}, "adapter (compared with its parent)"
+                    )
         with self._lock:
             self._models, self._adapters = table, adapters
         for name, rel in table.items():

@@ -47,17 +47,29 @@ def attempt_rows(run_id: str, attempts: Sequence[Attempt]) -> list[dict[str, Any
     rows = []
     for seq, a in enumerate(attempts):
         p = a.probe
-        rows.append({
-            "entry_type": "attempt", "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{p.id}")), "seq": seq,
-            "status": 2, "probe_classname": f"bastion.{p.family}", "probe_params": {"id": p.id},
-            "targets": [], "goal": p.goal,
-            "prompt": {"turns": [{"role": r, "content": {"text": c}} for r, c in p.messages]},
-            "outputs": [{"text": a.output}],
-            "detector_results": {f"bastion.{p.detector}": [round(a.score, 6)]},
-            "notes": {"probe_id": p.id, "hit": a.hit, "completion_tokens": a.completion_tokens,
-                      "finish_reason": a.finish_reason, "latency_s": round(a.latency_s, 4)},
-            "run": run_id,
-        })
+        rows.append(
+            {
+                "entry_type": "attempt",
+                "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{p.id}")),
+                "seq": seq,
+                "status": 2,
+                "probe_classname": f"bastion.{p.family}",
+                "probe_params": {"id": p.id},
+                "targets": [],
+                "goal": p.goal,
+                "prompt": {"turns": [{"role": r, "content": {"text": c}} for r, c in p.messages]},
+                "outputs": [{"text": a.output}],
+                "detector_results": {f"bastion.{p.detector}": [round(a.score, 6)]},
+                "notes": {
+                    "probe_id": p.id,
+                    "hit": a.hit,
+                    "completion_tokens": a.completion_tokens,
+                    "finish_reason": a.finish_reason,
+                    "latency_s": round(a.latency_s, 4),
+                },
+                "run": run_id,
+            }
+        )
     return rows
 
 
@@ -67,8 +79,10 @@ def eval_rows(attempts: Sequence[Attempt]) -> list[dict[str, Any]]:
         c = counts.setdefault((a.probe.family, a.probe.detector), [0, 0])
         c[0] += 0 if a.hit else 1
         c[1] += 1
-    return [{"entry_type": "eval", "probe": f"bastion.{f}", "detector": f"bastion.{d}", "passed": p, "total": t}
-            for (f, d), (p, t) in counts.items()]
+    return [
+        {"entry_type": "eval", "probe": f"bastion.{f}", "detector": f"bastion.{d}", "passed": p, "total": t}
+        for (f, d), (p, t) in counts.items()
+    ]
 
 
 def figures_json(figures: Mapping[str, FamilyFigures]) -> dict[str, dict[str, Any]]:
@@ -79,10 +93,16 @@ def write_report(out_dir: Path, summary: dict[str, Any], attempts: Sequence[Atte
     """Writes report.jsonl and summary.json; returns their sha256 digests."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = summary["run_id"]
-    rows: list[dict[str, Any]] = [{
-        "entry_type": "init", "generator": "bastion eval", "run": run_id, "start_time": summary["started"],
-        "model": summary["model"], "suite": summary["suite"],
-    }]
+    rows: list[dict[str, Any]] = [
+        {
+            "entry_type": "init",
+            "generator": "bastion eval",
+            "run": run_id,
+            "start_time": summary["started"],
+            "model": summary["model"],
+            "suite": summary["suite"],
+        }
+    ]
     rows += attempt_rows(run_id, attempts) + eval_rows(attempts)
     rows.append({"entry_type": "digest", "meta": summary})
     body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
@@ -114,7 +134,9 @@ def baseline_figures(summary: Mapping[str, Any]) -> dict[str, FamilyFigures]:
         raise ConfigError(f"summary: figures malformed ({type(exc).__name__})") from None
 
 
-def paired_counts(parent: Mapping[str, Any], hits: Mapping[str, bool], families: Mapping[str, str]) -> dict[str, tuple[int, int]]:
+def paired_counts(
+    parent: Mapping[str, Any], hits: Mapping[str, bool], families: Mapping[str, str]
+) -> dict[str, tuple[int, int]]:
     """family -> (b, c) over the probes both runs share: b = parent hit & new pass, c = parent pass & new hit."""
     theirs = parent.get("probe_hits") or {}
     out: dict[str, tuple[int, int]] = {}

@@ -38,7 +38,7 @@ class Attempt:
     probe: Probe
     output: str
     score: float
-    hit: bool            # score >= 0.5: the bad outcome (garak's "fail")
+    hit: bool  # score >= 0.5: the bad outcome (garak's "fail")
     completion_tokens: int
     finish_reason: int
     latency_s: float
@@ -47,7 +47,9 @@ class Attempt:
 def _request(pb: Any, model: str, probe: Probe, adapter: str | None, seed: int) -> Any:
     conversation = pb.Conversation(messages=[pb.ChatMessage(role=ROLES[r], content=c) for r, c in probe.messages])
     return pb.GenerateRequest(
-        model=model, conversation=conversation, adapter=adapter or "",
+        model=model,
+        conversation=conversation,
+        adapter=adapter or "",
         sampling=pb.SamplingParams(max_tokens=probe.max_tokens, temperature=0.0, seed=seed),
         client_request_id=re.sub(r"[^A-Za-z0-9._:-]", ".", f"eval:{probe.id}")[:128],
     )
@@ -66,8 +68,16 @@ async def _generate(stub: Any, request: Any) -> tuple[str, int, int, str]:
 
 
 async def run_suite(
-    stub: Any, pb: Any, model: str, digest: str, suite: Suite, *, adapter: str | None = None,
-    concurrency: int = 8, seed: int = 0, on_done: Callable[[int, int], None] | None = None,
+    stub: Any,
+    pb: Any,
+    model: str,
+    digest: str,
+    suite: Suite,
+    *,
+    adapter: str | None = None,
+    concurrency: int = 8,
+    seed: int = 0,
+    on_done: Callable[[int, int], None] | None = None,
 ) -> list[Attempt]:
     """Runs every probe of ``suite``; returns the attempts in suite order. ``digest``: the model's
     "blake3:<hex>" digest from ListModels; every response must carry it."""
@@ -86,7 +96,10 @@ async def run_suite(
                     text, tokens, finish, served = await _generate(stub, request)
                     break
                 except grpc.aio.AioRpcError as exc:
-                    if attempt == 2 or exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                    if attempt == 2 or exc.code() not in (
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        grpc.StatusCode.UNAVAILABLE,
+                    ):
                         raise EvalError(detail=f"probe {probe.id}: {exc.code().name}: {exc.details()}") from None
                     await asyncio.sleep(RETRY_PAUSE_S)
             if served != digest:

@@ -34,13 +34,20 @@ class ContentStore:
 
     def write(self, tenant: str, request_id: str, prompt: str, completion: str, now: dt.datetime | None = None) -> None:
         """Appends and fsyncs one request's content (called from a worker thread)."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         path = self._tenant_dir(tenant) / f"{now:%Y-%m-%d}.jsonl"
-        line = json.dumps(
-            {"request_id": request_id, "time": now.isoformat(timespec="milliseconds"), "prompt": prompt,
-             "completion": completion},
-            ensure_ascii=False,
-        ).encode("utf-8", "surrogatepass") + b"\n"
+        line = (
+            json.dumps(
+                {
+                    "request_id": request_id,
+                    "time": now.isoformat(timespec="milliseconds"),
+                    "prompt": prompt,
+                    "completion": completion,
+                },
+                ensure_ascii=False,
+            ).encode("utf-8", "surrogatepass")
+            + b"\n"
+        )
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line)
@@ -51,7 +58,7 @@ class ContentStore:
     def prune(self, retention_days: dict[str, int], today: dt.date | None = None) -> int:
         """Deletes day files older than each tenant's retention (all of a tenant's files once it has no
         opt-in any more). Returns how many files were deleted."""
-        today = today or dt.datetime.now(dt.timezone.utc).date()
+        today = today or dt.datetime.now(dt.UTC).date()
         removed = 0
         if not self.dir.is_dir():
             return 0

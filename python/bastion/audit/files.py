@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -67,10 +68,8 @@ class Witness:
 def write_witness(path: Path, w: Witness) -> None:
     """Replace ``path`` atomically: a 0600 temporary file, fsync, rename, fsync of the directory."""
     tmp = path.with_name(path.name + ".tmp")
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    except FileNotFoundError:
-        pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
     try:
         write_all(fd, w.to_json())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -65,8 +66,17 @@ class AuditLog:
     """An open audit log. Create it with :meth:`open`; call :meth:`close` (or :meth:`aclose`) on shutdown."""
 
     def __init__(
-        self, *, directory: Path, settings: AuditSettings, keys: AuditKeys, chain: AuditChain, fd: int,
-        segment: int, segment_len: int, witness_path: Path, on_failure: Callable[[], None] | None,
+        self,
+        *,
+        directory: Path,
+        settings: AuditSettings,
+        keys: AuditKeys,
+        chain: AuditChain,
+        fd: int,
+        segment: int,
+        segment_len: int,
+        witness_path: Path,
+        on_failure: Callable[[], None] | None,
         sink: RecordSink | None,
     ) -> None:
         self._dir = directory
@@ -92,7 +102,11 @@ class AuditLog:
 
     @classmethod
     def open(
-        cls, settings: AuditSettings, cache_dir: Path, *, on_failure: Callable[[], None] | None = None,
+        cls,
+        settings: AuditSettings,
+        cache_dir: Path,
+        *,
+        on_failure: Callable[[], None] | None = None,
         sink: RecordSink | None = None,
     ) -> AuditLog:
         """Recover the log (cutting a torn final line), write a ``start`` record and a checkpoint, durably,
@@ -106,8 +120,16 @@ class AuditLog:
         _check_witness(witness_path, chain)
         fd = files.open_segment(directory / audit_segment_name(info["segment"]), info["segment_len"])
         self = cls(
-            directory=directory, settings=settings, keys=keys, chain=chain, fd=fd, segment=info["segment"],
-            segment_len=info["segment_len"], witness_path=witness_path, on_failure=on_failure, sink=sink,
+            directory=directory,
+            settings=settings,
+            keys=keys,
+            chain=chain,
+            fd=fd,
+            segment=info["segment"],
+            segment_len=info["segment_len"],
+            witness_path=witness_path,
+            on_failure=on_failure,
+            sink=sink,
         )
         start: dict[str, Any] = {"version": bastion.__version__}
         if info["truncated"]:
@@ -300,16 +322,14 @@ class AuditLog:
             self._queue.clear()
         logger.error("audit log failed, refusing all further records: %s", _describe(exc))
         if self._fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = -1
         # The server hears of it (e.g. goes NOT_SERVING) before any caller sees the error.
         if self._on_failure is not None:
             try:
                 self._on_failure()
-            except Exception:  # noqa: BLE001 - the callback must not hide the failure
+            except Exception:
                 logger.exception("audit on_failure callback raised")
         for item in pending:
             if not item.future.done():

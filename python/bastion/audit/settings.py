@@ -32,14 +32,17 @@ class AuditSettings(BaseModel):
         default=None, description="Ed25519 PKCS#8 checkpoint signing key (0600/0400); None: <dir>/keys/signing.pk8"
     )
     public_key_file: Path | None = Field(
-        default=None, description="its public key (ed25519:<hex>), checked against the signing key at start; "
-        "None: <dir>/keys/signing.pub"
+        default=None,
+        description="its public key (ed25519:<hex>), checked against the signing key at start; "
+        "None: <dir>/keys/signing.pub",
     )
     content_key_file: Path | None = Field(
         default=None, description="32-byte content-HMAC key (0600/0400); None: <dir>/keys/content.key"
     )
     segment_max_bytes: int = Field(
-        default=64 * MIB, ge=64 * 1024, le=1024 * MIB,
+        default=64 * MIB,
+        ge=64 * 1024,
+        le=1024 * MIB,
         description="a segment is closed with a checkpoint and the next one started once it reaches this size",
     )
     checkpoint_every_records: int = Field(
@@ -49,12 +52,15 @@ class AuditSettings(BaseModel):
         default=10.0, gt=0, le=3600, description="or after this many seconds with unsigned records"
     )
     commit_max_delay_ms: float = Field(
-        default=2.0, ge=0, le=100, description="group commit: how long a batch waits for more records "
-        "before its write and fsync (0: never waits)"
+        default=2.0,
+        ge=0,
+        le=100,
+        description="group commit: how long a batch waits for more records before its write and fsync (0: never waits)",
     )
     witness_file: Path | None = Field(
-        default=None, description="the latest checkpoint (log id, seq, hash), replaced atomically after each "
-        "checkpoint; put it on other storage; None: <dir>/witness.json"
+        default=None,
+        description="the latest checkpoint (log id, seq, hash), replaced atomically after each "
+        "checkpoint; put it on other storage; None: <dir>/witness.json",
     )
 
     def resolved_dir(self, cache_dir: Path) -> Path:

@@ -45,7 +45,9 @@ def verify(directory: Path, public_key_file: Path, witness_file: Path | None = N
     earlier = d["problem"] is not None and "witness" not in d["problem"]["reason"]
     if w is not None and d["log_id"] is not None and w.log_id != d["log_id"] and not earlier:
         d["problem"] = {
-            "segment": d["segments"][0] if d["segments"] else "", "line": 1, "seq": 0,
+            "segment": d["segments"][0] if d["segments"] else "",
+            "line": 1,
+            "seq": 0,
             "reason": f"the witness is of log {w.log_id}, this is log {d['log_id']} (log replaced?)",
         }
     return VerifyResult(witness=w, **d)

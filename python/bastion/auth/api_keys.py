@@ -71,11 +71,11 @@ def hash_key(key: str) -> str:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _fmt_time(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return t.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _parse_time(s: str) -> dt.datetime:
@@ -201,8 +201,12 @@ def issue(
         key = f"{KEY_PREFIX}{key_id}_{secret}"
         now = _now()
         records[key_id] = ApiKeyRecord(
-            key_id=key_id, principal=principal, sha256=hash_key(key), created_at=_fmt_time(now),
-            expires_at=_fmt_time(now + expires_in) if expires_in is not None else None, description=description,
+            key_id=key_id,
+            principal=principal,
+            sha256=hash_key(key),
+            created_at=_fmt_time(now),
+            expires_at=_fmt_time(now + expires_in) if expires_in is not None else None,
+            description=description,
         )
         _write_store(path, records)
     return key_id, key

@@ -67,7 +67,7 @@ class Authenticator:
             raise _refuse("malformed authorization metadata")
         if value[: len(_SCHEME)].lower() != _SCHEME:
             raise _refuse("unsupported authorization scheme")
-        credential = value[len(_SCHEME):]
+        credential = value[len(_SCHEME) :]
         if not credential or " " in credential:
             raise _refuse("malformed authorization metadata")
         return credential

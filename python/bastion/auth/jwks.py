@@ -87,8 +87,11 @@ class JwksCache:
         if len(doc["keys"]) > JWKS_MAX_KEYS:
             raise ValueError(f"JWKS has more than {JWKS_MAX_KEYS} keys")
         usable = [
-            k for k in doc["keys"]
-            if isinstance(k, dict) and "d" not in k and k.get("use", "sig") == "sig"
+            k
+            for k in doc["keys"]
+            if isinstance(k, dict)
+            and "d" not in k
+            and k.get("use", "sig") == "sig"
             and (not isinstance(k.get("kid"), str) or len(k["kid"]) <= 256)
         ]
         if not usable:

@@ -53,8 +53,11 @@ def _refuse(detail: str) -> Unauthenticated:
 
 def _reason(exc: jwt.PyJWTError) -> str:
     if isinstance(exc, jwt.MissingRequiredClaimError):
-        return f"missing claim {exc.claim}" if exc.claim in ("exp", "iat", "nbf", "sub", "jti", "iss", "aud") \
+        return (
+            f"missing claim {exc.claim}"
+            if exc.claim in ("exp", "iat", "nbf", "sub", "jti", "iss", "aud")
             else "missing claim"
+        )
     for cls, reason in _REASONS:
         if isinstance(exc, cls):
             return reason
@@ -96,7 +99,11 @@ class JwtVerifier:
             raise _refuse("algorithm does not match key")
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[alg], issuer=self._s.issuer, audience=list(self._s.audiences),
+                token,
+                key,
+                algorithms=[alg],
+                issuer=self._s.issuer,
+                audience=list(self._s.audiences),
                 leeway=self._s.leeway_s,
                 options={"require": self._require, "strict_aud": False, "enforce_minimum_key_length": True},
             )

@@ -30,14 +30,19 @@ class MtlsAuthSettings(BaseModel):
     """``[auth.mtls]``: principals from client certificates (when ``server.tls.client_ca_file`` is set)."""
 
     model_config = _FROZEN
-    enabled: bool = Field(default=True, description="use the client certificate as the principal when no "
-                          "bearer credential is sent (only where server.tls.client_ca_file is set)")
+    enabled: bool = Field(
+        default=True,
+        description="use the client certificate as the principal when no "
+        "bearer credential is sent (only where server.tls.client_ca_file is set)",
+    )
     trust_domains: list[str] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         description="SPIFFE trust domains whose ids are accepted (exact, lower case); none: no SPIFFE id is",
     )
     allow_subject_fallback: bool = Field(
-        default=False, description="a certificate without a SPIFFE id maps to x509:<RFC 4514 subject>",
+        default=False,
+        description="a certificate without a SPIFFE id maps to x509:<RFC 4514 subject>",
     )
 
     @field_validator("trust_domains")
@@ -55,27 +60,36 @@ class JwtSettings(BaseModel):
     model_config = _FROZEN
     issuer: str = Field(default="", max_length=1024, description="required iss claim; empty: JWT off")
     audiences: list[str] = Field(
-        default_factory=list, max_length=16, description="the aud claim must name one of these (required with issuer)",
+        default_factory=list,
+        max_length=16,
+        description="the aud claim must name one of these (required with issuer)",
     )
     algorithms: list[JwtAlgorithm] = Field(
-        default_factory=lambda: list(DEFAULT_ALGORITHMS), min_length=1, max_length=3,
+        default_factory=lambda: list(DEFAULT_ALGORITHMS),
+        min_length=1,
+        max_length=3,
         description="accepted signature algorithms (asymmetric only; never none or HS*)",
     )
     jwks_file: Path | None = Field(default=None, description="JWKS file (re-read on rotation); or jwks_url")
     jwks_url: str = Field(
-        default="", max_length=2048, description="JWKS URL: https (http only for a loopback host); or jwks_file",
+        default="",
+        max_length=2048,
+        description="JWKS URL: https (http only for a loopback host); or jwks_file",
     )
     jwks_ca_file: Path | None = Field(default=None, description="CA bundle for jwks_url; None: system CAs")
     jwks_cache_s: float = Field(default=300.0, ge=1.0, le=86400.0, description="JWKS cache lifetime")
     jwks_min_refresh_s: float = Field(
-        default=30.0, ge=1.0, le=3600.0, description="at most one JWKS refetch per this many seconds "
-        "(an unknown kid triggers one: key rotation)",
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="at most one JWKS refetch per this many seconds (an unknown kid triggers one: key rotation)",
     )
     jwks_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0, description="JWKS fetch timeout")
     leeway_s: int = Field(default=30, ge=0, le=300, description="clock skew allowed for exp, nbf and iat")
     max_token_bytes: int = Field(default=8192, ge=256, le=8192, description="longest bearer credential accepted")
     required_claims: list[JwtClaim] = Field(
-        default_factory=lambda: list(DEFAULT_CLAIMS), max_length=5,
+        default_factory=lambda: list(DEFAULT_CLAIMS),
+        max_length=5,
         description="claims a token must carry (iss and aud always are); must include exp and sub",
     )
 

@@ -39,7 +39,6 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
 def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str, Callable[[argparse.Namespace], int]]:
     def run(args: argparse.Namespace) -> int:
         import grpc
-
         from bastion.v1 import admin_pb2 as apb
         from bastion.v1 import admin_pb2_grpc as apb_grpc
 

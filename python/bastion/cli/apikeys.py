@@ -40,8 +40,12 @@ def add_parsers(sub: Any) -> None:
     asub = a.add_subparsers(dest="api_keys_command", required=True, metavar="SUBCOMMAND")
     i = asub.add_parser("issue", help="create a key; prints it once (the store keeps only its hash)")
     i.add_argument("--store", required=True, metavar="FILE", help="the API key store (created 0600 if missing)")
-    i.add_argument("--principal", required=True, metavar="NAME", help="a label for the key's holder; the "
-                   "tenancy policy names the key as apikey:<key_id>")
+    i.add_argument(
+        "--principal",
+        required=True,
+        metavar="NAME",
+        help="a label for the key's holder; the tenancy policy names the key as apikey:<key_id>",
+    )
     i.add_argument("--expires-in", metavar="DURATION", help="e.g. 30d, 12h, 90m (default: no expiry)")
     i.add_argument("--description", default="", metavar="TEXT")
     r = asub.add_parser("revoke", help="revoke a key by id (a running server refuses it on the next call)")
@@ -86,22 +90,33 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not store.is_file():
         raise ConfigError(f"no API key store at {store}")
     rows = [
-        {"key_id": r.key_id, "principal": r.principal, "created_at": r.created_at, "expires_at": r.expires_at,
-         "revoked_at": r.revoked_at, "description": r.description}
+        {
+            "key_id": r.key_id,
+            "principal": r.principal,
+            "created_at": r.created_at,
+            "expires_at": r.expires_at,
+            "revoked_at": r.revoked_at,
+            "description": r.description,
+        }
         for r in list_keys(store)
     ]
     if args.json:
         print(json.dumps(rows))
         return 0
     for row in rows:
-        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else (
-            f"expires {row['expires_at']}" if row["expires_at"] else "no expiry")
+        state = (
+            f"revoked {row['revoked_at']}"
+            if row["revoked_at"]
+            else (f"expires {row['expires_at']}" if row["expires_at"] else "no expiry")
+        )
         print(f"{row['key_id']}  {row['principal']!r}  created {row['created_at']}  {state}  {row['description']!r}")
     return 0
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "issue": _cmd_issue, "revoke": _cmd_revoke, "list": _cmd_list,
+    "issue": _cmd_issue,
+    "revoke": _cmd_revoke,
+    "list": _cmd_list,
 }
 
 

@@ -24,12 +24,16 @@ def add_parsers(sub: Any) -> None:
     v = asub.add_parser("verify", help="check every record, chain link and checkpoint signature of a log directory")
     v.add_argument("dir", metavar="DIR", help="the audit log directory (audit-NNNNNNNN.jsonl segments)")
     v.add_argument("--public-key", required=True, metavar="FILE", help="the checkpoint public key (ed25519:<hex>)")
-    v.add_argument("--witness", metavar="FILE", help="the witness file the server keeps (witness.json): also "
-                   "detects records cut off after that checkpoint")
+    v.add_argument(
+        "--witness",
+        metavar="FILE",
+        help="the witness file the server keeps (witness.json): also detects records cut off after that checkpoint",
+    )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     k = asub.add_parser("keygen", help="create signing.pk8 (0600), signing.pub and content.key (0600) in DIR")
-    k.add_argument("dir", metavar="DIR", help="directory for the keys (created 0700; existing keys are never "
-                   "overwritten)")
+    k.add_argument(
+        "dir", metavar="DIR", help="directory for the keys (created 0700; existing keys are never overwritten)"
+    )
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -45,14 +49,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(d, sort_keys=True))
     else:
         head = "OK" if r.ok else "FAILED"
-        print(f"{head} {directory}: {r.records} records verified in {len(r.segments)} segments; log {r.log_id}; "
-              f"last seq {r.last_seq}; last checkpoint seq {r.last_checkpoint}")
+        print(
+            f"{head} {directory}: {r.records} records verified in {len(r.segments)} segments; log {r.log_id}; "
+            f"last seq {r.last_seq}; last checkpoint seq {r.last_checkpoint}"
+        )
         if r.witness is not None and r.ok:
             print(f"witness: checkpoint seq {r.witness.seq} is present and matches")
         if r.ok and r.unsigned_tail:
-            print(f"warning: {r.unsigned_tail} records after the last checkpoint are not signed yet; "
-                  + ("they are covered by the chain only" if r.witness else
-                     "without --witness a truncation of them is not detectable"))
+            print(
+                f"warning: {r.unsigned_tail} records after the last checkpoint are not signed yet; "
+                + (
+                    "they are covered by the chain only"
+                    if r.witness
+                    else "without --witness a truncation of them is not detectable"
+                )
+            )
     if not r.ok:
         print(f"bastion audit verify: {r.problem_line()}", file=sys.stderr)
         return 1
@@ -63,8 +74,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from bastion.audit.keys import keygen
 
     key_id, signing, public, content = keygen(Path(args.dir))
-    print(f"created {signing} and {content} (mode 0600; keep them secret) and {public} (give this to verifiers); "
-          f"key id {key_id}")
+    print(
+        f"created {signing} and {content} (mode 0600; keep them secret) and {public} (give this to verifiers); "
+        f"key id {key_id}"
+    )
     return 0
 
 

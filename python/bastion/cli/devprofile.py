@@ -60,39 +60,61 @@ def _expiring(cert_path: Path) -> bool:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError):
         return True
-    left = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+    left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     return left < dt.timedelta(days=RENEW_DAYS)
 
 
 def issue_pki(d: Path) -> None:
     """A CA (key discarded), a localhost server certificate and a SPIFFE client certificate in ``d``."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=VALID_DAYS)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(_name("bastion dev CA")).issuer_name(_name("bastion dev CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
+        x509.CertificateBuilder()
+        .subject_name(_name("bastion dev CA"))
+        .issuer_name(_name("bastion dev CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-        ), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     leaves: dict[str, tuple[x509.ObjectIdentifier, list[x509.GeneralName]]] = {
-        "server": (ExtendedKeyUsageOID.SERVER_AUTH, [
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]),
+        "server": (
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            [
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address("::1")),
+            ],
+        ),
         "client": (ExtendedKeyUsageOID.CLIENT_AUTH, [x509.UniformResourceIdentifier(CLIENT_SPIFFE_ID)]),
     }
     for who, (usage, sans) in leaves.items():
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
-            x509.CertificateBuilder().subject_name(_name(f"bastion dev {who}")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(end)
+            x509.CertificateBuilder()
+            .subject_name(_name(f"bastion dev {who}"))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -134,11 +156,19 @@ def ensure_profile(d: Path | None = None) -> dict[str, Path]:
     d = d or profile_dir()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(d, 0o700)
-    paths = {n: d / f for n, f in (
-        ("ca", "ca.pem"), ("server_cert", "server.pem"), ("server_key", "server.key"),
-        ("client_cert", "client.pem"), ("client_key", "client.key"), ("api_keys", "api-keys.json"),
-        ("api_key", "dev.apikey"), ("policy", "tenants.toml"),
-    )}
+    paths = {
+        n: d / f
+        for n, f in (
+            ("ca", "ca.pem"),
+            ("server_cert", "server.pem"),
+            ("server_key", "server.key"),
+            ("client_cert", "client.pem"),
+            ("client_key", "client.key"),
+            ("api_keys", "api-keys.json"),
+            ("api_key", "dev.apikey"),
+            ("policy", "tenants.toml"),
+        )
+    }
     if any(not paths[k].exists() for k in ("ca", "server_cert", "server_key", "client_cert", "client_key")) or any(
         _expiring(paths[k]) for k in ("ca", "server_cert", "client_cert")
     ):
@@ -152,10 +182,13 @@ def ensure_profile(d: Path | None = None) -> dict[str, Path]:
 
 def server_overrides(paths: dict[str, Path]) -> dict[str, Any]:
     return {
-        "server": {"tls": {
-            "cert_file": str(paths["server_cert"]), "key_file": str(paths["server_key"]),
-            "client_ca_file": str(paths["ca"]),
-        }},
+        "server": {
+            "tls": {
+                "cert_file": str(paths["server_cert"]),
+                "key_file": str(paths["server_key"]),
+                "client_ca_file": str(paths["ca"]),
+            }
+        },
         "auth": {"mtls": {"trust_domains": [TRUST_DOMAIN]}, "api_keys": {"file": str(paths["api_keys"])}},
         "tenancy": {"policy_file": str(paths["policy"])},
         # Development: the default model answers before any evaluation (start-up logs a WARNING).

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import getpass
+import os
 import secrets
 import shutil
 import socket
@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +41,26 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
     e = sub.add_parser("eval", help="security evaluation of a served model: probes, gate, signed attestation")
     client_args(e)
     e.add_argument("model", metavar="MODEL", help="served model name")
-    e.add_argument("--profile", choices=("ci", "production"), default="production", help="probe suite (default production)")
+    e.add_argument(
+        "--profile", choices=("ci", "production"), default="production", help="probe suite (default production)"
+    )
     e.add_argument("--out", required=True, help="directory for report.jsonl, summary.json and the attestation")
     e.add_argument("--gate-policy", help=f"gate policy TOML (default: {DEFAULT_POLICY.name}, bundled)")
     e.add_argument("--baseline", help="summary.json of the model serving now: no significant regression allowed")
     e.add_argument("--parent", help="summary.json of the parent model (fine-tunes): paired McNemar comparison")
     e.add_argument("--adapter", help="evaluate the model with this LoRA adapter (the attestation then names both)")
     e.add_argument("--sign-key", help="EC private key (PEM) that signs the attestation")
-    e.add_argument("--attestations-dir", help="also place the signed attestation here (the server's assurance.attestations_dir)")
+    e.add_argument(
+        "--attestations-dir", help="also place the signed attestation here (the server's assurance.attestations_dir)"
+    )
     e.add_argument("--concurrency", type=int, default=8, help="probes in flight (default 8)")
     e.add_argument("--seed", type=int, default=0, help="sampling seed (decoding is greedy; default 0)")
-    e.add_argument("--evaluator", default=f"{getpass.getuser()}@{socket.gethostname()}",
-                   help="who ran the evaluation, as recorded in the attestation (default user@host; the server's "
-                        "audit log records the principal of every probe)")
+    e.add_argument(
+        "--evaluator",
+        default=f"{getpass.getuser()}@{socket.gethostname()}",
+        help="who ran the evaluation, as recorded in the attestation (default user@host; the server's "
+        "audit log records the principal of every probe)",
+    )
 
 
 def _progress(done: int, total: int) -> None:
@@ -69,8 +76,11 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
             print("bastion: --concurrency must be 1..256", file=sys.stderr)
             return 2
         if args.adapter and not args.parent:
-            print("bastion: --adapter needs --parent (the base model's summary.json): a fine-tune is compared with "
-                  "its parent probe by probe", file=sys.stderr)
+            print(
+                "bastion: --adapter needs --parent (the base model's summary.json): a fine-tune is compared with "
+                "its parent probe by probe",
+                file=sys.stderr,
+            )
             return 2
         if args.attestations_dir and not args.sign_key:
             print("bastion: --attestations-dir needs --sign-key (only signed attestations are placed)", file=sys.stderr)
@@ -89,7 +99,7 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _target(stub: Any, pb: Any, model: str, adapter: str | None) -> tuple[Any, Any]:
@@ -120,10 +130,15 @@ def _subjects(info: Any, adapter_info: Any) -> list[tuple[str, dict[str, str]]]:
 
 async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -> int:
     import grpc
-
     from bastion.assurance.gate import decide, load_gate_policy
-    from bastion.assurance.report import baseline_figures, load_summary, paired_counts, write_report, SUMMARY_FORMAT
-    from bastion.assurance.report import figures_json
+    from bastion.assurance.report import (
+        SUMMARY_FORMAT,
+        baseline_figures,
+        figures_json,
+        load_summary,
+        paired_counts,
+        write_report,
+    )
     from bastion.assurance.runner import EvalError, outcomes, run_suite
     from bastion.assurance.stats import family_figures
     from bastion.assurance.suites import load_suite
@@ -137,7 +152,9 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
     suite = load_suite(args.profile, canary_seed=canary_seed)
     for ref in (baseline, parent):
         if ref is not None and ref["suite"]["digest"] != suite.digest:
-            raise EvalError(detail=f"a baseline or parent summary ran suite {ref['suite']['digest']}, not {suite.digest}")
+            raise EvalError(
+                detail=f"a baseline or parent summary ran suite {ref['suite']['digest']}, not {suite.digest}"
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     channel = open_channel()
@@ -145,11 +162,21 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
     try:
         stub = pb_grpc.InferenceStub(channel)
         info, adapter_info = await _target(stub, pb, args.model, args.adapter)
-        print(f"eval: {args.model} ({info.digest}, release {info.release or '?'}), suite {suite.name}@{suite.version} "
-              f"({len(suite.probes)} probes)", file=sys.stderr)
+        print(
+            f"eval: {args.model} ({info.digest}, release {info.release or '?'}), suite {suite.name}@{suite.version} "
+            f"({len(suite.probes)} probes)",
+            file=sys.stderr,
+        )
         attempts = await run_suite(
-            stub, pb, args.model, info.digest, suite, adapter=args.adapter, concurrency=args.concurrency,
-            seed=args.seed, on_done=_progress,
+            stub,
+            pb,
+            args.model,
+            info.digest,
+            suite,
+            adapter=args.adapter,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            on_done=_progress,
         )
     except grpc.aio.AioRpcError as exc:
         raise EvalError(detail=f"{exc.code().name}: {exc.details()}") from None
@@ -161,18 +188,33 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
     decision = decide(figures, policy, baseline=baseline_figures(baseline) if baseline else None, paired=paired)
     subjects = _subjects(info, adapter_info)
     summary = {
-        "format": SUMMARY_FORMAT, "run_id": str(uuid.uuid4()), "started": started, "finished": _now(),
-        "elapsed_s": round(time.monotonic() - t0, 2), "model": args.model, "adapter": args.adapter or "",
+        "format": SUMMARY_FORMAT,
+        "run_id": str(uuid.uuid4()),
+        "started": started,
+        "finished": _now(),
+        "elapsed_s": round(time.monotonic() - t0, 2),
+        "model": args.model,
+        "adapter": args.adapter or "",
         "subjects": [{"name": n, "digest": d} for n, d in subjects],
         "suite": {"name": suite.name, "version": suite.version, "digest": suite.digest, "profile": args.profile},
-        "canary_seed": canary_seed.hex(), "figures": figures_json(figures), "probe_hits": hits,
-        "gate": {"policy_digest": policy.digest, "verdict": decision.verdict, "reasons": list(decision.failed_reasons),
-                 "baseline": (baseline or {}).get("subjects", []), "parent": (parent or {}).get("subjects", []),
-                 "families": decision.as_dict()},
+        "canary_seed": canary_seed.hex(),
+        "figures": figures_json(figures),
+        "probe_hits": hits,
+        "gate": {
+            "policy_digest": policy.digest,
+            "verdict": decision.verdict,
+            "reasons": list(decision.failed_reasons),
+            "baseline": (baseline or {}).get("subjects", []),
+            "parent": (parent or {}).get("subjects", []),
+            "families": decision.as_dict(),
+        },
     }
     report_digest, _ = write_report(out, summary, attempts)
     for fam, f in figures.items():
-        print(f"  {fam:<15} {f.hits:>4}/{f.n:<4} rate {f.rate:.3f}  95% CI [{f.ci_low:.3f}, {f.ci_high:.3f}]", file=sys.stderr)
+        print(
+            f"  {fam:<15} {f.hits:>4}/{f.n:<4} rate {f.rate:.3f}  95% CI [{f.ci_low:.3f}, {f.ci_high:.3f}]",
+            file=sys.stderr,
+        )
     for reason in decision.failed_reasons:
         print(f"  FAILED: {reason}", file=sys.stderr)
     if args.sign_key:
@@ -180,9 +222,16 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
 
         reference = parent or baseline
         statement = build_statement(
-            decision=decision, model_name=subjects[0][0], model_digest=subjects[0][1], adapters=subjects[1:],
-            suite_name=suite.name, suite_version=suite.version, suite_digest=suite.digest,
-            report_digest=report_digest, evaluator=args.evaluator, started=summary["started"],
+            decision=decision,
+            model_name=subjects[0][0],
+            model_digest=subjects[0][1],
+            adapters=subjects[1:],
+            suite_name=suite.name,
+            suite_version=suite.version,
+            suite_digest=suite.digest,
+            report_digest=report_digest,
+            evaluator=args.evaluator,
+            started=summary["started"],
             finished=summary["finished"],
             baseline_digest=reference["subjects"][0]["digest"] if reference and reference.get("subjects") else None,
         )

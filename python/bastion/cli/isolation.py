@@ -41,18 +41,25 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
 def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str, Callable[[argparse.Namespace], int]]:
     def run(args: argparse.Namespace) -> int:
         if not (args.other_api_key_file or args.other_token_file or args.other_client_cert):
-            print("bastion: audit-isolation needs a principal of another tenant (--other-api-key-file, "
-                  "--other-token-file or --other-client-cert/--other-client-key)", file=sys.stderr)
+            print(
+                "bastion: audit-isolation needs a principal of another tenant (--other-api-key-file, "
+                "--other-token-file or --other-client-cert/--other-client-key)",
+                file=sys.stderr,
+            )
             return 2
         if not 2 <= args.samples <= 10_000 or not 8 <= args.prompt_words <= 20_000 or not 0 < args.alpha < 1:
             print("bastion: --samples must be 2..10000, --prompt-words 8..20000, --alpha in (0, 1)", file=sys.stderr)
             return 2
         settings = load_settings(args.config)
-        other = argparse.Namespace(**{
-            **vars(args), "api_key_file": args.other_api_key_file, "token_file": args.other_token_file,
-            "client_cert": args.other_client_cert or args.client_cert,
-            "client_key": args.other_client_key or args.client_key,
-        })
+        other = argparse.Namespace(
+            **{
+                **vars(args),
+                "api_key_file": args.other_api_key_file,
+                "token_file": args.other_token_file,
+                "client_cert": args.other_client_cert or args.client_cert,
+                "client_key": args.other_client_key or args.client_key,
+            }
+        )
         # grpc.aio channels belong to the event loop they are made in: make them inside it.
         return asyncio.run(_audit(args, lambda: channel_for(args, settings), lambda: channel_for(other, settings)))
 
@@ -61,7 +68,6 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
 
 async def _audit(args: argparse.Namespace, open_mine: Callable[[], Any], open_theirs: Callable[[], Any]) -> int:
     import grpc
-
     from bastion.isolation.self_audit import grpc_sender, run_audit, verdict
     from bastion.v1 import inference_pb2 as pb
     from bastion.v1 import inference_pb2_grpc as pb_grpc
@@ -87,14 +93,21 @@ async def _audit(args: argparse.Namespace, open_mine: Callable[[], Any], open_th
         await mine.close()
         await theirs.close()
     passed, line = verdict(within, across)
-    report = {"model": model, "passed": passed, "verdict": line,
-              "within_tenant": within.summary(), "across_tenants": across.summary()}
+    report = {
+        "model": model,
+        "passed": passed,
+        "verdict": line,
+        "within_tenant": within.summary(),
+        "across_tenants": across.summary(),
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for r in (within, across):
         s = r.summary()
-        print(f"{s['name']}: p={s['p_value']:.3g} KS={s['ks_statistic']} AUC={s['auc']} "
-              f"median TTFT hit {s['median_ttft_hit_ms']} ms / miss {s['median_ttft_miss_ms']} ms, "
-              f"cached tokens in hits up to {s['max_cached_prompt_tokens_hit']}")
+        print(
+            f"{s['name']}: p={s['p_value']:.3g} KS={s['ks_statistic']} AUC={s['auc']} "
+            f"median TTFT hit {s['median_ttft_hit_ms']} ms / miss {s['median_ttft_miss_ms']} ms, "
+            f"cached tokens in hits up to {s['max_cached_prompt_tokens_hit']}"
+        )
     print(line)
     return 0 if passed else 1

@@ -35,9 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT or unix:PATH (non-loopback TCP needs TLS)")
     s.add_argument("--model", help='"default" or a model directory')
     s.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    s.add_argument("--dev", action="store_true",
-                   help="local development profile: create (once) a CA, server and client certificates, an API "
-                        "key and a tenancy policy under ~/.config/bastion/dev, and serve with mutual TLS")
+    s.add_argument(
+        "--dev",
+        action="store_true",
+        help="local development profile: create (once) a CA, server and client certificates, an API "
+        "key and a tenancy policy under ~/.config/bastion/dev, and serve with mutual TLS",
+    )
 
     def client_args(c: argparse.ArgumentParser) -> None:
         c.add_argument("--config", help="TOML config file; the default target is its server.listen")
@@ -53,8 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     client_args(g)
     g.add_argument("--model", help="served model name (default: the first listed)")
     g.add_argument("--max-tokens", type=int)
-    g.add_argument("--temperature", type=float, default=0.0,
-                   help="sampling temperature (default 0: greedy, the same answer every time)")
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature (default 0: greedy, the same answer every time)",
+    )
     g.add_argument("--system", help="system message (chat mode)")
     g.add_argument("--raw", action="store_true", help="send PROMPT as raw text, without the chat template")
     g.add_argument("prompt", metavar="PROMPT")
@@ -95,8 +102,8 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = _serve_overrides(args)
     if args.dev:
-        from bastion.config import deep_merge
         from bastion.cli.devprofile import ensure_profile, profile_dir, server_overrides
+        from bastion.config import deep_merge
 
         overrides = deep_merge(server_overrides(ensure_profile()), overrides)
         print(f"bastion: development profile in {profile_dir()} (mutual TLS, API key, tenant dev)", file=sys.stderr)
@@ -124,14 +131,18 @@ def _channel(args: argparse.Namespace, settings: Settings) -> Any:
         if dev is not None:
             ca, cert, key = str(dev["ca"]), str(dev["client_cert"]), str(dev["client_key"])
     return client.open_channel(
-        target, settings, ca_file=ca, client_cert=cert, client_key=key, server_name=args.server_name,
+        target,
+        settings,
+        ca_file=ca,
+        client_cert=cert,
+        client_key=key,
+        server_name=args.server_name,
         bearer=client.bearer_from(args.api_key_file, args.token_file),
     )
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     import grpc
-
     from bastion.cli import client
 
     settings = load_settings(args.config)
@@ -140,8 +151,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         channel = _channel(args, settings)
         try:
             await client.generate(
-                channel, prompt=args.prompt, model=args.model, max_tokens=args.max_tokens,
-                temperature=args.temperature, system=args.system, raw=args.raw,
+                channel,
+                prompt=args.prompt,
+                model=args.model,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                system=args.system,
+                raw=args.raw,
             )
             return 0
         except grpc.aio.AioRpcError as exc:
@@ -155,7 +171,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_health(args: argparse.Namespace) -> int:
     import grpc
-
     from bastion.cli import client
 
     settings = load_settings(args.config)
@@ -187,8 +202,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
-    "serve": _cmd_serve, "generate": _cmd_generate, "health": _cmd_health, "models": _cmd_models,
-    **weights_cli.COMMANDS, **apikeys_cli.COMMANDS, **audit_cli.COMMANDS, **tenants_cli.COMMANDS, **admin_cli.commands(_channel),
+    "serve": _cmd_serve,
+    "generate": _cmd_generate,
+    "health": _cmd_health,
+    "models": _cmd_models,
+    **weights_cli.COMMANDS,
+    **apikeys_cli.COMMANDS,
+    **audit_cli.COMMANDS,
+    **tenants_cli.COMMANDS,
+    **admin_cli.commands(_channel),
     **isolation_cli.commands(_channel),
     **evaluate_cli.commands(_channel),
 }

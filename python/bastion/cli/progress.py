@@ -17,8 +17,15 @@ def _mib(n: float) -> str:
 
 
 @contextmanager
-def watch(label: str, total: int, done: Callable[[], int] | None, *, out: TextIO | None = None,
-          interval: float = 0.5, force: bool = False) -> Iterator[None]:
+def watch(
+    label: str,
+    total: int,
+    done: Callable[[], int] | None,
+    *,
+    out: TextIO | None = None,
+    interval: float = 0.5,
+    force: bool = False,
+) -> Iterator[None]:
     """Shows ``label: NN% done/total MiB, R MiB/s`` while the body runs; ``done()`` returns bytes so far
     (None: nothing to watch, only the summary line at the end)."""
     stream = out or sys.stderr

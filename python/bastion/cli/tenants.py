@@ -42,8 +42,12 @@ def _cmd(args: argparse.Namespace) -> int:
 
     if args.tenants_command == "check":
         policy = TenancyPolicy.load(Path(args.policy))
-        print(json.dumps({"digest": policy.digest, "tenants": sorted(policy.tenants),
-                          "principals": policy.principal_count}, indent=2))
+        print(
+            json.dumps(
+                {"digest": policy.digest, "tenants": sorted(policy.tenants), "principals": policy.principal_count},
+                indent=2,
+            )
+        )
         return 0
     if args.tenants_command == "revoke-key":
         from bastion.cli.apikeys import COMMANDS as api
@@ -65,7 +69,9 @@ def _issue_key(args: argparse.Namespace) -> int:
     expires = parse_duration(args.expires_in) if args.expires_in else None
     key_id, key = issue(Path(args.store), args.label or args.tenant, expires, f"tenant {args.tenant}")
     roles = sorted(set(args.role or ["user"]))
-    block = f'\n[[principals]]\nid = "apikey:{key_id}"\ntenant = {json.dumps(args.tenant)}\nroles = {json.dumps(roles)}\n'
+    block = (
+        f'\n[[principals]]\nid = "apikey:{key_id}"\ntenant = {json.dumps(args.tenant)}\nroles = {json.dumps(roles)}\n'
+    )
     new = path.read_bytes() + block.encode()
     try:
         TenancyPolicy.parse(new, source=str(path))  # never write a policy the server would refuse
@@ -80,8 +86,7 @@ def _issue_key(args: argparse.Namespace) -> int:
         revoke(Path(args.store), key_id)  # no key without its policy entry
         raise
     print(f"key id: {key_id}\nprincipal id: apikey:{key_id}\ntenant: {args.tenant}\nkey: {key}")
-    print("the key is shown only this once; run `bastion admin reload-policy` on a running server",
-          file=sys.stderr)
+    print("the key is shown only this once; run `bastion admin reload-policy` on a running server", file=sys.stderr)
     return 0
 
 

@@ -36,24 +36,48 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--origin", metavar="URI", help="source URI recorded (authenticated) in the header")
     s.add_argument("--sign-key", metavar="PEM", help="EC private key (P-256/384) that signs model.sig (OMS v1.0)")
     s.add_argument("--sign-cert", metavar="PEM", help="signing certificate for --sign-key (certificate bundle)")
-    s.add_argument("--cert-chain", metavar="PEM", action="append", default=[],
-                   help="intermediate/root certificates to embed with --sign-cert (repeatable)")
-    s.add_argument("--unsigned", action="store_true",
-                   help="leave the directory unsigned (it loads only where the trust policy allows unsigned models)")
-    s.add_argument("--aead", choices=AEADS, default="aes-256-gcm",
-                   help="chacha20-poly1305 for CPUs without AES instructions (default: aes-256-gcm)")
+    s.add_argument(
+        "--cert-chain",
+        metavar="PEM",
+        action="append",
+        default=[],
+        help="intermediate/root certificates to embed with --sign-cert (repeatable)",
+    )
+    s.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="leave the directory unsigned (it loads only where the trust policy allows unsigned models)",
+    )
+    s.add_argument(
+        "--aead",
+        choices=AEADS,
+        default="aes-256-gcm",
+        help="chacha20-poly1305 for CPUs without AES instructions (default: aes-256-gcm)",
+    )
     s.add_argument("--hash", choices=HASHES, default="blake3", help="segment hash (default: blake3)")
-    s.add_argument("--segment-size", type=int, default=1 << 20, metavar="BYTES",
-                   help="power of two, 64 KiB to 64 MiB (default: 1 MiB)")
+    s.add_argument(
+        "--segment-size",
+        type=int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="power of two, 64 KiB to 64 MiB (default: 1 MiB)",
+    )
 
-    v = sub.add_parser("verify", help="check model.sig against a trust policy, every signed digest and every "
-                       "ciphertext segment (no data key needed)")
+    v = sub.add_parser(
+        "verify",
+        help="check model.sig against a trust policy, every signed digest and every "
+        "ciphertext segment (no data key needed)",
+    )
     v.add_argument("dir", metavar="DIR")
     v.add_argument("--policy", required=True, metavar="TOML", help="trust policy (bastion.weights.policy)")
-    v.add_argument("--model-name", metavar="NAME", help="served model name the policy is matched against "
-                   "(default: the directory name)")
-    v.add_argument("--key", metavar="KEK", help="also unwrap the data key and authenticate and decrypt every "
-                   "segment; " + KEY_HELP)
+    v.add_argument(
+        "--model-name",
+        metavar="NAME",
+        help="served model name the policy is matched against (default: the directory name)",
+    )
+    v.add_argument(
+        "--key", metavar="KEK", help="also unwrap the data key and authenticate and decrypt every segment; " + KEY_HELP
+    )
 
     i = sub.add_parser("inspect", help="print a sealed directory's header as JSON (no secrets)")
     i.add_argument("dir", metavar="DIR")
@@ -62,8 +86,11 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("dir", metavar="DIR")
     r.add_argument("--old-key", required=True, metavar="KEK", help=KEY_HELP)
     r.add_argument("--new-key", required=True, metavar="KEK", help=KEY_HELP + " (a model can move between providers)")
-    r.add_argument("--sign-key", metavar="PEM", help="re-sign model.sig after the rewrap (it covers weights.ctxh); "
-                   "required when the directory is signed")
+    r.add_argument(
+        "--sign-key",
+        metavar="PEM",
+        help="re-sign model.sig after the rewrap (it covers weights.ctxh); required when the directory is signed",
+    )
     r.add_argument("--sign-cert", metavar="PEM", help="signing certificate for --sign-key")
     r.add_argument("--cert-chain", metavar="PEM", action="append", default=[], help="chain for --sign-cert")
 
@@ -78,7 +105,7 @@ def _usable_key(spec: str) -> Any:
     if spec.startswith("config:"):
         from bastion.config import load_settings
 
-        provider = provider_from_settings(load_settings(spec[len("config:"):]).weights)
+        provider = provider_from_settings(load_settings(spec[len("config:") :]).weights)
     else:
         provider = FileKeyProvider(spec)
     provider.check()
@@ -162,8 +189,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         sig = f"UNSIGNED (the policy allows {name!r} unsigned)"
     else:
         files = check_files(path, manifest)  # every signed file, data files included, hashed in full
-        sig = (f"model.sig by {manifest.signer} ({manifest.identity}) allowed for {name!r}; {files} files match "
-               f"the signed manifest; OMS digest {manifest.model_digest}")
+        sig = (
+            f"model.sig by {manifest.signer} ({manifest.identity}) allowed for {name!r}; {files} files match "
+            f"the signed manifest; OMS digest {manifest.model_digest}"
+        )
     if args.key:
         provider = _usable_key(args.key)
         with provider.open(path) as reader:

@@ -20,13 +20,21 @@ async def build_pool(settings: Settings) -> EnginePool:
     prepared = await asyncio.to_thread(prepare_model, settings)
     log.info(
         "starting the engine for %s (%s, %s) on %s",
-        prepared.name, prepared.digest, "sealed" if prepared.sealed else "UNSEALED", device,
+        prepared.name,
+        prepared.digest,
+        "sealed" if prepared.sealed else "UNSEALED",
+        device,
     )
     from bastion.engine.vllm_engine import VllmEngine
 
     sealed_env = prepared.worker_env() if prepared.sealed else None
     engine = await VllmEngine.start(
-        settings, str(prepared.path), prepared.name, prepared.digest, device, sealed_env=sealed_env,
+        settings,
+        str(prepared.path),
+        prepared.name,
+        prepared.digest,
+        device,
+        sealed_env=sealed_env,
         subject_digest=prepared.oms_digest or "",
     )
     return EnginePool([engine])

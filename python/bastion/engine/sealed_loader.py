@@ -23,8 +23,8 @@ import logging
 import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -98,7 +98,9 @@ def to_tensor(data: bytes, info: TensorInfo, offset: int = 0) -> torch.Tensor:
 BATCH_BYTES = 64 << 20
 
 
-def _batches(spans: list[tuple[int, int, str]], length: int, limit: int) -> Iterator[tuple[int, int, list[tuple[int, str]]]]:
+def _batches(
+    spans: list[tuple[int, int, str]], length: int, limit: int
+) -> Iterator[tuple[int, int, list[tuple[int, str]]]]:
     """Splits ``[0, length)`` into contiguous ranges ending at tensor ends, about ``limit`` bytes each;
     yields ``(begin, end, [(tensor begin, name), ...])``. The bytes no tensor covers (the data file's
     embedded safetensors header, padding) belong to the range that holds them, so all are read."""
@@ -169,7 +171,9 @@ def _register() -> None:
             super().__init__(load_config)
             extra = load_config.model_loader_extra_config or {}
             if not isinstance(extra, dict) or set(extra) - EXTRA_CONFIG_KEYS:
-                raise ValueError(f"load format {LOAD_FORMAT}: model_loader_extra_config accepts only {sorted(EXTRA_CONFIG_KEYS)}")
+                raise ValueError(
+                    f"load format {LOAD_FORMAT}: model_loader_extra_config accepts only {sorted(EXTRA_CONFIG_KEYS)}"
+                )
             self._kek_file: str | None = extra.get("kek_file")
             self._trust_policy: str | None = extra.get("trust_policy")
             self._served_model: str | None = extra.get("served_model")
@@ -211,8 +215,13 @@ def _register() -> None:
                     if manifest is None:
                         log.warning("sealed model %s is UNSIGNED (allowed by the trust policy for %r)", path, served)
                     else:
-                        log.info("model.sig verified in pid %d: signer %s (%s), OMS digest %s",
-                                 os.getpid(), manifest.signer, manifest.identity, manifest.model_digest)
+                        log.info(
+                            "model.sig verified in pid %d: signer %s (%s), OMS digest %s",
+                            os.getpid(),
+                            manifest.signer,
+                            manifest.identity,
+                            manifest.model_digest,
+                        )
                     loaded = model.load_weights(sealed_weights(reader, stats))
             except BastionError as exc:
                 # str(exc) carries the detail: the file and segment that failed, never key material.
@@ -226,7 +235,11 @@ def _register() -> None:
             elapsed = time.perf_counter() - started
             log.info(
                 "sealed model verified and loaded: %s, %d tensors in %d files, %.1f MiB in %.2f s (%.0f MiB/s)",
-                path, stats["tensors"], stats["files"], stats["bytes"] / 2**20, elapsed,
+                path,
+                stats["tensors"],
+                stats["files"],
+                stats["bytes"] / 2**20,
+                elapsed,
                 stats["bytes"] / 2**20 / max(elapsed, 1e-9),
             )
 
@@ -246,8 +259,8 @@ def register() -> None:
 
 
 def loader_class() -> Any:
-    from vllm.model_executor.model_loader import get_model_loader
     from vllm.config.load import LoadConfig
+    from vllm.model_executor.model_loader import get_model_loader
 
     register()
     return type(get_model_loader(LoadConfig(load_format=LOAD_FORMAT)))

@@ -54,7 +54,9 @@ def make_stat_logger_factory(sink: StatsSink) -> Any:
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
             self._sink = sink
 
-        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+        def record(
+            self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+        ) -> None:
             self._sink.record(scheduler_stats)
 
         def log_engine_initialized(self) -> None:

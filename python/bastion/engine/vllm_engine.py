@@ -49,6 +49,7 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
         enable_log_requests=False,  # vLLM would log prompts; bastion never does at INFO
         trust_remote_code=False,
         load_format=load_format,
+        enforce_eager=m.fast_start,  # fast start: no torch.compile, no CUDA graphs
     )
     if m.adapters:
         kwargs.update(enable_lora=True, max_loras=min(len(m.adapters), 8), max_lora_rank=m.max_lora_rank)
@@ -87,6 +88,9 @@ class VllmEngine:
         if device == "cpu":
             # Read by vLLM's CPU worker processes (inherited environment).
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.model.cpu_kv_cache_gib)))
+            if settings.model.fast_start and settings.model.tensor_parallel_size == 1 and not os.environ.get("BASTION_TEST_MP"):
+                # The EngineCore runs the model itself (vLLM's uniprocess executor): one process fewer.
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if sealed_env is not None:
             # Inherited by the EngineCore and worker processes; key references only, never in argv or logs.
             os.environ.update(sealed_env)
@@ -102,7 +106,8 @@ class VllmEngine:
                 # Tenant isolation (the server set its partition key file): per-tenant KV budgets.
                 sched = config.scheduler_config
                 sched.scheduler_cls = (
-                    "bastion.isolation.scheduler.AsyncTenantScheduler" if sched.async_scheduling
+                    "bastion.isolation.scheduler.AsyncTenantScheduler"
+                    if sched.async_scheduling
                     else "bastion.isolation.scheduler.TenantScheduler"
                 )
             return AsyncLLM.from_vllm_config(
@@ -127,8 +132,14 @@ class VllmEngine:
 
         adapter_digests = tuple((a, digest_dir(p).digest) for a, p in sorted(settings.model.adapters.items()))
         info = ModelInfo(
-            name=name, digest=digest, max_context=max_context, device=device, path=model_path, adapters=tuple(loras),
-            subject_digest=subject_digest, adapter_digests=adapter_digests,
+            name=name,
+            digest=digest,
+            max_context=max_context,
+            device=device,
+            path=model_path,
+            adapters=tuple(loras),
+            subject_digest=subject_digest,
+            adapter_digests=adapter_digests,
         )
         log.info("engine ready: model %s (%s) on %s, context %d tokens", name, digest, device, max_context)
         return cls(llm, info, sink, loras)
@@ -158,7 +169,7 @@ class VllmEngine:
             raise Unavailable()
         try:
             return await asyncio.to_thread(self._tokenize_sync, prompt, conversation)
-        except Exception as exc:  # a template error on odd role orders, for instance
+        except Exception as exc:  # noqa: BLE001 - any template error (odd role orders, say) is the client's input
             log.debug("tokenize failed: %r", exc)
             raise InvalidArgument("conversation", "cannot be rendered with the model's chat template") from None
 
@@ -209,7 +220,7 @@ class VllmEngine:
             raise Unavailable(detail="engine dead") from None
         except (asyncio.CancelledError, GeneratorExit):
             raise  # AsyncLLM.generate aborts the request itself on cancel / close
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - mapped to EngineError; the client gets no engine internals
             log.debug("engine generate failed: %r", exc)
             raise EngineError(detail=f"engine error: {type(exc).__name__}") from None
 
@@ -223,7 +234,11 @@ class VllmEngine:
         if self.is_dead():
             raise Unavailable()
         params = SamplingParams(
-            n=1, max_tokens=1, temperature=0.0, prompt_logprobs=0, skip_reading_prefix_cache=True,
+            n=1,
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=0,
+            skip_reading_prefix_cache=True,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         ids = [int(t) for t in token_ids]
@@ -233,7 +248,7 @@ class VllmEngine:
         if final is None or final.prompt_logprobs is None:
             raise EngineError(detail="engine returned no prompt logprobs")
         values: list[float] = []
-        for tok, entry in zip(ids[1:], final.prompt_logprobs[1:]):
+        for tok, entry in zip(ids[1:], final.prompt_logprobs[1:], strict=False):
             if entry is None or tok not in entry:
                 raise EngineError(detail="engine prompt logprobs miss a prompt token")
             values.append(float(entry[tok].logprob))

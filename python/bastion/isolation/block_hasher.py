@@ -16,10 +16,10 @@ A request without a valid tag (none is sent by bastion) gets a random partition 
 from __future__ import annotations
 
 import functools
-from array import array
 import hashlib
 import logging
 import os
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,15 @@ def make_request_block_hasher(block_size: int, keyer: BlockKeyer) -> RequestBloc
 
 
 def _with_extras(
-    keyer: BlockKeyer, request: Any, block_size: int, start: int, end: int, parent: bytes | None,
-    tenant: bytes, public_left: int, adapter: tuple[str, str] | None,
+    keyer: BlockKeyer,
+    request: Any,
+    block_size: int,
+    start: int,
+    end: int,
+    parent: bytes | None,
+    tenant: bytes,
+    public_left: int,
+    adapter: tuple[str, str] | None,
 ) -> list[bytes]:
     """Block by block, with multimodal items and prompt-embedding digests as typed fields."""
     from vllm.v1.core.kv_cache_utils import _gen_mm_extra_hash_keys, _gen_prompt_embeds_extra_hash_keys
@@ -86,7 +93,11 @@ def _with_extras(
         mm = [(int(offset), str(ident).encode()) for _, ident, offset in mm_keys]
         embeds = _gen_prompt_embeds_extra_hash_keys(request, lo, hi)
         key = keyer.block_key(
-            parent, list(request.all_token_ids[lo:hi]), None if i < public_left else tenant, adapter, mm,
+            parent,
+            list(request.all_token_ids[lo:hi]),
+            None if i < public_left else tenant,
+            adapter,
+            mm,
             embeds[0][1] if embeds else None,
         )
         out.append(key)

@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any
 
 TINY_CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-    "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "vocab_size": 49152,
-    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "torch_dtype": "float32",
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "num_hidden_layers": 1,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "torch_dtype": "float32",
 }
 _model_dir: Path | None = None
 
@@ -27,8 +35,13 @@ def tiny_model_dir() -> Path:
 
 
 def make_scheduler(
-    num_blocks: int, cls: Any = None, *, block_size: int = 16, max_num_seqs: int = 16,
-    max_num_batched_tokens: int = 1024, max_model_len: int = 1024,
+    num_blocks: int,
+    cls: Any = None,
+    *,
+    block_size: int = 16,
+    max_num_seqs: int = 16,
+    max_num_batched_tokens: int = 1024,
+    max_model_len: int = 1024,
 ) -> Any:
     import torch
     from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
@@ -37,20 +50,30 @@ def make_scheduler(
     from vllm.v1.structured_output import StructuredOutputManager
 
     d = str(tiny_model_dir())
-    model = ModelConfig(model=d, tokenizer=d, max_model_len=max_model_len, dtype="float32", seed=0,
-                        skip_tokenizer_init=True)
-    sched = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                            max_model_len=max_model_len, enable_chunked_prefill=True, is_encoder_decoder=False)
+    model = ModelConfig(
+        model=d, tokenizer=d, max_model_len=max_model_len, dtype="float32", seed=0, skip_tokenizer_init=True
+    )
+    sched = SchedulerConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_model_len=max_model_len,
+        enable_chunked_prefill=True,
+        is_encoder_decoder=False,
+    )
     cache = CacheConfig(block_size=block_size, enable_prefix_caching=True)
     cache.num_gpu_blocks = num_blocks
-    config = VllmConfig(scheduler_config=sched, model_config=model, cache_config=cache,
-                        device_config=DeviceConfig("cpu"))
+    config = VllmConfig(
+        scheduler_config=sched, model_config=model, cache_config=cache, device_config=DeviceConfig("cpu")
+    )
     spec = FullAttentionSpec(block_size=block_size, num_kv_heads=1, head_size=1, dtype=torch.float32)
-    kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
-                       kv_cache_groups=[KVCacheGroupSpec(["l"], spec)])
-    return (cls or Scheduler)(vllm_config=config, kv_cache_config=kv,
-                              structured_output_manager=StructuredOutputManager(config), block_size=block_size,
-                              log_stats=True)
+    kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["l"], spec)])
+    return (cls or Scheduler)(
+        vllm_config=config,
+        kv_cache_config=kv,
+        structured_output_manager=StructuredOutputManager(config),
+        block_size=block_size,
+        log_stats=True,
+    )
 
 
 def step(scheduler: Any, token: int = 7) -> Any:
@@ -65,7 +88,8 @@ def step(scheduler: Any, token: int = 7) -> Any:
         req = scheduler.requests[rid]
         # schedule() has already advanced num_computed_tokens by this step's tokens
         sampled.append([token] if req.num_computed_tokens >= req.num_prompt_tokens else [])
-    runner = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-                               sampled_token_ids=sampled)
+    runner = ModelRunnerOutput(
+        req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled
+    )
     scheduler.update_from_output(out, runner)
     return out

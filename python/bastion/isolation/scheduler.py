@@ -180,10 +180,16 @@ class TenantScheduler(Scheduler):
         charge = self._charge.get(rid)
         charged = charge[1] if charge else 0
         slot = self.slot_of(request)
-        grow = self._want(
-            request.num_computed_tokens + num_new_computed_tokens + num_external_computed_tokens
-            + num_new_tokens + num_lookahead_tokens
-        ) - charged
+        grow = (
+            self._want(
+                request.num_computed_tokens
+                + num_new_computed_tokens
+                + num_external_computed_tokens
+                + num_new_tokens
+                + num_lookahead_tokens
+            )
+            - charged
+        )
         if grow > 0:  # no growth, no gate: a request never fails for blocks it already holds
             keep = self.kv_ledger.admit_gate(slot, grow)
             if keep is None:
@@ -193,9 +199,14 @@ class TenantScheduler(Scheduler):
             reserved_blocks += keep
         self._pool.current_slot = slot
         blocks = self._allocate(
-            request, num_new_tokens, num_new_computed_tokens=num_new_computed_tokens,
-            new_computed_blocks=new_computed_blocks, num_lookahead_tokens=num_lookahead_tokens,
-            num_external_computed_tokens=num_external_computed_tokens, reserved_blocks=reserved_blocks, **kwargs,
+            request,
+            num_new_tokens,
+            num_new_computed_tokens=num_new_computed_tokens,
+            new_computed_blocks=new_computed_blocks,
+            num_lookahead_tokens=num_lookahead_tokens,
+            num_external_computed_tokens=num_external_computed_tokens,
+            reserved_blocks=reserved_blocks,
+            **kwargs,
         )
         if blocks is None:
             if request.status == RequestStatus.RUNNING:

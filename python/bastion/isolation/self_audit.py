@@ -24,14 +24,108 @@ from typing import Any
 from scipy.stats import ks_2samp
 
 # Common English words: random prompts made of them tokenize to about one token per word.
-WORDS = (
-    "time year people way day man thing woman life child world school state family student group country "
-    "problem hand part place case week company system program question work government number night point "
-    "home water room mother area money story fact month lot right study book eye job word business issue "
-    "side kind head house service friend father power hour game line end member law car city community name "
-    "president team minute idea kid body information back parent face others level office door health person "
-    "art war history party result change morning reason research girl guy moment air teacher force education"
-).split()
+WORDS = [
+    "time",
+    "year",
+    "people",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+    "family",
+    "student",
+    "group",
+    "country",
+    "problem",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+    "word",
+    "business",
+    "issue",
+    "side",
+    "kind",
+    "head",
+    "house",
+    "service",
+    "friend",
+    "father",
+    "power",
+    "hour",
+    "game",
+    "line",
+    "end",
+    "member",
+    "law",
+    "car",
+    "city",
+    "community",
+    "name",
+    "president",
+    "team",
+    "minute",
+    "idea",
+    "kid",
+    "body",
+    "information",
+    "back",
+    "parent",
+    "face",
+    "others",
+    "level",
+    "office",
+    "door",
+    "health",
+    "person",
+    "art",
+    "war",
+    "history",
+    "party",
+    "result",
+    "change",
+    "morning",
+    "reason",
+    "research",
+    "girl",
+    "guy",
+    "moment",
+    "air",
+    "teacher",
+    "force",
+    "education",
+]
 
 
 @dataclass(frozen=True)
@@ -68,15 +162,20 @@ class AuditResult:
     def summary(self) -> dict[str, Any]:
         med = lambda xs: sorted(xs)[len(xs) // 2] if xs else 0.0  # noqa: E731
         return {
-            "name": self.name, "samples": len(self.hit), "alpha": self.alpha,
-            "ks_statistic": round(self.ks_statistic, 4), "p_value": self.p_value, "auc": round(self.auc, 4),
+            "name": self.name,
+            "samples": len(self.hit),
+            "alpha": self.alpha,
+            "ks_statistic": round(self.ks_statistic, 4),
+            "p_value": self.p_value,
+            "auc": round(self.auc, 4),
             "distinguishable": self.distinguishable,
             "median_ttft_hit_ms": round(1000 * med([p.ttft_s for p in self.hit]), 2),
             "median_ttft_miss_ms": round(1000 * med([p.ttft_s for p in self.miss]), 2),
             "max_cached_prompt_tokens_hit": self.cached_in_hits,
             "max_cached_prompt_tokens_miss": max((p.cached_prompt_tokens for p in self.miss), default=0),
             "mean_prompt_tokens": round(sum(p.prompt_tokens for p in self.hit) / max(1, len(self.hit)), 1),
-            "hit": [asdict(p) for p in self.hit], "miss": [asdict(p) for p in self.miss],
+            "hit": [asdict(p) for p in self.hit],
+            "miss": [asdict(p) for p in self.miss],
         }
 
 
@@ -148,14 +247,19 @@ def grpc_sender(stub: Any, model: str, pb: Any) -> Send:
 def verdict(within: AuditResult, across: AuditResult) -> tuple[bool, str]:
     """(passed, one line): the audit must have power within a tenant and find nothing across tenants."""
     if not within.distinguishable:
-        return False, (f"inconclusive: the audit did not detect the cache within one tenant (p={within.p_value:.3g}); "
-                       "use longer prompts or more samples")
+        return False, (
+            f"inconclusive: the audit did not detect the cache within one tenant (p={within.p_value:.3g}); "
+            "use longer prompts or more samples"
+        )
     if across.distinguishable or across.cached_in_hits > 0:
-        return False, (f"LEAK: another tenant's cache is observable (p={across.p_value:.3g}, "
-                       f"cached tokens {across.cached_in_hits})")
-    return True, (f"isolated: within a tenant p={within.p_value:.3g} (cache detected), across tenants "
-                  f"p={across.p_value:.3g} with 0 cached tokens")
-
+        return False, (
+            f"LEAK: another tenant's cache is observable (p={across.p_value:.3g}, "
+            f"cached tokens {across.cached_in_hits})"
+        )
+    return True, (
+        f"isolated: within a tenant p={within.p_value:.3g} (cache detected), across tenants "
+        f"p={across.p_value:.3g} with 0 cached tokens"
+    )
 
 
 __all__ = ["AuditResult", "Probe", "auc_hit_faster", "grpc_sender", "run_audit", "verdict"]

@@ -29,10 +29,10 @@ class TagError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PartitionTag:
-    tenant_key: str          # 64 lowercase hex characters
+    tenant_key: str  # 64 lowercase hex characters
     public_tokens: int = 0
     kv_reserved_blocks: int = 0
-    kv_max_blocks: int = 0   # 0 = no cap
+    kv_max_blocks: int = 0  # 0 = no cap
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{64}", self.tenant_key):

@@ -11,4 +11,11 @@ names, credential *file paths*), never from argv or logs (``worker_env`` / ``pro
 from bastion.keys.base import ENV_KEK_FILE, ENV_PROVIDER, KeyProvider, provider_from_env, provider_from_settings
 from bastion.keys.file import FileKeyProvider
 
-__all__ = ["ENV_KEK_FILE", "ENV_PROVIDER", "FileKeyProvider", "KeyProvider", "provider_from_env", "provider_from_settings"]
+__all__ = [
+    "ENV_KEK_FILE",
+    "ENV_PROVIDER",
+    "FileKeyProvider",
+    "KeyProvider",
+    "provider_from_env",
+    "provider_from_settings",
+]

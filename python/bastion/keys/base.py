@@ -76,14 +76,19 @@ def provider_from_env(env: Mapping[str, str] | None = None) -> KeyProvider:
         from bastion.keys import openbao as ob
 
         return ob.OpenBaoTransitProvider(
-            _need(env, ob.ENV_ADDR), _need(env, ob.ENV_KEY), mount=env.get(ob.ENV_MOUNT, "transit"),
-            token_file=env.get(ob.ENV_TOKEN_FILE) or None, ca_file=env.get(ob.ENV_CA_FILE) or None,
+            _need(env, ob.ENV_ADDR),
+            _need(env, ob.ENV_KEY),
+            mount=env.get(ob.ENV_MOUNT, "transit"),
+            token_file=env.get(ob.ENV_TOKEN_FILE) or None,
+            ca_file=env.get(ob.ENV_CA_FILE) or None,
         )
     if kind == "pkcs11":
         from bastion.keys import pkcs11 as p11
 
         return p11.Pkcs11Provider(
-            _need(env, p11.ENV_MODULE), _need(env, p11.ENV_TOKEN), _need(env, p11.ENV_KEY),
+            _need(env, p11.ENV_MODULE),
+            _need(env, p11.ENV_TOKEN),
+            _need(env, p11.ENV_KEY),
             pin_file=env.get(p11.ENV_PIN_FILE) or None,
         )
     raise ConfigError(f"unknown key provider {kind!r} in {ENV_PROVIDER}")

@@ -31,7 +31,12 @@ class OpenBaoTransitProvider:
     name = "openbao"
 
     def __init__(
-        self, addr: str, key: str, *, mount: str = "transit", token_file: StrPath | None = None,
+        self,
+        addr: str,
+        key: str,
+        *,
+        mount: str = "transit",
+        token_file: StrPath | None = None,
         ca_file: StrPath | None = None,
     ) -> None:
         if not addr.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
@@ -47,8 +52,9 @@ class OpenBaoTransitProvider:
         import hvac
 
         token = read_secret("openbao token", self.token_file, TOKEN_ENV)
-        return hvac.Client(url=self.addr, token=token, verify=str(self.ca_file) if self.ca_file else True,
-                           timeout=TIMEOUT_S)
+        return hvac.Client(
+            url=self.addr, token=token, verify=str(self.ca_file) if self.ca_file else True, timeout=TIMEOUT_S
+        )
 
     def _call(self, what: str, fn: Any) -> Any:
         import hvac
@@ -77,13 +83,19 @@ class OpenBaoTransitProvider:
             raise ConfigError(f"openbao transit key {self.mount}/{self.key} is {kind}; an AEAD key is required")
 
     def create_key(self) -> None:
-        self._call("create", lambda c: c.secrets.transit.create_key(name=self.key, key_type="aes256-gcm96",
-                                                                      mount_point=self.mount))
+        self._call(
+            "create",
+            lambda c: c.secrets.transit.create_key(name=self.key, key_type="aes256-gcm96", mount_point=self.mount),
+        )
 
     def wrap(self, dek: bytearray, aad: bytes) -> bytes:
         b64 = base64.b64encode(dek).decode()
-        r = self._call("encrypt", lambda c: c.secrets.transit.encrypt_data(
-            name=self.key, plaintext=b64, associated_data=base64.b64encode(aad).decode(), mount_point=self.mount))
+        r = self._call(
+            "encrypt",
+            lambda c: c.secrets.transit.encrypt_data(
+                name=self.key, plaintext=b64, associated_data=base64.b64encode(aad).decode(), mount_point=self.mount
+            ),
+        )
         return str(r["data"]["ciphertext"]).encode()
 
     def unwrap(self, wrapped: bytes, aad: bytes) -> bytearray | None:
@@ -92,8 +104,11 @@ class OpenBaoTransitProvider:
         def decrypt(c: Any) -> Any:
             try:
                 return c.secrets.transit.decrypt_data(
-                    name=self.key, ciphertext=wrapped.decode("ascii", "replace"),
-                    associated_data=base64.b64encode(aad).decode(), mount_point=self.mount)
+                    name=self.key,
+                    ciphertext=wrapped.decode("ascii", "replace"),
+                    associated_data=base64.b64encode(aad).decode(),
+                    mount_point=self.mount,
+                )
             except hvac.exceptions.InvalidRequest:
                 return None  # not this key's ciphertext, or the key block (AAD) was altered
 

@@ -53,8 +53,9 @@ class Pkcs11Provider:
         import pkcs11
 
         try:
-            return session.get_key(object_class=pkcs11.ObjectClass.SECRET_KEY, key_type=pkcs11.KeyType.AES,
-                                   label=self.key)
+            return session.get_key(
+                object_class=pkcs11.ObjectClass.SECRET_KEY, key_type=pkcs11.KeyType.AES, label=self.key
+            )
         except pkcs11.exceptions.NoSuchKey:
             raise ConfigError(f"pkcs11: no AES key labelled {self.key!r} in token {self.token!r}") from None
         except pkcs11.exceptions.MultipleObjectsReturned:
@@ -80,10 +81,18 @@ class Pkcs11Provider:
         import pkcs11
 
         with self._session() as s:
-            s.generate_key(pkcs11.KeyType.AES, 256, label=self.key, store=True, template={
-                pkcs11.Attribute.SENSITIVE: True, pkcs11.Attribute.EXTRACTABLE: False,
-                pkcs11.Attribute.ENCRYPT: True, pkcs11.Attribute.DECRYPT: True,
-            })
+            s.generate_key(
+                pkcs11.KeyType.AES,
+                256,
+                label=self.key,
+                store=True,
+                template={
+                    pkcs11.Attribute.SENSITIVE: True,
+                    pkcs11.Attribute.EXTRACTABLE: False,
+                    pkcs11.Attribute.ENCRYPT: True,
+                    pkcs11.Attribute.DECRYPT: True,
+                },
+            )
 
     def wrap(self, dek: bytearray, aad: bytes) -> bytes:
         import pkcs11
@@ -92,8 +101,9 @@ class Pkcs11Provider:
         with self._session() as s:
             # python-pkcs11 treats anything but `bytes` as a stream of chunks, so the key is handed over as
             # an immutable copy (which Python cannot wipe); the bytearray itself is zeroed by the caller.
-            ct = self._kek(s).encrypt(bytes(dek), mechanism=pkcs11.Mechanism.AES_GCM,
-                                      mechanism_param=pkcs11.GCMParams(iv, aad, 128))
+            ct = self._kek(s).encrypt(
+                bytes(dek), mechanism=pkcs11.Mechanism.AES_GCM, mechanism_param=pkcs11.GCMParams(iv, aad, 128)
+            )
         return iv + bytes(ct)
 
     def unwrap(self, wrapped: bytes, aad: bytes) -> bytearray | None:
@@ -103,8 +113,11 @@ class Pkcs11Provider:
             return None
         with self._session() as s:
             try:
-                pt = self._kek(s).decrypt(wrapped[IV_BYTES:], mechanism=pkcs11.Mechanism.AES_GCM,
-                                          mechanism_param=pkcs11.GCMParams(wrapped[:IV_BYTES], aad, 128))
+                pt = self._kek(s).decrypt(
+                    wrapped[IV_BYTES:],
+                    mechanism=pkcs11.Mechanism.AES_GCM,
+                    mechanism_param=pkcs11.GCMParams(wrapped[:IV_BYTES], aad, 128),
+                )
             except pkcs11.exceptions.PKCS11Error:
                 return None  # wrong key, or the wrapped key or key block (AAD) was altered
         return bytearray(pt)

@@ -55,7 +55,11 @@ class PreparedModel:
 
         if self.key is None or self.trust_policy is None:
             raise ConfigError("an unsealed model has no loader environment")
-        return {**self.key.worker_env(), ENV_TRUST_POLICY: str(self.trust_policy.resolve()), ENV_SERVED_MODEL: self.name}
+        return {
+            **self.key.worker_env(),
+            ENV_TRUST_POLICY: str(self.trust_policy.resolve()),
+            ENV_SERVED_MODEL: self.name,
+        }
 
 
 def _gguf_dir() -> Path:
@@ -127,8 +131,12 @@ def ensure_default_model(cache_dir: Path) -> PreparedModel:
     record_tmp = record.with_suffix(".json.tmp")
     record_tmp.write_text(
         json.dumps(
-            {"name": DEFAULT_NAME, "digest": digest, "source": f"pypi:{SOURCE_DIST}/{GGUF_FILE}",
-             "converted_at": int(time.time())},
+            {
+                "name": DEFAULT_NAME,
+                "digest": digest,
+                "source": f"pypi:{SOURCE_DIST}/{GGUF_FILE}",
+                "converted_at": int(time.time()),
+            },
             indent=2,
         )
     )

@@ -90,7 +90,8 @@ def _prepare_unsealed(settings: Settings, path: Path, name: str) -> PreparedMode
         )
     log.warning(
         "weights.allow_unsealed = true: serving UNSEALED weights from %s — no encryption at rest, no "
-        "integrity check on load. Development only; never in production.", path,
+        "integrity check on load. Development only; never in production.",
+        path,
     )
     return PreparedModel(name, path, digest_dir(path).digest)
 
@@ -132,12 +133,25 @@ def open_sealed(path: Path, name: str, provider: KeyProvider | Path, trust_polic
     digest = digest_dir(path).digest
     log.info(
         "sealed model %s: header %s:%s, %d tensors, %d segments of %d KiB, %s, key %s (%s), %s",
-        path, header["hash"], header["header_digest"], len(header["tensors"]), header["total_segments"],
-        header["segment_size"] // 1024, header["aead"], header["key"]["key_id"], provider.describe(),
-        f"signed by {manifest.signer} ({manifest.identity}), OMS digest {manifest.model_digest}" if manifest else "unsigned",
+        path,
+        header["hash"],
+        header["header_digest"],
+        len(header["tensors"]),
+        header["total_segments"],
+        header["segment_size"] // 1024,
+        header["aead"],
+        header["key"]["key_id"],
+        provider.describe(),
+        f"signed by {manifest.signer} ({manifest.identity}), OMS digest {manifest.model_digest}"
+        if manifest
+        else "unsigned",
     )
     return PreparedModel(
-        name, path, digest, key=provider, trust_policy=trust_policy,
+        name,
+        path,
+        digest,
+        key=provider,
+        trust_policy=trust_policy,
         oms_digest=manifest.model_digest if manifest else None,
     )
 
@@ -179,7 +193,11 @@ def _default_keys(cache_dir: Path) -> tuple[Path, Path, Path]:
     from bastion.keys import FileKeyProvider
     from bastion.weights.signing import create_signing_key
 
-    kek, signing, policy = default_kek_path(cache_dir), default_signing_key_path(cache_dir), default_policy_path(cache_dir)
+    kek, signing, policy = (
+        default_kek_path(cache_dir),
+        default_signing_key_path(cache_dir),
+        default_policy_path(cache_dir),
+    )
     kek.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(kek.parent, 0o700)
     if not kek.exists():
@@ -233,7 +251,9 @@ def ensure_default_sealed(cache_dir: Path) -> PreparedModel:
         provider.check()
         started = time.monotonic()
         report = provider.seal(
-            plain.path, target, context={"model": DEFAULT_NAME},
+            plain.path,
+            target,
+            context={"model": DEFAULT_NAME},
             origin={"source_uri": DEFAULT_ORIGIN, "upstream_digest": plain.digest},
         )
         sign_dir(target, private_key=signing)
@@ -241,15 +261,27 @@ def ensure_default_sealed(cache_dir: Path) -> PreparedModel:
         tmp = record.with_suffix(".json.tmp")
         tmp.write_text(
             json.dumps(
-                {"format": RECORD_FORMAT, "name": DEFAULT_NAME, "digest": digest, "header_digest": report.header_digest,
-                 "source_digest": plain.digest, "key": provider.describe(), "signing_key": str(signing),
-                 "sealed_at": int(time.time())},
+                {
+                    "format": RECORD_FORMAT,
+                    "name": DEFAULT_NAME,
+                    "digest": digest,
+                    "header_digest": report.header_digest,
+                    "source_digest": plain.digest,
+                    "key": provider.describe(),
+                    "signing_key": str(signing),
+                    "sealed_at": int(time.time()),
+                },
                 indent=2,
             )
         )
         os.replace(tmp, record)
         log.info(
             "sealed and signed the default model into %s (%s; %d tensors, %.0f MiB) in %.1f s, key %s",
-            target, digest, report.tensors, report.bytes / 2**20, time.monotonic() - started, provider.describe(),
+            target,
+            digest,
+            report.tensors,
+            report.bytes / 2**20,
+            time.monotonic() - started,
+            provider.describe(),
         )
         return open_sealed(target, DEFAULT_NAME, kek, policy)

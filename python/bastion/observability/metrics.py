@@ -69,11 +69,15 @@ class Metrics:
             "bastion_rpc_duration", "s", "RPC wall time", explicit_bucket_boundaries_advisory=_DURATION_BUCKETS
         )
         self.ttft = m.create_histogram(
-            "bastion_time_to_first_token", "s", "Request start to first streamed token",
+            "bastion_time_to_first_token",
+            "s",
+            "Request start to first streamed token",
             explicit_bucket_boundaries_advisory=_TTFT_BUCKETS,
         )
         self.itl = m.create_histogram(
-            "bastion_inter_token_latency", "s", "Time between streamed tokens",
+            "bastion_inter_token_latency",
+            "s",
+            "Time between streamed tokens",
             explicit_bucket_boundaries_advisory=_ITL_BUCKETS,
         )
         self.output_tokens = m.create_counter("bastion_output_tokens", "{token}", "Generated tokens")
@@ -82,8 +86,10 @@ class Metrics:
             "bastion_cached_prompt_tokens", "{token}", "Prompt tokens served from the prefix cache"
         )
         self.tokens_per_s = m.create_histogram(
-            "bastion_request_output_tokens_per_second", "{token}/s",
-            "Per request: completion tokens / request wall time", explicit_bucket_boundaries_advisory=_RATE_BUCKETS,
+            "bastion_request_output_tokens_per_second",
+            "{token}/s",
+            "Per request: completion tokens / request wall time",
+            explicit_bucket_boundaries_advisory=_RATE_BUCKETS,
         )
         m.create_observable_gauge(
             "bastion_inflight_requests", [self._observe_inflight], "{request}", "Admitted generations"
@@ -98,11 +104,18 @@ class Metrics:
             "bastion_engine_kv_usage_ratio", [self._observe("kv_usage")], "1", "Fraction of KV blocks in use"
         )
         m.create_observable_gauge(
-            "bastion_model_release", [self._observe_release], "1",
+            "bastion_model_release",
+            [self._observe_release],
+            "1",
             "1 for the model's current release state (released, evaluation_only, quarantined)",
         )
         for attr, kind, unit, what in (
-            ("delta", "gauge", "1", "Drift: largest per-canary log-prob change against the go-live baseline (nats/token)"),
+            (
+                "delta",
+                "gauge",
+                "1",
+                "Drift: largest per-canary log-prob change against the go-live baseline (nats/token)",
+            ),
             ("tolerance", "gauge", "1", "Drift: the tolerance the change is held to"),
             ("checks", "counter", "{check}", "Drift checks run"),
             ("alerts", "counter", "{alert}", "Confirmed drift alerts"),
@@ -110,11 +123,22 @@ class Metrics:
             make = m.create_observable_gauge if kind == "gauge" else m.create_observable_counter
             name = f"bastion_drift_logprob_{attr}" if kind == "gauge" else f"bastion_drift_{attr}"
             make(name, [self._observe_drift(attr)], unit, what)
-        m.create_observable_counter("bastion_redteam_probes", [self._observe_redteam(0)], "{probe}",
-                                    "Continuous red-team probes run, per family")
-        m.create_observable_counter("bastion_redteam_findings", [self._observe_redteam(1)], "{finding}",
-                                    "Continuous red-team findings (bad outcomes), per family")
-        for attr, what in (("alerts", "Confirmed red-team regressions"), ("deferred", "Red-team batches deferred for tenant traffic")):
+        m.create_observable_counter(
+            "bastion_redteam_probes",
+            [self._observe_redteam(0)],
+            "{probe}",
+            "Continuous red-team probes run, per family",
+        )
+        m.create_observable_counter(
+            "bastion_redteam_findings",
+            [self._observe_redteam(1)],
+            "{finding}",
+            "Continuous red-team findings (bad outcomes), per family",
+        )
+        for attr, what in (
+            ("alerts", "Confirmed red-team regressions"),
+            ("deferred", "Red-team batches deferred for tenant traffic"),
+        ):
             m.create_observable_counter(f"bastion_redteam_{attr}", [self._observe_redteam_total(attr)], "{event}", what)
 
         for field, kind, what in (
@@ -135,8 +159,9 @@ class Metrics:
     def _observe_tenant_kv(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             try:
-                return [Observation(f[field], {"model": model, "tenant": tenant})
-                        for model, tenant, f in self._tenant_kv()]
+                return [
+                    Observation(f[field], {"model": model, "tenant": tenant}) for model, tenant, f in self._tenant_kv()
+                ]
             except Exception:  # a scrape must never fail because the stats are unreadable
                 log.debug("per-tenant KV stats unavailable", exc_info=True)
                 return []
@@ -150,8 +175,11 @@ class Metrics:
     def _observe_drift(self, attr: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             try:
-                return [Observation(float(getattr(s, attr)), {"model": s.model}) for s in self._drift()
-                        if s.status not in ("pending", "error") and getattr(s, attr) != float("inf")]
+                return [
+                    Observation(float(getattr(s, attr)), {"model": s.model})
+                    for s in self._drift()
+                    if s.status not in ("pending", "error") and getattr(s, attr) != float("inf")
+                ]
             except Exception:
                 log.debug("drift states unavailable", exc_info=True)
                 return []
@@ -165,8 +193,11 @@ class Metrics:
     def _observe_redteam(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             try:
-                return [Observation(counts[index], {"model": s.model, "family": fam})
-                        for s in self._redteam() for fam, counts in s.per_family.items()]
+                return [
+                    Observation(counts[index], {"model": s.model, "family": fam})
+                    for s in self._redteam()
+                    for fam, counts in s.per_family.items()
+                ]
             except Exception:
                 log.debug("red-team states unavailable", exc_info=True)
                 return []
@@ -191,8 +222,11 @@ class Metrics:
         from bastion.assurance.release import EVALUATION_ONLY, QUARANTINED, RELEASED
 
         try:
-            return [Observation(1 if state == s else 0, {"model": model, "state": s})
-                    for model, state in self._releases() for s in (RELEASED, EVALUATION_ONLY, QUARANTINED)]
+            return [
+                Observation(1 if state == s else 0, {"model": model, "state": s})
+                for model, state in self._releases()
+                for s in (RELEASED, EVALUATION_ONLY, QUARANTINED)
+            ]
         except Exception:
             log.debug("release states unavailable", exc_info=True)
             return []

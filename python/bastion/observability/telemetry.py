@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+import grpc
 from bastion.config import Settings
 from bastion.observability.metrics import Metrics
 from bastion.observability.tracing import build_tracer_provider
@@ -51,9 +51,7 @@ class RpcRecord:
 
 
 class Telemetry:
-    def __init__(
-        self, tracer_provider: TracerProvider, metrics: Metrics | None = None, audit_sink: Any = None
-    ) -> None:
+    def __init__(self, tracer_provider: TracerProvider, metrics: Metrics | None = None, audit_sink: Any = None) -> None:
         self.tracer_provider = tracer_provider
         self.tracer = tracer_provider.get_tracer("bastion.server")
         self.metrics = metrics or Metrics()

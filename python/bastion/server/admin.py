@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-
 from bastion.errors import BastionError, ConfigError, InvalidArgument, NotFound
 from bastion.observability.telemetry import Telemetry
 from bastion.server.caller import Caller, current_caller
@@ -51,15 +50,26 @@ class AdminServicer(apb_grpc.AdminServicer):
             try:
                 result = fn(caller)
                 await self._state.recorder.request(
-                    request_id=rid, method=caller.method, peer=caller.peer, principal=caller.principal,
-                    tenant=caller.tenant, status=grpc.StatusCode.OK, started=rec.start,
+                    request_id=rid,
+                    method=caller.method,
+                    peer=caller.peer,
+                    principal=caller.principal,
+                    tenant=caller.tenant,
+                    status=grpc.StatusCode.OK,
+                    started=rec.start,
                 )
                 return result
             except BastionError as exc:
                 rec.code = exc.code
                 await self._state.recorder.request(
-                    request_id=rid, method=caller.method, peer=caller.peer, principal=caller.principal,
-                    tenant=caller.tenant, status=exc.code, started=rec.start, reason=(exc.detail or "")[:200],
+                    request_id=rid,
+                    method=caller.method,
+                    peer=caller.peer,
+                    principal=caller.principal,
+                    tenant=caller.tenant,
+                    status=exc.code,
+                    started=rec.start,
+                    reason=(exc.detail or "")[:200],
                 )
                 await context.abort(exc.code, exc.public_message)
         raise AssertionError("unreachable")
@@ -95,11 +105,18 @@ class AdminServicer(apb_grpc.AdminServicer):
                 if lim is None:
                     continue
                 out.tenants.add(
-                    tenant=u.tenant, max_tokens_per_request=lim.max_tokens_per_request,
-                    max_concurrent_streams=lim.max_concurrent_streams, requests_per_s=lim.requests_per_s,
-                    tokens_per_min=lim.tokens_per_min, kv_reserved_blocks=lim.kv_reserved_blocks,
-                    kv_max_blocks=lim.kv_max_blocks, active_streams=u.active_streams, requests=u.requests,
-                    denied=u.denied, rate_limited=u.rate_limited, prompt_tokens=u.prompt_tokens,
+                    tenant=u.tenant,
+                    max_tokens_per_request=lim.max_tokens_per_request,
+                    max_concurrent_streams=lim.max_concurrent_streams,
+                    requests_per_s=lim.requests_per_s,
+                    tokens_per_min=lim.tokens_per_min,
+                    kv_reserved_blocks=lim.kv_reserved_blocks,
+                    kv_max_blocks=lim.kv_max_blocks,
+                    active_streams=u.active_streams,
+                    requests=u.requests,
+                    denied=u.denied,
+                    rate_limited=u.rate_limited,
+                    prompt_tokens=u.prompt_tokens,
                     completion_tokens=u.completion_tokens,
                 )
             return out
@@ -128,7 +145,6 @@ class AdminServicer(apb_grpc.AdminServicer):
     ) -> apb.ModelStatusResponse:
         def status(caller: Caller) -> apb.ModelStatusResponse:
             out = apb.ModelStatusResponse()
-            pool = self._state.pool
             out.models.extend(self._model_states())
             return out
 
@@ -140,10 +156,16 @@ class AdminServicer(apb_grpc.AdminServicer):
         for e in pool.all() if pool is not None else []:
             state = "dead" if e.is_dead() else "ready" if e.is_ready() else "loading"
             rel = releases.release(e.info.name)
-            out.append(apb.ModelState(
-                name=e.info.name, digest=e.info.digest, state=state, release=rel.state,
-                subject_digest=e.info.subject_digest, attestation=rel.attestation,
-            ))
+            out.append(
+                apb.ModelState(
+                    name=e.info.name,
+                    digest=e.info.digest,
+                    state=state,
+                    release=rel.state,
+                    subject_digest=e.info.subject_digest,
+                    attestation=rel.attestation,
+                )
+            )
         return out
 
     async def ReloadAttestations(
@@ -160,8 +182,9 @@ class AdminServicer(apb_grpc.AdminServicer):
 
         return await self._run("ReloadAttestations", context, reloaded)  # type: ignore[return-value]
 
-
-    async def CheckDrift(self, request: apb.CheckDriftRequest, context: grpc.aio.ServicerContext) -> apb.CheckDriftResponse:
+    async def CheckDrift(
+        self, request: apb.CheckDriftRequest, context: grpc.aio.ServicerContext
+    ) -> apb.CheckDriftResponse:
         monitors = list(self._state.drift.values())
         results = []
         error: BastionError | None = None
@@ -177,9 +200,21 @@ class AdminServicer(apb_grpc.AdminServicer):
         def report(caller: Caller) -> apb.CheckDriftResponse:
             if error is not None:
                 raise error
-            return apb.CheckDriftResponse(models=[apb.DriftStatus(
-                model=s.model, status=s.status, delta=s.delta, tolerance=s.tolerance, noise_floor=s.noise_floor,
-                baseline_digest=s.baseline_digest, checks=s.checks, alerts=s.alerts, seconds=s.seconds,
-            ) for s in results])
+            return apb.CheckDriftResponse(
+                models=[
+                    apb.DriftStatus(
+                        model=s.model,
+                        status=s.status,
+                        delta=s.delta,
+                        tolerance=s.tolerance,
+                        noise_floor=s.noise_floor,
+                        baseline_digest=s.baseline_digest,
+                        checks=s.checks,
+                        alerts=s.alerts,
+                        seconds=s.seconds,
+                    )
+                    for s in results
+                ]
+            )
 
         return await self._run("CheckDrift", context, report)  # type: ignore[return-value]

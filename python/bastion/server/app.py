@@ -34,20 +34,20 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2_grpc
 
-from bastion.config import Settings
-from bastion.engine.protocol import EnginePool, EngineStats
 from bastion.assurance.drift import DriftMonitor
 from bastion.assurance.release import ReleaseBook
 from bastion.audit.content import PRUNE_EVERY_S, ContentStore
 from bastion.auth.api_keys import revoke as revoke_api_key
+from bastion.config import Settings
+from bastion.engine.protocol import EnginePool, EngineStats
 from bastion.errors import BastionError, ConfigError
 from bastion.isolation import block_hasher
 from bastion.isolation.kv_metrics import ENV_STATS_DIR, TenantKvStats
 from bastion.observability.logs import setup_logging
 from bastion.observability.telemetry import Telemetry
+from bastion.server.admin import AdminServicer
 from bastion.server.health import NOT_SERVING, WATCHDOG_INTERVAL_S, Health
 from bastion.server.listener import bind, build_server
-from bastion.server.admin import AdminServicer
 from bastion.server.security import Security, build_security
 from bastion.server.servicer import InferenceServicer, ServerState
 from bastion.v1 import admin_pb2_grpc as apb_grpc
@@ -94,8 +94,11 @@ def _enable_reflection(server: object) -> None:
 async def _prune_content(content: ContentStore, state: ServerState) -> None:
     """Deletes opt-in content past each tenant's retention, now and then hourly."""
     while True:
-        days = {t: p.content_logging.retention_days for t, p in state.guard.policy.tenants.items()
-                if p.content_logging.enabled}
+        days = {
+            t: p.content_logging.retention_days
+            for t, p in state.guard.policy.tenants.items()
+            if p.content_logging.enabled
+        }
         try:
             await asyncio.to_thread(content.prune, days)
         except OSError as exc:
@@ -117,7 +120,7 @@ async def _load_pool(pool_factory: PoolFactory, stop_event: asyncio.Event) -> En
     loading.cancel()
     try:
         await loading
-    except BaseException:  # noqa: BLE001 - we are leaving anyway
+    except BaseException:
         log.debug("engine pool load ended on cancel", exc_info=True)
     return None
 
@@ -162,8 +165,9 @@ def _start_redteam(
 
     tasks = []
     for engine in pool.all():
-        team = RedTeam(settings.assurance.redteam, engine, state.releases, lambda: state.admission.inflight,
-                       on_event, baseline)
+        team = RedTeam(
+            settings.assurance.redteam, engine, state.releases, lambda: state.admission.inflight, on_event, baseline
+        )
         state.redteam[engine.info.name] = team
         tasks.append(asyncio.ensure_future(team.run()))
     return tasks
@@ -228,17 +232,23 @@ async def serve(
             telemetry.shutdown()
         return 1
     if not releases.enforced:
-        log.warning("assurance.require_attestation = false: models are served to tenants WITHOUT a security "
-                    "evaluation attestation (development only)")
+        log.warning(
+            "assurance.require_attestation = false: models are served to tenants WITHOUT a security "
+            "evaluation attestation (development only)"
+        )
     elif not settings.assurance.trusted_keys:
-        log.warning("assurance.trusted_keys is empty: no attestation can release a model; every model stays "
-                    "evaluation-only (bastion eval needs an evaluator principal)")
+        log.warning(
+            "assurance.trusted_keys is empty: no attestation can release a model; every model stays "
+            "evaluation-only (bastion eval needs an evaluator principal)"
+        )
     state = ServerState(settings, security.guard, security.recorder, content, security.partition, releases)
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
     telemetry.metrics.bind_drift(lambda: [m.state for m in state.drift.values()])
     telemetry.metrics.bind_redteam(lambda: [t.state for t in state.redteam.values()])
     telemetry.metrics.bind_releases(
-        lambda: [] if state.pool is None else [(e.info.name, releases.release(e.info.name).state) for e in state.pool.all()]
+        lambda: (
+            [] if state.pool is None else [(e.info.name, releases.release(e.info.name).state) for e in state.pool.all()]
+        )
     )
     signals: list[int] = []
     if stop_event is None:
@@ -258,7 +268,10 @@ async def serve(
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(state, telemetry), server)
     apb_grpc.add_AdminServicer_to_server(
         AdminServicer(
-            state, telemetry, policy_file=settings.tenancy.policy_file, api_key_store=settings.auth.api_keys.file,
+            state,
+            telemetry,
+            policy_file=settings.tenancy.policy_file,
+            api_key_store=settings.auth.api_keys.file,
             revoke_key=revoke_api_key,
         ),
         server,
@@ -300,7 +313,7 @@ async def serve(
                 stats = TenantKvStats(kv_stats, partition, lambda: guard.policy.tenants)
                 telemetry.metrics.bind_tenant_kv(stats.rows)
             pool = await _load_pool(pool_factory, stop_event)
-        except Exception as exc:  # noqa: BLE001 - reported in one line; details at DEBUG
+        except Exception as exc:
             log.error("engine pool failed to start: %s", _one_line(exc))
             log.debug("engine pool failure detail", exc_info=exc)
             return 1

@@ -13,7 +13,6 @@ import time
 from typing import Any, Protocol
 
 import grpc
-
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied, RateLimited, Unauthenticated
 
@@ -84,10 +83,17 @@ class AuditRecorder:
     async def alert(self, *, event: str, model: str, model_digest: str, reason: str, action: str) -> None:
         """A monitoring alert (drift, red-team finding) and what was done about it ("alert" or
         "quarantine"), recorded as a decision of the server itself."""
-        await self.log.append("decision", {
-            "principal": "bastion:assurance", "decision": action, "event": event[:128], "model": model[:256],
-            "model_digest": model_digest[:128], "reason": reason[:512],
-        })
+        await self.log.append(
+            "decision",
+            {
+                "principal": "bastion:assurance",
+                "decision": action,
+                "event": event[:128],
+                "model": model[:256],
+                "model_digest": model_digest[:128],
+                "reason": reason[:512],
+            },
+        )
 
     async def request(
         self,
@@ -123,8 +129,12 @@ class AuditRecorder:
             "latency_ms": max(0, int((time.perf_counter() - started) * 1000)),
         }
         for k, v in (
-            ("model", model), ("model_digest", model_digest), ("client_request_id", client_request_id),
-            ("finish_reason", finish_reason), ("reason", reason), ("retention", retention),
+            ("model", model),
+            ("model_digest", model_digest),
+            ("client_request_id", client_request_id),
+            ("finish_reason", finish_reason),
+            ("reason", reason),
+            ("retention", retention),
         ):
             if v:
                 fields[k] = v[:512]

@@ -22,8 +22,12 @@ FINISH_REASONS: dict[str, int] = {
 def model_info(info: ModelInfo, release: str = "", adapters: list[tuple[str, str, str]] | None = None) -> pb.ModelInfo:
     """``adapters``: (name, digest, release) of the adapters the caller may use."""
     return pb.ModelInfo(
-        name=info.name, digest=info.digest, max_context=info.max_context, device=info.device,
-        subject_digest=info.subject_digest, release=release,
+        name=info.name,
+        digest=info.digest,
+        max_context=info.max_context,
+        device=info.device,
+        subject_digest=info.subject_digest,
+        release=release,
         adapters=[pb.AdapterInfo(name=n, digest=d, release=r) for n, d, r in adapters or ()],
     )
 

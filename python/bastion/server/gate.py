@@ -14,7 +14,6 @@ import logging
 from typing import Literal, Protocol
 
 import grpc
-
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied
 from bastion.server.audit_recorder import AuditRecorder

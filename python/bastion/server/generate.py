@@ -16,7 +16,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
-
 from bastion.engine.protocol import Engine, EngineOutput, EngineRequest, SamplingSpec
 from bastion.errors import EngineError
 from bastion.observability.telemetry import RpcRecord, Telemetry
@@ -32,13 +31,13 @@ async def _release(engine: Engine, request_id: str, it: AsyncIterator[EngineOutp
     if not finished:
         try:
             await engine.abort(request_id)
-        except Exception:  # noqa: BLE001 - cleanup must finish; the engine logs its own failure
+        except Exception:
             log.warning("engine abort failed", exc_info=log.isEnabledFor(logging.DEBUG))
     aclose = getattr(it, "aclose", None)
     if aclose is not None:
         try:
             await aclose()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("closing the engine stream failed", exc_info=True)
 
 

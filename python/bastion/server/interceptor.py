@@ -13,10 +13,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+import grpc
 from bastion.errors import BastionError, RateLimited
 from bastion.observability.logs import request_id_var
 from bastion.server.caller import caller_var
@@ -51,11 +51,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except BastionError as exc:
             log.info("%s refused: %s (%s)", method, exc.code.name, exc.detail or exc.public_message)
             await context.abort(exc.code, exc.public_message, trailing_metadata=abort_metadata(rid, exc))
-        except Exception as exc:  # noqa: BLE001 - the gate failing is a refusal, never a pass
+        except Exception as exc:
             log.error("%s: security gate failed: %s", method, type(exc).__name__)
             log.debug("security gate failure detail", exc_info=exc)
             await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error (request_id={rid})",
+                grpc.StatusCode.INTERNAL,
+                f"internal error (request_id={rid})",
                 trailing_metadata=((REQUEST_ID_METADATA_KEY, rid),),
             )
         caller_var.set(caller)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import grpc
-
 from bastion.config import ServerSettings, TlsSettings, is_loopback, parse_listen
 from bastion.errors import ConfigError
 

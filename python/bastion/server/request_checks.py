@@ -19,10 +19,26 @@ MAX_METADATA_VALUE_BYTES = 8192
 # Exact keys, compared lower-case (gRPC lower-cases them anyway).
 FORBIDDEN_KEYS = frozenset(
     {
-        "tenant", "tenant-id", "x-tenant", "x-tenant-id", "x-org-id", "x-organization",
-        "cache-salt", "x-cache-salt", "salt", "x-salt",
-        "principal", "x-principal", "x-user", "x-user-id", "x-forwarded-user", "x-remote-user",
-        "x-auth-request-user", "x-identity", "x-spiffe-id", "x-forwarded-client-cert",
+        "tenant",
+        "tenant-id",
+        "x-tenant",
+        "x-tenant-id",
+        "x-org-id",
+        "x-organization",
+        "cache-salt",
+        "x-cache-salt",
+        "salt",
+        "x-salt",
+        "principal",
+        "x-principal",
+        "x-user",
+        "x-user-id",
+        "x-forwarded-user",
+        "x-remote-user",
+        "x-auth-request-user",
+        "x-identity",
+        "x-spiffe-id",
+        "x-forwarded-client-cert",
     }
 )
 FORBIDDEN_PREFIXES = ("x-bastion-",)

@@ -47,9 +47,7 @@ def check_auth_configured(settings: Settings) -> None:
         raise ConfigError("tenancy.policy_file is required: it maps authenticated principals to tenants")
 
 
-def build_security(
-    settings: Settings, on_audit_failure: Callable[[], None], audit_sink: Any = None
-) -> Security:
+def build_security(settings: Settings, on_audit_failure: Callable[[], None], audit_sink: Any = None) -> Security:
     """Raises ConfigError naming the setting when something is missing or unreadable."""
     check_auth_configured(settings)
     assert settings.tenancy.policy_file is not None

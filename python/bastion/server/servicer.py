@@ -21,7 +21,6 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 import grpc
-
 from bastion.assurance.drift import DriftMonitor
 from bastion.assurance.release import ReleaseBook
 from bastion.audit.content import ContentStore
@@ -55,8 +54,13 @@ class ServerState:
     """What the servicers share with the app: the pool (set once loaded), admission, tenancy, audit."""
 
     def __init__(
-        self, settings: Settings, guard: TenantGuard, recorder: AuditRecorder, content: ContentStore | None = None,
-        partition: PartitionKeys | None = None, releases: ReleaseBook | None = None,
+        self,
+        settings: Settings,
+        guard: TenantGuard,
+        recorder: AuditRecorder,
+        content: ContentStore | None = None,
+        partition: PartitionKeys | None = None,
+        releases: ReleaseBook | None = None,
     ) -> None:
         self.settings = settings
         self.pool: EnginePool | None = None
@@ -130,8 +134,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return rid, caller
 
     async def _audit(
-        self, caller: Caller, rec: RpcRecord, code: grpc.StatusCode, *, finish: str = "",
-        prompt: str | None = None, exc: BaseException | None = None,
+        self,
+        caller: Caller,
+        rec: RpcRecord,
+        code: grpc.StatusCode,
+        *,
+        finish: str = "",
+        prompt: str | None = None,
+        exc: BaseException | None = None,
     ) -> None:
         """Appends this RPC's one audit record (durable when this returns)."""
         if rec.audited:
@@ -139,10 +149,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         rec.audited = True
         retention = ""
         opt_in = caller.assignment.limits.content_logging
-        if (
-            opt_in.enabled and self._state.content is not None and prompt is not None
-            and code == grpc.StatusCode.OK
-        ):
+        if opt_in.enabled and self._state.content is not None and prompt is not None and code == grpc.StatusCode.OK:
             await asyncio.to_thread(
                 self._state.content.write, caller.tenant, rec.request_id, prompt, "".join(rec.completion_parts)
             )
@@ -150,23 +157,44 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         if exc is not None and is_decision(exc):
             self._guard.deny(caller.tenant, rate_limited=code == grpc.StatusCode.RESOURCE_EXHAUSTED)
             await self._recorder.denied(
-                request_id=rec.request_id, method=caller.method, peer=caller.peer, principal=caller.principal,
-                tenant=caller.tenant, exc=exc, model=rec.model,
+                request_id=rec.request_id,
+                method=caller.method,
+                peer=caller.peer,
+                principal=caller.principal,
+                tenant=caller.tenant,
+                exc=exc,
+                model=rec.model,
             )
             return
         await self._recorder.request(
-            request_id=rec.request_id, method=caller.method, peer=caller.peer, principal=caller.principal,
-            tenant=caller.tenant, status=code, started=rec.start, model=rec.model, model_digest=rec.digest,
-            client_request_id=rec.client_request_id, prompt_tokens=rec.prompt_tokens,
-            completion_tokens=rec.completion_tokens, cached_tokens=rec.cached_tokens, finish_reason=finish,
-            prompt_text=prompt, completion_text="".join(rec.completion_parts) if prompt is not None else None,
+            request_id=rec.request_id,
+            method=caller.method,
+            peer=caller.peer,
+            principal=caller.principal,
+            tenant=caller.tenant,
+            status=code,
+            started=rec.start,
+            model=rec.model,
+            model_digest=rec.digest,
+            client_request_id=rec.client_request_id,
+            prompt_tokens=rec.prompt_tokens,
+            completion_tokens=rec.completion_tokens,
+            cached_tokens=rec.cached_tokens,
+            finish_reason=finish,
+            prompt_text=prompt,
+            completion_text="".join(rec.completion_parts) if prompt is not None else None,
             reason=(exc.detail or "")[:200] if isinstance(exc, BastionError) and code != grpc.StatusCode.OK else "",
             retention=retention,
         )
 
     async def _fail(
-        self, context: grpc.aio.ServicerContext, rec: RpcRecord, exc: Exception, engine: Engine | None,
-        caller: Caller, prompt: str | None = None,
+        self,
+        context: grpc.aio.ServicerContext,
+        rec: RpcRecord,
+        exc: Exception,
+        engine: Engine | None,
+        caller: Caller,
+        prompt: str | None = None,
     ) -> None:
         if isinstance(exc, BastionError) and exc.code != grpc.StatusCode.INTERNAL:
             code, message = exc.code, exc.public_message
@@ -249,13 +277,26 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
                         tag = await self._partition_tag(caller, engine, spec.input, ids)
                         finish = await stream_generation(
-                            engine, rid, ids, sampling, context, ticket, rec, self._telemetry, before_final,
-                            tag, spec.adapter,
+                            engine,
+                            rid,
+                            ids,
+                            sampling,
+                            context,
+                            ticket,
+                            rec,
+                            self._telemetry,
+                            before_final,
+                            tag,
+                            spec.adapter,
                         )
                 log.info(
                     "generate done tenant=%s model=%s client_id=%s prompt_tokens=%d completion_tokens=%d finish=%s",
-                    caller.tenant, rec.model, rec.client_request_id or "-", rec.prompt_tokens,
-                    rec.completion_tokens, finish,
+                    caller.tenant,
+                    rec.model,
+                    rec.client_request_id or "-",
+                    rec.prompt_tokens,
+                    rec.completion_tokens,
+                    finish,
                 )
             except asyncio.CancelledError:
                 await self._cancelled(context, rec, caller, prompt)
@@ -305,11 +346,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 releases = self._state.releases
                 models = [
                     convert.model_info(
-                        e.info, releases.release(e.info.name).state,
-                        [(a, d, releases.adapter_release(e.info.name, a).state)
-                         for a, d in e.info.adapter_digests if limits.allows_adapter(a)],
+                        e.info,
+                        releases.release(e.info.name).state,
+                        [
+                            (a, d, releases.adapter_release(e.info.name, a).state)
+                            for a, d in e.info.adapter_digests
+                            if limits.allows_adapter(a)
+                        ],
                     )
-                    for e in pool.all() if limits.allows_model(e.info.name)
+                    for e in pool.all()
+                    if limits.allows_model(e.info.name)
                 ]
                 await self._audit(caller, rec, grpc.StatusCode.OK)
                 return pb.ListModelsResponse(models=models)

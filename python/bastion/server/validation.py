@@ -164,7 +164,10 @@ def validate_generate(request: pb.GenerateRequest, limits: LimitSettings) -> Gen
     sampling, explicit = validate_sampling(request.sampling, limits)
     client_id = validate_client_request_id(request.client_request_id, limits)
     return GenerateSpec(
-        input=input_spec, sampling=sampling, max_tokens_explicit=explicit, client_request_id=client_id,
+        input=input_spec,
+        sampling=sampling,
+        max_tokens_explicit=explicit,
+        client_request_id=client_id,
         adapter=validate_adapter(request.adapter),
     )
 

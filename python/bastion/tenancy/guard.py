@@ -140,9 +140,7 @@ class TenantGuard:
         """Admits one generation: per-request token cap, stream slot, request and token buckets."""
         limits = a.limits
         if max_tokens > limits.max_tokens_per_request:
-            raise InvalidArgument(
-                "sampling.max_tokens", f"at most {limits.max_tokens_per_request} for this tenant"
-            )
+            raise InvalidArgument("sampling.max_tokens", f"at most {limits.max_tokens_per_request} for this tenant")
         st = self._state(a.tenant)
         if st.usage.active_streams >= st.limits.max_concurrent_streams:
             raise RateLimited(STREAM_RETRY_S, detail="tenant concurrent streams")

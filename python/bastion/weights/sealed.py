@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from bastion import digest as _digest  # noqa: F401  (refuses a stale extension on import)
 from bastion import _native
+from bastion import digest as _digest  # noqa: F401  (refuses a stale extension on import)
 
 StrPath = str | os.PathLike[str]
 

@@ -53,10 +53,10 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class SignedManifest:
-    signer: str          # the policy's signer name
-    identity: str        # key fingerprint (sha256 of the SPKI PEM) or the leaf certificate's identity
-    model_name: str      # informative: the directory name when it was signed
-    model_digest: str    # the OMS subject digest: sha256 over the resource digests sorted by name
+    signer: str  # the policy's signer name
+    identity: str  # key fingerprint (sha256 of the SPKI PEM) or the leaf certificate's identity
+    model_name: str  # informative: the directory name when it was signed
+    model_digest: str  # the OMS subject digest: sha256 over the resource digests sorted by name
     entries: dict[str, tuple[Entry, ...]]
 
     def files(self) -> set[str]:
@@ -80,8 +80,7 @@ def create_signing_key(path: str | os.PathLike[str], curve: str = "p256") -> Pat
         raise ConfigError(f"signing key curve must be one of {sorted(curves)}")
     p = Path(path).expanduser()
     key = ec.generate_private_key(curves[curve])
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -89,8 +88,9 @@ def create_signing_key(path: str | os.PathLike[str], curve: str = "p256") -> Pat
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
     pub = p.with_name(p.name + ".pub")
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return pub
 
 
@@ -113,7 +113,9 @@ def sign_dir(
     )
     cfg = ms.signing.Config().set_hashing_config(hashing)
     if certificate is not None:
-        cfg.use_certificate_signer(private_key=private_key, signing_certificate=certificate, certificate_chain=list(chain))
+        cfg.use_certificate_signer(
+            private_key=private_key, signing_certificate=certificate, certificate_chain=list(chain)
+        )
     else:
         cfg.use_elliptic_key_signer(private_key=private_key)
     try:
