@@ -1,5 +1,4 @@
 //! Property tests: digests do not depend on chunking or read sizes, and any change shows.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{self, Read};
 

@@ -1,5 +1,7 @@
 //! Property tests: segment arithmetic, random range reads, and "fuzz-lite" (random and mutated
 //! headers never panic and are always refused).
+// Test code: a failed unwrap/expect/panic is the test failing, by design (clippy.toml's allow-*-in-tests
+// does not reach helper functions outside #[test] in integration tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "sealed_util.rs"]

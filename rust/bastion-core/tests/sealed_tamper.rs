@@ -1,4 +1,6 @@
 //! The tamper corpus: every modification of a sealed directory is refused, naming file and segment.
+// Test code: a failed unwrap/expect/panic is the test failing, by design (clippy.toml's allow-*-in-tests
+// does not reach helper functions outside #[test] in integration tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "sealed_util.rs"]

@@ -1,4 +1,6 @@
 //! Shared fixtures for the sealed-format tests (included with `#[path]`; no tests of its own).
+// Test fixtures: a failed unwrap/expect/panic is the test failing, by design; and each test crate that
+// includes this file uses only some of the helpers (dead_code).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;

@@ -3,8 +3,8 @@
 
 use bastion_core::blockhash::{self, Adapter, BlockExtras, BlockKey, Partition, KEY_LEN};
 use bastion_core::CoreError;
-use pyo3::prelude::*;
 use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 use crate::errors::NativeError;

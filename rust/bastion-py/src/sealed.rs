@@ -68,7 +68,10 @@ impl SealedReader {
 
     /// The exact bytes of `weights.ctxh` this reader decoded (for the signature check).
     fn header_file<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyBytes>, NativeError> {
-        Ok(PyBytes::new(py, self.get()?.sealed_dir().header_file_bytes()))
+        Ok(PyBytes::new(
+            py,
+            self.get()?.sealed_dir().header_file_bytes(),
+        ))
     }
 
     /// Sorted tensor names.
@@ -144,7 +147,7 @@ impl SealedReader {
 /// `(files, tensors, bytes, copied names, header digest hex)`.
 #[pyfunction]
 #[pyo3(signature = (src, out, kek, *, aead = "aes-256-gcm", segment_size = 1048576, hash = "blake3", context = None, origin = None))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the Python signature
 pub(crate) fn seal_dir(
     py: Python<'_>,
     src: PathBuf,
@@ -199,7 +202,11 @@ pub(crate) fn rekey(
 ) -> PyResult<()> {
     let (old, new) = (Key::from_py(old_kek)?, Key::from_py(new_kek)?);
     py.detach(|| sealed::rekey_with(&path, old.wrapper(), new.wrapper()))
-        .map_err(|e| old.take_error().or_else(|| new.take_error()).unwrap_or_else(|| NativeError::from(e).into()))
+        .map_err(|e| {
+            old.take_error()
+                .or_else(|| new.take_error())
+                .unwrap_or_else(|| NativeError::from(e).into())
+        })
 }
 
 /// Create a new 0600 KEK file of 32 random bytes (refuses to overwrite).

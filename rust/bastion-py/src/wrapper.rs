@@ -63,7 +63,9 @@ impl KeyWrapper for PyWrapper {
     fn wrap_dek(&self, dek: &Dek, aad: &[u8]) -> Result<Vec<u8>, CoreError> {
         Python::attach(|py| {
             let lent = dek.with_bytes(|b| PyByteArray::new(py, b));
-            let result = self.obj.call_method1(py, "wrap", (&lent, PyBytes::new(py, aad)));
+            let result = self
+                .obj
+                .call_method1(py, "wrap", (&lent, PyBytes::new(py, aad)));
             wipe(&lent)?;
             result?.extract::<Vec<u8>>(py)
         })
@@ -72,9 +74,11 @@ impl KeyWrapper for PyWrapper {
 
     fn unwrap_wrapped(&self, wrapped: &[u8], aad: &[u8]) -> Result<Option<Dek>, CoreError> {
         let got = Python::attach(|py| -> PyResult<Option<Zeroizing<Vec<u8>>>> {
-            let r = self
-                .obj
-                .call_method1(py, "unwrap", (PyBytes::new(py, wrapped), PyBytes::new(py, aad)))?;
+            let r = self.obj.call_method1(
+                py,
+                "unwrap",
+                (PyBytes::new(py, wrapped), PyBytes::new(py, aad)),
+            )?;
             if r.is_none(py) {
                 return Ok(None);
             }
@@ -100,7 +104,9 @@ impl Key {
         if is_path {
             let path: PathBuf = obj.extract()?;
             let py = obj.py();
-            let kek = py.detach(move || KeyEncryptionKey::from_file(&path)).map_err(NativeError::from)?;
+            let kek = py
+                .detach(move || KeyEncryptionKey::from_file(&path))
+                .map_err(NativeError::from)?;
             return Ok(Key::File(kek));
         }
         let provider: String = obj.getattr("name")?.extract()?;
@@ -128,6 +134,9 @@ impl Key {
 
     /// Converts a core result, re-raising the provider's own exception where it caused the failure.
     pub(crate) fn finish<T>(&self, r: Result<T, CoreError>) -> PyResult<T> {
-        r.map_err(|e| self.take_error().unwrap_or_else(|| NativeError::from(e).into()))
+        r.map_err(|e| {
+            self.take_error()
+                .unwrap_or_else(|| NativeError::from(e).into())
+        })
     }
 }

@@ -55,7 +55,9 @@ pub(crate) fn check_event(m: &Map<String, Value>) -> Result<(), String> {
         if STR_FIELDS.contains(&k.as_str()) {
             match v {
                 Value::String(s) if s.len() <= MAX_FIELD => {}
-                Value::String(_) => return Err(format!("field {k}: longer than {MAX_FIELD} bytes")),
+                Value::String(_) => {
+                    return Err(format!("field {k}: longer than {MAX_FIELD} bytes"))
+                }
                 _ => return Err(format!("field {k}: must be a string")),
             }
         } else if INT_FIELDS.contains(&k.as_str()) {
@@ -72,8 +74,7 @@ pub(crate) fn check_event(m: &Map<String, Value>) -> Result<(), String> {
 /// A field name for an error message: known-safe characters only, at most 64 of them.
 fn printable(k: &str) -> String {
     let ok = k.len() <= 64
-        && k
-            .bytes()
+        && k.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         k.to_owned()

@@ -58,7 +58,10 @@ fn read_small(path: &Path, secret: bool) -> Result<Zeroizing<Vec<u8>>, CoreError
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o7777;
         if mode != 0o600 && mode != 0o400 {
-            return Err(key_err(path, format!("mode {mode:04o}; must be 0600 or 0400")));
+            return Err(key_err(
+                path,
+                format!("mode {mode:04o}; must be 0600 or 0400"),
+            ));
         }
     }
     let _ = secret;
@@ -204,7 +207,10 @@ impl ContentKey {
             .expand(&info, hmac::HMAC_SHA256)
             .map_err(|_| CoreError::Crypto("HKDF expand"))?;
         let key = hmac::Key::from(okm);
-        Ok(format!("hmac-sha256:{}", hex(hmac::sign(&key, data).as_ref())))
+        Ok(format!(
+            "hmac-sha256:{}",
+            hex(hmac::sign(&key, data).as_ref())
+        ))
     }
 }
 

@@ -62,7 +62,9 @@ fn open_segment(path: &Path, write: bool) -> Result<std::fs::File, CoreError> {
     let f = o.open(path).map_err(|e| open_error(path, e))?;
     let meta = f.metadata().map_err(|e| CoreError::io(path, e))?;
     if !meta.file_type().is_file() {
-        return Err(CoreError::NotRegularFile { path: path.to_path_buf() });
+        return Err(CoreError::NotRegularFile {
+            path: path.to_path_buf(),
+        });
     }
     if meta.len() > MAX_SEGMENT_FILE {
         return Err(CoreError::Format {
@@ -115,7 +117,13 @@ fn cannot_resume(path: &Path, segment: u32, reason: String) -> CoreError {
 pub fn recover(dir: &Path) -> Result<Resume, CoreError> {
     let idx = list_segments(dir)?;
     let Some(&last) = idx.last() else {
-        return Ok(Resume { chain: Chain::fresh()?, fresh: true, segment: 0, segment_len: 0, truncated: 0 });
+        return Ok(Resume {
+            chain: Chain::fresh()?,
+            fresh: true,
+            segment: 0,
+            segment_len: 0,
+            truncated: 0,
+        });
     };
     let last_path = dir.join(segment_name(last));
     let bytes = read_segment(&last_path)?;
@@ -128,7 +136,11 @@ pub fn recover(dir: &Path) -> Result<Resume, CoreError> {
     }
     let mut tail: Option<(u32, Vec<u8>)> = None;
     for &i in idx.iter().rev() {
-        let b = if i == last { bytes[..keep as usize].to_vec() } else { read_segment(&dir.join(segment_name(i)))? };
+        let b = if i == last {
+            bytes[..keep as usize].to_vec()
+        } else {
+            read_segment(&dir.join(segment_name(i)))?
+        };
         let (lines, _) = split_lines(&b);
         if let Some(l) = lines.last() {
             tail = Some((i, l.to_vec()));
@@ -137,13 +149,23 @@ pub fn recover(dir: &Path) -> Result<Resume, CoreError> {
     }
     let Some((tail_seg, line)) = tail else {
         if idx.len() > 1 {
-            return Err(cannot_resume(&last_path, last, "several segments but no records".into()));
+            return Err(cannot_resume(
+                &last_path,
+                last,
+                "several segments but no records".into(),
+            ));
         }
-        return Ok(Resume { chain: Chain::fresh()?, fresh: true, segment: last, segment_len: 0, truncated: torn as u64 });
+        return Ok(Resume {
+            chain: Chain::fresh()?,
+            fresh: true,
+            segment: last,
+            segment_len: 0,
+            truncated: torn as u64,
+        });
     };
     let tail_path = dir.join(segment_name(tail_seg));
-    let (seq, hash, _, _) =
-        check_single(&line).map_err(|e| cannot_resume(&tail_path, tail_seg, format!("last record: {e}")))?;
+    let (seq, hash, _, _) = check_single(&line)
+        .map_err(|e| cannot_resume(&tail_path, tail_seg, format!("last record: {e}")))?;
     let first_path = dir.join(segment_name(0));
     let log_id = first_log_id(&first_path)?;
     Ok(Resume {
@@ -163,10 +185,16 @@ fn first_log_id(path: &Path) -> Result<String, CoreError> {
         .read_to_end(&mut head)
         .map_err(|e| CoreError::io(path, e))?;
     let (lines, _) = split_lines(&head);
-    let first = lines.first().ok_or_else(|| cannot_resume(path, 0, "record 0 is missing".into()))?;
+    let first = lines
+        .first()
+        .ok_or_else(|| cannot_resume(path, 0, "record 0 is missing".into()))?;
     match check_single(first) {
         Ok((0, _, Kind::Start, Some(id))) => Ok(id),
-        Ok(_) => Err(cannot_resume(path, 0, "record 0 is not a start record".into())),
+        Ok(_) => Err(cannot_resume(
+            path,
+            0,
+            "record 0 is not a start record".into(),
+        )),
         Err(e) => Err(cannot_resume(path, 0, format!("record 0: {e}"))),
     }
 }

@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use serde_json::{json, Map, Value};
 
 use super::*;
@@ -13,10 +11,17 @@ fn fields(v: Value) -> Map<String, Value> {
 
 fn log(n: usize, key: &SigningKey) -> Vec<u8> {
     let mut c = Chain::fresh().unwrap();
-    let mut out = c.seal(Kind::Start, Map::new(), 1_700_000_000_000).unwrap().line;
+    let mut out = c
+        .seal(Kind::Start, Map::new(), 1_700_000_000_000)
+        .unwrap()
+        .line;
     for i in 0..n {
         let f = fields(json!({"request_id": format!("r{i}"), "prompt_tokens": i, "status": "OK"}));
-        out.extend(c.seal(Kind::Request, f, 1_700_000_000_000 + i as u64).unwrap().line);
+        out.extend(
+            c.seal(Kind::Request, f, 1_700_000_000_000 + i as u64)
+                .unwrap()
+                .line,
+        );
     }
     out.extend(c.checkpoint(key, 1_700_000_001_000).unwrap().line);
     out
@@ -67,7 +72,12 @@ fn records_are_canonical_and_contentless() {
 #[test]
 fn caller_cannot_set_reserved_or_unknown_fields() {
     let mut c = Chain::fresh().unwrap();
-    for bad in [json!({"seq": 5}), json!({"prompt": "secret"}), json!({"latency_ms": "x"}), json!({"sig": "00"})] {
+    for bad in [
+        json!({"seq": 5}),
+        json!({"prompt": "secret"}),
+        json!({"latency_ms": "x"}),
+        json!({"sig": "00"}),
+    ] {
         let e = c.seal(Kind::Request, fields(bad), 0).unwrap_err();
         assert!(!e.to_string().contains("secret"));
     }
@@ -83,7 +93,11 @@ fn wrong_key_and_unsigned_tail() {
     let r = verify(&bytes, &other);
     assert!(r.problem.unwrap().reason.contains("another key"));
     // Drop the checkpoint: the chain is intact but the tail is unsigned.
-    let cut = bytes[..bytes.len() - 1].iter().rposition(|b| *b == b'\n').unwrap() + 1;
+    let cut = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
     let r = verify(&bytes[..cut], &key);
     assert_eq!(r.problem, None);
     assert_eq!((r.last_checkpoint, r.unsigned_tail), (None, 4));
@@ -95,7 +109,11 @@ fn torn_final_line_reported() {
     let mut bytes = log(3, &key);
     bytes.extend_from_slice(b"{\"hash\":");
     let p = verify(&bytes, &key).problem.unwrap();
-    assert!(p.reason.starts_with("torn final line: 8 bytes"), "{}", p.reason);
+    assert!(
+        p.reason.starts_with("torn final line: 8 bytes"),
+        "{}",
+        p.reason
+    );
     assert_eq!((p.line, p.seq), (6, 5));
 }
 
@@ -107,12 +125,18 @@ fn segments_link_and_missing_segment_detected() {
     let a: Vec<u8> = lines[..3].concat();
     let b: Vec<u8> = lines[3..].concat();
     let pk = key.public_key();
-    let ok = verify_segments(&[(segment_name(0), a.clone()), (segment_name(1), b.clone())], &pk);
+    let ok = verify_segments(
+        &[(segment_name(0), a.clone()), (segment_name(1), b.clone())],
+        &pk,
+    );
     assert_eq!(ok.problem, None);
     let c: Vec<u8> = lines[4..].concat();
     let bad = verify_segments(&[(segment_name(0), a), (segment_name(1), c)], &pk);
     let p = bad.problem.unwrap();
-    assert_eq!((p.segment.as_str(), p.line, p.seq), ("audit-00000001.jsonl", 1, 4));
+    assert_eq!(
+        (p.segment.as_str(), p.line, p.seq),
+        ("audit-00000001.jsonl", 1, 4)
+    );
     assert!(p.reason.contains("missing"), "{}", p.reason);
 }
 
@@ -137,7 +161,11 @@ fn dir_recover_and_verify() {
 #[test]
 fn key_files() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, p, c) = (dir.path().join("s.pk8"), dir.path().join("s.pub"), dir.path().join("c.key"));
+    let (s, p, c) = (
+        dir.path().join("s.pk8"),
+        dir.path().join("s.pub"),
+        dir.path().join("c.key"),
+    );
     let id = keygen(&s, &p, &c).unwrap();
     let sk = SigningKey::from_file(&s).unwrap();
     let pk = PublicKey::from_file(&p).unwrap();
@@ -157,7 +185,11 @@ fn key_files() {
 #[test]
 fn content_mac_is_keyed_per_tenant_and_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, p, c) = (dir.path().join("s"), dir.path().join("p"), dir.path().join("c"));
+    let (s, p, c) = (
+        dir.path().join("s"),
+        dir.path().join("p"),
+        dir.path().join("c"),
+    );
     keygen(&s, &p, &c).unwrap();
     let k = ContentKey::from_file(&c).unwrap();
     let a = k.mac_for("acme", b"the prompt").unwrap();
@@ -165,13 +197,30 @@ fn content_mac_is_keyed_per_tenant_and_deterministic() {
     assert_eq!(a, k.mac_for("acme", b"the prompt").unwrap());
     assert_ne!(a, k.mac_for("globex", b"the prompt").unwrap());
     assert_ne!(a, k.mac_for("acme", b"the prompt.").unwrap());
-    assert_ne!(a, k.mac(b"the prompt"), "the tenant key is not the content key itself");
+    assert_ne!(
+        a,
+        k.mac(b"the prompt"),
+        "the tenant key is not the content key itself"
+    );
     // The tenant is length-prefixed: moving bytes between tenant and data changes the MAC.
-    assert_ne!(k.mac_for("ab", b"c").unwrap(), k.mac_for("a", b"bc").unwrap());
+    assert_ne!(
+        k.mac_for("ab", b"c").unwrap(),
+        k.mac_for("a", b"bc").unwrap()
+    );
     // Another content key gives other MACs.
-    let (s2, p2, c2) = (dir.path().join("s2"), dir.path().join("p2"), dir.path().join("c2"));
+    let (s2, p2, c2) = (
+        dir.path().join("s2"),
+        dir.path().join("p2"),
+        dir.path().join("c2"),
+    );
     keygen(&s2, &p2, &c2).unwrap();
-    assert_ne!(a, ContentKey::from_file(&c2).unwrap().mac_for("acme", b"the prompt").unwrap());
+    assert_ne!(
+        a,
+        ContentKey::from_file(&c2)
+            .unwrap()
+            .mac_for("acme", b"the prompt")
+            .unwrap()
+    );
 }
 
 #[test]
@@ -181,9 +230,11 @@ fn field_lists_are_sorted_and_disjoint() {
     }
     assert!(STR_FIELDS.iter().all(|f| !INT_FIELDS.contains(f)));
     let mut c = Chain::fresh().unwrap();
-    let f = fields(json!({"auth_method": "mtls", "decision": "deny", "event": "rate_limited",
+    let f = fields(
+        json!({"auth_method": "mtls", "decision": "deny", "event": "rate_limited",
         "adapter": "a", "adapter_digest": "blake3:00", "client_request_id": "x", "retention": "30d",
-        "records": 3, "streams": 2}));
+        "records": 3, "streams": 2}),
+    );
     c.seal(Kind::Decision, f, 0).unwrap();
 }
 
@@ -196,10 +247,19 @@ fn seal_json_checks_kind_and_object() {
     assert!(e.contains("kind"), "{e}");
     let e = c.seal_json("request", b"[1]", 0).unwrap_err().to_string();
     assert!(e.contains("fields"), "{e}");
-    let e = c.seal_json("request", b"{\"a\":1,\"a\":2}", 0).unwrap_err().to_string();
+    let e = c
+        .seal_json("request", b"{\"a\":1,\"a\":2}", 0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("fields"), "{e}");
-    let e = c.seal_json("request", b"{\"prompt\":\"secret\"}", 0).unwrap_err().to_string();
-    assert!(e.contains("unknown field prompt") && !e.contains("secret"), "{e}");
+    let e = c
+        .seal_json("request", b"{\"prompt\":\"secret\"}", 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown field prompt") && !e.contains("secret"),
+        "{e}"
+    );
     assert_eq!(c.next_seq(), 1);
 }
 
@@ -214,7 +274,10 @@ fn checkpointed(n: usize, key: &SigningKey) -> (Vec<u8>, Vec<Witness>) {
         out.extend(c.seal(Kind::Request, f, i as u64).unwrap().line);
         if i % 3 == 2 {
             let s = c.checkpoint(key, i as u64).unwrap();
-            cps.push(Witness { seq: s.seq, hash: s.hash });
+            cps.push(Witness {
+                seq: s.seq,
+                hash: s.hash,
+            });
             out.extend(s.line);
         }
     }
@@ -222,7 +285,11 @@ fn checkpointed(n: usize, key: &SigningKey) -> (Vec<u8>, Vec<Witness>) {
 }
 
 fn cut_after_lines(bytes: &[u8], n: usize) -> Vec<u8> {
-    bytes.split_inclusive(|b| *b == b'\n').take(n).collect::<Vec<_>>().concat()
+    bytes
+        .split_inclusive(|b| *b == b'\n')
+        .take(n)
+        .collect::<Vec<_>>()
+        .concat()
 }
 
 #[test]
@@ -239,20 +306,38 @@ fn witness_matches_and_detects_truncation_and_rewrite() {
     let earlier = cps[1];
     let cut = cut_after_lines(&bytes, earlier.seq as usize + 1);
     assert_eq!(verify_segments(&seg(cut.clone()), &pk).problem, None);
-    let p = verify_segments_with_witness(&seg(cut), &pk, Some(last)).problem.unwrap();
-    let want = format!("log truncated: checkpoint seq {} from the witness is missing", last.seq);
+    let p = verify_segments_with_witness(&seg(cut), &pk, Some(last))
+        .problem
+        .unwrap();
+    let want = format!(
+        "log truncated: checkpoint seq {} from the witness is missing",
+        last.seq
+    );
     assert!(p.reason.starts_with(&want), "{}", p.reason);
     assert_eq!((p.seq, p.line), (earlier.seq + 1, earlier.seq + 2));
     // A witness of an earlier checkpoint still matches a longer log.
-    assert_eq!(verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(earlier)).problem, None);
+    assert_eq!(
+        verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(earlier)).problem,
+        None
+    );
     // A different hash at the witnessed seq: rewritten (or another log).
-    let bad = Witness { seq: last.seq, hash: [9u8; 32] };
-    let p = verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(bad)).problem.unwrap();
+    let bad = Witness {
+        seq: last.seq,
+        hash: [9u8; 32],
+    };
+    let p = verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(bad))
+        .problem
+        .unwrap();
     let want = format!("checkpoint seq {} from the witness differs", last.seq);
     assert!(p.reason.contains(&want), "{}", p.reason);
     // The witnessed seq holds a request record, not a checkpoint.
-    let not_cp = Witness { seq: 1, hash: last.hash };
-    let p = verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(not_cp)).problem.unwrap();
+    let not_cp = Witness {
+        seq: 1,
+        hash: last.hash,
+    };
+    let p = verify_segments_with_witness(&seg(bytes.clone()), &pk, Some(not_cp))
+        .problem
+        .unwrap();
     assert_eq!(p.seq, 1);
     assert!(p.reason.contains("differs"), "{}", p.reason);
     // The same through the directory verifier.
@@ -260,5 +345,10 @@ fn witness_matches_and_detects_truncation_and_rewrite() {
     std::fs::write(dir.path().join(segment_name(0)), cut_after_lines(&bytes, 3)).unwrap();
     let r = verify_dir_with_witness(dir.path(), &pk, Some(last)).unwrap();
     assert!(r.problem.unwrap().reason.starts_with("log truncated"));
-    assert_eq!(verify_dir_with_witness(dir.path(), &pk, None).unwrap().problem, None);
+    assert_eq!(
+        verify_dir_with_witness(dir.path(), &pk, None)
+            .unwrap()
+            .problem,
+        None
+    );
 }

@@ -44,10 +44,8 @@ pub fn is_rfc3339_ms(s: &str) -> bool {
     if !ok {
         return false;
     }
-    let num = |r: std::ops::Range<usize>| {
-        b[r].iter()
-            .fold(0u32, |a, c| a * 10 + u32::from(c - b'0'))
-    };
+    let num =
+        |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |a, c| a * 10 + u32::from(c - b'0'));
     (1..=12).contains(&num(5..7))
         && (1..=31).contains(&num(8..10))
         && num(11..13) < 24

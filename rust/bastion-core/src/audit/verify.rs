@@ -89,7 +89,9 @@ fn check_line(line: &[u8]) -> Result<Rec, String> {
     let Value::Object(mut m) = v else {
         return Err(MALFORMED.into());
     };
-    let hash = m.remove("hash").and_then(|h| h.as_str().and_then(from_hex32));
+    let hash = m
+        .remove("hash")
+        .and_then(|h| h.as_str().and_then(from_hex32));
     let sig = match m.remove("sig") {
         None => None,
         Some(s) => {
@@ -99,9 +101,15 @@ fn check_line(line: &[u8]) -> Result<Rec, String> {
         }
     };
     let seq = m.get("seq").and_then(Value::as_u64);
-    let kind = m.get("kind").and_then(Value::as_str).and_then(Kind::from_name);
+    let kind = m
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(Kind::from_name);
     let prev = m.get("prev").and_then(Value::as_str).and_then(from_hex32);
-    let time_ok = m.get("time").and_then(Value::as_str).is_some_and(is_rfc3339_ms);
+    let time_ok = m
+        .get("time")
+        .and_then(Value::as_str)
+        .is_some_and(is_rfc3339_ms);
     let (Some(hash), Some(seq), Some(kind), Some(prev), true) = (hash, seq, kind, prev, time_ok)
     else {
         return Err(MALFORMED.into());
@@ -120,7 +128,15 @@ fn check_line(line: &[u8]) -> Result<Rec, String> {
     if chain_hash(&prev, &body) != hash {
         return Err("hash does not match the record (record modified)".into());
     }
-    Ok(Rec { seq, kind, prev, hash, log_id, key_id, sig })
+    Ok(Rec {
+        seq,
+        kind,
+        prev,
+        hash,
+        log_id,
+        key_id,
+        sig,
+    })
 }
 
 /// The complete lines of `bytes` and the length of a torn final line (bytes after the last `\n`).
@@ -189,7 +205,12 @@ impl<'k> Walk<'k> {
         let (Some(w), None, false) = (self.witness, &self.report.problem, self.witness_seen) else {
             return;
         };
-        let segment = self.report.segments.last().cloned().unwrap_or_else(|| segment_name(0));
+        let segment = self
+            .report
+            .segments
+            .last()
+            .cloned()
+            .unwrap_or_else(|| segment_name(0));
         let want = self.expected();
         let line = self.lines_in_last + 1;
         self.fail(
@@ -214,10 +235,18 @@ impl<'k> Walk<'k> {
     }
 
     /// Link and sign checks of one record; `Err` is the reason.
-    fn link(&mut self, r: &Rec, first_in_segment: bool, prev_seg: Option<&str>) -> Result<(), String> {
+    fn link(
+        &mut self,
+        r: &Rec,
+        first_in_segment: bool,
+        prev_seg: Option<&str>,
+    ) -> Result<(), String> {
         let want = self.expected();
         if r.seq > want {
-            return Err(format!("seq {} where {want} was expected: records missing (deleted)", r.seq));
+            return Err(format!(
+                "seq {} where {want} was expected: records missing (deleted)",
+                r.seq
+            ));
         }
         if r.seq < want {
             return Err(format!(
@@ -240,8 +269,10 @@ impl<'k> Walk<'k> {
         if expected_prev != Some(r.prev) {
             return Err(match (first_in_segment, prev_seg) {
                 (true, Some(p)) => format!("broken segment link: prev is not the last hash of {p}"),
-                _ => "prev is not the previous record's hash (record inserted, deleted or reordered)"
-                    .into(),
+                _ => {
+                    "prev is not the previous record's hash (record inserted, deleted or reordered)"
+                        .into()
+                }
             });
         }
         if r.log_id.is_some() && r.log_id != self.report.log_id {
@@ -254,7 +285,10 @@ impl<'k> Walk<'k> {
                 return Err("checkpoint without a log id".into());
             }
             if r.key_id.as_deref() != Some(self.key_id.as_str()) {
-                return Err("checkpoint signed by another key (key_id differs from the given public key)".into());
+                return Err(
+                    "checkpoint signed by another key (key_id differs from the given public key)"
+                        .into(),
+                );
             }
             let msg = signed_message(&id, r.seq, &r.hash);
             let good = r.sig.is_some_and(|s| self.key.verify(&msg, &s));
@@ -297,7 +331,11 @@ impl<'k> Walk<'k> {
         if torn > 0 {
             let want = self.expected();
             let line = lines.len() as u64 + 1;
-            let what = if is_last { "" } else { " (not the last segment)" };
+            let what = if is_last {
+                ""
+            } else {
+                " (not the last segment)"
+            };
             self.fail(
                 name,
                 line,
@@ -324,7 +362,10 @@ pub fn verify_segments_with_witness(
     let mut w = Walk::new(key, witness);
     let n = segments.len();
     for (i, (name, bytes)) in segments.iter().enumerate() {
-        let prev = i.checked_sub(1).and_then(|p| segments.get(p)).map(|s| s.0.as_str());
+        let prev = i
+            .checked_sub(1)
+            .and_then(|p| segments.get(p))
+            .map(|s| s.0.as_str());
         if !w.segment(name, bytes, i + 1 == n, prev) {
             break;
         }

@@ -1,5 +1,4 @@
 //! Unit tests for the directory digest. Property tests live in `tests/digest_props.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::path::Path;

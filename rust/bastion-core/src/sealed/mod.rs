@@ -36,8 +36,8 @@ pub use reader::{SealedDir, SealedReader};
 pub use rekey::{inspect, rekey, rekey_with};
 pub use st::{dtype_bits, parse_header as parse_safetensors_header, tensor_nbytes};
 pub use verify::VerifyReport;
-pub use writer::{seal_dir_with, seal_dir_with_kek};
 pub use writer::{seal_dir, SealOptions, SealReport};
+pub use writer::{seal_dir_with, seal_dir_with_kek};
 
 /// Limits enforced on every header (named in error messages).
 pub mod limits {

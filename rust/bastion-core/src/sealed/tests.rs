@@ -1,5 +1,4 @@
 //! Unit tests of the byte-level layouts. Tamper corpus and properties: `tests/sealed_*.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::segment::{aad, covering, n_segments, nonce, segment_bounds};
 use super::st::{parse_header, tensor_nbytes};
