@@ -122,7 +122,7 @@ class DriftMonitor:
     async def _one(self, i: int) -> float:
         ids, start = self._spans[i]
         self._seq += 1
-        values = await self.engine.prompt_logprobs(f"drift-{self._seq}-{i}", ids)
+        values: list[float] = await self.engine.prompt_logprobs(f"drift-{self._seq}-{i}", ids)
         scored = values[start - 1 :]  # values[j] is position j + 1
         return sum(scored) / len(scored)
 
@@ -136,7 +136,7 @@ class DriftMonitor:
 
     def _load(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self._file.read_text())
+            data: dict[str, Any] = json.loads(self._file.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:

@@ -84,7 +84,7 @@ class RedTeam:
         return len(self._recent) < self.settings.max_probes_per_hour
 
     async def _run_probe(self, probe: Probe) -> bool:
-        turns = [ChatTurn(role=r, content=c) for r, c in probe.messages]  # type: ignore[arg-type]
+        turns = [ChatTurn(role=r, content=c) for r, c in probe.messages]
         ids = await self.engine.tokenize(None, turns)
         request = EngineRequest(
             request_id=f"redteam-{secrets.token_hex(8)}",

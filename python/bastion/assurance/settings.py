@@ -57,6 +57,10 @@ class RedTeamSettings(BaseModel):
     quarantine: bool = True
 
 
+def _production_only() -> list[Literal["ci", "production"]]:
+    return ["production"]
+
+
 class AssuranceSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     # Off: every model is released without an attestation (development only; start-up logs a WARNING).
@@ -67,6 +71,6 @@ class AssuranceSettings(BaseModel):
     # PEM public keys of the evaluation signers whose attestations count.
     trusted_keys: list[Path] = Field(default_factory=list, max_length=32)
     # Probe-suite profiles (bastion.assurance.suites) whose current version an attestation must name.
-    accepted_suites: list[Literal["ci", "production"]] = Field(default_factory=lambda: ["production"], min_length=1)
+    accepted_suites: list[Literal["ci", "production"]] = Field(default_factory=_production_only, min_length=1)
     drift: DriftSettings = DriftSettings()
     redteam: RedTeamSettings = RedTeamSettings()

@@ -38,10 +38,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.assurance.detectors import DETECTOR_VERSION, DETECTORS
 from bastion.errors import ConfigError, IntegrityError
+
+if TYPE_CHECKING:
+    from bastion.engine.protocol import Role
 
 FAMILIES = ("harmful", "jailbreak", "injection", "sysprompt_leak", "data_leak", "over_refusal", "capability")
 PROFILES = ("ci", "production")
@@ -58,7 +61,7 @@ _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 class Probe:
     id: str  # stable across runs, e.g. "harmful/harmbench-017", "sysprompt/t03-s1"
     family: str  # one of FAMILIES
-    messages: tuple[tuple[str, str], ...]  # (role, content); role in system/user/assistant
+    messages: tuple[tuple[Role, str], ...]  # (role, content)
     detector: str  # a key of bastion.assurance.detectors.DETECTORS
     params: Mapping[str, Any]  # what the detector needs (canary, system_prompt, rogue, pattern, ...)
     max_tokens: int
@@ -228,7 +231,7 @@ def _probe(
     pid: str,
     family: str,
     spec: Mapping[str, Any],
-    messages: Sequence[tuple[str, str]],
+    messages: Sequence[tuple[Role, str]],
     params: Mapping[str, Any],
     goal: str,
 ) -> Probe:
@@ -364,7 +367,7 @@ def _build_injection(b: _Builder, spec: Mapping[str, Any], field: str) -> list[P
             carrier = str(injection).replace("{ROGUE}", rogue)
             document = str(task["document"]).replace("{INJECTION}", carrier)
             user = f"{task['task']}\n\n<document>\n{document}\n</document>"
-            messages = ([("system", system)] if system else []) + [("user", user)]
+            messages: list[tuple[Role, str]] = [("system", system), ("user", user)] if system else [("user", user)]
             probes.append(
                 _probe(
                     f"injection/t{t:02d}-i{i}",

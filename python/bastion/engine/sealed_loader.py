@@ -3,7 +3,7 @@
 Registered by ``bastion.engine.plugin.register()`` in every vLLM process; it runs inside the process
 that owns the weights (the CPU worker or each GPU rank). The key provider, trust policy and served
 name come from the environment the server set before starting the engine (``BASTION_KEY_PROVIDER`` /
-``BASTION_KEK_FILE``, see ``bastion.keys``; ``bastion.engine.sealed_env``) or from
+``BASTION_KEK_FILE``, see ``bastion.keys``; ``bastion.models.sealed_env``) or from
 ``model_loader_extra_config={"kek_file", "trust_policy", "served_model"}``; key material never passes
 through Python.
 
@@ -23,9 +23,9 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
@@ -152,6 +152,12 @@ def sealed_weights(
         stats["files"] = len(files)
 
 
+class _LoadsWeights(Protocol):
+    """A vLLM model's ``load_weights`` (``nn.Module`` does not declare it): the names loaded, or None."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[str] | None: ...
+
+
 def is_sealed_dir(path: str | os.PathLike[str]) -> bool:
     return os.path.isfile(os.path.join(path, SEALED_HEADER))
 
@@ -184,7 +190,7 @@ def _register() -> None:
             return FileKeyProvider(self._kek_file) if self._kek_file else provider_from_env()
 
         def _policy(self) -> tuple[TrustPolicy, str]:
-            from bastion.engine.sealed_env import ENV_SERVED_MODEL, ENV_TRUST_POLICY
+            from bastion.models.sealed_env import ENV_SERVED_MODEL, ENV_TRUST_POLICY
 
             policy_path = self._trust_policy or os.environ.get(ENV_TRUST_POLICY)
             served = self._served_model or os.environ.get(ENV_SERVED_MODEL)
@@ -222,7 +228,7 @@ def _register() -> None:
                             manifest.identity,
                             manifest.model_digest,
                         )
-                    loaded = model.load_weights(sealed_weights(reader, stats))
+                    loaded = cast(_LoadsWeights, model).load_weights(sealed_weights(reader, stats))
             except BastionError as exc:
                 # str(exc) carries the detail: the file and segment that failed, never key material.
                 log.error("sealed model load refused: %s", exc)
@@ -231,7 +237,7 @@ def _register() -> None:
                 raise RuntimeError(f"sealed model load refused: {path}: the model stopped reading weights early")
             if model_config.quantization is None and loaded is not None:
                 # Same strict check as vLLM's default loader: every parameter must come from the artifact.
-                DefaultModelLoader.track_weights_loading(self, model, set(loaded))  # type: ignore[arg-type]
+                DefaultModelLoader.track_weights_loading(self, model, set(loaded))  # type: ignore[arg-type]  # borrowed: it does not use self
             elapsed = time.perf_counter() - started
             log.info(
                 "sealed model verified and loaded: %s, %d tensors in %d files, %.1f MiB in %.2f s (%.0f MiB/s)",

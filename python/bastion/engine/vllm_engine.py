@@ -88,7 +88,7 @@ class VllmEngine:
         if device == "cpu":
             # Read by vLLM's CPU worker processes (inherited environment).
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.model.cpu_kv_cache_gib)))
-            if settings.model.fast_start and settings.model.tensor_parallel_size == 1 and not os.environ.get("BASTION_TEST_MP"):
+            if settings.model.fast_start and settings.model.tensor_parallel_size == 1:
                 # The EngineCore runs the model itself (vLLM's uniprocess executor): one process fewer.
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if sealed_env is not None:

@@ -117,5 +117,5 @@ def install() -> bool:
         log.info("prefix-cache block keys: keyed BLAKE3, partitioned by tenant (block size %d)", hash_block_size)
         return make_request_block_hasher(hash_block_size, keyer)
 
-    core.get_request_block_hasher = get_request_block_hasher  # type: ignore[assignment]
+    core.get_request_block_hasher = get_request_block_hasher  # type: ignore[attr-defined,assignment]  # monkeypatches a vLLM internal
     return True

@@ -53,13 +53,13 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-class _Running(list):  # type: ignore[type-arg]
+class _Running(list[Request]):
     """The running list; ``pop()`` with no index asks the scheduler which request to preempt."""
 
     __slots__ = ("pick",)
     pick: Callable[[], int | None]
 
-    def pop(self, index: SupportsIndex = -1) -> Any:
+    def pop(self, index: SupportsIndex = -1) -> Request:
         pick = self.pick() if index == -1 else None
         return super().pop(index if pick is None else pick)
 
@@ -82,9 +82,11 @@ class TenantScheduler(Scheduler):
         self._hint: tuple[Request, int, bool] | None = None  # (request, slot, hit its cap)
         self._running_as_list()
         self._allocate, self._free, self._pop_for_free = kvm.allocate_slots, kvm.free, kvm.pop_blocks_for_free
-        kvm.allocate_slots = self._kv_allocate_slots  # type: ignore[method-assign,assignment]
-        kvm.free = self._kv_free  # type: ignore[method-assign]
-        kvm.pop_blocks_for_free = self._kv_pop_blocks_for_free  # type: ignore[method-assign]
+        # The KV cache manager's methods are wrapped in place (vLLM has no hook for them); the allocate_slots
+        # wrapper takes what follows num_new_tokens by keyword, as vLLM passes it.
+        kvm.allocate_slots = self._kv_allocate_slots  # type: ignore[method-assign,assignment]  # wrapped in place
+        kvm.free = self._kv_free  # type: ignore[method-assign]  # wrapped in place
+        kvm.pop_blocks_for_free = self._kv_pop_blocks_for_free  # type: ignore[method-assign]  # wrapped in place
         stats_dir = os.environ.get(ENV_STATS_DIR)
         name = getattr(self.vllm_config.model_config, "served_model_name", None) or "model"
         self._stats_file = Path(stats_dir) / f"{name}.json" if stats_dir else None

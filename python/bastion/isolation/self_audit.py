@@ -160,7 +160,9 @@ class AuditResult:
         return max((p.cached_prompt_tokens for p in self.hit), default=0)
 
     def summary(self) -> dict[str, Any]:
-        med = lambda xs: sorted(xs)[len(xs) // 2] if xs else 0.0  # noqa: E731
+        def med(xs: list[float]) -> float:
+            return sorted(xs)[len(xs) // 2] if xs else 0.0
+
         return {
             "name": self.name,
             "samples": len(self.hit),

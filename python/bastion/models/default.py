@@ -51,7 +51,7 @@ class PreparedModel:
 
     def worker_env(self) -> dict[str, str]:
         """What vLLM's processes need to load this sealed model: key and policy references, never keys."""
-        from bastion.engine.sealed_env import ENV_SERVED_MODEL, ENV_TRUST_POLICY
+        from bastion.models.sealed_env import ENV_SERVED_MODEL, ENV_TRUST_POLICY
 
         if self.key is None or self.trust_policy is None:
             raise ConfigError("an unsealed model has no loader environment")
@@ -86,7 +86,7 @@ def _convert(gguf_dir: Path, out: Path) -> None:
     # The weights are dequantized on load; drop the quantization marker so the saved directory is a plain
     # float32 model that vLLM loads as such.
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(out), safe_serialization=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
+from typing import TextIO
 
 # Set by the servicer for the duration of one RPC (each grpc.aio RPC runs in its own task/context).
 request_id_var: ContextVar[str] = ContextVar("bastion_request_id", default="-")
@@ -25,7 +26,7 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class _BastionHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _BastionHandler(logging.StreamHandler[TextIO]):
     """Marker type so setup_logging can run more than once without stacking handlers."""
 
 

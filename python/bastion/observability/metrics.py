@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -33,6 +33,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from bastion.config import parse_listen
 from bastion.engine.protocol import EngineStats
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class Metrics:
         self._releases: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._drift: Callable[[], Iterable[Any]] = lambda: ()
         self._redteam: Callable[[], Iterable[Any]] = lambda: ()
-        self._http: object | None = None
+        self._http: WSGIServer | None = None
         self.http_address = ""  # bound HOST:PORT of the scrape endpoint, once started
         m = self._provider.get_meter("bastion.server")
         self.requests = m.create_counter("bastion_rpc_requests", "{request}", "Finished Inference RPCs")
@@ -262,8 +265,8 @@ class Metrics:
 
     def stop_http(self) -> None:
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
+            self._http.shutdown()
+            self._http.server_close()
             self._http = None
 
     def shutdown(self) -> None:

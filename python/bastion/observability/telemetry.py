@@ -16,7 +16,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 import grpc
 from bastion.config import Settings
@@ -119,7 +119,7 @@ class Telemetry:
             finally:
                 self._finish(span, rec)
 
-    def _finish(self, span: object, rec: RpcRecord) -> None:
+    def _finish(self, span: Span, rec: RpcRecord) -> None:
         elapsed = time.perf_counter() - rec.start
         code = rec.code.name
         attrs = {
@@ -145,9 +145,9 @@ class Telemetry:
             attrs["bastion.usage.cached_prompt_tokens"] = rec.cached_tokens
             if rec.ttft_s is not None:
                 attrs["bastion.ttft_s"] = rec.ttft_s
-        span.set_attributes(attrs)  # type: ignore[attr-defined]
+        span.set_attributes(attrs)
         if rec.code != grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code))  # type: ignore[attr-defined]
+            span.set_status(Status(StatusCode.ERROR, code))
 
         m = self.metrics
         labels = {"method": rec.method, "code": code}

@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from bastion.errors import BastionError, ConfigError, InvalidArgument, NotFound
@@ -20,6 +21,7 @@ from bastion.v1 import admin_pb2_grpc as apb_grpc
 
 log = logging.getLogger(__name__)
 KEY_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+_T = TypeVar("_T")
 
 
 class FailedPrecondition(BastionError):
@@ -43,7 +45,7 @@ class AdminServicer(apb_grpc.AdminServicer):
         self._store = api_key_store
         self._revoke_key = revoke_key
 
-    async def _run(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[Caller], object]) -> object:
+    async def _run(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[Caller], _T]) -> _T:
         caller = current_caller()
         rid = caller.request_id
         with self._telemetry.rpc(f"Admin/{name}", rid, caller) as rec:
@@ -91,7 +93,7 @@ class AdminServicer(apb_grpc.AdminServicer):
                 policy_digest=policy.digest, tenants=len(policy.tenants), principals=policy.principal_count
             )
 
-        return await self._run("ReloadPolicy", context, reload)  # type: ignore[return-value]
+        return await self._run("ReloadPolicy", context, reload)
 
     async def ListTenants(
         self, request: apb.ListTenantsRequest, context: grpc.aio.ServicerContext
@@ -121,7 +123,7 @@ class AdminServicer(apb_grpc.AdminServicer):
                 )
             return out
 
-        return await self._run("ListTenants", context, listing)  # type: ignore[return-value]
+        return await self._run("ListTenants", context, listing)
 
     async def RevokeApiKey(
         self, request: apb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
@@ -138,7 +140,7 @@ class AdminServicer(apb_grpc.AdminServicer):
             log.warning("API key %s revoked by %s", request.key_id, caller.principal.id)
             return apb.RevokeApiKeyResponse()
 
-        return await self._run("RevokeApiKey", context, revoke)  # type: ignore[return-value]
+        return await self._run("RevokeApiKey", context, revoke)
 
     async def ModelStatus(
         self, request: apb.ModelStatusRequest, context: grpc.aio.ServicerContext
@@ -148,7 +150,7 @@ class AdminServicer(apb_grpc.AdminServicer):
             out.models.extend(self._model_states())
             return out
 
-        return await self._run("ModelStatus", context, status)  # type: ignore[return-value]
+        return await self._run("ModelStatus", context, status)
 
     def _model_states(self) -> list[apb.ModelState]:
         pool, releases = self._state.pool, self._state.releases
@@ -180,7 +182,7 @@ class AdminServicer(apb_grpc.AdminServicer):
             log.info("attestations reloaded by %s: %d files, %d rejected", caller.principal.id, files, rejected)
             return apb.ReloadAttestationsResponse(files=files, rejected=rejected, models=self._model_states())
 
-        return await self._run("ReloadAttestations", context, reloaded)  # type: ignore[return-value]
+        return await self._run("ReloadAttestations", context, reloaded)
 
     async def CheckDrift(
         self, request: apb.CheckDriftRequest, context: grpc.aio.ServicerContext
@@ -217,4 +219,4 @@ class AdminServicer(apb_grpc.AdminServicer):
                 ]
             )
 
-        return await self._run("CheckDrift", context, report)  # type: ignore[return-value]
+        return await self._run("CheckDrift", context, report)

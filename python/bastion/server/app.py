@@ -75,7 +75,7 @@ def _stats(state: ServerState) -> Iterable[tuple[str, EngineStats]]:
 
 def _enable_reflection(server: object) -> None:
     try:
-        from grpc_reflection.v1alpha import reflection  # type: ignore[import-not-found]
+        from grpc_reflection.v1alpha import reflection
     except ImportError:
         raise ConfigError("server.reflection needs the grpcio-reflection package") from None
     from grpc_health.v1 import health_pb2
@@ -129,7 +129,7 @@ def _start_drift(settings: Settings, state: ServerState, pool: EnginePool) -> li
     """A drift monitor per engine that can score log-probs (bastion.assurance.drift)."""
     if not settings.assurance.drift.enabled:
         return []
-    tasks = []
+    tasks: list[asyncio.Future[None]] = []
     for engine in pool.all():
         if not hasattr(engine, "prompt_logprobs"):
             continue
@@ -163,7 +163,7 @@ def _start_redteam(
     async def on_event(event: str, model: str, digest: str, reason: str, action: str) -> None:
         await state.recorder.alert(event=event, model=model, model_digest=digest, reason=reason, action=action)
 
-    tasks = []
+    tasks: list[asyncio.Future[None]] = []
     for engine in pool.all():
         team = RedTeam(
             settings.assurance.redteam, engine, state.releases, lambda: state.admission.inflight, on_event, baseline
@@ -250,7 +250,7 @@ async def serve(
             [] if state.pool is None else [(e.info.name, releases.release(e.info.name).state) for e in state.pool.all()]
         )
     )
-    signals: list[int] = []
+    signals: list[signal.Signals] = []
     if stop_event is None:
         stop_event = asyncio.Event()
 

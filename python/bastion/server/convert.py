@@ -12,7 +12,7 @@ ROLES: dict[int, Role] = {
     pb.ROLE_ASSISTANT: "assistant",
 }
 
-FINISH_REASONS: dict[str, int] = {
+FINISH_REASONS: dict[str, pb.FinishReason] = {
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
     "abort": pb.FINISH_REASON_ABORT,
@@ -52,6 +52,6 @@ def delta(request_id: str, out: EngineOutput, *, digest: str = "") -> pb.Generat
     return msg
 
 
-def finish_reason(reason: str | None) -> int:
+def finish_reason(reason: str | None) -> pb.FinishReason:
     """Unknown or missing reasons from an engine map to STOP only when the engine said it finished."""
     return FINISH_REASONS.get(reason or "stop", pb.FINISH_REASON_STOP)

@@ -11,6 +11,7 @@ other method needs a principal, so no RPC runs anonymously.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
 import grpc
@@ -30,7 +31,9 @@ ADMIN_PREFIX = "/bastion.v1.Admin/"
 
 
 class Authenticates(Protocol):
-    async def authenticate(self, metadata, auth_context) -> Principal: ...  # type: ignore[no-untyped-def]
+    async def authenticate(
+        self, metadata: Sequence[tuple[str, str | bytes]], auth_context: Mapping[str, Sequence[bytes]]
+    ) -> Principal: ...
 
 
 class SecurityGate:

@@ -18,8 +18,8 @@ from bastion.engine.protocol import EnginePool
 log = logging.getLogger(__name__)
 
 SERVICES = ("", "bastion.v1.Inference")
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 WATCHDOG_INTERVAL_S = 0.5
 
 

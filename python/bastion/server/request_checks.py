@@ -67,7 +67,7 @@ def _has_unknown_fields(msg: Message, depth: int = 0) -> bool:
     for fd, value in msg.ListFields():
         if fd.message_type is None:
             continue
-        if fd.is_repeated:  # type: ignore[attr-defined]
+        if fd.is_repeated:
             if fd.message_type.GetOptions().map_entry:
                 continue
             if any(_has_unknown_fields(v, depth + 1) for v in value):
