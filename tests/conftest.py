@@ -22,6 +22,28 @@ if str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
 
+# Time spent per test directory (setup, call and teardown of its tests), for the CI phase table: printed at
+# the end of the run and appended to $BASTION_PHASES when set (scripts/phase, scripts/ci_phases.py).
+_DIR_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    parts = Path(report.nodeid.split("::", 1)[0]).parts
+    key = "/".join(parts[:2]) if len(parts) > 2 else parts[0]
+    _DIR_SECONDS[key] = _DIR_SECONDS.get(key, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    rows = sorted(_DIR_SECONDS.items(), key=lambda kv: -kv[1])
+    terminalreporter.write_sep("=", "time per test directory")
+    for name, secs in rows:
+        terminalreporter.write_line(f"{name:<28}{secs:8.1f} s")
+    phases = os.environ.get("BASTION_PHASES")
+    if phases:
+        with open(phases, "a") as f:
+            f.writelines(f"pytest:{name}\t{secs:.1f}\t0\n" for name, secs in rows)
+
+
 SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 BAO = Path(sys.executable).with_name("bao")
 

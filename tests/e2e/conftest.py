@@ -50,8 +50,34 @@ PUBLIC_SYSTEM = " ".join(
 )  # about 300 tokens: more than two KV blocks (128 tokens each on the CPU backend)
 
 
+_E2E_DIR = Path(__file__).resolve().parent
+# The session's live server, launched as soon as collection is done (see pytest_collection_finish).
+_prelaunched: LiveServer | None = None
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    return _E2E_DIR in Path(str(item.path)).parents
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda it: 1 if it.get_closest_marker("terminal_server") else 0)
+    # e2e tests run after every other test directory (their live server boots meanwhile), and the tests that
+    # end the live server run last.
+    items.sort(key=lambda it: (_is_e2e(it), bool(it.get_closest_marker("terminal_server"))))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Launch the live server now when a selected test needs it, so the engine (about a minute on the fast
+    path) starts while the tests that need no engine run. The ``live_server`` fixture waits for it."""
+    global _prelaunched
+    wants = any("live_server" in getattr(it, "fixturenames", ()) for it in session.items)
+    if wants and _prelaunched is None and not session.config.option.collectonly:
+        factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]  # the session's tmp_path_factory, before fixtures exist
+        _prelaunched = launch_server(factory.mktemp("live"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _prelaunched is not None:  # the fixture was never used (every test needing it deselected or failed)
+        stop_server(_prelaunched)
 
 
 def free_port() -> int:
@@ -86,13 +112,19 @@ def _health(target: str) -> int:
             return -1
 
 
-DEFAULT_MODEL_TOML = """
-[model]
-source = "default"
+# Every e2e server runs the same engine settings (max_num_seqs, max_model_len), so they can share vLLM's
+# compile cache. ``fast_start``: no torch.compile and no separate worker process — about a minute to SERVING
+# instead of several. test_engine_death.py starts the one server on the default (production) path.
+ENGINE_TOML = """
 cpu_kv_cache_gib = 1
-num_kv_blocks = 96
 max_num_seqs = 16
 """
+FAST_ENGINE_TOML = ENGINE_TOML + "fast_start = true\n"
+DEFAULT_MODEL_TOML = f"""
+[model]
+source = "default"
+num_kv_blocks = 96
+{FAST_ENGINE_TOML}"""
 
 
 def launch_server(
@@ -142,9 +174,13 @@ def start_server(
     assurance_toml: str | None = None,
 ) -> LiveServer:
     """Starts `bastion serve` and waits until health says SERVING."""
-    server = launch_server(workdir, extra_env, model_toml, assurance_toml)
+    return wait_serving(launch_server(workdir, extra_env, model_toml, assurance_toml))
+
+
+def wait_serving(server: LiveServer) -> LiveServer:
+    """Waits until ``server``'s health says SERVING; fails with its log's tail if it exits or times out."""
     proc, log_path, target = server.proc, server.log_path, server.target
-    sock = workdir / "bastion.sock"
+    sock = Path(target.removeprefix("unix:"))
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -168,9 +204,10 @@ def stop_server(server: LiveServer) -> None:
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("live"))
+    global _prelaunched
+    server, _prelaunched = (_prelaunched or launch_server(tmp_path_factory.mktemp("live"))), None
     try:
-        yield server
+        yield wait_serving(server)
     finally:
         stop_server(server)
 

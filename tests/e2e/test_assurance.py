@@ -30,7 +30,7 @@ from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
-from conftest import LiveServer, start_server, stop_server
+from conftest import FAST_ENGINE_TOML, LiveServer, start_server, stop_server
 from identity import bearer_channel
 
 pytestmark = pytest.mark.e2e
@@ -140,9 +140,7 @@ def perturbed_server(
 [model]
 source = "{model}"
 served_name = "{MODEL}"
-cpu_kv_cache_gib = 1
-max_num_seqs = 16
-[weights]
+{FAST_ENGINE_TOML}[weights]
 allow_unsealed = true
 """
     assurance = (

@@ -1,12 +1,15 @@
 """The engine process dies under a running server: health turns NOT_SERVING and calls get UNAVAILABLE.
 
-Uses its own server (it destroys the engine), started beside the session's."""
+Uses its own server (it destroys the engine), started beside the session's. That server takes the default,
+production start path (torch.compile, the model in a worker process of its own) — the one e2e server that
+does; the others use ``model.fast_start`` — so this module also checks that path serves."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
-from conftest import start_server, stop_server
+from conftest import DEFAULT_MODEL_TOML, ENGINE_TOML, FAST_ENGINE_TOML, LiveServer, start_server, stop_server
+
+# The live server's model settings without fast_start.
+DEFAULT_PATH_TOML = DEFAULT_MODEL_TOML.replace(FAST_ENGINE_TOML, ENGINE_TOML)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -36,8 +42,35 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_engine_death_turns_health_not_serving_and_calls_unavailable(tmp_path: Path) -> None:
-    server = start_server(tmp_path / "dying")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    assert DEFAULT_PATH_TOML != DEFAULT_MODEL_TOML and "fast_start" not in DEFAULT_PATH_TOML
+    srv = start_server(tmp_path_factory.mktemp("dying"), model_toml=DEFAULT_PATH_TOML)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def test_the_default_start_path_compiles_and_runs_the_model_in_a_worker(server: LiveServer) -> None:
+    log = server.log_text()
+    assert "Enforce eager set" not in log and "VLLM_ENABLE_V1_MULTIPROCESSING is set to False" not in log
+    # The plugin ran in the front end, the EngineCore and the worker process.
+    pids = {int(p.name.split("-")[1]) for p in server.marker_dir.glob("plugin-*")}
+    assert server.proc.pid in pids and len(pids) >= 3, f"plugin ran only in {pids}"
+    with server.channel() as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        req = pb.GenerateRequest(
+            model=stub.ListModels(pb.ListModelsRequest(), timeout=10).models[0].name,
+            sampling=pb.SamplingParams(max_tokens=16, temperature=0.0),
+            conversation=pb.Conversation(
+                messages=[pb.ChatMessage(role=pb.ROLE_USER, content="What is the capital of France?")]
+            ),
+        )
+        assert "Paris" in "".join(m.text for m in stub.Generate(req, timeout=120))
+
+
+def test_engine_death_turns_health_not_serving_and_calls_unavailable(server: LiveServer) -> None:
     try:
         with server.channel() as ch:
             stub = inference_pb2_grpc.InferenceStub(ch)

@@ -164,6 +164,15 @@ def test_vllm_plugin_ran_in_engine_processes(live_server, stub, model_name) -> N
     assert len(pids) >= 2, f"plugin ran only in {pids}"
 
 
+def test_the_live_server_takes_the_fast_start_path(live_server, stub, model_name) -> None:
+    """model.fast_start: no torch.compile, and the model runs in the EngineCore (no worker process): the
+    plugin ran in exactly two processes. test_engine_death.py checks the default path."""
+    log = live_server.log_text()
+    assert "Enforce eager set" in log and "VLLM_ENABLE_V1_MULTIPROCESSING is set to False" in log
+    pids = {int(p.name.split("-")[1]) for p in live_server.marker_dir.glob("plugin-*")}
+    assert len(pids) == 2, pids
+
+
 def test_unknown_model_is_not_found(stub) -> None:
     try:
         collect(stub, pb.GenerateRequest(model="no-such-model", prompt="hi"))

@@ -19,7 +19,7 @@ import pytest
 
 from bastion.config import load_settings
 from bastion.models.resolve import default_kek_path, default_policy_path, ensure_default_sealed
-from conftest import START_TIMEOUT_S, LiveServer, launch_server, start_server, stop_server
+from conftest import FAST_ENGINE_TOML, START_TIMEOUT_S, LiveServer, launch_server, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -62,9 +62,7 @@ def _serve_until_exit(tmp_path: Path, model_dir: Path) -> tuple[int, str]:
 [model]
 source = "{model_dir}"
 served_name = "smollm2-135m-instruct"
-cpu_kv_cache_gib = 1
-max_num_seqs = 16
-[weights]
+{FAST_ENGINE_TOML}[weights]
 kek_file = "{default_kek_path(cache)}"
 trust_policy = "{default_policy_path(cache)}"
 """,
@@ -125,9 +123,7 @@ def test_a_model_whose_key_is_in_openbao_serves(tmp_path: Path, openbao: dict[st
 [model]
 source = "{dst}"
 served_name = "smollm2-openbao"
-cpu_kv_cache_gib = 1
-max_num_seqs = 16
-[weights]
+{FAST_ENGINE_TOML}[weights]
 key_provider = "openbao"
 trust_policy = "{default_policy_path(cache)}"
 [weights.openbao]

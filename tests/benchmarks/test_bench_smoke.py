@@ -1,0 +1,63 @@
+"""Every benchmark CI runs, in its smallest mode, so the programs keep working: they start, measure, and
+write their JSON. Their figures come from full runs by hand (benchmarks/README.md), not from here; these
+tests check that the runs succeeded and that the JSON carries the fields the README documents.
+
+serve_bench runs over the fake engine here (``--engine fake``): the harness, both servers (security on and
+off) and the accounting, without starting vLLM twice; the real engine is the e2e tests' business.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run_bench(script: str, out: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(out.read_text())
+
+
+def test_serve_bench_runs_both_servers_over_the_fake_engine(tmp_path: Path) -> None:
+    report = run_bench("serve_bench.py", tmp_path / "serve.json", "--quick", "--engine", "fake", "--concurrency", "1,2")
+    assert report["engine"] == "fake" and report["errors"] == []
+    for name in ("bastion", "bastion-open"):
+        levels = report["servers"][name]["levels"]
+        assert [lv["concurrency"] for lv in levels] == [1, 2]
+        for lv in levels:
+            assert lv["errors"] == 0 and lv["token_count_mismatches"] == 0 and lv["output_tok_s"] > 0
+    assert [c["concurrency"] for c in report["security_comparison"]] == [1, 2]
+
+
+def test_security_bench_quick(tmp_path: Path) -> None:
+    report = run_bench("security_bench.py", tmp_path / "security.json", "--quick")
+    assert report["mode"] == "quick" and report["audit_records"] > 0
+    for side in ("on", "off"):
+        levels = report["servers"][side]["levels"]
+        assert [lv["concurrency"] for lv in levels] == [1, 16] and all(lv["output_tok_s"] > 0 for lv in levels)
+    assert [c["concurrency"] for c in report["comparison"]] == [1, 16]
+
+
+def test_isolation_bench_quick(tmp_path: Path) -> None:
+    report = run_bench("isolation_bench.py", tmp_path / "isolation.json", "--quick")
+    assert report["quick"] is True
+    assert report["hashing"]["bastion_ns_per_token"] > 0 and report["hashing_block_128"]["bastion_ns_per_token"] > 0
+    assert report["scheduler"]["levels"] and report["scheduler"]["levels"][0]["vllm_step_us"] > 0
+    assert report["prefix_sharing"]["single_tenant"]["bastion_hit_rate"] > 0
+
+
+def test_load_bench_smoke(tmp_path: Path) -> None:
+    report = run_bench("load_bench.py", tmp_path / "load.json", "--quick", "--smoke")
+    assert report["mode"] == "smoke" and report["repeats"] == 1
+    for mode in ("plain_read", "hash_only", "verify_decrypt", "loader_path", "tensorizer"):
+        assert report["throughput"][f"{mode}@1"]["gb_s_median"] > 0
