@@ -24,8 +24,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import common  # noqa: E402
-from isolation_live import live_config, live_server  # noqa: E402
+import common  # noqa: E402 - after the sys.path insert above
+from isolation_live import live_config, live_server  # noqa: E402 - after the sys.path insert above
 
 MODEL = "smollm2-135m-instruct"
 CI_BUDGET_S = 300.0

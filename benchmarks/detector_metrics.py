@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
 
-from bastion.assurance import detectors as det  # noqa: E402
-from bastion.assurance.suites import DATA_DIR, canary_for  # noqa: E402
+from bastion.assurance import detectors as det  # noqa: E402 - after the sys.path insert above
+from bastion.assurance.suites import DATA_DIR, canary_for  # noqa: E402 - after the sys.path insert above
 
 OUT = DATA_DIR / "detector_metrics.json"
 LABELLED = ("pyrit/refusal_scorer/refusal.csv", "pyrit/refusal_scorer/refusal_extra.csv")

@@ -30,7 +30,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import common  # noqa: E402
+import common  # noqa: E402 - after the sys.path insert above
 
 BLOCK = 16
 

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "python"))
 
-from common import machine_info  # noqa: E402
+from common import machine_info  # noqa: E402 - after the sys.path insert above
 
 MODES = ("plain_read", "hash_only", "verify_decrypt", "loader_path", "tensorizer")
 

@@ -64,7 +64,7 @@ def open_security(settings: Settings, on_failure: Callable[[], None], sink: Any 
     gate = SecurityGate(_Anyone(), guard, recorder, public_health=True)
     # A random partition key: requests carry a cache salt as with security on (the engine does the same work).
     partition = PartitionKeys(secrets.token_bytes(32))
-    return Security(_NoAudit(), guard, recorder, gate, AuthInterceptor(gate), partition)  # type: ignore[arg-type]
+    return Security(_NoAudit(), guard, recorder, gate, AuthInterceptor(gate), partition)
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import common  # noqa: E402
+import common  # noqa: E402 - after the sys.path insert above
 
 
 def serve_main(config: str, mode: str, address_file: str) -> int:

@@ -46,8 +46,8 @@ sys.path.insert(0, str(HERE))
 if (REPO / "python" / "bastion").is_dir() and str(REPO / "python") not in sys.path:
     sys.path.append(str(REPO / "python"))  # the generated stubs, when bastion is not installed
 
-import common  # noqa: E402
-from common import BastionStreamAccumulator, RequestResult, VllmStreamAccumulator  # noqa: E402
+import common  # noqa: E402 - after the sys.path insert above
+from common import BastionStreamAccumulator, RequestResult, VllmStreamAccumulator  # noqa: E402 - after the sys.path insert above
 
 SendFn = Callable[[str], Awaitable[RequestResult]]
 _STARTED: list[ServerProcess] = []  # every server started, for a last-resort stop in main()

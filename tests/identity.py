@@ -20,6 +20,7 @@ PEOPLE: dict[str, tuple[str | None, list[str]]] = {
     "carol": ("tenant-a", ["user"]),
     "mallory": (None, ["user"]),
     "erin": ("assurance", ["evaluator"]),  # bastion eval's principal
+    "dave": ("tenant-c", ["user"]),  # a tenant whose KV reservation oversubscribes the pool (e2e/test_kv_budgets.py)
 }
 DEFAULT_TENANT = {
     "models": ["*"],
@@ -92,7 +93,7 @@ class Identity:
                 "",
             ]
         tenants = tenants or {}
-        for t in sorted({"tenant-a", "tenant-b", "assurance", *tenants}):
+        for t in sorted({"tenant-a", "tenant-b", "tenant-c", "assurance", *tenants}):
             lines.append(f'[tenants."{t}"]')
             for k, v in {**DEFAULT_TENANT, **tenants.get(t, {})}.items():
                 lines.append(f"{k} = {_toml_value(v)}")
@@ -135,7 +136,7 @@ def make_identity(
 def bearer_channel(target: str, key: str) -> grpc.Channel:
     """A synchronous channel sending ``key`` as the bearer credential."""
 
-    class _Sync(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    class _Sync(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
         def _d(self, d: Any) -> Any:
             md = list(d.metadata or ()) + [("authorization", f"Bearer {key}")]
             return d._replace(metadata=md) if hasattr(d, "_replace") else _Details(d, md)
@@ -149,7 +150,7 @@ def bearer_channel(target: str, key: str) -> grpc.Channel:
     return grpc.intercept_channel(grpc.insecure_channel(target), _Sync())
 
 
-class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+class _Details(grpc.ClientCallDetails):
     def __init__(self, d: Any, md: list[tuple[str, str]]) -> None:
         self.method, self.timeout, self.metadata = d.method, d.timeout, md
         self.credentials, self.wait_for_ready = d.credentials, d.wait_for_ready

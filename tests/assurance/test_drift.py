@@ -104,7 +104,7 @@ async def test_a_single_spike_is_not_confirmed(tmp_path: Path) -> None:
             engine.spikes = []
         return await original(request_id, ids)
 
-    engine.prompt_logprobs = once  # type: ignore[method-assign]
+    engine.prompt_logprobs = once
     st = await monitor.check()
     assert st.status == "quiet" and alerts == []
 

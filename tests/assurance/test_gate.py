@@ -60,7 +60,7 @@ def test_policy_loads_with_digest(policy: GatePolicy) -> None:
 
 def test_policy_is_frozen(policy: GatePolicy) -> None:
     with pytest.raises(ValidationError):
-        policy.confidence = 0.5  # type: ignore[misc]
+        policy.confidence = 0.5
 
 
 def test_policy_defaults() -> None:

@@ -196,6 +196,6 @@ def test_family_figures_level_and_type_checks() -> None:
     wide = family_figures({"x": [True, False, False]}, conf=0.99)["x"]
     assert wide.ci_high == clopper_pearson(1, 3, 0.99)[1]
     with pytest.raises(ValueError):
-        family_figures({"x": [1, 0]})  # type: ignore[list-item]
+        family_figures({"x": [1, 0]})
     with pytest.raises(ValueError):
         figures_for("x", 3, 2)

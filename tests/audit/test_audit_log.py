@@ -171,7 +171,7 @@ async def test_bad_fields_are_refused_and_the_log_goes_on(tmp_path: Path) -> Non
         await log.append("request", {"latency_ms": -1})
     assert "latency_ms" in str(e.value)
     with pytest.raises(InvalidArgument):
-        await log.append("request", {"request_id": object()})  # type: ignore[dict-item]
+        await log.append("request", {"request_id": object()})
     with pytest.raises(InvalidArgument) as e:
         await log.append("checkpoint", {})
     assert e.value.field == "kind"
@@ -257,7 +257,7 @@ def test_settings_defaults_and_bounds(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             AuditSettings(**bad)
     with pytest.raises(ValueError):
-        s.dir = tmp_path  # type: ignore[misc]
+        s.dir = tmp_path
 
 
 async def test_cancelled_caller_does_not_withdraw_its_record(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def test_defaults() -> None:
     assert j.algorithms == ["RS256", "ES256", "EdDSA"] and j.required_claims == ["exp", "iat", "sub"]
     assert (j.jwks_cache_s, j.jwks_min_refresh_s, j.leeway_s, j.max_token_bytes) == (300.0, 30.0, 30, 8192)
     with pytest.raises(ValidationError):
-        a.public_health = False  # type: ignore[misc]
+        a.public_health = False
 
 
 @pytest.mark.parametrize(

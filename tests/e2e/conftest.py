@@ -29,7 +29,12 @@ START_TIMEOUT_S = float(os.environ.get("BASTION_E2E_START_TIMEOUT", "900"))
 
 # KV budgets of the live server's tenants (96 blocks of 128 tokens): tenant-a may use at most 72 blocks,
 # tenant-b has 12 guaranteed (tests/e2e/test_kv_budgets.py).
-KV_BUDGETS = {"tenant-a": {"kv_max_blocks": 72}, "tenant-b": {"kv_reserved_blocks": 12}}
+# tenant-c reserves 90: with tenant-b's 12 that is more than the pool, so its reservation is refused.
+KV_BUDGETS = {
+    "tenant-a": {"kv_max_blocks": 72},
+    "tenant-b": {"kv_reserved_blocks": 12},
+    "tenant-c": {"kv_reserved_blocks": 90},
+}
 
 # Declared in the live server's tenancy policy as a public prefix (tests/e2e/test_isolation.py).
 PUBLIC_SYSTEM = " ".join(
@@ -51,8 +56,6 @@ PUBLIC_SYSTEM = " ".join(
 
 
 _E2E_DIR = Path(__file__).resolve().parent
-# The session's live server, launched as soon as collection is done (see pytest_collection_finish).
-_prelaunched: LiveServer | None = None
 
 
 def _is_e2e(item: pytest.Item) -> bool:
@@ -66,18 +69,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Launch the live server now when a selected test needs it, so the engine (about a minute on the fast
-    path) starts while the tests that need no engine run. The ``live_server`` fixture waits for it."""
-    global _prelaunched
-    wants = any("live_server" in getattr(it, "fixturenames", ()) for it in session.items)
-    if wants and _prelaunched is None and not session.config.option.collectonly:
-        factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]  # the session's tmp_path_factory, before fixtures exist
-        _prelaunched = launch_server(factory.mktemp("live"))
+    """Launch the session's servers now when a selected test needs them, so their engines start while the
+    tests that need no engine run (two cores: each start is mostly one process importing torch and vLLM).
+    The fixtures wait for them."""
+    if session.config.option.collectonly:
+        return
+    factory: pytest.TempPathFactory = session.config._tmp_path_factory
+    for fixture, (dirname, model_toml) in _SESSION_SERVERS.items():
+        if fixture not in _prelaunched and any(fixture in getattr(it, "fixturenames", ()) for it in session.items):
+            _prelaunched[fixture] = launch_server(factory.mktemp(dirname), model_toml=model_toml)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if _prelaunched is not None:  # the fixture was never used (every test needing it deselected or failed)
-        stop_server(_prelaunched)
+    for server in _prelaunched.values():  # launched, but no test took it (deselected, or an error before)
+        stop_server(server)
 
 
 def free_port() -> int:
@@ -125,6 +130,16 @@ DEFAULT_MODEL_TOML = f"""
 source = "default"
 num_kv_blocks = 96
 {FAST_ENGINE_TOML}"""
+# The live server's model settings on the default start path (torch.compile, a worker process).
+DEFAULT_PATH_TOML = DEFAULT_MODEL_TOML.replace(FAST_ENGINE_TOML, ENGINE_TOML)
+
+# The session-scoped servers: fixture name -> (directory name, [model] TOML). Launched at collection
+# (pytest_collection_finish) when a selected test asks for the fixture.
+_SESSION_SERVERS = {
+    "live_server": ("live", DEFAULT_MODEL_TOML),
+    "default_path_server": ("default-path", DEFAULT_PATH_TOML),
+}
+_prelaunched: dict[str, LiveServer] = {}
 
 
 def launch_server(
@@ -202,14 +217,27 @@ def stop_server(server: LiveServer) -> None:
             server.proc.wait()
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    global _prelaunched
-    server, _prelaunched = (_prelaunched or launch_server(tmp_path_factory.mktemp("live"))), None
+def _session_server(fixture: str, factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = _prelaunched.pop(fixture, None)
+    if server is None:
+        dirname, model_toml = _SESSION_SERVERS[fixture]
+        server = launch_server(factory.mktemp(dirname), model_toml=model_toml)
     try:
         yield wait_serving(server)
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The shared server (fast start) that most e2e modules use."""
+    yield from _session_server("live_server", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def default_path_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server on the default start path; test_engine_death.py owns it (it kills its engine)."""
+    yield from _session_server("default_path_server", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

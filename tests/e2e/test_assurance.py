@@ -19,6 +19,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
-from conftest import FAST_ENGINE_TOML, LiveServer, start_server, stop_server
+from conftest import FAST_ENGINE_TOML, LiveServer, launch_server, stop_server, wait_serving
 from identity import bearer_channel
 
 pytestmark = pytest.mark.e2e
@@ -119,10 +121,12 @@ def test_unmodified_model_passes_against_its_own_baseline(
     assert same >= 0.95 * len(first["probe_hits"]), (same, len(first["probe_hits"]))
 
 
-@pytest.fixture(scope="module")
-def perturbed_server(
+@pytest.fixture(scope="module", autouse=True)
+def perturbed_launched(
     tmp_path_factory: pytest.TempPathFactory, signer: tuple[Path, Path], live_server: LiveServer
-) -> LiveServer:
+) -> Iterator[LiveServer]:
+    """The perturbed copy's server, launched when the module starts so its engine boots while the baseline
+    evaluations run on the live server; ``perturbed_server`` waits for it."""
     from bastion.config import load_settings
     from bastion.models.default import ensure_default_model
 
@@ -135,6 +139,10 @@ def perturbed_server(
     drift = d / "drift"
     drift.mkdir()
     baseline_file = live_server.identity.dir / "drift" / f"{MODEL}.baseline.json"
+    deadline = time.monotonic() + 120  # the live server takes its go-live baseline just after it is SERVING
+    while not baseline_file.exists():
+        assert time.monotonic() < deadline, "the live server wrote no drift baseline"
+        time.sleep(0.5)
     (drift / baseline_file.name).write_bytes(baseline_file.read_bytes())
     toml = f"""
 [model]
@@ -149,9 +157,16 @@ allow_unsealed = true
         # Alert only: the gate's steps below need the model out of quarantine.
         f'[assurance.drift]\ndir = "{drift}"\nquarantine = false\n[assurance.redteam]\nenabled = false\n'
     )
-    server = start_server(d / "srv", model_toml=toml, assurance_toml=assurance)
-    yield server
-    stop_server(server)
+    server = launch_server(d / "srv", model_toml=toml, assurance_toml=assurance)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def perturbed_server(perturbed_launched: LiveServer) -> LiveServer:
+    return wait_serving(perturbed_launched)
 
 
 def _generate(server: LiveServer, who: str) -> grpc.StatusCode:
@@ -189,8 +204,8 @@ def _audit_records(server: LiveServer) -> list[dict[str, object]]:
 
 
 def test_drift_stays_quiet_on_the_same_weights(live_server: LiveServer) -> None:
-    drift = _admin(live_server, "drift").models[0]  # type: ignore[attr-defined]
-    status = _admin(live_server, "status").models[0]  # type: ignore[attr-defined]
+    drift = _admin(live_server, "drift").models[0]
+    status = _admin(live_server, "status").models[0]
     print(
         f"drift check on the same weights: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}, "
         f"noise floor {drift.noise_floor:.3g}, {drift.seconds:.1f} s"
@@ -206,7 +221,7 @@ def test_gate_on_a_perturbed_copy(
     atts = Path(server.log_path).parent.parent / "attestations"
     # Drift: the perturbed copy serves under the name whose go-live baseline is the unmodified model's;
     # a check (the one at start, or this one when it comes first) alarms, confirmed by a second measurement.
-    drift = _admin(server, "drift").models[0]  # type: ignore[attr-defined]
+    drift = _admin(server, "drift").models[0]
     print(
         f"drift check on the perturbed copy: delta {drift.delta:.3g}, tolerance {drift.tolerance:.3g}, "
         f"{drift.seconds:.1f} s"
@@ -219,7 +234,7 @@ def test_gate_on_a_perturbed_copy(
     # Unattested: evaluation-only. Tenants are refused; the evaluator may call it; status says why.
     assert _generate(server, "bob") == grpc.StatusCode.FAILED_PRECONDITION
     assert _generate(server, "erin") == grpc.StatusCode.OK
-    status = _admin(server, "status").models[0]  # type: ignore[attr-defined]
+    status = _admin(server, "status").models[0]
     assert status.release == "evaluation_only" and status.attestation
 
     # The unmodified model's attestation (valid signature, another digest) does not release it; nor does
@@ -237,8 +252,8 @@ def test_gate_on_a_perturbed_copy(
     payload["subject"][0]["digest"] = {"blake3": status.digest.split(":", 1)[1]}
     (atts / "forged.intoto.json").write_bytes(sign_statement(payload, tmp_path / "rogue.key"))
     reloaded = _admin(server, "reload")
-    assert reloaded.files == 2 and reloaded.rejected == 1, reloaded  # type: ignore[attr-defined]
-    assert reloaded.models[0].release == "evaluation_only"  # type: ignore[attr-defined]
+    assert reloaded.files == 2 and reloaded.rejected == 1, reloaded
+    assert reloaded.models[0].release == "evaluation_only"
     assert _generate(server, "bob") == grpc.StatusCode.FAILED_PRECONDITION
 
     # Against the baseline the perturbed copy regresses significantly: FAILED, and its (FAILED)
@@ -258,7 +273,7 @@ def test_gate_on_a_perturbed_copy(
     assert summary["gate"]["verdict"] == "FAILED", summary["gate"]
     # It fails on a significant regression against the baseline, not only on the absolute limit.
     assert any(row.get("regressed") for row in summary["gate"]["families"].values()), summary["gate"]
-    assert _admin(server, "reload").models[0].release == "evaluation_only"  # type: ignore[attr-defined]
+    assert _admin(server, "reload").models[0].release == "evaluation_only"
 
     # A PASSED attestation for exactly this digest releases it.
     lenient = tmp_path / "lenient.toml"
@@ -267,6 +282,6 @@ def test_gate_on_a_perturbed_copy(
         server, tmp_path / "golive", "--sign-key", str(signer[0]), "--attestations-dir", str(atts), policy=lenient
     )
     assert code == 0, text
-    after = _admin(server, "reload").models[0]  # type: ignore[attr-defined]
+    after = _admin(server, "reload").models[0]
     assert after.release == "released" and "PASSED" in after.attestation
     assert _generate(server, "bob") == grpc.StatusCode.OK

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
-from conftest import DEFAULT_MODEL_TOML, ENGINE_TOML, FAST_ENGINE_TOML, LiveServer, start_server, stop_server
-
-# The live server's model settings without fast_start.
-DEFAULT_PATH_TOML = DEFAULT_MODEL_TOML.replace(FAST_ENGINE_TOML, ENGINE_TOML)
+from conftest import DEFAULT_MODEL_TOML, DEFAULT_PATH_TOML, LiveServer, stop_server
 
 
 def _descendants(pid: int) -> list[int]:
@@ -43,13 +39,10 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(default_path_server: LiveServer) -> LiveServer:
+    """The session's default-path server (launched at collection, so it boots while other tests run)."""
     assert DEFAULT_PATH_TOML != DEFAULT_MODEL_TOML and "fast_start" not in DEFAULT_PATH_TOML
-    srv = start_server(tmp_path_factory.mktemp("dying"), model_toml=DEFAULT_PATH_TOML)
-    try:
-        yield srv
-    finally:
-        stop_server(srv)
+    return default_path_server
 
 
 def test_the_default_start_path_compiles_and_runs_the_model_in_a_worker(server: LiveServer) -> None:

@@ -16,19 +16,19 @@ from bastion.v1 import inference_pb2_grpc
 PROMPT = "Name three primary colours."
 
 
-def _records(live_server) -> list[dict]:  # type: ignore[no-untyped-def]
+def _records(live_server) -> list[dict]:
     out = []
     for seg in sorted(live_server.audit_dir.glob("audit-*.jsonl")):
         out += [json.loads(line) for line in seg.read_text().splitlines() if line]
     return out
 
 
-def _generate(channel: grpc.Channel, model: str, md: tuple = ()) -> list[pb.GenerateResponse]:  # type: ignore[type-arg]
+def _generate(channel: grpc.Channel, model: str, md: tuple = ()) -> list[pb.GenerateResponse]:
     req = pb.GenerateRequest(model=model, prompt=PROMPT, sampling=pb.SamplingParams(max_tokens=8, temperature=0.0))
     return list(inference_pb2_grpc.InferenceStub(channel).Generate(req, metadata=md, timeout=120))
 
 
-def test_tenants_refusals_and_records_on_the_real_engine(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
+def test_tenants_refusals_and_records_on_the_real_engine(live_server, model_name) -> None:
     with live_server.channel("alice") as a, live_server.channel("bob") as b:
         ra, rb = _generate(a, model_name), _generate(b, model_name)
         for who, md, want in (
@@ -57,7 +57,7 @@ def test_tenants_refusals_and_records_on_the_real_engine(live_server, model_name
     ]
 
 
-def test_audit_verify_accepts_the_live_log(live_server, stub, model_name) -> None:  # type: ignore[no-untyped-def]
+def test_audit_verify_accepts_the_live_log(live_server, stub, model_name) -> None:
     stub.ListModels(pb.ListModelsRequest(), timeout=10)
     keys = live_server.audit_dir / "keys"
     proc = subprocess.run(
@@ -81,7 +81,7 @@ def test_audit_verify_accepts_the_live_log(live_server, stub, model_name) -> Non
     assert report["records"] >= 2 and report["problem"] is None
 
 
-def test_prefix_cache_is_partitioned_by_tenant(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
+def test_prefix_cache_is_partitioned_by_tenant(live_server, model_name) -> None:
     """Tenant B sending tenant A's exact long prompt gets no cached tokens; A (and A's other principal,
     carol) repeating it do. The partition key comes from the server, never from the request."""
     long_prompt = "Tenant A's private context: " + " ".join(f"fact-{i} is {i * 7 % 13}." for i in range(160))

@@ -18,7 +18,7 @@ UNDECLARED = " ".join(
 )  # about 400 tokens, shared by the requests below but not declared public
 
 
-def _cached(live_server, request: pb.GenerateRequest, who: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def _cached(live_server, request: pb.GenerateRequest, who: str) -> tuple[int, int]:
     with live_server.channel(who) as ch:
         msgs = list(inference_pb2_grpc.InferenceStub(ch).Generate(request, timeout=180))
     return msgs[-1].usage.cached_prompt_tokens, msgs[-1].usage.prompt_tokens
@@ -35,7 +35,7 @@ def _chat(model: str, system: str, user: str) -> pb.GenerateRequest:
     )
 
 
-def test_a_declared_public_prefix_is_shared_across_tenants(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
+def test_a_declared_public_prefix_is_shared_across_tenants(live_server, model_name) -> None:
     a_cached, _ = _cached(live_server, _raw(model_name, PUBLIC_SYSTEM + " Where is order 1182?"), "alice")
     b_cached, b_prompt = _cached(live_server, _raw(model_name, PUBLIC_SYSTEM + " Can I return a lamp?"), "bob")
     assert a_cached == 0
@@ -48,7 +48,7 @@ def test_a_declared_public_prefix_is_shared_across_tenants(live_server, model_na
     assert a_chat == 0 and b_chat >= 128
 
 
-def test_an_undeclared_common_prefix_is_not_shared(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
+def test_an_undeclared_common_prefix_is_not_shared(live_server, model_name) -> None:
     a1, _ = _cached(live_server, _raw(model_name, UNDECLARED + " Summarise the billing rule."), "alice")
     b, _ = _cached(live_server, _raw(model_name, UNDECLARED + " Summarise the deadline rule."), "bob")
     a2, _ = _cached(live_server, _raw(model_name, UNDECLARED + " Summarise the conflict rule."), "carol")
@@ -56,14 +56,14 @@ def test_an_undeclared_common_prefix_is_not_shared(live_server, model_name) -> N
     assert a2 >= 128  # within tenant A prefix caching keeps working
 
 
-def _key_file(live_server, tmp_path: Path, who: str) -> Path:  # type: ignore[no-untyped-def]
+def _key_file(live_server, tmp_path: Path, who: str) -> Path:
     f = tmp_path / f"{who}.key"
     f.write_text(live_server.identity.keys[who])
     f.chmod(0o600)
     return f
 
 
-def _audit(live_server, tmp_path: Path, victim: str, other: str) -> tuple[int, dict]:  # type: ignore[no-untyped-def,type-arg]
+def _audit(live_server, tmp_path: Path, victim: str, other: str) -> tuple[int, dict]:
     out = tmp_path / f"audit-{victim}-{other}.json"
     proc = subprocess.run(
         [
@@ -77,8 +77,13 @@ def _audit(live_server, tmp_path: Path, victim: str, other: str) -> tuple[int, d
             str(_key_file(live_server, tmp_path, victim)),
             "--other-api-key-file",
             str(_key_file(live_server, tmp_path, other)),
+            # Sized for CI: 8 hit and 8 miss timings per condition. The exact two-sample KS test rejects at
+            # alpha 0.05 once the timing distributions differ by D >= 6/8 (p 0.019; full separation gives
+            # p 1.6e-4), e.g. when 6 of the 8 hits are faster than every miss. A cache hit on
+            # ~500 prompt tokens skips most of the prefill, so within a tenant the timings separate fully,
+            # while across tenants there is no hit and p stays above alpha.
             "--samples",
-            "12",
+            "8",
             "--prompt-words",
             "400",
             "--seed",
@@ -94,7 +99,7 @@ def _audit(live_server, tmp_path: Path, victim: str, other: str) -> tuple[int, d
     return proc.returncode, json.loads(out.read_text())
 
 
-def test_isolation_self_audit_passes_across_tenants(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_isolation_self_audit_passes_across_tenants(live_server, tmp_path) -> None:
     rc, report = _audit(live_server, tmp_path, "alice", "bob")
     within, across = report["within_tenant"], report["across_tenants"]
     print(
@@ -110,7 +115,7 @@ def test_isolation_self_audit_passes_across_tenants(live_server, tmp_path) -> No
     assert rc == 0 and report["passed"]
 
 
-def test_isolation_self_audit_detects_a_shared_partition(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_isolation_self_audit_detects_a_shared_partition(live_server, tmp_path) -> None:
     """Control: carol is another principal of alice's tenant, so they share one partition; the same audit
     must report the sharing (a leak verdict, exit 1)."""
     rc, report = _audit(live_server, tmp_path, "alice", "carol")

@@ -22,7 +22,7 @@ def _words(seed: int, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def _send(live_server, model: str, who: str, prompt: str) -> pb.Usage:  # type: ignore[no-untyped-def]
+def _send(live_server, model: str, who: str, prompt: str) -> pb.Usage:
     req = pb.GenerateRequest(model=model, prompt=prompt, sampling=pb.SamplingParams(max_tokens=1))
     with live_server.channel(who) as ch:
         msgs = list(inference_pb2_grpc.InferenceStub(ch).Generate(req, timeout=300))
@@ -34,7 +34,7 @@ def _tenant_metric(values: dict[str, float], name: str, tenant: str) -> float:
     return sum(hits)
 
 
-def test_a_flood_by_one_tenant_does_not_evict_anothers_reserved_prefix(live_server, model_name) -> None:  # type: ignore[no-untyped-def]
+def test_a_flood_by_one_tenant_does_not_evict_anothers_reserved_prefix(live_server, model_name) -> None:
     b_prompt = "Tenant B's standing instructions: " + _words(1, 700)
     first = _send(live_server, model_name, "bob", b_prompt)
     assert first.prompt_tokens >= 5 * BLOCK and first.cached_prompt_tokens == 0
@@ -66,3 +66,15 @@ def test_a_flood_by_one_tenant_does_not_evict_anothers_reserved_prefix(live_serv
     assert 5 <= _tenant_metric(values, "bastion_tenant_kv_blocks_cached", "tenant-b") <= 12
     hit = _tenant_metric(values, "bastion_cached_prompt_tokens_total", "tenant-b")
     assert hit >= 3 * 5 * BLOCK  # B's prefix hit tokens, per tenant
+
+
+def test_an_oversubscribed_reservation_is_served_without_a_guarantee(live_server, model_name) -> None:
+    """tenant-c's policy reserves 90 of the 96 blocks while tenant-b (registered by the test above) holds a
+    reservation of 12: the EngineCore's KV ledger refuses c's reservation. c is served without a guarantee,
+    a WARNING says so, and the engine keeps serving everyone."""
+    assert _send(live_server, model_name, "bob", "Tenant B asks first.").completion_tokens == 1
+    usage = _send(live_server, model_name, "dave", "Tenant C asks: " + _words(3, 50))
+    assert usage.completion_tokens == 1 and usage.prompt_tokens > 50
+    assert "KV reservation of 90 blocks refused (pool oversubscribed)" in live_server.log_text()
+    assert _send(live_server, model_name, "dave", "And again.").completion_tokens == 1
+    assert _send(live_server, model_name, "bob", "Still served?").completion_tokens == 1

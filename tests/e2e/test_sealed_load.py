@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from bastion.config import load_settings
 from bastion.models.resolve import default_kek_path, default_policy_path, ensure_default_sealed
-from conftest import FAST_ENGINE_TOML, START_TIMEOUT_S, LiveServer, launch_server, start_server, stop_server
+from conftest import FAST_ENGINE_TOML, START_TIMEOUT_S, LiveServer, launch_server, stop_server, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -54,9 +55,9 @@ def _tampered_copy(tmp_path: Path, victim: str, offset: int) -> Path:
     return dst
 
 
-def _serve_until_exit(tmp_path: Path, model_dir: Path) -> tuple[int, str]:
+def _launch_sealed(tmp_path: Path, model_dir: Path) -> LiveServer:
     cache = load_settings(None).cache_dir
-    server = launch_server(
+    return launch_server(
         tmp_path / "srv",
         model_toml=f"""
 [model]
@@ -67,6 +68,9 @@ kek_file = "{default_kek_path(cache)}"
 trust_policy = "{default_policy_path(cache)}"
 """,
     )
+
+
+def _wait_exit(server: LiveServer) -> tuple[int, str]:
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while server.proc.poll() is None and time.monotonic() < deadline:
@@ -78,6 +82,10 @@ trust_policy = "{default_policy_path(cache)}"
     return server.proc.returncode, server.log_text()
 
 
+def _serve_until_exit(tmp_path: Path, model_dir: Path) -> tuple[int, str]:
+    return _wait_exit(_launch_sealed(tmp_path, model_dir))
+
+
 def test_flipped_bit_in_config_stops_the_server_before_the_engine(tmp_path: Path) -> None:
     code, log = _serve_until_exit(tmp_path, _tampered_copy(tmp_path, "config.json", 40))
     assert code != 0
@@ -85,24 +93,13 @@ def test_flipped_bit_in_config_stops_the_server_before_the_engine(tmp_path: Path
     assert "starting the engine" not in log and "Traceback" not in log
 
 
-def test_flipped_bit_in_a_segment_aborts_the_load_in_the_worker(tmp_path: Path) -> None:
-    segment = 77
-    code, log = _serve_until_exit(tmp_path, _tampered_copy(tmp_path, "weights-00001.ctxd", segment * (1 << 20) + 12345))
-    assert code != 0
-    # The server-side check passed (it does not read data segments); the loader refused segment 77.
-    assert "starting the engine" in log, log[-3000:]
-    m = re.search(r"sealed model load refused: .*weights-00001\.ctxd.*segment (\d+).*ciphertext hash", log)
-    assert m and int(m.group(1)) == segment, log[-4000:]
-    assert "sealed model verified and loaded" not in log
+SEGMENT = 77
 
 
-def test_a_model_whose_key_is_in_openbao_serves(tmp_path: Path, openbao: dict[str, Any]) -> None:
-    """The default model rewrapped under an OpenBao Transit key (data files untouched), re-signed, served:
-    vLLM's worker rebuilds the provider from references and unwraps through OpenBao."""
+def _launch_openbao_wrapped(tmp_path: Path, openbao: dict[str, Any]) -> LiveServer:
+    """The default model rewrapped under an OpenBao Transit key (data files untouched), re-signed."""
     from bastion.keys.openbao import OpenBaoTransitProvider
     from bastion.models.resolve import default_signing_key_path
-    from bastion.v1 import inference_pb2 as pb
-    from bastion.v1 import inference_pb2_grpc
     from bastion.weights import inspect, rekey
     from bastion.weights.signing import sign_dir
 
@@ -117,7 +114,7 @@ def test_a_model_whose_key_is_in_openbao_serves(tmp_path: Path, openbao: dict[st
     rekey(dst, default_kek_path(cache), provider)
     sign_dir(dst, private_key=default_signing_key_path(cache))
     assert inspect(dst)["key"]["provider"] == "openbao"
-    server = start_server(
+    return launch_server(
         tmp_path / "srv",
         model_toml=f"""
 [model]
@@ -132,20 +129,55 @@ key = "smollm2"
 token_file = "{openbao["token_file"]}"
 """,
     )
+
+
+@pytest.fixture(scope="module")
+def engine_servers(
+    tmp_path_factory: pytest.TempPathFactory, openbao: dict[str, Any]
+) -> Iterator[dict[str, LiveServer]]:
+    """The two servers of this module that start an engine, launched together (each start is mostly one
+    process importing torch and vLLM, and the machine has two cores): one whose data segment SEGMENT has a
+    flipped bit, one whose key is in OpenBao."""
+    seg = tmp_path_factory.mktemp("segment")
+    tampered = _tampered_copy(seg, "weights-00001.ctxd", SEGMENT * (1 << 20) + 12345)
+    servers = {
+        "segment": _launch_sealed(seg, tampered),
+        "openbao": _launch_openbao_wrapped(tmp_path_factory.mktemp("openbao"), openbao),
+    }
     try:
-        with server.channel() as ch:
-            stub = inference_pb2_grpc.InferenceStub(ch)
-            req = pb.GenerateRequest(
-                model="smollm2-openbao",
-                sampling=pb.SamplingParams(max_tokens=16, temperature=0.0),
-                conversation=pb.Conversation(
-                    messages=[pb.ChatMessage(role=pb.ROLE_USER, content="What is the capital of France?")]
-                ),
-            )
-            text = "".join(m.text for m in stub.Generate(req, timeout=120))
-        assert "Paris" in text
-        log = server.log_text()
-        assert "model.sig verified in pid" in log and "sealed model verified and loaded" in log
-        assert openbao["token"] not in log
+        yield servers
     finally:
-        stop_server(server)
+        for server in servers.values():
+            stop_server(server)
+
+
+def test_flipped_bit_in_a_segment_aborts_the_load_in_the_worker(engine_servers: dict[str, LiveServer]) -> None:
+    code, log = _wait_exit(engine_servers["segment"])
+    assert code != 0
+    # The server-side check passed (it does not read data segments); the loader refused segment 77.
+    assert "starting the engine" in log, log[-3000:]
+    m = re.search(r"sealed model load refused: .*weights-00001\.ctxd.*segment (\d+).*ciphertext hash", log)
+    assert m and int(m.group(1)) == SEGMENT, log[-4000:]
+    assert "sealed model verified and loaded" not in log
+
+
+def test_a_model_whose_key_is_in_openbao_serves(engine_servers: dict[str, LiveServer], openbao: dict[str, Any]) -> None:
+    """vLLM's worker rebuilds the provider from references and unwraps through OpenBao."""
+    from bastion.v1 import inference_pb2 as pb
+    from bastion.v1 import inference_pb2_grpc
+
+    server = wait_serving(engine_servers["openbao"])
+    with server.channel() as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        req = pb.GenerateRequest(
+            model="smollm2-openbao",
+            sampling=pb.SamplingParams(max_tokens=16, temperature=0.0),
+            conversation=pb.Conversation(
+                messages=[pb.ChatMessage(role=pb.ROLE_USER, content="What is the capital of France?")]
+            ),
+        )
+        text = "".join(m.text for m in stub.Generate(req, timeout=120))
+    assert "Paris" in text
+    log = server.log_text()
+    assert "model.sig verified in pid" in log and "sealed model verified and loaded" in log
+    assert openbao["token"] not in log

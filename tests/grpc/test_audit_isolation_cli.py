@@ -47,6 +47,6 @@ async def test_audit_isolation_reports_a_shared_cache_as_a_leak(tmp_path: Path) 
     assert report["model"] == "fake-model"
 
 
-def test_audit_isolation_needs_another_tenant(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_audit_isolation_needs_another_tenant(capsys) -> None:
     assert main(["audit-isolation", "--target", "127.0.0.1:1"]) == 2
     assert "another tenant" in capsys.readouterr().err

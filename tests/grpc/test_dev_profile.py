@@ -43,7 +43,7 @@ async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     paths = devprofile.ensure_profile()
     d = devprofile.profile_dir()

@@ -120,7 +120,7 @@ async def test_overload_is_resource_exhausted() -> None:
         assert msgs[-1].finish_reason == pb.FINISH_REASON_LENGTH
 
 
-async def _until(predicate, timeout: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(predicate, timeout: float = 3.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not predicate():

@@ -79,7 +79,7 @@ async def test_tokenize_and_list_models() -> None:
     ]
 
 
-async def test_unix_socket_listener(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_unix_socket_listener(tmp_path) -> None:
     import os
     import stat
 

@@ -77,7 +77,7 @@ async def test_every_kind_is_gated_and_keeps_its_kind(kind: str) -> None:
     details = Details()
     for allow in (True, False):
         gate = Gate(allow)
-        handler = await AuthInterceptor(gate).intercept_service(continuation, details)  # type: ignore[arg-type]
+        handler = await AuthInterceptor(gate).intercept_service(continuation, details)
         assert getattr(handler, kind) is not None
         ctx = Context()
         if allow:

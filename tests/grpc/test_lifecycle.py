@@ -134,7 +134,7 @@ async def test_stop_while_loading_cancels_the_load() -> None:
     assert cancelled.is_set()
 
 
-async def test_bind_failure_exits_non_zero(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_bind_failure_exits_non_zero(tmp_path) -> None:
     not_a_socket = tmp_path / "file"
     not_a_socket.write_text("x")
     rc = await serve(make_settings(listen=f"unix:{not_a_socket}"), pool_of(), stop_event=asyncio.Event())

@@ -169,7 +169,7 @@ async def test_only_a_valid_attestation_for_exactly_this_digest_releases_the_mod
 class EchoEngine(FakeEngine):
     """A leaky configuration: the completion repeats the whole input, system prompt included."""
 
-    async def _generate(self, request: EngineRequest):  # type: ignore[override]
+    async def _generate(self, request: EngineRequest):
         text = bytes(request.prompt_token_ids).decode("utf-8", errors="replace")[-2000:]
         n = len(request.prompt_token_ids)
         yield EngineOutput(

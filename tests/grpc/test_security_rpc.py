@@ -245,7 +245,7 @@ async def test_admin_service_needs_the_admin_role_and_works() -> None:
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "tenants.bad.bogus" in details
         srv.identity.policy_file.write_text(good)
         reloaded = await admin.ReloadPolicy(apb.ReloadPolicyRequest(), timeout=5)
-        assert reloaded.tenants == 3 and reloaded.policy_digest.startswith("sha256:")
+        assert reloaded.tenants == 4 and reloaded.policy_digest.startswith("sha256:")
         methods = [r["method"].rsplit("/", 1)[1] for r in records(srv.audit_dir)]
         assert methods.count("ListTenants") == 2 and "RevokeApiKey" in methods and "ReloadPolicy" in methods
     verify(srv.audit_dir)

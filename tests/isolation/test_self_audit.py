@@ -18,7 +18,7 @@ class SimulatedServer:
         self.seen: set[tuple[str, str]] = set()
         self.rng = random.Random(seed)
 
-    def sender(self, partition: str):  # type: ignore[no-untyped-def]
+    def sender(self, partition: str):
         async def send(prompt: str) -> Probe:
             head = " ".join(prompt.split()[:20])
             key = ("all" if self.shared else partition, head)

@@ -140,3 +140,21 @@ def test_tenant_at_cap_is_preempted_not_the_others() -> None:
     assert snap[KEY_A]["preemptions"] == 1 and snap[KEY_B]["preemptions"] == 0
     assert snap[KEY_A]["held"] == 0 and snap[KEY_B]["held"] == 4
     assert s.running == [b1]
+
+
+def test_oversubscribed_reservations_serve_the_tenant_without_a_guarantee(caplog) -> None:
+    """The tenancy policy reserves more blocks than the pool holds (A 30 + B 30 of 40): B's reservation is
+    refused by the ledger, B is still served (no guarantee, its cap kept) and a WARNING says so; the
+    scheduler, running inside the EngineCore, does not raise."""
+    s = make_scheduler(41)  # 40 usable blocks
+    a_salt, b_salt = salt(KEY_A, 30, 0), salt(KEY_B, 30, 36)
+    a1, b1 = request(a_salt, 48), request(b_salt, 48)
+    s.add_request(a1)
+    s.add_request(b1)
+    with caplog.at_level("WARNING", logger="bastion.isolation.scheduler"):
+        assert admitted(s) == [a1.request_id, b1.request_id]
+    assert "KV reservation of 30 blocks refused" in caplog.text
+    snap = s.kv_budget_snapshot()
+    assert snap[KEY_A]["reserved"] == 30 and snap[KEY_B]["reserved"] == 0 and snap[KEY_B]["cap"] == 36
+    finish(s, a1, b1)
+    assert s.kv_ledger.total_held == 0

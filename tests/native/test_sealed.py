@@ -28,7 +28,7 @@ D1 = "weights-00001.ctxd"
 
 def seal(model: Path, kek: Path, name: str = "sealed", **kw: object) -> Path:
     out = model.parent / name
-    seal_dir(model, out, kek, segment_size=SEG, **kw)  # type: ignore[arg-type]
+    seal_dir(model, out, kek, segment_size=SEG, **kw)
     return out
 
 

@@ -46,7 +46,7 @@ def test_serve_flags_become_overrides() -> None:
     assert _serve_overrides(_parser().parse_args(["serve"])) == {}
 
 
-def test_config_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_config_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     assert main(["health", "--config", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bastion: config file not found") and err.count("\n") == 1

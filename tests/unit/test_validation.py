@@ -24,7 +24,7 @@ SECRET = "zq7secretvalue"
 
 def gen(**kw: object) -> pb.GenerateRequest:
     sampling = kw.pop("sampling", None)
-    req = pb.GenerateRequest(model=kw.pop("model", "m"), **kw)  # type: ignore[arg-type]
+    req = pb.GenerateRequest(model=kw.pop("model", "m"), **kw)
     if "prompt" not in kw and "conversation" not in kw:
         req.prompt = "hi"
     if sampling is not None:

@@ -244,6 +244,6 @@ class DriftMonitor:
             await asyncio.sleep(self.settings.interval_s)
             try:
                 await self.check()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a failed check is reported; the monitor keeps running
                 self.state.status = "error"
                 log.error("drift check for %s failed: %s", self.state.model, type(exc).__name__)

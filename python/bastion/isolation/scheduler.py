@@ -39,6 +39,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from bastion._native import KvLedger
+from bastion.errors import InvalidArgument
 from bastion.isolation.kv_metrics import ENV_STATS_DIR
 from bastion.isolation.kv_pool import TenantBlockPool
 from bastion.isolation.tag import PartitionTag, TagError
@@ -132,7 +133,7 @@ class TenantScheduler(Scheduler):
             return self._untagged
         try:
             return self.kv_ledger.register(tag.tenant_key, tag.kv_reserved_blocks, tag.kv_max_blocks)
-        except ValueError:
+        except InvalidArgument:  # the ledger's refusal (bastion.errors, raised by the native binding)
             # reservations exhausted: the tenant keeps its cap but gets no guarantee
             log.warning("KV reservation of %d blocks refused (pool oversubscribed)", tag.kv_reserved_blocks)
             return self.kv_ledger.register(tag.tenant_key, 0, tag.kv_max_blocks)

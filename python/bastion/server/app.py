@@ -348,13 +348,13 @@ async def serve(
         if pool is not None:
             try:
                 await pool.shutdown()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on: the audit log must still close
                 log.error("engine pool shutdown failed: %s", _one_line(exc))
         for sig in signals:
             loop.remove_signal_handler(sig)
         try:
             await security.audit.aclose()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - logged; the process is exiting either way
             log.error("closing the audit log failed: %s", _one_line(exc))
         if kv_stats is not None:
             shutil.rmtree(kv_stats, ignore_errors=True)

@@ -327,7 +327,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             except asyncio.CancelledError:
                 await self._cancelled(context, rec, caller)
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - _fail maps it to a status, audits the call and re-raises
                 await self._fail(context, rec, exc, engine, caller)
         raise AssertionError("unreachable")  # _fail always raises
 
@@ -359,6 +359,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 ]
                 await self._audit(caller, rec, grpc.StatusCode.OK)
                 return pb.ListModelsResponse(models=models)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - _fail maps it to a status, audits the call and re-raises
                 await self._fail(context, rec, exc, None, caller)
         raise AssertionError("unreachable")
