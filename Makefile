@@ -75,18 +75,22 @@ lint: setup $(VENV)/.lint-stamp
 test-rust:
 	$(PHASE) rust-tests cargo test --workspace --locked
 
-# Every fuzz target (rust/bastion-core/fuzz) for FUZZ_SECONDS each, from the committed seeds. cargo fuzz needs
+# Every fuzz target (rust/bastion-core/fuzz) for FUZZ_SECONDS each, from the committed seeds, the targets side by
+# side (each is one process; the machine has two cores). cargo fuzz needs
 # nightly -Z flags; the one toolchain here is stable, so RUSTC_BOOTSTRAP=1 enables them for this build only.
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := sealed_header safetensors_header
 fuzz-short:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(PHASE) fuzz:install-cargo-fuzz cargo install cargo-fuzz --locked --version 0.13.2
 	cd rust/bastion-core && RUSTC_BOOTSTRAP=1 ../../$(PHASE) fuzz:build cargo fuzz build -O
-	cd rust/bastion-core && for t in $(FUZZ_TARGETS); do \
-	  mkdir -p fuzz/corpus/$$t && \
-	  RUSTC_BOOTSTRAP=1 ../../$(PHASE) fuzz:run-$$t cargo fuzz run -O $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY)" ; \
-	  test $${PIPESTATUS[0]} -eq 0 || exit 1; done
+	cd rust/bastion-core && RUSTC_BOOTSTRAP=1 ../../$(PHASE) fuzz:run bash -c 'pids=(); \
+	  for t in $(FUZZ_TARGETS); do \
+	    mkdir -p fuzz/corpus/$$t && \
+	    cargo fuzz run -O $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	      -print_final_stats=1 >fuzz/last-$$t.log 2>&1 & pids+=($$!); done; \
+	  rc=0; for p in "$${pids[@]}"; do wait $$p || rc=1; done; \
+	  for t in $(FUZZ_TARGETS); do echo "fuzz $$t:"; grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY)" fuzz/last-$$t.log; \
+	    done; [ $$rc -eq 0 ] || { tail -n 40 fuzz/last-*.log; exit 1; }'
 
 # The default model is converted once (cached); then every test, the slowest 25 listed.
 test-python: system-deps setup

@@ -102,24 +102,39 @@ def bench_hashing(n_requests: int, prompt_tokens: int, repeats: int, block: int 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller runs (CI)")
+    ap.add_argument("--quick", action="store_true", help="smaller runs")
+    ap.add_argument("--smoke", action="store_true", help="tiny runs: the program works (CI's smoke test)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/isolation_bench[-quick].json)")
     args = ap.parse_args()
-    q = args.quick
-    result: dict[str, Any] = {"benchmark": "isolation_bench", "quick": q, "machine": common.machine_info()}
+    q = args.quick or args.smoke
+    mode = "smoke" if args.smoke else "quick" if q else "full"
+    # requests hashed, hashing repeats, scheduler steps, prefix-sharing requests
+    n_req, repeats, steps, n_prefix = {
+        "smoke": (8, 1, 100, 16),
+        "quick": (64, 5, 400, 48),
+        "full": (256, 9, 1500, 128),
+    }[mode]
+    result: dict[str, Any] = {
+        "benchmark": "isolation_bench",
+        "quick": q,
+        "mode": mode,
+        "machine": common.machine_info(),
+    }
     # Block size 16: vLLM's default on GPUs (the goal); 128: its CPU backend's.
-    result["hashing"] = bench_hashing(n_requests=64 if q else 256, prompt_tokens=2048, repeats=5 if q else 9)
+    result["hashing"] = bench_hashing(n_requests=n_req, prompt_tokens=2048, repeats=repeats)
     print(json.dumps(result["hashing"]), flush=True)
-    result["hashing_block_128"] = bench_hashing(n_requests=64, prompt_tokens=2048, repeats=5 if q else 9, block=128)
+    result["hashing_block_128"] = bench_hashing(
+        n_requests=min(n_req, 64), prompt_tokens=2048, repeats=repeats, block=128
+    )
     print(json.dumps(result["hashing_block_128"]), flush=True)
     try:
         from isolation_sched import bench_prefix_sharing, bench_scheduler  # the scheduler half
     except ImportError as exc:
         result["scheduler"] = {"error": f"not available: {exc}"}
     else:
-        result["scheduler"] = bench_scheduler(quick=q)
+        result["scheduler"] = bench_scheduler(steps=steps)
         print(json.dumps(result["scheduler"]), flush=True)
-        result["prefix_sharing"] = bench_prefix_sharing(quick=q)
+        result["prefix_sharing"] = bench_prefix_sharing(n=n_prefix)
         print(json.dumps(result["prefix_sharing"]), flush=True)
     out = Path(args.out) if args.out else HERE / "results" / f"isolation_bench{'-quick' if q else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def _decode_scheduler(budgets: bool, concurrency: int, hashers: dict[str, Any]) 
     return s
 
 
-def bench_scheduler(quick: bool) -> dict[str, Any]:
+def bench_scheduler(steps: int) -> dict[str, Any]:
     """Both schedulers side by side, their steps interleaved in random order, so that the machine's noise
     (this is a shared VM) falls on both alike; CPU time per step, medians."""
     from bastion.isolation.offline import step
@@ -88,7 +88,7 @@ def bench_scheduler(quick: bool) -> dict[str, Any]:
     for c in (64, 128):
         pair = {False: _decode_scheduler(False, c, hashers), True: _decode_scheduler(True, c, hashers)}
         times: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(400 if quick else 1500):
+        for _ in range(steps):
             for budgets in rng.sample((False, True), 2):
                 t0 = time.process_time()
                 step(pair[budgets])
@@ -134,7 +134,7 @@ def _serve_prompts(s: Any, prompts: list[tuple[list[int], str | None]], hasher: 
     return total, cached
 
 
-def bench_prefix_sharing(quick: bool) -> dict[str, Any]:
+def bench_prefix_sharing(n: int) -> dict[str, Any]:
     from vllm.v1.core.sched.scheduler import Scheduler
 
     from bastion.isolation.offline import make_scheduler
@@ -142,7 +142,6 @@ def bench_prefix_sharing(quick: bool) -> dict[str, Any]:
 
     hashers = _hashers()
     rng = random.Random(1)
-    n = 48 if quick else 128
     system = [rng.randrange(49152) for _ in range(512)]  # a shared 512-token system prompt
     bodies = [[rng.randrange(49152) for _ in range(rng.randrange(40, 200))] for _ in range(n)]
 

@@ -48,9 +48,9 @@ def test_security_bench_quick(tmp_path: Path) -> None:
     assert [c["concurrency"] for c in report["comparison"]] == [1, 16]
 
 
-def test_isolation_bench_quick(tmp_path: Path) -> None:
-    report = run_bench("isolation_bench.py", tmp_path / "isolation.json", "--quick")
-    assert report["quick"] is True
+def test_isolation_bench_smoke(tmp_path: Path) -> None:
+    report = run_bench("isolation_bench.py", tmp_path / "isolation.json", "--smoke")
+    assert report["mode"] == "smoke"
     assert report["hashing"]["bastion_ns_per_token"] > 0 and report["hashing_block_128"]["bastion_ns_per_token"] > 0
     assert report["scheduler"]["levels"] and report["scheduler"]["levels"][0]["vllm_step_us"] > 0
     assert report["prefix_sharing"]["single_tenant"]["bastion_hit_rate"] > 0
