@@ -61,3 +61,16 @@ async def test_bad_parameters_are_refused() -> None:
     s = SimulatedServer(shared=False).sender("a")
     with pytest.raises(ValueError, match="samples"):
         await run_audit("x", s, s, samples=1, prompt_words=40)
+
+
+async def test_the_across_audit_detects_sharing_by_timing_after_a_within_audit_with_the_same_seed() -> None:
+    """As `bastion audit-isolation` runs it: the within-tenant audit, then the across-tenants audit, one seed.
+    On a shared partition (the control) the across audit's misses must be misses: had it reused the within
+    audit's prompts, they would already be cached and the timing test would see no difference."""
+    shared = SimulatedServer(shared=True)
+    kw = dict(samples=10, prompt_words=40, seed=7)
+    within = await run_audit("within-tenant", shared.sender("a"), shared.sender("a"), **kw)
+    across = await run_audit("across-tenants", shared.sender("a"), shared.sender("b"), **kw)
+    assert within.distinguishable
+    assert all(p.cached_prompt_tokens == 0 for p in across.miss)
+    assert across.distinguishable and across.auc == 1.0

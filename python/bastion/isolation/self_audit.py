@@ -205,7 +205,9 @@ async def run_audit(
 ) -> AuditResult:
     if samples < 2 or prompt_words < 8 or not 0 < shared_fraction < 1:
         raise ValueError("samples >= 2, prompt_words >= 8 and 0 < shared_fraction < 1 are required")
-    rng = random.Random(seed)
+    # Prompts drawn per audit name: two audits with one seed (the CLI's within-tenant then across-tenants runs)
+    # never send the same prompt, so neither finds the other's prompts cached, a miss stays a miss.
+    rng = random.Random(f"{seed}/{name}") if seed is not None else random.Random()
     shared = int(prompt_words * shared_fraction)
     result = AuditResult(name, alpha)
     for i in range(samples):
