@@ -66,7 +66,7 @@ lint: setup $(VENV)/.lint-stamp
 	$(PHASE) lint:ruff $(BIN)/ruff check .
 	$(PHASE) lint:ruff-format $(BIN)/ruff format --check .
 	$(PHASE) lint:mypy $(BIN)/mypy
-	$(PHASE) lint:import-linter $(BIN)/lint-imports
+	PYTHONPATH=python $(PHASE) lint:import-linter $(BIN)/lint-imports
 	$(PHASE) lint:cargo-fmt cargo fmt --all --check
 	$(PHASE) lint:clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 	cd proto && ../$(PHASE) lint:buf-lint ../$(BIN)/buf lint
