@@ -35,7 +35,7 @@ $(VENV)/.deps-stamp-$(LOCK): requirements/$(LOCK).lock requirements/model.lock |
 	rm -f $(VENV)/.deps-stamp-* $(VENV)/.native-stamp $(VENV)/.lint-stamp
 	touch $@
 
-$(VENV)/.native-stamp: $(VENV)/.deps-stamp-$(LOCK) $(RUST_SRC)
+$(VENV)/.native-stamp: $(VENV)/.deps-stamp-$(LOCK) $(RUST_SRC) pyproject.toml  # pyproject: the plugin entry point
 	VIRTUAL_ENV=$(abspath $(VENV)) $(PHASE) setup:native-extension $(BIN)/maturin develop --release --locked --quiet
 	touch $@
 

@@ -2,9 +2,9 @@
 """What tenant isolation costs inside the EngineCore, each figure against its anchor in the same run.
 
 1. Block hashing, ns per prompt token: bastion's request block hasher (keyed, typed BLAKE3 in Rust,
-   bastion.isolation.block_hasher) against vLLM 0.32's default (SHA-256 over pickled tuples), both through
+   bastion.engine.vllm.block_hasher) against vLLM 0.32's default (SHA-256 over pickled tuples), both through
    vLLM's own Request objects, same prompts. Goal: >= 5x faster.
-2. Scheduler step overhead with per-tenant KV budgets on vs off (bastion.isolation.scheduler.TenantScheduler
+2. Scheduler step overhead with per-tenant KV budgets on vs off (bastion.engine.vllm.scheduler.TenantScheduler
    vs vLLM's Scheduler) at 64+ concurrent requests, no model: the scheduler alone. Goal: <= 2%.
 3. Prefix hit rate of one tenant on a shared-prefix workload, partitioned vs vLLM unpartitioned, through the
    real KV cache manager. Goal: >= 0.98x. And N tenants sharing a declared public system prompt vs
@@ -49,7 +49,7 @@ def bench_hashing(n_requests: int, prompt_tokens: int, repeats: int, block: int 
     from vllm.v1.request import Request
 
     from bastion._native import BlockKeyer
-    from bastion.isolation.block_hasher import make_request_block_hasher
+    from bastion.engine.vllm.block_hasher import make_request_block_hasher
 
     sha = get_hash_fn_by_name("sha256")
     init_none_hash(sha)

@@ -1,5 +1,5 @@
 """The scheduler half of benchmarks/isolation_bench.py: a real vLLM v1 scheduler without a model
-(bastion.isolation.offline): each step schedules, then reports one sampled token per request."""
+(bastion.engine.vllm.offline): each step schedules, then reports one sampled token per request."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _hashers() -> dict[str, Any]:
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 
     from bastion._native import BlockKeyer
-    from bastion.isolation.block_hasher import make_request_block_hasher
+    from bastion.engine.vllm.block_hasher import make_request_block_hasher
 
     sha = get_hash_fn_by_name("sha256")
     init_none_hash(sha)
@@ -52,8 +52,8 @@ def _decode_scheduler(budgets: bool, concurrency: int, hashers: dict[str, Any]) 
     """A scheduler with `concurrency` requests of 8 tenants, past their prefill, decoding."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    from bastion.isolation.offline import make_scheduler, step
-    from bastion.isolation.scheduler import TenantScheduler
+    from bastion.engine.vllm.offline import make_scheduler, step
+    from bastion.engine.vllm.scheduler import TenantScheduler
 
     s = make_scheduler(
         4096,
@@ -76,7 +76,7 @@ def _decode_scheduler(budgets: bool, concurrency: int, hashers: dict[str, Any]) 
 def bench_scheduler(steps: int) -> dict[str, Any]:
     """Both schedulers side by side, their steps interleaved in random order, so that the machine's noise
     (this is a shared VM) falls on both alike; CPU time per step, medians."""
-    from bastion.isolation.offline import step
+    from bastion.engine.vllm.offline import step
 
     hashers = _hashers()
     out: dict[str, Any] = {
@@ -117,7 +117,7 @@ def bench_scheduler(steps: int) -> dict[str, Any]:
 
 def _serve_prompts(s: Any, prompts: list[tuple[list[int], str | None]], hasher: Any) -> tuple[int, int]:
     """Runs the prompts through the scheduler in waves of 8; returns (prompt tokens, cached tokens)."""
-    from bastion.isolation.offline import step
+    from bastion.engine.vllm.offline import step
 
     total = cached = 0
     for i in range(0, len(prompts), 8):
@@ -137,8 +137,8 @@ def _serve_prompts(s: Any, prompts: list[tuple[list[int], str | None]], hasher: 
 def bench_prefix_sharing(n: int) -> dict[str, Any]:
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    from bastion.isolation.offline import make_scheduler
-    from bastion.isolation.scheduler import TenantScheduler
+    from bastion.engine.vllm.offline import make_scheduler
+    from bastion.engine.vllm.scheduler import TenantScheduler
 
     hashers = _hashers()
     rng = random.Random(1)

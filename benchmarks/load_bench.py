@@ -12,7 +12,7 @@ and all cores). Modes, each over every byte of every data file of the sealed mod
 * ``plain_read``: ``readinto`` of the data files in 1 MiB chunks into one reused buffer (the anchor);
 * ``hash_only``: the ciphertext hash of every segment against the header's table (no key);
 * ``verify_decrypt``: hash check + AES-256-GCM authentication and decryption of every segment;
-* ``loader_path``: what vLLM's worker does (``bastion.engine.sealed_loader.sealed_weights``): every byte
+* ``loader_path``: what vLLM's worker does (``bastion.engine.vllm.sealed_loader.sealed_weights``): every byte
   in contiguous batches (hash, decrypt into a new ``bytes``), tensors as zero-copy torch views of them.
 * ``tensorizer``: the anchor for encrypted loading: CoreWeave tensorizer (PyPI ``tensorizer``, libsodium
   XSalsa20-Poly1305) deserializing the same weights, encrypted with a random key, into CPU tensors
@@ -90,7 +90,7 @@ def _child(mode: str, sealed: str, kek: str) -> None:
         print(json.dumps({"bytes": n, "seconds": time.perf_counter() - started}))
         return
 
-    from bastion.engine.sealed_loader import sealed_weights  # imports torch: outside the timed region
+    from bastion.engine.vllm.sealed_loader import sealed_weights  # imports torch: outside the timed region
 
     data = sorted(Path(sealed).glob("*.ctxd"))
     total = sum(p.stat().st_size for p in data)

@@ -143,7 +143,7 @@ def audit_verify_dir(
     """``{segments, records, bytes, log_id, last_seq, last_hash, last_checkpoint, unsigned_tail, problem}``;
     ``problem`` is None or ``{segment, line, seq, reason}``."""
 
-# --- keyed, typed prefix-cache block keys (bastion.isolation.block_hasher) ---
+# --- keyed, typed prefix-cache block keys (bastion.engine.vllm.block_hasher) ---
 
 @final
 class BlockKeyer:
@@ -172,7 +172,7 @@ class BlockKeyer:
     ) -> bytes:
         """One block's key with every extra field; ``tenant_key=None`` is the public partition."""
 
-# --- per-tenant KV-cache block budgets (bastion.isolation.scheduler) ---
+# --- per-tenant KV-cache block budgets (bastion.engine.vllm.scheduler) ---
 
 @final
 class KvLedger:

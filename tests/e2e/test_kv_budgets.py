@@ -1,4 +1,4 @@
-"""Per-tenant KV budgets in the real engine (bastion.isolation.scheduler): a flood of long unique prompts by
+"""Per-tenant KV budgets in the real engine (bastion.engine.vllm.scheduler): a flood of long unique prompts by
 tenant A cycles the whole KV pool, yet tenant B's cached prefix (within B's reservation) stays cached and
 B's requests are admitted during the flood. Budgets come from tests/e2e/conftest.py (KV_BUDGETS)."""
 

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 from bastion.config import Settings
-from bastion.engine.device import resolve_device
 from bastion.engine.protocol import EnginePool
+from bastion.engine.vllm.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ async def build_pool(settings: Settings) -> EnginePool:
         "sealed" if prepared.sealed else "UNSEALED",
         device,
     )
-    from bastion.engine.vllm_engine import VllmEngine
+    from bastion.engine.vllm.engine import VllmEngine
 
     sealed_env = prepared.worker_env() if prepared.sealed else None
     engine = await VllmEngine.start(

@@ -40,8 +40,8 @@ from bastion.audit.content import PRUNE_EVERY_S, ContentStore
 from bastion.auth.api_keys import revoke as revoke_api_key
 from bastion.config import Settings
 from bastion.engine.protocol import EnginePool, EngineStats
+from bastion.engine.vllm import block_hasher
 from bastion.errors import BastionError, ConfigError
-from bastion.isolation import block_hasher
 from bastion.isolation.kv_metrics import ENV_STATS_DIR, TenantKvStats
 from bastion.observability.logs import setup_logging
 from bastion.observability.telemetry import Telemetry

@@ -27,7 +27,6 @@ from bastion.audit.content import ContentStore
 from bastion.config import Settings
 from bastion.engine.protocol import Engine, EnginePool
 from bastion.errors import BastionError, NotFound, Unavailable
-from bastion.isolation.public_prefixes import PublicPrefixMatcher
 from bastion.isolation.tag import PartitionTag
 from bastion.observability.logs import request_id_var
 from bastion.observability.telemetry import RpcRecord, Telemetry
@@ -38,6 +37,7 @@ from bastion.server.caller import Caller, current_caller
 from bastion.server.generate import stream_generation
 from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
 from bastion.server.interceptor import abort_metadata
+from bastion.server.public_prefixes import PublicPrefixMatcher
 from bastion.server.validation import InputSpec, fit_context, validate_generate, validate_input
 from bastion.tenancy.guard import TenantGuard
 from bastion.tenancy.partition import PartitionKeys

@@ -54,7 +54,7 @@ def load_or_create(path: Path, *, create: bool) -> bytes:
 
 
 def block_key(secret: bytes) -> bytes:
-    """The EngineCore's block-hashing key (``bastion.isolation.block_hasher``), derived from the same secret."""
+    """The EngineCore's block-hashing key (``bastion.engine.vllm.block_hasher``), derived from the same secret."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=BLOCK_KEY_INFO).derive(secret)
 
 

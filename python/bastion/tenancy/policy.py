@@ -18,7 +18,7 @@ A TOML file (``tenancy.policy_file``), unknown keys refused::
     request_burst = 10
     tokens_per_min = 60000          # prompt + max_tokens charged at admission, unused tokens refunded
     token_burst = 20000
-    kv_reserved_blocks = 0          # KV blocks guaranteed to this tenant (bastion.isolation.scheduler)
+    kv_reserved_blocks = 0          # KV blocks guaranteed to this tenant (bastion.engine.vllm.scheduler)
     kv_max_blocks = 0               # burst cap in KV blocks; 0 = no cap
     [tenants.chat.content_logging]  # off by default: the audit log keeps keyed HMACs, not content
     enabled = false

@@ -1,5 +1,5 @@
 //! `BlockKeyer`: keyed, typed prefix-cache block keys (`bastion_core::blockhash`) for the EngineCore's
-//! block hasher (`bastion.isolation.block_hasher`). Blocks are small, so the GIL stays held.
+//! block hasher (`bastion.engine.vllm.block_hasher`). Blocks are small, so the GIL stays held.
 
 use bastion_core::blockhash::{self, Adapter, BlockExtras, BlockKey, Partition, KEY_LEN};
 use bastion_core::CoreError;

@@ -2,8 +2,8 @@
 
 vLLM calls ``register()`` in every process it starts: the API process, the EngineCore and each worker.
 It is where bastion registers what must exist inside those processes: the sealed-model load format
-``bastion`` (``bastion.engine.sealed_loader``) and the tenant-partitioned block hasher
-(``bastion.isolation.block_hasher``). It also
+``bastion`` (``bastion.engine.vllm.sealed_loader``) and the tenant-partitioned block hasher
+(``bastion.engine.vllm.block_hasher``). It also
 checks that the native extension in the worker matches the package, so a stale build can never load
 weights, and records that it ran.
 """
@@ -23,11 +23,11 @@ def register() -> None:
     if _registered:
         return
     from bastion.digest import native_version  # refuses a stale extension (ImportError)
-    from bastion.engine.sealed_loader import register as register_sealed_loader
+    from bastion.engine.vllm.sealed_loader import register as register_sealed_loader
 
     register_sealed_loader()
     # Tenant-partitioned, keyed prefix-cache block hashing in the EngineCore (when the server asks for it).
-    from bastion.isolation.block_hasher import install as install_block_hasher
+    from bastion.engine.vllm.block_hasher import install as install_block_hasher
 
     install_block_hasher()
     _registered = True

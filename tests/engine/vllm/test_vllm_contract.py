@@ -14,7 +14,7 @@ Kinds of entry:
 - ``Api``: a module-level function, class, method, property or constant, resolved by import. Callables: the
   parameter names bastion passes or overrides (``inspect.signature``); classes: required bases and which of
   their methods may be abstract; constants: the value bastion depends on.
-- ``Inst``: attributes that vLLM's constructors set, read on real instances: ``bastion.isolation.offline``
+- ``Inst``: attributes that vLLM's constructors set, read on real instances: ``bastion.engine.vllm.offline``
   builds a real vLLM Scheduler (and with it the KV cache manager, block pool and configs) without a model.
 - ``Calls`` / ``Assigns``: vLLM code that must still call (or set) a name bastion replaced, wrapped or reads,
   in the shape bastion expects, read from vLLM's source with ``ast``: otherwise bastion's hook is dead.
@@ -95,7 +95,7 @@ _LLM = "vllm.v1.engine.async_llm:AsyncLLM"
 _LOADERS = "vllm.model_executor.model_loader"
 
 CONTRACT: tuple[Entry, ...] = (
-    # --- bastion.isolation.block_hasher ---------------------------------------------------------------------
+    # --- bastion.engine.vllm.block_hasher ---------------------------------------------------------------------
     # install() replaces this module global (vLLM imported it from kv_cache_utils) with a function of the same
     # parameters; the EngineCore must still look it up by that name when it builds its request block hasher.
     Api(
@@ -139,14 +139,14 @@ CONTRACT: tuple[Entry, ...] = (
         ),
         "block_hasher's request_block_hasher reads them to key the request's new full blocks",
     ),
-    # vllm_engine builds LoRARequest(name, int id, path) positionally; the block hasher reads name and path.
+    # vllm.engine builds LoRARequest(name, int id, path) positionally; the block hasher reads name and path.
     Api(
         "vllm.lora.request:LoRARequest",
         CLASS,
-        "vllm_engine builds LoRARequest(name, id, path); block_hasher keys lora_name and lora_path",
+        "vllm.engine builds LoRARequest(name, id, path); block_hasher keys lora_name and lora_path",
         params=("lora_name", "lora_int_id", "lora_path"),
     ),
-    # --- bastion.isolation.scheduler -------------------------------------------------------------------------
+    # --- bastion.engine.vllm.scheduler -------------------------------------------------------------------------
     Api(_SCHED, CLASS, "TenantScheduler subclasses it"),
     Api(
         "vllm.v1.core.sched.async_scheduler:AsyncScheduler",
@@ -246,17 +246,17 @@ CONTRACT: tuple[Entry, ...] = (
     Inst(
         "vllm.config.model.ModelConfig",
         ("served_model_name", "max_model_len"),
-        "TenantScheduler names its stats file after served_model_name; vllm_engine reads max_model_len",
+        "TenantScheduler names its stats file after served_model_name; vllm.engine reads max_model_len",
     ),
     Inst(
         "vllm.config.scheduler.SchedulerConfig",
         ("scheduler_cls", "async_scheduling"),
-        "vllm_engine sets scheduler_cls to a dotted bastion class, picking the async one from async_scheduling",
+        "vllm.engine sets scheduler_cls to a dotted bastion class, picking the async one from async_scheduling",
     ),
     Api(
         "vllm.config.scheduler:SchedulerConfig.get_scheduler_cls",
         METHOD,
-        "resolves the dotted scheduler_cls string vllm_engine sets",
+        "resolves the dotted scheduler_cls string vllm.engine sets",
         params=("self",),
     ),
     Calls(
@@ -269,7 +269,7 @@ CONTRACT: tuple[Entry, ...] = (
         ("status", "num_computed_tokens"),
         "TenantScheduler sizes a request's demand from num_computed_tokens and checks status",
     ),
-    # --- bastion.isolation.kv_pool ---------------------------------------------------------------------------
+    # --- bastion.engine.vllm.kv_pool ---------------------------------------------------------------------------
     Api(_POOL, CLASS, "TenantBlockPool subclasses it; adopt() swaps __class__ on the pool vLLM built"),
     Api(f"{_UTILS}:KVCacheBlock", CLASS, "kv_pool.py imports it (blocks it tracks by block_id)"),
     Api(
@@ -361,7 +361,7 @@ CONTRACT: tuple[Entry, ...] = (
         ("block_id", "ref_cnt", "block_hash", "pool", "is_null", "next_free_block"),
         "TenantBlockPool reads them to track owners and cached blocks",
     ),
-    # --- bastion.isolation.offline (tests and benchmarks) ----------------------------------------------------
+    # --- bastion.engine.vllm.offline (tests and benchmarks) ----------------------------------------------------
     Api(
         "vllm.config:ModelConfig",
         CLASS,
@@ -444,11 +444,11 @@ CONTRACT: tuple[Entry, ...] = (
         "offline.step lists the scheduled request ids from it",
     ),
     Inst("vllm.v1.request.Request", ("num_prompt_tokens",), "offline.step tells a finished prefill from a chunk"),
-    # --- bastion.engine.vllm_engine --------------------------------------------------------------------------
+    # --- bastion.engine.vllm.engine --------------------------------------------------------------------------
     Api(
         "vllm.engine.arg_utils:AsyncEngineArgs",
         CLASS,
-        "vllm_engine._engine_args builds it by keyword",
+        "vllm.engine._engine_args builds it by keyword",
         keywords=(
             "model",
             "served_model_name",
@@ -473,47 +473,47 @@ CONTRACT: tuple[Entry, ...] = (
     Api(
         "vllm.engine.arg_utils:AsyncEngineArgs.create_engine_config",
         METHOD,
-        "vllm_engine calls create_engine_config(UsageContext.ENGINE_CONTEXT)",
+        "vllm.engine calls create_engine_config(UsageContext.ENGINE_CONTEXT)",
         params=("self", "usage_context"),
     ),
-    Api("vllm.usage.usage_lib:UsageContext.ENGINE_CONTEXT", CONSTANT, "vllm_engine passes it to create_engine_config"),
+    Api("vllm.usage.usage_lib:UsageContext.ENGINE_CONTEXT", CONSTANT, "vllm.engine passes it to create_engine_config"),
     Api(
         f"{_LLM}.from_vllm_config",
         METHOD,
-        "vllm_engine starts the engine with its stat logger and vLLM's request logging off",
+        "vllm.engine starts the engine with its stat logger and vLLM's request logging off",
         params=("vllm_config",),
         keywords=("stat_loggers", "disable_log_stats", "enable_log_requests"),
     ),
     Api(
         f"{_LLM}.generate",
         METHOD,
-        "vllm_engine calls generate(prompt, params, request_id, lora_request=...)",
+        "vllm.engine calls generate(prompt, params, request_id, lora_request=...)",
         params=("self", "prompt", "sampling_params", "request_id"),
         keywords=("lora_request",),
     ),
-    Api(f"{_LLM}.abort", METHOD, "vllm_engine.abort calls abort(request_id)", params=("self", "request_id")),
-    Api(f"{_LLM}.get_num_unfinished_requests", METHOD, "vllm_engine.stats reads it", params=("self",)),
-    Api(f"{_LLM}.get_tokenizer", METHOD, "vllm_engine tokenizes with it", params=("self",)),
-    Api(f"{_LLM}.shutdown", METHOD, "vllm_engine.shutdown calls it", params=("self",)),
-    Api(f"{_LLM}.errored", PROPERTY, "vllm_engine.is_ready / is_dead read it"),
-    Assigns(f"{_LLM}.__init__", "self.model_config", "vllm_engine reads llm.model_config.max_model_len"),
+    Api(f"{_LLM}.abort", METHOD, "vllm.engine.abort calls abort(request_id)", params=("self", "request_id")),
+    Api(f"{_LLM}.get_num_unfinished_requests", METHOD, "vllm.engine.stats reads it", params=("self",)),
+    Api(f"{_LLM}.get_tokenizer", METHOD, "vllm.engine tokenizes with it", params=("self",)),
+    Api(f"{_LLM}.shutdown", METHOD, "vllm.engine.shutdown calls it", params=("self",)),
+    Api(f"{_LLM}.errored", PROPERTY, "vllm.engine.is_ready / is_dead read it"),
+    Assigns(f"{_LLM}.__init__", "self.model_config", "vllm.engine reads llm.model_config.max_model_len"),
     Api(
         "vllm.inputs.engine:tokens_input",
         FUNCTION,
-        "vllm_engine builds every prompt with tokens_input(ids, cache_salt=partition tag)",
+        "vllm.engine builds every prompt with tokens_input(ids, cache_salt=partition tag)",
         params=("prompt_token_ids",),
         keywords=("cache_salt",),
     ),
     Api(
         "vllm.v1.engine.exceptions:EngineDeadError",
         CLASS,
-        "vllm_engine.generate maps it to Unavailable",
+        "vllm.engine.generate maps it to Unavailable",
         bases=("builtins:Exception",),
     ),
     Api(
         "vllm.sampling_params:SamplingParams",
         CLASS,
-        "vllm_engine builds it by keyword (skip_reading_prefix_cache for the drift monitor's forced pass)",
+        "vllm.engine builds it by keyword (skip_reading_prefix_cache for the drift monitor's forced pass)",
         keywords=(
             "n",
             "max_tokens",
@@ -529,27 +529,27 @@ CONTRACT: tuple[Entry, ...] = (
             "skip_reading_prefix_cache",
         ),
     ),
-    Api("vllm.sampling_params:RequestOutputKind.DELTA", CONSTANT, "vllm_engine.generate streams deltas"),
-    Api("vllm.sampling_params:RequestOutputKind.FINAL_ONLY", CONSTANT, "vllm_engine.prompt_logprobs waits for the end"),
+    Api("vllm.sampling_params:RequestOutputKind.DELTA", CONSTANT, "vllm.engine.generate streams deltas"),
+    Api("vllm.sampling_params:RequestOutputKind.FINAL_ONLY", CONSTANT, "vllm.engine.prompt_logprobs waits for the end"),
     Api(
         "vllm.outputs:RequestOutput",
         CLASS,
-        "vllm_engine reads these attributes of each output",
+        "vllm.engine reads these attributes of each output",
         keywords=("outputs", "finished", "num_cached_tokens", "prompt_logprobs"),
     ),
     Api(
         "vllm.outputs:CompletionOutput",
         CLASS,
-        "vllm_engine reads these attributes of outputs[0]",
+        "vllm.engine reads these attributes of outputs[0]",
         keywords=("text", "token_ids", "logprobs", "finish_reason"),
     ),
     Api(
         "vllm.logprobs:Logprob",
         CLASS,
-        "vllm_engine._convert_logprobs reads logprob and rank",
+        "vllm.engine._convert_logprobs reads logprob and rank",
         keywords=("logprob", "rank"),
     ),
-    # --- bastion.engine.stats --------------------------------------------------------------------------------
+    # --- bastion.engine.vllm.stats --------------------------------------------------------------------------------
     Api(
         "vllm.v1.metrics.loggers:StatLoggerBase",
         CLASS,
@@ -588,7 +588,7 @@ CONTRACT: tuple[Entry, ...] = (
         ),
         "StatsSink.record reads them for bastion's metrics",
     ),
-    # --- bastion.engine.sealed_loader ------------------------------------------------------------------------
+    # --- bastion.engine.vllm.sealed_loader ------------------------------------------------------------------------
     Api(
         f"{_LOADERS}:register_model_loader",
         FUNCTION,
@@ -645,11 +645,11 @@ CONTRACT: tuple[Entry, ...] = (
         CONSTANT,
         'sealed_loader logs under "vllm.bastion.sealed_loader" to reach the handler vLLM installs on "vllm"',
     ),
-    # --- bastion.engine.plugin -------------------------------------------------------------------------------
+    # --- bastion.engine.vllm.plugin -------------------------------------------------------------------------------
     Api(
         "vllm.plugins:DEFAULT_PLUGINS_GROUP",
         CONSTANT,
-        "pyproject.toml registers bastion.engine.plugin:register under this entry-point group",
+        "pyproject.toml registers bastion.engine.vllm.plugin:register under this entry-point group",
         value="vllm.general_plugins",
     ),
 )
@@ -812,20 +812,20 @@ class _Real(NamedTuple):
 
 
 def _build_real() -> _Real:
-    """A real vLLM Scheduler (bastion.isolation.offline), one offline step, a real Request."""
-    from bastion.isolation import offline
+    """A real vLLM Scheduler (bastion.engine.vllm.offline), one offline step, a real Request."""
+    from bastion.engine.vllm import offline
 
     use = "offline.make_scheduler / offline.step build and drive a real vLLM Scheduler"
     try:
         scheduler = offline.make_scheduler(8)
     except Exception as exc:  # noqa: BLE001 - any failure is a contract break, reported with the others
-        return _Real(None, None, None, [Problem("bastion.isolation.offline.make_scheduler", _fail(exc), use)])
+        return _Real(None, None, None, [Problem("bastion.engine.vllm.offline.make_scheduler", _fail(exc), use)])
     problems = []
     try:
         output = offline.step(scheduler)
     except Exception as exc:  # noqa: BLE001 - as above
         output = None
-        problems.append(Problem("bastion.isolation.offline.step", _fail(exc), use))
+        problems.append(Problem("bastion.engine.vllm.offline.step", _fail(exc), use))
     try:
         from vllm.sampling_params import SamplingParams
         from vllm.v1.request import Request
@@ -860,21 +860,21 @@ def _check_inst(entry: Inst, real: _Real) -> list[Problem]:
 # --- behaviour checks: what bastion unpacks or resolves by name ----------------------------------------------
 
 
-# The dotted scheduler classes bastion.engine.vllm_engine hands vLLM, and the vLLM class each must subclass.
+# The dotted scheduler classes bastion.engine.vllm.engine hands vLLM, and the vLLM class each must subclass.
 SCHEDULER_CLS_STRINGS = {
-    "bastion.isolation.scheduler.TenantScheduler": "vllm.v1.core.sched.scheduler:Scheduler",
-    "bastion.isolation.scheduler.AsyncTenantScheduler": "vllm.v1.core.sched.async_scheduler:AsyncScheduler",
+    "bastion.engine.vllm.scheduler.TenantScheduler": "vllm.v1.core.sched.scheduler:Scheduler",
+    "bastion.engine.vllm.scheduler.AsyncTenantScheduler": "vllm.v1.core.sched.async_scheduler:AsyncScheduler",
 }
 
 
 def _check_scheduler_cls_strings(real: _Real) -> list[Problem]:
-    """vllm_engine sets scheduler_cls to dotted strings; vLLM's own resolver must turn each into a subclass of
-    the right vLLM scheduler. The strings are read from vllm_engine's source, so a typo there fails too."""
+    """vllm.engine sets scheduler_cls to dotted strings; vLLM's own resolver must turn each into a subclass of
+    the right vLLM scheduler. The strings are read from vllm.engine's source, so a typo there fails too."""
     if real.scheduler is None:
         return []
     name = "vllm.config.scheduler.SchedulerConfig.get_scheduler_cls"
-    use = "vllm_engine sets scheduler_cls to a dotted bastion scheduler"
-    import bastion.engine.vllm_engine as vllm_engine
+    use = "vllm.engine sets scheduler_cls to a dotted bastion scheduler"
+    import bastion.engine.vllm.engine as vllm_engine
 
     tree = ast.parse(inspect.getsource(vllm_engine))
     found = {
@@ -882,13 +882,13 @@ def _check_scheduler_cls_strings(real: _Real) -> list[Problem]:
         for n in ast.walk(tree)
         if isinstance(n, ast.Constant)
         and isinstance(n.value, str)
-        and n.value.startswith("bastion.isolation.scheduler.")
+        and n.value.startswith("bastion.engine.vllm.scheduler.")
     }
     problems = []
     if found != set(SCHEDULER_CLS_STRINGS):
         problems.append(
             Problem(
-                "bastion.engine.vllm_engine",
+                "bastion.engine.vllm.engine",
                 f"names scheduler classes {sorted(found)}, this contract checks {sorted(SCHEDULER_CLS_STRINGS)}",
                 "update SCHEDULER_CLS_STRINGS with the vLLM base class each must subclass",
             )

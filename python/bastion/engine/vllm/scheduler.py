@@ -1,7 +1,7 @@
 """TenantScheduler: vLLM's v1 Scheduler with per-tenant KV block budgets (SC-4).
 
-Use with ``scheduler_cls="bastion.isolation.scheduler.TenantScheduler"`` (``AsyncTenantScheduler`` when
-the engine uses async scheduling; ``bastion.engine.vllm_engine`` picks). The tenant of a request is
+Use with ``scheduler_cls="bastion.engine.vllm.scheduler.TenantScheduler"`` (``AsyncTenantScheduler`` when
+the engine uses async scheduling; ``bastion.engine.vllm.engine`` picks). The tenant of a request is
 ``PartitionTag.decode(request.cache_salt)``; a request whose salt does not decode is charged to the
 shared ``untagged`` bucket (no reservation, no cap), never to a tagged tenant.
 
@@ -39,9 +39,9 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from bastion._native import KvLedger
+from bastion.engine.vllm.kv_pool import TenantBlockPool
 from bastion.errors import InvalidArgument
 from bastion.isolation.kv_metrics import ENV_STATS_DIR
-from bastion.isolation.kv_pool import TenantBlockPool
 from bastion.isolation.tag import PartitionTag, TagError
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ with a system turn whose content is exactly the text. The shared region is then 
 token ids between the request and the prefix rendered the same way alone (minus its last token, which may
 merge with what follows): those tokens are the public text and the chat template, nothing of the tenant's.
 The EngineCore rounds it down to whole blocks and keys those blocks in the public partition; every block
-after it is keyed by the tenant (``bastion.isolation.block_hasher``).
+after it is keyed by the tenant (``bastion.engine.vllm.block_hasher``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from bastion.config import Settings
-from bastion.engine.device import Device, resolve_dtype
 from bastion.engine.protocol import (
     ChatTurn,
     EngineOutput,
@@ -23,9 +22,10 @@ from bastion.engine.protocol import (
     ModelInfo,
     TokenLogprobs,
 )
-from bastion.engine.stats import StatsSink, make_stat_logger_factory
+from bastion.engine.vllm.block_hasher import ENV_KEY_FILE as ISOLATION_ENV  # set by the server: isolation on
+from bastion.engine.vllm.device import Device, resolve_dtype
+from bastion.engine.vllm.stats import StatsSink, make_stat_logger_factory
 from bastion.errors import EngineError, InvalidArgument, Unavailable
-from bastion.isolation.block_hasher import ENV_KEY_FILE as ISOLATION_ENV  # set by the server: isolation on
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ class VllmEngine:
                 # Tenant isolation (the server set its partition key file): per-tenant KV budgets.
                 sched = config.scheduler_config
                 sched.scheduler_cls = (
-                    "bastion.isolation.scheduler.AsyncTenantScheduler"
+                    "bastion.engine.vllm.scheduler.AsyncTenantScheduler"
                     if sched.async_scheduling
-                    else "bastion.isolation.scheduler.TenantScheduler"
+                    else "bastion.engine.vllm.scheduler.TenantScheduler"
                 )
             return AsyncLLM.from_vllm_config(
                 config,

@@ -10,8 +10,8 @@ from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from bastion.isolation import offline
-from bastion.isolation.scheduler import UNTAGGED, TenantScheduler
+from bastion.engine.vllm import offline
+from bastion.engine.vllm.scheduler import UNTAGGED, TenantScheduler
 from bastion.isolation.tag import PartitionTag
 
 BLOCK = 16
@@ -151,7 +151,7 @@ def test_oversubscribed_reservations_serve_the_tenant_without_a_guarantee(caplog
     a1, b1 = request(a_salt, 48), request(b_salt, 48)
     s.add_request(a1)
     s.add_request(b1)
-    with caplog.at_level("WARNING", logger="bastion.isolation.scheduler"):
+    with caplog.at_level("WARNING", logger="bastion.engine.vllm.scheduler"):
         assert admitted(s) == [a1.request_id, b1.request_id]
     assert "KV reservation of 30 blocks refused" in caplog.text
     snap = s.kv_budget_snapshot()

@@ -1,6 +1,6 @@
 """vLLM load format ``bastion``: serves a sealed model directory (docs/sealed-format.md).
 
-Registered by ``bastion.engine.plugin.register()`` in every vLLM process; it runs inside the process
+Registered by ``bastion.engine.vllm.plugin.register()`` in every vLLM process; it runs inside the process
 that owns the weights (the CPU worker or each GPU rank). The key provider, trust policy and served
 name come from the environment the server set before starting the engine (``BASTION_KEY_PROVIDER`` /
 ``BASTION_KEK_FILE``, see ``bastion.keys``; ``bastion.models.sealed_env``) or from

@@ -1,4 +1,4 @@
-"""The EngineCore block hasher (bastion.isolation.block_hasher) on real vLLM Request objects."""
+"""The EngineCore block hasher (bastion.engine.vllm.block_hasher) on real vLLM Request objects."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.request import Request
 
 from bastion._native import BlockKeyer
-from bastion.isolation import block_hasher
+from bastion.engine.vllm import block_hasher
 from bastion.isolation.tag import PartitionTag
 
 BS = 16

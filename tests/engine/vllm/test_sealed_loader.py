@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bastion.engine.sealed_loader import sealed_weights
+from bastion.engine.vllm.sealed_loader import sealed_weights
 from bastion.errors import IntegrityError
 from bastion.weights import SealedReader, seal_dir
 
