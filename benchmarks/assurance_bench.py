@@ -32,7 +32,7 @@ CI_BUDGET_S = 300.0
 DRIFT_BUDGET_S = 30.0
 
 
-def setup(d: Path) -> tuple[Path, str, str]:
+def setup(d: Path) -> tuple[str, str, str]:
     from bastion.auth.api_keys import issue
 
     store = d / "api-keys.json"
@@ -93,6 +93,7 @@ def run_eval(target: str, key_file: str, out: Path, concurrency: int) -> dict[st
 
 def drift_checks(target: str, admin_key: str, n: int = 3) -> list[dict[str, Any]]:
     import grpc
+
     from bastion.v1 import admin_pb2 as apb
     from bastion.v1 import admin_pb2_grpc as apb_grpc
 

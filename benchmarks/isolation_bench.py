@@ -48,8 +48,8 @@ def bench_hashing(n_requests: int, prompt_tokens: int, repeats: int, block: int 
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
     from vllm.v1.request import Request
 
-    from bastion._native import BlockKeyer
     from bastion.engine.vllm.block_hasher import make_request_block_hasher
+    from bastion.native import BlockKeyer
 
     sha = get_hash_fn_by_name("sha256")
     init_none_hash(sha)

@@ -15,10 +15,7 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # benchmarks/ and the repository root (testkit/)
 
 import common  # noqa: E402 - after the sys.path insert above
+from testkit.launcher import BastionServer  # noqa: E402 - after the sys.path insert above
 
 WORDS = [
     "orders",
@@ -58,7 +56,7 @@ def system_prompt(seed: int, words: int) -> str:
     return "You are the assistant of Example Corp. " + " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def setup(d: Path, tenants: int, public: str) -> tuple[Path, list[str]]:
+def setup(d: Path, tenants: int, public: str) -> tuple[str, list[str]]:
     from bastion.auth.api_keys import issue
 
     store = d / "api-keys.json"
@@ -80,16 +78,14 @@ def setup(d: Path, tenants: int, public: str) -> tuple[Path, list[str]]:
     digest = hashlib.sha256(public.encode()).hexdigest()
     lines += ["[[public_prefixes]]", 'name = "system"', f"text = {json.dumps(public)}", f'sha256 = "{digest}"']
     (d / "tenants.toml").write_text("\n".join(lines) + "\n")
-    cfg = live_config(d, store)
-    return cfg, keys
+    return live_config(d, store), keys
 
 
-def live_config(d: Path, store: Path, drift_dir: Path | None = None) -> Path:
-    """bastion.toml for a benchmark server in ``d``: the default model on a Unix socket, API keys from ``store``,
+def live_config(d: Path, store: Path, drift_dir: Path | None = None) -> str:
+    """The TOML for a benchmark server in ``d``: the default model on a Unix socket, API keys from ``store``,
     the policy ``d/tenants.toml``, no go-live gate and no red team; drift checks only with ``drift_dir``."""
     drift = f'dir = "{drift_dir}"' if drift_dir is not None else "enabled = false"
-    cfg = d / "bastion.toml"
-    cfg.write_text(f"""
+    return f"""
 [server]
 listen = "unix:{d / "bastion.sock"}"
 [model]
@@ -110,52 +106,24 @@ require_attestation = false
 {drift}
 [assurance.redteam]
 enabled = false
-""")
-    return cfg
+"""
 
 
 @contextlib.contextmanager
-def live_server(d: Path, cfg: Path) -> Iterator[str]:
-    """`bastion serve --config cfg` (log in d/server.log) until SERVING; yields its target; SIGTERM at the end."""
-    log = d / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+def live_server(d: Path, config_toml: str) -> Iterator[str]:
+    """`bastion serve` with ``config_toml`` (d/bastion.toml, log d/server.log; testkit.launcher) until SERVING;
+    yields its target; stopped at the end (SIGTERM, up to 120 s, then SIGKILL to its process group)."""
+    server = BastionServer(d, config_toml, target=f"unix:{d / 'bastion.sock'}").start()
     try:
-        target = f"unix:{d / 'bastion.sock'}"
-        wait_serving(target, proc, log)
-        yield target
+        server.wait_serving(900)
+        yield server.target
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
-
-
-def wait_serving(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 900) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    import grpc
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bastion serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            with grpc.insecure_channel(target) as ch:
-                r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            pass
-        time.sleep(1)
-    raise SystemExit("bastion serve did not become SERVING")
+        server.stop(grace_s=120)
 
 
 def ttft(target: str, key: str, model: str, prompt: str) -> tuple[float, int, int]:
     import grpc
+
     from bastion.v1 import inference_pb2 as pb
     from bastion.v1 import inference_pb2_grpc as pb_grpc
 

@@ -37,8 +37,8 @@ def _hashers() -> dict[str, Any]:
     from vllm.utils.hashing import get_hash_fn_by_name
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 
-    from bastion._native import BlockKeyer
     from bastion.engine.vllm.block_hasher import make_request_block_hasher
+    from bastion.native import BlockKeyer
 
     sha = get_hash_fn_by_name("sha256")
     init_none_hash(sha)

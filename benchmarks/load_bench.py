@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "python"))
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "benchmarks"), str(ROOT)]  # bastion, common, testkit
 
 from common import machine_info  # noqa: E402 - after the sys.path insert above
+from testkit.launcher import BastionServer, ServerStartError  # noqa: E402 - after the sys.path insert above
 
 MODES = ("plain_read", "hash_only", "verify_decrypt", "loader_path", "tensorizer")
 
@@ -146,9 +146,6 @@ def warm(sealed: Path) -> None:
 
 def time_to_ready(sealed: bool, workdir: Path) -> float:
     """Seconds from `bastion serve` start to health SERVING, with the default model sealed or plain."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    import grpc
     from bastion.config import load_settings
     from bastion.models.default import ensure_default_model
 
@@ -161,7 +158,6 @@ def time_to_ready(sealed: bool, workdir: Path) -> float:
         else f'source = "{ensure_default_model(load_settings(None).cache_dir).path}"\nserved_name = "smollm2-135m-instruct"'
     )
     weights = "" if sealed else "[weights]\nallow_unsealed = true\n"
-    cfg = workdir / "b.toml"
     # The server refuses to start without authentication and a tenancy policy: an API key store and a
     # one-tenant policy (health, which this measures, is public).
     from bastion.auth.api_keys import issue
@@ -178,34 +174,18 @@ def time_to_ready(sealed: bool, workdir: Path) -> float:
         # Load time only: no drift checks competing for the CPU after start.
         "[assurance.drift]\nenabled = false\n[assurance.redteam]\nenabled = false\n"
     )
-    cfg.write_text(
+    config = (
         f'[server]\nlisten = "unix:{sock}"\n[model]\n{model}\ncpu_kv_cache_gib = 1\nmax_num_seqs = 16\n'
         f'{weights}[observability]\nmetrics_listen = ""\n{security}'
     )
-    started = time.monotonic()
-    with open(workdir / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(cfg)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = BastionServer(workdir, config, target=f"unix:{sock}", config_name="b.toml").start()
     try:
-        while time.monotonic() - started < 900:
-            if proc.poll() is not None:
-                raise SystemExit(f"bastion serve exited {proc.returncode}; see {workdir / 'server.log'}")
-            if sock.exists():
-                with grpc.insecure_channel(f"unix:{sock}") as ch:
-                    try:
-                        st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                    except grpc.RpcError:
-                        st = -1
-                if st == health_pb2.HealthCheckResponse.SERVING:
-                    return time.monotonic() - started
-            time.sleep(0.25)
-        raise SystemExit("bastion serve did not become SERVING in 900 s")
+        server.wait_serving(900, poll_s=0.25)
+        return time.monotonic() - server.started_at
+    except ServerStartError as exc:
+        raise SystemExit(str(exc)) from None
     finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+        server.stop(grace_s=120)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,14 +6,16 @@ instead of written and fsynced. Plaintext, loopback only. This exists only to me
 authentication, tenancy, rate limiting and the audit log cost; the ``bastion`` CLI has no such mode.
 
     python benchmarks/open_server.py --config FILE      # same TOML as `bastion serve --config FILE`
+    python benchmarks/open_server.py --config FILE --engine fake   # over testkit's FakeEngine (security_bench)
 """
 
 from __future__ import annotations
 
 import argparse
-import secrets
+import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bastion.auth.principal import Principal
@@ -21,9 +23,8 @@ from bastion.config import Settings, is_loopback, load_settings, parse_listen
 from bastion.server.audit_recorder import AuditRecorder
 from bastion.server.gate import SecurityGate
 from bastion.server.interceptor import AuthInterceptor
-from bastion.server.security import Security
+from bastion.server.security import Security, partition_keys
 from bastion.tenancy.guard import TenantGuard
-from bastion.tenancy.partition import PartitionKeys
 from bastion.tenancy.policy import TenancyPolicy
 
 ANONYMOUS = Principal(id="bench:anonymous", method="api_key", subject="anonymous")
@@ -62,20 +63,27 @@ def open_security(settings: Settings, on_failure: Callable[[], None], sink: Any 
     guard = TenantGuard(TenancyPolicy.parse(OPEN_POLICY))
     recorder = AuditRecorder(_NoAudit())
     gate = SecurityGate(_Anyone(), guard, recorder, public_health=True)
-    # A random partition key: requests carry a cache salt as with security on (the engine does the same work).
-    partition = PartitionKeys(secrets.token_bytes(32))
-    return Security(_NoAudit(), guard, recorder, gate, AuthInterceptor(gate), partition)
+    # Tenant isolation stays on, exactly as with security on: requests carry a partition tag and the engine
+    # process contract names the same partition key file, so the EngineCore runs the keyed block hasher and the
+    # tenant scheduler. serve_bench's "security off" then measures authentication, tenancy and audit alone.
+    return Security(_NoAudit(), guard, recorder, gate, AuthInterceptor(gate), partition_keys(settings))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", required=True)
+    p.add_argument("--engine", choices=("vllm", "fake"), default="vllm", help="fake: testkit's FakeEngine")
     args = p.parse_args()
     settings = load_settings(args.config)
     kind, host, _ = parse_listen(settings.server.listen)
     if kind == "tcp" and not is_loopback(host):
         print("open_server: loopback or unix socket only", file=sys.stderr)
         return 2
+    if args.engine == "fake":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: testkit/
+        from testkit.fake_server import serve_fake
+
+        return serve_fake(settings, security_factory=open_security)
     import asyncio
 
     from bastion.engine.factory import build_pool
@@ -83,7 +91,7 @@ def main() -> int:
     from bastion.server.app import serve
 
     setup_logging(settings.observability.log_level)
-    return asyncio.run(serve(settings, lambda: build_pool(settings), security_factory=open_security))
+    return asyncio.run(serve(settings, functools.partial(build_pool, settings), security_factory=open_security))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """What the security layer costs the front end, without engine noise: bastion's real gRPC server over the
-fake engine of the gRPC tests (instant tokens), security on against security off, same run.
+fake engine of the gRPC tests (testkit.fake_server, instant tokens), security on against security off, same run.
 
 On: mutual TLS, a JWT bearer token checked against a JWKS file, the tenancy policy with its token buckets,
 and the audit log (record fsynced before each final message). Off: the pass-through of
-benchmarks/open_server.py on plaintext loopback. Each side is its own server process; both run at once and
-are measured alternately, several times per level (medians reported); the client is this process
-(grpc.aio, one channel per server).
+benchmarks/open_server.py --engine fake on plaintext loopback. Each side is its own server process (started by
+testkit.launcher); both run at once and are measured alternately, several times per level (medians reported);
+the client is this process (grpc.aio, one channel per server).
 
     .venv/bin/python benchmarks/security_bench.py --quick    # CI
     .venv/bin/python benchmarks/security_bench.py            # concurrency 1, 16, 64
@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,34 +29,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(REPO)]  # benchmarks/ and the repository root (testkit/)
 
 import common  # noqa: E402 - after the sys.path insert above
-
-
-def serve_main(config: str, mode: str, address_file: str) -> int:
-    """The server process: bastion's server over the tests' FakeEngine."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from bastion.config import load_settings
-    from bastion.engine.protocol import EnginePool
-    from bastion.observability.logs import setup_logging
-    from bastion.server.app import serve
-    from bastion.server.security import build_security
-    from fakes import FakeEngine
-    from open_server import open_security
-
-    settings = load_settings(config)
-    setup_logging("WARNING")
-
-    async def pool() -> EnginePool:
-        return EnginePool([FakeEngine(max_context=4096)])
-
-    def bound(address: str) -> None:
-        Path(address_file + ".tmp").write_text(address)
-        os.replace(address_file + ".tmp", address_file)
-
-    factory = build_security if mode == "on" else open_security
-    return asyncio.run(serve(settings, pool, on_bound=bound, security_factory=factory))
+from testkit.launcher import BastionServer, fake_server, free_port  # noqa: E402 - after the sys.path insert above
 
 
 async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_tokens: int) -> dict[str, Any]:
@@ -101,27 +74,6 @@ async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_token
     }
 
 
-def start_server(mode: str, cfg_path: Path, logdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    addr_file = logdir / f"{mode}.address"
-    addr_file.unlink(missing_ok=True)
-    with open(logdir / f"{mode}.log", "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(cfg_path), "--mode", mode, "--address-file", str(addr_file)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return proc, addr_file
-
-
-async def wait_address(proc: subprocess.Popen[bytes], addr_file: Path, log: Path) -> str:
-    deadline = time.monotonic() + 60
-    while not addr_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-        await asyncio.sleep(0.05)
-    return addr_file.read_text()
-
-
 def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of repeated runs of one level (throughput, TTFT p50/p99, latency p50)."""
     med = statistics.median
@@ -140,19 +92,39 @@ def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def fake_servers(configs: dict[str, str], targets: dict[str, str], logdir: Path) -> dict[str, BastionServer]:
+    """Security on: bastion's server over the fake engine; off: benchmarks/open_server.py over the same engine."""
+    return {
+        "on": fake_server(
+            logdir, configs["on"], target=targets["on"], name="on", config_name="on.toml", log_name="on.log"
+        ),
+        "off": BastionServer(
+            logdir,
+            configs["off"],
+            target=targets["off"],
+            program=[sys.executable, str(HERE / "open_server.py"), "--engine", "fake"],
+            name="off",
+            config_name="off.toml",
+            log_name="off.log",
+        ),
+    }
+
+
 async def bench_pair(
-    cfgs: dict[str, Path], auths: dict[str, Any], levels: list[int], n: int, max_tokens: int, repeats: int, logdir: Path
+    servers: dict[str, BastionServer], auths: dict[str, Any], levels: list[int], n: int, max_tokens: int, repeats: int
 ) -> dict[str, Any]:
     """Both servers up at once (the fake engine is light); per level, on and off measured alternately
     ``repeats`` times, so drift on a shared machine hits both sides alike; medians reported."""
     from bastion.v1 import inference_pb2 as pb
     from bastion.v1 import inference_pb2_grpc as pb_grpc
 
-    procs = {m: start_server(m, cfgs[m], logdir) for m in ("on", "off")}
+    for server in servers.values():
+        server.start()
     try:
         stubs, channels = {}, {}
-        for m, (proc, addr) in procs.items():
-            channels[m] = auths[m].channel(await wait_address(proc, addr, logdir / f"{m}.log"))
+        for m, server in servers.items():
+            await asyncio.to_thread(server.wait_serving, 60, channel=auths[m].sync_channel, poll_s=0.05)
+            channels[m] = auths[m].channel(server.target)
             stubs[m] = pb_grpc.InferenceStub(channels[m])
         out: dict[str, Any] = {"on": {"levels": []}, "off": {"levels": []}}
         for c in levels:
@@ -172,13 +144,8 @@ async def bench_pair(
             await ch.close()
         return out
     finally:
-        for proc, _ in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc, _ in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for server in servers.values():
+            await asyncio.to_thread(server.stop)
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -188,39 +155,41 @@ async def amain(args: argparse.Namespace) -> int:
     n = 64 if args.quick else 200
     logdir = Path(tempfile.mkdtemp(prefix="security_bench."))
     security, auth = serve_bench.secure_setup(logdir / "secure")
-    ports = {m: serve_bench.free_port() for m in ("on", "off")}
+    ports = {m: free_port() for m in ("on", "off")}
     base = (
         "[assurance]\nrequire_attestation = false\n[assurance.drift]\nenabled = false\n"
         '[assurance.redteam]\nenabled = false\n[observability]\nmetrics_listen = ""\n'
         "[server]\nmax_inflight_requests = 1024\n"
     )
-    (logdir / "on.toml").write_text(security + base + f'listen = "127.0.0.1:{ports["on"]}"\n')
-    (logdir / "off.toml").write_text(base + f'listen = "127.0.0.1:{ports["off"]}"\n')
+    configs = {
+        "on": security + base + f'listen = "127.0.0.1:{ports["on"]}"\n',
+        "off": base + f'listen = "127.0.0.1:{ports["off"]}"\n',
+    }
+    targets = {m: f"127.0.0.1:{port}" for m, port in ports.items()}
     report: dict[str, Any] = {
         "benchmark": "security_bench",
         "mode": "quick" if args.quick else "full",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": common.machine_info(),
         "config": {
-            "engine": "tests/fakes.py FakeEngine (no delay)",
+            "engine": "testkit/fakes.py FakeEngine (no delay)",
             "max_tokens": args.max_tokens,
             "concurrency": levels,
             "requests_per_level": n,
             "on": "mTLS + JWT (ES256, JWKS file) + tenancy/rate limits + audit log (fsync per call, group commit)",
-            "off": "benchmarks/open_server.py pass-through, plaintext loopback",
+            "off": "benchmarks/open_server.py --engine fake pass-through, plaintext loopback",
         },
         "servers": {},
     }
     repeats = 3 if args.quick else 7
     report["config"]["repeats"] = repeats
     report["servers"] = await bench_pair(
-        {"on": logdir / "on.toml", "off": logdir / "off.toml"},
+        fake_servers(configs, targets, logdir),
         {"on": auth, "off": serve_bench.BastionAuth()},
         levels,
         n,
         args.max_tokens,
         repeats,
-        logdir,
     )
     report["comparison"] = common.compare_security(
         report["servers"]["on"]["levels"], report["servers"]["off"]["levels"]
@@ -244,12 +213,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--out")
-    p.add_argument("--serve", help=argparse.SUPPRESS)
-    p.add_argument("--mode", choices=("on", "off"), help=argparse.SUPPRESS)
-    p.add_argument("--address-file", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve:
-        return serve_main(args.serve, args.mode, args.address_file)
     return asyncio.run(amain(args))
 
 

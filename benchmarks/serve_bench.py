@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,12 +41,20 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(REPO)]  # benchmarks/ and the repository root (testkit/)
 if (REPO / "python" / "bastion").is_dir() and str(REPO / "python") not in sys.path:
     sys.path.append(str(REPO / "python"))  # the generated stubs, when bastion is not installed
 
 import common  # noqa: E402 - after the sys.path insert above
 from common import BastionStreamAccumulator, RequestResult, VllmStreamAccumulator  # noqa: E402 - after the sys.path insert above
+from testkit.launcher import (  # noqa: E402 - after the sys.path insert above
+    FAKE_SERVER,
+    BastionServer,
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    testkit_env,
+)
 
 SendFn = Callable[[str], Awaitable[RequestResult]]
 _STARTED: list[ServerProcess] = []  # every server started, for a last-resort stop in main()
@@ -113,12 +120,13 @@ class BastionAuth:
         value = self.api_key if self.api_key_header != "authorization" else f"Bearer {self.api_key}"
         return ((self.api_key_header, value),)
 
-    def channel(self, target: str) -> Any:
+    def channel(self, target: str, *, aio: bool = True) -> Any:
         import grpc
 
+        kind = grpc.aio if aio else grpc
         options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 16 << 20)]
         if not self.tls:
-            return grpc.aio.insecure_channel(target, options=options)
+            return kind.insecure_channel(target, options=options)
 
         def read(p: str | None) -> bytes | None:
             return Path(p).read_bytes() if p else None
@@ -126,7 +134,11 @@ class BastionAuth:
         creds = grpc.ssl_channel_credentials(read(self.ca_file), read(self.client_key), read(self.client_cert))
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
-        return grpc.aio.secure_channel(target, creds, options=options)
+        return kind.secure_channel(target, creds, options=options)
+
+    def sync_channel(self, target: str) -> Any:
+        """A synchronous channel with the same credentials (the launcher's health check)."""
+        return self.channel(target, aio=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,63 +146,31 @@ class BastionAuth:
 # --------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class MemorySampler:
+    """Resident memory of a server's main process and of its descendants (engine core, workers), sampled
+    while it runs; read before stopping it."""
 
-
-class ServerProcess:
-    """A server started in its own session (process group), logging to a file; always stopped with
-    SIGTERM to the main process, then SIGKILL to whatever is left of its group."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.cmd = cmd
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
         self.rss_samples_max_kb = 0  # max VmRSS of the main process seen while sampling
         self.children_rss_max_kb = 0  # max summed VmRSS of its descendants seen while sampling
 
-    def start(self) -> None:
-        print(f"[{self.name}] starting: {shlex.join(self.cmd)}", flush=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.started_at = time.monotonic()
-        _STARTED.append(self)
-        self.proc = subprocess.Popen(
-            self.cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            cwd=str(REPO),
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
     def sample(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.server.exited() is not None:
             return
-        rss = common.proc_memory_kb(self.pid).get("VmRSS", 0)
+        pid = self.server.pid
+        rss = common.proc_memory_kb(pid).get("VmRSS", 0)
         self.rss_samples_max_kb = max(self.rss_samples_max_kb, rss)
-        kids = sum(common.proc_memory_kb(p).get("VmRSS", 0) for p in common.descendants(self.pid))
+        kids = sum(common.proc_memory_kb(p).get("VmRSS", 0) for p in common.descendants(pid))
         self.children_rss_max_kb = max(self.children_rss_max_kb, kids)
 
     def memory_report(self) -> dict[str, Any]:
         """Front-end (main process) memory; read before stopping. Children are reported apart."""
-        mem = common.proc_memory_kb(self.pid)
-        kids = common.descendants(self.pid)
+        pid = self.server.pid
+        mem = common.proc_memory_kb(pid)
+        kids = common.descendants(pid)
         return {
-            "frontend_pid": self.pid,
+            "frontend_pid": pid,
             "frontend_peak_rss_mib": round(mem.get("VmHWM", 0) / 1024, 1),  # VmHWM: lifetime peak
             "frontend_rss_end_mib": round(mem.get("VmRSS", 0) / 1024, 1),
             "frontend_rss_max_sampled_mib": round(self.rss_samples_max_kb / 1024, 1),
@@ -198,35 +178,10 @@ class ServerProcess:
             "engine_children_rss_max_sampled_mib": round(self.children_rss_max_kb / 1024, 1),
         }
 
-    def stop(self, grace_s: float = 30.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            print(f"[{self.name}] stopping (SIGTERM)", flush=True)
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                print(f"[{self.name}] did not exit in {grace_s:.0f} s: SIGKILL", flush=True)
-        # Whatever is left of the group we created (engine core, workers): kill it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
 
-    def tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(lines[-n:])
-
-
-async def _sampler(server: ServerProcess, stop: asyncio.Event) -> None:
+async def _sampler(memory: MemorySampler, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        await asyncio.to_thread(server.sample)
+        await asyncio.to_thread(memory.sample)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
 
@@ -248,33 +203,13 @@ class BastionClient:
         self.model = ""
 
     async def wait_ready(self, server: ServerProcess, timeout_s: float) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        import grpc
-
-        health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if server.exited() is not None:
-                raise RuntimeError(f"bastion exited with status {server.exited()} while starting")
-            try:
-                resp = await health.Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=3, metadata=self.auth.metadata()
-                )
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    models = await self.stub.ListModels(
-                        self.pb.ListModelsRequest(), timeout=10, metadata=self.auth.metadata()
-                    )
-                    if not models.models:
-                        raise RuntimeError("bastion is SERVING but lists no model")
-                    self.model = models.models[0].name
-                    return
-            except grpc.aio.AioRpcError as exc:
-                last = f"{exc.code().name}: {exc.details()}"
-            await asyncio.sleep(1.0)
-        raise RuntimeError(f"bastion not SERVING after {timeout_s:.0f} s (last: {last})")
+        """Health SERVING (testkit.launcher, with this client's credentials), then the served model's name."""
+        assert isinstance(server, BastionServer)
+        await asyncio.to_thread(server.wait_serving, timeout_s, channel=self.auth.sync_channel)
+        models = await self.stub.ListModels(self.pb.ListModelsRequest(), timeout=10, metadata=self.auth.metadata())
+        if not models.models:
+            raise RuntimeError("bastion is SERVING but lists no model")
+        self.model = models.models[0].name
 
     async def send(self, prompt: str) -> RequestResult:
         import grpc
@@ -436,13 +371,15 @@ async def bench_server(
     texts: dict[str, str] = {}
     stop_sampling = asyncio.Event()
     sampler: asyncio.Task[None] | None = None
+    memory = MemorySampler(server)
     try:
+        _STARTED.append(server)
         server.start()
         await client.wait_ready(server, cfg.start_timeout_s)
         out["start_to_ready_s"] = round(time.monotonic() - server.started_at, 1)
         out["served_model_name"] = client.model
         print(f"[{name}] ready in {out['start_to_ready_s']} s (model {client.model!r})", flush=True)
-        sampler = asyncio.create_task(_sampler(server, stop_sampling))
+        sampler = asyncio.create_task(_sampler(memory, stop_sampling))
         for c in cfg.concurrency:
             summary, results = await run_level(client.send, work.warm[c], work.measured[c], c)
             out["levels"].append(summary)
@@ -459,8 +396,8 @@ async def bench_server(
                 raise RuntimeError(f"{name} exited with status {server.exited()} during the run")
         stop_sampling.set()
         await sampler
-        server.sample()
-        out["memory"] = server.memory_report()
+        memory.sample()
+        out["memory"] = memory.memory_report()
     finally:
         stop_sampling.set()
         if sampler is not None and not sampler.done():
@@ -741,8 +678,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--engine",
         choices=("vllm", "fake"),
         default="vllm",
-        help="fake: bastion's servers over the gRPC tests' fake engine (instant tokens; security_bench.py's "
-        "server) — a smoke run of the harness for CI, whose figures say nothing about the engine",
+        help="fake: bastion's servers over the gRPC tests' fake engine (instant tokens; testkit.fake_server and "
+        "open_server.py --engine fake) — a smoke run of the harness for CI, whose figures say nothing about the engine",
     )
     # Credentials hook (bastion auth is not implemented here; these are passed through to the channel).
     p.add_argument("--bastion-api-key-file", help="file holding an API key sent as call metadata")
@@ -843,29 +780,36 @@ async def amain(args: argparse.Namespace) -> int:
                 else:
                     port = free_port()
                     listen = target = f"127.0.0.1:{port}"
-                cfg_file = logdir / f"{name}.toml"
                 if name == "bastion":
                     security, server_auth = secure_setup(logdir / "secure")
                     if auth.tls or auth.api_key:
                         server_auth = auth  # explicit credentials given on the command line win
                     text = bastion_toml(cfg, listen, security)
-                    cmd = bcmd + ["serve", "--config", str(cfg_file)]
+                    program = bcmd + ["serve"]
                 else:
                     server_auth, text = BastionAuth(), bastion_toml(cfg, listen)
-                    cmd = [sys.executable, str(HERE / "open_server.py"), "--config", str(cfg_file)]
-                if args.engine == "fake":  # the same config, served over the fake engine
-                    mode = "on" if name == "bastion" else "off"
-                    cmd = [sys.executable, str(HERE / "security_bench.py"), "--serve", str(cfg_file), "--mode", mode]
-                    cmd += ["--address-file", str(logdir / f"{name}.address")]
-                cfg_file.write_text(text, encoding="utf-8")
+                    program = [sys.executable, str(HERE / "open_server.py")]
                 report["config"][f"{name}_toml"] = text
-                server = ServerProcess(name, cmd, {**env, **benv}, logdir / f"{name}.log")
+                if args.engine == "fake":  # the same config, served over the fake engine
+                    program = [*FAKE_SERVER] if name == "bastion" else [*program, "--engine", "fake"]
+                server: ServerProcess = BastionServer(
+                    logdir,
+                    text,
+                    target=target,
+                    program=program,
+                    name=name,
+                    config_name=f"{name}.toml",
+                    log_name=f"{name}.log",
+                    env=testkit_env({**env, **benv}),  # testkit on PYTHONPATH: the fake server
+                    cwd=REPO,
+                    verbose=True,
+                )
                 client: BastionClient | VllmClient = BastionClient(target, server_auth, cfg)
             else:
                 port = free_port()
                 cmd = vllm_command(cfg, port, args.vllm_extra_args)
                 report["config"]["vllm_command"] = cmd
-                server = ServerProcess(name, cmd, env, logdir / "vllm.log")
+                server = ServerProcess(cmd, logdir / "vllm.log", name=name, env=env, cwd=REPO, verbose=True)
                 client = VllmClient(f"http://127.0.0.1:{port}", cfg)
             try:
                 result, texts[name] = await bench_server(name, server, client, cfg, work)
@@ -878,10 +822,11 @@ async def amain(args: argparse.Namespace) -> int:
                         )
                         failed_logs.append(server)
             except Exception as exc:  # noqa: BLE001 - recorded; the other server still runs
-                report["errors"].append(f"{name}: {exc}")
+                why = exc.reason if isinstance(exc, ServerStartError) else str(exc)  # its log's tail: printed below
+                report["errors"].append(f"{name}: {why}")
                 report["servers"].setdefault(name, {"levels": []})
                 failed_logs.append(server)
-                print(f"[{name}] FAILED: {exc}", flush=True)
+                print(f"[{name}] FAILED: {why}", flush=True)
     finally:
         if "bastion" in report["servers"] and "bastion-open" in report["servers"]:
             sec = common.compare_security(

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from bastion.auth.api_keys import issue
+from bastion.auth.principal import api_key_principal_id
 from bastion.cli.client import bearer_interceptors
 
 # name → (tenant, roles); "mallory" has a key but no policy entry.
@@ -116,10 +118,6 @@ def _toml_value(v: Any) -> str:
     return json.dumps(v)
 
 
-def api_key_principal(key_id: str, name: str) -> str:
-    return f"apikey:{key_id}"
-
-
 def make_identity(
     d: Path, tenants: dict[str, dict[str, Any]] | None = None, public_prefixes: dict[str, str] | None = None
 ) -> Identity:
@@ -128,7 +126,7 @@ def make_identity(
     for name in PEOPLE:
         key_id, key = issue(ident.api_key_store, name)
         ident.keys[name], ident.key_ids[name] = key, key_id
-        ident.principals[name] = api_key_principal(key_id, name)
+        ident.principals[name] = api_key_principal_id(key_id)
     ident.write_policy(tenants, public_prefixes=public_prefixes)
     return ident
 
@@ -170,7 +168,7 @@ def make_many_tenants(d: Path, n: int, tenant: dict[str, Any] | None = None) -> 
     for i in range(n):
         key_id, key = issue(store, f"load-{i}")
         keys.append(key)
-        lines += ["[[principals]]", f'id = "apikey:{key_id}"', f'tenant = "t{i}"', ""]
+        lines += ["[[principals]]", f"id = {json.dumps(api_key_principal_id(key_id))}", f'tenant = "t{i}"', ""]
     for i in range(n):
         lines.append(f'[tenants."t{i}"]')
         lines += [f"{k} = {json.dumps(v)}" for k, v in {**DEFAULT_TENANT, **(tenant or {})}.items()]

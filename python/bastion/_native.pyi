@@ -1,4 +1,9 @@
-"""Type stubs for the Rust extension ``bastion._native`` (import it via ``bastion.digest``)."""
+"""Type stubs for the Rust extension ``bastion._native`` (import it via ``bastion.native``).
+
+Errors are ``bastion.errors`` classes raised as ``Class(detail)``: ``exc.detail`` (and ``str(exc)``) names
+the path or segment, ``exc.public_message`` is the class's fixed client-safe text; ``InvalidArgument``
+names the argument and its limit.
+"""
 
 import os
 from array import array

@@ -1,24 +1,29 @@
-"""One exception hierarchy for bastion, and one table from it to gRPC status codes.
+"""One exception hierarchy for bastion. It imports no transport: the gRPC status table is
+:mod:`bastion.server.status`, the command line's exit-code table :mod:`bastion.cli.errors`.
 
-Clients see ``public_message`` only: a fixed text, or for validation errors a text naming the field and
-the limit (never the offending value). Internal errors reach clients as INTERNAL with the request id.
-The Rust extension raises these same classes (imported by the bindings).
+Every exception carries two texts:
+
+* ``detail``, the positional argument, for server logs and the operator's command line. It may name
+  paths, segments and internals, never secrets.
+* ``public_message``, the only text a client ever sees: the class's fixed ``public_default``, unless a
+  call site deliberately sets another with the ``public=`` keyword (a text with no path, no value a
+  client sent and no internals). :class:`InvalidArgument` builds its own from the field and the limit,
+  never the offending value.
+
+The Rust extension raises these same classes (imported by the bindings), passing the detail positionally.
 """
 
 from __future__ import annotations
 
-import grpc
-
 
 class BastionError(Exception):
-    """Base class. ``public_message`` is safe to send to a client."""
+    """Base class. ``public_message`` is safe to send to a client; ``detail`` is not."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     public_default = "internal error"
 
-    def __init__(self, public_message: str | None = None, *, detail: str | None = None) -> None:
-        self.public_message = public_message or self.public_default
-        # detail is for server logs only; it may name paths or internals but never secrets.
+    def __init__(self, detail: str | None = None, *, public: str | None = None) -> None:
+        self.public_message = public or self.public_default
+        # detail is for logs and the operator's CLI only; it may name paths or internals but never secrets.
         self.detail = detail
         super().__init__(detail or self.public_message)
 
@@ -26,52 +31,52 @@ class BastionError(Exception):
 class InvalidArgument(BastionError):
     """A request field is missing, malformed or over its limit."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
     public_default = "invalid argument"
 
     def __init__(self, field: str, problem: str) -> None:
+        # Client-safe by construction: callers pass the field's name and its limit, never the value.
         self.field = field
-        super().__init__(f"{field}: {problem}")
+        super().__init__(public=f"{field}: {problem}")
 
 
 class NotFound(BastionError):
-    code = grpc.StatusCode.NOT_FOUND
     public_default = "not found"
 
 
 class Overloaded(BastionError):
     """The server's bounded queue is full."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
     public_default = "server overloaded; retry later"
 
 
 class Unavailable(BastionError):
     """The engine is not ready, draining, or dead."""
 
-    code = grpc.StatusCode.UNAVAILABLE
     public_default = "service unavailable"
 
 
 class Unauthenticated(BastionError):
-    code = grpc.StatusCode.UNAUTHENTICATED
     public_default = "authentication required"
 
 
 class PermissionDenied(BastionError):
-    code = grpc.StatusCode.PERMISSION_DENIED
     public_default = "permission denied"
 
 
 class RateLimited(BastionError):
     """A tenant's request, token or stream limit is reached; ``retry_after_s`` says when to try again."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
     public_default = "rate limit exceeded; retry later"
 
     def __init__(self, retry_after_s: float, *, detail: str | None = None) -> None:
         self.retry_after_s = max(0.0, retry_after_s)
-        super().__init__(detail=detail)
+        super().__init__(detail)
+
+
+class FailedPrecondition(BastionError):
+    """The system is not in a state that allows the call (an unconfigured feature, an unreleased model)."""
+
+    public_default = "failed precondition"
 
 
 class ConfigError(BastionError):
@@ -108,10 +113,3 @@ class AlreadyFinalized(BastionError):
     """A native streaming object was used after finalize() or after a failed update."""
 
     public_default = "object already finalized"
-
-
-def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-safe message for any exception; unknown ones fall closed to INTERNAL."""
-    if isinstance(exc, BastionError):
-        return exc.code, exc.public_message
-    return grpc.StatusCode.INTERNAL, BastionError.public_default

@@ -41,6 +41,6 @@ def test_a_bad_gate_policy_fails_before_any_probe(tmp_path: Path, capsys: pytest
             str(policy),
         ]
     )
-    assert code == 1
+    assert code == 2  # a bad gate policy is bad configuration (bastion.cli.errors)
     err = capsys.readouterr().err
-    assert "families.harmful.max_rate_upper" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "families.harmful.max_rate_upper" in err and "Traceback" not in err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,16 +10,12 @@ import pytest
 from audit_util import public_key, segments, settings
 
 from bastion.audit import AuditLog
-from bastion.cli import audit as audit_cli
+from bastion.cli.main import main
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Parse and dispatch exactly as bastion.cli.main does with these parsers merged in."""
-    parser = argparse.ArgumentParser(prog="bastion")
-    sub = parser.add_subparsers(dest="command", required=True)
-    audit_cli.add_parsers(sub)
-    args = parser.parse_args(list(argv))
-    code = audit_cli.COMMANDS[args.command](args)
+    """Runs ``bastion`` exactly as an operator does (errors through the one CLI table, bastion.cli.errors)."""
+    code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -134,7 +129,7 @@ def test_wrong_public_key_and_missing_files(logdir: Path, tmp_path: Path, capsys
     code, _, err = cli(capsys, "audit", "verify", str(logdir), "--public-key", str(tmp_path / "other" / "signing.pub"))
     assert code == 1 and "checkpoint signed by another key" in err
     code, _, err = cli(capsys, "audit", "verify", str(logdir), "--public-key", str(tmp_path / "absent.pub"))
-    assert code == 2 and err.startswith("bastion audit verify: ") and err.count("\n") == 1
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     code, _, err = cli(capsys, *verify_args(logdir, "--witness", str(tmp_path / "absent.json")))
     assert code == 2 and "witness file" in err
     code, _, err = cli(capsys, "audit", "verify", str(tmp_path / "nodir"), "--public-key", str(public_key(logdir)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -11,15 +10,12 @@ import pytest
 
 from bastion.auth.api_keys import ApiKeyStore
 from bastion.cli import apikeys
+from bastion.cli.main import main
 from bastion.errors import Unauthenticated
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    p = argparse.ArgumentParser(prog="bastion")
-    sub = p.add_subparsers(dest="command", required=True)
-    apikeys.add_parsers(sub)
-    args = p.parse_args(list(argv))
-    code = apikeys.COMMANDS[args.command](args)
+    code = main(list(argv))  # errors go through the one CLI table (bastion.cli.errors)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -66,7 +62,7 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path, capsys: pytest.Capt
     store = tmp_path / "keys.json"
     assert run(capsys, "api-keys", "issue", "--store", str(store), "--principal", "a")[0] == 0
     code, _, err = run(capsys, "api-keys", "revoke", "--store", str(store), "aaaaaaaaaaaa")
-    assert code == 1 and err.strip() == f"bastion api-keys revoke: no key aaaaaaaaaaaa in {store}"
+    assert code == 1 and err.strip() == f"error: no key aaaaaaaaaaaa in {store}"
     code, _, err = run(capsys, "api-keys", "revoke", "--store", str(store), "../../etc")
     assert code == 2 and err.count("\n") == 1 and "KEY_ID" in err
     code, _, err = run(capsys, "api-keys", "list", "--store", str(tmp_path / "absent.json"))
@@ -75,7 +71,7 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path, capsys: pytest.Capt
         code, _, err = run(
             capsys, "api-keys", "issue", "--store", str(store), "--principal", "a", f"--expires-in={bad}"
         )
-        assert code == 2 and err.startswith("bastion api-keys issue: --expires-in"), (bad, err)
+        assert code == 2 and err.startswith("error: --expires-in"), (bad, err)
     code, _, err = run(capsys, "api-keys", "issue", "--store", str(store), "--principal", "bad\x07name")
     assert code == 2 and "principal: printable" in err and "Traceback" not in err
     store.write_text("{broken")

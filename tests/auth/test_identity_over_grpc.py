@@ -10,12 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from certs import make_pki
 from grpc_harness import collect, make_settings, prompt_request, running_server
 from jwt_fixtures import AUDIENCE, ISSUER, ec_signer, write_jwks
 
-import grpc
 from bastion.cli import client
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc

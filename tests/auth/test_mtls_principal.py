@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 from certs import client_cert_pem, make_pki
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-import grpc
 from bastion.auth.authenticator import Authenticator
 from bastion.auth.mtls import peer_certificate, principal_from_certificate
 from bastion.auth.principal import Principal

@@ -9,21 +9,17 @@ capability works.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 import grpc
+import pytest
+
 from bastion.v1 import inference_pb2_grpc
 from identity import Identity, bearer_channel, make_identity
+from testkit.launcher import BastionServer, free_port
 
 START_TIMEOUT_S = float(os.environ.get("BASTION_E2E_START_TIMEOUT", "900"))
 
@@ -85,36 +81,35 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         stop_server(server)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class LiveServer:
-    proc: subprocess.Popen[bytes]
-    target: str
+    """A `bastion serve` process (testkit.launcher) and what the tests need to talk to it."""
+
+    server: BastionServer
     metrics_url: str
-    log_path: Path
     marker_dir: Path
     identity: Identity
     audit_dir: Path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.server.proc is not None
+        return self.server.proc
+
+    @property
+    def target(self) -> str:
+        return self.server.target
+
+    @property
+    def log_path(self) -> Path:
+        return self.server.log_path
 
     def channel(self, who: str = "alice") -> grpc.Channel:
         """A channel carrying ``who``'s API key (see tests/identity.py)."""
         return bearer_channel(self.target, self.identity.keys[who])
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _health(target: str) -> int:
-    with grpc.insecure_channel(target) as ch:
-        try:
-            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-        except grpc.RpcError:
-            return -1
+        return self.server.log_text()
 
 
 # Every e2e server runs the same engine settings (max_num_seqs, max_model_len), so they can share vLLM's
@@ -148,18 +143,17 @@ def launch_server(
     model_toml: str = DEFAULT_MODEL_TOML,
     assurance_toml: str | None = None,
 ) -> LiveServer:
-    """Starts `bastion serve` (a Unix socket in ``workdir``); ``model_toml`` holds its [model]/[weights],
-    ``assurance_toml`` its [assurance] table (default: models released without an attestation)."""
+    """Starts `bastion serve` (a Unix socket in ``workdir``; config ``bastion.toml``, log ``server.log``);
+    ``model_toml`` holds its [model]/[weights], ``assurance_toml`` its [assurance] table (default: models
+    released without an attestation)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "bastion.sock"
     marker = workdir / "plugin-markers"
     marker.mkdir(exist_ok=True)
     port = free_port()
-    config = workdir / "bastion.toml"
     identity = make_identity(workdir / "identity", tenants=KV_BUDGETS, public_prefixes={"support": PUBLIC_SYSTEM})
     audit_dir = workdir / "audit"
-    config.write_text(
-        f"""
+    config = f"""
 [server]
 listen = "unix:{sock}"
 grace_period_s = 30
@@ -169,17 +163,9 @@ max_inflight_requests = 8
 metrics_listen = "127.0.0.1:{port}"
 {identity.toml(audit_dir, assurance_toml)}
 """
-    )
     env = {**os.environ, "BASTION_PLUGIN_MARKER_DIR": str(marker), **(extra_env or {})}
-    log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    return LiveServer(proc, f"unix:{sock}", f"http://127.0.0.1:{port}/metrics", log_path, marker, identity, audit_dir)
+    server = BastionServer(workdir, config, target=f"unix:{sock}", env=env).start()
+    return LiveServer(server, f"http://127.0.0.1:{port}/metrics", marker, identity, audit_dir)
 
 
 def start_server(
@@ -193,28 +179,15 @@ def start_server(
 
 
 def wait_serving(server: LiveServer) -> LiveServer:
-    """Waits until ``server``'s health says SERVING; fails with its log's tail if it exits or times out."""
-    proc, log_path, target = server.proc, server.log_path, server.target
-    sock = Path(target.removeprefix("unix:"))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bastion serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        if sock.exists() and _health(target) == health_pb2.HealthCheckResponse.SERVING:
-            return server
-        time.sleep(1.0)
-    proc.kill()
-    raise RuntimeError(f"bastion serve not SERVING after {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+    """Waits until ``server``'s health says SERVING; fails (ServerStartError, a RuntimeError) with its log's
+    tail if it exits or times out."""
+    server.server.wait_serving(START_TIMEOUT_S)
+    return server
 
 
 def stop_server(server: LiveServer) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
+    """SIGTERM, up to 60 s to drain and exit, then SIGKILL to what is left of its process group."""
+    server.server.stop(grace_s=60)
 
 
 def _session_server(fixture: str, factory: pytest.TempPathFactory) -> Iterator[LiveServer]:

@@ -23,11 +23,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from e2e_metrics import gauge
 from perturb import perturbed_copy
 
-import grpc
 from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2 as pb

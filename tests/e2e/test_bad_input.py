@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
-import grpc
 from bastion.v1 import inference_pb2 as pb
 
 USER = pb.ChatMessage(role=pb.ROLE_USER, content="hi")

@@ -11,10 +11,10 @@ import signal
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
 from conftest import DEFAULT_MODEL_TOML, DEFAULT_PATH_TOML, LiveServer, stop_server

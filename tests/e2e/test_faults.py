@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
 from e2e_metrics import gauge
 
-import grpc
 from bastion.v1 import inference_pb2 as pb
 
 LONG = pb.SamplingParams(max_tokens=2000, temperature=0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
 

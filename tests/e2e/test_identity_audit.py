@@ -7,9 +7,9 @@ import json
 import subprocess
 import sys
 
+import grpc
 import pytest
 
-import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
 

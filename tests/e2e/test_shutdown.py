@@ -8,10 +8,10 @@ import signal
 import threading
 import time
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import grpc
 from bastion.v1 import inference_pb2 as pb
 
 

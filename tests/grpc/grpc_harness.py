@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import grpc
 from bastion.config import Settings, deep_merge
+from bastion.engine.process import EngineProcessEnv
 from bastion.engine.protocol import EnginePool
 from bastion.observability.telemetry import Telemetry
-from bastion.server.app import serve
+from bastion.server.app import PoolFactory, serve
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 from identity import Identity, aio_bearer, make_identity
@@ -100,8 +101,8 @@ class Running:
         return await asyncio.wait_for(self.task, timeout)
 
 
-def pool_of(*engines: Any) -> Callable[[], Awaitable[EnginePool]]:
-    async def factory() -> EnginePool:
+def pool_of(*engines: Any) -> PoolFactory:
+    async def factory(process: EngineProcessEnv) -> EnginePool:
         return EnginePool(list(engines))
 
     return factory
@@ -112,7 +113,7 @@ async def running_server(
     engines: Sequence[Any] = (),
     *,
     settings: Settings | None = None,
-    pool_factory: Callable[[], Awaitable[EnginePool]] | None = None,
+    pool_factory: PoolFactory | None = None,
     wait_ready: bool = True,
 ) -> AsyncIterator[Running]:
     settings = settings or make_settings()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_harness import collect, make_settings, running_server
 
-import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 from fakes import FakeEngine

@@ -11,9 +11,9 @@ import stat
 import sys
 from pathlib import Path
 
+import grpc
 from grpc_harness import running_server
 
-import grpc
 from bastion.cli import devprofile
 from bastion.config import Settings, deep_merge
 from bastion.v1 import inference_pb2 as pb

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 
+import grpc
 import pytest
 from grpc_harness import collect, make_settings, prompt_request, running_server
 from grpc_health.v1 import health_pb2
 
-import grpc
+from bastion import errors
 from bastion.observability.logs import RequestIdFilter
 from bastion.v1 import inference_pb2 as pb
 from fakes import FakeEngine
@@ -192,3 +193,30 @@ async def test_internal_error_reveals_only_the_request_id(where: str, caplog: py
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert errors and all(SECRET not in r.getMessage() for r in errors)
     assert any(getattr(r, "request_id", None) == rid for r in errors)
+
+
+PATH_DETAIL = f"/srv/bastion/models/{SECRET}/weights-00003.ctxd segment 7: tag mismatch"
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "details"),
+    [
+        (errors.NotFound(PATH_DETAIL), grpc.StatusCode.NOT_FOUND, "not found"),
+        (errors.Unavailable(PATH_DETAIL), grpc.StatusCode.UNAVAILABLE, "service unavailable"),
+        (errors.PermissionDenied(PATH_DETAIL), grpc.StatusCode.PERMISSION_DENIED, "permission denied"),
+        (errors.FailedPrecondition(PATH_DETAIL), grpc.StatusCode.FAILED_PRECONDITION, "failed precondition"),
+        (errors.RateLimited(1.0, detail=PATH_DETAIL), grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded"),
+        (errors.IntegrityError(PATH_DETAIL), grpc.StatusCode.INTERNAL, "internal error (request_id="),
+        (errors.NativeIOError(PATH_DETAIL), grpc.StatusCode.INTERNAL, "internal error (request_id="),
+    ],
+)
+async def test_a_detail_with_a_path_never_reaches_the_client(
+    exc: errors.BastionError, code: grpc.StatusCode, details: str
+) -> None:
+    async with running_server([FakeEngine(tokenize_error=exc)]) as srv:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await collect(srv.stub.Generate(prompt_request(max_tokens=5)))
+    assert info.value.code() == code
+    assert info.value.details().startswith(details)
+    for text in (info.value.details(), *(str(v) for _, v in info.value.trailing_metadata())):
+        assert SECRET not in text and "/srv/" not in text and "segment 7" not in text

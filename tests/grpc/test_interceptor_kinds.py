@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 
-import grpc
 from bastion.errors import Unauthenticated
 from bastion.server.interceptor import AuthInterceptor
 
@@ -23,7 +23,7 @@ class Gate:
     async def admit(self, method: str, request: Any, context: Any, rid: str) -> Any:
         self.seen.append(request)
         if not self.allow:
-            raise Unauthenticated("authentication required", detail="no credentials")
+            raise Unauthenticated("no credentials")
         return object()
 
 

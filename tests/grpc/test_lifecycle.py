@@ -7,11 +7,12 @@ import logging
 import os
 import signal
 
+import grpc
 import pytest
 from grpc_harness import collect, make_settings, pool_of, prompt_request, running_server
 from grpc_health.v1 import health_pb2
 
-import grpc
+from bastion.engine.process import EngineProcessEnv
 from bastion.engine.protocol import EnginePool
 from bastion.server.app import serve
 from bastion.v1 import inference_pb2 as pb
@@ -25,7 +26,7 @@ async def test_not_serving_until_pool_ready() -> None:
     release = asyncio.Event()
     engine = FakeEngine()
 
-    async def slow_factory() -> EnginePool:
+    async def slow_factory(process: EngineProcessEnv) -> EnginePool:
         await release.wait()
         return EnginePool([engine])
 
@@ -104,7 +105,7 @@ async def collect_rest(call: grpc.aio.UnaryStreamCall) -> list[pb.GenerateRespon
 
 
 async def test_pool_factory_failure_exits_non_zero(caplog: pytest.LogCaptureFixture) -> None:
-    async def broken() -> EnginePool:
+    async def broken(process: EngineProcessEnv) -> EnginePool:
         raise RuntimeError("CUDA out of memory\nlong\ntrace")
 
     with caplog.at_level(logging.INFO):
@@ -118,7 +119,7 @@ async def test_pool_factory_failure_exits_non_zero(caplog: pytest.LogCaptureFixt
 async def test_stop_while_loading_cancels_the_load() -> None:
     cancelled = asyncio.Event()
 
-    async def forever() -> EnginePool:
+    async def forever(process: EngineProcessEnv) -> EnginePool:
         try:
             await asyncio.Event().wait()
         finally:

@@ -6,10 +6,10 @@ import asyncio
 import logging
 import urllib.request
 
+import grpc
 import pytest
 from grpc_harness import collect, make_settings, prompt_request, running_server
 
-import grpc
 from bastion.observability.logs import RequestIdFilter
 from bastion.v1 import inference_pb2 as pb
 from fakes import FAKE_DIGEST, FakeEngine

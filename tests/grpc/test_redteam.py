@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
 from grpc_harness import collect, make_settings, running_server
 
-import grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 from fakes import FakeEngine

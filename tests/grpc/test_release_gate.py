@@ -10,10 +10,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_harness import collect, make_settings, running_server
 
-import grpc
 from bastion.assurance.attestation import build_statement, sign_statement
 from bastion.assurance.gate import decide, load_gate_policy
 from bastion.assurance.runner import outcomes, run_suite

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_harness import collect, make_settings, prompt_request, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import grpc
-from bastion.audit.native import audit_verify_dir
+from bastion.native import audit_verify_dir
 from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2 as pb

@@ -8,11 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from certs import make_pki
 from grpc_harness import make_settings, running_server
 
-import grpc
 from bastion.cli import client
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc

@@ -13,52 +13,52 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
-from bastion.audit.native import AuditChain, audit_verify_dir
+
+from bastion.native import AuditChain, audit_verify_dir
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 from identity import aio_bearer, make_many_tenants
+from testkit.launcher import BastionServer, fake_server
 
-HERE = Path(__file__).resolve().parent
 TENANTS = 24
 CONCURRENT = 300
 LOAD_S = 6.0
 
 
-def start(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start(tmp: Path) -> tuple[BastionServer, str, Path]:
+    """bastion's server over the fake engine (testkit.fake_server) on a free port, SERVING."""
     store, policy, keys = make_many_tenants(tmp / "id", TENANTS)
     audit = tmp / "audit"
-    cfg = {
-        "server": {"listen": "127.0.0.1:0", "max_inflight_requests": 1024, "max_concurrent_streams": 1024},
-        "observability": {"metrics_listen": ""},
-        "auth": {"api_keys": {"file": str(store)}},
-        "tenancy": {"policy_file": str(policy)},
-        "audit": {"dir": str(audit), "checkpoint_every_records": 500, "commit_max_delay_ms": 2},
-        "assurance": {
-            "require_attestation": False,
-            "redteam": {"enabled": False},
-        },  # the audit log under load, not the go-live gate
-    }
-    (tmp / "cfg.json").write_text(json.dumps(cfg))
     (tmp / "keys.json").write_text(json.dumps(keys))
-    addr_file = tmp / "address"
-    with open(tmp / "server.log", "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "fake_server.py"), str(tmp / "cfg.json"), str(addr_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    deadline = time.monotonic() + 60
-    while not addr_file.exists():
-        assert proc.poll() is None, (tmp / "server.log").read_text()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    return proc, addr_file.read_text(), audit
+    config = f"""
+[server]
+listen = "127.0.0.1:0"
+max_inflight_requests = 1024
+max_concurrent_streams = 1024
+[observability]
+metrics_listen = ""
+[auth.api_keys]
+file = "{store}"
+[tenancy]
+policy_file = "{policy}"
+[audit]
+dir = "{audit}"
+checkpoint_every_records = 500
+commit_max_delay_ms = 2
+# The audit log under load, not the go-live gate.
+[assurance]
+require_attestation = false
+[assurance.redteam]
+enabled = false
+"""
+    server = fake_server(tmp, config, token_delay=0.005).start()
+    server.wait_serving(60, poll_s=0.05)
+    return server, server.target, audit
 
 
 async def load(
@@ -112,13 +112,12 @@ def request_records(audit: Path) -> list[dict[str, Any]]:
 
 
 async def test_every_request_has_one_record_and_the_chain_verifies(tmp_path: Path) -> None:
-    proc, address, audit = start(tmp_path)
+    server, address, audit = start(tmp_path)
     try:
         keys = json.loads((tmp_path / "keys.json").read_text())
-        seen = await load(address, keys, LOAD_S, None, proc)
+        seen = await load(address, keys, LOAD_S, None, server.proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        assert server.stop(grace_s=60) == 0
     assert seen["errors"] == {} and len(seen["ok"]) == seen["sent"] > CONCURRENT
     recs = request_records(audit)
     assert len(recs) == seen["sent"]  # record count = request count
@@ -130,10 +129,13 @@ async def test_every_request_has_one_record_and_the_chain_verifies(tmp_path: Pat
 
 
 async def test_sigkill_mid_load_keeps_every_acknowledged_record(tmp_path: Path) -> None:
-    proc, address, audit = start(tmp_path)
-    keys = json.loads((tmp_path / "keys.json").read_text())
-    seen = await load(address, keys, 30.0, 2.5, proc)
-    assert proc.wait(10) == -signal.SIGKILL
+    server, address, audit = start(tmp_path)
+    try:
+        keys = json.loads((tmp_path / "keys.json").read_text())
+        seen = await load(address, keys, 30.0, 2.5, server.proc)
+        assert server.proc.wait(10) == -signal.SIGKILL
+    finally:
+        server.stop()
     assert len(seen["ok"]) > CONCURRENT  # it was killed under real load
     # Recovery cuts a torn final line (never acknowledged); then the whole chain verifies.
     _, info = AuditChain.recover(str(audit))

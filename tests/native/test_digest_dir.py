@@ -149,12 +149,22 @@ def test_stale_extension_refused() -> None:
     env = dict(os.environ, PYTHONPATH=str(Path(bastion.__file__).parent.parent))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.startswith("REFUSED"), out.stdout + out.stderr
-    assert "0.0.0-stale" in out.stdout and bastion.__version__ in out.stdout
+    assert "0.0.0-stale" in out.stdout and bastion.__version__ in out.stdout and "make setup" in out.stdout
+
+
+def test_the_extension_shadows_its_stand_in() -> None:
+    # python/bastion/_native.py exists only for import-linter; the compiled module must be what loads.
+    from bastion import _native
+    from bastion.native import check_version
+
+    assert str(_native.__file__).endswith(".so"), _native.__file__
+    with pytest.raises(ImportError, match=r"built for version '0\.0\.9' but the bastion package is version '0\.1\.0'"):
+        check_version("0.0.9", "0.1.0")
 
 
 def test_versions_match_and_import_is_lazy() -> None:
     from bastion import _native
-    from bastion.digest import native_version
+    from bastion.native import native_version
 
     assert _native.__version__ == bastion.__version__ == native_version() == "0.1.0"
     code = "import sys, bastion; print('bastion._native' in sys.modules)"

@@ -49,7 +49,7 @@ def test_serve_flags_become_overrides() -> None:
 def test_config_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     assert main(["health", "--config", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bastion: config file not found") and err.count("\n") == 1
+    assert err.startswith("error: config file not found") and err.count("\n") == 1
     with pytest.raises(SystemExit) as info:
         main(["serve", "--device", "tpu"])
     assert info.value.code == 2

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,9 @@ from typing import Any
 
 from bastion.assurance.release import RELEASED, ReleaseBook
 from bastion.assurance.settings import DriftSettings
+from bastion.engine.protocol import Engine
 from bastion.errors import BastionError
+from bastion.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 BASELINE_FORMAT = "bastion-drift-baseline/1"
@@ -83,13 +84,13 @@ class DriftState:
 
 
 class DriftMonitor:
-    """One per served model. ``engine``: has ``info``, ``tokenize`` and ``prompt_logprobs``."""
+    """One per served model: scores its engine's prompt log-probabilities on fixed probes."""
 
     def __init__(
         self,
         settings: DriftSettings,
         cache_dir: Path,
-        engine: Any,
+        engine: Engine,
         releases: ReleaseBook,
         on_alert: Callable[[str, str, str, str], Awaitable[None]],
     ) -> None:
@@ -116,7 +117,7 @@ class DriftMonitor:
             while n < min(len(prompt), len(full)) and prompt[n] == full[n]:
                 n += 1
             if len(full) - n < 2:
-                raise BastionError(detail=f"drift canary {text!r} has no continuation tokens")
+                raise BastionError(f"drift canary {text!r} has no continuation tokens")
             self._spans.append((full, n))
 
     async def _one(self, i: int) -> float:
@@ -140,9 +141,9 @@ class DriftMonitor:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise BastionError(detail=f"drift baseline {self._file} unreadable ({type(exc).__name__})") from None
+            raise BastionError(f"drift baseline {self._file} unreadable ({type(exc).__name__})") from None
         if data.get("format") != BASELINE_FORMAT or not isinstance(data.get("canaries"), dict):
-            raise BastionError(detail=f"drift baseline {self._file}: format must be {BASELINE_FORMAT}")
+            raise BastionError(f"drift baseline {self._file}: format must be {BASELINE_FORMAT}")
         return data
 
     def _save(self, values: dict[str, float]) -> None:
@@ -154,9 +155,7 @@ class DriftMonitor:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "canaries": values,
         }
-        tmp = self._file.with_name(f".{self._file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self._file)
+        atomic_write_text(self._file, json.dumps(body, indent=1, sort_keys=True) + "\n", mode=0o644)
         self._baseline = values
         self.state.baseline_digest = self.engine.info.digest
 

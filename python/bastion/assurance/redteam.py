@@ -31,7 +31,7 @@ from bastion.assurance.release import ReleaseBook
 from bastion.assurance.settings import RedTeamSettings
 from bastion.assurance.stats import fisher_greater
 from bastion.assurance.suites import Probe, load_suite
-from bastion.engine.protocol import ChatTurn, EngineRequest, SamplingSpec
+from bastion.engine.protocol import ChatTurn, Engine, EngineRequest, SamplingSpec
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class RedTeam:
     def __init__(
         self,
         settings: RedTeamSettings,
-        engine: Any,
+        engine: Engine,
         releases: ReleaseBook,
         tenant_inflight: Callable[[], int],
         on_event: Callable[[str, str, str, str, str], Awaitable[None]],

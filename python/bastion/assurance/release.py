@@ -28,11 +28,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from bastion.assurance.attestation import MAX_ENVELOPE_BYTES, Attestation, digests_match, verify_attestation
 from bastion.assurance.settings import AssuranceSettings
 from bastion.engine.protocol import ModelInfo
-from bastion.errors import BastionError, IntegrityError
+from bastion.errors import BastionError, FailedPrecondition, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +42,9 @@ ATTESTATION_SUFFIX = ".intoto.json"
 MAX_FILES = 4096
 
 
-class NotReleased(BastionError):
+class NotReleased(FailedPrecondition):
     """The model is not released to tenants (no valid attestation, or quarantined)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
     public_default = "the model is not released: it has no valid security attestation (evaluation only)"
 
 
@@ -97,7 +95,7 @@ class ReleaseBook:
         for path in files:
             try:
                 if path.stat().st_size > MAX_ENVELOPE_BYTES:  # verify_attestation refuses it too; never read it all
-                    raise IntegrityError(detail=f"over {MAX_ENVELOPE_BYTES} bytes")
+                    raise IntegrityError(f"over {MAX_ENVELOPE_BYTES} bytes")
                 good.append(verify_attestation(path.read_bytes(), self.settings.trusted_keys))
             except (IntegrityError, OSError) as exc:
                 rejected += 1
@@ -173,6 +171,6 @@ class ReleaseBook:
             return
         rel = self.release(model) if adapter is None else self.adapter_release(model, adapter)
         if rel.state == QUARANTINED:
-            raise NotReleased("the model is quarantined", detail=f"quarantined: {rel.attestation}")
+            raise NotReleased(f"quarantined: {rel.attestation}", public="the model is quarantined")
         if rel.state != RELEASED:
-            raise NotReleased(detail=f"{'adapter ' + adapter if adapter else 'model'} not released: {rel.attestation}")
+            raise NotReleased(f"{'adapter ' + adapter if adapter else 'model'} not released: {rel.attestation}")

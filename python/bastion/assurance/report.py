@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -23,6 +22,7 @@ from typing import Any
 from bastion.assurance.runner import Attempt
 from bastion.assurance.stats import FamilyFigures
 from bastion.errors import ConfigError
+from bastion.files import atomic_write
 
 REPORT_FILE = "report.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -31,15 +31,8 @@ MAX_SUMMARY_BYTES = 16 << 20
 
 
 def _write(path: Path, data: bytes) -> str:
-    """Writes atomically (temp file, fsync, rename), mode 0640; returns "sha256:<hex>"."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Writes atomically (``bastion.files.atomic_write``), mode 0640; returns "sha256:<hex>"."""
+    atomic_write(path, data, mode=0o640)
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -100,10 +100,10 @@ async def run_suite(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         grpc.StatusCode.UNAVAILABLE,
                     ):
-                        raise EvalError(detail=f"probe {probe.id}: {exc.code().name}: {exc.details()}") from None
+                        raise EvalError(f"probe {probe.id}: {exc.code().name}: {exc.details()}") from None
                     await asyncio.sleep(RETRY_PAUSE_S)
             if served != digest:
-                raise EvalError(detail=f"probe {probe.id} was served by {served or 'an unnamed model'}, not {digest}")
+                raise EvalError(f"probe {probe.id} was served by {served or 'an unnamed model'}, not {digest}")
             value = score(probe, text)
             done += 1
             if on_done is not None:

@@ -196,8 +196,7 @@ class _Builder:
             actual = hashlib.sha256(data).hexdigest()
             if not hmac.compare_digest(actual, expected):
                 raise IntegrityError(
-                    f"suite data file {rel}: sha256 does not match {self.where}",
-                    detail=f"suite data file {rel}: sha256 {actual}, manifest {self.where} says {expected}",
+                    f"suite data file {rel}: sha256 does not match {self.where} (found {actual}, expected {expected})"
                 )
             self._cache[rel] = data
             self.file_digests[rel] = actual

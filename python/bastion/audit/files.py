@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
@@ -10,19 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bastion.errors import ConfigError, IntegrityError
+from bastion.files import atomic_write, fsync_dir
 
 _SYNC = getattr(os, "fdatasync", os.fsync)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 #: The largest witness file read (it holds three short values).
 _MAX_WITNESS = 4096
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_segment(path: Path, expected_len: int) -> int:
@@ -66,17 +58,8 @@ class Witness:
 
 
 def write_witness(path: Path, w: Witness) -> None:
-    """Replace ``path`` atomically: a 0600 temporary file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
-    try:
-        write_all(fd, w.to_json())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Replace ``path`` atomically (``bastion.files.atomic_write``, mode 0600)."""
+    atomic_write(path, w.to_json(), mode=0o600)
 
 
 def read_witness(path: Path) -> Witness:

@@ -10,9 +10,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.audit.native import AuditContentKey, AuditPublicKey, AuditSigningKey, audit_keygen
 from bastion.audit.settings import CONTENT_KEY_NAME, PUBLIC_KEY_NAME, SIGNING_KEY_NAME, AuditSettings
 from bastion.errors import ConfigError
+from bastion.native import AuditContentKey, AuditPublicKey, AuditSigningKey, audit_keygen
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ import bastion
 from bastion.audit import files
 from bastion.audit.errors import AuditUnavailable
 from bastion.audit.keys import AuditKeys, load_keys, private_dir
-from bastion.audit.native import AuditChain, audit_segment_name
 from bastion.audit.settings import AuditSettings
 from bastion.errors import IntegrityError, InvalidArgument
+from bastion.native import AuditChain, audit_segment_name
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class AuditLog:
         if self._thread.is_alive():
             self._thread.join(timeout)
             if self._thread.is_alive():
-                raise AuditUnavailable(detail=f"audit writer did not stop within {timeout} s")
+                raise AuditUnavailable(f"audit writer did not stop within {timeout} s")
 
     async def aclose(self, timeout: float = 30.0) -> None:
         await asyncio.to_thread(self.close, timeout)
@@ -206,9 +206,9 @@ class AuditLog:
         fut: concurrent.futures.Future[int] = concurrent.futures.Future()
         with self._cond:
             if self._failed:
-                raise AuditUnavailable(detail="audit log failed earlier; see the first error")
+                raise AuditUnavailable("audit log failed earlier; see the first error")
             if self._closing:
-                raise AuditUnavailable(detail="audit log closed")
+                raise AuditUnavailable("audit log closed")
             self._queue.append(_Item(kind, data, fut))
             self._cond.notify()
         return fut
@@ -333,7 +333,7 @@ class AuditLog:
                 logger.exception("audit on_failure callback raised")
         for item in pending:
             if not item.future.done():
-                item.future.set_exception(AuditUnavailable(detail=f"audit write failed: {_describe(exc)}"))
+                item.future.set_exception(AuditUnavailable(f"audit write failed: {_describe(exc)}"))
 
 
 def _encode(fields: dict[str, Any]) -> bytes:

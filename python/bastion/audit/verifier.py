@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.audit import files
-from bastion.audit.native import audit_verify_dir
+from bastion.native import audit_verify_dir
 
 
 @dataclass(frozen=True)

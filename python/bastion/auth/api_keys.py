@@ -33,6 +33,7 @@ from typing import Any
 
 from bastion.auth.principal import Principal, api_key_principal
 from bastion.errors import ConfigError, Unauthenticated
+from bastion.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -147,23 +148,7 @@ def _read_store(path: Path) -> dict[str, ApiKeyRecord]:
 def _write_store(path: Path, records: dict[str, ApiKeyRecord]) -> None:
     doc = {"version": STORE_VERSION, "keys": [asdict(r) for r in records.values()]}
     data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(path, data, mode=0o600)
 
 
 @contextlib.contextmanager
@@ -267,7 +252,7 @@ class ApiKeyStore:
                 if stamp == _MISSING:
                     log.warning("API key store %s is gone: every API key is refused", self.path)
             except ConfigError as exc:
-                log.error("API key store refused; every API key is refused until it is fixed: %s", exc.public_message)
+                log.error("API key store refused; every API key is refused until it is fixed: %s", exc)
                 records = None
             self._records, self._stamp = records, stamp
 
@@ -275,21 +260,21 @@ class ApiKeyStore:
         """The key's principal, or Unauthenticated (``detail`` names the reason, never the key)."""
         m = KEY_RE.fullmatch(presented) if len(presented) == KEY_LEN else None
         if m is None:
-            raise Unauthenticated("invalid credentials", detail="malformed api key")
+            raise Unauthenticated("malformed api key", public="invalid credentials")
         self._refresh()
         records = self._records
         if records is None:
-            raise Unauthenticated("invalid credentials", detail="api key store unavailable")
+            raise Unauthenticated("api key store unavailable", public="invalid credentials")
         digest = hash_key(presented)
         rec = records.get(m.group(1))
         # Compare against a dummy hash for unknown ids so timing does not tell which ids exist.
         matches = hmac.compare_digest(digest, rec.sha256 if rec is not None else _DUMMY_HASH)
         if rec is None:
-            raise Unauthenticated("invalid credentials", detail="unknown api key")
+            raise Unauthenticated("unknown api key", public="invalid credentials")
         if not matches:
-            raise Unauthenticated("invalid credentials", detail="wrong api key secret")
+            raise Unauthenticated("wrong api key secret", public="invalid credentials")
         if rec.revoked_at is not None:
-            raise Unauthenticated("invalid credentials", detail="revoked api key")
+            raise Unauthenticated("revoked api key", public="invalid credentials")
         if rec.expired(_now()):
-            raise Unauthenticated("invalid credentials", detail="expired api key")
+            raise Unauthenticated("expired api key", public="invalid credentials")
         return api_key_principal(rec.key_id, rec.principal)

@@ -35,7 +35,7 @@ _SCHEME = "bearer "
 
 
 def _refuse(detail: str) -> Unauthenticated:
-    return Unauthenticated("invalid credentials", detail=detail)
+    return Unauthenticated(detail, public="invalid credentials")
 
 
 class Authenticator:
@@ -88,7 +88,7 @@ class Authenticator:
             cert = peer_certificate(auth_context)
             if cert is not None:
                 return principal_from_certificate(cert, self.mtls)
-        raise Unauthenticated("authentication required", detail="no credentials")
+        raise Unauthenticated("no credentials")
 
     async def authenticate(
         self, metadata: Sequence[tuple[str, str | bytes]], auth_context: Mapping[str, Sequence[bytes]]

@@ -41,7 +41,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def _refuse(detail: str) -> Unauthenticated:
-    return Unauthenticated("invalid credentials", detail=detail)
+    return Unauthenticated(detail, public="invalid credentials")
 
 
 class JwksCache:

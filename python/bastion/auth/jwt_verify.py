@@ -48,7 +48,7 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
 
 
 def _refuse(detail: str) -> Unauthenticated:
-    return Unauthenticated("invalid credentials", detail=detail)
+    return Unauthenticated(detail, public="invalid credentials")
 
 
 def _reason(exc: jwt.PyJWTError) -> str:

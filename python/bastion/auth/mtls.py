@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bastion.auth.principal import Principal, mtls_principal, x509_subject_principal
+from bastion.auth.principal import SPIFFE_PREFIX, Principal, mtls_principal, x509_subject_principal
 from bastion.auth.settings import MtlsAuthSettings
 from bastion.errors import Unauthenticated
 
@@ -29,11 +29,11 @@ MAX_SPIFFE_ID = 2048
 MAX_SUBJECT = 1024
 # SPIFFE-ID spec 2.1/2.2: lower-case trust domain; a non-empty path (a workload, not the trust domain itself)
 # of segments of [A-Za-z0-9._-], none empty, "." or "..".
-SPIFFE_RE = re.compile(r"spiffe://([a-z0-9._-]{1,255})((?:/[A-Za-z0-9._-]+)+)")
+SPIFFE_RE = re.compile(re.escape(SPIFFE_PREFIX) + r"([a-z0-9._-]{1,255})((?:/[A-Za-z0-9._-]+)+)")
 
 
 def _refuse(detail: str) -> Unauthenticated:
-    return Unauthenticated("invalid credentials", detail=detail)
+    return Unauthenticated(detail, public="invalid credentials")
 
 
 def peer_certificate(auth_context: Mapping[str, Sequence[bytes]]) -> x509.Certificate | None:
@@ -56,7 +56,8 @@ def spiffe_ids(cert: x509.Certificate) -> list[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    return [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u[:9].lower() == "spiffe://"]
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return [u for u in uris if u[: len(SPIFFE_PREFIX)].lower() == SPIFFE_PREFIX]
 
 
 def _check_client_usage(cert: x509.Certificate) -> None:

@@ -3,7 +3,8 @@
 ``admin tenants`` lists tenants with limits and usage, ``admin reload-policy`` re-reads the tenancy
 policy and API key store, ``admin revoke-key KEY_ID`` revokes an API key, ``admin models`` shows model
 status and release, ``admin reload-attestations`` re-reads the security attestations, ``admin check-drift``
-runs a drift check now. Output is JSON. Exit 1 when the call fails (the status and its message on stderr).
+runs a drift check now. Output is JSON. Exit 1 when the call fails (``error: STATUS: message`` on stderr,
+through ``bastion.cli.errors``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +39,8 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
 def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str, Callable[[argparse.Namespace], int]]:
     def run(args: argparse.Namespace) -> int:
         import grpc
+
+        from bastion.cli.errors import report
         from bastion.v1 import admin_pb2 as apb
         from bastion.v1 import admin_pb2_grpc as apb_grpc
 
@@ -58,8 +60,7 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
             try:
                 reply = await calls[args.admin_command]()
             except grpc.aio.AioRpcError as exc:
-                print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-                return 1
+                return report(exc)
             finally:
                 await channel.close()
             print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2, sort_keys=True))

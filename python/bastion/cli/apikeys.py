@@ -3,7 +3,8 @@
 ``issue`` prints the new key once (it is stored only as a SHA-256 hash) and its id; the tenancy policy
 names the key as the principal ``apikey:<key_id>``. ``revoke`` takes effect on a running server's next
 call (it re-reads the store). ``list`` prints ids, principals and dates, never hashes.
-Exit codes: 0 success; 2 bad usage or an unusable store file; 1 anything else. Errors are one line.
+Exit codes (``bastion.cli.errors``): 0 success; 2 bad usage or an unusable store file; 1 anything else
+(an unknown key id). Errors are one line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import BastionError, ConfigError
+from bastion.errors import ConfigError, NotFound
 
 _DURATION_RE = re.compile(r"([1-9][0-9]{0,5})([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -58,10 +59,11 @@ def add_parsers(sub: Any) -> None:
 
 def _cmd_issue(args: argparse.Namespace) -> int:
     from bastion.auth.api_keys import issue
+    from bastion.auth.principal import api_key_principal_id
 
     expires = parse_duration(args.expires_in) if args.expires_in else None
     key_id, key = issue(Path(args.store), args.principal, expires, args.description)
-    print(f"key id: {key_id}\nprincipal id: apikey:{key_id}\nkey: {key}")
+    print(f"key id: {key_id}\nprincipal id: {api_key_principal_id(key_id)}\nkey: {key}")
     print("the key is shown only this once; store it as a secret", file=sys.stderr)
     return 0
 
@@ -77,8 +79,7 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     try:
         revoke(store, args.key_id)
     except KeyError:
-        print(f"bastion api-keys revoke: no key {args.key_id} in {store}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no key {args.key_id} in {store}") from None
     print(f"revoked {args.key_id}")
     return 0
 
@@ -121,19 +122,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Runs one ``api-keys`` subcommand; maps errors to one line and an exit code."""
-    prefix = f"bastion api-keys {args.api_keys_command}"
-    try:
-        return _HANDLERS[args.api_keys_command](args)
-    except ConfigError as exc:
-        print(f"{prefix}: {exc.public_message}", file=sys.stderr)
-        return 2
-    except BastionError as exc:
-        print(f"{prefix}: {exc.public_message}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{prefix}: {exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+    """Runs one ``api-keys`` subcommand; errors propagate to bastion.cli.main's table (bastion.cli.errors)."""
+    return _HANDLERS[args.api_keys_command](args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"api-keys": _run}

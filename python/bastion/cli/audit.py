@@ -1,8 +1,8 @@
 """``bastion audit verify`` and ``bastion audit keygen``: the audit-log commands.
 
-Exit codes: 0 the log verifies; 1 a problem was found (one line naming segment, line and seq); 2 bad usage or
-an unusable file (missing or insecure key, unreadable directory). Errors never print key material or a
-traceback.
+Exit codes (``bastion.cli.errors``): 0 the log verifies; 1 a problem was found (one line naming segment, line
+and seq); 2 bad usage or an unusable file (missing or insecure key, unreadable directory). Errors never print
+key material or a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import BastionError, ConfigError, IntegrityError
+from bastion.errors import ConfigError
 
 
 def add_parsers(sub: Any) -> None:
@@ -85,24 +85,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"verify": _cmd_veri
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Runs one ``audit`` subcommand; maps errors to one line and an exit code."""
-    from bastion.errors import InvalidArgument, NativeIOError
-
-    prefix = f"bastion audit {args.audit_command}"
-    try:
-        return _HANDLERS[args.audit_command](args)
-    except IntegrityError as exc:
-        print(f"{prefix}: {exc}", file=sys.stderr)
-        return 1
-    except (ConfigError, NativeIOError, InvalidArgument) as exc:
-        print(f"{prefix}: {exc}", file=sys.stderr)
-        return 2
-    except BastionError as exc:
-        print(f"{prefix}: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{prefix}: {exc.strerror or type(exc).__name__}: {exc.filename or ''}", file=sys.stderr)
-        return 2
+    """Runs one ``audit`` subcommand; errors propagate to bastion.cli.main's table (bastion.cli.errors)."""
+    return _HANDLERS[args.audit_command](args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"audit": _run}

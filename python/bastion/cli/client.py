@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import grpc
 from bastion.config import Settings, parse_listen
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc

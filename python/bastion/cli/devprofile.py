@@ -22,8 +22,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bastion.auth.principal import api_key_principal_id, spiffe_principal_id
+from bastion.files import atomic_write
+
 TRUST_DOMAIN = "bastion.local"
-CLIENT_SPIFFE_ID = f"spiffe://{TRUST_DOMAIN}/dev/cli"
+CLIENT_SPIFFE_ID = spiffe_principal_id(TRUST_DOMAIN, "/dev/cli")
 TENANT = "dev"
 VALID_DAYS = 90
 RENEW_DAYS = 7
@@ -32,17 +35,6 @@ RENEW_DAYS = 7
 def profile_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "bastion" / "dev"
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _name(cn: str) -> x509.Name:
@@ -120,9 +112,9 @@ def issue_pki(d: Path) -> None:
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
-        _write(d / f"{who}.key", _key_pem(key), 0o600)
-        _write(d / f"{who}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(d / "ca.pem", ca.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(d / f"{who}.key", _key_pem(key), mode=0o600)
+        atomic_write(d / f"{who}.pem", cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write(d / "ca.pem", ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
     # The CA key is not needed again: a renewal issues a new CA. Not keeping it limits what a leak gives.
 
 
@@ -175,8 +167,8 @@ def ensure_profile(d: Path | None = None) -> dict[str, Path]:
         issue_pki(d)
     if not paths["api_key"].exists() or not paths["policy"].exists():
         key_id, key = issue(paths["api_keys"], f"dev key ({TENANT})", description="bastion dev profile")
-        _write(paths["api_key"], (key + "\n").encode(), 0o600)
-        _write(paths["policy"], _policy(f"apikey:{key_id}"), 0o600)
+        atomic_write(paths["api_key"], (key + "\n").encode(), mode=0o600)
+        atomic_write(paths["policy"], _policy(api_key_principal_id(key_id)), mode=0o600)
     return paths
 
 

@@ -12,7 +12,8 @@ fine-tuned from) the same probes are compared pairwise (McNemar) instead.
 With ``--sign-key`` the verdict is signed as an in-toto test-result attestation (DSSE) whose subject is
 the model's digest set (and the adapter's, with ``--adapter``), written to ``--out`` and, with
 ``--attestations-dir``, where the server reads it (then ``bastion admin reload-attestations``).
-Exit 0: PASSED; 1: FAILED or the run could not complete; 2: bad usage.
+Exit 0: PASSED; 1: FAILED or the run could not complete; 2: bad usage or configuration (a bad gate
+policy, suite or summary file). Errors go through bastion.cli.errors (one line, no traceback).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import getpass
 import os
 import secrets
-import shutil
 import socket
 import sys
 import time
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.config import load_settings
+from bastion.files import atomic_write
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "assurance" / "data" / "gate" / "production.toml"
 
@@ -70,30 +71,22 @@ def _progress(done: int, total: int) -> None:
 
 def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str, Callable[[argparse.Namespace], int]]:
     def run(args: argparse.Namespace) -> int:
-        from bastion.errors import BastionError
+        from bastion.errors import ConfigError
 
         if not 1 <= args.concurrency <= 256:
-            print("bastion: --concurrency must be 1..256", file=sys.stderr)
-            return 2
+            raise ConfigError("--concurrency must be 1..256")
         if args.adapter and not args.parent:
-            print(
-                "bastion: --adapter needs --parent (the base model's summary.json): a fine-tune is compared with "
-                "its parent probe by probe",
-                file=sys.stderr,
+            raise ConfigError(
+                "--adapter needs --parent (the base model's summary.json): a fine-tune is compared with "
+                "its parent probe by probe"
             )
-            return 2
         if args.attestations_dir and not args.sign_key:
-            print("bastion: --attestations-dir needs --sign-key (only signed attestations are placed)", file=sys.stderr)
-            return 2
+            raise ConfigError("--attestations-dir needs --sign-key (only signed attestations are placed)")
         if args.sign_key and not os.access(args.sign_key, os.R_OK):  # before a run that can take an hour
-            print(f"bastion: --sign-key {args.sign_key}: not a readable file", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--sign-key {args.sign_key}: not a readable file")
         settings = load_settings(args.config)
-        try:
-            return asyncio.run(_evaluate(args, lambda: channel_for(args, settings)))
-        except BastionError as exc:
-            print(f"bastion eval: {exc.detail or exc.public_message}", file=sys.stderr)
-            return 1
+        # EvalError (1), ConfigError (2) and the rest go to bastion.cli.main's table (bastion.cli.errors).
+        return asyncio.run(_evaluate(args, lambda: channel_for(args, settings)))
 
     return {"eval": run}
 
@@ -108,12 +101,12 @@ async def _target(stub: Any, pb: Any, model: str, adapter: str | None) -> tuple[
     models = {m.name: m for m in (await stub.ListModels(pb.ListModelsRequest(), timeout=30)).models}
     info = models.get(model)
     if info is None:
-        raise EvalError(detail=f"model {model!r} is not served to this principal (served: {sorted(models) or 'none'})")
+        raise EvalError(f"model {model!r} is not served to this principal (served: {sorted(models) or 'none'})")
     adapter_info = None
     if adapter is not None:
         adapter_info = next((a for a in info.adapters if a.name == adapter), None)
         if adapter_info is None:
-            raise EvalError(detail=f"adapter {adapter!r} is not served with {model} to this principal")
+            raise EvalError(f"adapter {adapter!r} is not served with {model} to this principal")
     return info, adapter_info
 
 
@@ -130,6 +123,7 @@ def _subjects(info: Any, adapter_info: Any) -> list[tuple[str, dict[str, str]]]:
 
 async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -> int:
     import grpc
+
     from bastion.assurance.gate import decide, load_gate_policy
     from bastion.assurance.report import (
         SUMMARY_FORMAT,
@@ -152,9 +146,7 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
     suite = load_suite(args.profile, canary_seed=canary_seed)
     for ref in (baseline, parent):
         if ref is not None and ref["suite"]["digest"] != suite.digest:
-            raise EvalError(
-                detail=f"a baseline or parent summary ran suite {ref['suite']['digest']}, not {suite.digest}"
-            )
+            raise EvalError(f"a baseline or parent summary ran suite {ref['suite']['digest']}, not {suite.digest}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     channel = open_channel()
@@ -179,7 +171,7 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
             on_done=_progress,
         )
     except grpc.aio.AioRpcError as exc:
-        raise EvalError(detail=f"{exc.code().name}: {exc.details()}") from None
+        raise EvalError(f"{exc.code().name}: {exc.details()}") from None
     finally:
         await channel.close()
     hits = {a.probe.id: a.hit for a in attempts}
@@ -237,14 +229,12 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
         )
         envelope = sign_statement(statement, Path(args.sign_key))
         att = out / "attestation.intoto.json"
-        att.write_bytes(envelope)
+        atomic_write(att, envelope, mode=0o644)
         if args.attestations_dir:
             dest = Path(args.attestations_dir)
             dest.mkdir(parents=True, exist_ok=True)
             name = f"{args.model}{'+' + args.adapter if args.adapter else ''}-{info.digest.split(':', 1)[1][:16]}-{suite.name}-{summary['run_id'][:8]}.intoto.json"
-            tmp = dest / f".{name}.tmp"
-            shutil.copyfile(att, tmp)
-            os.replace(tmp, dest / name)
+            atomic_write(dest / name, envelope, mode=0o644)
             print(f"eval: attestation placed in {dest / name}", file=sys.stderr)
     print(f"{decision.verdict}: {args.model} on {suite.name}@{suite.version}, report in {out}")
     return 0 if decision.verdict == "PASSED" else 1

@@ -40,16 +40,15 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
 
 def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str, Callable[[argparse.Namespace], int]]:
     def run(args: argparse.Namespace) -> int:
+        from bastion.errors import ConfigError
+
         if not (args.other_api_key_file or args.other_token_file or args.other_client_cert):
-            print(
-                "bastion: audit-isolation needs a principal of another tenant (--other-api-key-file, "
-                "--other-token-file or --other-client-cert/--other-client-key)",
-                file=sys.stderr,
+            raise ConfigError(
+                "audit-isolation needs a principal of another tenant (--other-api-key-file, "
+                "--other-token-file or --other-client-cert/--other-client-key)"
             )
-            return 2
         if not 2 <= args.samples <= 10_000 or not 8 <= args.prompt_words <= 20_000 or not 0 < args.alpha < 1:
-            print("bastion: --samples must be 2..10000, --prompt-words 8..20000, --alpha in (0, 1)", file=sys.stderr)
-            return 2
+            raise ConfigError("--samples must be 2..10000, --prompt-words 8..20000, --alpha in (0, 1)")
         settings = load_settings(args.config)
         other = argparse.Namespace(
             **{
@@ -68,6 +67,8 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
 
 async def _audit(args: argparse.Namespace, open_mine: Callable[[], Any], open_theirs: Callable[[], Any]) -> int:
     import grpc
+
+    from bastion.cli import errors as cli_errors
     from bastion.isolation.self_audit import grpc_sender, run_audit, verdict
     from bastion.v1 import inference_pb2 as pb
     from bastion.v1 import inference_pb2_grpc as pb_grpc
@@ -87,8 +88,8 @@ async def _audit(args: argparse.Namespace, open_mine: Callable[[], Any], open_th
         across = await run_audit("across-tenants", victim, probe, on_sample=progress("across-tenants"), **common)
         print(file=sys.stderr)
     except grpc.aio.AioRpcError as exc:
-        print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        print(file=sys.stderr)  # ends the progress line
+        return cli_errors.report(exc)
     finally:
         await mine.close()
         await theirs.close()

@@ -3,14 +3,16 @@ seal, verify, inspect, rekey (``bastion.cli.weights``); api-keys issue/revoke/li
 audit verify/keygen (``bastion.cli.audit``); admin (``bastion.cli.admin``); audit-isolation
 (``bastion.cli.isolation``); eval (``bastion.cli.evaluate``).
 
-Exit codes: 0 success; 1 a failed call or server start; 2 bad usage or configuration (one line on
-stderr, no traceback).
+Exit codes and error messages come from one table, ``bastion.cli.errors``: 0 success; 1 a failed check,
+call or server start; 2 bad usage or configuration; 130 interrupted. Errors are one line on stderr
+(``error: ...``), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,12 +20,12 @@ from typing import Any
 from bastion.cli import admin as admin_cli
 from bastion.cli import apikeys as apikeys_cli
 from bastion.cli import audit as audit_cli
+from bastion.cli import errors as cli_errors
 from bastion.cli import evaluate as evaluate_cli
 from bastion.cli import isolation as isolation_cli
 from bastion.cli import tenants as tenants_cli
 from bastion.cli import weights as weights_cli
 from bastion.config import Settings, load_settings
-from bastion.errors import BastionError, ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,7 +117,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 1
     from bastion.server.app import run_server
 
-    return run_server(settings, lambda: build_pool(settings))
+    return run_server(settings, functools.partial(build_pool, settings))
 
 
 def _channel(args: argparse.Namespace, settings: Settings) -> Any:
@@ -143,6 +145,7 @@ def _channel(args: argparse.Namespace, settings: Settings) -> Any:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     import grpc
+
     from bastion.cli import client
 
     settings = load_settings(args.config)
@@ -161,8 +164,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             )
             return 0
         except grpc.aio.AioRpcError as exc:
-            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+            print(file=sys.stderr)  # ends the partial completion's line
+            return cli_errors.report(exc)
         finally:
             await channel.close()
 
@@ -171,6 +174,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_health(args: argparse.Namespace) -> int:
     import grpc
+
     from bastion.cli import client
 
     settings = load_settings(args.config)
@@ -181,8 +185,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
             status = await client.health(channel, args.timeout)
         except grpc.aio.AioRpcError as exc:
             print("NOT_SERVING")
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+            return cli_errors.report(exc)
         finally:
             await channel.close()
         print(status)
@@ -220,17 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"bastion: {exc.public_message}", file=sys.stderr)
-        return 2
-    except BastionError as exc:
-        print(f"bastion: {exc.public_message}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. an unreadable certificate file given to a client command
-        print(f"bastion: {exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    except cli_errors.HANDLED as exc:  # e.g. an unreadable certificate file given to a client command (OSError)
+        return cli_errors.report(exc)
 
 
 if __name__ == "__main__":

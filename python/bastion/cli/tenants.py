@@ -5,19 +5,20 @@
 issues an API key and adds its principal (``apikey:<key_id>``) to the tenant in the policy file, atomically;
 ``tenants revoke-key --store STORE KEY_ID`` revokes it. A running server picks up a revocation on the next
 call and a policy change on ``bastion admin reload-policy``.
-Exit codes: 0 success; 1 a bad policy or an unknown key id; 2 bad usage. Errors are one line.
+Exit codes (``bastion.cli.errors``): 0 success; 1 an unknown key id; 2 bad usage or a bad policy file.
+Errors are one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError
+from bastion.files import atomic_write
 
 
 def add_parsers(sub: Any) -> None:
@@ -59,6 +60,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def _issue_key(args: argparse.Namespace) -> int:
     from bastion.auth.api_keys import issue, revoke
+    from bastion.auth.principal import api_key_principal_id
     from bastion.cli.apikeys import parse_duration
     from bastion.tenancy.policy import TenancyPolicy
 
@@ -69,23 +71,19 @@ def _issue_key(args: argparse.Namespace) -> int:
     expires = parse_duration(args.expires_in) if args.expires_in else None
     key_id, key = issue(Path(args.store), args.label or args.tenant, expires, f"tenant {args.tenant}")
     roles = sorted(set(args.role or ["user"]))
+    principal_id = api_key_principal_id(key_id)
     block = (
-        f'\n[[principals]]\nid = "apikey:{key_id}"\ntenant = {json.dumps(args.tenant)}\nroles = {json.dumps(roles)}\n'
+        f"\n[[principals]]\nid = {json.dumps(principal_id)}\ntenant = {json.dumps(args.tenant)}\n"
+        f"roles = {json.dumps(roles)}\n"
     )
     new = path.read_bytes() + block.encode()
     try:
         TenancyPolicy.parse(new, source=str(path))  # never write a policy the server would refuse
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(new)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, new, mode=0o600)
     except BaseException:
         revoke(Path(args.store), key_id)  # no key without its policy entry
         raise
-    print(f"key id: {key_id}\nprincipal id: apikey:{key_id}\ntenant: {args.tenant}\nkey: {key}")
+    print(f"key id: {key_id}\nprincipal id: {principal_id}\ntenant: {args.tenant}\nkey: {key}")
     print("the key is shown only this once; run `bastion admin reload-policy` on a running server", file=sys.stderr)
     return 0
 

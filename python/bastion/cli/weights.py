@@ -1,8 +1,9 @@
 """``bastion keys create``, ``seal``, ``verify``, ``inspect``, ``rekey``: the sealed-model commands.
 
 Errors are one line on stderr naming the file (and segment, for integrity failures), never key
-material and never a traceback. Exit codes: 0 success; 1 the artifact failed a check (integrity,
-wrong key, malformed header); 2 bad usage, a missing or unusable file or key (bad mode, exists).
+material and never a traceback. Exit codes (``bastion.cli.errors``): 0 success; 1 the artifact failed a
+check (integrity, wrong key, malformed header); 2 bad usage, a missing or unusable file or key (bad mode,
+exists).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import BastionError, ConfigError, IntegrityError
+from bastion.errors import ConfigError
 
 AEADS = ("aes-256-gcm", "chacha20-poly1305")
 HASHES = ("blake3", "sha256")
@@ -247,33 +248,11 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     return 0
 
 
-_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+# Errors propagate to bastion.cli.main, which maps them through the one table (bastion.cli.errors).
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keys": _cmd_keys,
     "seal": _cmd_seal,
     "verify": _cmd_verify,
     "inspect": _cmd_inspect,
     "rekey": _cmd_rekey,
 }
-
-
-def _run(args: argparse.Namespace) -> int:
-    """Runs one command; maps errors to one line and an exit code (details name files, never keys)."""
-    from bastion.errors import InvalidArgument, NativeIOError
-
-    try:
-        return _HANDLERS[args.command](args)
-    except IntegrityError as exc:  # FormatError included: the artifact is bad
-        print(f"bastion {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except (ConfigError, NativeIOError, InvalidArgument) as exc:
-        print(f"bastion {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except BastionError as exc:
-        print(f"bastion {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"bastion {args.command}: {exc.strerror or type(exc).__name__}: {exc.filename or ''}", file=sys.stderr)
-        return 2
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {name: _run for name in _HANDLERS}

@@ -1,4 +1,4 @@
-"""Builds the engine pool that `bastion serve` drives, from validated settings."""
+"""Builds the engine pool that `bastion serve` drives, from validated settings and the server's contract."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import asyncio
 import logging
 
 from bastion.config import Settings
+from bastion.engine.process import EngineProcessEnv, SealedLoad
 from bastion.engine.protocol import EnginePool
 from bastion.engine.vllm.device import resolve_device
 
 log = logging.getLogger(__name__)
 
 
-async def build_pool(settings: Settings) -> EnginePool:
-    """Prepares the model (converting the default one on first use), then starts one vLLM engine."""
+async def build_pool(settings: Settings, process: EngineProcessEnv) -> EnginePool:
+    """Prepares the model (converting the default one on first use), then starts one vLLM engine.
+
+    ``process`` is the server's part of the engine-process contract (isolation); a sealed model adds how
+    the loading worker verifies and opens it."""
     from bastion.models.resolve import prepare_model
 
     device = resolve_device(settings.model.device)
@@ -27,14 +31,20 @@ async def build_pool(settings: Settings) -> EnginePool:
     )
     from bastion.engine.vllm.engine import VllmEngine
 
-    sealed_env = prepared.worker_env() if prepared.sealed else None
+    if prepared.key is not None and prepared.trust_policy is not None:
+        sealed = SealedLoad(
+            trust_policy=prepared.trust_policy.resolve(),
+            served_model=prepared.name,
+            key_provider=prepared.key.worker_env(),
+        )
+        process = process.model_copy(update={"sealed": sealed})
     engine = await VllmEngine.start(
         settings,
         str(prepared.path),
         prepared.name,
         prepared.digest,
         device,
-        sealed_env=sealed_env,
+        process=process,
         subject_digest=prepared.oms_digest or "",
     )
     return EnginePool([engine])

@@ -122,6 +122,11 @@ class Engine(Protocol):
 
     async def abort(self, request_id: str) -> None: ...
 
+    async def prompt_logprobs(self, request_id: str, token_ids: Sequence[int]) -> list[float]:
+        """The log-probability of each token after the first given those before it, from the engine's own
+        forward pass (the prefix cache not read): what the drift monitor scores."""
+        ...
+
     def stats(self) -> EngineStats: ...
 
     async def shutdown(self) -> None: ...
@@ -142,7 +147,7 @@ class EnginePool:
         try:
             return self._engines[name]
         except KeyError:
-            raise NotFound("model not found") from None
+            raise NotFound(public="model not found") from None
 
     def all(self) -> list[Engine]:
         return list(self._engines.values())

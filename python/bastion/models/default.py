@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bastion.errors import ConfigError, IntegrityError
+from bastion.files import atomic_write_text
 
 if TYPE_CHECKING:
     from bastion.keys import KeyProvider
@@ -48,18 +49,6 @@ class PreparedModel:
     @property
     def sealed(self) -> bool:
         return self.key is not None
-
-    def worker_env(self) -> dict[str, str]:
-        """What vLLM's processes need to load this sealed model: key and policy references, never keys."""
-        from bastion.models.sealed_env import ENV_SERVED_MODEL, ENV_TRUST_POLICY
-
-        if self.key is None or self.trust_policy is None:
-            raise ConfigError("an unsealed model has no loader environment")
-        return {
-            **self.key.worker_env(),
-            ENV_TRUST_POLICY: str(self.trust_policy.resolve()),
-            ENV_SERVED_MODEL: self.name,
-        }
 
 
 def _gguf_dir() -> Path:
@@ -109,8 +98,8 @@ def ensure_default_model(cache_dir: Path) -> PreparedModel:
         actual = digest_dir(target).digest
         if actual != expected:
             raise IntegrityError(
-                "the cached default model changed since it was converted",
-                detail=f"{target}: recorded {expected}, found {actual}; delete it to convert again",
+                f"the cached default model changed since it was converted: {target}: recorded {expected}, "
+                f"found {actual}; delete it to convert again"
             )
         return PreparedModel(DEFAULT_NAME, target, actual)
 
@@ -128,8 +117,8 @@ def ensure_default_model(cache_dir: Path) -> PreparedModel:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    record_tmp = record.with_suffix(".json.tmp")
-    record_tmp.write_text(
+    atomic_write_text(
+        record,
         json.dumps(
             {
                 "name": DEFAULT_NAME,
@@ -138,8 +127,8 @@ def ensure_default_model(cache_dir: Path) -> PreparedModel:
                 "converted_at": int(time.time()),
             },
             indent=2,
-        )
+        ),
+        mode=0o644,
     )
-    os.replace(record_tmp, record)
     log.info("default model ready at %s (%s) in %.0f s", target, digest, time.monotonic() - started)
     return PreparedModel(DEFAULT_NAME, target, digest)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from bastion.config import Settings
 from bastion.errors import ConfigError, IntegrityError
+from bastion.files import atomic_write_text
 from bastion.models.default import DEFAULT_NAME, GGUF_FILE, SOURCE_DIST, PreparedModel, ensure_default_model
 
 if TYPE_CHECKING:
@@ -205,16 +206,16 @@ def _default_keys(cache_dir: Path) -> tuple[Path, Path, Path]:
     if not signing.exists():
         create_signing_key(signing)
     if not policy.exists():
-        tmp = policy.with_suffix(".tmp")
-        tmp.write_text(
+        atomic_write_text(
+            policy,
             "# Trust policy of bastion's local development profile (created by bastion; see bastion.weights.policy).\n"
             "version = 1\n\n[[signer]]\n"
             'name = "local-default"\n'
             f'public_key = "{signing.name}.pub"\n'
             'models = ["*"]\n'
-            f'origins = ["{DEFAULT_ORIGIN}"]\n'
+            f'origins = ["{DEFAULT_ORIGIN}"]\n',
+            mode=0o644,
         )
-        os.replace(tmp, policy)
     return kek, signing, policy
 
 
@@ -239,8 +240,8 @@ def ensure_default_sealed(cache_dir: Path) -> PreparedModel:
             actual = digest_dir(target).digest
             if actual != meta["digest"]:
                 raise IntegrityError(
-                    "the cached sealed default model changed since it was sealed",
-                    detail=f"{target}: recorded {meta['digest']}, found {actual}; delete it to seal again",
+                    f"the cached sealed default model changed since it was sealed: {target}: recorded "
+                    f"{meta['digest']}, found {actual}; delete it to seal again"
                 )
             return open_sealed(target, DEFAULT_NAME, kek, policy)
 
@@ -258,8 +259,8 @@ def ensure_default_sealed(cache_dir: Path) -> PreparedModel:
         )
         sign_dir(target, private_key=signing)
         digest = digest_dir(target).digest
-        tmp = record.with_suffix(".json.tmp")
-        tmp.write_text(
+        atomic_write_text(
+            record,
             json.dumps(
                 {
                     "format": RECORD_FORMAT,
@@ -272,9 +273,9 @@ def ensure_default_sealed(cache_dir: Path) -> PreparedModel:
                     "sealed_at": int(time.time()),
                 },
                 indent=2,
-            )
+            ),
+            mode=0o644,
         )
-        os.replace(tmp, record)
         log.info(
             "sealed and signed the default model into %s (%s; %d tensors, %.0f MiB) in %.1f s, key %s",
             target,

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-import grpc
 from bastion.config import Settings
 from bastion.observability.metrics import Metrics
 from bastion.observability.tracing import build_tracer_provider

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
-from bastion.errors import BastionError, ConfigError, InvalidArgument, NotFound
+
+from bastion.errors import BastionError, ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from bastion.observability.telemetry import Telemetry
 from bastion.server.caller import Caller, current_caller
 from bastion.server.servicer import ServerState
+from bastion.server.status import grpc_status
 from bastion.tenancy.policy import TenancyPolicy
 from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
@@ -22,11 +24,6 @@ from bastion.v1 import admin_pb2_grpc as apb_grpc
 log = logging.getLogger(__name__)
 KEY_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 _T = TypeVar("_T")
-
-
-class FailedPrecondition(BastionError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    public_default = "failed precondition"
 
 
 class AdminServicer(apb_grpc.AdminServicer):
@@ -62,18 +59,19 @@ class AdminServicer(apb_grpc.AdminServicer):
                 )
                 return result
             except BastionError as exc:
-                rec.code = exc.code
+                code, message = grpc_status(exc)
+                rec.code = code
                 await self._state.recorder.request(
                     request_id=rid,
                     method=caller.method,
                     peer=caller.peer,
                     principal=caller.principal,
                     tenant=caller.tenant,
-                    status=exc.code,
+                    status=code,
                     started=rec.start,
                     reason=(exc.detail or "")[:200],
                 )
-                await context.abort(exc.code, exc.public_message)
+                await context.abort(code, message)
         raise AssertionError("unreachable")
 
     async def ReloadPolicy(
@@ -81,12 +79,12 @@ class AdminServicer(apb_grpc.AdminServicer):
     ) -> apb.ReloadPolicyResponse:
         def reload(caller: Caller) -> apb.ReloadPolicyResponse:
             if self._policy_file is None:
-                raise FailedPrecondition("no tenancy.policy_file is configured")
+                raise FailedPrecondition(public="no tenancy.policy_file is configured")
             try:
                 policy = TenancyPolicy.load(self._policy_file)
             except ConfigError as exc:
-                # The running policy stays; the message names the field, never a value.
-                raise FailedPrecondition(exc.public_message, detail="policy reload refused") from None
+                # The running policy stays; the client text names the field, never a value or the path.
+                raise FailedPrecondition(f"policy reload refused: {exc}", public=exc.public_message) from None
             self._state.guard.reload(policy)
             log.info("tenancy policy reloaded by %s: %s", caller.principal.id, policy.digest)
             return apb.ReloadPolicyResponse(
@@ -132,11 +130,11 @@ class AdminServicer(apb_grpc.AdminServicer):
             if not KEY_ID_RE.fullmatch(request.key_id):
                 raise InvalidArgument("key_id", "1 to 64 characters of [A-Za-z0-9]")
             if self._store is None:
-                raise FailedPrecondition("no auth.api_keys.file is configured")
+                raise FailedPrecondition(public="no auth.api_keys.file is configured")
             try:
                 self._revoke_key(self._store, request.key_id)
             except KeyError:
-                raise NotFound("no API key has that id") from None
+                raise NotFound(public="no API key has that id") from None
             log.warning("API key %s revoked by %s", request.key_id, caller.principal.id)
             return apb.RevokeApiKeyResponse()
 
@@ -191,7 +189,7 @@ class AdminServicer(apb_grpc.AdminServicer):
         results = []
         error: BastionError | None = None
         if not self._state.settings.assurance.drift.enabled:
-            error = FailedPrecondition("drift monitoring is off (assurance.drift.enabled = false)")
+            error = FailedPrecondition(public="drift monitoring is off (assurance.drift.enabled = false)")
         else:
             for m in monitors:  # before the audited decision: a check runs the engine for seconds
                 try:

@@ -57,7 +57,7 @@ class Admission:
     def admit(self, request_id: str, *, counted: bool) -> Iterator[Ticket]:
         """Tracks the current RPC; raises Unavailable when draining, Overloaded when full (counted only)."""
         if self.closed:
-            raise Unavailable("server is shutting down")
+            raise Unavailable(public="server is shutting down")
         if counted and self._counted >= self._max:
             raise Overloaded()
         ticket = Ticket(request_id, counted)

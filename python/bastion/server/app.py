@@ -6,7 +6,7 @@ Order (each step logged once):
   1. build the grpc.aio server (explicit limits, the auth interceptor), register Inference, Admin and
      grpc.health.v1, bind, start;
      health is NOT_SERVING, Inference answers UNAVAILABLE;
-  2. ``await pool_factory()`` (a minute or more for vLLM); health turns SERVING once the pool is ready,
+  2. ``await pool_factory(contract)`` (the engine-process contract, ``bastion.engine.process``) (a minute or more for vLLM); health turns SERVING once the pool is ready,
      and a watchdog keeps it in step with the engines (NOT_SERVING when one dies);
   3. on SIGTERM/SIGINT (or ``stop_event``): health NOT_SERVING for good, new Generate/Tokenize
      calls refused with UNAVAILABLE "server is shutting down" (the listener stays up meanwhile, so
@@ -23,8 +23,8 @@ Exit codes: 0 after a clean stop, 1 when binding or loading the engine pool fail
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
 import shutil
 import signal
 import tempfile
@@ -32,20 +32,20 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from bastion.assurance.drift import DriftMonitor
 from bastion.assurance.release import ReleaseBook
-from bastion.audit.content import PRUNE_EVERY_S, ContentStore
 from bastion.auth.api_keys import revoke as revoke_api_key
 from bastion.config import Settings
+from bastion.engine.process import EngineProcessEnv
 from bastion.engine.protocol import EnginePool, EngineStats
-from bastion.engine.vllm import block_hasher
 from bastion.errors import BastionError, ConfigError
-from bastion.isolation.kv_metrics import ENV_STATS_DIR, TenantKvStats
+from bastion.isolation.kv_metrics import TenantKvStats
 from bastion.observability.logs import setup_logging
 from bastion.observability.telemetry import Telemetry
 from bastion.server.admin import AdminServicer
+from bastion.server.background import prune_content, redteam_baseline, start_drift, start_redteam
 from bastion.server.health import NOT_SERVING, WATCHDOG_INTERVAL_S, Health
 from bastion.server.listener import bind, build_server
 from bastion.server.security import Security, build_security
@@ -55,7 +55,8 @@ from bastion.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-PoolFactory = Callable[[], Awaitable[EnginePool]]
+# Starts the engines; the argument is the contract their processes inherit (bastion.engine.process).
+PoolFactory = Callable[[EngineProcessEnv], Awaitable[EnginePool]]
 # After the grace period: time for aborted streams to send their final message before the hard stop.
 ABORT_MARGIN_S = 2.0
 # After the drain: time for finished calls to send their last messages and status.
@@ -91,24 +92,9 @@ def _enable_reflection(server: object) -> None:
     reflection.enable_server_reflection(names, server)
 
 
-async def _prune_content(content: ContentStore, state: ServerState) -> None:
-    """Deletes opt-in content past each tenant's retention, now and then hourly."""
-    while True:
-        days = {
-            t: p.content_logging.retention_days
-            for t, p in state.guard.policy.tenants.items()
-            if p.content_logging.enabled
-        }
-        try:
-            await asyncio.to_thread(content.prune, days)
-        except OSError as exc:
-            log.error("content retention pruning failed: %s", exc.strerror or type(exc).__name__)
-        await asyncio.sleep(PRUNE_EVERY_S)
-
-
-async def _load_pool(pool_factory: PoolFactory, stop_event: asyncio.Event) -> EnginePool | None:
+async def _load_pool(load: Callable[[], Awaitable[EnginePool]], stop_event: asyncio.Event) -> EnginePool | None:
     """The pool, or None when a stop was requested first (the load is then cancelled)."""
-    loading = asyncio.ensure_future(pool_factory())
+    loading = asyncio.ensure_future(load())
     stopping = asyncio.ensure_future(stop_event.wait())
     try:
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -123,54 +109,6 @@ async def _load_pool(pool_factory: PoolFactory, stop_event: asyncio.Event) -> En
     except BaseException:
         log.debug("engine pool load ended on cancel", exc_info=True)
     return None
-
-
-def _start_drift(settings: Settings, state: ServerState, pool: EnginePool) -> list[asyncio.Future[None]]:
-    """A drift monitor per engine that can score log-probs (bastion.assurance.drift)."""
-    if not settings.assurance.drift.enabled:
-        return []
-    tasks: list[asyncio.Future[None]] = []
-    for engine in pool.all():
-        if not hasattr(engine, "prompt_logprobs"):
-            continue
-
-        async def on_alert(model: str, digest: str, reason: str, action: str) -> None:
-            await state.recorder.alert(event="drift", model=model, model_digest=digest, reason=reason, action=action)
-
-        monitor = DriftMonitor(settings.assurance.drift, settings.cache_dir, engine, state.releases, on_alert)
-        state.drift[engine.info.name] = monitor
-        tasks.append(asyncio.ensure_future(monitor.run()))
-    return tasks
-
-
-def _redteam_baseline(settings: Settings) -> dict[str, Any] | None:
-    rt = settings.assurance.redteam
-    if not rt.enabled or rt.baseline is None:
-        return None
-    from bastion.assurance.report import load_summary
-
-    return load_summary(rt.baseline)  # ConfigError naming the file: a start failure
-
-
-def _start_redteam(
-    settings: Settings, state: ServerState, pool: EnginePool, baseline: dict[str, Any] | None
-) -> list[asyncio.Future[None]]:
-    """A continuous red-team scheduler per engine (bastion.assurance.redteam)."""
-    if not settings.assurance.redteam.enabled:
-        return []
-    from bastion.assurance.redteam import RedTeam
-
-    async def on_event(event: str, model: str, digest: str, reason: str, action: str) -> None:
-        await state.recorder.alert(event=event, model=model, model_digest=digest, reason=reason, action=action)
-
-    tasks: list[asyncio.Future[None]] = []
-    for engine in pool.all():
-        team = RedTeam(
-            settings.assurance.redteam, engine, state.releases, lambda: state.admission.inflight, on_event, baseline
-        )
-        state.redteam[engine.info.name] = team
-        tasks.append(asyncio.ensure_future(team.run()))
-    return tasks
 
 
 async def _drain(health: Health, state: ServerState, grace: float) -> None:
@@ -190,6 +128,162 @@ async def _drain(health: Health, state: ServerState, grace: float) -> None:
         await state.admission.wait_idle(ABORT_MARGIN_S)
 
 
+class _StartFailed(Exception):
+    """A start step failed: logged once as the reason, and serve() returns 1 (never an open server)."""
+
+
+class _Run:
+    """What one serve() call owns. Each step does one job; close() undoes whatever the steps did."""
+
+    def __init__(self, settings: Settings, telemetry: Telemetry | None, watchdog_interval: float) -> None:
+        self.settings = settings
+        self.owns_telemetry = telemetry is None
+        self.telemetry = telemetry or Telemetry.from_settings(settings)
+        self.watchdog_interval = watchdog_interval
+        self.health = Health()
+        self.loop = asyncio.get_running_loop()
+        self.security: Security | None = None
+        self.releases: ReleaseBook | None = None
+        self.redteam_baseline: dict[str, Any] | None = None
+        self.state: ServerState | None = None
+        self.server: grpc.aio.Server | None = None
+        self.started = False
+        self.pool: EnginePool | None = None
+        self.kv_stats: Path | None = None
+        self.tasks: list[asyncio.Future[None]] = []
+        self.signals: list[signal.Signals] = []
+
+    def open_security(self, factory: Callable[..., Security]) -> Security:
+        """Step 0: the tenancy policy, the authenticator and the audit log (recovered and continued)."""
+
+        def on_audit_failure() -> None:
+            log.error("the audit log failed: health NOT_SERVING; every call is refused until restart")
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.health.shutting_down()))
+
+        try:
+            self.security = factory(self.settings, on_audit_failure, self.telemetry.audit_sink)
+        except (BastionError, OSError) as exc:
+            raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
+        return self.security
+
+    def open_assurance(self, security: Security) -> ServerState:
+        """The go-live gate's release book and the red-team baseline; then the state the servicers share."""
+        try:
+            self.releases = ReleaseBook(self.settings.assurance, self.settings.cache_dir)
+            self.redteam_baseline = redteam_baseline(self.settings)
+        except (BastionError, OSError) as exc:  # the accepted probe suites do not verify
+            raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
+        _warn_on_open_release(self.settings, self.releases)
+        s = self.state = ServerState(
+            self.settings, security.guard, security.recorder, security.content, security.partition, self.releases
+        )
+        _bind_metrics(self.telemetry, s, self.releases)
+        return s
+
+    def stop_on_signals(self, state: ServerState) -> asyncio.Event:
+        """SIGTERM/SIGINT set the returned event; a second one aborts in-flight requests at once."""
+        stop = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                log.warning("second stop signal: aborting in-flight requests now")
+                state.admission.abort_all()
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, on_signal)
+            self.signals.append(sig)
+        return stop
+
+    async def start_listener(
+        self, security: Security, state: ServerState, on_bound: Callable[[str], None] | None
+    ) -> None:
+        """Step 1: Inference, Admin and health registered, bound and started; health NOT_SERVING."""
+        server = self.server = build_server(self.settings.server, [security.interceptor])
+        _add_services(server, state, self.telemetry, self.health, self.settings)
+        try:
+            if self.settings.server.reflection:
+                _enable_reflection(server)
+                log.warning("gRPC reflection is on: any client can list the API")
+            address, description = bind(server, self.settings.server)
+            if self.settings.observability.metrics_listen:
+                self.telemetry.metrics.start_http(self.settings.observability.metrics_listen)
+        except (ConfigError, OSError) as exc:
+            raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
+        await self.health.set(NOT_SERVING)
+        await server.start()
+        self.started = True
+        log.info("listening on %s (%s); health is NOT_SERVING until the engine is ready", address, description)
+        log.info("try: bastion health --target %s ; bastion generate --target %s 'Hello'", address, address)
+        if on_bound is not None:
+            on_bound(address)
+
+    def engine_process(self, security: Security) -> EngineProcessEnv:
+        """The contract vLLM's processes inherit: with a partition key file, the EngineCore keys its prefix
+        cache by tenant and runs the tenant KV scheduler, which reports per-tenant KV figures to kv_stats."""
+        partition = security.partition
+        if partition is None or partition.source is None:
+            log.warning("tenant isolation is OFF in the engine: the security layer named no partition key file")
+            return EngineProcessEnv()
+        self.kv_stats = Path(tempfile.mkdtemp(prefix="bastion-kv-stats-"))
+        guard = security.guard
+        stats = TenantKvStats(self.kv_stats, partition, lambda: guard.policy.tenants)
+        self.telemetry.metrics.bind_tenant_kv(stats.rows)
+        return EngineProcessEnv(partition_key_file=partition.source.resolve(), kv_stats_dir=self.kv_stats)
+
+    async def load_pool(
+        self, factory: PoolFactory, process: EngineProcessEnv, stop: asyncio.Event
+    ) -> EnginePool | None:
+        """Step 2: the engines (minutes for vLLM on CPU); None when a stop came first."""
+        try:
+            return await _load_pool(functools.partial(factory, process), stop)
+        except Exception as exc:
+            log.debug("engine pool failure detail", exc_info=exc)
+            raise _StartFailed(f"engine pool failed to start: {_one_line(exc)}") from None
+
+    async def serve_pool(self, state: ServerState, pool: EnginePool) -> None:
+        """Requests reach the pool; the watchdog turns health SERVING; drift, red-team and pruning start."""
+        assert self.releases is not None
+        self.pool = state.pool = pool
+        await asyncio.to_thread(self.releases.reload, [e.info for e in pool.all()])
+        self.tasks += start_drift(self.settings, state, pool)
+        self.tasks += start_redteam(self.settings, state, pool, self.redteam_baseline)
+        self.tasks.append(asyncio.ensure_future(self.health.follow(pool, self.watchdog_interval)))
+        if state.content is not None:
+            self.tasks.append(asyncio.ensure_future(prune_content(state.content, state)))
+        log.info("engine pool loaded: %s", ", ".join(f"{e.info.name} ({e.info.digest})" for e in pool.all()))
+
+    async def close(self) -> None:
+        """Step 4: the listener stops (finished calls send their status), then the pool, then the audit log."""
+        for t in self.tasks:
+            t.cancel()
+        if self.started:
+            await self.health.shutting_down()
+        if self.state is not None:
+            self.state.admission.close()
+        if self.server is not None:
+            # Drained handlers have returned; their calls get FLUSH_S to send the final status, then
+            # whatever is left (health watches, stragglers) is cancelled.
+            await self.server.stop(FLUSH_S)
+            self.telemetry.metrics.stop_http()
+        if self.pool is not None:
+            try:
+                await self.pool.shutdown()
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on: the audit log must still close
+                log.error("engine pool shutdown failed: %s", _one_line(exc))
+        for sig in self.signals:
+            self.loop.remove_signal_handler(sig)
+        if self.security is not None:
+            try:
+                await self.security.audit.aclose()
+            except Exception as exc:  # noqa: BLE001 - logged; the process is exiting either way
+                log.error("closing the audit log failed: %s", _one_line(exc))
+        if self.kv_stats is not None:
+            shutil.rmtree(self.kv_stats, ignore_errors=True)
+        if self.owns_telemetry:
+            self.telemetry.shutdown()
+
+
 async def serve(
     settings: Settings,
     pool_factory: PoolFactory,
@@ -205,32 +299,28 @@ async def serve(
     ``security_factory`` builds the authenticator, tenancy guard and audit log; the CLI always uses
     :func:`build_security`. Only benchmarks/ passes another (an open server, to measure what security costs).
     """
-    loop = asyncio.get_running_loop()
-    owns_telemetry = telemetry is None
-    telemetry = telemetry or Telemetry.from_settings(settings)
-    health = Health()
-
-    def on_audit_failure() -> None:
-        log.error("the audit log failed: health NOT_SERVING; every call is refused until restart")
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(health.shutting_down()))
-
+    run = _Run(settings, telemetry, watchdog_interval)
     try:
-        security: Security = security_factory(settings, on_audit_failure, telemetry.audit_sink)
-    except (ConfigError, BastionError, OSError) as exc:
-        log.error("cannot start: %s", _one_line(exc))
-        if owns_telemetry:
-            telemetry.shutdown()
+        security = run.open_security(security_factory)
+        state = run.open_assurance(security)
+        stop = stop_event or run.stop_on_signals(state)
+        await run.start_listener(security, state, on_bound)
+        pool = await run.load_pool(pool_factory, run.engine_process(security), stop)
+        if pool is None:
+            return 0
+        await run.serve_pool(state, pool)
+        await stop.wait()
+        log.info("stop requested: health NOT_SERVING, draining")
+        await _drain(run.health, state, settings.server.grace_period_s)
+        return 0
+    except _StartFailed as exc:
+        log.error("%s", exc)
         return 1
-    content = security.content
-    try:
-        releases = ReleaseBook(settings.assurance, settings.cache_dir)
-        redteam_baseline = _redteam_baseline(settings)
-    except (ConfigError, BastionError, OSError) as exc:  # the accepted probe suites do not verify
-        log.error("cannot start: %s", _one_line(exc))
-        await security.audit.aclose()
-        if owns_telemetry:
-            telemetry.shutdown()
-        return 1
+    finally:
+        await run.close()
+
+
+def _warn_on_open_release(settings: Settings, releases: ReleaseBook) -> None:
     if not releases.enforced:
         log.warning(
             "assurance.require_attestation = false: models are served to tenants WITHOUT a security "
@@ -241,7 +331,9 @@ async def serve(
             "assurance.trusted_keys is empty: no attestation can release a model; every model stays "
             "evaluation-only (bastion eval needs an evaluator principal)"
         )
-    state = ServerState(settings, security.guard, security.recorder, content, security.partition, releases)
+
+
+def _bind_metrics(telemetry: Telemetry, state: ServerState, releases: ReleaseBook) -> None:
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
     telemetry.metrics.bind_drift(lambda: [m.state for m in state.drift.values()])
     telemetry.metrics.bind_redteam(lambda: [t.state for t in state.redteam.values()])
@@ -250,119 +342,21 @@ async def serve(
             [] if state.pool is None else [(e.info.name, releases.release(e.info.name).state) for e in state.pool.all()]
         )
     )
-    signals: list[signal.Signals] = []
-    if stop_event is None:
-        stop_event = asyncio.Event()
 
-        def on_signal() -> None:
-            if stop_event.is_set():
-                log.warning("second stop signal: aborting in-flight requests now")
-                state.admission.abort_all()
-            stop_event.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-            signals.append(sig)
-
-    server = build_server(settings.server, [security.interceptor])
+def _add_services(
+    server: grpc.aio.Server, state: ServerState, telemetry: Telemetry, health: Health, settings: Settings
+) -> None:
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(state, telemetry), server)
-    apb_grpc.add_AdminServicer_to_server(
-        AdminServicer(
-            state,
-            telemetry,
-            policy_file=settings.tenancy.policy_file,
-            api_key_store=settings.auth.api_keys.file,
-            revoke_key=revoke_api_key,
-        ),
-        server,
+    admin = AdminServicer(
+        state,
+        telemetry,
+        policy_file=settings.tenancy.policy_file,
+        api_key_store=settings.auth.api_keys.file,
+        revoke_key=revoke_api_key,
     )
+    apb_grpc.add_AdminServicer_to_server(admin, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    pool: EnginePool | None = None
-    kv_stats: Path | None = None
-    watchdog: asyncio.Task[None] | None = None
-    drift_tasks: list[asyncio.Future[None]] = []
-    pruner: asyncio.Future[None] | None = None
-    started = False
-    try:
-        try:
-            if settings.server.reflection:
-                _enable_reflection(server)
-                log.warning("gRPC reflection is on: any client can list the API")
-            address, description = bind(server, settings.server)
-            if settings.observability.metrics_listen:
-                telemetry.metrics.start_http(settings.observability.metrics_listen)
-        except (ConfigError, OSError) as exc:
-            log.error("cannot start: %s", _one_line(exc))
-            return 1
-        await health.set(NOT_SERVING)
-        await server.start()
-        started = True
-        log.info("listening on %s (%s); health is NOT_SERVING until the engine is ready", address, description)
-        log.info("try: bastion health --target %s ; bastion generate --target %s 'Hello'", address, address)
-        if on_bound is not None:
-            on_bound(address)
-
-        try:
-            if security.partition is not None and security.partition.source is not None:
-                # The EngineCore (a child process) keys its prefix-cache blocks with the same secret and
-                # runs the tenant-aware scheduler, which reports per-tenant KV figures into kv_stats.
-                os.environ[block_hasher.ENV_KEY_FILE] = str(security.partition.source)
-                kv_stats = Path(tempfile.mkdtemp(prefix="bastion-kv-stats-"))
-                os.environ[ENV_STATS_DIR] = str(kv_stats)
-                partition, guard = security.partition, security.guard
-                stats = TenantKvStats(kv_stats, partition, lambda: guard.policy.tenants)
-                telemetry.metrics.bind_tenant_kv(stats.rows)
-            pool = await _load_pool(pool_factory, stop_event)
-        except Exception as exc:
-            log.error("engine pool failed to start: %s", _one_line(exc))
-            log.debug("engine pool failure detail", exc_info=exc)
-            return 1
-        if pool is None:
-            return 0
-        state.pool = pool
-        await asyncio.to_thread(releases.reload, [e.info for e in pool.all()])
-        drift_tasks = _start_drift(settings, state, pool) + _start_redteam(settings, state, pool, redteam_baseline)
-        watchdog = asyncio.ensure_future(health.follow(pool, watchdog_interval))
-        if content is not None:
-            pruner = asyncio.ensure_future(_prune_content(content, state))
-        log.info("engine pool loaded: %s", ", ".join(f"{e.info.name} ({e.info.digest})" for e in pool.all()))
-
-        await stop_event.wait()
-        log.info("stop requested: health NOT_SERVING, draining")
-        await _drain(health, state, settings.server.grace_period_s)
-        return 0
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-        for t in drift_tasks:
-            t.cancel()
-        if pruner is not None:
-            pruner.cancel()
-        if started:
-            await health.shutting_down()
-        state.admission.close()
-        # Drained handlers have returned; their calls get FLUSH_S to send the final status, then
-        # whatever is left (health watches, stragglers) is cancelled.
-        await server.stop(FLUSH_S)
-        telemetry.metrics.stop_http()
-        if pool is not None:
-            try:
-                await pool.shutdown()
-            except Exception as exc:  # noqa: BLE001 - shutdown goes on: the audit log must still close
-                log.error("engine pool shutdown failed: %s", _one_line(exc))
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        try:
-            await security.audit.aclose()
-        except Exception as exc:  # noqa: BLE001 - logged; the process is exiting either way
-            log.error("closing the audit log failed: %s", _one_line(exc))
-        if kv_stats is not None:
-            shutil.rmtree(kv_stats, ignore_errors=True)
-            os.environ.pop(ENV_STATS_DIR, None)
-            os.environ.pop(block_hasher.ENV_KEY_FILE, None)
-        if owns_telemetry:
-            telemetry.shutdown()
-        log.info("stopped")
 
 
 def run_server(settings: Settings, pool_factory: PoolFactory) -> int:

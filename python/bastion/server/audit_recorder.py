@@ -13,8 +13,10 @@ import time
 from typing import Any, Protocol
 
 import grpc
+
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied, RateLimited, Unauthenticated
+from bastion.server.status import status_code
 
 _DECISION_CODES = (
     grpc.StatusCode.UNAUTHENTICATED,
@@ -61,7 +63,7 @@ class AuditRecorder:
         exc: BaseException,
         model: str = "",
     ) -> None:
-        code = exc.code if isinstance(exc, BastionError) else grpc.StatusCode.INTERNAL
+        code = status_code(exc)
         fields: dict[str, Any] = {
             "request_id": request_id,
             "method": method,

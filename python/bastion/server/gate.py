@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
 import grpc
+
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied
 from bastion.server.audit_recorder import AuditRecorder
@@ -70,7 +71,7 @@ class SecurityGate:
             # An evaluator calls Inference too (bastion eval), on released and evaluation-only models.
             held = assignment.roles | ({"user"} if "evaluator" in assignment.roles else set())
             if need in ("user", "admin") and need not in held:
-                raise PermissionDenied(detail=f"principal lacks the {need} role")
+                raise PermissionDenied(f"principal lacks the {need} role")
             return Caller(rid, method, peer, principal, assignment)
         except BastionError as exc:
             self.guard.deny(tenant or None)

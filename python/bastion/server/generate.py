@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
+
 from bastion.engine.protocol import Engine, EngineOutput, EngineRequest, SamplingSpec
 from bastion.errors import EngineError
 from bastion.observability.telemetry import RpcRecord, Telemetry
@@ -71,7 +72,7 @@ async def stream_generation(
             try:
                 out = await anext(it)
             except StopAsyncIteration:
-                raise EngineError(detail="engine stream ended without a final output") from None
+                raise EngineError("engine stream ended without a final output") from None
             finally:
                 ticket.cancellable = False
             rec.prompt_tokens = out.prompt_tokens or rec.prompt_tokens

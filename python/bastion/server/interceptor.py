@@ -13,15 +13,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-import grpc
 from bastion.errors import BastionError, RateLimited
 from bastion.observability.logs import request_id_var
 from bastion.server.caller import caller_var
 from bastion.server.gate import SecurityGate
 from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
+from bastion.server.status import grpc_status
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             caller = await self._gate.admit(method, request, context, rid)
         except BastionError as exc:
-            log.info("%s refused: %s (%s)", method, exc.code.name, exc.detail or exc.public_message)
-            await context.abort(exc.code, exc.public_message, trailing_metadata=abort_metadata(rid, exc))
+            code, message = grpc_status(exc)
+            log.info("%s refused: %s (%s)", method, code.name, exc.detail or message)
+            await context.abort(code, message, trailing_metadata=abort_metadata(rid, exc))
         except Exception as exc:
             log.error("%s: security gate failed: %s", method, type(exc).__name__)
             log.debug("security gate failure detail", exc_info=exc)

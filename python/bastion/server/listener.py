@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import grpc
+
 from bastion.config import ServerSettings, TlsSettings, is_loopback, parse_listen
 from bastion.errors import ConfigError
 
@@ -101,7 +102,7 @@ class _CertReloader:
         try:
             config = self._load()
         except ConfigError as exc:
-            log.error("TLS files changed but cannot be loaded; keeping the previous ones: %s", exc.public_message)
+            log.error("TLS files changed but cannot be loaded; keeping the previous ones: %s", exc)
             return None
         self.reloads += 1
         log.info("TLS certificate files changed: reloaded (new handshakes use them)")

@@ -51,8 +51,8 @@ def check_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> None:
         k = key.lower()
         if k in FORBIDDEN_KEYS or k.startswith(FORBIDDEN_PREFIXES):
             raise PermissionDenied(
-                "tenant, cache salt and identity come from credentials only",
-                detail="identity override attempt in metadata",
+                "identity override attempt in metadata",
+                public="tenant, cache salt and identity come from credentials only",
             )
         # The authenticator bounds (and audits) the authorization value itself.
         if k != "authorization" and len(value) > MAX_METADATA_VALUE_BYTES:
@@ -81,6 +81,6 @@ def check_request_fields(request: object) -> None:
     """Refuses a request message that carries fields unknown to this server's schema."""
     if isinstance(request, Message) and _has_unknown_fields(request):
         raise PermissionDenied(
-            "request has fields this server does not accept (tenant, salt and identity come from credentials)",
-            detail="unknown request fields",
+            "unknown request fields",
+            public="request has fields this server does not accept (tenant, salt and identity come from credentials)",
         )

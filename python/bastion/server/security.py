@@ -54,11 +54,15 @@ def build_security(settings: Settings, on_audit_failure: Callable[[], None], aud
     policy = TenancyPolicy.load(settings.tenancy.policy_file)
     guard = TenantGuard(policy)
     authenticator = Authenticator(settings.auth, client_ca=settings.server.tls.client_ca_file is not None)
-    key_file = settings.isolation.partition_key_file
-    key_path = key_file or settings.cache_dir / "keys" / "partition.key"
-    secret = load_or_create(key_path, create=key_file is None)
     audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
     recorder = AuditRecorder(audit)
     gate = SecurityGate(authenticator, guard, recorder, public_health=settings.auth.public_health)
     content = ContentStore(audit.directory / "content")
-    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), PartitionKeys(secret, key_path), content)
+    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), partition_keys(settings), content)
+
+
+def partition_keys(settings: Settings) -> PartitionKeys:
+    """The tenant partition secret, from the file the EngineCore reads too (created 0600 when defaulted)."""
+    key_file = settings.isolation.partition_key_file
+    key_path = key_file or settings.cache_dir / "keys" / "partition.key"
+    return PartitionKeys(load_or_create(key_path, create=key_file is None), key_path)

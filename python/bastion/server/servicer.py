@@ -2,8 +2,8 @@
 
 Every RPC gets a server-generated request id, sent in the initial metadata (``x-request-id``), on
 every GenerateResponse, in the trailing metadata of errors, in logs (contextvar) and on the span.
-Errors reach the client as ``grpc_status(exc)``; anything unexpected becomes INTERNAL with the text
-``internal error (request_id=...)`` and nothing else.
+Errors reach the client as ``grpc_status(exc)`` (``bastion.server.status``); anything unexpected becomes
+INTERNAL with the text ``internal error (request_id=...)`` and nothing else.
 
 The auth interceptor has already authenticated the caller and mapped it to a tenant
 (:func:`current_caller`); here the tenant's policy is enforced (model allowed, per-request token cap,
@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 import grpc
+
 from bastion.assurance.drift import DriftMonitor
 from bastion.assurance.release import ReleaseBook
 from bastion.audit.content import ContentStore
@@ -38,6 +39,7 @@ from bastion.server.generate import stream_generation
 from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
 from bastion.server.interceptor import abort_metadata
 from bastion.server.public_prefixes import PublicPrefixMatcher
+from bastion.server.status import grpc_status
 from bastion.server.validation import InputSpec, fit_context, validate_generate, validate_input
 from bastion.tenancy.guard import TenantGuard
 from bastion.tenancy.partition import PartitionKeys
@@ -109,7 +111,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         """The engine-side partition of this request: tenant key, public prefix length, KV budget."""
         partition = self._state.partition
         if partition is None:  # fails closed: no generation without a partition
-            raise Unavailable(detail="no prefix-cache partition keys")
+            raise Unavailable("no prefix-cache partition keys")
         limits = caller.assignment.limits
         public = await self._public.public_tokens(
             self._guard.policy.public_prefixes, engine, engine.info.name, spec.prompt, spec.conversation, ids
@@ -120,10 +122,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def _engine(self, model: str) -> Engine:
         pool = self._state.pool
         if pool is None:
-            raise Unavailable(NOT_READY)
+            raise Unavailable(public=NOT_READY)
         engine = pool.get(model)  # NotFound
         if engine.is_dead() or not engine.is_ready():
-            raise Unavailable(NOT_READY)
+            raise Unavailable(public=NOT_READY)
         return engine
 
     async def _begin(self, context: grpc.aio.ServicerContext) -> tuple[str, Caller]:
@@ -196,8 +198,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         caller: Caller,
         prompt: str | None = None,
     ) -> None:
-        if isinstance(exc, BastionError) and exc.code != grpc.StatusCode.INTERNAL:
-            code, message = exc.code, exc.public_message
+        code, message = grpc_status(exc)
+        if code != grpc.StatusCode.INTERNAL:
             log.info("%s refused: %s %s", rec.method, code.name, message)
         elif engine is not None and engine.is_dead():
             code, message = grpc.StatusCode.UNAVAILABLE, "model engine is unavailable"
@@ -211,7 +213,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             await self._audit(caller, rec, code, prompt=prompt, exc=exc)
         except BastionError as audit_exc:  # the audit log failed: fail closed with its status
-            code, message = audit_exc.code, audit_exc.public_message
+            code, message = grpc_status(audit_exc)
             rec.code = code
         await context.abort(code, message, trailing_metadata=abort_metadata(rec.request_id, exc))
 
@@ -236,7 +238,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
-        raise Unavailable(SHUTTING_DOWN)
+        raise Unavailable(public=SHUTTING_DOWN)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
         rid, caller = await self._begin(context)
@@ -255,7 +257,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 info = engine.info
                 rec.model, rec.digest = info.name, info.digest
                 if spec.adapter is not None and spec.adapter not in info.adapters:
-                    raise NotFound("adapter not found for the model")
+                    raise NotFound(public="adapter not found for the model")
                 self._state.releases.check(caller.assignment.roles, info.name, spec.adapter)
                 cap = caller.assignment.limits.max_tokens_per_request
                 if not spec.max_tokens_explicit and spec.sampling.max_tokens > cap:
@@ -267,7 +269,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         self._shutdown_cancel(ticket, exc)
                     sampling = fit_context(spec, len(ids), info.max_context)
                     if ticket.abort_requested:
-                        raise Unavailable(SHUTTING_DOWN)
+                        raise Unavailable(public=SHUTTING_DOWN)
                     with self._guard.stream(caller.assignment, len(ids), sampling.max_tokens) as lease:
                         text = prompt
 
@@ -339,7 +341,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             try:
                 pool = self._state.pool
                 if pool is None:
-                    raise Unavailable(NOT_READY)
+                    raise Unavailable(public=NOT_READY)
                 self._guard.take_request(caller.assignment)
                 limits = caller.assignment.limits
                 # A tenant sees only the models its policy allows.

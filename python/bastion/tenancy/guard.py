@@ -106,7 +106,7 @@ class TenantGuard:
     def resolve(self, principal_id: str) -> Assignment:
         a = self._policy.assignment(principal_id)
         if a is None:
-            raise PermissionDenied(detail="principal is not in the tenancy policy")
+            raise PermissionDenied("principal is not in the tenancy policy")
         return a
 
     def _state(self, tenant: str) -> _TenantState:
@@ -121,11 +121,11 @@ class TenantGuard:
 
     def check_model(self, a: Assignment, model: str) -> None:
         if not a.limits.allows_model(model):
-            raise PermissionDenied(detail="model not allowed for the tenant")
+            raise PermissionDenied("model not allowed for the tenant")
 
     def check_adapter(self, a: Assignment, adapter: str) -> None:
         if not a.limits.allows_adapter(adapter):
-            raise PermissionDenied(detail="adapter not allowed for the tenant")
+            raise PermissionDenied("adapter not allowed for the tenant")
 
     def take_request(self, a: Assignment) -> None:
         """Charges one request (Tokenize and other cheap calls); RateLimited when the bucket is empty."""

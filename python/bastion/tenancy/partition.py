@@ -12,6 +12,7 @@ created 0600 on first start). Replacing it changes every salt (the cache is simp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bastion.errors import ConfigError
+from bastion.files import atomic_write
 
 INFO_PREFIX = b"bastion kv partition v1\x00"
 BLOCK_KEY_INFO = b"bastion kv block key v1"
@@ -45,11 +47,9 @@ def load_or_create(path: Path, *, create: bool) -> bytes:
     """The secret at ``path``; with ``create``, a new one is written (0600, directory 0700) when absent."""
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(KEY_BYTES))
-            f.flush()
-            os.fsync(f.fileno())
+        # Published whole or not at all; a concurrent start that created it first wins (same secret for both).
+        with contextlib.suppress(FileExistsError):
+            atomic_write(path, secrets.token_bytes(KEY_BYTES), mode=0o600, overwrite=False)
     return _read_key(path)
 
 

@@ -166,19 +166,24 @@ class TenancyPolicy:
     @classmethod
     def parse(cls, data: bytes, *, source: str = "tenancy.policy_file") -> TenancyPolicy:
         if len(data) > MAX_POLICY_BYTES:
-            raise ConfigError(f"{source}: larger than {MAX_POLICY_BYTES} bytes")
+            raise ConfigError(
+                f"{source}: larger than {MAX_POLICY_BYTES} bytes",
+                public=f"tenancy policy: larger than {MAX_POLICY_BYTES} bytes",
+            )
         try:
             raw = tomllib.loads(data.decode("utf-8"))
             parsed = PolicyFile.model_validate(raw)
         except UnicodeDecodeError:
-            raise ConfigError(f"{source}: not UTF-8") from None
+            raise ConfigError(f"{source}: not UTF-8", public="tenancy policy: not UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: not valid TOML ({exc.args[0] if exc.args else 'syntax'})") from None
+            problem = f"not valid TOML ({exc.args[0] if exc.args else 'syntax'})"
+            raise ConfigError(f"{source}: {problem}", public=f"tenancy policy: {problem}") from None
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {e['msg']}" for e in exc.errors()[:5]
             )
-            raise ConfigError(f"{source}: {problems}") from None
+            # pydantic's messages name the field and the rule, not the input value: fit for the admin client.
+            raise ConfigError(f"{source}: {problems}", public=f"tenancy policy: {problems}") from None
         return cls(parsed, "sha256:" + hashlib.sha256(data).hexdigest())
 
     @classmethod
@@ -186,5 +191,7 @@ class TenancyPolicy:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise ConfigError(f"cannot read tenancy.policy_file ({exc.strerror})") from None
+            raise ConfigError(
+                f"cannot read tenancy.policy_file {path} ({exc.strerror})", public="cannot read tenancy.policy_file"
+            ) from None
         return cls.parse(data)

@@ -1,4 +1,4 @@
-"""The sealed model format: the public façade over ``bastion._native`` (spec: docs/sealed-format.md).
+"""The sealed model format: the public façade over the native core (``bastion.native``; spec: docs/sealed-format.md).
 
 Keys never reach Python: the KEK is a file path that Rust reads itself (mode 0600 or 0400 only), and
 the data-encryption key stays inside the native reader. Errors are ``bastion.errors`` classes:
@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from bastion import _native
-from bastion import digest as _digest  # noqa: F401  (refuses a stale extension on import)
+from bastion import native
 
 StrPath = str | os.PathLike[str]
 
@@ -76,7 +75,7 @@ class SealedReader:
     __slots__ = ("_r",)
 
     def __init__(self, path: StrPath, kek: StrPath | KekWrapper) -> None:
-        self._r = _native.SealedReader(path, kek)
+        self._r = native.SealedReader(path, kek)
 
     def header_file(self) -> bytes:
         """The exact bytes of ``weights.ctxh`` this reader decoded (checked against the signature)."""
@@ -137,7 +136,7 @@ def seal_dir(
     origin: Mapping[str, str] | None = None,
 ) -> SealReport:
     """Seal the safetensors model directory ``src`` into the new directory ``out``."""
-    files, tensors, nbytes, copied, hd = _native.seal_dir(
+    files, tensors, nbytes, copied, hd = native.seal_dir(
         src,
         out,
         kek,
@@ -152,20 +151,20 @@ def seal_dir(
 
 def rekey(path: StrPath, old_kek: StrPath | KekWrapper, new_kek: StrPath | KekWrapper) -> None:
     """Rewrap the data key under ``new_kek`` (possibly another provider); only ``weights.ctxh`` changes."""
-    _native.rekey(path, old_kek, new_kek)
+    native.rekey(path, old_kek, new_kek)
 
 
 def create_kek(path: StrPath) -> None:
     """Write a new random 32-byte KEK file with mode 0600 (never overwrites)."""
-    _native.create_kek(path)
+    native.create_kek(path)
 
 
 def inspect(path: StrPath) -> dict[str, Any]:
     """The validated header without secrets, plus ``header_digest`` and ``total_segments``."""
-    result: dict[str, Any] = json.loads(_native.inspect(path))
+    result: dict[str, Any] = json.loads(native.inspect(path))
     return result
 
 
 def verify_ciphertext(path: StrPath) -> VerifyReport:
     """Hash-check every ciphertext segment without a key (authenticity needs the signature)."""
-    return VerifyReport(*_native.verify_ciphertext(path))
+    return VerifyReport(*native.verify_ciphertext(path))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError, IntegrityError
+from bastion.files import atomic_write
 from bastion.weights.policy import Signer, TrustPolicy
 
 SIGNATURE_FILE = "model.sig"
@@ -82,15 +84,12 @@ def create_signing_key(path: str | os.PathLike[str], curve: str = "p256") -> Pat
     key = ec.generate_private_key(curves[curve])
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        atomic_write(p, pem, mode=0o600, overwrite=False)
     except FileExistsError:
         raise ConfigError(f"signing key already exists (never overwritten): {p}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
     pub = p.with_name(p.name + ".pub")
-    pub.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    atomic_write(pub, public, mode=0o644)
     return pub
 
 
@@ -104,12 +103,12 @@ def sign_dir(
     """Signs every file of ``model_dir`` (SHA-256 per file) into ``model_dir/model.sig``."""
     ms = _stock()
     d = Path(model_dir).resolve()
-    out, tmp = d / SIGNATURE_FILE, d / f".{SIGNATURE_FILE}.tmp"
-    # An existing model.sig (when re-signing) and the temporary bundle are never part of the manifest.
+    out = d / SIGNATURE_FILE
+    # An existing model.sig (when re-signing) is never part of the manifest.
     hashing = (
         ms.hashing.Config()
         .use_file_serialization(hashing_algorithm="sha256")
-        .set_ignored_paths(paths=[SIGNATURE_FILE, tmp.name], ignore_git_paths=True)
+        .set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=True)
     )
     cfg = ms.signing.Config().set_hashing_config(hashing)
     if certificate is not None:
@@ -119,10 +118,13 @@ def sign_dir(
     else:
         cfg.use_elliptic_key_signer(private_key=private_key)
     try:
-        cfg.sign(d, tmp)
-        os.replace(tmp, out)  # a reader sees the old bundle or the new one, never half of one
+        # The stock signer writes the bundle by path: into a private directory outside the model, then
+        # published whole (a reader sees the old bundle or the new one, never half of one).
+        with tempfile.TemporaryDirectory(prefix="bastion-sign-") as scratch:
+            bundle = Path(scratch) / SIGNATURE_FILE
+            cfg.sign(d, bundle)
+            atomic_write(out, bundle.read_bytes(), mode=0o644)
     except (ValueError, OSError) as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"signing {d} failed: {exc}") from None
     return out
 

@@ -1,11 +1,12 @@
 //! The one mapping from `CoreError` to the Python classes defined in `bastion/errors.py`.
 //!
-//! Exceptions are raised with the class's fixed, client-safe `public_message` and the core's
-//! message (paths and OS errors, never file contents) as `detail`, which is for server logs only.
+//! Exceptions are raised with the core's message (paths and OS errors, never file contents) as the
+//! positional `detail`, which is for logs and the operator's CLI only; the client-safe
+//! `public_message` stays the class's fixed text. `InvalidArgument(field, problem)` builds its own
+//! client-safe text from the argument's name and limit.
 
 use bastion_core::CoreError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 use pyo3::PyTypeInfo;
 
 pyo3::import_exception!(bastion.errors, BastionError);
@@ -71,12 +72,11 @@ impl From<NativeError> for PyErr {
                 // Fail closed: a variant this binding does not know is still a BastionError.
                 _ => BastionError::type_object(py),
             };
-            let build = || -> PyResult<PyErr> {
-                let kwargs = PyDict::new(py);
-                kwargs.set_item("detail", &detail)?;
-                Ok(PyErr::from_value(ty.call((), Some(&kwargs))?))
-            };
-            build().unwrap_or_else(|err| err)
+            // BastionError(detail, *, public=None): the detail is positional, the public text the class's.
+            match ty.call1((detail.as_str(),)) {
+                Ok(v) => PyErr::from_value(v),
+                Err(err) => err,
+            }
         })
     }
 }

@@ -11,6 +11,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.request import Request
 
 from bastion._native import BlockKeyer
+from bastion.engine.process import ENV_VAR, EngineProcessEnv
 from bastion.engine.vllm import block_hasher
 from bastion.isolation.tag import PartitionTag
 
@@ -74,13 +75,13 @@ def test_install_replaces_vllms_hasher_only_when_asked(tmp_path: Path, monkeypat
     import vllm.v1.engine.core as core
 
     original = core.get_request_block_hasher
-    monkeypatch.delenv(block_hasher.ENV_KEY_FILE, raising=False)
+    monkeypatch.delenv(ENV_VAR, raising=False)
     assert block_hasher.install() is False and core.get_request_block_hasher is original
 
     key = tmp_path / "partition.key"
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
-    monkeypatch.setenv(block_hasher.ENV_KEY_FILE, str(key))
+    monkeypatch.setenv(ENV_VAR, EngineProcessEnv(partition_key_file=key).to_env()[ENV_VAR])
     monkeypatch.setattr(core, "get_request_block_hasher", original)
     assert block_hasher.install() is True
     hasher = core.get_request_block_hasher(BS, None)
@@ -94,7 +95,7 @@ def test_an_unreadable_key_file_stops_the_engine(tmp_path: Path, monkeypatch: py
     from bastion.errors import ConfigError
 
     monkeypatch.setattr(core, "get_request_block_hasher", core.get_request_block_hasher)
-    monkeypatch.setenv(block_hasher.ENV_KEY_FILE, str(tmp_path / "missing.key"))
+    monkeypatch.setenv(ENV_VAR, EngineProcessEnv(partition_key_file=tmp_path / "missing.key").to_env()[ENV_VAR])
     with pytest.raises(ConfigError, match="partition_key_file"):
         block_hasher.install()
 

@@ -2,14 +2,15 @@
 
 vLLM's default hashes ``(parent, tokens, extra_keys)`` with SHA-256 over an untyped tuple in which the
 cache salt, LoRA name and multimodal keys share one namespace, and the salt is whatever the caller sent.
-Here every block key is keyed BLAKE3 over typed, length-prefixed fields (``bastion._native.BlockKeyer``,
+Here every block key is keyed BLAKE3 over typed, length-prefixed fields (``bastion.native.BlockKeyer``,
 layout in ``rust/bastion-core/src/blockhash``): the key is derived from the server's partition secret, the
 partition is the tenant key from the server's partition tag (``bastion.isolation.tag``) for every block
 after the operator-declared public prefix, and the adapter's name and path are fields of their own. Two
 tenants therefore never produce the same block key, and within a tenant prefix caching works as before.
 
 ``install()`` runs from the bastion vLLM plugin in every vLLM process and replaces the EngineCore's
-``get_request_block_hasher`` when the server named its partition key file (``BASTION_PARTITION_KEY_FILE``).
+``get_request_block_hasher`` when the server's engine-process contract names its partition key file
+(``bastion.engine.process``).
 A request without a valid tag (none is sent by bastion) gets a random partition of its own: never shared.
 """
 
@@ -21,16 +22,14 @@ import logging
 import os
 from array import array
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from bastion._native import BlockKeyer
+from bastion.engine.process import current
 from bastion.isolation.tag import PartitionTag, TagError
+from bastion.native import BlockKeyer
 from bastion.tenancy.partition import block_key, load_or_create
 
 log = logging.getLogger(__name__)
-
-ENV_KEY_FILE = "BASTION_PARTITION_KEY_FILE"
 
 RequestBlockHasher = Callable[[Any], list[bytes]]
 
@@ -107,10 +106,10 @@ def _with_extras(
 
 def install() -> bool:
     """Replace the EngineCore's block hasher when the server enabled isolation; True when installed."""
-    path = os.environ.get(ENV_KEY_FILE)
-    if not path:
+    path = current().partition_key_file
+    if path is None:
         return False
-    keyer = BlockKeyer(block_key(load_or_create(Path(path), create=False)))
+    keyer = BlockKeyer(block_key(load_or_create(path, create=False)))
     import vllm.v1.engine.core as core
 
     def get_request_block_hasher(hash_block_size: int, caching_hash_fn: Any) -> RequestBlockHasher:

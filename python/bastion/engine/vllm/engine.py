@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from bastion.config import Settings
+from bastion.engine.process import EngineProcessEnv
 from bastion.engine.protocol import (
     ChatTurn,
     EngineOutput,
@@ -22,7 +23,6 @@ from bastion.engine.protocol import (
     ModelInfo,
     TokenLogprobs,
 )
-from bastion.engine.vllm.block_hasher import ENV_KEY_FILE as ISOLATION_ENV  # set by the server: isolation on
 from bastion.engine.vllm.device import Device, resolve_dtype
 from bastion.engine.vllm.stats import StatsSink, make_stat_logger_factory
 from bastion.errors import EngineError, InvalidArgument, Unavailable
@@ -80,21 +80,21 @@ class VllmEngine:
         digest: str,
         device: Device,
         *,
-        sealed_env: Mapping[str, str] | None = None,
+        process: EngineProcessEnv,
         subject_digest: str = "",
     ) -> VllmEngine:
-        """``sealed_env`` (a key provider's ``worker_env()``): the model is sealed; load it with the
-        ``bastion`` load format, whose loader finds its key provider through these variables."""
+        """``process`` is what vLLM's processes inherit from the server (``bastion.engine.process``): with its
+        ``sealed`` part the model loads through the ``bastion`` load format; with a partition key file the
+        EngineCore keys its prefix cache by tenant and runs the tenant KV scheduler."""
         if device == "cpu":
             # Read by vLLM's CPU worker processes (inherited environment).
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.model.cpu_kv_cache_gib)))
             if settings.model.fast_start and settings.model.tensor_parallel_size == 1:
                 # The EngineCore runs the model itself (vLLM's uniprocess executor): one process fewer.
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if sealed_env is not None:
-            # Inherited by the EngineCore and worker processes; key references only, never in argv or logs.
-            os.environ.update(sealed_env)
-        args = _engine_args(settings, model_path, name, device, "bastion" if sealed_env is not None else "auto")
+        # Inherited by the EngineCore and worker processes: paths and names only, never in argv or logs.
+        os.environ.update(process.to_env())
+        args = _engine_args(settings, model_path, name, device, "bastion" if process.sealed is not None else "auto")
         sink = StatsSink()
 
         def build() -> Any:
@@ -102,8 +102,8 @@ class VllmEngine:
             from vllm.v1.engine.async_llm import AsyncLLM
 
             config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
-            if os.environ.get(ISOLATION_ENV):
-                # Tenant isolation (the server set its partition key file): per-tenant KV budgets.
+            if process.isolation:
+                # Tenant isolation (the server named its partition key file): per-tenant KV budgets.
                 sched = config.scheduler_config
                 sched.scheduler_cls = (
                     "bastion.engine.vllm.scheduler.AsyncTenantScheduler"
@@ -217,12 +217,12 @@ class VllmEngine:
                     cached_prompt_tokens=int(out.num_cached_tokens or 0),
                 )
         except EngineDeadError:
-            raise Unavailable(detail="engine dead") from None
+            raise Unavailable("engine dead") from None
         except (asyncio.CancelledError, GeneratorExit):
             raise  # AsyncLLM.generate aborts the request itself on cancel / close
         except Exception as exc:  # noqa: BLE001 - mapped to EngineError; the client gets no engine internals
             log.debug("engine generate failed: %r", exc)
-            raise EngineError(detail=f"engine error: {type(exc).__name__}") from None
+            raise EngineError(f"engine error: {type(exc).__name__}") from None
 
     async def prompt_logprobs(self, request_id: str, token_ids: Sequence[int]) -> list[float]:
         """Teacher-forced log-probabilities: for each position i >= 1, log p(token_i | tokens_<i), read
@@ -246,11 +246,11 @@ class VllmEngine:
         async for out in self._llm.generate(tokens_input(ids), params, request_id):
             final = out
         if final is None or final.prompt_logprobs is None:
-            raise EngineError(detail="engine returned no prompt logprobs")
+            raise EngineError("engine returned no prompt logprobs")
         values: list[float] = []
         for tok, entry in zip(ids[1:], final.prompt_logprobs[1:], strict=False):
             if entry is None or tok not in entry:
-                raise EngineError(detail="engine prompt logprobs miss a prompt token")
+                raise EngineError("engine prompt logprobs miss a prompt token")
             values.append(float(entry[tok].logprob))
         return values
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 
-from bastion._native import KvLedger
+from bastion.native import KvLedger
 
 NO_TENANT = -1
 

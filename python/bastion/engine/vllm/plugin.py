@@ -22,8 +22,8 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from bastion.digest import native_version  # refuses a stale extension (ImportError)
     from bastion.engine.vllm.sealed_loader import register as register_sealed_loader
+    from bastion.native import native_version  # refuses a stale extension (ImportError)
 
     register_sealed_loader()
     # Tenant-partitioned, keyed prefix-cache block hashing in the EngineCore (when the server asks for it).

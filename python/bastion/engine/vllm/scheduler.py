@@ -5,7 +5,7 @@ the engine uses async scheduling; ``bastion.engine.vllm.engine`` picks). The ten
 ``PartitionTag.decode(request.cache_salt)``; a request whose salt does not decode is charged to the
 shared ``untagged`` bucket (no reservation, no cap), never to a tagged tenant.
 
-The accounting is a ``bastion._native.KvLedger`` (O(1) per call). A request is charged the length of
+The accounting is a ``bastion.native.KvLedger`` (O(1) per call). A request is charged the length of
 its block tables (blocks it references, prefix hits included), so a tenant's charge never depends on
 what other tenants share with it. vLLM's ``schedule()`` is not copied; the hooks are:
 
@@ -28,21 +28,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, SupportsIndex
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from bastion._native import KvLedger
+from bastion.engine.process import current
 from bastion.engine.vllm.kv_pool import TenantBlockPool
 from bastion.errors import InvalidArgument
-from bastion.isolation.kv_metrics import ENV_STATS_DIR
+from bastion.files import atomic_write_text
 from bastion.isolation.tag import PartitionTag, TagError
+from bastion.native import KvLedger
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +87,9 @@ class TenantScheduler(Scheduler):
         kvm.allocate_slots = self._kv_allocate_slots  # type: ignore[method-assign,assignment]  # wrapped in place
         kvm.free = self._kv_free  # type: ignore[method-assign]  # wrapped in place
         kvm.pop_blocks_for_free = self._kv_pop_blocks_for_free  # type: ignore[method-assign]  # wrapped in place
-        stats_dir = os.environ.get(ENV_STATS_DIR)
+        stats_dir = current().kv_stats_dir
         name = getattr(self.vllm_config.model_config, "served_model_name", None) or "model"
-        self._stats_file = Path(stats_dir) / f"{name}.json" if stats_dir else None
+        self._stats_file = stats_dir / f"{name}.json" if stats_dir else None
         self._stats_due = 0.0
 
     def _running_as_list(self) -> _Running:
@@ -112,10 +111,8 @@ class TenantScheduler(Scheduler):
         if self._stats_file is None or now < self._stats_due:
             return
         self._stats_due = now + STATS_INTERVAL_S
-        tmp = self._stats_file.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(self.kv_ledger.snapshot()))
-            os.replace(tmp, self._stats_file)
+            atomic_write_text(self._stats_file, json.dumps(self.kv_ledger.snapshot()), mode=0o644)
         except OSError as exc:  # metrics only: never stops scheduling
             log.warning("cannot write per-tenant KV stats (%s)", exc.strerror)
 

@@ -2,8 +2,7 @@
 
 Registered by ``bastion.engine.vllm.plugin.register()`` in every vLLM process; it runs inside the process
 that owns the weights (the CPU worker or each GPU rank). The key provider, trust policy and served
-name come from the environment the server set before starting the engine (``BASTION_KEY_PROVIDER`` /
-``BASTION_KEK_FILE``, see ``bastion.keys``; ``bastion.models.sealed_env``) or from
+name come from the server's engine-process contract (``bastion.engine.process``: its ``sealed`` part) or from
 ``model_loader_extra_config={"kek_file", "trust_policy", "served_model"}``; key material never passes
 through Python.
 
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
+from bastion.engine.process import SealedLoad, current
 from bastion.errors import BastionError, ConfigError
 from bastion.weights.policy import TrustPolicy, load_policy
 from bastion.weights.sealed import SealedReader, TensorInfo, header_json
@@ -187,19 +187,24 @@ def _register() -> None:
         def _provider(self) -> KeyProvider:
             from bastion.keys import FileKeyProvider, provider_from_env
 
-            return FileKeyProvider(self._kek_file) if self._kek_file else provider_from_env()
+            if self._kek_file:
+                return FileKeyProvider(self._kek_file)
+            return provider_from_env(self._sealed().key_provider)
 
         def _policy(self) -> tuple[TrustPolicy, str]:
-            from bastion.models.sealed_env import ENV_SERVED_MODEL, ENV_TRUST_POLICY
+            if self._trust_policy and self._served_model:
+                return load_policy(self._trust_policy), self._served_model
+            sealed = self._sealed()
+            return load_policy(self._trust_policy or sealed.trust_policy), self._served_model or sealed.served_model
 
-            policy_path = self._trust_policy or os.environ.get(ENV_TRUST_POLICY)
-            served = self._served_model or os.environ.get(ENV_SERVED_MODEL)
-            if not policy_path or not served:
+        def _sealed(self) -> SealedLoad:
+            sealed = current().sealed
+            if sealed is None:
                 raise ConfigError(
-                    f"no trust policy or served model name for the sealed model in this process "
-                    f"({ENV_TRUST_POLICY}, {ENV_SERVED_MODEL}); nothing loads unverified"
+                    "no sealed-model contract in this process (the server's engine-process contract has no "
+                    "'sealed' part); nothing loads unverified"
                 )
-            return load_policy(policy_path), served
+            return sealed
 
         def download_model(self, model_config: ModelConfig) -> None:
             if not is_sealed_dir(model_config.model):

@@ -1,0 +1,89 @@
+"""The contract between the server and vLLM's processes (the EngineCore and its workers).
+
+vLLM starts those processes itself; the only channel bastion has into them is the environment they
+inherit. So the server builds one typed ``EngineProcessEnv`` explicitly, the engine hands it to vLLM as
+one variable (``BASTION_ENGINE_PROCESS``, JSON) right before the engine starts, and code inside vLLM's
+processes reads it once with :func:`current`. It holds paths and names only, never a secret: key material
+stays in files (or the key provider's service) that the paths name. The key provider's references are the
+provider's own serialisation (``KeyProvider.worker_env()``), carried here and read back with
+``bastion.keys.provider_from_env``.
+
+What each field switches on inside vLLM's processes:
+
+- ``partition_key_file``: tenant isolation. The EngineCore keys prefix-cache blocks with the key derived
+  from this secret (``bastion.engine.vllm.block_hasher``) and runs the tenant KV scheduler.
+- ``kv_stats_dir``: where that scheduler writes per-tenant KV figures for the server's metrics.
+- ``sealed``: the model is sealed; the ``bastion`` load format verifies it against ``trust_policy`` for
+  ``served_model`` and opens it with ``key_provider`` before any weight is decrypted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from bastion.errors import ConfigError
+
+ENV_VAR = "BASTION_ENGINE_PROCESS"
+# The key provider's references (``bastion.keys``) are BASTION_ variables of its own making.
+_KEY_REF_PREFIX = "BASTION_"
+
+
+class SealedLoad(BaseModel):
+    """How the worker that owns the weights verifies and opens a sealed model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trust_policy: Path
+    served_model: str
+    key_provider: dict[str, str]
+
+    @field_validator("key_provider")
+    @classmethod
+    def _references_only(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in value if not k.startswith(_KEY_REF_PREFIX))
+        if bad:
+            raise ValueError(f"key_provider names must start with {_KEY_REF_PREFIX}: {bad}")
+        return value
+
+
+class EngineProcessEnv(BaseModel):
+    """Everything bastion's code inside vLLM's processes needs from the server: paths and names only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = 1
+    partition_key_file: Path | None = None
+    kv_stats_dir: Path | None = None
+    sealed: SealedLoad | None = None
+
+    @property
+    def isolation(self) -> bool:
+        return self.partition_key_file is not None
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV_VAR: self.model_dump_json(exclude_none=True)}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EngineProcessEnv:
+        """The contract in ``env``; an empty one (everything off) when the server set none."""
+        raw = env.get(ENV_VAR)
+        if not raw:
+            return cls()
+        try:
+            contract = cls.model_validate_json(raw)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors())
+            raise ConfigError(f"{ENV_VAR} is not a valid engine-process contract (fields: {fields})") from None
+        if contract.version != 1:
+            raise ConfigError(f"{ENV_VAR}: version {contract.version} is not supported (this build reads 1)")
+        return contract
+
+
+def current() -> EngineProcessEnv:
+    """This process's contract (read where a hook is installed or built, not per request). Not cached: with
+    vLLM's in-process EngineCore (fast start) this is the server's process, which sets it before the start."""
+    return EngineProcessEnv.from_env(os.environ)

@@ -1,0 +1,143 @@
+"""A fake engine implementing bastion.engine.protocol.Engine, with configurable delays and failures.
+
+Tokenization is one token per UTF-8 byte (a conversation is rendered as ``<role>content`` turns plus
+``<assistant>``); generation yields one token per step with text ``"w<i> "``. It records what the
+server did to it: requests, aborts, closed streams. The gRPC tests drive it in-process
+(tests/grpc/grpc_harness.py); ``testkit.fake_server`` serves it from a process (load tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Sequence
+
+from bastion.engine.protocol import (
+    ChatTurn,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    ModelInfo,
+    TokenLogprobs,
+)
+from bastion.errors import EngineError
+
+FAKE_DIGEST = "blake3:" + "ab" * 32
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        name: str = "fake-model",
+        *,
+        max_context: int = 256,
+        digest: str = FAKE_DIGEST,
+        ready: bool = True,
+        token_delay: float = 0.0,
+        stop_after: int | None = None,
+        hang_after: int | None = None,
+        die_after: int | None = None,
+        fail_after: int | None = None,
+        fail_with: BaseException | None = None,
+        tokenize_error: BaseException | None = None,
+        tokenize_delay: float = 0.0,
+        stats: EngineStats | None = None,
+        adapters: tuple[str, ...] = (),
+    ) -> None:
+        self._info = ModelInfo(name=name, digest=digest, max_context=max_context, device="cpu", adapters=adapters)
+        self._ready = ready
+        self._dead = False
+        self.token_delay = token_delay
+        self.stop_after = stop_after
+        self.hang_after = hang_after
+        self.die_after = die_after
+        self.fail_after = fail_after
+        self.fail_with = fail_with or RuntimeError("boom: secret internals /etc/passwd")
+        self.tokenize_error = tokenize_error
+        self.tokenize_delay = tokenize_delay
+        self._stats = stats or EngineStats(running=1, waiting=2, kv_usage=0.25)
+        self.requests: list[EngineRequest] = []
+        self.aborted: list[str] = []
+        self.closed: list[str] = []
+        self.shutdown_called = False
+        self.started = asyncio.Event()  # set when a generation yields its first token
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def is_dead(self) -> bool:
+        return self._dead
+
+    def set_ready(self, ready: bool = True) -> None:
+        self._ready = ready
+
+    def die(self) -> None:
+        self._dead = True
+
+    async def tokenize(self, prompt: str | None, conversation: Sequence[ChatTurn] | None) -> list[int]:
+        if self.tokenize_delay:
+            await asyncio.sleep(self.tokenize_delay)
+        if self.tokenize_error is not None:
+            raise self.tokenize_error
+        if prompt is not None:
+            text = prompt
+        else:
+            text = "".join(f"<{t.role}>{t.content}" for t in conversation or ()) + "<assistant>"
+        return list(text.encode("utf-8"))
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        self.requests.append(request)
+        return self._generate(request)
+
+    async def _generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        n = request.sampling.max_tokens
+        prompt_tokens = len(request.prompt_token_ids)
+        try:
+            for i in range(n):
+                if self.hang_after is not None and i >= self.hang_after:
+                    await asyncio.Event().wait()  # until cancelled
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                if self.die_after is not None and i >= self.die_after:
+                    self._dead = True
+                    raise EngineError("engine core process died")
+                if self.fail_after is not None and i >= self.fail_after:
+                    raise self.fail_with
+                stop = self.stop_after is not None and i + 1 >= self.stop_after
+                finished = stop or i + 1 == n
+                logprobs: tuple[TokenLogprobs, ...] = ()
+                if request.sampling.logprobs:
+                    top = tuple((1000 + i + k, -0.5 - k) for k in range(request.sampling.logprobs))
+                    logprobs = (TokenLogprobs(token_id=1000 + i, logprob=-0.5, top=top),)
+                yield EngineOutput(
+                    text=f"w{i} ",
+                    token_ids=(1000 + i,),
+                    logprobs=logprobs,
+                    finished=finished,
+                    finish_reason=("stop" if stop else "length") if finished else None,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=i + 1,
+                    cached_prompt_tokens=prompt_tokens // 2,
+                )
+                self.started.set()
+                if finished:
+                    return
+        finally:
+            self.closed.append(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def prompt_logprobs(self, request_id: str, token_ids: Sequence[int]) -> list[float]:
+        """A deterministic stand-in: each token's log-probability depends on it and its predecessor only."""
+        return [-((a * 31 + b) % 97) / 10.0 for a, b in itertools.pairwise(token_ids)]
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    async def shutdown(self) -> None:
+        self.shutdown_called = True

@@ -1,0 +1,53 @@
+"""The engine-process contract: one typed variable, paths and names only, refused when malformed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bastion.engine.process import ENV_VAR, EngineProcessEnv, SealedLoad, current
+from bastion.errors import ConfigError
+from bastion.keys import FileKeyProvider
+
+
+def test_round_trips_through_one_variable(tmp_path: Path) -> None:
+    kek = tmp_path / "kek"
+    kek.write_bytes(b"k" * 32)
+    sealed = SealedLoad(
+        trust_policy=tmp_path / "policy.toml", served_model="m", key_provider=FileKeyProvider(kek).worker_env()
+    )
+    contract = EngineProcessEnv(partition_key_file=tmp_path / "p.key", kv_stats_dir=tmp_path / "kv", sealed=sealed)
+    env = contract.to_env()
+    assert list(env) == [ENV_VAR]
+    assert EngineProcessEnv.from_env(env) == contract
+    assert contract.isolation
+    # references only: the key file's path is in the contract, its bytes are not
+    assert str(kek.resolve()) in env[ENV_VAR] and "kkkk" not in env[ENV_VAR]
+
+
+def test_absent_means_everything_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    contract = current()
+    assert contract == EngineProcessEnv() and not contract.isolation and contract.sealed is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ("{not json", "(root)"),
+        (json.dumps({"partition_key_file": 7}), "partition_key_file"),
+        (json.dumps({"tenant_secret": "x"}), "tenant_secret"),
+        (json.dumps({"sealed": {"trust_policy": "/p", "served_model": "m", "key_provider": {"KEK": "x"}}}), "sealed"),
+    ],
+)
+def test_a_malformed_contract_is_refused_naming_the_field(raw: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=field) as info:
+        EngineProcessEnv.from_env({ENV_VAR: raw})
+    assert "Traceback" not in str(info.value)
+
+
+def test_an_unknown_version_is_refused() -> None:
+    with pytest.raises(ConfigError, match="version 2"):
+        EngineProcessEnv.from_env({ENV_VAR: json.dumps({"version": 2})})
