@@ -144,9 +144,11 @@ def audit_verify_dir(
     public_key_path: str | os.PathLike[str],
     witness_seq: int | None = None,
     witness_hash: str | None = None,
+    from_witness: bool = False,
 ) -> dict[str, Any]:
     """``{segments, records, bytes, log_id, last_seq, last_hash, last_checkpoint, unsigned_tail, problem}``;
-    ``problem`` is None or ``{segment, line, seq, reason}``."""
+    ``problem`` is None or ``{segment, line, seq, reason}``. ``from_witness``: read only from the segment
+    holding the witnessed checkpoint to the end (what the writer checks at start)."""
 
 # --- keyed, typed prefix-cache block keys (bastion.engine.vllm.block_hasher) ---
 

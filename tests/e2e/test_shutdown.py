@@ -62,3 +62,37 @@ def pb_grpc_stub(ch: grpc.Channel):
     from bastion.v1 import inference_pb2_grpc
 
     return inference_pb2_grpc.InferenceStub(ch)
+
+
+@pytest.mark.terminal_server
+def test_a_forged_audit_tail_past_the_witness_refuses_the_next_start(live_server) -> None:
+    """Red-team (issue 14, part 1) on the session's real server, once it has stopped: keep its log, append
+    records made with AuditChain.recover + seal (no key needed) past the witnessed checkpoint, restart. The
+    server must refuse to start (exit 1, the reason in its log), never sign over the forgery."""
+    import json
+    import subprocess
+    import sys
+
+    from bastion.native import AuditChain
+
+    if live_server.proc.poll() is None:
+        live_server.proc.send_signal(signal.SIGTERM)
+    assert live_server.proc.wait(timeout=90) == 0
+    audit = live_server.audit_dir
+    witness = json.loads((audit / "witness.json").read_text())
+    chain, info = AuditChain.recover(audit)
+    forged = {"request_id": "forged", "principal": "apikey:nobody", "tenant": "acme", "status": "OK"}
+    with (audit / f"audit-{info['segment']:08d}.jsonl").open("ab") as f:
+        for _ in range(3):
+            f.write(chain.seal("request", json.dumps(forged).encode(), 1)[1])
+    assert chain.next_seq > witness["seq"] + 1
+    config = live_server.server.config_path
+    done = subprocess.run(
+        [sys.executable, "-m", "bastion.cli.main", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "unsigned records after the last checkpoint" in done.stderr and "bastion audit resume" in done.stderr
+    assert json.loads((audit / "witness.json").read_text()) == witness  # the witness was not moved

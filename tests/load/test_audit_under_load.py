@@ -125,7 +125,12 @@ async def test_every_request_has_one_record_and_the_chain_verifies(tmp_path: Pat
     assert len({r["tenant"] for r in recs}) == TENANTS
     report = audit_verify_dir(str(audit), str(audit / "keys" / "signing.pub"))
     assert report["problem"] is None and report["unsigned_tail"] == 0
-    print(f"load: {seen['sent']} streams in {LOAD_S}s from {TENANTS} tenants, {CONCURRENT} concurrent")
+    size = sum(p.stat().st_size for p in audit.glob("audit-*.jsonl"))
+    checkpoints = report["records"] - len(recs)
+    print(
+        f"load: {seen['sent']} streams in {LOAD_S}s from {TENANTS} tenants, {CONCURRENT} concurrent; "
+        f"{checkpoints} other records (signed group commits, start, stop); {size / len(recs):.0f} bytes per record"
+    )
 
 
 async def test_sigkill_mid_load_keeps_every_acknowledged_record(tmp_path: Path) -> None:
@@ -141,8 +146,12 @@ async def test_sigkill_mid_load_keeps_every_acknowledged_record(tmp_path: Path) 
     _, info = AuditChain.recover(str(audit))
     report = audit_verify_dir(str(audit), str(audit / "keys" / "signing.pub"))
     assert report["problem"] is None, report["problem"]
-    logged = {r["request_id"] for r in request_records(audit)}
+    recs = request_records(audit)
+    logged = {r["request_id"] for r in recs}
     missing = [rid for rid in seen["ok"] if rid not in logged]
     assert missing == [], f"{len(missing)} acknowledged responses have no record"
+    # Every acknowledged record is covered by a signed checkpoint: none sits in a forgeable tail.
+    acked = max(r["seq"] for r in recs if r["request_id"] in set(seen["ok"]))
+    assert report["last_checkpoint"] is not None and acked < report["last_checkpoint"]
     print(f"sigkill: {len(seen['ok'])} acknowledged, {len(logged)} logged, torn bytes cut: {info['truncated']}")
     assert os.stat(audit).st_mode & 0o077 == 0

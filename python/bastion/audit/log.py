@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import bastion
-from bastion.audit import files
+from bastion.audit import files, resume
 from bastion.audit.errors import AuditUnavailable
 from bastion.audit.keys import AuditKeys, load_keys, private_dir
 from bastion.audit.settings import AuditSettings
@@ -76,6 +76,7 @@ class AuditLog:
         segment: int,
         segment_len: int,
         witness_path: Path,
+        witnessed: files.Witness | None,
         on_failure: Callable[[], None] | None,
         sink: RecordSink | None,
     ) -> None:
@@ -86,14 +87,17 @@ class AuditLog:
         self._segment = segment
         self._segment_len = segment_len
         self._witness_path = witness_path
+        # The witness on disk (None: none yet) and the latest checkpoint not yet written to it.
+        self._witnessed: files.Witness | None = witnessed
         self._witness: files.Witness | None = None
+        self._unwitnessed_records = 0
+        self._last_witness = time.monotonic()
         self._on_failure = on_failure
         self._sink = sink
         self._max_bytes = settings.segment_max_bytes
         self._every_records = settings.checkpoint_every_records
         self._every_s = settings.checkpoint_every_s
         self._delay_s = settings.commit_max_delay_ms / 1000.0
-        self._last_checkpoint = time.monotonic()
         self._cond = threading.Condition()
         self._queue: deque[_Item] = deque()
         self._closing = False
@@ -108,16 +112,22 @@ class AuditLog:
         *,
         on_failure: Callable[[], None] | None = None,
         sink: RecordSink | None = None,
+        reset_reason: str | None = None,
     ) -> AuditLog:
-        """Recover the log (cutting a torn final line), write a ``start`` record and a checkpoint, durably,
-        and start the writer. Refuses a log that ends before the checkpoint its witness file names."""
+        """Recover the log (cutting a torn final line), check that it extends its witness
+        (``bastion.audit.resume``), write a ``start`` record and a checkpoint, durably, and start the writer.
+        ``reset_reason``: the operator's audited override (``bastion audit resume``)."""
         directory = private_dir(settings.resolved_dir(cache_dir))
         keys = load_keys(settings, directory)
         witness_path = settings.resolved_witness(directory)
+        _warn_if_inside(directory, settings.key_paths(directory)[0], witness_path)
         chain, info = AuditChain.recover(directory)
         if info["fresh"] and info["segment"] != 0:
             raise IntegrityError(f"audit directory {directory}: segment {info['segment']} without its predecessors")
-        _check_witness(witness_path, chain)
+        public_key = settings.key_paths(directory)[1]
+        resumed = resume.check(directory, public_key, witness_path, chain, info["fresh"], reset_reason)
+        if resumed.set_aside:
+            chain, info = AuditChain.recover(directory)
         fd = files.open_segment(directory / audit_segment_name(info["segment"]), info["segment_len"])
         self = cls(
             directory=directory,
@@ -128,6 +138,7 @@ class AuditLog:
             segment=info["segment"],
             segment_len=info["segment_len"],
             witness_path=witness_path,
+            witnessed=resumed.witness,
             on_failure=on_failure,
             sink=sink,
         )
@@ -135,6 +146,9 @@ class AuditLog:
         if info["truncated"]:
             start["recovered_bytes"] = info["truncated"]
             logger.warning("audit log: cut a torn final line of %d bytes (an unacknowledged write)", info["truncated"])
+        if resumed.reset:
+            start.update(event="witness_reset", reason=str(reset_reason)[:1024], records=resumed.set_aside)
+            logger.warning("audit log: operator reset of the witness, recorded in the start record")
         try:
             buf = bytearray()
             lines: list[bytes] = []
@@ -142,7 +156,7 @@ class AuditLog:
             self._checkpoint_into(buf, lines)
             files.write_all(fd, buf)
             self._segment_len += len(buf)
-            self._publish(lines)
+            self._publish(lines, witness_now=True)
         except BaseException:
             os.close(fd)
             raise
@@ -213,18 +227,21 @@ class AuditLog:
             self._cond.notify()
         return fut
 
-    def _checkpoint_due(self) -> bool:
-        return self._chain.since_checkpoint > 0 and time.monotonic() >= self._last_checkpoint + self._every_s
+    def _witness_due(self) -> bool:
+        """A signed checkpoint is not yet in the witness, and the witness's pace says it is time."""
+        return self._witness is not None and (
+            self._unwitnessed_records >= self._every_records or time.monotonic() >= self._last_witness + self._every_s
+        )
 
     def _wait_s(self) -> float | None:
-        if self._chain.since_checkpoint == 0:
+        if self._witness is None:
             return None
-        return max(0.0, self._last_checkpoint + self._every_s - time.monotonic())
+        return max(0.0, self._last_witness + self._every_s - time.monotonic())
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing and not self._checkpoint_due():
+                while not self._queue and not self._closing and not self._witness_due():
                     self._cond.wait(self._wait_s())
                 if self._queue and self._delay_s > 0 and not self._closing:
                     deadline = time.monotonic() + self._delay_s
@@ -256,12 +273,12 @@ class AuditLog:
                 results.append((item.future, exc))
                 continue
             results.append((item.future, seq))
-            if self._chain.since_checkpoint >= self._every_records:
-                self._checkpoint_into(buf, lines)
         if final:
             self._seal_into(buf, lines, "stop", b"{}")
-        if final or self._checkpoint_due():
+        if self._chain.since_checkpoint:
+            # Every group commit ends signed: no acknowledged record ever sits in a forgeable tail.
             self._checkpoint_into(buf, lines)
+        self._unwitnessed_records += len(batch)
         if buf:
             files.write_all(self._fd, buf)
             self._segment_len += len(buf)
@@ -270,7 +287,7 @@ class AuditLog:
                 fut.set_exception(r)
             else:
                 fut.set_result(r)
-        self._publish(lines)
+        self._publish(lines, witness_now=final)
         if final:
             os.close(self._fd)
             self._fd = -1
@@ -286,7 +303,6 @@ class AuditLog:
         buf += line
         lines.append(line)
         self._witness = files.Witness(log_id=self._chain.log_id, seq=seq, hash=digest)
-        self._last_checkpoint = time.monotonic()
 
     def _rotate(self, buf: bytearray, lines: list[bytes]) -> bytearray:
         """Close the current segment with a checkpoint (durably) and continue in the next one."""
@@ -303,11 +319,20 @@ class AuditLog:
         self._segment_len = 0
         return bytearray()
 
-    def _publish(self, lines: list[bytes]) -> None:
-        """After the lines are durable: the witness (if a checkpoint was written), then the sink."""
-        if self._witness is not None:
-            files.write_witness(self._witness_path, self._witness)
-            self._witness = None
+    def _publish(self, lines: list[bytes], *, witness_now: bool = False) -> None:
+        """After the lines are durable: the witness (when its pace or ``witness_now`` says so), then the sink."""
+        w = self._witness
+        if w is not None and (witness_now or self._witness_due()):
+            prev = self._witnessed
+            if prev is not None and (w.log_id != prev.log_id or w.seq <= prev.seq):
+                raise IntegrityError(
+                    f"refusing to overwrite the audit witness (log {prev.log_id} seq {prev.seq}) with log {w.log_id} "
+                    f"seq {w.seq}: it does not extend it"
+                )
+            files.write_witness(self._witness_path, w)
+            self._witnessed, self._witness = w, None
+            self._unwitnessed_records = 0
+            self._last_witness = time.monotonic()
         if self._sink is not None:
             for line in lines:
                 try:
@@ -345,19 +370,19 @@ def _encode(fields: dict[str, Any]) -> bytes:
         raise InvalidArgument("fields", "must be a dict of strings and non-negative integers") from None
 
 
-def _check_witness(path: Path, chain: AuditChain) -> None:
-    """A log must not end before (or differ from) the checkpoint its witness names: that is a truncation,
-    a deleted log or a replaced one, and writing on would overwrite the evidence."""
-    if not path.exists():
-        return
-    w = files.read_witness(path)
-    if w.log_id != chain.log_id:
-        raise IntegrityError(
-            f"audit witness {path} names log {w.log_id} but the directory holds log {chain.log_id} "
-            "(log deleted or replaced?); run `bastion audit verify`, then move the witness away to start anew"
+def _warn_if_inside(directory: Path, signing_key: Path, witness: Path) -> None:
+    """Keys and witness next to the log work, but whoever can write the log can then re-sign it or roll the
+    witness back with it: the log is no longer tamper-evident against them."""
+    d = directory.resolve()
+    if d in signing_key.resolve().parents:
+        logger.warning(
+            "the audit signing key %s is inside the audit directory: whoever can write the log can re-sign it; "
+            "keep it on a secret mount (audit.signing_key_file)",
+            signing_key,
         )
-    if w.seq >= chain.next_seq:
-        raise IntegrityError(
-            f"audit log ends at seq {chain.next_seq - 1} before the witnessed checkpoint seq {w.seq} "
-            "(truncated?); run `bastion audit verify --witness`"
+    if d in witness.resolve().parents:
+        logger.warning(
+            "the audit witness %s is inside the audit directory: it can be rolled back with the log; "
+            "keep it on other storage (audit.witness_file)",
+            witness,
         )

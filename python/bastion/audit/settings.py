@@ -46,10 +46,13 @@ class AuditSettings(BaseModel):
         description="a segment is closed with a checkpoint and the next one started once it reaches this size",
     )
     checkpoint_every_records: int = Field(
-        default=1000, ge=1, le=1_000_000, description="sign a checkpoint after this many records"
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="replace the witness after this many records (every group commit is signed regardless)",
     )
     checkpoint_every_s: float = Field(
-        default=10.0, gt=0, le=3600, description="or after this many seconds with unsigned records"
+        default=10.0, gt=0, le=3600, description="or after this many seconds with a newer checkpoint than it names"
     )
     commit_max_delay_ms: float = Field(
         default=2.0,

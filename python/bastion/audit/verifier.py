@@ -41,7 +41,17 @@ class VerifyResult:
 def verify(directory: Path, public_key_file: Path, witness_file: Path | None = None) -> VerifyResult:
     """Verify the log in ``directory``; with ``witness_file`` also require the witnessed checkpoint."""
     w = files.read_witness(witness_file) if witness_file is not None else None
-    d = audit_verify_dir(directory, public_key_file, w.seq if w else None, w.hash if w else None)
+    return verify_with(directory, public_key_file, w)
+
+
+def verify_with(
+    directory: Path, public_key_file: Path, w: files.Witness | None, *, from_witness: bool = False
+) -> VerifyResult:
+    """:func:`verify` with the witness already read; ``from_witness`` reads only from the segment holding
+    the witnessed checkpoint to the end (the writer's check at start)."""
+    d = audit_verify_dir(
+        directory, public_key_file, w.seq if w else None, w.hash if w else None, from_witness=from_witness
+    )
     earlier = d["problem"] is not None and "witness" not in d["problem"]["reason"]
     if w is not None and d["log_id"] is not None and w.log_id != d["log_id"] and not earlier:
         d["problem"] = {

@@ -1,4 +1,4 @@
-"""``bastion audit verify`` and ``bastion audit keygen``: the audit-log commands.
+"""``bastion audit verify``, ``keygen`` and ``resume``: the audit-log commands.
 
 Exit codes (``bastion.cli.errors``): 0 the log verifies; 1 a problem was found (one line naming segment, line
 and seq); 2 bad usage or an unusable file (missing or insecure key, unreadable directory). Errors never print
@@ -30,6 +30,14 @@ def add_parsers(sub: Any) -> None:
         help="the witness file the server keeps (witness.json): also detects records cut off after that checkpoint",
     )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    r = asub.add_parser(
+        "resume",
+        help="the operator's override when the server refuses to continue its audit log (witness missing or "
+        "not matching, unsigned records): verifies the whole log, sets unsigned records aside, and records the "
+        "reset (with the reason) in the log itself",
+    )
+    r.add_argument("--config", metavar="FILE", help="the server's TOML config (default: $BASTION_CONFIG)")
+    r.add_argument("--reason", required=True, help="why (recorded in the log's start record; 1-1024 characters)")
     k = asub.add_parser("keygen", help="create signing.pk8 (0600), signing.pub and content.key (0600) in DIR")
     k.add_argument(
         "dir", metavar="DIR", help="directory for the keys (created 0700; existing keys are never overwritten)"
@@ -81,7 +89,28 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"verify": _cmd_verify, "keygen": _cmd_keygen}
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from bastion.audit.log import AuditLog
+    from bastion.config import load_settings
+
+    reason = args.reason.strip()
+    if not 1 <= len(reason) <= 1024 or not reason.isprintable():
+        raise ConfigError("--reason: 1 to 1024 printable characters")
+    settings = load_settings(args.config)
+    log = AuditLog.open(settings.audit, settings.cache_dir, reset_reason=reason)
+    log.close()
+    print(
+        f"audit log {log.directory} continues (log {log.log_id}); the reset and its reason are in its start "
+        f"record; the witness {log.witness_path} names the new checkpoint"
+    )
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "verify": _cmd_verify,
+    "keygen": _cmd_keygen,
+    "resume": _cmd_resume,
+}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -203,14 +203,17 @@ fn audit_segment_name(i: u32) -> String {
 
 /// Verify the log in `dir` against the public key file; with a witness (`witness_seq` and
 /// `witness_hash` together) also require that checkpoint to be in the log.
+/// With `from_witness`, only the end of the log is read: from the segment holding the witnessed
+/// checkpoint (what the writer checks before continuing a log).
 #[pyfunction]
-#[pyo3(signature = (dir, public_key_path, witness_seq=None, witness_hash=None))]
+#[pyo3(signature = (dir, public_key_path, witness_seq=None, witness_hash=None, from_witness=false))]
 fn audit_verify_dir<'py>(
     py: Python<'py>,
     dir: PathBuf,
     public_key_path: PathBuf,
     witness_seq: Option<u64>,
     witness_hash: Option<&str>,
+    from_witness: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let witness = match (witness_seq, witness_hash) {
         (None, None) => None,
@@ -221,10 +224,16 @@ fn audit_verify_dir<'py>(
         }
         _ => return Err(invalid("witness", "give witness_seq and witness_hash together").into()),
     };
+    if from_witness && witness.is_none() {
+        return Err(invalid("from_witness", "needs witness_seq and witness_hash").into());
+    }
     let r = py
         .detach(move || -> Result<VerifyReport, CoreError> {
             let key = PublicKey::from_file(&public_key_path)?;
-            audit::verify_dir_with_witness(&dir, &key, witness)
+            match (from_witness, witness) {
+                (true, Some(w)) => audit::verify_dir_from_witness(&dir, &key, w),
+                _ => audit::verify_dir_with_witness(&dir, &key, witness),
+            }
         })
         .map_err(NativeError::from)?;
     report_dict(py, r)

@@ -25,8 +25,8 @@ pub use keys::{keygen, ContentKey, PublicKey, SigningKey};
 pub use segment::{list_segments, recover, segment_name, Resume};
 pub use time::{is_rfc3339_ms, rfc3339_ms};
 pub use verify::{
-    verify_dir, verify_dir_with_witness, verify_segments, verify_segments_with_witness, Problem,
-    VerifyReport, Witness,
+    verify_dir, verify_dir_from_witness, verify_dir_with_witness, verify_segments,
+    verify_segments_with_witness, Problem, VerifyReport, Witness,
 };
 
 /// Limits enforced on every record (named in error messages).

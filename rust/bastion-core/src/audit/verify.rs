@@ -184,6 +184,23 @@ impl<'k> Walk<'k> {
         }
     }
 
+    /// A walk that starts mid-log, at a record whose `prev` is taken as given (the records before it
+    /// were verified when they were written over, or by a full verification).
+    fn anchored(
+        key: &'k PublicKey,
+        witness: Option<Witness>,
+        log_id: String,
+        seq: u64,
+        prev: [u8; 32],
+    ) -> Self {
+        let mut w = Walk::new(key, witness);
+        if let Some(before) = seq.checked_sub(1) {
+            w.report.log_id = Some(log_id);
+            w.report.last = Some((before, hex(&prev)));
+        }
+        w
+    }
+
     /// The record at the witness's seq must be the witnessed checkpoint.
     fn check_witness(&mut self, r: &Rec) -> Result<(), String> {
         let Some(w) = self.witness.filter(|w| w.seq == r.seq) else {
@@ -372,6 +389,72 @@ pub fn verify_segments_with_witness(
     }
     w.finish();
     w.report
+}
+
+/// A segment's first record, checked on its own: `(seq, prev, log id)`.
+type Head = (u64, [u8; 32], Option<String>);
+
+/// The first record of a segment file (None: the segment holds no complete record).
+fn first_record(path: &Path) -> Result<Option<Head>, CoreError> {
+    let bytes = read_segment(path)?;
+    let (lines, _) = split_lines(&bytes);
+    let Some(first) = lines.first() else {
+        return Ok(None);
+    };
+    check_line(first)
+        .map(|r| Some((r.seq, r.prev, r.log_id)))
+        .map_err(|reason| CoreError::Integrity {
+            path: path.to_path_buf(),
+            segment: None,
+            reason: format!("first record: {reason}"),
+        })
+}
+
+/// What a writer checks before it continues the log in `dir`: from the segment that holds the
+/// witnessed checkpoint to the end, every record, link and checkpoint signature, and that the
+/// record at the witness's seq is that checkpoint with that hash. Records before that segment are
+/// not read (`verify_dir_with_witness` checks them all). The report's `unsigned_tail` counts the
+/// records after the last checkpoint.
+pub fn verify_dir_from_witness(
+    dir: &Path,
+    key: &PublicKey,
+    witness: Witness,
+) -> Result<VerifyReport, CoreError> {
+    let idx = list_segments(dir)?;
+    let mut start = 0;
+    for (pos, &i) in idx.iter().enumerate().rev() {
+        match first_record(&dir.join(segment_name(i)))? {
+            Some((seq, _, _)) if seq <= witness.seq => {
+                start = pos;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mut w = Walk::new(key, Some(witness));
+    if start > 0 {
+        let head = first_record(&dir.join(segment_name(idx[start])))?;
+        let log_id = first_record(&dir.join(segment_name(0)))?.and_then(|(_, _, id)| id);
+        if let (Some((seq, prev, _)), Some(id)) = (head, log_id) {
+            w = Walk::anchored(key, Some(witness), id, seq, prev);
+        }
+    }
+    for (pos, &i) in idx.iter().enumerate().skip(start) {
+        let name = segment_name(i);
+        if i as usize != pos {
+            let missing = segment_name(pos as u32);
+            let want = w.expected();
+            w.fail(&missing, 0, want, format!("segment {missing} is missing"));
+            break;
+        }
+        let bytes = read_segment(&dir.join(&name))?;
+        let prev = pos.checked_sub(1).map(|p| segment_name(p as u32));
+        if !w.segment(&name, &bytes, pos + 1 == idx.len(), prev.as_deref()) {
+            break;
+        }
+    }
+    w.finish();
+    Ok(w.report)
 }
 
 /// Verify the log in directory `dir` against `key`, one segment in memory at a time.
