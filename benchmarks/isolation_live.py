@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # benchmarks/ and the repository root (testkit/)
 
 import common  # noqa: E402 - after the sys.path insert above
-from testkit.launcher import BastionServer  # noqa: E402 - after the sys.path insert above
+from testkit.launcher import NO_HEALTH_LISTENER, BastionServer  # noqa: E402 - after the sys.path insert above
 
 WORDS = [
     "orders",
@@ -94,7 +94,7 @@ cpu_kv_cache_gib = 1
 max_num_seqs = 16
 [observability]
 metrics_listen = ""
-[auth.api_keys]
+{NO_HEALTH_LISTENER}[auth.api_keys]
 file = "{store}"
 [tenancy]
 policy_file = "{d / "tenants.toml"}"

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "benchmarks"), str(ROOT)]  # bastion, common, testkit
 
 from common import machine_info  # noqa: E402 - after the sys.path insert above
-from testkit.launcher import BastionServer, ServerStartError  # noqa: E402 - after the sys.path insert above
+from testkit.launcher import NO_HEALTH_LISTENER, BastionServer, ServerStartError  # noqa: E402 - after the sys.path insert above
 
 MODES = ("plain_read", "hash_only", "verify_decrypt", "loader_path", "tensorizer")
 
@@ -176,7 +176,7 @@ def time_to_ready(sealed: bool, workdir: Path) -> float:
     )
     config = (
         f'[server]\nlisten = "unix:{sock}"\n[model]\n{model}\ncpu_kv_cache_gib = 1\nmax_num_seqs = 16\n'
-        f'{weights}[observability]\nmetrics_listen = ""\n{security}'
+        f'{weights}[observability]\nmetrics_listen = ""\n{NO_HEALTH_LISTENER}{security}'
     )
     server = BastionServer(workdir, config, target=f"unix:{sock}", config_name="b.toml").start()
     try:

@@ -49,6 +49,11 @@ class _Anyone:
 
 
 class _NoAudit:
+    def __init__(self, directory: Path) -> None:
+        # An empty log directory: no record, so no quarantine for the server to re-derive at start.
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = directory
+
     async def append(self, kind: str, fields: dict[str, Any]) -> int:
         return 0
 
@@ -61,12 +66,13 @@ class _NoAudit:
 
 def open_security(settings: Settings, on_failure: Callable[[], None], sink: Any = None) -> Security:
     guard = TenantGuard(TenancyPolicy.parse(OPEN_POLICY))
-    recorder = AuditRecorder(_NoAudit())
+    audit = _NoAudit(settings.cache_dir / "open-server-no-audit")
+    recorder = AuditRecorder(audit)
     gate = SecurityGate(_Anyone(), guard, recorder, public_health=True)
     # Tenant isolation stays on, exactly as with security on: requests carry a partition tag and the engine
     # process contract names the same partition key file, so the EngineCore runs the keyed block hasher and the
     # tenant scheduler. serve_bench's "security off" then measures authentication, tenancy and audit alone.
-    return Security(_NoAudit(), guard, recorder, gate, AuthInterceptor(gate), partition_keys(settings))
+    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), partition_keys(settings))
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]  # benchmarks/ and the repository root (testkit/)
 
 import common  # noqa: E402 - after the sys.path insert above
-from testkit.launcher import BastionServer, fake_server, free_port  # noqa: E402 - after the sys.path insert above
+from testkit.launcher import NO_HEALTH_LISTENER, BastionServer, fake_server, free_port  # noqa: E402 - after the sys.path insert above
 
 
 async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_tokens: int) -> dict[str, Any]:
@@ -159,7 +159,7 @@ async def amain(args: argparse.Namespace) -> int:
     base = (
         "[assurance]\nrequire_attestation = false\n[assurance.drift]\nenabled = false\n"
         '[assurance.redteam]\nenabled = false\n[observability]\nmetrics_listen = ""\n'
-        "[server]\nmax_inflight_requests = 1024\n"
+        f"{NO_HEALTH_LISTENER}[server]\nmax_inflight_requests = 1024\n"
     )
     configs = {
         "on": security + base + f'listen = "127.0.0.1:{ports["on"]}"\n',

@@ -49,6 +49,7 @@ import common  # noqa: E402 - after the sys.path insert above
 from common import BastionStreamAccumulator, RequestResult, VllmStreamAccumulator  # noqa: E402 - after the sys.path insert above
 from testkit.launcher import (  # noqa: E402 - after the sys.path insert above
     FAKE_SERVER,
+    NO_HEALTH_LISTENER,
     BastionServer,
     ServerProcess,
     ServerStartError,
@@ -569,7 +570,7 @@ def bastion_toml(cfg: BenchConfig, listen: str, security: str = "") -> str:
             "enabled = false",
             "[observability]",
             'metrics_listen = ""',
-            "",
+            NO_HEALTH_LISTENER,
         ]
     )
 

@@ -36,9 +36,22 @@ TAIL_CHARS = 4000
 
 def free_port() -> int:
     """A loopback TCP port that is free now (the server is expected to bind it soon after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback TCP ports that are free now (all held open while they are chosen, so two calls
+    in a row cannot return the same port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+# A [health] table that turns the health listener off, for a server whose test or benchmark does not probe it
+# (the default, 127.0.0.1:50052, would collide between servers running side by side).
+NO_HEALTH_LISTENER = '[health]\nlisten = ""\n'
 
 
 def testkit_env(env: Mapping[str, str] | None = None) -> dict[str, str]:

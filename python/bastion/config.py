@@ -113,6 +113,47 @@ class ServerSettings(BaseModel):
         return self
 
 
+class HealthSettings(BaseModel):
+    """``[health]``: the health listener, a second gRPC server that serves only ``grpc.health.v1``, without
+    credentials, for probes (``bastion.server.health_listener``). Its own concurrent-RPC limit, so no flood
+    of probes takes a slot that authenticated calls on ``server.listen`` need. The Watch caps and lifetime
+    apply on both listeners (on the main one, never above ``MAIN_WATCH_CAP`` in ``server/listener.py``)."""
+
+    model_config = _FROZEN
+    # Loopback by default (probes from this host); "" turns the listener off. Any other TCP address
+    # requires health.tls (server TLS only: probes present no client certificate).
+    listen: str = "127.0.0.1:50052"
+    # Open Health/Watch streams on one listener, in total and from one peer address (ports ignored; every
+    # unix-socket client is one peer). Over a cap: RESOURCE_EXHAUSTED at once.
+    max_watch_streams: int = Field(default=64, ge=1, le=4096)
+    max_watch_per_peer: int = Field(default=8, ge=1, le=4096)
+    # A Watch ends with status OK after this many seconds; the client opens a new one.
+    watch_lifetime_s: float = Field(default=300.0, ge=0.1, le=86400.0)
+    # Server certificate and key (rotated like server.tls); client_ca_file is refused.
+    tls: TlsSettings = TlsSettings()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            parse_listen(v)
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> HealthSettings:
+        if self.tls.client_ca_file is not None:
+            raise ValueError("health.tls.client_ca_file: the health listener asks no client certificate")
+        if not self.listen:
+            return self
+        kind, host, _ = parse_listen(self.listen)
+        if kind == "tcp" and not is_loopback(host) and not self.tls.enabled:
+            raise ValueError(
+                "health.listen is not a loopback address: set health.tls.cert_file and key_file "
+                "(TLS is required on every non-loopback listener)"
+            )
+        return self
+
+
 class ModelSettings(BaseModel):
     model_config = _FROZEN
     # "default" (SmolLM2-135M-Instruct, fetched and converted on first use) or a local model directory.
@@ -262,6 +303,7 @@ class Settings(BaseSettings):
     )
 
     server: ServerSettings = ServerSettings()
+    health: HealthSettings = HealthSettings()
     model: ModelSettings = ModelSettings()
     weights: WeightsSettings = WeightsSettings()
     limits: LimitSettings = LimitSettings()
@@ -287,6 +329,14 @@ class Settings(BaseSettings):
         if toml_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _health_apart(self) -> Settings:
+        if self.health.listen:
+            health, main = parse_listen(self.health.listen), parse_listen(self.server.listen)
+            if health == main and health[2] != 0:
+                raise ValueError("health.listen must differ from server.listen")
+        return self
 
     @model_validator(mode="after")
     def _adapters_need_unsealed(self) -> Settings:

@@ -1,4 +1,4 @@
-"""Files written whole: the one atomic-write helper of bastion.
+"""Files written whole: the one atomic-write helper of bastion; and files read whole, with a bound.
 
 ``atomic_write(path, data, mode=...)`` leaves ``path`` holding either its old content or all of ``data``,
 never a mix, and durably so: a temporary file is created in the same directory with ``O_CREAT|O_EXCL|
@@ -9,18 +9,28 @@ and ``path`` is untouched. With ``overwrite=False`` the file is published with `
 ``replace``: an existing ``path`` (even a dangling symlink) raises ``FileExistsError`` and stays as it is,
 so a secret created once is never replaced and never seen half-written.
 
-Errors are the ``OSError`` of the failing call. This module imports nothing of bastion.
+``read_regular(path, max_bytes)`` reads a file that others may have planted (an attestation, a policy):
+opened with ``O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`` (a symlink is refused, a FIFO or a device opens
+without blocking), then it must be a regular file (``fstat`` of the open descriptor, so nothing can be
+swapped in between) of at most ``max_bytes``, and at most ``max_bytes + 1`` bytes are ever read (a file
+that grows meanwhile is refused too). ``open_regular`` is its first half, for readers that stream.
+
+Errors are the ``OSError`` of the failing call (``ELOOP`` for a symlink; ``EINVAL`` "not a regular file",
+``EFBIG`` "larger than N bytes"). This module imports nothing of bastion.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 StrPath = str | os.PathLike[str]
 
@@ -83,4 +93,37 @@ def atomic_write_text(
     atomic_write(path, text.encode(encoding), mode=mode, overwrite=overwrite)
 
 
-__all__ = ["atomic_write", "atomic_write_text", "fsync_dir"]
+def open_regular(path: StrPath) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file and not a symlink (see the module)."""
+    fd = os.open(path, _READ)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: StrPath, max_bytes: int) -> bytes:
+    """The whole content of the regular file ``path``, at most ``max_bytes`` of it (see the module)."""
+    fd = open_regular(path)
+    try:
+        if os.fstat(fd).st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", os.fspath(path))
+        chunks: list[bytes] = []
+        left = max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    if left <= 0:
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", os.fspath(path))
+    return b"".join(chunks)
+
+
+__all__ = ["atomic_write", "atomic_write_text", "fsync_dir", "open_regular", "read_regular"]

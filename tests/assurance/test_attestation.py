@@ -394,6 +394,9 @@ def _resign(st: dict[str, Any], priv: Path) -> bytes:
         (lambda s: s["predicate"]["bastion"]["suite"].update(digest="sha256:" + "00" * 32), "suite digest"),
         (lambda s: s["predicate"].update(configuration=[]), "configuration"),
         (lambda s: s["subject"][0].update(digest={"blake3": "nothex"}), "malformed digest"),
+        # The signed time orders verdicts at the release gate (issue 14, requirement 2): exactly ...Z.
+        (lambda s: s["predicate"]["bastion"].update(finished="9999-99-99 tomorrow"), "finished"),
+        (lambda s: s["predicate"]["bastion"].pop("finished"), "finished"),
     ],
 )
 def test_rejects_signed_statements_of_the_wrong_shape(key: tuple[Path, Path], mutate: Any, message: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from bastion.v1 import inference_pb2_grpc
 from identity import Identity, bearer_channel, make_identity
-from testkit.launcher import BastionServer, free_port
+from testkit.launcher import BastionServer, free_ports
 
 START_TIMEOUT_S = float(os.environ.get("BASTION_E2E_START_TIMEOUT", "900"))
 
@@ -90,6 +90,8 @@ class LiveServer:
     marker_dir: Path
     identity: Identity
     audit_dir: Path
+    # The health listener ([health] listen: grpc.health.v1 only, no credentials), on a free loopback port.
+    health_target: str = ""
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
@@ -150,7 +152,7 @@ def launch_server(
     sock = workdir / "bastion.sock"
     marker = workdir / "plugin-markers"
     marker.mkdir(exist_ok=True)
-    port = free_port()
+    port, health_port = free_ports(2)
     identity = make_identity(workdir / "identity", tenants=KV_BUDGETS, public_prefixes={"support": PUBLIC_SYSTEM})
     audit_dir = workdir / "audit"
     config = f"""
@@ -161,11 +163,14 @@ max_inflight_requests = 8
 {model_toml}
 [observability]
 metrics_listen = "127.0.0.1:{port}"
+[health]
+listen = "127.0.0.1:{health_port}"
 {identity.toml(audit_dir, assurance_toml)}
 """
     env = {**os.environ, "BASTION_PLUGIN_MARKER_DIR": str(marker), **(extra_env or {})}
     server = BastionServer(workdir, config, target=f"unix:{sock}", env=env).start()
-    return LiveServer(server, f"http://127.0.0.1:{port}/metrics", marker, identity, audit_dir)
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    return LiveServer(server, metrics_url, marker, identity, audit_dir, f"127.0.0.1:{health_port}")
 
 
 def start_server(

@@ -9,12 +9,14 @@ gate, signed attestations, and the server releasing a model to tenants only with
   unmodified model (another digest) and a forged one (signed by an untrusted key) do not release it; its
   evaluation FAILS the CI policy against the baseline (significant regressions) and its FAILED
   attestation releases nothing; a PASSED attestation for exactly its digest (under a policy with no
-  limits and no baseline, which passes anything: the policy, not the server, decides what passes) does
-  release it, and tenants can then call it.
+  limits and no baseline, which passes anything, and which this server pins deliberately in
+  ``assurance.accepted_gate_policies`` beside the CI policy: the server accepts only the policies it pins,
+  issue 14) does release it, and tenants can then call it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -41,6 +43,10 @@ CI_POLICY = Path(__file__).resolve().parents[2] / "python/bastion/assurance/data
 # No limits, no baseline: passes whatever the model does (to show that the server follows the signed
 # verdict for exactly this digest).
 LENIENT_POLICY = "version = 1\n"
+
+
+def _policy_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _eval(server: LiveServer, out: Path, *extra: str, policy: Path = CI_POLICY) -> tuple[int, str]:
@@ -154,6 +160,9 @@ allow_unsealed = true
     assurance = (
         f'[assurance]\nrequire_attestation = true\nattestations_dir = "{atts}"\n'
         f'trusted_keys = ["{signer[1]}"]\naccepted_suites = ["ci"]\n'
+        # The gate policies whose verdicts this server accepts: the CI one and (deliberately) the lenient one.
+        f'accepted_gate_policies = ["{_policy_digest(CI_POLICY.read_bytes())}", '
+        f'"{_policy_digest(LENIENT_POLICY.encode())}"]\n'
         # Alert only: the gate's steps below need the model out of quarantine.
         f'[assurance.drift]\ndir = "{drift}"\nquarantine = false\n[assurance.redteam]\nenabled = false\n'
     )

@@ -31,11 +31,13 @@ def make_settings(
     metrics_listen: str = "",
     server: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
+    health: dict[str, Any] | None = None,
     identity: Identity | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings for a test server: API keys and a tenancy policy (a fresh identity in a temp dir unless
-    one is given) and its own audit log directory."""
+    one is given) and its own audit log directory. The health listener is off unless ``health`` sets its
+    ``listen`` (``"127.0.0.1:0"``: a free port, then ``Running.health_address``)."""
     ident = identity or make_identity(Path(tempfile.mkdtemp(prefix="bastion-id-")))
     audit_dir = Path(tempfile.mkdtemp(prefix="bastion-audit-"))
     settings = Settings.model_validate(
@@ -43,6 +45,7 @@ def make_settings(
             {
                 "server": {"listen": listen, "grace_period_s": 5.0, **(server or {})},
                 "limits": limits or {},
+                "health": {"listen": "", **(health or {})},
                 "observability": {"metrics_listen": metrics_listen},
                 "cache_dir": str(audit_dir / "cache"),
                 **ident.settings(audit_dir),
@@ -76,6 +79,8 @@ class Running:
     audit_dir: Path
     logs: InMemoryLogRecordExporter
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the health listener ([health] listen) was bound; None when it is off.
+    health_address: str | None = None
 
     def channel_for(self, name: str | None) -> grpc.aio.Channel:
         """A plaintext channel with ``name``'s API key (None: no credentials)."""
@@ -122,19 +127,25 @@ async def running_server(
     telemetry = Telemetry.from_settings(settings, span_exporter=spans, log_exporter=logs)
     stop = asyncio.Event()
     bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    health_bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(
         serve(
             settings,
             pool_factory or pool_of(*engines),
             stop_event=stop,
             on_bound=bound.set_result,
+            on_health_bound=health_bound.set_result,
             telemetry=telemetry,
             watchdog_interval=0.05,
         )
     )
-    done, _ = await asyncio.wait({task, bound}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    if task in done and not bound.done():
-        raise AssertionError(f"server exited early with {task.result()}")
+    wanted = {bound, health_bound} if settings.health.listen else {bound}
+    while not all(f.done() for f in wanted):
+        done, _ = await asyncio.wait({task, *wanted}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            raise AssertionError(f"server exited early with {task.result()}")
+        if not done:
+            raise AssertionError("server did not bind its listeners in 10 s")
     address = bound.result()
     ident = identity_of(settings)
     channel = grpc.aio.insecure_channel(address, interceptors=aio_bearer(ident.keys["alice"]))
@@ -152,6 +163,7 @@ async def running_server(
         ident,
         audit_dir,
         logs,
+        health_address=health_bound.result() if health_bound.done() else None,
     )
     try:
         if wait_ready:

@@ -3,44 +3,27 @@ created once under the user's config directory, and client commands that use the
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import socket
 import stat
-import sys
 from pathlib import Path
 
 import grpc
 from grpc_harness import running_server
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bastion.cli import devprofile
 from bastion.config import Settings, deep_merge
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from cli_util import run_cli
 from fakes import FakeEngine
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bastion.cli.main",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkeypatch) -> None:
@@ -55,11 +38,14 @@ async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkey
     assert again["api_key"].read_text() == paths["api_key"].read_text()  # created once, then reused
 
     port = _port()
+    overrides = devprofile.server_overrides(paths)
+    assert overrides["health"]["listen"] == devprofile.HEALTH_LISTEN  # the health listener is on
     settings = Settings.model_validate(
         deep_merge(
-            devprofile.server_overrides(paths),
+            overrides,
             {
                 "server": {"listen": f"127.0.0.1:{port}"},
+                "health": {"listen": "127.0.0.1:0"},  # a free port: tests must not collide on a fixed one
                 "observability": {"metrics_listen": ""},
                 "audit": {"dir": str(tmp_path / "audit")},
             },
@@ -72,12 +58,11 @@ async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkey
     ident = Identity(d, paths["policy"], paths["api_keys"], keys={"alice": paths["api_key"].read_text().strip()})
     _IDENTITIES[id(settings)] = ident
     async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
-        env.pop("BASTION_API_KEY", None)
+        env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
         cfg = tmp_path / "client.toml"
         cfg.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n')
-        gen = await _cli(env, "generate", "--config", str(cfg), "--max-tokens", "2", "--raw", "hi")
-        tenants = await _cli(env, "admin", "tenants", "--config", str(cfg))
+        gen = await run_cli("generate", "--config", str(cfg), "--max-tokens", "2", "--raw", "hi", env=env)
+        tenants = await run_cli("admin", "tenants", "--config", str(cfg), env=env)
         # Plaintext, or TLS without the client certificate, does not get in.
         plain = grpc.aio.insecure_channel(srv.address)
         try:
@@ -86,6 +71,14 @@ async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkey
         except grpc.aio.AioRpcError as exc:
             reached = exc.code() != grpc.StatusCode.UNAVAILABLE
         await plain.close()
+        # Probes need no client certificate: the health listener answers in plaintext on loopback.
+        assert srv.health_address is not None
+        probe = grpc.aio.insecure_channel(srv.health_address)
+        try:
+            health = await health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        finally:
+            await probe.close()
     assert gen == (0, "w0 w1 \n", ""), gen
     assert tenants[0] == 0 and json.loads(tenants[1])["tenants"][0]["tenant"] == "dev"
     assert not reached
+    assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_harness import collect, make_settings, running_server
 
-from bastion.assurance.attestation import build_statement, sign_statement
+from attest_util import CLEAN, GATE, LEAKY, NOW, gate_config, signed_attestation
 from bastion.assurance.gate import decide, load_gate_policy
 from bastion.assurance.runner import outcomes, run_suite
 from bastion.assurance.stats import family_figures
-from bastion.assurance.suites import FAMILIES, load_suite
+from bastion.assurance.suites import load_suite
 from bastion.engine.protocol import EngineOutput, EngineRequest
 from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
@@ -28,44 +28,7 @@ from bastion.weights.signing import create_signing_key
 from fakes import FAKE_DIGEST, FakeEngine
 from identity import make_identity
 
-GATE = Path(__file__).resolve().parents[2] / "python/bastion/assurance/data/gate"
 ADAPTER_DIGEST = "blake3:" + "cd" * 32
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-
-
-def _attestation(
-    key: Path,
-    *,
-    result_figures: dict[str, list[bool]],
-    digest: str = FAKE_DIGEST,
-    profile: str = "ci",
-    adapters: tuple[tuple[str, str], ...] = (),
-    parent: str | None = None,
-) -> bytes:
-    suite = load_suite(profile, canary_seed=b"\0" * 32)
-    policy = load_gate_policy(GATE / "production.toml")
-    decision = decide(family_figures(result_figures), policy)
-    statement = build_statement(
-        decision=decision,
-        model_name="fake-model",
-        model_digest=digest,
-        adapters=adapters,
-        suite_name=suite.name,
-        suite_version=suite.version,
-        suite_digest=suite.digest,
-        report_digest="sha256:" + "00" * 32,
-        evaluator="test",
-        started=NOW,
-        finished=NOW,
-        baseline_digest=parent,
-    )
-    return sign_statement(statement, key)
-
-
-# No hits in 200 probes per family: PASSED under the production policy (0/30 would not: its upper bound 0.116
-# is over the 5% harmful limit).
-CLEAN = {f: [False] * 200 for f in FAMILIES}
-LEAKY = {**CLEAN, "sysprompt_leak": [True] + [False] * 199}  # one canary leak: FAILED
 
 
 def _gen(adapter: str = "") -> pb.GenerateRequest:
@@ -93,14 +56,7 @@ async def test_only_a_valid_attestation_for_exactly_this_digest_releases_the_mod
     ident = make_identity(Path(tempfile.mkdtemp(prefix="bastion-id-")), tenants={"tenant-a": {"adapters": ["*"]}})
     settings = make_settings(
         identity=ident,
-        extra={
-            "assurance": {
-                "require_attestation": True,
-                "attestations_dir": str(atts),
-                "trusted_keys": [str(pub)],
-                "accepted_suites": ["ci"],
-            }
-        },
+        extra={"assurance": gate_config(atts, pub)},
     )
     async with running_server([engine], settings=settings) as srv:
         alice, erin = (pb_grpc.InferenceStub(srv.channel_for(w)) for w in ("alice", "erin"))
@@ -122,11 +78,12 @@ async def test_only_a_valid_attestation_for_exactly_this_digest_releases_the_mod
 
         # None of these release it: a FAILED verdict, another digest, a suite the server does not accept,
         # an untrusted signer, a tampered envelope.
-        (atts / "failed.intoto.json").write_bytes(_attestation(key, result_figures=LEAKY))
-        (atts / "other.intoto.json").write_bytes(_attestation(key, result_figures=CLEAN, digest="blake3:" + "ef" * 32))
-        (atts / "suite.intoto.json").write_bytes(_attestation(key, result_figures=CLEAN, profile="production"))
-        (atts / "forged.intoto.json").write_bytes(_attestation(rogue, result_figures=CLEAN))
-        good = _attestation(key, result_figures=CLEAN)
+        (atts / "failed.intoto.json").write_bytes(signed_attestation(key, figures=LEAKY))
+        (atts / "other.intoto.json").write_bytes(signed_attestation(key, figures=CLEAN, digest="blake3:" + "ef" * 32))
+        (atts / "suite.intoto.json").write_bytes(signed_attestation(key, figures=CLEAN, profile="production"))
+        (atts / "forged.intoto.json").write_bytes(signed_attestation(rogue, figures=CLEAN))
+        # (The newest verdict per digest and suite decides: the PASSED one is a later re-evaluation.)
+        good = signed_attestation(key, figures=CLEAN, started=NOW, finished=NOW + timedelta(hours=1))
         tampered = good.replace(b'"payload": "', b'"payload": "A', 1) if b'"payload": "' in good else good[:-8]
         (atts / "tampered.intoto.json").write_bytes(tampered)
         reply = await reload()
@@ -147,12 +104,12 @@ async def test_only_a_valid_attestation_for_exactly_this_digest_releases_the_mod
         # records the comparison with its parent (this model) as the baseline.
         assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.FAILED_PRECONDITION
         (atts / "adapter-unpaired.intoto.json").write_bytes(
-            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),))
+            signed_attestation(key, figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),))
         )
         await reload()
         assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.FAILED_PRECONDITION
         (atts / "adapter.intoto.json").write_bytes(
-            _attestation(key, result_figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),), parent=FAKE_DIGEST)
+            signed_attestation(key, figures=CLEAN, adapters=(("support-v1", ADAPTER_DIGEST),), parent=FAKE_DIGEST)
         )
         await reload()
         assert await _code(alice, _gen("support-v1")) == grpc.StatusCode.OK

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import sys
 from pathlib import Path
 
 import grpc
@@ -16,9 +14,8 @@ from grpc_harness import make_settings, running_server
 from bastion.cli import client
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
+from cli_util import run_cli
 from fakes import FakeEngine
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
@@ -62,44 +59,27 @@ async def test_client_generate_streams_chat_and_picks_first_model() -> None:
         assert await client.health(srv.channel, 5) == "SERVING"
 
 
-async def _cli(*args: str, api_key: str | None = None) -> tuple[int, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    env.pop("BASTION_CONFIG", None)
-    env.pop("BASTION_API_KEY", None)
-    if api_key:
-        env["BASTION_API_KEY"] = api_key
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bastion.cli.main",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
 async def test_cli_commands_exit_codes(tmp_path: Path) -> None:
     async with running_server([FakeEngine()]) as srv:
         key = srv.identity.keys["alice"]
         key_file = tmp_path / "key"
         key_file.write_text(key + "\n")
         gen, health, anon = await asyncio.gather(
-            _cli("generate", "--target", srv.address, "--max-tokens", "2", "--raw", "hello", api_key=key),
-            _cli("health", "--target", srv.address),
-            _cli("generate", "--target", srv.address, "--max-tokens", "2", "hello"),
+            run_cli("generate", "--target", srv.address, "--max-tokens", "2", "--raw", "hello", api_key=key),
+            run_cli("health", "--target", srv.address),
+            run_cli("generate", "--target", srv.address, "--max-tokens", "2", "hello"),
         )
-        bad = await _cli("generate", "--target", srv.address, "--api-key-file", str(key_file), "--model", "nope", "x")
+        bad = await run_cli(
+            "generate", "--target", srv.address, "--api-key-file", str(key_file), "--model", "nope", "x"
+        )
     assert gen == (0, "w0 w1 \n", "")
     assert health == (0, "SERVING\n", "")
     assert anon[0] == 1 and "UNAUTHENTICATED: authentication required" in anon[2]
     assert bad[0] == 1 and "NOT_FOUND: model not found" in bad[2]
     bad_cfg = tmp_path / "bad.toml"
     bad_cfg.write_text('[server]\nlisten = "0.0.0.0:1"\n')
-    rc, out, err = await _cli("serve", "--config", str(bad_cfg))
+    rc, out, err = await run_cli("serve", "--config", str(bad_cfg))
     assert rc == 2 and out == "" and err.count("\n") == 1 and "TLS is required" in err
     assert "Traceback" not in err
-    rc, out, err = await _cli("health", "--target", "127.0.0.1:1", "--timeout", "1")
+    rc, out, err = await run_cli("health", "--target", "127.0.0.1:1", "--timeout", "1")
     assert rc == 1 and out == "NOT_SERVING\n"

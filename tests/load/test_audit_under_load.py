@@ -23,7 +23,7 @@ from bastion.native import AuditChain, audit_verify_dir
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 from identity import aio_bearer, make_many_tenants
-from testkit.launcher import BastionServer, fake_server
+from testkit.launcher import NO_HEALTH_LISTENER, BastionServer, fake_server
 
 TENANTS = 24
 CONCURRENT = 300
@@ -42,7 +42,7 @@ max_inflight_requests = 1024
 max_concurrent_streams = 1024
 [observability]
 metrics_listen = ""
-[auth.api_keys]
+{NO_HEALTH_LISTENER}[auth.api_keys]
 file = "{store}"
 [tenancy]
 policy_file = "{policy}"

@@ -139,3 +139,24 @@ def test_replace_does_not_write_through_a_symlinked_target(tmp_path: Path) -> No
     atomic_write(target, b"new")
     assert victim.read_bytes() == b"keep"  # the link itself was replaced by a regular file
     assert not target.is_symlink() and target.read_bytes() == b"new"
+
+
+def test_read_regular_refuses_what_is_not_a_plain_bounded_file(tmp_path: Path) -> None:
+    """bastion.files.read_regular (issue 14, requirement 5): a symlink is not followed (ELOOP), a FIFO opens
+    without blocking and is refused, a device is refused, a file over the bound is refused without being
+    read; a regular file within it is read whole."""
+    import errno
+
+    from bastion.files import read_regular
+
+    ok = tmp_path / "ok"
+    ok.write_bytes(b"x" * 10)
+    assert read_regular(ok, 10) == b"x" * 10
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "zero"
+    link.symlink_to("/dev/zero")
+    for path, code in ((fifo, errno.EINVAL), (Path("/dev/zero"), errno.EINVAL), (link, errno.ELOOP), (ok, errno.EFBIG)):
+        with pytest.raises(OSError) as err:
+            read_regular(path, 9)
+        assert err.value.errno == code, path

@@ -17,7 +17,8 @@ tenants only while a verified one covers exactly its digest (:mod:`bastion.assur
   ``p_value`` is the raw one-sided regression p-value or null), ``confidence``, ``regression_alpha``,
   ``failed_reasons``, ``baseline`` (the baseline model's digest set, or null), ``evaluator`` (the
   principal id that ran the evaluation), ``started`` / ``finished`` (RFC 3339 UTC, ``...Z``, whole
-  seconds, so they sort as strings) and ``bastion_version``.
+  seconds, so they sort as strings; ``finished`` is the signed time that orders verdicts for the release
+  gate, and verification requires it in exactly that form) and ``bastion_version``.
 
 Digests given to :func:`build_statement` are ``"algo:hex"`` strings (as :mod:`bastion.digest`,
 :mod:`bastion.weights.signing` and the gate policy write them) or ``{algo: hex}`` maps; hex is stored
@@ -63,6 +64,8 @@ SUITE_PREFIX = "suite:"
 POLICY_NAME = "gate-policy"
 REPORT_NAME = "report"
 KIND_ANNOTATION = "bastion.kind"
+MODEL_KIND = "model"
+ADAPTER_KIND = "adapter"
 MAX_ENVELOPE_BYTES = 1 << 20
 MAX_SIGNATURES = 16
 MAX_KEY_BYTES = 64 * 1024
@@ -70,6 +73,7 @@ MAX_KEY_BYTES = 64 * 1024
 _ALGO = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _HEX = re.compile(r"^[0-9a-f]{16,256}$")
 _HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128, "blake3": 64, "blake2b": 128}
+_TIMESTAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
 
 
 # ----------------------------------------------------------------------------------------- digests
@@ -185,9 +189,9 @@ def build_statement(
     started_at, finished_at = _timestamp(started), _timestamp(finished)
     if finished < started:
         raise ValueError("finished is before started")
-    subjects = [_rd(model_name, model_digest, "model_digest", annotations={KIND_ANNOTATION: "model"})]
+    subjects = [_rd(model_name, model_digest, "model_digest", annotations={KIND_ANNOTATION: MODEL_KIND})]
     for name, digest in adapters:
-        subjects.append(_rd(name, digest, f"adapter {name}", annotations={KIND_ANNOTATION: "adapter"}))
+        subjects.append(_rd(name, digest, f"adapter {name}", annotations={KIND_ANNOTATION: ADAPTER_KIND}))
     if len({s["name"] for s in subjects}) != len(subjects):
         raise ValueError("subject names (model and adapters) must be distinct")
 
@@ -323,7 +327,11 @@ def sign_statement(statement: Mapping[str, Any], key_pem: Path) -> bytes:
 
 @dataclass(frozen=True)
 class Attestation:
-    """A verified attestation: what it says, and who signed it (``signer_keyid``, see :func:`key_id`)."""
+    """A verified attestation: what it says, and who signed it (``signer_keyid``, see :func:`key_id`).
+
+    ``kinds`` holds each subject's ``bastion.kind`` annotation (``model`` / ``adapter``; ``""`` when absent),
+    in the order of ``subjects``; ``finished`` is the signed end time of the evaluation (``...Z``, sorts as
+    a string)."""
 
     subjects: tuple[tuple[str, dict[str, str]], ...]
     result: str
@@ -335,11 +343,22 @@ class Attestation:
     figures: dict[str, Any]
     signer_keyid: str
     statement: dict[str, Any]
+    kinds: tuple[str, ...] = ()
+    finished: str = ""
 
     def covers(self, name: str | None, digests: Mapping[str, str]) -> bool:
         """True when a subject (named ``name``, or any subject for None) has a matching digest set:
         at least one common algorithm, and the same value for every common algorithm."""
         return any((name is None or n == name) and digests_match(d, digests) for n, d in self.subjects)
+
+    def covers_kind(self, kind: str, digests: Mapping[str, str]) -> bool:
+        """True when a subject annotated ``bastion.kind`` = ``kind`` has a matching digest set."""
+        return any(k == kind and digests_match(d, digests) for (_, d), k in zip(self.subjects, self.kinds, strict=True))
+
+    @property
+    def only_models(self) -> bool:
+        """Every subject is of kind ``model``: no adapter (nor unannotated artefact) was evaluated with it."""
+        return bool(self.kinds) and all(k == MODEL_KIND for k in self.kinds)
 
 
 def _fail(reason: str) -> IntegrityError:
@@ -392,12 +411,16 @@ def _statement_fields(statement: Any) -> dict[str, Any]:
         raise _fail("predicate result is not PASSED, WARNED or FAILED")
 
     subjects: list[tuple[str, dict[str, str]]] = []
+    kinds: list[str] = []
     for s in statement["subject"]:
         name = s.get("name", "")
         try:
             subjects.append((name if isinstance(name, str) else "", _digest_map(s.get("digest") or {}, "subject")))
         except (ValueError, AttributeError):
             raise _fail("a subject has a malformed digest") from None
+        annotations = s.get("annotations")
+        kind = annotations.get(KIND_ANNOTATION) if isinstance(annotations, dict) else None
+        kinds.append(kind if isinstance(kind, str) else "")
 
     ext = predicate.get(EXTENSION)
     if not isinstance(ext, dict):
@@ -418,8 +441,13 @@ def _statement_fields(statement: Any) -> dict[str, Any]:
         raise _fail(f"{EXTENSION}.suite.digest is malformed") from None
     if ext_suite_digest != suite_digest:
         raise _fail("the suite digest in the configuration and in the bastion extension differ")
+    finished = ext.get("finished")
+    if not isinstance(finished, str) or not _TIMESTAMP.match(finished):
+        raise _fail(f"{EXTENSION}.finished is not an RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SSZ)")
     return {
         "subjects": tuple(subjects),
+        "kinds": tuple(kinds),
+        "finished": finished,
         "result": result,
         "suite_name": suite["name"],
         "suite_version": suite["version"],

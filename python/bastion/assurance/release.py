@@ -1,37 +1,67 @@
 """The go-live gate inside the server: which served models (and adapters) tenants may call.
 
-A model is *released* while ``assurance.attestations_dir`` holds an attestation that
-  - verifies (DSSE signature by one of ``assurance.trusted_keys``; :mod:`bastion.assurance.attestation`),
-  - has verdict PASSED,
-  - names the current version (digest) of an accepted probe suite (``assurance.accepted_suites``), and
-  - has a subject whose digest set matches the model's exactly: every algorithm the two share has the
-    same value, and they share at least one (``blake3`` of the directory served, ``sha256`` OMS digest).
-An adapter is released for a model only by an attestation whose subjects cover both the model and the
-adapter's directory digest and whose baseline is that model (``bastion eval --adapter --parent``: the
-adapted model compared with its parent probe by probe, McNemar): a fine-tune is a new artefact and needs
-its own evaluation (MS-2.7-008).
+**Which attestations count.** ``assurance.attestations_dir`` is read at start and on
+``Admin.ReloadAttestations``. Each ``*.intoto.json`` file is opened ``O_RDONLY|O_NOFOLLOW|O_NONBLOCK|
+O_CLOEXEC``, must be a regular file (``fstat`` of the open descriptor) and is read up to
+``MAX_ENVELOPE_BYTES`` (:func:`bastion.files.read_regular`): a symlink, a FIFO, a device or an oversized
+file is refused at once, never followed, waited on or read without end. Then it must verify (DSSE signature
+by one of ``assurance.trusted_keys``, :mod:`bastion.assurance.attestation`) and name a gate policy the server
+pins (``assurance.accepted_gate_policies``, by default only the bundled production policy: the policy's
+digest is in the attestation, and a policy without limits passes anything). A refused file is logged (file
+name and reason, never contents), counted, and can never release or withdraw anything.
+
+**Which subjects count.** Every subject carries ``bastion.kind`` (``model`` / ``adapter``).
+  - A *model* is decided by the attestations whose subjects are all of kind ``model`` (none names an
+    adapter: an evaluation of model + adapter, ``bastion eval --adapter --parent``, evaluated the adapted
+    model, not the bare one) and whose model subject's digest set matches the model's: every algorithm the
+    two share has the same value, and they share at least one (``blake3`` of the directory served,
+    ``sha256`` OMS digest).
+  - An *adapter* is decided by the attestations with a model subject matching the model, an adapter subject
+    matching the adapter's directory digest, and the model as baseline (the adapted model compared with its
+    parent probe by probe, McNemar): a fine-tune is a new artefact and needs its own evaluation (MS-2.7-008).
+
+**Which verdict counts.** Among those, only suites the server accepts (``assurance.accepted_suites``, their
+current version's digest) count, and per (digest, suite) the *newest* verdict decides, by the signed
+``finished`` time: a FAILED re-evaluation withdraws an older PASSED one, a later PASSED one releases again.
+Equal times with different verdicts fail closed (any verdict but PASSED wins). It is *released* when the
+newest verdict of every accepted suite that has one is PASSED.
 
 Otherwise the model is *evaluation-only*: principals with the "evaluator" role may call it (that is how
-``bastion eval`` produces the attestation), everybody else gets FAILED_PRECONDITION. A model can also be
-*quarantined* (drift or a red-team finding, by policy): then nobody but evaluators may call it, whatever
-attestation exists, until the server restarts with a new attestation or an operator reloads.
+``bastion eval`` produces the attestation), everybody else gets FAILED_PRECONDITION.
 
-Attestations are read at start and on ``Admin.ReloadAttestations``; a file that fails verification is
-logged (file name and reason, never contents) and ignored, so it can never release anything.
+**Quarantine.** A model can also be *quarantined* (a confirmed drift or red-team regression, by policy):
+then nobody but evaluators may call it, whatever attestation exists. The decision is first written to the
+audit log (a ``decision`` record with ``decision`` = ``quarantine``, ``bastion.server.audit_recorder``), and
+that log is the only store: at start :meth:`ReleaseBook.restore_quarantines` re-derives the quarantined set
+from it (a model's last ``quarantine`` / ``quarantine_lifted`` record decides), so a quarantine survives a
+restart and no file in the attestations directory (added or deleted) lifts it. Only
+``Admin.LiftQuarantine`` (the admin role; ``bastion admin lift-quarantine``) lifts one, and it writes its
+``quarantine_lifted`` record, with the principal and the reason, before the state changes. A log that cannot
+be read back whole refuses the start (fail closed) instead of forgetting a quarantine.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.assurance.attestation import MAX_ENVELOPE_BYTES, Attestation, digests_match, verify_attestation
+from bastion.assurance.attestation import (
+    ADAPTER_KIND,
+    MAX_ENVELOPE_BYTES,
+    MODEL_KIND,
+    Attestation,
+    digests_match,
+    verify_attestation,
+)
 from bastion.assurance.settings import AssuranceSettings
+from bastion.audit.records import iter_records
 from bastion.engine.protocol import ModelInfo
 from bastion.errors import BastionError, FailedPrecondition, IntegrityError
+from bastion.files import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +70,9 @@ EVALUATION_ONLY = "evaluation_only"
 QUARANTINED = "quarantined"
 ATTESTATION_SUFFIX = ".intoto.json"
 MAX_FILES = 4096
+# The audit records' ``decision`` values that put a model in quarantine and take it out (kind "decision").
+QUARANTINE = "quarantine"
+QUARANTINE_LIFTED = "quarantine_lifted"
 
 
 class NotReleased(FailedPrecondition):
@@ -54,14 +87,31 @@ class Release:
     attestation: str  # what is in force ("<suite>@<version> PASSED signed by <keyid>") or why nothing is
 
 
-def _covers(att: Attestation, digest_set: Mapping[str, str]) -> bool:
-    return att.covers(None, digest_set)
+def _releases_model(att: Attestation, digest_set: Mapping[str, str]) -> bool:
+    """An evaluation of this bare model: only model subjects (no adapter), one of them this model."""
+    return att.only_models and att.covers_kind(MODEL_KIND, digest_set)
 
 
 def _parent_is(att: Attestation, digest_set: Mapping[str, str]) -> bool:
     """The attestation's baseline (the parent an adapter was compared with) is this model."""
     baseline = att.statement["predicate"]["bastion"].get("baseline")
     return isinstance(baseline, dict) and digests_match(baseline, digest_set)
+
+
+def _why(exc: Exception) -> str:
+    """A refused file's reason, one line, never its contents."""
+    if isinstance(exc, BastionError):
+        return exc.detail or exc.public_message
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link (not followed)"
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
+
+
+def _newest(atts: list[Attestation]) -> Attestation:
+    """The newest verdict by signed time; of equal times, one that is not PASSED (fail closed)."""
+    return max(atts, key=lambda a: (a.finished, a.result != "PASSED"))
 
 
 class ReleaseBook:
@@ -86,6 +136,12 @@ class ReleaseBook:
     def enforced(self) -> bool:
         return self.settings.require_attestation
 
+    def _read_one(self, path: Path) -> Attestation:
+        att = verify_attestation(read_regular(path, MAX_ENVELOPE_BYTES), self.settings.trusted_keys)
+        if att.policy_digest not in self.settings.accepted_gate_policies:
+            raise IntegrityError(f"gate policy {att.policy_digest} is not pinned (assurance.accepted_gate_policies)")
+        return att
+
     def _read(self) -> tuple[list[Attestation], int, int]:
         if not self.dir.is_dir():
             return [], 0, 0
@@ -94,31 +150,27 @@ class ReleaseBook:
         rejected = 0
         for path in files:
             try:
-                if path.stat().st_size > MAX_ENVELOPE_BYTES:  # verify_attestation refuses it too; never read it all
-                    raise IntegrityError(f"over {MAX_ENVELOPE_BYTES} bytes")
-                good.append(verify_attestation(path.read_bytes(), self.settings.trusted_keys))
+                good.append(self._read_one(path))
             except (IntegrityError, OSError) as exc:
                 rejected += 1
-                reason = exc.detail or exc.public_message if isinstance(exc, BastionError) else type(exc).__name__
-                log.warning("attestation %s refused: %s", path.name, reason)
+                log.warning("attestation %s refused: %s", path.name, _why(exc))
         return good, len(files), rejected
 
-    def _decide(self, atts: list[Attestation], digest_set: Mapping[str, str], what: str) -> Release:
+    def _decide(self, atts: list[Attestation], what: str) -> Release:
+        """``atts``: the attestations of this artefact (the caller matched the subjects); see the module."""
         reasons = []
-        newest_first = sorted(
-            atts, key=lambda a: str(a.statement["predicate"]["bastion"].get("finished", "")), reverse=True
-        )
-        for att in newest_first:
-            if not _covers(att, digest_set):
-                continue
-            suite = self._accepted.get(att.suite_digest)
-            if suite is None:
+        by_suite: dict[str, list[Attestation]] = {}
+        for att in atts:
+            if att.suite_digest in self._accepted:
+                by_suite.setdefault(att.suite_digest, []).append(att)
+            else:
                 reasons.append(f"suite {att.suite_name}@{att.suite_version} is not accepted")
-                continue
-            if att.result != "PASSED":
-                reasons.append(f"{suite} verdict {att.result}")
-                continue
+        verdicts = {self._accepted[digest]: _newest(group) for digest, group in sorted(by_suite.items())}
+        failing = {suite: att for suite, att in verdicts.items() if att.result != "PASSED"}
+        if verdicts and not failing:
+            suite, att = max(verdicts.items(), key=lambda kv: kv[1].finished)
             return Release(RELEASED, f"{suite} PASSED signed by {att.signer_keyid[:16]}")
+        reasons = [f"{suite} verdict {att.result} (newest, {att.finished})" for suite, att in failing.items()] + reasons
         why = "; ".join(dict.fromkeys(reasons)) or f"no attestation for this {what} digest"
         return Release(EVALUATION_ONLY, why)
 
@@ -133,13 +185,15 @@ class ReleaseBook:
             atts, files, rejected = self._read()
             table, adapters = {}, {}
             for m in models:
-                table[m.name] = self._decide(atts, m.digest_set(), "model")
+                model = m.digest_set()
+                table[m.name] = self._decide([a for a in atts if _releases_model(a, model)], "model")
+                # Evaluated with this model, and compared with it (its parent) probe by probe.
+                paired = [a for a in atts if a.covers_kind(MODEL_KIND, model) and _parent_is(a, model)]
                 for name, digest in m.adapter_digests:
                     algo, value = digest.split(":", 1)
-                    # Evaluated with this model, and compared with it (its parent) probe by probe.
-                    covering = [a for a in atts if _covers(a, m.digest_set()) and _parent_is(a, m.digest_set())]
                     adapters[(m.name, name)] = self._decide(
-                        covering, {algo: value}, "adapter (compared with its parent)"
+                        [a for a in paired if a.covers_kind(ADAPTER_KIND, {algo: value})],
+                        "adapter (compared with its parent)",
                     )
         with self._lock:
             self._models, self._adapters = table, adapters
@@ -148,9 +202,52 @@ class ReleaseBook:
         return files, rejected
 
     def quarantine(self, model: str, reason: str) -> None:
+        """Quarantine ``model`` (in memory). The caller has written the audit record first
+        (``decision`` = :data:`QUARANTINE`): that record is what keeps it quarantined across restarts."""
         with self._lock:
             self._quarantine[model] = reason
         log.error("model %s QUARANTINED: %s", model, reason)
+
+    def lift_quarantine(self, model: str) -> bool:
+        """Ends ``model``'s quarantine (in memory); False when it was not quarantined. Only
+        ``Admin.LiftQuarantine`` calls it, after its :data:`QUARANTINE_LIFTED` audit record is durable."""
+        with self._lock:
+            reason = self._quarantine.pop(model, None)
+        if reason is not None:
+            log.info("model %s: quarantine lifted (it was: %s)", model, reason)
+        return reason is not None
+
+    def restore_quarantines(self, audit_dir: Path) -> int:
+        """Re-derives the quarantined models from the audit log in ``audit_dir`` (at start, before any
+        request); returns how many are quarantined.
+
+        Per model name, its last ``decision`` record with ``decision`` = :data:`QUARANTINE` or
+        :data:`QUARANTINE_LIFTED` decides, whatever model digest is served now. Raises ``IntegrityError``
+        when the log cannot be read back whole (:func:`bastion.audit.records.iter_records`: a missing
+        segment or record, a malformed line): the caller refuses to start rather than forget a quarantine.
+
+        Cost: one pass over every audit segment at start (every record is read and JSON-decoded: about 10 s
+        per million records on the 2-core CI machine; bastion never prunes the log, so this grows with it).
+        Limit: the records are checked for continuity (segments and seqs without a gap), not for hashes and
+        signatures; a log rewritten by someone who holds the signing key is read as rewritten (``bastion
+        audit verify`` with the public key and the witness detects that; the writer checks from the witnessed
+        segment on at every start).
+        """
+        found: dict[str, str] = {}
+        for rec in iter_records(audit_dir, kinds=("decision",)):
+            model, action = rec.get("model"), rec.get("decision")
+            if not isinstance(model, str) or not model:
+                continue
+            if action == QUARANTINE:
+                when = f"audit seq {rec['seq']}, {rec.get('time', '?')}"
+                found[model] = f"{rec.get('event', '?')}: {rec.get('reason', '')} ({when})"
+            elif action == QUARANTINE_LIFTED:
+                found.pop(model, None)
+        with self._lock:
+            self._quarantine.update(found)
+        for model, reason in found.items():
+            log.error("model %s stays QUARANTINED (recorded in the audit log): %s", model, reason)
+        return len(found)
 
     def release(self, model: str) -> Release:
         with self._lock:

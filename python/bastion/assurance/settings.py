@@ -1,17 +1,24 @@
 """``[assurance]``: which models the server releases to tenants (the go-live gate, NIST AI 600-1 MS-2.6-001).
 
 A model (and each adapter) is served to tenants only while a signed attestation for exactly its digest,
-from a trusted evaluation key, with verdict PASSED on an accepted probe suite, is in
-``attestations_dir``. Without one the model is *evaluation-only*: principals with the "evaluator" role
-(``bastion eval``) may call it, nobody else.
+from a trusted evaluation key, with verdict PASSED on an accepted probe suite under a pinned gate policy,
+is in ``attestations_dir`` (the rules: :mod:`bastion.assurance.release`). Without one the model is
+*evaluation-only*: principals with the "evaluator" role (``bastion eval``) may call it, nobody else.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+#: ``"sha256:<hex>"`` of the bundled production gate policy (``bastion/assurance/data/gate/production.toml``,
+#: what ``bastion eval`` gates with by default). A pin, not a computed value: changing that file means
+#: changing this line, and tests/assurance/test_release.py fails until both agree.
+PRODUCTION_GATE_POLICY_DIGEST = "sha256:cc26912b30bcd08f12631cc89b789e0503a1699e66870224cf4bb90cdcf5a46d"
+
+PolicyDigest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
 class DriftSettings(BaseModel):
@@ -26,8 +33,8 @@ class DriftSettings(BaseModel):
     # Tolerance = max(tolerance_factor x the noise floor measured at start, min_tolerance) in nats per token.
     tolerance_factor: float = Field(default=5.0, ge=1.0, le=1000.0)
     min_tolerance: float = Field(default=1e-4, gt=0.0, le=10.0)
-    # A confirmed drift (two checks in a row over tolerance) quarantines the model: tenants are refused
-    # until the operator re-evaluates it and restarts. False: alert only.
+    # A confirmed drift (two checks in a row over tolerance) quarantines the model: tenants are refused,
+    # across restarts, until an admin lifts it (`bastion admin lift-quarantine`, audited). False: alert only.
     quarantine: bool = True
 
 
@@ -53,12 +60,16 @@ class RedTeamSettings(BaseModel):
     # window_probes new outcomes; two significant windows in a row confirm (two-stage).
     window_probes: int = Field(default=30, ge=5, le=100000)
     alpha: float = Field(default=0.01, gt=0.0, lt=0.5)
-    # A confirmed regression quarantines the model (tenants refused); false: alert only.
+    # A confirmed regression quarantines the model (tenants refused until an admin lifts it); false: alert only.
     quarantine: bool = True
 
 
 def _production_only() -> list[Literal["ci", "production"]]:
     return ["production"]
+
+
+def _production_policy() -> list[str]:
+    return [PRODUCTION_GATE_POLICY_DIGEST]
 
 
 class AssuranceSettings(BaseModel):
@@ -72,5 +83,9 @@ class AssuranceSettings(BaseModel):
     trusted_keys: list[Path] = Field(default_factory=list, max_length=32)
     # Probe-suite profiles (bastion.assurance.suites) whose current version an attestation must name.
     accepted_suites: list[Literal["ci", "production"]] = Field(default_factory=_production_only, min_length=1)
+    # Gate policies ("sha256:<hex>" of the TOML file, as GatePolicy.digest and the attestation record it) whose
+    # verdicts count. An attestation gated by any other policy is refused (logged) and releases nothing: a
+    # policy without limits passes anything. Default: the bundled production policy only.
+    accepted_gate_policies: list[PolicyDigest] = Field(default_factory=_production_policy, min_length=1, max_length=64)
     drift: DriftSettings = DriftSettings()
     redteam: RedTeamSettings = RedTeamSettings()

@@ -3,8 +3,9 @@
 ``admin tenants`` lists tenants with limits and usage, ``admin reload-policy`` re-reads the tenancy
 policy and API key store, ``admin revoke-key KEY_ID`` revokes an API key, ``admin models`` shows model
 status and release, ``admin reload-attestations`` re-reads the security attestations, ``admin check-drift``
-runs a drift check now. Output is JSON. Exit 1 when the call fails (``error: STATUS: message`` on stderr,
-through ``bastion.cli.errors``).
+runs a drift check now, ``admin lift-quarantine MODEL --reason TEXT`` ends a model's quarantine (audited
+with the reason; the only way to end one). Output is JSON. Exit 1 when the call fails (``error: STATUS:
+message`` on stderr, through ``bastion.cli.errors``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
     r = asub.add_parser("revoke-key", help="revoke an API key by id")
     client_args(r)
     r.add_argument("key_id", metavar="KEY_ID")
+    q = asub.add_parser("lift-quarantine", help="end a model's quarantine (audited, with the reason)")
+    client_args(q)
+    q.add_argument("model", metavar="MODEL")
+    q.add_argument("--reason", required=True, help="why it may be served again (recorded in the audit log)")
 
 
 def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -56,6 +61,9 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
                 "reload-attestations": lambda: stub.ReloadAttestations(apb.ReloadAttestationsRequest(), timeout=30),
                 "check-drift": lambda: stub.CheckDrift(apb.CheckDriftRequest(), timeout=300),
                 "revoke-key": lambda: stub.RevokeApiKey(apb.RevokeApiKeyRequest(key_id=args.key_id), timeout=10),
+                "lift-quarantine": lambda: stub.LiftQuarantine(
+                    apb.LiftQuarantineRequest(model=args.model, reason=args.reason), timeout=10
+                ),
             }
             try:
                 reply = await calls[args.admin_command]()

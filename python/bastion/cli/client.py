@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bastion.config import Settings, parse_listen
+from bastion.errors import ConfigError
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 
@@ -20,7 +21,18 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 def default_target(settings: Settings) -> str:
     """Where a local client reaches the configured listener (a wildcard bind means localhost)."""
-    kind, host, port = parse_listen(settings.server.listen)
+    return _local_target(settings.server.listen)
+
+
+def default_health_target(settings: Settings) -> str:
+    """Where a local client reaches the health listener; ConfigError when it is off."""
+    if not settings.health.listen:
+        raise ConfigError("health.listen is empty: the health listener is off (ask the main listener)")
+    return _local_target(settings.health.listen)
+
+
+def _local_target(listen: str) -> str:
+    kind, host, port = parse_listen(listen)
     if kind == "unix":
         return f"unix:{host}"
     host = _WILDCARDS.get(host, host)
@@ -88,6 +100,20 @@ def open_channel(
     )
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
+
+
+def open_health_channel(
+    target: str, settings: Settings, *, ca_file: str | None = None, server_name: str | None = None
+) -> grpc.aio.Channel:
+    """A channel to the health listener: no client certificate and no bearer credential; TLS when a CA is
+    given or health.tls is set (its own certificate then serves as CA)."""
+    tls = settings.health.tls
+    ca = ca_file or (str(tls.cert_file) if tls.enabled and tls.cert_file else None)
+    if ca is None:
+        return grpc.aio.insecure_channel(target)
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    creds = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+    return grpc.aio.secure_channel(target, creds, options=options)
 
 
 async def generate(

@@ -4,8 +4,10 @@ Under ``$XDG_CONFIG_HOME/bastion/dev`` (default ``~/.config/bastion/dev``, mode 
 a CA (EC P-256), a server certificate for localhost/127.0.0.1/::1, a client certificate whose SPIFFE id
 is ``spiffe://bastion.local/dev/cli``, an API key store with one key (the plaintext key in
 ``dev.apikey``, 0600) and a tenancy policy mapping both principals to the tenant ``dev`` (the client
-certificate also gets the admin role). The server then runs with mutual TLS; ``bastion generate``,
-``health`` and ``admin`` use these files when no other credentials are given. Certificates are valid for
+certificate also gets the admin role). The server then runs with mutual TLS, and the health listener on
+``HEALTH_LISTEN`` (plaintext, loopback, grpc.health.v1 only: ``bastion health --health-listener``, probes
+without a client certificate); ``bastion generate``, ``health`` and ``admin`` use these files when no other
+credentials are given. Certificates are valid for
 90 days and re-issued (the server reloads them) when fewer than 7 days remain.
 """
 
@@ -29,6 +31,8 @@ TRUST_DOMAIN = "bastion.local"
 CLIENT_SPIFFE_ID = spiffe_principal_id(TRUST_DOMAIN, "/dev/cli")
 TENANT = "dev"
 VALID_DAYS = 90
+# The health listener of the development profile (serve --health-listen overrides it; "" turns it off).
+HEALTH_LISTEN = "127.0.0.1:50052"
 RENEW_DAYS = 7
 
 
@@ -181,6 +185,7 @@ def server_overrides(paths: dict[str, Path]) -> dict[str, Any]:
                 "client_ca_file": str(paths["ca"]),
             }
         },
+        "health": {"listen": HEALTH_LISTEN},
         "auth": {"mtls": {"trust_domains": [TRUST_DOMAIN]}, "api_keys": {"file": str(paths["api_keys"])}},
         "tenancy": {"policy_file": str(paths["policy"])},
         # Development: the default model answers before any evaluation (start-up logs a WARNING).

@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help='"default" or a model directory')
     s.add_argument("--device", choices=("auto", "cpu", "cuda"))
     s.add_argument(
+        "--health-listen",
+        metavar="ADDR",
+        help='the health listener (grpc.health.v1 only, no credentials): HOST:PORT or unix:PATH; "" turns it off',
+    )
+    s.add_argument(
         "--dev",
         action="store_true",
         help="local development profile: create (once) a CA, server and client certificates, an API "
@@ -71,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="print SERVING or NOT_SERVING (exit 0 or 1)")
     client_args(h)
     h.add_argument("--timeout", type=float, default=5.0)
+    h.add_argument(
+        "--health-listener",
+        action="store_true",
+        help="ask the health listener ([health] listen; --target overrides) without credentials, not the main one",
+    )
 
     m = sub.add_parser("models", help="model management")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
@@ -94,6 +104,8 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if args.listen:
         overrides.setdefault("server", {})["listen"] = args.listen
+    if args.health_listen is not None:
+        overrides.setdefault("health", {})["listen"] = args.health_listen
     if args.model:
         overrides.setdefault("model", {})["source"] = args.model
     if args.device:
@@ -180,7 +192,11 @@ def _cmd_health(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
 
     async def go() -> int:
-        channel = _channel(args, settings)
+        if args.health_listener:
+            target = args.target or client.default_health_target(settings)
+            channel = client.open_health_channel(target, settings, ca_file=args.ca_file, server_name=args.server_name)
+        else:
+            channel = _channel(args, settings)
         try:
             status = await client.health(channel, args.timeout)
         except grpc.aio.AioRpcError as exc:

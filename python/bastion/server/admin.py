@@ -1,17 +1,20 @@
 """The ``bastion.v1.Admin`` servicer: reload the tenancy policy, list tenants and usage, revoke API keys,
-model status, reload the security attestations that release models to tenants. The interceptor has already required the "admin" role; every call is audited."""
+model status, reload the security attestations that release models to tenants, lift a quarantine. The
+interceptor has already required the "admin" role; every call is audited (a lift twice: its own decision
+record, durable before the quarantine ends, then the call's record)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
+from bastion.assurance.release import QUARANTINED
 from bastion.errors import BastionError, ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from bastion.observability.telemetry import Telemetry
 from bastion.server.caller import Caller, current_caller
@@ -23,6 +26,8 @@ from bastion.v1 import admin_pb2_grpc as apb_grpc
 
 log = logging.getLogger(__name__)
 KEY_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+MAX_MODEL_NAME = 256
+MAX_LIFT_REASON = 512
 _T = TypeVar("_T")
 
 
@@ -43,11 +48,17 @@ class AdminServicer(apb_grpc.AdminServicer):
         self._revoke_key = revoke_key
 
     async def _run(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[Caller], _T]) -> _T:
+        async def call(caller: Caller) -> _T:
+            return fn(caller)
+
+        return await self._arun(name, context, call)
+
+    async def _arun(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[Caller], Awaitable[_T]]) -> _T:
         caller = current_caller()
         rid = caller.request_id
         with self._telemetry.rpc(f"Admin/{name}", rid, caller) as rec:
             try:
-                result = fn(caller)
+                result = await fn(caller)
                 await self._state.recorder.request(
                     request_id=rid,
                     method=caller.method,
@@ -218,3 +229,34 @@ class AdminServicer(apb_grpc.AdminServicer):
             )
 
         return await self._run("CheckDrift", context, report)
+
+    async def LiftQuarantine(
+        self, request: apb.LiftQuarantineRequest, context: grpc.aio.ServicerContext
+    ) -> apb.LiftQuarantineResponse:
+        async def lift(caller: Caller) -> apb.LiftQuarantineResponse:
+            model, reason = request.model, request.reason
+            if not 0 < len(model) <= MAX_MODEL_NAME or not model.isprintable():
+                raise InvalidArgument("model", f"1 to {MAX_MODEL_NAME} printable characters")
+            if not 0 < len(reason) <= MAX_LIFT_REASON or not reason.isprintable():
+                raise InvalidArgument("reason", f"1 to {MAX_LIFT_REASON} printable characters, required")
+            releases, pool = self._state.releases, self._state.pool
+            if releases.release(model).state != QUARANTINED:
+                raise FailedPrecondition(
+                    "lift refused: the model is not quarantined", public="the model is not quarantined"
+                )
+            served = [e.info.digest for e in pool.all() if e.info.name == model] if pool is not None else []
+            # Durable before the quarantine ends: the server re-derives quarantines from these records at start.
+            await self._state.recorder.quarantine_lifted(
+                request_id=caller.request_id,
+                method=caller.method,
+                peer=caller.peer,
+                principal=caller.principal,
+                model=model,
+                model_digest=served[0] if served else "",
+                reason=reason,
+            )
+            releases.lift_quarantine(model)
+            log.warning("model %s: quarantine lifted by %s", model, caller.principal.id)
+            return apb.LiftQuarantineResponse(models=self._model_states())
+
+        return await self._arun("LiftQuarantine", context, lift)

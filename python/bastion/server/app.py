@@ -2,9 +2,11 @@
 
 Order (each step logged once):
   0. security: the tenancy policy, the authenticator and the audit log (recovered and continued); a
-     missing piece is a start failure (exit 1), never an open server;
+     missing piece is a start failure (exit 1), never an open server; then the go-live gate, whose
+     quarantines are re-derived from the audit log (a log that cannot be read back is a start failure);
   1. build the grpc.aio server (explicit limits, the auth interceptor), register Inference, Admin and
-     grpc.health.v1, bind, start;
+     grpc.health.v1, bind, start; then the health listener (``[health] listen``: grpc.health.v1 only, no
+     credentials, limits of its own; ``server/health_listener.py``) when configured;
      health is NOT_SERVING, Inference answers UNAVAILABLE;
   2. ``await pool_factory(contract)`` (the engine-process contract, ``bastion.engine.process``) (a minute or more for vLLM); health turns SERVING once the pool is ready,
      and a watchdog keeps it in step with the engines (NOT_SERVING when one dies);
@@ -14,8 +16,9 @@ Order (each step logged once):
      to ``server.grace_period_s``; past it they are aborted: the engine request is aborted and the
      client's stream ends with a final FINISH_REASON_ABORT message (usage so far) and status OK;
      a second signal aborts them at once;
-  4. ``server.stop(FLUSH_S)`` in ``finally`` (finished calls send their status; health watches are
-     then cancelled), then ``pool.shutdown()``, then the audit log is closed (stop record, checkpoint).
+  4. ``server.stop(FLUSH_S)`` on both listeners in ``finally`` (finished calls send their status; health
+     watches are then cancelled), then ``pool.shutdown()``, then the audit log is closed (stop record,
+     checkpoint).
 A failing audit log (write or fsync error) turns health NOT_SERVING and fails every later call.
 Exit codes: 0 after a clean stop, 1 when binding or loading the engine pool failed.
 """
@@ -47,7 +50,8 @@ from bastion.observability.telemetry import Telemetry
 from bastion.server.admin import AdminServicer
 from bastion.server.background import prune_content, redteam_baseline, start_drift, start_redteam
 from bastion.server.health import NOT_SERVING, WATCHDOG_INTERVAL_S, Health
-from bastion.server.listener import bind, build_server
+from bastion.server.health_listener import start_health_listener
+from bastion.server.listener import bind, build_server, main_watch_limits
 from bastion.server.security import Security, build_security
 from bastion.server.servicer import InferenceServicer, ServerState
 from bastion.v1 import admin_pb2_grpc as apb_grpc
@@ -147,6 +151,7 @@ class _Run:
         self.redteam_baseline: dict[str, Any] | None = None
         self.state: ServerState | None = None
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None
         self.started = False
         self.pool: EnginePool | None = None
         self.kv_stats: Path | None = None
@@ -167,12 +172,19 @@ class _Run:
         return self.security
 
     def open_assurance(self, security: Security) -> ServerState:
-        """The go-live gate's release book and the red-team baseline; then the state the servicers share."""
+        """The go-live gate's release book (its quarantines re-derived from the audit log) and the red-team
+        baseline; then the state the servicers share."""
         try:
             self.releases = ReleaseBook(self.settings.assurance, self.settings.cache_dir)
             self.redteam_baseline = redteam_baseline(self.settings)
         except (BastionError, OSError) as exc:  # the accepted probe suites do not verify
             raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
+        try:
+            self.releases.restore_quarantines(security.audit.directory)
+        except BastionError as exc:  # fail closed: never start having forgotten a quarantine
+            raise _StartFailed(
+                f"cannot start: quarantines cannot be re-derived from the audit log: {_one_line(exc)}"
+            ) from None
         _warn_on_open_release(self.settings, self.releases)
         s = self.state = ServerState(
             self.settings, security.guard, security.recorder, security.content, security.partition, self.releases
@@ -215,6 +227,21 @@ class _Run:
         self.started = True
         log.info("listening on %s (%s); health is NOT_SERVING until the engine is ready", address, description)
         log.info("try: bastion health --target %s ; bastion generate --target %s 'Hello'", address, address)
+        if on_bound is not None:
+            on_bound(address)
+
+    async def start_health_listener(self, on_bound: Callable[[str], None] | None) -> None:
+        """Step 1b: the health listener on health.listen (grpc.health.v1 only, no credentials), if set."""
+        h = self.settings.health
+        if not h.listen:
+            log.info("health listener off (health.listen is empty): probes use the main listener")
+            return
+        await self.health.set(NOT_SERVING)  # already so after step 1; never SERVING before the engine
+        try:
+            self.health_server, address, description = await start_health_listener(h, self.health)
+        except (ConfigError, OSError) as exc:
+            raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
+        log.info("health listener on %s (%s): grpc.health.v1 only, no credentials", address, description)
         if on_bound is not None:
             on_bound(address)
 
@@ -263,8 +290,9 @@ class _Run:
             self.state.admission.close()
         if self.server is not None:
             # Drained handlers have returned; their calls get FLUSH_S to send the final status, then
-            # whatever is left (health watches, stragglers) is cancelled.
-            await self.server.stop(FLUSH_S)
+            # whatever is left (health watches, stragglers) is cancelled. The health listener stops with it.
+            listeners = [s for s in (self.server, self.health_server) if s is not None]
+            await asyncio.gather(*(s.stop(FLUSH_S) for s in listeners))
             self.telemetry.metrics.stop_http()
         if self.pool is not None:
             try:
@@ -290,6 +318,7 @@ async def serve(
     *,
     stop_event: asyncio.Event | None = None,
     on_bound: Callable[[str], None] | None = None,
+    on_health_bound: Callable[[str], None] | None = None,
     telemetry: Telemetry | None = None,
     watchdog_interval: float = WATCHDOG_INTERVAL_S,
     security_factory: Callable[..., Security] = build_security,
@@ -298,6 +327,7 @@ async def serve(
 
     ``security_factory`` builds the authenticator, tenancy guard and audit log; the CLI always uses
     :func:`build_security`. Only benchmarks/ passes another (an open server, to measure what security costs).
+    ``on_bound`` and ``on_health_bound`` receive the addresses the main and the health listener bound.
     """
     run = _Run(settings, telemetry, watchdog_interval)
     try:
@@ -305,6 +335,7 @@ async def serve(
         state = run.open_assurance(security)
         stop = stop_event or run.stop_on_signals(state)
         await run.start_listener(security, state, on_bound)
+        await run.start_health_listener(on_health_bound)
         pool = await run.load_pool(pool_factory, run.engine_process(security), stop)
         if pool is None:
             return 0
@@ -356,7 +387,8 @@ def _add_services(
         revoke_key=revoke_api_key,
     )
     apb_grpc.add_AdminServicer_to_server(admin, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    # Watch here is capped below the slots Generate needs (server/listener.py).
+    health_pb2_grpc.add_HealthServicer_to_server(health.endpoint(main_watch_limits(settings.health)), server)
 
 
 def run_server(settings: Settings, pool_factory: PoolFactory) -> int:

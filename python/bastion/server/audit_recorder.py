@@ -1,10 +1,11 @@
 """Builds the server's audit records and appends them to the audit log (``bastion.audit``).
 
 One record per RPC: a ``decision`` record when the call was refused (authentication, authorization,
-rate limit, identity-override attempt), else a ``request`` record with its outcome. Records carry ids,
-counts and digests; prompt and completion content only as tenant-keyed HMACs. The append returns once
-the record is durable (see docs/audit-log.md), and the servicer awaits it before the final response, so
-no call is answered without its record.
+rate limit, identity-override attempt), else a ``request`` record with its outcome. Decisions of the server
+itself (monitoring alerts and quarantines) and an admin's lift of a quarantine are ``decision`` records
+too. Records carry ids, counts and digests; prompt and completion content only as tenant-keyed HMACs.
+The append returns once the record is durable (see docs/audit-log.md), and the servicer awaits it before
+the final response, so no call is answered without its record.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from bastion.assurance.release import QUARANTINE_LIFTED
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied, RateLimited, Unauthenticated
 from bastion.server.status import status_code
@@ -91,6 +93,37 @@ class AuditRecorder:
                 "principal": "bastion:assurance",
                 "decision": action,
                 "event": event[:128],
+                "model": model[:256],
+                "model_digest": model_digest[:128],
+                "reason": reason[:512],
+            },
+        )
+
+    async def quarantine_lifted(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        peer: str,
+        principal: Principal,
+        model: str,
+        model_digest: str,
+        reason: str,
+    ) -> int:
+        """An admin's lift of a quarantine (``Admin.LiftQuarantine``): a decision record like the alert that
+        quarantined the model, ``decision`` = ``quarantine_lifted``, with who and why. Returns its seq once
+        durable; the caller changes nothing before that (the server re-derives quarantines from these
+        records at start: bastion.assurance.release)."""
+        return await self.log.append(
+            "decision",
+            {
+                "request_id": request_id,
+                "method": method,
+                "peer": peer[:256],
+                "principal": principal.id[:1024],
+                "auth_method": principal.method,
+                "decision": QUARANTINE_LIFTED,
+                "event": QUARANTINE_LIFTED,
                 "model": model[:256],
                 "model_digest": model_digest[:128],
                 "reason": reason[:512],

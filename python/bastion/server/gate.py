@@ -5,7 +5,9 @@ authentication (mTLS, JWT or API key → principal) → tenancy policy (principa
 method's role ("user" for Inference, "admin" for Admin). Any refusal is audited as a decision record
 before the client hears of it, and the client gets a fixed message: UNAUTHENTICATED,
 PERMISSION_DENIED or INVALID_ARGUMENT, never the reason. Health may be public (configured); every
-other method needs a principal, so no RPC runs anonymously.
+other method needs a principal, so no RPC runs anonymously. While a health listener serves probes
+(``[health] listen``), Watch here needs a principal too: a public stream that never ends would hold one of
+this listener's concurrent-RPC slots (``server/listener.py``); Check stays public.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Requirement = Literal["public", "authenticated", "user", "admin"]
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+HEALTH_WATCH = HEALTH_PREFIX + "Watch"
 INFERENCE_PREFIX = "/bastion.v1.Inference/"
 ADMIN_PREFIX = "/bastion.v1.Admin/"
 
@@ -39,16 +42,24 @@ class Authenticates(Protocol):
 
 class SecurityGate:
     def __init__(
-        self, authenticator: Authenticates, guard: TenantGuard, recorder: AuditRecorder, *, public_health: bool
+        self,
+        authenticator: Authenticates,
+        guard: TenantGuard,
+        recorder: AuditRecorder,
+        *,
+        public_health: bool,
+        public_watch: bool = True,
     ) -> None:
         self.authenticator = authenticator
         self.guard = guard
         self.recorder = recorder
         self.public_health = public_health
+        self.public_watch = public_watch
 
     def requirement(self, method: str) -> Requirement:
         if method.startswith(HEALTH_PREFIX):
-            return "public" if self.public_health else "authenticated"
+            public = self.public_health and (self.public_watch or method != HEALTH_WATCH)
+            return "public" if public else "authenticated"
         if method.startswith(INFERENCE_PREFIX):
             return "user"
         if method.startswith(ADMIN_PREFIX):

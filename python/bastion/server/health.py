@@ -3,13 +3,22 @@
 NOT_SERVING from start until the engine pool is ready; NOT_SERVING again (for good) once shutdown
 begins; and NOT_SERVING while any engine is dead or not ready, which the watchdog checks periodically
 (the engine seam exposes no death notification, only ``is_dead()``).
+
+One :class:`Health` holds the status; each listener serves it through a :class:`HealthEndpoint` of its
+own, which bounds Watch: open streams per peer address and in total (over either cap: RESOURCE_EXHAUSTED at
+once) and how long one stream lives (then it ends with status OK and the client opens another). Check is a
+dictionary lookup and is not limited here (the listener's concurrent-RPC limit bounds it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
@@ -23,6 +32,80 @@ NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 WATCHDOG_INTERVAL_S = 0.5
 
 
+@dataclass(frozen=True)
+class WatchLimits:
+    """Open Health/Watch streams on one listener: in total, from one peer address; and their lifetime."""
+
+    total: int
+    per_peer: int
+    lifetime_s: float
+
+
+def peer_key(peer: str) -> str:
+    """A peer as gRPC names it (``ipv4:10.0.0.1:5555``, ``ipv6:[::1]:5555``, ``unix:/path``), without the
+    port: the address one client may open several connections from. Every unix-socket client is one peer."""
+    if peer.startswith(("unix:", "unix-abstract:")):
+        return "unix"
+    scheme, sep, rest = peer.partition(":")
+    if not sep:
+        return peer or "?"
+    if rest.startswith("["):  # ipv6:[addr]:port
+        return f"{scheme}:{rest[: rest.find(']') + 1]}" if "]" in rest else peer
+    host, sep, _port = rest.rpartition(":")
+    return f"{scheme}:{host}" if sep else peer
+
+
+class HealthEndpoint:
+    """grpc.health.v1 as one listener serves it (``health_pb2_grpc.add_HealthServicer_to_server``): Check and
+    Watch answered from the shared :class:`Health`, Watch bounded by ``limits``."""
+
+    def __init__(self, health: Health, limits: WatchLimits, listener: str) -> None:
+        self._health = health
+        self._limits = limits
+        self._listener = listener
+        self._per_peer: Counter[str] = Counter()
+        self.open_watches = 0
+        self._full_logged = False
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        return await self._health.servicer.Check(request, context)
+
+    async def List(self, request: health_pb2.HealthListRequest, context: Any) -> None:
+        """Not served (as grpc_health's servicer): Check and Watch cover the two services there are."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        peer = peer_key(context.peer() or "")
+        limits = self._limits
+        if self.open_watches >= limits.total or self._per_peer[peer] >= limits.per_peer:
+            if not self._full_logged:
+                log.warning(
+                    "%s listener: health Watch refused (open: %d of %d; %s has %d of %d); logged once until "
+                    "the count drops",
+                    self._listener,
+                    self.open_watches,
+                    limits.total,
+                    peer,
+                    self._per_peer[peer],
+                    limits.per_peer,
+                )
+                self._full_logged = True
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many health watches; use Check")
+        self.open_watches += 1
+        self._per_peer[peer] += 1
+        try:
+            async with asyncio.timeout(limits.lifetime_s):
+                await self._health.servicer.Watch(request, context)
+        except TimeoutError:
+            pass  # the lifetime is over: the call ends with status OK, and the client opens a new one
+        finally:
+            self.open_watches -= 1
+            self._per_peer[peer] -= 1
+            if self._per_peer[peer] <= 0:
+                del self._per_peer[peer]
+            self._full_logged = False
+
+
 class Health:
     def __init__(self) -> None:
         self.servicer = health_aio.HealthServicer()
@@ -34,6 +117,10 @@ class Health:
         self._status = status
         for service in SERVICES:
             await self.servicer.set(service, status)
+
+    def endpoint(self, limits: WatchLimits, listener: str = "main") -> HealthEndpoint:
+        """The servicer one listener registers: this status, with Watch bounded by ``limits``."""
+        return HealthEndpoint(self, limits, listener)
 
     @property
     def serving(self) -> bool:

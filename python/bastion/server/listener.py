@@ -1,4 +1,12 @@
-"""The grpc.aio server object: explicit limits, TLS/mTLS credentials, and binding the listen address."""
+"""The grpc.aio server object: explicit limits, TLS/mTLS credentials, and binding the listen address.
+
+grpc.aio's ``maximum_concurrent_rpcs`` is one counter per server: each call takes a slot when it arrives,
+before its method is resolved or any interceptor runs (so before authentication), and gives it back when its
+handler ends; a call over the limit is answered RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!". It cannot
+tell a public health Watch from a Generate. So Watch streams on this listener are capped at ``MAIN_WATCH_CAP``,
+half of the slots left beyond twice the Generate admission limit, and probes have a listener of their own
+(``health_listener.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +18,27 @@ from pathlib import Path
 
 import grpc
 
-from bastion.config import ServerSettings, TlsSettings, is_loopback, parse_listen
+from bastion.config import HealthSettings, ServerSettings, TlsSettings, is_loopback, parse_listen
 from bastion.errors import ConfigError
+from bastion.server.health import WatchLimits
 
 log = logging.getLogger(__name__)
 
 # Non-Inference RPCs (health checks and watches) allowed on top of the admitted generations.
 _EXTRA_CONCURRENT_RPCS = 64
+# Health/Watch streams open at once on the main listener, whatever [health] allows: the rest of the margin
+# stays for Check, ListModels, Tokenize and calls the gate refuses.
+MAIN_WATCH_CAP = _EXTRA_CONCURRENT_RPCS // 2
+
+
+def maximum_concurrent_rpcs(s: ServerSettings) -> int:
+    return 2 * s.max_inflight_requests + _EXTRA_CONCURRENT_RPCS
+
+
+def main_watch_limits(h: HealthSettings) -> WatchLimits:
+    """The [health] Watch caps, bounded by ``MAIN_WATCH_CAP`` on the main listener."""
+    total = min(h.max_watch_streams, MAIN_WATCH_CAP)
+    return WatchLimits(total=total, per_peer=min(h.max_watch_per_peer, total), lifetime_s=h.watch_lifetime_s)
 
 
 def server_options(s: ServerSettings) -> list[tuple[str, int]]:
@@ -39,7 +61,7 @@ def build_server(s: ServerSettings, interceptors: list[grpc.aio.ServerIntercepto
         interceptors=interceptors,
         options=server_options(s),
         # Bounds everything (Tokenize, ListModels, health) beyond the Generate admission limit.
-        maximum_concurrent_rpcs=2 * s.max_inflight_requests + _EXTRA_CONCURRENT_RPCS,
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs(s),
     )
 
 
@@ -47,7 +69,7 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read server.tls.{what} ({exc.strerror})") from None
+        raise ConfigError(f"cannot read {what} ({exc.strerror})") from None
 
 
 class _CertReloader:
@@ -60,10 +82,11 @@ class _CertReloader:
 
     RELOAD_CHECK_S = 1.0
 
-    def __init__(self, tls: TlsSettings) -> None:
+    def __init__(self, tls: TlsSettings, where: str = "server.tls") -> None:
         assert tls.cert_file is not None and tls.key_file is not None
         self._paths = [p for p in (tls.key_file, tls.cert_file, tls.client_ca_file) if p is not None]
         self._tls = tls
+        self._where = where
         self._stamp = self._stamps()
         self._checked = time.monotonic()
         self.initial = self._load()
@@ -83,11 +106,12 @@ class _CertReloader:
         tls = self._tls
         assert tls.cert_file is not None and tls.key_file is not None
         key_mode = os.stat(tls.key_file).st_mode if tls.key_file.exists() else 0
+        w = self._where
         if key_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("server.tls.key_file is readable by group or others; chmod 600 it")
-        key, cert = _read(tls.key_file, "key_file"), _read(tls.cert_file, "cert_file")
-        _check_pair(key, cert)
-        ca = _read(tls.client_ca_file, "client_ca_file") if tls.client_ca_file is not None else None
+            log.warning("%s.key_file is readable by group or others; chmod 600 it", w)
+        key, cert = _read(tls.key_file, f"{w}.key_file"), _read(tls.cert_file, f"{w}.cert_file")
+        _check_pair(key, cert, w)
+        ca = _read(tls.client_ca_file, f"{w}.client_ca_file") if tls.client_ca_file is not None else None
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -109,7 +133,7 @@ class _CertReloader:
         return config
 
 
-def _check_pair(key_pem: bytes, cert_pem: bytes) -> None:
+def _check_pair(key_pem: bytes, cert_pem: bytes, where: str = "server.tls") -> None:
     """The private key must belong to the certificate (a mismatch would fail every handshake)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -118,45 +142,51 @@ def _check_pair(key_pem: bytes, cert_pem: bytes) -> None:
         key = serialization.load_pem_private_key(key_pem, password=None)
         cert = x509.load_pem_x509_certificate(cert_pem)
     except (ValueError, TypeError):
-        raise ConfigError("server.tls: key_file or cert_file is not an unencrypted PEM key / certificate") from None
+        raise ConfigError(f"{where}: key_file or cert_file is not an unencrypted PEM key / certificate") from None
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
     if key.public_key().public_bytes(enc, pub) != cert.public_key().public_bytes(enc, pub):
-        raise ConfigError("server.tls: key_file does not match cert_file")
+        raise ConfigError(f"{where}: key_file does not match cert_file")
 
 
-def server_credentials(tls: TlsSettings) -> tuple[grpc.ServerCredentials, _CertReloader]:
+def server_credentials(tls: TlsSettings, where: str = "server.tls") -> tuple[grpc.ServerCredentials, _CertReloader]:
     """TLS credentials that follow certificate rotation; with a client CA, clients must present a
-    certificate it signed (mutual TLS)."""
-    reloader = _CertReloader(tls)
+    certificate it signed (mutual TLS). ``where`` names the settings in error messages."""
+    reloader = _CertReloader(tls, where)
     creds = grpc.dynamic_ssl_server_credentials(
         reloader.initial, reloader.fetch, require_client_authentication=tls.client_ca_file is not None
     )
     return creds, reloader
 
 
-def _prepare_unix_socket(path: str) -> None:
+def _prepare_unix_socket(path: str, section: str) -> None:
     """Removes a stale socket left by a previous run; refuses to replace anything that is not a socket."""
     p = Path(path)
     if p.is_socket():
         p.unlink()
     elif p.exists():
-        raise ConfigError("server.listen: the unix socket path exists and is not a socket")
+        raise ConfigError(f"{section}.listen: the unix socket path exists and is not a socket")
 
 
 def bind(server: grpc.aio.Server, s: ServerSettings) -> tuple[str, str]:
     """Binds the listen address; returns (address, description). Raises ConfigError on failure."""
-    kind, host, port = parse_listen(s.listen)
-    creds = server_credentials(s.tls)[0] if s.tls.enabled else None
+    return bind_listen(server, s.listen, s.tls, "server")
+
+
+def bind_listen(server: grpc.aio.Server, listen: str, tls: TlsSettings, section: str) -> tuple[str, str]:
+    """Binds ``listen`` (``[section]``) with ``tls``; returns (address, description), the address with the
+    port bound when ``listen`` asked for port 0. Raises ConfigError on failure."""
+    kind, host, port = parse_listen(listen)
+    creds = server_credentials(tls, f"{section}.tls")[0] if tls.enabled else None
     if kind == "unix":
-        _prepare_unix_socket(host)
+        _prepare_unix_socket(host, section)
         address = f"unix:{host}"
     else:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound_port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     except RuntimeError:
-        raise ConfigError(f"server.listen: cannot bind {address} (in use or not permitted)") from None
+        raise ConfigError(f"{section}.listen: cannot bind {address} (in use or not permitted)") from None
     if kind == "unix":
         os.chmod(host, 0o660)  # owner and group only
         return address, "unix socket, owner and group only"
@@ -164,4 +194,4 @@ def bind(server: grpc.aio.Server, s: ServerSettings) -> tuple[str, str]:
         address = address.rsplit(":", 1)[0] + f":{bound_port}"
     if creds is None:
         return address, "plaintext, loopback only" if is_loopback(host) else "plaintext"
-    return address, "mutual TLS" if s.tls.client_ca_file is not None else "TLS"
+    return address, "mutual TLS" if tls.client_ca_file is not None else "TLS"

@@ -56,7 +56,11 @@ def build_security(settings: Settings, on_audit_failure: Callable[[], None], aud
     authenticator = Authenticator(settings.auth, client_ca=settings.server.tls.client_ca_file is not None)
     audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
     recorder = AuditRecorder(audit)
-    gate = SecurityGate(authenticator, guard, recorder, public_health=settings.auth.public_health)
+    # With a health listener for probes, Watch on the main listener needs a principal (server/gate.py).
+    public_watch = not settings.health.listen
+    gate = SecurityGate(
+        authenticator, guard, recorder, public_health=settings.auth.public_health, public_watch=public_watch
+    )
     content = ContentStore(audit.directory / "content")
     return Security(audit, guard, recorder, gate, AuthInterceptor(gate), partition_keys(settings), content)
 

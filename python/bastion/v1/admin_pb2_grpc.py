@@ -64,6 +64,11 @@ class AdminStub:
                 request_serializer=bastion_dot_v1_dot_admin__pb2.CheckDriftRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_admin__pb2.CheckDriftResponse.FromString,
                 _registered_method=True)
+        self.LiftQuarantine = channel.unary_unary(
+                '/bastion.v1.Admin/LiftQuarantine',
+                request_serializer=bastion_dot_v1_dot_admin__pb2.LiftQuarantineRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_admin__pb2.LiftQuarantineResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -117,6 +122,18 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LiftQuarantine(self, request, context):
+        """Lifts the quarantine of a model (a confirmed drift or red-team regression put it there). The lift is
+        written to the audit log (a decision record "quarantine_lifted" with the caller and the reason) before
+        it takes effect; the server re-derives quarantines from that log at start, so nothing else lifts one,
+        restarts and the attestations directory included. The model then returns to what its attestations say.
+        INVALID_ARGUMENT for a missing or over-long model or reason, FAILED_PRECONDITION when the model is not
+        quarantined.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +166,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.CheckDrift,
                     request_deserializer=bastion_dot_v1_dot_admin__pb2.CheckDriftRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_admin__pb2.CheckDriftResponse.SerializeToString,
+            ),
+            'LiftQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftQuarantine,
+                    request_deserializer=bastion_dot_v1_dot_admin__pb2.LiftQuarantineRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_admin__pb2.LiftQuarantineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +335,33 @@ class Admin:
             '/bastion.v1.Admin/CheckDrift',
             bastion_dot_v1_dot_admin__pb2.CheckDriftRequest.SerializeToString,
             bastion_dot_v1_dot_admin__pb2.CheckDriftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.v1.Admin/LiftQuarantine',
+            bastion_dot_v1_dot_admin__pb2.LiftQuarantineRequest.SerializeToString,
+            bastion_dot_v1_dot_admin__pb2.LiftQuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,
