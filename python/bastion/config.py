@@ -92,6 +92,9 @@ class ServerSettings(BaseModel):
     max_concurrent_streams: int = Field(default=256, ge=1, le=4096)
     # Requests admitted at once (running + queued in the engine). Over it: RESOURCE_EXHAUSTED.
     max_inflight_requests: int = Field(default=128, ge=1, le=65536)
+    # Seconds a call may take to send its request message once its headers arrived (a call holds one of the
+    # listener's concurrent-RPC slots meanwhile; anonymous calls are refused from their headers alone).
+    request_read_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
     # gRPC server reflection. Off by default: it tells anyone the API surface.
     reflection: bool = False
     tls: TlsSettings = TlsSettings()

@@ -1,5 +1,6 @@
-"""The auth interceptor keeps each handler's kind and runs the gate first, for all four RPC kinds
-(client-streaming ones, e.g. reflection, are gated before their first message is read)."""
+"""The auth interceptor runs the gate first, for all four RPC kinds. Unary-request handlers become
+request-streaming ones (the same bytes on the wire) so that authentication runs on the headers before the
+message is read; client-streaming ones (e.g. reflection) are gated before their first message is read."""
 
 from __future__ import annotations
 
@@ -20,7 +21,15 @@ class Gate:
     def requirement(self, method: str) -> str:
         return "admin"
 
-    async def admit(self, method: str, request: Any, context: Any, rid: str) -> Any:
+    async def authenticate(self, method: str, context: Any, rid: str) -> Any:
+        if not self.allow:
+            raise Unauthenticated("no credentials")
+        return "principal"
+
+    async def refused(self, *args: Any) -> None:
+        return None
+
+    async def admit(self, method: str, request: Any, context: Any, rid: str, principal: Any = None) -> Any:
         self.seen.append(request)
         if not self.allow:
             raise Unauthenticated("no credentials")
@@ -57,8 +66,23 @@ KINDS = {
 }
 
 
+# What each kind is served as: unary requests are read by the gate from a request stream.
+SERVED_AS = {
+    "unary_unary": "stream_unary",
+    "unary_stream": "stream_stream",
+    "stream_unary": "stream_unary",
+    "stream_stream": "stream_stream",
+}
+
+
+async def _one(arg: Any) -> Any:
+    yield arg
+
+
 async def _call(handler: Any, kind: str, arg: Any, ctx: Context) -> Any:
-    fn = getattr(handler, kind)
+    fn = getattr(handler, SERVED_AS[kind])
+    if kind.startswith("unary"):
+        arg = _one(arg)
     if kind.endswith("stream"):
         return [x async for x in fn(arg, ctx)]
     return await fn(arg, ctx)
@@ -78,7 +102,7 @@ async def test_every_kind_is_gated_and_keeps_its_kind(kind: str) -> None:
     for allow in (True, False):
         gate = Gate(allow)
         handler = await AuthInterceptor(gate).intercept_service(continuation, details)
-        assert getattr(handler, kind) is not None
+        assert getattr(handler, SERVED_AS[kind]) is not None
         ctx = Context()
         if allow:
             assert await _call(handler, kind, arg, ctx) == want
@@ -86,5 +110,9 @@ async def test_every_kind_is_gated_and_keeps_its_kind(kind: str) -> None:
             with pytest.raises(Aborted):
                 await _call(handler, kind, arg, ctx)
             assert ctx.aborted == (grpc.StatusCode.UNAUTHENTICATED, "authentication required")
-        # Unary requests reach the gate (field checks); a request stream does not (not read yet).
-        assert gate.seen == [arg if kind.startswith("unary") else None]
+        # An allowed unary request reaches the gate (field checks) after authentication; a refused one is
+        # never read; a request stream is not read before the gate.
+        if kind.startswith("unary"):
+            assert gate.seen == ([arg] if allow else [])
+        else:
+            assert gate.seen == [None]

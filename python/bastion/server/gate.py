@@ -66,16 +66,50 @@ class SecurityGate:
             return "admin"
         return "admin"  # anything else (reflection, future services): administrators only
 
-    async def admit(self, method: str, request: object, context: grpc.aio.ServicerContext, rid: str) -> Caller:
-        """The caller, or raises a BastionError after auditing the refusal."""
+    async def authenticate(self, method: str, context: grpc.aio.ServicerContext, rid: str) -> Principal:
+        """The principal from the call's headers alone (before its request message is read), or raises a
+        BastionError after auditing the refusal: an anonymous call never waits for its message."""
+        try:
+            metadata = tuple(context.invocation_metadata() or ())
+            check_metadata(metadata)
+            return await self.authenticator.authenticate(metadata, context.auth_context())
+        except BastionError as exc:
+            await self.refused(method, context, rid, exc)
+            raise
+
+    async def refused(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        rid: str,
+        exc: BastionError,
+        principal: Principal | None = None,
+        tenant: str = "",
+    ) -> None:
+        """Audits a refusal (a decision record) and counts it against the tenant, if known."""
+        self.guard.deny(tenant or None)
+        await self.recorder.denied(
+            request_id=rid, method=method, peer=context.peer() or "", principal=principal, tenant=tenant, exc=exc
+        )
+
+    async def admit(
+        self,
+        method: str,
+        request: object,
+        context: grpc.aio.ServicerContext,
+        rid: str,
+        principal: Principal | None = None,
+    ) -> Caller:
+        """The caller, or raises a BastionError after auditing the refusal. ``principal``: already
+        authenticated from the headers (:meth:`authenticate`)."""
         peer = context.peer() or ""
-        principal: Principal | None = None
         tenant = ""
         try:
             metadata = tuple(context.invocation_metadata() or ())
             check_metadata(metadata)
             check_request_fields(request)
-            principal = await self.authenticator.authenticate(metadata, context.auth_context())
+            if principal is None:
+                principal = await self.authenticator.authenticate(metadata, context.auth_context())
             assignment = self.guard.resolve(principal.id)
             tenant = assignment.tenant
             need = self.requirement(method)
@@ -85,8 +119,5 @@ class SecurityGate:
                 raise PermissionDenied(f"principal lacks the {need} role")
             return Caller(rid, method, peer, principal, assignment)
         except BastionError as exc:
-            self.guard.deny(tenant or None)
-            await self.recorder.denied(
-                request_id=rid, method=method, peer=peer, principal=principal, tenant=tenant, exc=exc
-            )
+            await self.refused(method, context, rid, exc, principal, tenant)
             raise

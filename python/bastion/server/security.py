@@ -62,7 +62,8 @@ def build_security(settings: Settings, on_audit_failure: Callable[[], None], aud
         authenticator, guard, recorder, public_health=settings.auth.public_health, public_watch=public_watch
     )
     content = ContentStore(audit.directory / "content")
-    return Security(audit, guard, recorder, gate, AuthInterceptor(gate), partition_keys(settings), content)
+    interceptor = AuthInterceptor(gate, read_timeout_s=settings.server.request_read_timeout_s)
+    return Security(audit, guard, recorder, gate, interceptor, partition_keys(settings), content)
 
 
 def partition_keys(settings: Settings) -> PartitionKeys:
