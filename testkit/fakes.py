@@ -57,6 +57,7 @@ class FakeEngine:
         self.tokenize_delay = tokenize_delay
         self._stats = stats or EngineStats(running=1, waiting=2, kv_usage=0.25)
         self.requests: list[EngineRequest] = []
+        self.raw_special_tokens: list[bool] = []  # what each tokenize call was allowed
         self.aborted: list[str] = []
         self.closed: list[str] = []
         self.shutdown_called = False
@@ -78,7 +79,10 @@ class FakeEngine:
     def die(self) -> None:
         self._dead = True
 
-    async def tokenize(self, prompt: str | None, conversation: Sequence[ChatTurn] | None) -> list[int]:
+    async def tokenize(
+        self, prompt: str | None, conversation: Sequence[ChatTurn] | None, *, raw_special_tokens: bool = False
+    ) -> list[int]:
+        self.raw_special_tokens.append(raw_special_tokens)
         if self.tokenize_delay:
             await asyncio.sleep(self.tokenize_delay)
         if self.tokenize_error is not None:

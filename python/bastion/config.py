@@ -8,7 +8,6 @@ the only form that may be logged.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ from bastion.assurance.settings import AssuranceSettings
 from bastion.audit.settings import AuditSettings
 from bastion.auth.settings import AuthSettings
 from bastion.errors import ConfigError
+from bastion.urls import check_service_url, is_loopback_host
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -51,12 +51,8 @@ def parse_listen(value: str) -> tuple[str, str, int | None]:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """``localhost`` exactly or a loopback IP literal (``bastion.urls.is_loopback_host``)."""
+    return is_loopback_host(host)
 
 
 class TlsSettings(BaseModel):
@@ -206,6 +202,13 @@ class OpenBaoSettings(BaseModel):
     mount: str = Field(default="transit", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._/-]+$")
     token_file: Path | None = None
     ca_file: Path | None = None
+
+    @field_validator("addr")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        if v:
+            check_service_url(v, "weights.openbao.addr")
+        return v
 
 
 class Pkcs11Settings(BaseModel):

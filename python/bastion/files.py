@@ -15,6 +15,10 @@ without blocking), then it must be a regular file (``fstat`` of the open descrip
 swapped in between) of at most ``max_bytes``, and at most ``max_bytes + 1`` bytes are ever read (a file
 that grows meanwhile is refused too). ``open_regular`` is its first half, for readers that stream.
 
+``exclusive_lock(path)`` holds an exclusive ``flock`` on ``<path>.lock`` (created 0600 beside ``path``,
+never through a symlink) for a read-modify-write of ``path`` by cooperating processes (the CLI's writers of
+the API key store and the tenancy policy); readers need no lock, since every write is an ``atomic_write``.
+
 Errors are the ``OSError`` of the failing call (``ELOOP`` for a symlink; ``EINVAL`` "not a regular file",
 ``EFBIG`` "larger than N bytes"). This module imports nothing of bastion.
 """
@@ -23,14 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 StrPath = str | os.PathLike[str]
 
@@ -126,4 +133,29 @@ def read_regular(path: StrPath, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-__all__ = ["atomic_write", "atomic_write_text", "fsync_dir", "open_regular", "read_regular"]
+@contextlib.contextmanager
+def exclusive_lock(path: StrPath) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``<path>.lock`` (0600, beside ``path``) while the block runs; blocks
+    until other holders are done. The lock file stays (removing it would let two writers lock two files)."""
+    target = Path(path)
+    fd = os.open(target.with_name(target.name + ".lock"), _LOCK, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+__all__ = ["atomic_write", "atomic_write_text", "exclusive_lock", "fsync_dir", "open_regular", "read_regular"]
+
+
+def file_stamps(paths: Iterable[Path]) -> tuple[tuple[int, int, int], ...]:
+    """(inode, size, mtime ns) per path, (0, 0, 0) when unreadable: what reloaders compare to see a change."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((0, 0, 0))
+    return tuple(out)

@@ -26,6 +26,8 @@ def test_defaults() -> None:
     j = a.jwt
     assert j.algorithms == ["RS256", "ES256", "EdDSA"] and j.required_claims == ["exp", "iat", "sub"]
     assert (j.jwks_cache_s, j.jwks_min_refresh_s, j.leeway_s, j.max_token_bytes) == (300.0, 30.0, 30, 8192)
+    assert (j.token_types, j.require_typ) == (["at+jwt", "JWT"], False)
+    assert a.mtls.crl_file is None
     with pytest.raises(ValidationError):
         a.public_health = False
 
@@ -36,6 +38,8 @@ def test_defaults() -> None:
         "http://idp.example/jwks",
         "http://10.0.0.1/jwks",
         "http://127.0.0.2.nip.io/jwks",
+        "http://localhost.evil.example/jwks",
+        "http://127.0.0.1@evil.example/jwks",
         "ftp://idp.example/jwks",
         "file:///etc/jwks.json",
         "https://user:pw@idp.example/jwks",
@@ -55,6 +59,7 @@ def test_jwks_url_must_be_https_or_loopback_http(url: str) -> None:
         "http://127.0.0.1:8080/jwks",
         "http://localhost/jwks",
         "http://[::1]:9000/jwks",
+        "http://127.0.0.2:8080/jwks",
     ],
 )
 def test_jwks_url_accepted(url: str) -> None:
@@ -108,3 +113,9 @@ def test_unknown_keys_are_refused() -> None:
         AuthSettings.model_validate({"mtls": {"trust_domain": ["x"]}})
     with pytest.raises(ValidationError):
         AuthSettings.model_validate({"anonymous": True})
+
+
+@pytest.mark.parametrize("types", [[], ["at jwt"], ["a" * 65], ["at+jwt", ""], ["x/y/z"]])
+def test_jwt_token_types_are_bounded(types: list[str]) -> None:
+    with pytest.raises(ValidationError, match="token_types"):
+        jwt_settings(token_types=types)

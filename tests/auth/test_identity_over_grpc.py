@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from certs import make_pki
+from certs import issue_client, make_pki, serial_of, write_crl
 from grpc_harness import collect, make_settings, prompt_request, running_server
 from jwt_fixtures import AUDIENCE, ISSUER, ec_signer, write_jwks
 
@@ -189,3 +189,36 @@ async def test_client_certificate_from_an_untrusted_ca_is_refused(tmp_path: Path
         await ch.close()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails: no call at all
     assert engine.requests == []
+
+
+async def test_revoked_client_certificate_is_refused_and_audited(tmp_path: Path) -> None:
+    """auth.mtls.crl_file over real mutual TLS: the revoked certificate's calls are UNAUTHENTICATED and audited
+    as an authentication failure; another certificate of the same CA still works."""
+    pki = make_pki(tmp_path, client_uris=[SPIFFE])
+    other_id = "spiffe://prod.test/ns/chat/sa/batch"
+    other = issue_client(pki, "other", uris=[other_id])
+    crl = write_crl(pki, tmp_path / "crl.pem", [serial_of(pki["client_cert"])])
+    ident = make_identity(tmp_path / "id")
+    ident.write_policy(extra_principals=[{"id": p, "tenant": "tenant-b"} for p in (SPIFFE, other_id)])
+    mtls = {"trust_domains": ["prod.test"], "crl_file": str(crl)}
+    settings = make_settings(identity=ident, server=tls(pki), extra={"auth": {"mtls": mtls}})
+    codes: dict[str, grpc.StatusCode] = {}
+    async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
+        for name, cert, key in (
+            ("revoked", pki["client_cert"], pki["client_key"]),
+            ("other", other["cert"], other["key"]),
+        ):
+            ch = client.open_channel(
+                srv.address, settings, ca_file=str(pki["ca"]), client_cert=str(cert), client_key=str(key)
+            )
+            try:
+                await pb_grpc.InferenceStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
+                codes[name] = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                codes[name] = exc.code()
+            await ch.close()
+    assert codes == {"revoked": grpc.StatusCode.UNAUTHENTICATED, "other": grpc.StatusCode.OK}
+    denied, allowed = records(srv.audit_dir)
+    assert (denied["decision"], denied["event"]) == ("deny", "authentication_failed")
+    assert denied["reason"] == "revoked client certificate" and denied["status"] == "UNAUTHENTICATED"
+    assert allowed["principal"] == other_id and allowed["auth_method"] == "mtls"

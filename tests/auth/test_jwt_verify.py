@@ -191,6 +191,38 @@ def test_weak_rsa_key_is_refused(tmp_path: Path) -> None:
     assert refused(v, token) == "unusable key"
 
 
+@pytest.mark.parametrize("typ", ["id+jwt", "logout+jwt", "application/logout+jwt", "secevent+jwt", "JOSE", 7])
+def test_tokens_typed_as_anything_but_an_access_token_are_refused(tmp_path: Path, typ: Any) -> None:
+    """Red-team finding: the typ header was never read, so an ID token, a logout token or a security event
+    token signed by the issuer for the audience was taken as an access token."""
+    s = rsa_signer()
+    v = verifier(tmp_path / "j.json", s)
+    assert refused(v, s.token(headers={"typ": typ})) == "not an access token"
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "JWT", "jwt", None])
+def test_access_token_types_are_accepted_by_default(tmp_path: Path, typ: str | None) -> None:
+    s = rsa_signer()
+    v = verifier(tmp_path / "j.json", s)
+    assert v.verify(s.token(headers={"typ": typ})).subject == "user-42"  # None: no typ header at all
+
+
+def test_token_types_and_require_typ_are_configurable(tmp_path: Path) -> None:
+    s = rsa_signer()
+    strict = verifier(tmp_path / "j.json", s, token_types=["at+jwt"], require_typ=True)
+    assert strict.verify(s.token(headers={"typ": "at+jwt"})).subject == "user-42"
+    assert refused(strict, s.token(headers={"typ": "JWT"})) == "not an access token"
+    assert refused(strict, s.token(headers={"typ": None})) == "missing typ"
+
+
+def test_security_event_and_logout_tokens_are_refused_whatever_their_typ(tmp_path: Path) -> None:
+    s = rsa_signer()
+    v = verifier(tmp_path / "j.json", s)
+    events = {"http://schemas.openid.net/event/backchannel-logout": {}}
+    assert refused(v, s.token(events=events)) == "not an access token"
+    assert refused(v, s.token(events=events, headers={"typ": None})) == "not an access token"
+
+
 def test_kid_required_when_the_jwks_has_several_keys(tmp_path: Path) -> None:
     a, b = rsa_signer("a"), ec_signer("b")
     v = verifier(tmp_path / "j.json", a, b)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bastion.auth.api_keys import ApiKeyStore
+from bastion.auth.principal import api_key_principal_id
 from bastion.tenancy.policy import TenancyPolicy
 
 POLICY = '[tenants.chat]\nmodels = ["*"]\n'
@@ -55,3 +61,33 @@ def test_unknown_tenant_and_bad_policy_refused_without_leftovers(tmp_path: Path)
     policy.write_text("[tenants.chat]\nbogus = 1\n")
     bad = cli("tenants", "check", str(policy))
     assert bad.returncode == 2 and "tenants.chat.bogus" in bad.stderr
+
+
+def test_concurrent_issue_key_runs_lose_no_principal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red-team finding: two issue-key runs at once each read the old policy and the later write dropped the
+    other's principal (its key then worked nowhere). The policy's read-modify-write holds a lock."""
+    from bastion.auth import api_keys
+    from bastion.cli import tenants
+    from bastion.cli.main import main
+
+    policy, store = tmp_path / "tenants.toml", tmp_path / "keys.json"
+    policy.write_text(POLICY)
+    real_write = tenants.atomic_write
+
+    def slow_write(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.2)  # widens the window between reading the policy and writing it back
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(tenants, "atomic_write", slow_write)
+    argv = ["tenants", "issue-key", "--policy", str(policy), "--store", str(store), "--tenant", "chat"]
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda: codes.append(main(argv))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert codes == [0, 0, 0, 0]
+    issued = {r.key_id for r in api_keys.list_keys(store)}
+    p = TenancyPolicy.load(policy)
+    assert len(issued) == 4 and p.principal_count == 4
+    assert all(p.assignment(api_key_principal_id(k)) is not None for k in issued)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_harness import collect, make_settings, prompt_request, running_server
 
 from bastion.observability.logs import RequestIdFilter
+from bastion.observability.telemetry import UNRESOLVED_MODEL
 from bastion.v1 import inference_pb2 as pb
+from bastion.v1 import inference_pb2_grpc as pb_grpc
 from fakes import FAKE_DIGEST, FakeEngine
+from identity import make_identity
 
 PROMPT = "a very private prompt"
 
@@ -77,6 +83,32 @@ async def test_metrics_endpoint_serves_counters() -> None:
         await asyncio.to_thread(_scrape, address)
 
 
+async def test_client_model_names_never_become_metric_labels(tmp_path: Path) -> None:
+    """Red-team finding: the model string a client sent became a Prometheus label before it was authorized or
+    resolved, so 50 made-up names made 50 new series. Unknown names (alice: NOT_FOUND) and names the policy
+    refuses (bob: PERMISSION_DENIED) now leave the labels as they were."""
+    ident = make_identity(tmp_path / "id", tenants={"tenant-b": {"models": ["fake-model"]}})
+    settings = make_settings(metrics_listen="127.0.0.1:0", identity=ident)
+    names = [f"probe-{secrets.token_hex(6)}" for _ in range(50)]
+    async with running_server([FakeEngine()], settings=settings) as srv:
+        await collect(srv.stub.Generate(prompt_request(max_tokens=2)))
+        bob = pb_grpc.InferenceStub(srv.channel_for("bob"))
+        codes = set()
+        for i, name in enumerate(names):
+            stub = bob if i % 2 else srv.stub
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await collect(stub.Generate(prompt_request(model=name, max_tokens=2)))
+            codes.add(err.value.code())
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Tokenize(pb.TokenizeRequest(model=name, prompt="x"))
+        text = await asyncio.to_thread(_scrape, srv.telemetry.metrics.http_address)
+    assert codes == {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
+    labels = set(re.findall(r'model="([^"]*)"', text))
+    assert labels <= {"fake-model", UNRESOLVED_MODEL}, sorted(labels)[:5]
+    assert not any(name in text for name in names)
+    assert 'bastion_rpc_requests_total{code="NOT_FOUND",method="Generate"} 25.0' in text
+
+
 async def test_logs_carry_request_id_never_prompt(caplog: pytest.LogCaptureFixture) -> None:
     caplog.handler.addFilter(RequestIdFilter())
     with caplog.at_level(logging.DEBUG, logger="bastion"):
@@ -85,4 +117,5 @@ async def test_logs_carry_request_id_never_prompt(caplog: pytest.LogCaptureFixtu
     rid = msgs[0].request_id
     done = [r for r in caplog.records if r.getMessage().startswith("generate done")]
     assert done and done[0].request_id == rid and done[0].levelname == "INFO"
-    assert all(PROMPT not in r.getMessage() and "w0" not in r.getMessage() for r in caplog.records)
+    # "w0 " is the fake completion's first token (with its space: a temp path may contain "w0").
+    assert all(PROMPT not in r.getMessage() and "w0 " not in r.getMessage() for r in caplog.records)

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from bastion.native import AuditChain, audit_verify_dir
+from bastion.server.audit_recorder import BEGIN
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 from identity import aio_bearer, make_many_tenants
@@ -106,7 +107,8 @@ def request_records(audit: Path) -> list[dict[str, Any]]:
                 rec = json.loads(line)
             except ValueError:
                 continue  # a torn last line after SIGKILL
-            if rec["kind"] in ("request", "decision"):
+            # A stream's begin record precedes its one record; it is not a second one.
+            if rec["kind"] in ("request", "decision") and rec.get("event") != BEGIN:
                 out.append(rec)
     return out
 

@@ -123,7 +123,7 @@ def test_credentials_come_from_private_files_and_never_show(
     with pytest.raises(ConfigError, match="cannot open token 'bastion-test'") as err:
         Pkcs11Provider(softhsm["module"], softhsm["token"], "k", pin_file=bad).check()
     assert "0000" not in str(err.value) and softhsm["pin"] not in str(err.value)
-    with pytest.raises(ConfigError, match="https is required"):
+    with pytest.raises(ConfigError, match="must be https"):
         OpenBaoTransitProvider("http://10.0.0.1:8200", "k")
     with pytest.raises(ConfigError, match="no transit key transit/absent"):
         OpenBaoTransitProvider(openbao["addr"], "absent", token_file=openbao["token_file"]).check()

@@ -1,8 +1,8 @@
-"""The audit log's one exception."""
+"""The audit package's exceptions: the log's, and opt-in content logging's."""
 
 from __future__ import annotations
 
-from bastion.errors import Unavailable
+from bastion.errors import BastionError, Unavailable
 
 
 class AuditUnavailable(Unavailable):
@@ -13,3 +13,8 @@ class AuditUnavailable(Unavailable):
     """
 
     public_default = "audit log unavailable"
+
+
+class ContentLogError(BastionError):
+    """A tenant's opted-in content could not be kept (``bastion.audit.content``). The call fails (INTERNAL) with
+    its audit record saying so: a tenant that asked for its content to be kept is never answered without it."""

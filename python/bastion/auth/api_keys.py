@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import json
@@ -33,7 +32,7 @@ from typing import Any
 
 from bastion.auth.principal import Principal, api_key_principal
 from bastion.errors import ConfigError, Unauthenticated
-from bastion.files import atomic_write
+from bastion.files import atomic_write, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +154,8 @@ def _write_store(path: Path, records: dict[str, ApiKeyRecord]) -> None:
 def _locked(path: Path) -> Iterator[dict[str, ApiKeyRecord]]:
     """Exclusive lock on ``<store>.lock`` for a read-modify-write of the store."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(path):
         yield _read_store(path)
-    finally:
-        os.close(fd)  # releases the lock
 
 
 # ---- the commands ---------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Rules, in order:
 
+0. Where ``auth.mtls.crl_file`` is set, a call whose TLS client certificate is revoked (or not covered by
+   a current CRL) is refused before anything else, whatever credential it carries (``bastion.auth.crl``).
 1. ``authorization`` metadata. At most one entry; ASCII, no control characters, at most
    ``auth.jwt.max_token_bytes`` of credential; scheme ``Bearer`` (any case) and one space. A credential
    starting ``bst_`` is an API key (``auth.api_keys.file``), anything else a JWT (``auth.jwt``). A
@@ -20,13 +22,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from bastion.auth.api_keys import KEY_PREFIX, ApiKeyStore
+from bastion.auth.crl import RevocationList
 from bastion.auth.jwt_verify import JwtVerifier
 from bastion.auth.mtls import peer_certificate, principal_from_certificate
 from bastion.auth.principal import Principal
 from bastion.auth.settings import AuthSettings
-from bastion.errors import Unauthenticated
+from bastion.errors import ConfigError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +44,17 @@ def _refuse(detail: str) -> Unauthenticated:
 
 class Authenticator:
     """Built once at start from ``[auth]``; ``client_ca`` says whether the listener verifies client
-    certificates (``server.tls.client_ca_file`` set)."""
+    certificates (``server.tls.client_ca_file`` set); ``client_ca_file``, that file, verifies the CRLs of
+    ``auth.mtls.crl_file`` (required with it)."""
 
-    def __init__(self, settings: AuthSettings, *, client_ca: bool) -> None:
+    def __init__(self, settings: AuthSettings, *, client_ca: bool, client_ca_file: Path | None = None) -> None:
         self.settings = settings
         self.mtls = settings.mtls if client_ca and settings.mtls.enabled else None
+        self.revocations: RevocationList | None = None
+        if settings.mtls.crl_file is not None:
+            if not client_ca or client_ca_file is None:
+                raise ConfigError("auth.mtls.crl_file needs server.tls.client_ca_file (mutual TLS)")
+            self.revocations = RevocationList(settings.mtls.crl_file, client_ca_file)
         self.jwt = JwtVerifier(settings.jwt) if settings.jwt.enabled else None
         self.api_keys = ApiKeyStore(settings.api_keys.file) if settings.api_keys.file is not None else None
         self.max_credential = settings.jwt.max_token_bytes
@@ -75,6 +85,9 @@ class Authenticator:
     async def _authenticate(
         self, metadata: Sequence[tuple[str, str | bytes]], auth_context: Mapping[str, Sequence[bytes]]
     ) -> Principal:
+        leaf = peer_certificate(auth_context) if self.revocations is not None else None
+        if leaf is not None and self.revocations is not None:
+            self.revocations.check(leaf)
         credential = self._bearer(metadata)
         if credential is not None:
             if credential.startswith(KEY_PREFIX):
@@ -85,7 +98,7 @@ class Authenticator:
                 raise _refuse("jwt not configured")
             return await self.jwt.verify_async(credential)
         if self.mtls is not None:
-            cert = peer_certificate(auth_context)
+            cert = leaf or peer_certificate(auth_context)
             if cert is not None:
                 return principal_from_certificate(cert, self.mtls)
         raise Unauthenticated("no credentials")

@@ -8,6 +8,14 @@ refused before any key is touched) and must equal the algorithm PyJWT bound to t
 of one type is never used for another. A token without ``kid`` is accepted only when the JWKS holds one
 key. Errors are ``Unauthenticated`` with a fixed public message and a reason category in ``detail``;
 neither ever contains the token.
+
+Only access tokens are accepted. The ``typ`` header, compared as RFC 7515 says (case-insensitive, an
+``application/`` prefix optional), must be one of ``auth.jwt.token_types`` (default ``at+jwt``, RFC 9068, and
+``JWT``), so an ID token typed ``id+jwt``, a back-channel logout token (``logout+jwt``) or a security event
+token (``secevent+jwt``) is refused; a token without ``typ`` is accepted unless ``auth.jwt.require_typ``
+(RFC 7519 makes it optional and some IdPs omit it). A token with an ``events`` claim (a security event or
+logout token, RFC 8417 section 4.3) is refused whatever its ``typ``. An ID token typed ``JWT`` is told
+apart only by its audience (the OIDC client id): ``auth.jwt.audiences`` must name the API, never a client.
 """
 
 from __future__ import annotations
@@ -51,6 +59,12 @@ def _refuse(detail: str) -> Unauthenticated:
     return Unauthenticated(detail, public="invalid credentials")
 
 
+def media_type(value: str) -> str:
+    """A ``typ``/``cty`` value as RFC 7515 section 4.1.9 compares it: lower case, ``application/`` optional."""
+    v = value.lower()
+    return v[len("application/") :] if v.startswith("application/") else v
+
+
 def _reason(exc: jwt.PyJWTError) -> str:
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return (
@@ -70,6 +84,7 @@ class JwtVerifier:
             raise ConfigError("auth.jwt.issuer is not set")
         self._s = settings
         self._allowed = frozenset(settings.algorithms)
+        self._token_types = frozenset(media_type(t) for t in settings.token_types)
         self._require = sorted({*settings.required_claims, "iss", "aud"})
         self.jwks = JwksCache(settings, clock=clock)
         # Verified tokens (SHA-256 of the token → principal, valid-until on the wall clock): a service
@@ -92,6 +107,12 @@ class JwtVerifier:
             raise _refuse("disallowed algorithm")
         if kid is not None and (not isinstance(kid, str) or not 1 <= len(kid) <= 256):
             raise _refuse("malformed kid")
+        typ = header.get("typ")
+        if typ is None:
+            if self._s.require_typ:
+                raise _refuse("missing typ")
+        elif not isinstance(typ, str) or media_type(typ) not in self._token_types:
+            raise _refuse("not an access token")
         return alg, kid
 
     def _decode(self, token: str, alg: str, key: jwt.PyJWK) -> Principal:
@@ -109,6 +130,8 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise _refuse(_reason(exc)) from None
+        if "events" in claims:  # a security event or logout token (RFC 8417 section 4.3), never an access token
+            raise _refuse("not an access token")
         sub = claims["sub"]
         if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SUB or not sub.isprintable():
             raise _refuse("malformed sub claim")

@@ -30,6 +30,21 @@ MAX_SUBJECT = 1024
 # SPIFFE-ID spec 2.1/2.2: lower-case trust domain; a non-empty path (a workload, not the trust domain itself)
 # of segments of [A-Za-z0-9._-], none empty, "." or "..".
 SPIFFE_RE = re.compile(re.escape(SPIFFE_PREFIX) + r"([a-z0-9._-]{1,255})((?:/[A-Za-z0-9._-]+)+)")
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def parse_spiffe_id(sid: str) -> tuple[str, str]:
+    """(trust domain, path) of a well-formed SPIFFE id, else ``ValueError`` (SPIFFE-ID spec 2.1-2.3).
+
+    The scheme is ``spiffe`` in lower case; the trust domain is 1-255 of ``[a-z0-9._-]`` (no upper case, port
+    or user information); the path is not empty and each of its segments is 1 or more of ``[A-Za-z0-9._-]``
+    and neither ``.`` nor ``..``: no empty segment (``//``, a trailing ``/``), no percent-encoding (``%2e%2e``
+    is refused, never decoded), no query or fragment; at most ``MAX_SPIFFE_ID`` characters in all.
+    """
+    m = SPIFFE_RE.fullmatch(sid) if len(sid) <= MAX_SPIFFE_ID else None
+    if m is None or any(seg in _DOT_SEGMENTS for seg in m.group(2).split("/")[1:]):
+        raise ValueError("malformed spiffe id")
+    return m.group(1), m.group(2)
 
 
 def _refuse(detail: str) -> Unauthenticated:
@@ -80,10 +95,11 @@ def principal_from_certificate(cert: x509.Certificate, settings: MtlsAuthSetting
         raise _refuse("more than one spiffe id")
     if ids:
         sid = ids[0]
-        m = SPIFFE_RE.fullmatch(sid) if len(sid) <= MAX_SPIFFE_ID else None
-        if m is None or any(seg in (".", "..") for seg in m.group(2).split("/")):
-            raise _refuse("malformed spiffe id")
-        if m.group(1) not in settings.trust_domains:
+        try:
+            trust_domain, _path = parse_spiffe_id(sid)
+        except ValueError:
+            raise _refuse("malformed spiffe id") from None
+        if trust_domain not in settings.trust_domains:
             raise _refuse("untrusted trust domain")
         return mtls_principal(sid)
     if not settings.allow_subject_fallback:

@@ -10,20 +10,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bastion.urls import check_service_url
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 # SPIFFE trust domain: lower-case letters, digits, '.', '-', '_' (SPIFFE-ID spec section 2.1).
 TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9._-]{1,255}$")
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 JwtAlgorithm = Literal["RS256", "ES256", "EdDSA"]
 JwtClaim = Literal["exp", "iat", "nbf", "sub", "jti"]
 DEFAULT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("RS256", "ES256", "EdDSA")
 DEFAULT_CLAIMS: tuple[JwtClaim, ...] = ("exp", "iat", "sub")
+# JWS "typ" header values taken as access tokens: RFC 9068's "at+jwt" and the generic "JWT" most IdPs send.
+DEFAULT_TOKEN_TYPES: tuple[str, ...] = ("at+jwt", "JWT")
+TOKEN_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}(?:/[A-Za-z0-9!#$&^_.+-]{1,64})?$")
 
 
 class MtlsAuthSettings(BaseModel):
@@ -43,6 +46,11 @@ class MtlsAuthSettings(BaseModel):
     allow_subject_fallback: bool = Field(
         default=False,
         description="a certificate without a SPIFFE id maps to x509:<RFC 4514 subject>",
+    )
+    crl_file: Path | None = Field(
+        default=None,
+        description="certificate revocation list(s) (PEM or DER) signed by server.tls.client_ca_file; a client "
+        "certificate it revokes, or whose issuer it has no CRL for, is refused (reloaded when it changes)",
     )
 
     @field_validator("trust_domains")
@@ -92,6 +100,17 @@ class JwtSettings(BaseModel):
         max_length=5,
         description="claims a token must carry (iss and aud always are); must include exp and sub",
     )
+    token_types: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TOKEN_TYPES),
+        min_length=1,
+        max_length=8,
+        description="accepted typ header values (case-insensitive, 'application/' optional); another typ "
+        "(id+jwt, logout+jwt, secevent+jwt...) is refused",
+    )
+    require_typ: bool = Field(
+        default=False,
+        description="refuse tokens without a typ header (RFC 7519 makes it optional; some IdPs omit it)",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -102,6 +121,13 @@ class JwtSettings(BaseModel):
     def _audiences(cls, v: list[str]) -> list[str]:
         if any(not 1 <= len(a) <= 1024 for a in v):
             raise ValueError("auth.jwt.audiences: each 1 to 1024 characters")
+        return v
+
+    @field_validator("token_types")
+    @classmethod
+    def _token_types(cls, v: list[str]) -> list[str]:
+        if any(not TOKEN_TYPE_RE.fullmatch(t) for t in v):
+            raise ValueError("auth.jwt.token_types: each a media type of 1 to 64 characters (e.g. at+jwt)")
         return v
 
     @field_validator("jwks_url")
@@ -130,20 +156,9 @@ class JwtSettings(BaseModel):
 
 
 def check_jwks_url(url: str) -> None:
-    """Raises ValueError unless ``url`` is https, or http to a loopback host, without credentials."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError("auth.jwt.jwks_url is not a valid URL") from None
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("auth.jwt.jwks_url must not carry credentials")
-    if not host:
-        raise ValueError("auth.jwt.jwks_url needs a host")
-    if parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS):
-        return
-    raise ValueError("auth.jwt.jwks_url must be https (http only for a loopback host)")
+    """Raises ValueError unless ``url`` is https, or http to a loopback host (``localhost`` or a loopback IP
+    literal), without credentials (``bastion.urls``)."""
+    check_service_url(url, "auth.jwt.jwks_url")
 
 
 class ApiKeySettings(BaseModel):

@@ -1,7 +1,14 @@
-"""Client side of the CLI: channel setup and the generate / health calls."""
+"""Client side of the CLI: channel setup and the generate / health calls.
+
+Credentials never travel in clear: a channel without TLS is opened only to a target that stays on this
+machine (:func:`is_local_target`: a unix socket, or a loopback literal or ``localhost``); any other target
+without a CA (``--ca-file``, or the server's own certificate from ``server.tls`` / ``health.tls``) is refused
+with a ConfigError before anything connects (exit 2).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Callable
@@ -13,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bastion.config import Settings, parse_listen
 from bastion.errors import ConfigError
+from bastion.urls import is_loopback_host
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 
@@ -37,6 +45,47 @@ def _local_target(listen: str) -> str:
         return f"unix:{host}"
     host = _WILDCARDS.get(host, host)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _target_host(target: str) -> str | None:
+    """The host of a ``HOST``, ``HOST:PORT``, ``[V6]``, ``[V6]:PORT`` or bare IPv6 target; None for any other
+    form (a gRPC naming scheme such as ``dns:``, ``ipv4:``, ``xds:``, or something malformed)."""
+    if target.startswith("["):
+        host, sep, rest = target[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdecimal())):
+            return None
+        return host
+    try:
+        ipaddress.IPv6Address(target)
+        return target  # a bare IPv6 literal
+    except ValueError:
+        pass
+    host, sep, port = target.partition(":")
+    if sep and not port.isdecimal():
+        return None
+    return host or None
+
+
+def is_local_target(target: str) -> bool:
+    """Whether a gRPC client target stays on this machine: ``unix:PATH``, ``unix://ABS_PATH``,
+    ``unix-abstract:NAME``, or a loopback host (an address in 127.0.0.0/8, ``::1``, the exact name
+    ``localhost``: :func:`bastion.urls.is_loopback_host`) with or without a port. Everything else is not —
+    other names (``localhost.evil.com``), numeric shorthands (``127.1``), the wildcards and every other gRPC
+    naming scheme (``dns:///localhost:1``, ``ipv4:127.0.0.1:1``): they fail closed to "needs TLS"."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = _target_host(target)
+    return host is not None and is_loopback_host(host)
+
+
+def _refuse_plaintext(target: str, tls_setting: str) -> None:
+    """ConfigError, before any channel exists, unless a channel without TLS to ``target`` stays on this host."""
+    if not is_local_target(target):
+        raise ConfigError(
+            f"--target {target} is not a loopback address or a unix socket: refusing a connection without TLS "
+            f"(it would send credentials and prompts in clear); pass --ca-file (with --client-cert/--client-key "
+            f"for mutual TLS) or set {tls_setting} in --config"
+        )
 
 
 class _Bearer:
@@ -85,12 +134,14 @@ def open_channel(
     server_name: str | None = None,
     bearer: str | None = None,
 ) -> grpc.aio.Channel:
-    """TLS when a CA is given or the server config has TLS (its own certificate then serves as CA).
+    """TLS when a CA is given or the server config has TLS (its own certificate then serves as CA); without
+    either, only to a local target (:func:`is_local_target`; ConfigError otherwise, before connecting).
     ``bearer`` (an API key or a JWT) is sent as ``authorization`` metadata on every call."""
     tls = settings.server.tls
     ca = ca_file or (str(tls.cert_file) if tls.enabled and tls.cert_file else None)
     interceptors = bearer_interceptors(bearer) if bearer else None
     if ca is None:
+        _refuse_plaintext(target, "server.tls")
         return grpc.aio.insecure_channel(target, interceptors=interceptors)
     chain = key = None
     if client_cert and client_key:
@@ -106,10 +157,12 @@ def open_health_channel(
     target: str, settings: Settings, *, ca_file: str | None = None, server_name: str | None = None
 ) -> grpc.aio.Channel:
     """A channel to the health listener: no client certificate and no bearer credential; TLS when a CA is
-    given or health.tls is set (its own certificate then serves as CA)."""
+    given or health.tls is set (its own certificate then serves as CA); without either, only to a local
+    target (a remote answer without TLS could be anyone's)."""
     tls = settings.health.tls
     ca = ca_file or (str(tls.cert_file) if tls.enabled and tls.cert_file else None)
     if ca is None:
+        _refuse_plaintext(target, "health.tls")
         return grpc.aio.insecure_channel(target)
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     creds = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())

@@ -12,6 +12,13 @@ fine-tuned from) the same probes are compared pairwise (McNemar) instead.
 With ``--sign-key`` the verdict is signed as an in-toto test-result attestation (DSSE) whose subject is
 the model's digest set (and the adapter's, with ``--adapter``), written to ``--out`` and, with
 ``--attestations-dir``, where the server reads it (then ``bastion admin reload-attestations``).
+
+The subject is what the server reports, so the run must reach the real server: a target that is not
+loopback or a unix socket needs TLS (``--ca-file``; refused before connecting otherwise,
+``bastion.cli.client``), and ``--expect-digest DIGEST`` (the model directory's ``blake3:`` digest, or its OMS
+``sha256:`` subject digest) stops the run before any probe when ListModels reports another digest for the
+model: nobody can have a verdict signed for a model the operator did not mean to evaluate.
+
 Exit 0: PASSED; 1: FAILED or the run could not complete; 2: bad usage or configuration (a bad gate
 policy, suite or summary file). Errors go through bastion.cli.errors (one line, no traceback).
 """
@@ -22,6 +29,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import re
 import secrets
 import socket
 import sys
@@ -36,6 +44,8 @@ from bastion.config import load_settings
 from bastion.files import atomic_write
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "assurance" / "data" / "gate" / "production.toml"
+# --expect-digest: the directory digest (docs/model-digest.md) or the OMS subject digest, as ListModels names them.
+_DIGEST = re.compile(r"(blake3|sha256):[0-9a-f]{64}")
 
 
 def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -50,6 +60,12 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
     e.add_argument("--baseline", help="summary.json of the model serving now: no significant regression allowed")
     e.add_argument("--parent", help="summary.json of the parent model (fine-tunes): paired McNemar comparison")
     e.add_argument("--adapter", help="evaluate the model with this LoRA adapter (the attestation then names both)")
+    e.add_argument(
+        "--expect-digest",
+        metavar="DIGEST",
+        help="the model's digest (blake3:<64 hex>, or its OMS subject digest sha256:<64 hex>): refuse to run "
+        "unless the server reports exactly this digest for MODEL",
+    )
     e.add_argument("--sign-key", help="EC private key (PEM) that signs the attestation")
     e.add_argument(
         "--attestations-dir", help="also place the signed attestation here (the server's assurance.attestations_dir)"
@@ -84,6 +100,10 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
             raise ConfigError("--attestations-dir needs --sign-key (only signed attestations are placed)")
         if args.sign_key and not os.access(args.sign_key, os.R_OK):  # before a run that can take an hour
             raise ConfigError(f"--sign-key {args.sign_key}: not a readable file")
+        if args.expect_digest is not None:
+            args.expect_digest = args.expect_digest.lower()
+            if not _DIGEST.fullmatch(args.expect_digest):
+                raise ConfigError("--expect-digest must be blake3:<64 hex digits> or sha256:<64 hex digits>")
         settings = load_settings(args.config)
         # EvalError (1), ConfigError (2) and the rest go to bastion.cli.main's table (bastion.cli.errors).
         return asyncio.run(_evaluate(args, lambda: channel_for(args, settings)))
@@ -108,6 +128,20 @@ async def _target(stub: Any, pb: Any, model: str, adapter: str | None) -> tuple[
         if adapter_info is None:
             raise EvalError(f"adapter {adapter!r} is not served with {model} to this principal")
     return info, adapter_info
+
+
+def _check_digest(info: Any, expected: str | None) -> None:
+    """EvalError unless the served model's digest of ``expected``'s algorithm is ``expected`` (None: no check)."""
+    from bastion.assurance.runner import EvalError
+
+    if expected is None:
+        return
+    served = info.subject_digest if expected.startswith("sha256:") else info.digest
+    if served != expected:
+        raise EvalError(
+            f"model {info.name} is served with digest {served or '(none)'}, not {expected} (--expect-digest): "
+            "no probe was sent"
+        )
 
 
 def _subjects(info: Any, adapter_info: Any) -> list[tuple[str, dict[str, str]]]:
@@ -148,12 +182,13 @@ async def _evaluate(args: argparse.Namespace, open_channel: Callable[[], Any]) -
         if ref is not None and ref["suite"]["digest"] != suite.digest:
             raise EvalError(f"a baseline or parent summary ran suite {ref['suite']['digest']}, not {suite.digest}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    channel = open_channel()
+    channel = open_channel()  # a target without TLS that is not local is refused here, before connecting
     started, t0 = _now(), time.monotonic()
     try:
+        out.mkdir(parents=True, exist_ok=True)
         stub = pb_grpc.InferenceStub(channel)
         info, adapter_info = await _target(stub, pb, args.model, args.adapter)
+        _check_digest(info, args.expect_digest)
         print(
             f"eval: {args.model} ({info.digest}, release {info.release or '?'}), suite {suite.name}@{suite.version} "
             f"({len(suite.probes)} probes)",

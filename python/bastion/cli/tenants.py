@@ -2,7 +2,8 @@
 
 ``tenants check POLICY`` validates a policy file and prints its digest, tenants and principal count.
 ``tenants issue-key --policy POLICY --store STORE --tenant T [--role user|admin ...] [--expires-in 30d]``
-issues an API key and adds its principal (``apikey:<key_id>``) to the tenant in the policy file, atomically;
+issues an API key and adds its principal (``apikey:<key_id>``) to the tenant in the policy file, atomically
+and under an exclusive ``flock`` on ``<policy>.lock`` (concurrent runs never lose each other's principal);
 ``tenants revoke-key --store STORE KEY_ID`` revokes it. A running server picks up a revocation on the next
 call and a policy change on ``bastion admin reload-policy``.
 Exit codes (``bastion.cli.errors``): 0 success; 1 an unknown key id; 2 bad usage or a bad policy file.
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError
-from bastion.files import atomic_write
+from bastion.files import atomic_write, exclusive_lock
 
 
 def add_parsers(sub: Any) -> None:
@@ -65,24 +66,29 @@ def _issue_key(args: argparse.Namespace) -> int:
     from bastion.tenancy.policy import TenancyPolicy
 
     path = Path(args.policy)
-    policy = TenancyPolicy.load(path)
-    if args.tenant not in policy.tenants:
-        raise ConfigError(f"--tenant: the policy has no [tenants.{args.tenant}] section")
     expires = parse_duration(args.expires_in) if args.expires_in else None
-    key_id, key = issue(Path(args.store), args.label or args.tenant, expires, f"tenant {args.tenant}")
     roles = sorted(set(args.role or ["user"]))
-    principal_id = api_key_principal_id(key_id)
-    block = (
-        f"\n[[principals]]\nid = {json.dumps(principal_id)}\ntenant = {json.dumps(args.tenant)}\n"
-        f"roles = {json.dumps(roles)}\n"
-    )
-    new = path.read_bytes() + block.encode()
-    try:
-        TenancyPolicy.parse(new, source=str(path))  # never write a policy the server would refuse
-        atomic_write(path, new, mode=0o600)
-    except BaseException:
-        revoke(Path(args.store), key_id)  # no key without its policy entry
-        raise
+    # Read, append and write the policy under its lock: two issue-key runs at once both end up in it (without
+    # the lock, each read the same old policy and the later write dropped the other's principal).
+    TenancyPolicy.load(path)  # a missing or malformed policy fails here, before a lock file is made beside it
+    with exclusive_lock(path):
+        old = path.read_bytes()
+        policy = TenancyPolicy.parse(old)
+        if args.tenant not in policy.tenants:
+            raise ConfigError(f"--tenant: the policy has no [tenants.{args.tenant}] section")
+        key_id, key = issue(Path(args.store), args.label or args.tenant, expires, f"tenant {args.tenant}")
+        principal_id = api_key_principal_id(key_id)
+        block = (
+            f"\n[[principals]]\nid = {json.dumps(principal_id)}\ntenant = {json.dumps(args.tenant)}\n"
+            f"roles = {json.dumps(roles)}\n"
+        )
+        new = old + block.encode()
+        try:
+            TenancyPolicy.parse(new, source=str(path))  # never write a policy the server would refuse
+            atomic_write(path, new, mode=0o600)
+        except BaseException:
+            revoke(Path(args.store), key_id)  # no key without its policy entry
+            raise
     print(f"key id: {key_id}\nprincipal id: {principal_id}\ntenant: {args.tenant}\nkey: {key}")
     print("the key is shown only this once; run `bastion admin reload-policy` on a running server", file=sys.stderr)
     return 0

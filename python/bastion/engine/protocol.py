@@ -112,8 +112,12 @@ class Engine(Protocol):
 
     def is_dead(self) -> bool: ...
 
-    async def tokenize(self, prompt: str | None, conversation: Sequence[ChatTurn] | None) -> list[int]:
-        """Token ids of a raw prompt, or of a conversation rendered with the chat template."""
+    async def tokenize(
+        self, prompt: str | None, conversation: Sequence[ChatTurn] | None, *, raw_special_tokens: bool = False
+    ) -> list[int]:
+        """Token ids of a raw prompt, or of a conversation rendered with the chat template. Message contents
+        never produce special tokens; a raw prompt's special-token strings are parsed only with
+        ``raw_special_tokens`` (the tenant's policy), else tokenized as ordinary text."""
         ...
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:

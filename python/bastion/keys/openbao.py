@@ -5,6 +5,8 @@ The Transit key should be ``aes256-gcm96`` (the default) so that associated data
 token comes from a 0600 file or ``BAO_TOKEN`` / ``VAULT_TOKEN``; vLLM's workers get the file path or
 inherit the variable, never the token in argv. Rotating the Transit key (``transit/keys/NAME/rotate``)
 and rewrapping is the provider's own rotation; ``bastion rekey`` moves a model between keys or providers.
+The address must be https, or http to ``localhost`` or a loopback IP literal (``bastion.urls``: the URL is
+parsed, so ``http://localhost.evil.example`` or ``http://127.0.0.1@evil.example`` is refused).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from bastion.errors import ConfigError
 from bastion.keys.base import ENV_PROVIDER
 from bastion.keys.secrets import read_secret
+from bastion.urls import check_service_url
 from bastion.weights.sealed import SealedReader, SealReport, StrPath, seal_dir
 
 ENV_ADDR = "BASTION_OPENBAO_ADDR"
@@ -39,8 +42,10 @@ class OpenBaoTransitProvider:
         token_file: StrPath | None = None,
         ca_file: StrPath | None = None,
     ) -> None:
-        if not addr.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
-            raise ConfigError("openbao address: https is required except on loopback")
+        try:  # the URL parsed, never a prefix test: http://localhost.evil.example is not loopback
+            check_service_url(addr, "weights.openbao.addr")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.addr, self.key, self.mount = addr, key, mount
         self.token_file = Path(token_file) if token_file else None
         self.ca_file = Path(ca_file) if ca_file else None

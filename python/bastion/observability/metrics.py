@@ -16,6 +16,9 @@ Series (Prometheus names):
   bastion_inflight_requests                      admitted generations
   bastion_engine_running_requests{model}, bastion_engine_waiting_requests{model} (queue depth),
   bastion_engine_kv_usage_ratio{model}           from EngineStats at scrape time
+
+Every label value is bounded: ``model`` is a served model's name (never the string a client sent: see
+``bastion.observability.telemetry``), ``tenant`` a policy's tenant, ``method`` and ``code`` fixed names.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ The servicer opens :meth:`Telemetry.rpc` around a call and fills the :class:`Rpc
 digest, status code, token counts, first-token time); on exit the record becomes span attributes and
 metric points. Span attributes carry ids (request, tenant, principal), counts and timings, never prompt or
 completion text and never a credential.
+
+Metric labels are bounded: ``model`` is a served model's name, set by :meth:`RpcRecord.resolve` once the
+tenant's policy allowed the model and the pool found its engine; before that (an unknown or refused name)
+it is ``"-"`` and no per-model series is touched. A name a client made up never becomes a label (each one
+would start new series: unbounded cardinality on the scrape endpoint, and a record of probed names).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from bastion.observability.metrics import Metrics
 from bastion.observability.tracing import build_tracer_provider
 
 SERVICE = "bastion.v1.Inference"
+# The model label of an RPC whose model was not resolved (unknown, not allowed, or never named).
+UNRESOLVED_MODEL = "-"
 
 
 class RpcRecord:
@@ -39,8 +46,10 @@ class RpcRecord:
         # Completion text as streamed, for its keyed HMAC in the audit record (never logged).
         self.completion_parts: list[str] = []
         self.start = time.perf_counter()
+        # The model as the client named it (audit records, spans), then the served name once resolved.
         self.model = ""
         self.digest = ""
+        self.served_model = ""
         self.client_request_id = ""
         self.code = grpc.StatusCode.OK
         self.prompt_tokens = 0
@@ -48,6 +57,15 @@ class RpcRecord:
         self.cached_tokens = 0
         self.ttft_s: float | None = None
         self.last_token_at: float | None = None
+
+    def resolve(self, name: str, digest: str) -> None:
+        """The served model this RPC runs on: called once the policy allowed it and its engine was found."""
+        self.model, self.digest, self.served_model = name, digest, name
+
+    @property
+    def metric_model(self) -> str:
+        """The ``model`` metric label: the served name once resolved, else ``UNRESOLVED_MODEL``."""
+        return self.served_model or UNRESOLVED_MODEL
 
 
 class Telemetry:
@@ -87,7 +105,7 @@ class Telemetry:
         if n <= 0:
             return
         now = time.perf_counter()
-        attrs = {"model": rec.model}
+        attrs = {"model": rec.metric_model}
         if rec.ttft_s is None:
             rec.ttft_s = now - rec.start
             self.metrics.ttft.record(rec.ttft_s, attrs)
@@ -155,8 +173,8 @@ class Telemetry:
         if rec.code != grpc.StatusCode.OK:
             m.errors.add(1, labels)
         m.duration.record(elapsed, {"method": rec.method})
-        if rec.model and rec.method == "Generate":
-            model = {"model": rec.model}
+        if rec.served_model and rec.method == "Generate":
+            model = {"model": rec.metric_model}
             # Per tenant (bounded by the policy): cached / prompt is the tenant's prefix hit rate.
             per_tenant = {**model, "tenant": rec.tenant or "-"}
             m.prompt_tokens.add(rec.prompt_tokens, per_tenant)

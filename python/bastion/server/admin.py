@@ -1,7 +1,15 @@
 """The ``bastion.v1.Admin`` servicer: reload the tenancy policy, list tenants and usage, revoke API keys,
 model status, reload the security attestations that release models to tenants, lift a quarantine. The
 interceptor has already required the "admin" role; every call is audited (a lift twice: its own decision
-record, durable before the quarantine ends, then the call's record)."""
+record, durable before the quarantine ends, then the call's record).
+
+Every call ends with exactly one ``request`` record, or fails: a failure nobody foresaw (an ``OSError`` of the
+file work, a bug) is INTERNAL with the text ``internal error (request_id=...)`` and nothing else, and is
+audited like any other outcome; if the record cannot be made durable the call fails with the audit log's
+status. Blocking file work (reading the policy, rewriting the API key store, verifying attestations) runs in
+a worker thread, never on the event loop. A call runs in a task of its own that its client cannot cancel:
+an admin action, once started, completes and is recorded with its real outcome even if the client gives up
+or its deadline passes (the client then sees CANCELLED or DEADLINE_EXCEEDED, the log what was done)."""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -18,8 +26,9 @@ from bastion.assurance.release import QUARANTINED
 from bastion.errors import BastionError, ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from bastion.observability.telemetry import Telemetry
 from bastion.server.caller import Caller, current_caller
+from bastion.server.ids import REQUEST_ID_METADATA_KEY
 from bastion.server.servicer import ServerState
-from bastion.server.status import grpc_status
+from bastion.server.status import grpc_status, internal_message
 from bastion.tenancy.policy import TenancyPolicy
 from bastion.v1 import admin_pb2 as apb
 from bastion.v1 import admin_pb2_grpc as apb_grpc
@@ -46,32 +55,51 @@ class AdminServicer(apb_grpc.AdminServicer):
         self._policy_file = policy_file
         self._store = api_key_store
         self._revoke_key = revoke_key
+        # The running calls' tasks, referenced until they end (one whose client went away still completes).
+        self._running: set[asyncio.Future[Any]] = set()
 
     async def _run(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[Caller], _T]) -> _T:
+        """:meth:`_arun` for in-memory work (nothing that blocks)."""
+
         async def call(caller: Caller) -> _T:
             return fn(caller)
 
         return await self._arun(name, context, call)
 
     async def _arun(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[Caller], Awaitable[_T]]) -> _T:
+        """Runs ``fn`` and the call's record in a task the client cannot cancel; answers its outcome."""
         caller = current_caller()
+        task = asyncio.ensure_future(self._perform(name, caller, fn))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        code, message, result = await asyncio.shield(task)
+        if code == grpc.StatusCode.OK:
+            return cast(_T, result)
+        await context.abort(code, message, trailing_metadata=((REQUEST_ID_METADATA_KEY, caller.request_id),))
+        raise AssertionError("unreachable")  # pragma: no cover - abort always raises
+
+    async def _perform(
+        self, name: str, caller: Caller, fn: Callable[[Caller], Awaitable[_T]]
+    ) -> tuple[grpc.StatusCode, str, _T | None]:
+        """The call's work, then its one record; returns (status, client text, result). Never raises."""
         rid = caller.request_id
         with self._telemetry.rpc(f"Admin/{name}", rid, caller) as rec:
+            result: _T | None = None
+            code, message, reason = grpc.StatusCode.OK, "", ""
             try:
                 result = await fn(caller)
-                await self._state.recorder.request(
-                    request_id=rid,
-                    method=caller.method,
-                    peer=caller.peer,
-                    principal=caller.principal,
-                    tenant=caller.tenant,
-                    status=grpc.StatusCode.OK,
-                    started=rec.start,
-                )
-                return result
-            except BastionError as exc:
+            except Exception as exc:  # every failure is mapped to a status and audited; none leaks
                 code, message = grpc_status(exc)
-                rec.code = code
+                if isinstance(exc, BastionError):
+                    reason = (exc.detail or "")[:200]
+                else:  # the record names the failure's type; the client reads the request id only
+                    reason = f"internal error ({type(exc).__name__})"
+                    log.error("Admin/%s failed: internal error %s", name, type(exc).__name__)
+                    log.debug("Admin/%s internal error detail", name, exc_info=exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    message = internal_message(rid)
+            rec.code = code
+            try:
                 await self._state.recorder.request(
                     request_id=rid,
                     method=caller.method,
@@ -80,19 +108,24 @@ class AdminServicer(apb_grpc.AdminServicer):
                     tenant=caller.tenant,
                     status=code,
                     started=rec.start,
-                    reason=(exc.detail or "")[:200],
+                    reason=reason,
                 )
-                await context.abort(code, message)
-        raise AssertionError("unreachable")
+            except Exception as exc:  # noqa: BLE001 - no record: the call fails closed with the audit log's status
+                code, message = grpc_status(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    message = internal_message(rid)
+                log.error("Admin/%s: its audit record was not made durable (%s)", name, type(exc).__name__)
+                rec.code, result = code, None
+            return code, message, result
 
     async def ReloadPolicy(
         self, request: apb.ReloadPolicyRequest, context: grpc.aio.ServicerContext
     ) -> apb.ReloadPolicyResponse:
-        def reload(caller: Caller) -> apb.ReloadPolicyResponse:
+        async def reload(caller: Caller) -> apb.ReloadPolicyResponse:
             if self._policy_file is None:
                 raise FailedPrecondition(public="no tenancy.policy_file is configured")
             try:
-                policy = TenancyPolicy.load(self._policy_file)
+                policy = await asyncio.to_thread(TenancyPolicy.load, self._policy_file)
             except ConfigError as exc:
                 # The running policy stays; the client text names the field, never a value or the path.
                 raise FailedPrecondition(f"policy reload refused: {exc}", public=exc.public_message) from None
@@ -102,7 +135,7 @@ class AdminServicer(apb_grpc.AdminServicer):
                 policy_digest=policy.digest, tenants=len(policy.tenants), principals=policy.principal_count
             )
 
-        return await self._run("ReloadPolicy", context, reload)
+        return await self._arun("ReloadPolicy", context, reload)
 
     async def ListTenants(
         self, request: apb.ListTenantsRequest, context: grpc.aio.ServicerContext
@@ -137,19 +170,19 @@ class AdminServicer(apb_grpc.AdminServicer):
     async def RevokeApiKey(
         self, request: apb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> apb.RevokeApiKeyResponse:
-        def revoke(caller: Caller) -> apb.RevokeApiKeyResponse:
+        async def revoke(caller: Caller) -> apb.RevokeApiKeyResponse:
             if not KEY_ID_RE.fullmatch(request.key_id):
                 raise InvalidArgument("key_id", "1 to 64 characters of [A-Za-z0-9]")
             if self._store is None:
                 raise FailedPrecondition(public="no auth.api_keys.file is configured")
-            try:
-                self._revoke_key(self._store, request.key_id)
+            try:  # a read-modify-write of the store under its file lock: in a worker thread
+                await asyncio.to_thread(self._revoke_key, self._store, request.key_id)
             except KeyError:
                 raise NotFound(public="no API key has that id") from None
             log.warning("API key %s revoked by %s", request.key_id, caller.principal.id)
             return apb.RevokeApiKeyResponse()
 
-        return await self._run("RevokeApiKey", context, revoke)
+        return await self._arun("RevokeApiKey", context, revoke)
 
     async def ModelStatus(
         self, request: apb.ModelStatusRequest, context: grpc.aio.ServicerContext
@@ -182,35 +215,28 @@ class AdminServicer(apb_grpc.AdminServicer):
     async def ReloadAttestations(
         self, request: apb.ReloadAttestationsRequest, context: grpc.aio.ServicerContext
     ) -> apb.ReloadAttestationsResponse:
-        pool = self._state.pool
-        infos = [e.info for e in pool.all()] if pool is not None else []
-        # Verifying signatures reads files: off the event loop, before the audited decision below.
-        files, rejected = await asyncio.to_thread(self._state.releases.reload, infos)
-
-        def reloaded(caller: Caller) -> apb.ReloadAttestationsResponse:
+        async def reloaded(caller: Caller) -> apb.ReloadAttestationsResponse:
+            pool = self._state.pool
+            infos = [e.info for e in pool.all()] if pool is not None else []
+            # Verifying signatures reads files: off the event loop.
+            files, rejected = await asyncio.to_thread(self._state.releases.reload, infos)
             log.info("attestations reloaded by %s: %d files, %d rejected", caller.principal.id, files, rejected)
             return apb.ReloadAttestationsResponse(files=files, rejected=rejected, models=self._model_states())
 
-        return await self._run("ReloadAttestations", context, reloaded)
+        return await self._arun("ReloadAttestations", context, reloaded)
 
     async def CheckDrift(
         self, request: apb.CheckDriftRequest, context: grpc.aio.ServicerContext
     ) -> apb.CheckDriftResponse:
-        monitors = list(self._state.drift.values())
-        results = []
-        error: BastionError | None = None
-        if not self._state.settings.assurance.drift.enabled:
-            error = FailedPrecondition(public="drift monitoring is off (assurance.drift.enabled = false)")
-        else:
-            for m in monitors:  # before the audited decision: a check runs the engine for seconds
+        async def report(caller: Caller) -> apb.CheckDriftResponse:
+            if not self._state.settings.assurance.drift.enabled:
+                raise FailedPrecondition(public="drift monitoring is off (assurance.drift.enabled = false)")
+            results = []
+            for m in list(self._state.drift.values()):  # a check runs the engine for seconds
                 try:
                     results.append(await m.check())
                 except BastionError:
                     results.append(m.state)
-
-        def report(caller: Caller) -> apb.CheckDriftResponse:
-            if error is not None:
-                raise error
             return apb.CheckDriftResponse(
                 models=[
                     apb.DriftStatus(
@@ -228,7 +254,7 @@ class AdminServicer(apb_grpc.AdminServicer):
                 ]
             )
 
-        return await self._run("CheckDrift", context, report)
+        return await self._arun("CheckDrift", context, report)
 
     async def LiftQuarantine(
         self, request: apb.LiftQuarantineRequest, context: grpc.aio.ServicerContext

@@ -1,11 +1,14 @@
 """Builds the server's audit records and appends them to the audit log (``bastion.audit``).
 
 One record per RPC: a ``decision`` record when the call was refused (authentication, authorization,
-rate limit, identity-override attempt), else a ``request`` record with its outcome. Decisions of the server
-itself (monitoring alerts and quarantines) and an admin's lift of a quarantine are ``decision`` records
-too. Records carry ids, counts and digests; prompt and completion content only as tenant-keyed HMACs.
-The append returns once the record is durable (see docs/audit-log.md), and the servicer awaits it before
-the final response, so no call is answered without its record.
+rate limit, identity-override attempt), else a ``request`` record with its outcome. A Generate stream also
+has a ``begin`` record (kind ``decision``, ``decision`` = ``allow``, ``event`` = :data:`BEGIN`), durable
+before its first delta is sent, so text never reaches a client before a record of the call exists; a
+``begin`` without a ``request`` record of the same ``request_id`` is a stream the server did not finish (it
+died). Decisions of the server itself (monitoring alerts and quarantines) and an admin's lift of a
+quarantine are ``decision`` records too. Records carry ids, counts and digests; prompt and completion
+content only as tenant-keyed HMACs. The append returns once the record is durable (see docs/audit-log.md),
+and the servicer awaits it before the final response, so no call is answered without its record.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from bastion.assurance.release import QUARANTINE_LIFTED
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied, RateLimited, Unauthenticated
 from bastion.server.status import status_code
+
+#: The ``event`` of a Generate stream's ``begin`` record (``decision`` = ``allow``).
+BEGIN = "begin"
 
 _DECISION_CODES = (
     grpc.StatusCode.UNAUTHENTICATED,
@@ -130,6 +136,36 @@ class AuditRecorder:
             },
         )
 
+    async def begin(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        peer: str,
+        principal: Principal,
+        tenant: str,
+        model: str,
+        model_digest: str,
+        client_request_id: str = "",
+        prompt_tokens: int = 0,
+        prompt_text: str | None = None,
+    ) -> int:
+        """A Generate stream was admitted and is about to send its first delta: who, which model, the prompt
+        (its token count and keyed HMAC). Returns the record's seq once durable; the stream writes nothing
+        before. The call's outcome follows in its ``request`` record."""
+        fields: dict[str, Any] = {
+            **_allowed(request_id, method, peer, principal, tenant),
+            "event": BEGIN,
+            "model": model[:512],
+            "model_digest": model_digest[:512],
+            "prompt_tokens": prompt_tokens,
+        }
+        if client_request_id:
+            fields["client_request_id"] = client_request_id[:512]
+        if prompt_text is not None:
+            fields["prompt_hmac"] = self.log.content_hmac(tenant, prompt_text)
+        return await self.log.append("decision", fields)
+
     async def request(
         self,
         *,
@@ -153,13 +189,7 @@ class AuditRecorder:
         retention: str = "",
     ) -> None:
         fields: dict[str, Any] = {
-            "request_id": request_id,
-            "method": method,
-            "peer": peer[:256],
-            "principal": principal.id[:1024],
-            "auth_method": principal.method,
-            "tenant": tenant,
-            "decision": "allow",
+            **_allowed(request_id, method, peer, principal, tenant),
             "status": status.name,
             "latency_ms": max(0, int((time.perf_counter() - started) * 1000)),
         }
@@ -180,3 +210,16 @@ class AuditRecorder:
         if completion_text is not None:
             fields["completion_hmac"] = self.log.content_hmac(tenant, completion_text)
         await self.log.append("request", fields)
+
+
+def _allowed(request_id: str, method: str, peer: str, principal: Principal, tenant: str) -> dict[str, Any]:
+    """The fields every record of an admitted call carries: who called what, from where."""
+    return {
+        "request_id": request_id,
+        "method": method,
+        "peer": peer[:256],
+        "principal": principal.id[:1024],
+        "auth_method": principal.method,
+        "tenant": tenant,
+        "decision": "allow",
+    }

@@ -1,5 +1,10 @@
 """Streaming one generation from the engine to the client, and ending it cleanly in every case.
 
+The stream's ``begin`` audit record (``before_first``) is appended while the engine computes the first
+token and is awaited before the first message is written: no text reaches the client before a durable
+record of the call exists (if the append fails, the call fails and nothing was sent). Whatever the ending,
+that append has finished before this returns or raises, so the call's final record always follows it.
+
 Endings:
   * the engine finishes: the last message carries finish_reason, usage and the model digest;
   * the client cancels or its deadline passes: grpc.aio cancels the handler task; the CancelledError
@@ -42,6 +47,14 @@ async def _release(engine: Engine, request_id: str, it: AsyncIterator[EngineOutp
             log.debug("closing the engine stream failed", exc_info=True)
 
 
+async def _settled(task: asyncio.Future[object]) -> None:
+    """Waits for ``task`` to finish; never raises (its failure is the call's only when it is awaited itself)."""
+    try:
+        await task
+    except (Exception, asyncio.CancelledError):  # noqa: BLE001 - the outcome is read (or not) by the stream
+        return
+
+
 async def stream_generation(
     engine: Engine,
     request_id: str,
@@ -54,9 +67,13 @@ async def stream_generation(
     before_final: Callable[[str], Awaitable[None]],
     cache_salt: str | None = None,
     adapter: str | None = None,
+    *,
+    before_first: Callable[[], Awaitable[object]],
 ) -> str:
     """Streams the generation; returns the finish reason ("stop", "length" or "abort").
 
+    ``before_first()`` appends the ``begin`` audit record; it runs beside the engine's first step and has
+    completed before any message is written; if it raises, nothing is sent and the error is the call's.
     ``before_final(finish_reason)`` runs before the final message is written (the audit record is
     appended there, so no stream completes without its record); if it raises, no final message is sent.
     """
@@ -66,6 +83,7 @@ async def stream_generation(
     finished = False
     shutdown = False
     first = True
+    begun: asyncio.Future[object] = asyncio.ensure_future(before_first())
     try:
         while not ticket.abort_requested:
             ticket.cancellable = True
@@ -80,6 +98,8 @@ async def stream_generation(
             rec.cached_tokens = out.cached_prompt_tokens or rec.cached_tokens
             if out.text:
                 rec.completion_parts.append(out.text)
+            if first:
+                await asyncio.shield(begun)  # the begin record is durable before the first message
             msg = convert.delta(request_id, out, digest=digest if first or out.finished else "")
             first = False
             if out.finished:
@@ -103,6 +123,7 @@ async def stream_generation(
         shutdown = True
     finally:
         await asyncio.shield(_release(engine, request_id, it, finished))
+        await asyncio.shield(_settled(begun))  # so the call's final record follows its begin record
     # Shutdown past the grace period: end the stream with an explicit ABORT and the usage so far.
     assert shutdown
     log.info("generation aborted by shutdown after %d tokens", rec.completion_tokens)
@@ -112,6 +133,7 @@ async def stream_generation(
         usage=convert.usage(rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens),
         model_digest=digest,
     )
+    await begun  # finished (above); its failure is the call's before anything is sent
     await before_final("abort")
     await context.write(final)
     return "abort"

@@ -24,7 +24,7 @@ from bastion.observability.logs import request_id_var
 from bastion.server.caller import caller_var
 from bastion.server.gate import SecurityGate
 from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
-from bastion.server.status import grpc_status
+from bastion.server.status import grpc_status, internal_message
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         log.debug("security gate failure detail", exc_info=exc)
         await context.abort(
             grpc.StatusCode.INTERNAL,
-            f"internal error (request_id={rid})",
+            internal_message(rid),
             trailing_metadata=((REQUEST_ID_METADATA_KEY, rid),),
         )
         raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

@@ -20,6 +20,7 @@ import grpc
 
 from bastion.config import HealthSettings, ServerSettings, TlsSettings, is_loopback, parse_listen
 from bastion.errors import ConfigError
+from bastion.files import file_stamps
 from bastion.server.health import WatchLimits
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,7 @@ class _CertReloader:
         self.reloads = 0
 
     def _stamps(self) -> tuple[tuple[int, int, int], ...]:
-        out = []
-        for p in self._paths:
-            try:
-                st = os.stat(p)
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                out.append((0, 0, 0))
-        return tuple(out)
+        return file_stamps(self._paths)
 
     def _load(self) -> grpc.ServerCertificateConfiguration:
         tls = self._tls

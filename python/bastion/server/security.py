@@ -53,7 +53,8 @@ def build_security(settings: Settings, on_audit_failure: Callable[[], None], aud
     assert settings.tenancy.policy_file is not None
     policy = TenancyPolicy.load(settings.tenancy.policy_file)
     guard = TenantGuard(policy)
-    authenticator = Authenticator(settings.auth, client_ca=settings.server.tls.client_ca_file is not None)
+    client_ca_file = settings.server.tls.client_ca_file
+    authenticator = Authenticator(settings.auth, client_ca=client_ca_file is not None, client_ca_file=client_ca_file)
     audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
     recorder = AuditRecorder(audit)
     # With a health listener for probes, Watch on the main listener needs a principal (server/gate.py).

@@ -8,7 +8,9 @@ INTERNAL with the text ``internal error (request_id=...)`` and nothing else.
 The auth interceptor has already authenticated the caller and mapped it to a tenant
 (:func:`current_caller`); here the tenant's policy is enforced (model allowed, per-request token cap,
 streams, rate limits) and every RPC ends with exactly one audit record, appended (durably) before the
-final response or status is sent. A failing audit log fails the call (UNAVAILABLE).
+final response or status is sent; a Generate stream's ``begin`` record is durable before its first delta
+(``bastion.server.generate``). A failing audit log fails the call (UNAVAILABLE); so does a failing content
+log for a tenant that opted in (INTERNAL, with its record).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import grpc
 from bastion.assurance.drift import DriftMonitor
 from bastion.assurance.release import ReleaseBook
 from bastion.audit.content import ContentStore
+from bastion.audit.errors import ContentLogError
 from bastion.config import Settings
 from bastion.engine.protocol import Engine, EnginePool
 from bastion.errors import BastionError, NotFound, Unavailable
@@ -39,7 +42,7 @@ from bastion.server.generate import stream_generation
 from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
 from bastion.server.interceptor import abort_metadata
 from bastion.server.public_prefixes import PublicPrefixMatcher
-from bastion.server.status import grpc_status
+from bastion.server.status import grpc_status, internal_message
 from bastion.server.validation import InputSpec, fit_context, validate_generate, validate_input
 from bastion.tenancy.guard import TenantGuard
 from bastion.tenancy.partition import PartitionKeys
@@ -145,17 +148,28 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         prompt: str | None = None,
         exc: BaseException | None = None,
     ) -> None:
-        """Appends this RPC's one audit record (durable when this returns)."""
+        """Appends this RPC's one audit record (durable when this returns; a Generate stream's ``begin`` record
+        precedes it). A tenant's opted-in content is kept first; when that fails, the record says so (status
+        INTERNAL) and :class:`ContentLogError` is raised once it is durable: the call fails, with its record.
+        ``rec.audited`` is set only when nothing can stop the append any more (the content write is an await a
+        cancellation can interrupt; the append, once submitted, is not withdrawn)."""
         if rec.audited:
             return
-        rec.audited = True
         retention = ""
+        content_error: ContentLogError | None = None
         opt_in = caller.assignment.limits.content_logging
         if opt_in.enabled and self._state.content is not None and prompt is not None and code == grpc.StatusCode.OK:
-            await asyncio.to_thread(
-                self._state.content.write, caller.tenant, rec.request_id, prompt, "".join(rec.completion_parts)
-            )
-            retention = f"{opt_in.retention_days}d"
+            try:
+                await asyncio.to_thread(
+                    self._state.content.write, caller.tenant, rec.request_id, prompt, "".join(rec.completion_parts)
+                )
+                retention = f"{opt_in.retention_days}d"
+            except Exception as err:  # noqa: BLE001 - any failure to keep the content fails the call, with its record
+                log.error("%s: content logging failed: %s at %s", rec.method, type(err).__name__, _where(err))
+                content_error = ContentLogError(f"content logging failed ({type(err).__name__})")
+                code, finish, exc = grpc.StatusCode.INTERNAL, "", content_error
+                rec.code = code
+        rec.audited = True
         if exc is not None and is_decision(exc):
             self._guard.deny(caller.tenant, rate_limited=code == grpc.StatusCode.RESOURCE_EXHAUSTED)
             await self._recorder.denied(
@@ -188,6 +202,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             reason=(exc.detail or "")[:200] if isinstance(exc, BastionError) and code != grpc.StatusCode.OK else "",
             retention=retention,
         )
+        if content_error is not None:
+            raise content_error
 
     async def _fail(
         self,
@@ -205,15 +221,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             code, message = grpc.StatusCode.UNAVAILABLE, "model engine is unavailable"
             log.error("%s failed: the engine for model %s died", rec.method, rec.model)
         else:
-            code, message = grpc.StatusCode.INTERNAL, f"internal error (request_id={rec.request_id})"
+            code, message = grpc.StatusCode.INTERNAL, internal_message(rec.request_id)
             # One line at ERROR (type and place, not the text, which could quote input); details at DEBUG.
             log.error("%s failed: internal error %s at %s", rec.method, type(exc).__name__, _where(exc))
             log.debug("%s internal error detail", rec.method, exc_info=exc)
         rec.code = code
         try:
             await self._audit(caller, rec, code, prompt=prompt, exc=exc)
-        except BastionError as audit_exc:  # the audit log failed: fail closed with its status
+        except Exception as audit_exc:  # noqa: BLE001 - the audit log failed: fail closed with its status
             code, message = grpc_status(audit_exc)
+            if code == grpc.StatusCode.INTERNAL:
+                message = internal_message(rec.request_id)
             rec.code = code
         await context.abort(code, message, trailing_metadata=abort_metadata(rec.request_id, exc))
 
@@ -255,7 +273,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     self._guard.check_adapter(caller.assignment, spec.adapter)
                 engine = self._engine(spec.input.model)
                 info = engine.info
-                rec.model, rec.digest = info.name, info.digest
+                rec.resolve(info.name, info.digest)
                 if spec.adapter is not None and spec.adapter not in info.adapters:
                     raise NotFound(public="adapter not found for the model")
                 self._state.releases.check(caller.assignment.roles, info.name, spec.adapter)
@@ -264,7 +282,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     spec = replace(spec, sampling=replace(spec.sampling, max_tokens=cap))
                 with self._state.admission.admit(rid, counted=True) as ticket:
                     try:
-                        ids = await engine.tokenize(spec.input.prompt, spec.input.conversation)
+                        ids = await engine.tokenize(
+                            spec.input.prompt,
+                            spec.input.conversation,
+                            raw_special_tokens=caller.assignment.limits.raw_special_tokens,
+                        )
                     except asyncio.CancelledError as exc:
                         self._shutdown_cancel(ticket, exc)
                     sampling = fit_context(spec, len(ids), info.max_context)
@@ -272,6 +294,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         raise Unavailable(public=SHUTTING_DOWN)
                     with self._guard.stream(caller.assignment, len(ids), sampling.max_tokens) as lease:
                         text = prompt
+
+                        async def before_first() -> None:
+                            await self._recorder.begin(
+                                request_id=rid,
+                                method=caller.method,
+                                peer=caller.peer,
+                                principal=caller.principal,
+                                tenant=caller.tenant,
+                                model=rec.model,
+                                model_digest=rec.digest,
+                                client_request_id=rec.client_request_id,
+                                prompt_tokens=len(ids),
+                                prompt_text=text,
+                            )
 
                         async def before_final(finish: str) -> None:
                             lease.settle(rec.prompt_tokens, rec.completion_tokens)
@@ -290,6 +326,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             before_final,
                             tag,
                             spec.adapter,
+                            before_first=before_first,
                         )
                 log.info(
                     "generate done tenant=%s model=%s client_id=%s prompt_tokens=%d completion_tokens=%d finish=%s",
@@ -315,12 +352,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 rec.model = spec.model
                 self._guard.check_model(caller.assignment, spec.model)
                 engine = self._engine(spec.model)
-                rec.model, rec.digest = engine.info.name, engine.info.digest
+                rec.resolve(engine.info.name, engine.info.digest)
                 self._state.releases.check(caller.assignment.roles, engine.info.name, None)
                 self._guard.take_request(caller.assignment)
                 with self._state.admission.admit(rid, counted=False) as ticket:
                     try:
-                        ids = await engine.tokenize(spec.prompt, spec.conversation)
+                        ids = await engine.tokenize(
+                            spec.prompt,
+                            spec.conversation,
+                            raw_special_tokens=caller.assignment.limits.raw_special_tokens,
+                        )
                     except asyncio.CancelledError as exc:
                         self._shutdown_cancel(ticket, exc)
                 rec.prompt_tokens = len(ids)

@@ -45,6 +45,11 @@ def status_code(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def internal_message(request_id: str) -> str:
+    """What a client reads for an INTERNAL failure: the request id only (no class name, path or text)."""
+    return f"{INTERNAL_MESSAGE} (request_id={request_id})"
+
+
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-safe message for any exception; unknown ones fall closed to INTERNAL."""
     if isinstance(exc, BastionError):

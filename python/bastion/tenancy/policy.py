@@ -78,6 +78,9 @@ class TenantPolicy(BaseModel):
     kv_reserved_blocks: int = Field(default=0, ge=0, le=1 << 30)
     kv_max_blocks: int = Field(default=0, ge=0, le=1 << 30)
     content_logging: ContentLogging = ContentLogging()
+    # A raw `prompt`'s special-token strings (e.g. <|im_start|>) become special tokens only when true; message
+    # contents never do.
+    raw_special_tokens: bool = False
 
     @model_validator(mode="after")
     def _kv_budget(self) -> TenantPolicy:

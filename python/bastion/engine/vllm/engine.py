@@ -25,6 +25,7 @@ from bastion.engine.protocol import (
 )
 from bastion.engine.vllm.device import Device, resolve_dtype
 from bastion.engine.vllm.stats import StatsSink, make_stat_logger_factory
+from bastion.engine.vllm.tokens import PromptTokenizer
 from bastion.errors import EngineError, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class VllmEngine:
         self._info = info
         self._sink = sink
         self._loras = dict(adapters or {})  # adapter name -> vLLM LoRARequest
-        self._tokenizer = llm.get_tokenizer()
+        self._tokens = PromptTokenizer(llm.get_tokenizer())
         self._stopped = False
 
     @classmethod
@@ -154,21 +155,23 @@ class VllmEngine:
     def is_dead(self) -> bool:
         return bool(self._llm.errored)
 
-    def _tokenize_sync(self, prompt: str | None, conversation: Sequence[ChatTurn] | None) -> list[int]:
-        tok = self._tokenizer
+    def _tokenize_sync(
+        self, prompt: str | None, conversation: Sequence[ChatTurn] | None, raw_special_tokens: bool
+    ) -> list[int]:
         if conversation is not None:
-            messages = [{"role": t.role, "content": t.content} for t in conversation]
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            # The template already carries the special tokens it needs.
-            return list(tok.encode(text, add_special_tokens=False))
+            return self._tokens.conversation(conversation)
         assert prompt is not None
-        return list(tok.encode(prompt, add_special_tokens=True))
+        return self._tokens.prompt(prompt, raw_special_tokens=raw_special_tokens)
 
-    async def tokenize(self, prompt: str | None, conversation: Sequence[ChatTurn] | None) -> list[int]:
+    async def tokenize(
+        self, prompt: str | None, conversation: Sequence[ChatTurn] | None, *, raw_special_tokens: bool = False
+    ) -> list[int]:
         if self.is_dead():
             raise Unavailable()
         try:
-            return await asyncio.to_thread(self._tokenize_sync, prompt, conversation)
+            return await asyncio.to_thread(self._tokenize_sync, prompt, conversation, raw_special_tokens)
+        except InvalidArgument:
+            raise
         except Exception as exc:  # noqa: BLE001 - any template error (odd role orders, say) is the client's input
             log.debug("tokenize failed: %r", exc)
             raise InvalidArgument("conversation", "cannot be rendered with the model's chat template") from None
