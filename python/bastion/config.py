@@ -88,6 +88,12 @@ class ServerSettings(BaseModel):
     max_concurrent_streams: int = Field(default=256, ge=1, le=4096)
     # Requests admitted at once (running + queued in the engine). Over it: RESOURCE_EXHAUSTED.
     max_inflight_requests: int = Field(default=128, ge=1, le=65536)
+    # The fraction of max_inflight_requests one tenant may hold at once (at least one slot): past it the
+    # tenant is refused (RESOURCE_EXHAUSTED) while others are admitted. 0.5: no tenant can starve the rest.
+    tenant_admission_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Seconds one Generate message may wait for the client to read (HTTP/2 flow control); past it the
+    # stream is aborted and its admission slot, stream slot and engine request are released.
+    stream_write_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     # Seconds a call may take to send its request message once its headers arrived (a call holds one of the
     # listener's concurrent-RPC slots meanwhile; anonymous calls are refused from their headers alone).
     request_read_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)

@@ -160,6 +160,9 @@ def launch_server(
 listen = "unix:{sock}"
 grace_period_s = 30
 max_inflight_requests = 8
+# bastion eval (concurrency 8) and the KV flood run one tenant against these 8 slots; the per-tenant share
+# is tested in tests/grpc/test_tenant_limits_first.py.
+tenant_admission_share = 1.0
 {model_toml}
 [observability]
 metrics_listen = "127.0.0.1:{port}"

@@ -104,7 +104,7 @@ async def test_prompt_longer_than_context() -> None:
 
 async def test_overload_is_resource_exhausted() -> None:
     engine = FakeEngine(hang_after=1)
-    settings = make_settings(server={"max_inflight_requests": 2})
+    settings = make_settings(server={"max_inflight_requests": 2, "tenant_admission_share": 1.0})  # the global bound
     async with running_server([engine], settings=settings) as srv:
         calls = [srv.stub.Generate(prompt_request(max_tokens=5)) for _ in range(2)]
         for c in calls:

@@ -105,8 +105,8 @@ def test_token_rate_charges_and_refunds() -> None:
     a = g.resolve("p-a")
     with g.stream(a, 100, 100) as lease:  # charges 200 of 300
         lease.settle(100, 10)  # used 110: 90 refunded
-    with g.stream(a, 90, 100):  # 190 available → exactly fits
-        pass
+    with g.stream(a, 90, 100) as running:  # 190 available → exactly fits
+        running.start()  # reached the engine: the charge is kept
     c.t += 0.0
     with pytest.raises(RateLimited) as err, g.stream(a, 50, 50):
         pass
@@ -124,3 +124,22 @@ def test_reload_retunes_and_keeps_state() -> None:
         g.check_adapter(a2, "x")
         assert {x.tenant: x for x in g.usage()}["a"].active_streams == 1
     assert {x.tenant: x for x in g.usage()}["a"].active_streams == 0
+
+
+def test_an_estimated_charge_is_corrected_after_tokenizing() -> None:
+    g = TenantGuard(policy(), Clock())
+    a = g.resolve("p-a")
+    tokens = g._state("a").tokens  # the bucket level is what this test is about
+    with g.stream(a, 250, 100, estimate=True) as lease:  # 350 > the burst of 300: capped at 300
+        assert lease.charged == 300 and tokens.level == 0
+        lease.adjust(40, 100)  # the real prompt: 40 tokens; 160 refunded
+        assert lease.charged == 140 and tokens.level == 160
+        lease.start()
+    assert tokens.level == 160  # started: the charge is kept until settled
+    with g.stream(a, 10, 10, estimate=True) as lease:
+        lease.adjust(30, 10)  # the estimate missed 20: taken now
+        assert lease.charged == 40 and tokens.level == 120
+    assert tokens.level == 160  # never reached the engine: all given back
+    with g.stream(a, 10, 10, estimate=True) as lease, pytest.raises(InvalidArgument):
+        lease.adjust(250, 100)  # the real charge exceeds the burst
+    assert tokens.level == 160

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from bastion.errors import Overloaded, Unavailable
+from bastion.errors import Overloaded, RateLimited, Unavailable
 from bastion.server.admission import Admission
 
 
@@ -57,3 +57,18 @@ async def test_abort_all_cancels_tasks_waiting_on_the_engine() -> None:
     assert adm.abort_all() == 2
     await asyncio.gather(*tasks)
     assert sorted(seen) == ["cancelled", "finished aborted=True"]
+
+
+async def test_one_tenant_holds_at_most_its_share() -> None:
+    adm = Admission(max_inflight=5, tenant_share=0.5)  # ceil(2.5): three per tenant
+    assert adm.tenant_cap == 3
+    with adm.admit("a1", counted=True, tenant="a"), adm.admit("a2", counted=True, tenant="a"):
+        with adm.admit("a3", counted=True, tenant="a"):
+            with pytest.raises(RateLimited), adm.admit("a4", counted=True, tenant="a"):
+                pass
+            with adm.admit("t", counted=False, tenant="a"), adm.admit("b1", counted=True, tenant="b"):
+                assert adm.tenant_inflight("a") == 3 and adm.tenant_inflight("b") == 1 and adm.inflight == 4
+        with adm.admit("a3'", counted=True, tenant="a"):  # released: the tenant may take it again
+            pass
+    assert adm.tenant_inflight("a") == 0 and adm.inflight == 0
+    assert Admission(max_inflight=1, tenant_share=0.01).tenant_cap == 1  # never below one slot

@@ -2,16 +2,23 @@
 
 Every Inference RPC registers a :class:`Ticket` while it runs so shutdown can wait for them; only
 Generate tickets count against ``server.max_inflight_requests``. A full server answers
-RESOURCE_EXHAUSTED at once instead of queueing without bound.
+RESOURCE_EXHAUSTED at once instead of queueing without bound. One tenant holds at most
+``max(1, ceil(server.tenant_admission_share * max_inflight_requests))`` of those slots at once; past its
+share it is refused (RESOURCE_EXHAUSTED, a rate-limit decision) while other tenants are still admitted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bastion.errors import Overloaded, Unavailable
+from bastion.errors import Overloaded, RateLimited, Unavailable
+
+# Retry hint when a tenant holds its whole share of admission (generations end at unknown times).
+SHARE_RETRY_S = 1.0
 
 
 class Ticket:
@@ -35,10 +42,15 @@ class Ticket:
 
 
 class Admission:
-    def __init__(self, max_inflight: int) -> None:
+    def __init__(self, max_inflight: int, tenant_share: float = 1.0) -> None:
+        if not 0.0 < tenant_share <= 1.0:
+            raise ValueError("tenant_share must be in (0, 1]")
         self._max = max_inflight
+        # Counted slots one tenant may hold at once.
+        self.tenant_cap = max(1, math.ceil(tenant_share * max_inflight))
         self._tickets: dict[int, Ticket] = {}
         self._counted = 0
+        self._by_tenant: Counter[str] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = False
@@ -53,23 +65,37 @@ class Admission:
         """Every tracked RPC."""
         return len(self._tickets)
 
+    def tenant_inflight(self, tenant: str) -> int:
+        """Admitted generations of one tenant (bounded by :attr:`tenant_cap`)."""
+        return self._by_tenant[tenant]
+
     @contextmanager
-    def admit(self, request_id: str, *, counted: bool) -> Iterator[Ticket]:
-        """Tracks the current RPC; raises Unavailable when draining, Overloaded when full (counted only)."""
+    def admit(self, request_id: str, *, counted: bool, tenant: str | None = None) -> Iterator[Ticket]:
+        """Tracks the current RPC; raises Unavailable when draining, Overloaded when full and RateLimited
+        when ``tenant`` holds its share (counted only)."""
         if self.closed:
             raise Unavailable(public="server is shutting down")
         if counted and self._counted >= self._max:
             raise Overloaded()
+        holder = tenant if counted else None  # whose share the slot counts against
+        if holder is not None and self._by_tenant[holder] >= self.tenant_cap:
+            raise RateLimited(SHARE_RETRY_S, detail="tenant admission share")
         ticket = Ticket(request_id, counted)
         key = id(ticket)
         self._tickets[key] = ticket
         self._counted += counted
+        if holder is not None:
+            self._by_tenant[holder] += 1
         self._idle.clear()
         try:
             yield ticket
         finally:
             del self._tickets[key]
             self._counted -= counted
+            if holder is not None:
+                self._by_tenant[holder] -= 1
+                if not self._by_tenant[holder]:
+                    del self._by_tenant[holder]
             if not self._tickets:
                 self._idle.set()
 

@@ -11,7 +11,10 @@ Endings:
     propagates and the engine request is aborted and its iterator closed on the way out;
   * shutdown past the grace period (``Ticket.request_abort``): the engine request is aborted and the
     client gets a final message with FINISH_REASON_ABORT and the usage so far, then status OK;
-  * the engine raises: the error propagates to the servicer (UNAVAILABLE when the engine is dead).
+  * the engine raises: the error propagates to the servicer (UNAVAILABLE when the engine is dead);
+  * the client stops reading: a message that HTTP/2 flow control keeps from being sent for
+    ``write_timeout`` seconds (``server.stream_write_timeout_s``) ends the stream with :class:`Unavailable`;
+    the engine request is aborted here and the servicer releases the slots and records the call.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 
 from bastion.engine.protocol import Engine, EngineOutput, EngineRequest, SamplingSpec
-from bastion.errors import EngineError
+from bastion.errors import EngineError, Unavailable
 from bastion.observability.telemetry import RpcRecord, Telemetry
 from bastion.server import convert
 from bastion.server.admission import Ticket
@@ -45,6 +48,20 @@ async def _release(engine: Engine, request_id: str, it: AsyncIterator[EngineOutp
             await aclose()
         except Exception:
             log.debug("closing the engine stream failed", exc_info=True)
+
+
+STALLED = "stream aborted: the client did not read the response in time"
+
+
+async def _write(context: grpc.aio.ServicerContext, msg: pb.GenerateResponse, timeout: float | None) -> None:
+    """Writes one message; :class:`Unavailable` when the client has not taken it within ``timeout`` s."""
+    if timeout is None:
+        await context.write(msg)
+        return
+    try:
+        await asyncio.wait_for(context.write(msg), timeout)
+    except TimeoutError:
+        raise Unavailable(f"stream write blocked for {timeout:g} s", public=STALLED) from None
 
 
 async def _settled(task: asyncio.Future[object]) -> None:
@@ -69,6 +86,7 @@ async def stream_generation(
     adapter: str | None = None,
     *,
     before_first: Callable[[], Awaitable[object]],
+    write_timeout: float | None = None,
 ) -> str:
     """Streams the generation; returns the finish reason ("stop", "length" or "abort").
 
@@ -110,7 +128,7 @@ async def stream_generation(
             if finished:
                 ticket.cancellable = False
                 await before_final(out.finish_reason or "stop")
-            await context.write(msg)
+            await _write(context, msg, write_timeout)
             if finished:
                 return out.finish_reason or "stop"
         shutdown = True  # asked to stop while writing: the loop condition ended it
@@ -135,5 +153,5 @@ async def stream_generation(
     )
     await begun  # finished (above); its failure is the call's before anything is sent
     await before_final("abort")
-    await context.write(final)
+    await _write(context, final, write_timeout)
     return "abort"

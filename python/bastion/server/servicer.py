@@ -43,7 +43,7 @@ from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
 from bastion.server.interceptor import abort_metadata
 from bastion.server.public_prefixes import PublicPrefixMatcher
 from bastion.server.status import grpc_status, internal_message
-from bastion.server.validation import InputSpec, fit_context, validate_generate, validate_input
+from bastion.server.validation import InputSpec, fit_context, prompt_token_bound, validate_generate, validate_input
 from bastion.tenancy.guard import TenantGuard
 from bastion.tenancy.partition import PartitionKeys
 from bastion.v1 import inference_pb2 as pb
@@ -69,7 +69,7 @@ class ServerState:
     ) -> None:
         self.settings = settings
         self.pool: EnginePool | None = None
-        self.admission = Admission(settings.server.max_inflight_requests)
+        self.admission = Admission(settings.server.max_inflight_requests, settings.server.tenant_admission_share)
         self.guard = guard
         self.recorder = recorder
         # Opt-in per-tenant content logging (tenancy policy content_logging); None: never.
@@ -109,6 +109,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._guard = state.guard
         self._recorder = state.recorder
         self._public = PublicPrefixMatcher()
+        self._write_timeout = state.settings.server.stream_write_timeout_s
 
     async def _partition_tag(self, caller: Caller, engine: Engine, spec: InputSpec, ids: list[int]) -> str:
         """The engine-side partition of this request: tenant key, public prefix length, KV budget."""
@@ -280,7 +281,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 cap = caller.assignment.limits.max_tokens_per_request
                 if not spec.max_tokens_explicit and spec.sampling.max_tokens > cap:
                     spec = replace(spec, sampling=replace(spec.sampling, max_tokens=cap))
-                with self._state.admission.admit(rid, counted=True) as ticket:
+                # The tenant's limits first, on an upper bound of the prompt's tokens: a tenant over its
+                # rate or stream limit never takes an admission slot or the tokenizer.
+                bound = prompt_token_bound(spec.input)
+                with (
+                    self._guard.stream(caller.assignment, bound, spec.sampling.max_tokens, estimate=True) as lease,
+                    self._state.admission.admit(rid, counted=True, tenant=caller.tenant) as ticket,
+                ):
                     try:
                         ids = await engine.tokenize(
                             spec.input.prompt,
@@ -290,44 +297,46 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     except asyncio.CancelledError as exc:
                         self._shutdown_cancel(ticket, exc)
                     sampling = fit_context(spec, len(ids), info.max_context)
+                    lease.adjust(len(ids), sampling.max_tokens)  # the real charge: refunds the estimate's excess
                     if ticket.abort_requested:
                         raise Unavailable(public=SHUTTING_DOWN)
-                    with self._guard.stream(caller.assignment, len(ids), sampling.max_tokens) as lease:
-                        text = prompt
+                    text = prompt
 
-                        async def before_first() -> None:
-                            await self._recorder.begin(
-                                request_id=rid,
-                                method=caller.method,
-                                peer=caller.peer,
-                                principal=caller.principal,
-                                tenant=caller.tenant,
-                                model=rec.model,
-                                model_digest=rec.digest,
-                                client_request_id=rec.client_request_id,
-                                prompt_tokens=len(ids),
-                                prompt_text=text,
-                            )
-
-                        async def before_final(finish: str) -> None:
-                            lease.settle(rec.prompt_tokens, rec.completion_tokens)
-                            await self._audit(caller, rec, grpc.StatusCode.OK, finish=finish, prompt=text)
-
-                        tag = await self._partition_tag(caller, engine, spec.input, ids)
-                        finish = await stream_generation(
-                            engine,
-                            rid,
-                            ids,
-                            sampling,
-                            context,
-                            ticket,
-                            rec,
-                            self._telemetry,
-                            before_final,
-                            tag,
-                            spec.adapter,
-                            before_first=before_first,
+                    async def before_first() -> None:
+                        await self._recorder.begin(
+                            request_id=rid,
+                            method=caller.method,
+                            peer=caller.peer,
+                            principal=caller.principal,
+                            tenant=caller.tenant,
+                            model=rec.model,
+                            model_digest=rec.digest,
+                            client_request_id=rec.client_request_id,
+                            prompt_tokens=len(ids),
+                            prompt_text=text,
                         )
+
+                    async def before_final(finish: str) -> None:
+                        lease.settle(rec.prompt_tokens, rec.completion_tokens)
+                        await self._audit(caller, rec, grpc.StatusCode.OK, finish=finish, prompt=text)
+
+                    tag = await self._partition_tag(caller, engine, spec.input, ids)
+                    lease.start()
+                    finish = await stream_generation(
+                        engine,
+                        rid,
+                        ids,
+                        sampling,
+                        context,
+                        ticket,
+                        rec,
+                        self._telemetry,
+                        before_final,
+                        tag,
+                        spec.adapter,
+                        before_first=before_first,
+                        write_timeout=self._write_timeout,
+                    )
                 log.info(
                     "generate done tenant=%s model=%s client_id=%s prompt_tokens=%d completion_tokens=%d finish=%s",
                     caller.tenant,

@@ -172,6 +172,27 @@ def validate_generate(request: pb.GenerateRequest, limits: LimitSettings) -> Gen
     )
 
 
+# What a chat template may add around each turn (role markers, separators) and once (a default system
+# prompt, the generation prompt), in tokens, on top of the turns' own text.
+TEMPLATE_TOKENS_PER_TURN = 16
+TEMPLATE_TOKENS_FIXED = 128
+
+
+def prompt_token_bound(spec: InputSpec) -> int:
+    """An upper bound on the prompt's token count, known before tokenizing: its UTF-8 bytes.
+
+    A byte-level BPE tokenizer (GPT-2, Llama 3, Qwen) emits at most one token per byte of text, so the
+    byte length bounds what the text becomes; a conversation adds the roles' bytes and the template
+    allowance above. The tenant's token bucket is charged with this before the tokenizer runs and
+    corrected with the real count after (``bastion.tenancy.guard.Lease.adjust``).
+    """
+    if spec.prompt is not None:
+        return len(spec.prompt.encode("utf-8"))
+    turns = spec.conversation or ()
+    text = sum(len(t.role.encode("utf-8")) + len(t.content.encode("utf-8")) for t in turns)
+    return text + TEMPLATE_TOKENS_PER_TURN * len(turns) + TEMPLATE_TOKENS_FIXED
+
+
 def fit_context(spec: GenerateSpec, prompt_tokens: int, max_context: int) -> SamplingSpec:
     """Checks the tokenized prompt against the model context; returns the sampling spec to run.
 

@@ -63,16 +63,44 @@ class _TenantState:
 
 
 class Lease:
-    """An admitted stream: holds a stream slot and the tokens charged for it until it ends."""
+    """An admitted stream: holds a stream slot and the tokens charged for it until it ends.
 
-    __slots__ = ("_state", "charged")
+    It is taken before the prompt is tokenized, with an upper-bound estimate of the prompt's tokens;
+    :meth:`adjust` replaces the estimate with the real count. Tokens charged for a call that never reached
+    the engine (:meth:`start` not called: refused by admission, the tokenizer or the context check) are
+    given back when the lease ends; the request and the stream slot it took are not.
+    """
+
+    __slots__ = ("_state", "charged", "started")
 
     def __init__(self, state: _TenantState, charged: int) -> None:
         self._state = state
         self.charged = charged
+        self.started = False
+
+    def adjust(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Replaces the estimated charge with the real one: refunds the difference, or takes what the
+        estimate missed (RateLimited when the bucket lacks it; InvalidArgument above the burst)."""
+        charge = prompt_tokens + max_tokens
+        bucket = self._state.tokens
+        if charge <= self.charged:
+            bucket.give_back(self.charged - charge)
+            self.charged = charge
+            return
+        if charge > bucket.capacity:
+            raise InvalidArgument("sampling.max_tokens", "prompt + max_tokens exceed the tenant's token burst")
+        wait = bucket.take(charge - self.charged)
+        if wait > 0:
+            raise RateLimited(wait, detail="tenant token rate")
+        self.charged = charge
+
+    def start(self) -> None:
+        """The engine is asked to generate: the charge is kept from now on (settled at the end)."""
+        self.started = True
 
     def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Records the real usage and refunds what was charged but not used."""
+        self.started = True
         used = prompt_tokens + completion_tokens
         u = self._state.usage
         u.prompt_tokens += prompt_tokens
@@ -136,8 +164,12 @@ class TenantGuard:
         st.usage.requests += 1
 
     @contextmanager
-    def stream(self, a: Assignment, prompt_tokens: int, max_tokens: int) -> Iterator[Lease]:
-        """Admits one generation: per-request token cap, stream slot, request and token buckets."""
+    def stream(self, a: Assignment, prompt_tokens: int, max_tokens: int, *, estimate: bool = False) -> Iterator[Lease]:
+        """Admits one generation: per-request token cap, stream slot, request and token buckets.
+
+        ``estimate``: ``prompt_tokens`` is an upper bound taken before tokenizing; the charge is capped at
+        the token burst (a prompt whose real count fits the burst must still pass) and the caller corrects
+        it with :meth:`Lease.adjust` once the prompt is tokenized."""
         limits = a.limits
         if max_tokens > limits.max_tokens_per_request:
             raise InvalidArgument("sampling.max_tokens", f"at most {limits.max_tokens_per_request} for this tenant")
@@ -145,6 +177,8 @@ class TenantGuard:
         if st.usage.active_streams >= st.limits.max_concurrent_streams:
             raise RateLimited(STREAM_RETRY_S, detail="tenant concurrent streams")
         charge = prompt_tokens + max_tokens
+        if estimate:
+            charge = min(charge, int(st.tokens.capacity))
         wait = st.tokens.take(charge)
         if wait > 0:
             if wait == float("inf"):
@@ -161,6 +195,9 @@ class TenantGuard:
             yield lease
         finally:
             st.usage.active_streams -= 1
+            if not lease.started:
+                st.tokens.give_back(lease.charged)
+                lease.charged = 0
 
     def usage(self) -> list[TenantUsage]:
         return [TenantUsage(**vars(s.usage)) for _, s in sorted(self._states.items())]
