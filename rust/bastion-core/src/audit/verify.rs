@@ -439,6 +439,16 @@ pub fn verify_dir_from_witness(
             w = Walk::anchored(key, Some(witness), id, seq, prev);
         }
     }
+    walk_segments(dir, &idx, start, w)
+}
+
+/// Walk segments `idx[start..]` of `dir` (their indices must run without a gap), then finish.
+fn walk_segments(
+    dir: &Path,
+    idx: &[u32],
+    start: usize,
+    mut w: Walk<'_>,
+) -> Result<VerifyReport, CoreError> {
     for (pos, &i) in idx.iter().enumerate().skip(start) {
         let name = segment_name(i);
         if i as usize != pos {
@@ -475,20 +485,5 @@ pub fn verify_dir_with_witness(
         w.fail(&segment_name(0), 0, 0, "no audit segments in the directory");
         return Ok(w.report);
     }
-    for (pos, &i) in idx.iter().enumerate() {
-        let name = segment_name(i);
-        if i as usize != pos {
-            let missing = segment_name(pos as u32);
-            let want = w.expected();
-            w.fail(&missing, 0, want, format!("segment {missing} is missing"));
-            break;
-        }
-        let bytes = read_segment(&dir.join(&name))?;
-        let prev = pos.checked_sub(1).map(|p| segment_name(p as u32));
-        if !w.segment(&name, &bytes, pos + 1 == idx.len(), prev.as_deref()) {
-            break;
-        }
-    }
-    w.finish();
-    Ok(w.report)
+    walk_segments(dir, &idx, 0, w)
 }
