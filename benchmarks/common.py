@@ -1,16 +1,19 @@
-"""Pure helpers for the serving benchmark: workload, per-request accounting, statistics, machine info.
+"""Pure helpers for the serving benchmarks: workload, per-request accounting, statistics, machine info, and the
+pieces of a server's TOML that several benchmarks write (the quiet defaults, API-key tenants).
 
 Nothing here starts processes or opens sockets, so tests/unit/test_bench_stats.py can test it directly.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # --------------------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ def summarize_level(results: Sequence[RequestResult], wall_s: float, concurrency
         "ttft_ms": {"p50": _ms(percentile(ttfts, 50)), "p99": _ms(percentile(ttfts, 99)), "mean": _ms(mean(ttfts))},
         "itl_ms": {"p50": _ms(percentile(itls, 50)), "p99": _ms(percentile(itls, 99)), "mean": _ms(mean(itls))},
         "tpot_ms_mean": _ms(mean(tpots)),
-        "latency_ms": {"p50": _ms(percentile(lat, 50)), "p99": _ms(percentile(lat, 99))},
+        "latency_ms": {"p50": _ms(percentile(lat, 50)), "p99": _ms(percentile(lat, 99)), "mean": _ms(mean(lat))},
         "prompt_tokens": {"min": min(prompt), "mean": round(sum(prompt) / len(prompt), 2), "max": max(prompt)}
         if prompt
         else None,
@@ -257,7 +260,8 @@ def summarize_level(results: Sequence[RequestResult], wall_s: float, concurrency
     }
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b rounded to 4 places; None when either is missing or b is 0."""
     if a is None or b is None or b == 0:
         return None
     return round(a / b, 4)
@@ -271,15 +275,15 @@ def compare(bastion_levels: Sequence[dict[str, Any]], vllm_levels: Sequence[dict
         v = by_c.get(b["concurrency"])
         if v is None:
             continue
-        tput = _ratio(b["output_tok_s"], v["output_tok_s"])
-        ttft = _ratio(b["ttft_ms"]["p50"], v["ttft_ms"]["p50"])
+        tput = ratio(b["output_tok_s"], v["output_tok_s"])
+        ttft = ratio(b["ttft_ms"]["p50"], v["ttft_ms"]["p50"])
         out.append(
             {
                 "concurrency": b["concurrency"],
                 "throughput_ratio": tput,
                 "ttft_p50_ratio": ttft,
-                "ttft_p99_ratio": _ratio(b["ttft_ms"]["p99"], v["ttft_ms"]["p99"]),
-                "itl_p50_ratio": _ratio(b["itl_ms"]["p50"], v["itl_ms"]["p50"]),
+                "ttft_p99_ratio": ratio(b["ttft_ms"]["p99"], v["ttft_ms"]["p99"]),
+                "itl_p50_ratio": ratio(b["itl_ms"]["p50"], v["itl_ms"]["p50"]),
                 "goal_met": {
                     "throughput": tput is not None and tput >= 1.0,
                     "ttft_p50": ttft is not None and ttft <= 1.0,
@@ -297,7 +301,7 @@ def compare_security(on_levels: Sequence[dict[str, Any]], off_levels: Sequence[d
         off = by_c.get(on["concurrency"])
         if off is None:
             continue
-        tput = _ratio(on["output_tok_s"], off["output_tok_s"])
+        tput = ratio(on["output_tok_s"], off["output_tok_s"])
         a, b = on["ttft_ms"]["p50"], off["ttft_ms"]["p50"]
         delta = round(a - b, 2) if a is not None and b is not None else None
         out.append(
@@ -305,7 +309,7 @@ def compare_security(on_levels: Sequence[dict[str, Any]], off_levels: Sequence[d
                 "concurrency": on["concurrency"],
                 "throughput_ratio": tput,
                 "ttft_p50_delta_ms": delta,
-                "ttft_p50_ratio": _ratio(a, b),
+                "ttft_p50_ratio": ratio(a, b),
                 "goal_met": {
                     "throughput": tput is not None and tput >= 0.97,
                     "ttft_p50": delta is not None and delta <= 1.0,
@@ -320,6 +324,39 @@ def output_agreement(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:
     common = sorted(set(a) & set(b))
     same = sum(1 for k in common if a[k] == b[k])
     return {"compared": len(common), "identical": same, "fraction": round(same / len(common), 4) if common else None}
+
+
+# --------------------------------------------------------------------------------------------------
+# Server configuration
+# --------------------------------------------------------------------------------------------------
+
+# Off in benchmarks of the serving path: the go-live gate (models released without an attestation), the drift
+# and red-team probes (no background load competing with the measured calls) and the metrics listener.
+QUIET_SERVER_TOML = (
+    "[assurance]\nrequire_attestation = false\n[assurance.drift]\nenabled = false\n"
+    '[assurance.redteam]\nenabled = false\n[observability]\nmetrics_listen = ""\n'
+)
+
+
+def api_key_tenants(d: Path, tenants: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, str]]:
+    """One API key per tenant (a real key store under ``d``), a tenancy policy giving each key's principal its
+    tenant with the given limits (TenantPolicy fields), and an audit log under ``d/audit``. Returns the
+    ``[auth.api_keys]``, ``[tenancy]`` and ``[audit]`` tables, and {tenant: plaintext key}."""
+    from bastion.auth.api_keys import issue
+    from bastion.auth.principal import api_key_principal_id
+
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store, policy = d / "api-keys.json", d / "tenants.toml"
+    keys: dict[str, str] = {}
+    principals: list[str] = []
+    limits: list[str] = []
+    for name, fields in tenants.items():
+        key_id, keys[name] = issue(store, f"bench-{name}")
+        principals += ["[[principals]]", f"id = {json.dumps(api_key_principal_id(key_id))}", f'tenant = "{name}"', ""]
+        limits += [f'[tenants."{name}"]', *(f"{k} = {json.dumps(v)}" for k, v in fields.items()), ""]
+    policy.write_text("\n".join(principals + limits), encoding="utf-8")
+    toml = f'[auth.api_keys]\nfile = "{store}"\n[tenancy]\npolicy_file = "{policy}"\n[audit]\ndir = "{d / "audit"}"\n'
+    return toml, keys
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,6 +415,16 @@ def proc_memory_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of one process, in kB."""
     st = read_proc_kv(f"/proc/{pid}/status")
     return {k: st[k] for k in ("VmRSS", "VmHWM") if k in st}
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) one process has used so far; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            fields = f.read().rsplit(")", 1)[-1].split()  # comm may hold spaces: fixed fields after the last ')'
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def descendants(pid: int) -> list[int]:

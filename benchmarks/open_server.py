@@ -60,6 +60,10 @@ class _NoAudit:
     def content_hmac(self, tenant: str, text: str) -> str:
         return ""
 
+    @property
+    def accepting(self) -> bool:  # no log, no disk to run out of
+        return True
+
     async def aclose(self) -> None:
         return None
 

@@ -156,11 +156,7 @@ async def amain(args: argparse.Namespace) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="security_bench."))
     security, auth = serve_bench.secure_setup(logdir / "secure")
     ports = {m: free_port() for m in ("on", "off")}
-    base = (
-        "[assurance]\nrequire_attestation = false\n[assurance.drift]\nenabled = false\n"
-        '[assurance.redteam]\nenabled = false\n[observability]\nmetrics_listen = ""\n'
-        f"{NO_HEALTH_LISTENER}[server]\nmax_inflight_requests = 1024\n"
-    )
+    base = common.QUIET_SERVER_TOML + f"{NO_HEALTH_LISTENER}[server]\nmax_inflight_requests = 1024\n"
     configs = {
         "on": security + base + f'listen = "127.0.0.1:{ports["on"]}"\n',
         "off": base + f'listen = "127.0.0.1:{ports["off"]}"\n',

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -192,8 +192,18 @@ async def _sampler(memory: MemorySampler, stop: asyncio.Event) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+class SendSettings(Protocol):
+    """What a client's ``send`` reads of the configuration (BenchConfig; flood_bench.py gives its own)."""
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    @property
+    def request_timeout_s(self) -> float: ...
+
+
 class BastionClient:
-    def __init__(self, target: str, auth: BastionAuth, cfg: BenchConfig) -> None:
+    def __init__(self, target: str, auth: BastionAuth, cfg: SendSettings) -> None:
         from bastion.v1 import inference_pb2, inference_pb2_grpc
 
         self.pb = inference_pb2

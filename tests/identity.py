@@ -43,6 +43,8 @@ class Identity:
     keys: dict[str, str] = field(default_factory=dict)  # name → plaintext API key
     key_ids: dict[str, str] = field(default_factory=dict)
     principals: dict[str, str] = field(default_factory=dict)  # name → principal id
+    # People beyond PEOPLE (make_identity's ``people``), same form; their tenants need a ``tenants`` entry.
+    people: dict[str, tuple[str | None, list[str]]] = field(default_factory=dict)
 
     def settings(self, audit_dir: Path | None = None) -> dict[str, Any]:
         return {
@@ -76,7 +78,7 @@ class Identity:
         public_prefixes: dict[str, str] | None = None,
     ) -> None:
         lines: list[str] = []
-        for name, (tenant, roles) in PEOPLE.items():
+        for name, (tenant, roles) in {**PEOPLE, **self.people}.items():
             if tenant is None:
                 continue
             lines += [
@@ -119,11 +121,16 @@ def _toml_value(v: Any) -> str:
 
 
 def make_identity(
-    d: Path, tenants: dict[str, dict[str, Any]] | None = None, public_prefixes: dict[str, str] | None = None
+    d: Path,
+    tenants: dict[str, dict[str, Any]] | None = None,
+    public_prefixes: dict[str, str] | None = None,
+    people: dict[str, tuple[str | None, list[str]]] | None = None,
 ) -> Identity:
+    """Keys and a policy for PEOPLE and ``people`` (more names, same form: name → (tenant, roles)); a tenant
+    not among tenant-a, -b, -c and assurance is written only when ``tenants`` names it."""
     d.mkdir(parents=True, exist_ok=True)
-    ident = Identity(d, d / "tenants.toml", d / "api-keys.json")
-    for name in PEOPLE:
+    ident = Identity(d, d / "tenants.toml", d / "api-keys.json", people=dict(people or {}))
+    for name in {**PEOPLE, **ident.people}:
         key_id, key = issue(ident.api_key_store, name)
         ident.keys[name], ident.key_ids[name] = key, key_id
         ident.principals[name] = api_key_principal_id(key_id)

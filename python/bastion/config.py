@@ -91,6 +91,9 @@ class ServerSettings(BaseModel):
     # The fraction of max_inflight_requests one tenant may hold at once (at least one slot): past it the
     # tenant is refused (RESOURCE_EXHAUSTED) while others are admitted. 0.5: no tenant can starve the rest.
     tenant_admission_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Admission slots reserved for the server's own assurance probes (the red team's minimum per interval),
+    # on top of max_inflight_requests: tenants never hold them, so a tenant flood cannot starve the red team.
+    assurance_reserved_slots: int = Field(default=1, ge=1, le=64)
     # Seconds one Generate message may wait for the client to read (HTTP/2 flow control); past it the
     # stream is aborted and its admission slot, stream slot and engine request are released.
     stream_write_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)

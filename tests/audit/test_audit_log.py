@@ -126,10 +126,11 @@ async def test_the_witness_follows_after_t_seconds_when_idle(tmp_path: Path) -> 
 
 
 def _break_write(log: AuditLog, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
-    if how == "write":  # ENOSPC on the next write: the segment's descriptor now points at /dev/full
-        full = os.open("/dev/full", os.O_WRONLY)
-        os.dup2(full, log._fd)
-        os.close(full)
+    if how == "write":  # EPIPE on the next write: the segment's descriptor now is a pipe nobody reads
+        r, w = os.pipe()
+        os.close(r)
+        os.dup2(w, log._fd)
+        os.close(w)
     else:  # fsync reports EIO
 
         def eio(fd: int) -> None:

@@ -94,10 +94,13 @@ async def test_jwt_principal_and_refused_tokens(tmp_path: Path) -> None:
                 code = exc.code()
             await ch.close()
             assert code == want
-        recs = records(srv.audit_dir)
-        assert recs[0]["principal"] == f"jwt:{ISSUER}#user-42" and recs[0]["auth_method"] == "jwt"
-        assert [r["decision"] for r in recs] == ["allow", "deny", "deny", "deny", "deny"]
-        assert all(t not in json.dumps(recs) for t, _ in cases)
+    recs = records(srv.audit_dir)  # after shutdown: the coalesced refusals are written too
+    assert recs[0]["principal"] == f"jwt:{ISSUER}#user-42" and recs[0]["auth_method"] == "jwt"
+    # The three tokens refused from one peer: the first in full, the other two as one counted record.
+    assert [(r["decision"], r.get("count", 1)) for r in recs] == [("allow", 1), ("deny", 1), ("deny", 1), ("deny", 2)]
+    assert recs[1]["event"] == "authentication_failed" and recs[2]["event"] == "authorization_denied"
+    assert recs[3]["event"] == "authentication_failed" and recs[3]["reason"] == "coalesced"
+    assert all(t not in json.dumps(recs) for t, _ in cases)
 
 
 async def test_server_certificate_rotation_without_restart(tmp_path: Path) -> None:

@@ -61,3 +61,23 @@ def test_load_bench_smoke(tmp_path: Path) -> None:
     assert report["mode"] == "smoke" and report["repeats"] == 1
     for mode in ("plain_read", "hash_only", "verify_decrypt", "loader_path", "tensorizer"):
         assert report["throughput"][f"{mode}@1"]["gb_s_median"] > 0
+
+
+def test_flood_bench_smoke(tmp_path: Path) -> None:
+    report = run_bench("flood_bench.py", tmp_path / "flood.json", "--smoke")
+    assert report["mode"] == "smoke" and report["errors"] == []
+    assert report["config"]["flood"]["concurrency"] == 200 and report["config"]["token_delay_s"] > 0
+    for name in ("anchor", "flood"):
+        phase = report["phases"][name]
+        victim = phase["victim"]
+        assert victim["requests"] == 4 and victim["by_status"] == {"OK": 4} and victim["refusals"] == 0
+        for metric in ("ttft_ms", "latency_ms"):
+            assert all(victim[metric][q] > 0 for q in ("p50", "p99", "mean"))
+        assert phase["server"]["cpu_s"] is not None
+    flooder = report["phases"]["flood"]["flooder"]
+    assert flooder["streams"] == 200 and flooder["by_status"]["RESOURCE_EXHAUSTED"] > 0
+    assert report["victim_refusals"] == {"anchor": 0, "flood": 0} and report["goal_met"]["victim_zero_refusals"]
+    assert set(report["ratios_flood_over_anchor"]) == {
+        f"{m}_{q}" for m in ("ttft", "latency") for q in ("p50", "p99", "mean")
+    }
+    assert report["audit"]["refusals_in_coalesced_records"] > 0  # the flood's refusals, counted, not one record each

@@ -31,6 +31,13 @@ KV_BUDGETS = {
     "tenant-b": {"kv_reserved_blocks": 12},
     "tenant-c": {"kv_reserved_blocks": 90},
 }
+# tenant-d partitions its prefix cache per principal; frank and grace are two of its principals
+# (tests/e2e/test_isolation.py). Its KV budget is the tenancy default (no reservation, no cap).
+TENANTS = {**KV_BUDGETS, "tenant-d": {"prefix_cache_scope": "principal"}}
+MORE_PEOPLE: dict[str, tuple[str | None, list[str]]] = {
+    "frank": ("tenant-d", ["user"]),
+    "grace": ("tenant-d", ["user"]),
+}
 
 # Declared in the live server's tenancy policy as a public prefix (tests/e2e/test_isolation.py).
 PUBLIC_SYSTEM = " ".join(
@@ -153,7 +160,9 @@ def launch_server(
     marker = workdir / "plugin-markers"
     marker.mkdir(exist_ok=True)
     port, health_port = free_ports(2)
-    identity = make_identity(workdir / "identity", tenants=KV_BUDGETS, public_prefixes={"support": PUBLIC_SYSTEM})
+    identity = make_identity(
+        workdir / "identity", tenants=TENANTS, public_prefixes={"support": PUBLIC_SYSTEM}, people=MORE_PEOPLE
+    )
     audit_dir = workdir / "audit"
     config = f"""
 [server]

@@ -141,7 +141,9 @@ def perturbed_launched(
     model = perturbed_copy(plain, d / "model", scale=0.5, seed=7)
     atts = d / "attestations"
     atts.mkdir()
-    # The go-live drift baseline of the unmodified model (taken by the live server at its start).
+    # The go-live drift baseline of the unmodified model (taken by the live server at its start). Both servers
+    # use the default drift seed (<cache_dir>/keys/drift.key): the copy's MAC verifies and, without an audit
+    # record of it in the new server's log, it is adopted; the perturbed weights then alarm against it.
     drift = d / "drift"
     drift.mkdir()
     baseline_file = live_server.identity.dir / "drift" / f"{MODEL}.baseline.json"

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from e2e_metrics import scrape
 
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc
@@ -54,6 +57,30 @@ def test_an_undeclared_common_prefix_is_not_shared(live_server, model_name) -> N
     a2, _ = _cached(live_server, _raw(model_name, UNDECLARED + " Summarise the conflict rule."), "carol")
     assert a1 == 0 and b == 0  # another tenant gets nothing
     assert a2 >= 128  # within tenant A prefix caching keeps working
+
+
+def test_principal_scope_shares_nothing_between_principals_of_one_tenant(live_server, model_name) -> None:
+    """tenant-d's policy sets prefix_cache_scope = "principal" (tests/e2e/conftest.py): frank and grace, both of
+    tenant-d, share no private block, while each still hits his or her own and the declared public prefix is
+    still shared. The blocks of both are charged to tenant-d's one KV budget (its per-tenant figures)."""
+    private = "Tenant D's matter file. " + UNDECLARED
+    f1, _ = _cached(live_server, _raw(model_name, private + " Summarise the billing rule."), "frank")
+    g1, _ = _cached(live_server, _raw(model_name, private + " Summarise the deadline rule."), "grace")
+    f2, _ = _cached(live_server, _raw(model_name, private + " Summarise the conflict rule."), "frank")
+    g2, _ = _cached(live_server, _raw(model_name, private + " Summarise the retention rule."), "grace")
+    assert f1 == 0 and g1 == 0  # another principal of the same tenant gets nothing
+    assert f2 >= 128 and g2 >= 128  # within a principal prefix caching keeps working
+    _cached(live_server, _raw(model_name, PUBLIC_SYSTEM + " Is my parcel insured?"), "frank")
+    g_pub, g_prompt = _cached(live_server, _raw(model_name, PUBLIC_SYSTEM + " May I pay by cheque?"), "grace")
+    assert 128 <= g_pub <= g_prompt - 5  # the public blocks, nothing after them
+
+    time.sleep(1.5)  # the EngineCore's schedulers write their per-tenant figures at most once a second
+    _cached(live_server, _raw(model_name, "tick"), "frank")
+    values = scrape(live_server.metrics_url)
+    cached = sum(
+        v for k, v in values.items() if k.startswith("bastion_tenant_kv_blocks_cached{") and 'tenant="tenant-d"' in k
+    )
+    assert cached >= 6  # frank's and grace's private blocks (3 each), under tenant-d's one ledger entry
 
 
 def _key_file(live_server, tmp_path: Path, who: str) -> Path:

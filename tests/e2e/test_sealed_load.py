@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,23 @@ def test_signature_is_verified_in_the_loading_process(live_server: LiveServer) -
     assert m, log[-3000:]
     assert int(m.group(1)) != live_server.proc.pid  # the worker that loads, not the front end
     assert re.search(r"sealed model verified and loaded: .*smollm2-135m-instruct\.sealed, 272 tensors", log)
+    # Bound to what the server attested (issue 15, item 6): the worker found the header and OMS digest the
+    # server reports.
+    assert re.search(r"sealed model .*smollm2-135m-instruct\.sealed is the artefact the server attested \(blake3:", log)
+
+
+def test_the_front_end_reads_only_the_verified_copy(live_server: LiveServer) -> None:
+    """vLLM's front end (config, tokenizer, chat template) reads the private copy made from the bytes that
+    matched model.sig, not the sealed directory (issue 15, item 6)."""
+    log = live_server.log_text()
+    m = re.search(r"verified copy for vLLM: (\S+/verified/smollm2-135m-instruct-[0-9a-f]{16}\.\d+/model) ", log)
+    assert m, log[-3000:]
+    copy = m.group(1)
+    # vLLM's own account of its configuration: model and tokenizer are the copy.
+    assert f"model='{copy}'" in log and f"tokenizer='{copy}'" in log, log[-3000:]
+    assert Path(copy).is_dir() and (Path(copy) / "tokenizer.json").is_file()
+    assert not (Path(copy) / "weights.ctxh").exists()
+    assert stat.S_IMODE(os.stat(Path(copy).parent).st_mode) == 0o700
 
 
 def _tampered_copy(tmp_path: Path, victim: str, offset: int) -> Path:

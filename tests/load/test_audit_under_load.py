@@ -107,8 +107,9 @@ def request_records(audit: Path) -> list[dict[str, Any]]:
                 rec = json.loads(line)
             except ValueError:
                 continue  # a torn last line after SIGKILL
-            # A stream's begin record precedes its one record; it is not a second one.
-            if rec["kind"] in ("request", "decision") and rec.get("event") != BEGIN:
+            # A stream's begin record precedes its one record; it is not a second one. Records of the
+            # server's own (a drift baseline, disk levels) have no request id: they are not calls.
+            if rec["kind"] in ("request", "decision") and rec.get("event") != BEGIN and "request_id" in rec:
                 out.append(rec)
     return out
 

@@ -218,6 +218,44 @@ def test_stock_library_range_hashed_signature_accepted(model: Path, tmp_path: Pa
         check_files(model, manifest)
 
 
+def test_range_entries_checked_in_one_pass_whatever_the_chunking(model: Path, tmp_path: Path) -> None:
+    """FileCheck (the streaming comparison check_files and the verified copy use) gives the same verdict
+    however the bytes arrive: chunks smaller than, equal to and straddling the signed ranges."""
+    import model_signing
+
+    from bastion.weights.signing import FileCheck
+
+    priv = tmp_path / "k.pem"
+    pub = create_signing_key(priv)
+    hashing = (
+        model_signing.hashing.Config().use_shard_serialization(shard_size=4096).set_ignored_paths(paths=["model.sig"])
+    )
+    model_signing.signing.Config().set_hashing_config(hashing).use_elliptic_key_signer(private_key=priv).sign(
+        model, model / "model.sig"
+    )
+    manifest = verify_signature(model, key_policy(pub), "plain")
+    assert manifest is not None
+    name = "model-00001-of-00002.safetensors"
+    data = (model / name).read_bytes()
+    assert len(manifest.entries[name]) > 3
+    for chunk in (1000, 4096, 5000, len(data)):
+        check = FileCheck(model / name, manifest.entries[name])
+        for i in range(0, len(data), chunk):
+            check.update(data[i : i + chunk])
+        check.finish(len(data))
+    tampered = bytearray(data)
+    tampered[9000] ^= 1
+    check = FileCheck(model / name, manifest.entries[name])
+    with pytest.raises(IntegrityError, match=r"bytes 8192\.\.12288: digest does not match"):
+        for i in range(0, len(data), 1000):
+            check.update(bytes(tampered[i : i + 1000]))
+    for short in (data[:-1], data + b"x"):  # a byte missing or one past the last signed range
+        check = FileCheck(model / name, manifest.entries[name])
+        with pytest.raises(IntegrityError, match="do not cover the file exactly|digest does not match"):
+            check.update(short)
+            check.finish(len(short))
+
+
 def _pki(d: Path, san: str) -> dict[str, Path]:
     now = dt.datetime.now(dt.UTC)
 

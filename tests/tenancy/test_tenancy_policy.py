@@ -88,3 +88,14 @@ def test_kv_reservation_cannot_exceed_the_cap() -> None:
     bad = GOOD.replace(b"max_tokens_per_request = 64", b"kv_reserved_blocks = 9\nkv_max_blocks = 8")
     with pytest.raises(ConfigError, match="tenants.a: .*kv_reserved_blocks must not exceed kv_max_blocks"):
         TenancyPolicy.parse(bad)
+
+
+def test_prefix_cache_scope_defaults_to_the_tenant_and_is_validated() -> None:
+    p = TenancyPolicy.parse(GOOD)
+    assert p.tenants["a"].prefix_cache_scope == "tenant"  # the documented default
+    scoped = TenancyPolicy.parse(GOOD.replace(b"max_tokens_per_request = 64", b'prefix_cache_scope = "principal"'))
+    assert scoped.tenants["a"].prefix_cache_scope == "principal" and scoped.tenants["b"].prefix_cache_scope == "tenant"
+    for bad in (b'"Principal"', b'"user"', b'""', b"true", b"1"):
+        with pytest.raises(ConfigError) as err:
+            TenancyPolicy.parse(GOOD.replace(b"max_tokens_per_request = 64", b"prefix_cache_scope = " + bad))
+        assert "tenants.a.prefix_cache_scope" in err.value.public_message

@@ -72,3 +72,32 @@ async def test_one_tenant_holds_at_most_its_share() -> None:
             pass
     assert adm.tenant_inflight("a") == 0 and adm.inflight == 0
     assert Admission(max_inflight=1, tenant_share=0.01).tenant_cap == 1  # never below one slot
+
+
+async def test_reserved_slots_are_the_servers_own_and_never_a_tenants() -> None:
+    """Issue 15 (red-team budget): tenants that fill admission leave the reserved slot free for the server's
+    own probes; probes never count against tenants; past the reserve a probe waits (never fails, never takes a
+    tenant's slot); a closed admission refuses them; the drain waits for them."""
+    adm = Admission(max_inflight=2, reserved=1)
+    with adm.admit("a", counted=True, tenant="t"), adm.admit("b", counted=True, tenant="u"):
+        with pytest.raises(Overloaded), adm.admit("c", counted=True, tenant="v"):
+            pass
+        async with adm.internal("probe-1"):
+            assert adm.internal_inflight == 1 and adm.inflight == 2 and adm.active == 3
+            with pytest.raises(Overloaded), adm.admit("d", counted=True, tenant="v"):
+                pass  # the reserved slot is not a tenant's
+            second = asyncio.ensure_future(_hold_internal(adm, "probe-2"))
+            await asyncio.sleep(0.02)
+            assert not second.done() and adm.internal_inflight == 1  # waits for the reserved slot
+            assert not await adm.wait_idle(0)
+        await asyncio.wait_for(second, 1)
+    assert adm.internal_inflight == 0 and adm.active == 0 and await adm.wait_idle(0)
+    adm.close()
+    with pytest.raises(Unavailable):
+        async with adm.internal("probe-3"):
+            pass
+
+
+async def _hold_internal(adm: Admission, request_id: str) -> None:
+    async with adm.internal(request_id):
+        await asyncio.sleep(0)

@@ -2,10 +2,14 @@
 
 A scheduler rotates through the probes of a suite (``assurance.redteam.profile``) against every served
 model, straight into the engine (no tenant, no cache salt: each probe lands in a partition of its own),
-greedy, one probe at a time. It stays out of tenant traffic's way: a batch of ``batch_size`` probes every
-``interval_s``, at most ``max_probes_per_hour`` in any sliding hour, and a probe starts only while tenant
-generations in flight are at most ``max_tenant_inflight`` (0: only when idle); a probe it could not run
-is simply not run (counted as deferred).
+greedy, one probe at a time. Its budget: a batch of ``batch_size`` probes every ``interval_s``, at most
+``max_probes_per_hour`` in any sliding hour. Within a batch, the first ``min_probes_per_interval`` probes run
+whatever the tenant load: a tenant flood must not switch continuous red-teaming off, so the minimum is kept
+under continuous load. Every probe holds one of the admission slots reserved for the server's own probes
+(``server.assurance_reserved_slots``, on top of ``max_inflight_requests``: ``reserve``), so it never waits
+for a tenant's slot and never takes one. The rest of the batch stays out of tenant traffic's way: it runs
+only while tenant generations in flight are at most ``max_tenant_inflight`` (0: only when idle), and leaves the
+minimum its share of the hourly budget; a probe it could not run is simply not run (counted as deferred).
 
 Every outcome is scored by the suite's detectors; every finding (a hit) is an audit decision record
 (event ``redteam_finding``, the probe id and family, never the text) and counts in
@@ -20,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,14 +55,25 @@ class RedTeamState:
     probes: int = 0
     findings: int = 0
     deferred: int = 0
+    under_load: int = 0  # probes of the per-interval minimum run while tenants were over max_tenant_inflight
     alerts: int = 0
     cursor: int = 0
     per_family: dict[str, list[int]] = field(default_factory=dict)  # family -> [probes, findings]
     windows: dict[str, FamilyWindow] = field(default_factory=dict)
 
 
+Reserve = Callable[[str], AbstractAsyncContextManager[Any]]
+
+
+@asynccontextmanager
+async def _no_reserve(request_id: str) -> Any:
+    yield None
+
+
 class RedTeam:
-    """The scheduler for one engine. ``tenant_inflight()``: tenant generations in flight now."""
+    """The scheduler for one engine. ``tenant_inflight()``: tenant generations in flight now; ``reserve(id)``:
+    one of the admission slots reserved for the server's own probes, held while a probe runs
+    (``Admission.internal``; None: none, for tests of the scoring alone)."""
 
     def __init__(
         self,
@@ -66,46 +83,65 @@ class RedTeam:
         tenant_inflight: Callable[[], int],
         on_event: Callable[[str, str, str, str, str], Awaitable[None]],
         baseline: dict[str, Any] | None = None,
+        reserve: Reserve | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.releases = releases
         self.tenant_inflight = tenant_inflight
+        self.reserve = reserve or _no_reserve
         self.on_event = on_event  # (event, model, digest, reason, action)
         self.suite = load_suite(settings.profile, canary_seed=secrets.token_bytes(32))
         self.baseline = {f: (int(v["hits"]), int(v["n"])) for f, v in (baseline or {}).get("figures", {}).items()}
         self.state = RedTeamState(engine.info.name)
+        # Start times of the probes in the last hour: all of them, and those beyond the per-interval minimum.
         self._recent: collections.deque[float] = collections.deque()
+        self._extra: collections.deque[float] = collections.deque()
+        # The extra probes leave the minimum its share of the hourly budget (settings check it fits).
+        batches = math.ceil(3600.0 / settings.interval_s)
+        self._extra_cap = settings.max_probes_per_hour - settings.min_probes_per_interval * batches
 
-    def _budget_left(self) -> bool:
+    def _budget_left(self, minimum: bool) -> bool:
         now = time.monotonic()
-        while self._recent and now - self._recent[0] > 3600.0:
-            self._recent.popleft()
-        return len(self._recent) < self.settings.max_probes_per_hour
+        for q in (self._recent, self._extra):
+            while q and now - q[0] > 3600.0:
+                q.popleft()
+        if len(self._recent) >= self.settings.max_probes_per_hour:
+            return False
+        return minimum or len(self._extra) < self._extra_cap
 
     async def _run_probe(self, probe: Probe) -> bool:
-        turns = [ChatTurn(role=r, content=c) for r, c in probe.messages]
-        ids = await self.engine.tokenize(None, turns)
-        request = EngineRequest(
-            request_id=f"redteam-{secrets.token_hex(8)}",
-            prompt_token_ids=tuple(ids),
-            sampling=SamplingSpec(max_tokens=probe.max_tokens, temperature=0.0, seed=0),
-        )
-        text = "".join([out.text async for out in self.engine.generate(request)])
+        request_id = f"redteam-{secrets.token_hex(8)}"
+        async with self.reserve(request_id):
+            turns = [ChatTurn(role=r, content=c) for r, c in probe.messages]
+            ids = await self.engine.tokenize(None, turns)
+            request = EngineRequest(
+                request_id=request_id,
+                prompt_token_ids=tuple(ids),
+                sampling=SamplingSpec(max_tokens=probe.max_tokens, temperature=0.0, seed=0),
+            )
+            text = "".join([out.text async for out in self.engine.generate(request)])
         return score(probe, text) >= 0.5
 
     async def batch(self) -> int:
-        """Runs up to batch_size probes now (within budget, while tenants leave room); returns how many ran."""
+        """Runs up to batch_size probes now, within the hourly budget: the first min_probes_per_interval
+        whatever the tenant load, the rest only while tenants leave room; returns how many ran."""
         st, ran = self.state, 0
-        for _ in range(self.settings.batch_size):
-            if not self._budget_left():
+        for i in range(self.settings.batch_size):
+            minimum = i < self.settings.min_probes_per_interval
+            if not self._budget_left(minimum):
                 break
-            if self.tenant_inflight() > self.settings.max_tenant_inflight:
+            busy = self.tenant_inflight() > self.settings.max_tenant_inflight
+            if busy and not minimum:
                 st.deferred += 1
                 break
+            st.under_load += busy
             probe = self.suite.probes[st.cursor % len(self.suite.probes)]
             st.cursor += 1
-            self._recent.append(time.monotonic())
+            now = time.monotonic()
+            self._recent.append(now)
+            if not minimum:
+                self._extra.append(now)
             hit = await self._run_probe(probe)
             ran += 1
             await self._record(probe, hit)

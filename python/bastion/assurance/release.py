@@ -29,7 +29,8 @@ newest verdict of every accepted suite that has one is PASSED.
 Otherwise the model is *evaluation-only*: principals with the "evaluator" role may call it (that is how
 ``bastion eval`` produces the attestation), everybody else gets FAILED_PRECONDITION.
 
-**Quarantine.** A model can also be *quarantined* (a confirmed drift or red-team regression, by policy):
+**Quarantine.** A model can also be *quarantined* (a confirmed drift or red-team regression, or a drift
+baseline integrity alarm, by policy):
 then nobody but evaluators may call it, whatever attestation exists. The decision is first written to the
 audit log (a ``decision`` record with ``decision`` = ``quarantine``, ``bastion.server.audit_recorder``), and
 that log is the only store: at start :meth:`ReleaseBook.restore_quarantines` re-derives the quarantined set
@@ -45,9 +46,10 @@ from __future__ import annotations
 import errno
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bastion.assurance.attestation import (
     ADAPTER_KIND,
@@ -73,6 +75,8 @@ MAX_FILES = 4096
 # The audit records' ``decision`` values that put a model in quarantine and take it out (kind "decision").
 QUARANTINE = "quarantine"
 QUARANTINE_LIFTED = "quarantine_lifted"
+# The principal of the server's own assurance decisions (alerts, quarantines, drift baselines).
+ASSURANCE_PRINCIPAL = "bastion:assurance"
 
 
 class NotReleased(FailedPrecondition):
@@ -217,9 +221,10 @@ class ReleaseBook:
             log.info("model %s: quarantine lifted (it was: %s)", model, reason)
         return reason is not None
 
-    def restore_quarantines(self, audit_dir: Path) -> int:
+    def restore_quarantines(self, audit_dir: Path, observe: Callable[[dict[str, Any]], None] | None = None) -> int:
         """Re-derives the quarantined models from the audit log in ``audit_dir`` (at start, before any
-        request); returns how many are quarantined.
+        request); returns how many are quarantined. ``observe`` sees every ``decision`` record of the same
+        pass, in order (the drift monitor's baseline ledger, :class:`bastion.assurance.drift.BaselineLedger`).
 
         Per model name, its last ``decision`` record with ``decision`` = :data:`QUARANTINE` or
         :data:`QUARANTINE_LIFTED` decides, whatever model digest is served now. Raises ``IntegrityError``
@@ -235,6 +240,8 @@ class ReleaseBook:
         """
         found: dict[str, str] = {}
         for rec in iter_records(audit_dir, kinds=("decision",)):
+            if observe is not None:
+                observe(rec)
             model, action = rec.get("model"), rec.get("decision")
             if not isinstance(model, str) or not model:
                 continue
@@ -248,6 +255,15 @@ class ReleaseBook:
         for model, reason in found.items():
             log.error("model %s stays QUARANTINED (recorded in the audit log): %s", model, reason)
         return len(found)
+
+    def attested(self, model: str) -> bool:
+        """Whether the attestations release ``model`` (its served digest), whatever its quarantine; always
+        True when attestations are not required. An admin's re-baselining of drift needs it."""
+        if not self.enforced:
+            return True
+        with self._lock:
+            rel = self._models.get(model)
+        return rel is not None and rel.state == RELEASED
 
     def release(self, model: str) -> Release:
         with self._lock:

@@ -36,6 +36,11 @@ def open_segment(path: Path, expected_len: int) -> int:
     return fd
 
 
+def sync(fd: int) -> None:
+    """Make the file's data (and its size) durable."""
+    _SYNC(fd)
+
+
 def write_all(fd: int, data: bytes | bytearray) -> None:
     """Write every byte (looping over short writes) and make them durable."""
     view = memoryview(data)

@@ -3,10 +3,16 @@
 ``await log.append(kind, fields)`` returns the record's seq only after its bytes are fsynced, so a server
 that awaits it before sending the final response never answers a call whose record could be lost. Records
 queued together are sealed (seq assigned) in queue order, written with one ``write`` and one ``fsync``, then
-acknowledged; a batch waits at most ``commit_max_delay_ms`` for company. A failed write or fsync fails the
-log for good: every pending and later ``append`` raises ``AuditUnavailable``, and ``on_failure`` is called
-once (from the writer thread) before any of them fails. The format and chain are the Rust core's; see
-docs/audit-log.md.
+acknowledged; a batch waits at most ``commit_max_delay_ms`` for company.
+
+No space (ENOSPC, EDQUOT) suspends the log instead of failing it: the batch's records are refused
+(``AuditUnavailable``; none was acknowledged), the segment is cut back to its last acknowledged byte and the
+chain re-read from disk, and every later ``append`` is refused until the writer, polling free space,
+durably writes an ``audit_resumed`` record; then the chain continues. :attr:`AuditLog.accepting` is False
+meanwhile, and while free space is below the reserve (``bastion.audit.disk``), which the server turns into
+health NOT_SERVING and refusals of new calls. Any other failed write or fsync fails the log for good: every
+pending and later ``append`` raises ``AuditUnavailable``, and ``on_failure`` is called once (from the writer
+thread) before any of them fails. The format and chain are the Rust core's; see docs/audit-log.md.
 """
 
 from __future__ import annotations
@@ -26,17 +32,24 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import bastion
-from bastion.audit import files, resume
+from bastion.audit import disk, files, resume
 from bastion.audit.errors import AuditUnavailable
 from bastion.audit.keys import AuditKeys, load_keys, private_dir
 from bastion.audit.settings import AuditSettings
 from bastion.errors import IntegrityError, InvalidArgument
+from bastion.files import fsync_dir
 from bastion.native import AuditChain, audit_segment_name
 
 logger = logging.getLogger(__name__)
 
 #: Most records sealed into one write.
 MAX_BATCH = 4096
+#: How often the writer looks at free space (and, suspended, whether it can resume).
+SPACE_POLL_S = 0.5
+#: Suspended, the writer tries to resume only once this much space is free.
+RESUME_MIN_FREE = 64 * 1024
+#: The principal of the records the log writes about itself.
+AUDIT_PRINCIPAL = "bastion:audit"
 
 
 class RecordSink(Protocol):
@@ -102,6 +115,15 @@ class AuditLog:
         self._queue: deque[_Item] = deque()
         self._closing = False
         self._failed = False
+        self._reserve = settings.min_free_bytes
+        self._alarm = settings.alarm_free_bytes
+        self._level = disk.Level.OK
+        self._free = -1
+        self._next_space_check = 0.0
+        # Suspended for lack of space: the error, since when, and how many records were refused meanwhile.
+        self._suspended: BaseException | None = None
+        self._suspended_at = 0.0
+        self._refused = 0
         self._thread = threading.Thread(target=self._run, name="bastion-audit-writer", daemon=True)
 
     @classmethod
@@ -157,6 +179,7 @@ class AuditLog:
             files.write_all(fd, buf)
             self._segment_len += len(buf)
             self._publish(lines, witness_now=True)
+            self._check_space()
         except BaseException:
             os.close(fd)
             raise
@@ -213,6 +236,21 @@ class AuditLog:
     def failed(self) -> bool:
         return self._failed
 
+    @property
+    def accepting(self) -> bool:
+        """Whether the server should take new calls: the log works, is not suspended for lack of space, and
+        free space is above the reserve (``audit.min_free_bytes``)."""
+        return not (self._failed or self._closing) and self._suspended is None and self._level < disk.Level.LOW
+
+    @property
+    def disk_level(self) -> disk.Level:
+        return self._level
+
+    @property
+    def disk_free_bytes(self) -> int:
+        """Free bytes on the log's file system at the last look (every ``SPACE_POLL_S`` and after each commit)."""
+        return self._free
+
     # The writer thread.
 
     def _submit(self, kind: str, fields: dict[str, Any]) -> concurrent.futures.Future[int]:
@@ -223,6 +261,9 @@ class AuditLog:
                 raise AuditUnavailable("audit log failed earlier; see the first error")
             if self._closing:
                 raise AuditUnavailable("audit log closed")
+            if self._suspended is not None:
+                self._refused += 1
+                raise AuditUnavailable("audit log suspended: no space on its disk")
             self._queue.append(_Item(kind, data, fut))
             self._cond.notify()
         return fut
@@ -233,15 +274,21 @@ class AuditLog:
             self._unwitnessed_records >= self._every_records or time.monotonic() >= self._last_witness + self._every_s
         )
 
-    def _wait_s(self) -> float | None:
-        if self._witness is None:
-            return None
-        return max(0.0, self._last_witness + self._every_s - time.monotonic())
+    def _wait_s(self) -> float:
+        wake = self._next_space_check
+        if self._witness is not None:
+            wake = min(wake, self._last_witness + self._every_s)
+        return max(0.0, wake - time.monotonic())
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing and not self._witness_due():
+                while (
+                    not self._queue
+                    and not self._closing
+                    and not self._witness_due()
+                    and time.monotonic() < self._next_space_check
+                ):
                     self._cond.wait(self._wait_s())
                 if self._queue and self._delay_s > 0 and not self._closing:
                     deadline = time.monotonic() + self._delay_s
@@ -253,9 +300,19 @@ class AuditLog:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
                 final = self._closing and not self._queue
             try:
-                self._commit(batch, final)
-            except BaseException as exc:  # noqa: BLE001 - any failure fails the log closed
+                if self._suspended is not None:
+                    self._try_resume()
+                if self._suspended is None:
+                    self._commit(batch, final)
+                if time.monotonic() >= self._next_space_check or batch:
+                    self._check_space()
+            except BaseException as exc:  # noqa: BLE001 - no space suspends; any other failure fails the log closed
+                if disk.is_no_space(exc) and not final and self._suspend(exc, batch):
+                    continue
                 self._fail(exc, batch)
+                return
+            if final and self._suspended is not None:  # closing with no space for the stop record
+                self._fail(self._suspended, batch)
                 return
             if final:
                 return
@@ -264,24 +321,29 @@ class AuditLog:
         buf = bytearray()
         lines: list[bytes] = []
         results: list[tuple[concurrent.futures.Future[int], int | BaseException]] = []
-        for item in batch:
-            if self._segment_len + len(buf) >= self._max_bytes:
-                buf = self._rotate(buf, lines)
-            try:
-                seq = self._seal_into(buf, lines, item.kind, item.fields)
-            except InvalidArgument as exc:  # this record is refused; the log goes on
-                results.append((item.future, exc))
-                continue
-            results.append((item.future, seq))
-        if final:
-            self._seal_into(buf, lines, "stop", b"{}")
-        if self._chain.since_checkpoint:
-            # Every group commit ends signed: no acknowledged record ever sits in a forgeable tail.
-            self._checkpoint_into(buf, lines)
+        witness_before = self._witness
+        try:
+            if self._segment_len >= self._max_bytes:
+                self._rotate()
+            for item in batch:
+                try:
+                    seq = self._seal_into(buf, lines, item.kind, item.fields)
+                except InvalidArgument as exc:  # this record is refused; the log goes on
+                    results.append((item.future, exc))
+                    continue
+                results.append((item.future, seq))
+            if final:
+                self._seal_into(buf, lines, "stop", b"{}")
+            if self._chain.since_checkpoint:
+                # Every group commit ends signed: no acknowledged record ever sits in a forgeable tail.
+                self._checkpoint_into(buf, lines)
+            if buf:
+                files.write_all(self._fd, buf)
+        except BaseException:
+            self._witness = witness_before  # that checkpoint never became durable
+            raise
+        self._segment_len += len(buf)
         self._unwitnessed_records += len(batch)
-        if buf:
-            files.write_all(self._fd, buf)
-            self._segment_len += len(buf)
         for fut, r in results:
             if isinstance(r, BaseException):
                 fut.set_exception(r)
@@ -304,20 +366,134 @@ class AuditLog:
         lines.append(line)
         self._witness = files.Witness(log_id=self._chain.log_id, seq=seq, hash=digest)
 
-    def _rotate(self, buf: bytearray, lines: list[bytes]) -> bytearray:
-        """Close the current segment with a checkpoint (durably) and continue in the next one."""
-        if self._chain.since_checkpoint:
-            self._checkpoint_into(buf, lines)
-        files.write_all(self._fd, buf)
+    def _rotate(self) -> None:
+        """Continue in the next segment (at a commit's start: the current one ends with a checkpoint, as every
+        commit does, so a segment holds whole commits and may pass ``segment_max_bytes`` by one)."""
         os.close(self._fd)
         self._fd = -1
         self._segment += 1
+        self._segment_len = 0
         path = self._dir / audit_segment_name(self._segment)
         if path.exists() or path.is_symlink():
             raise IntegrityError(f"audit segment {path} exists already")
         self._fd = files.open_segment(path, 0)
-        self._segment_len = 0
-        return bytearray()
+
+    # Disk space: the budget, suspension and recovery.
+
+    def _check_space(self) -> None:
+        """Look at free space; on a change of level, log it and record it (``audit_disk``)."""
+        self._next_space_check = time.monotonic() + SPACE_POLL_S
+        self._free = free = disk.free_bytes(self._dir)
+        level = disk.level_for(free, self._level, reserve=self._reserve, alarm=self._alarm)
+        if level == self._level:
+            return
+        self._level = level
+        if level is disk.Level.LOW:
+            logger.error(
+                "audit disk: %d bytes free, below the reserve (audit.min_free_bytes = %d): new calls are refused "
+                "and health is NOT_SERVING until space is freed",
+                free,
+                self._reserve,
+            )
+        elif level is disk.Level.ALARM:
+            logger.warning(
+                "audit disk alarm: %d bytes free, below audit.alarm_free_bytes = %d (the reserve is %d)",
+                free,
+                self._alarm,
+                self._reserve,
+            )
+        else:
+            logger.info("audit disk: %d bytes free, above the alarm level again", free)
+        fields = {"level": level.name.lower(), "free_bytes": free}
+        if self._suspended is not None:  # the resume record follows; free space is logged above
+            return
+        with contextlib.suppress(AuditUnavailable):  # closing: the stop record follows anyway
+            self._submit("decision", {**self._own("audit_disk", "alert"), **fields})
+
+    @staticmethod
+    def _own(event: str, decision: str) -> dict[str, Any]:
+        return {"principal": AUDIT_PRINCIPAL, "decision": decision, "event": event}
+
+    def _suspend(self, exc: BaseException, batch: list[_Item]) -> bool:
+        """No space: refuse the batch and the queue (none of it was acknowledged), cut the segment back to its
+        last acknowledged byte and re-read the chain. False when that fails (the log then fails for good)."""
+        with self._cond:
+            first = self._suspended is None
+            if first:
+                self._suspended, self._suspended_at, self._refused = exc, time.monotonic(), 0
+            pending = batch + list(self._queue)
+            self._queue.clear()
+        if first:
+            logger.error("audit log: %s: suspended; calls are refused until space is freed", _describe(exc))
+        refused = 0
+        for item in pending:
+            if not item.future.done():
+                refused += 1
+                item.future.set_exception(AuditUnavailable(f"audit write failed: {_describe(exc)}"))
+        with self._cond:
+            self._refused += refused
+        try:
+            self._cut_back()
+        except BaseException as cut:  # noqa: BLE001 - cannot get back to a known state: fail closed
+            logger.error("audit log: cannot cut back to the last acknowledged record: %s", _describe(cut))
+            return False
+        self._next_space_check = time.monotonic() + SPACE_POLL_S
+        return True
+
+    def _cut_back(self) -> None:
+        """Truncate the current segment to its acknowledged length (removing a new, still empty one) and
+        re-read the chain from disk, so the next record extends the last durable one."""
+        path = self._dir / audit_segment_name(self._segment)
+        if self._segment_len == 0 and self._segment > 0:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            path.unlink(missing_ok=True)
+            fsync_dir(self._dir)
+        else:
+            if self._fd < 0:
+                raise IntegrityError(f"audit segment {path} is not open")
+            os.ftruncate(self._fd, self._segment_len)
+            files.sync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        chain, info = AuditChain.recover(self._dir)
+        if info["truncated"] or info["fresh"]:
+            raise IntegrityError(f"audit directory {self._dir}: not as acknowledged after the cut")
+        self._chain, self._segment, self._segment_len = chain, info["segment"], info["segment_len"]
+        self._fd = files.open_segment(self._dir / audit_segment_name(self._segment), self._segment_len)
+
+    def _try_resume(self) -> None:
+        """Suspended: once space shows, write an ``audit_resumed`` record and a checkpoint; durable, the log
+        takes records again. No space yet: raises (the caller cuts back and stays suspended)."""
+        if disk.free_bytes(self._dir) < RESUME_MIN_FREE:
+            self._next_space_check = time.monotonic() + SPACE_POLL_S
+            return
+        assert self._suspended is not None
+        outage_ms = int((time.monotonic() - self._suspended_at) * 1000)
+        with self._cond:
+            refused = self._refused
+        fields = {
+            **self._own("audit_resumed", "resume"),
+            "reason": f"no space: {_describe(self._suspended)}"[:512],
+            "outage_ms": outage_ms,
+            "count": refused,
+        }
+        buf = bytearray()
+        lines: list[bytes] = []
+        witness_before = self._witness
+        try:
+            self._seal_into(buf, lines, "decision", _encode(fields))
+            self._checkpoint_into(buf, lines)
+            files.write_all(self._fd, buf)
+        except BaseException:
+            self._witness = witness_before
+            raise
+        self._segment_len += len(buf)
+        with self._cond:
+            self._suspended = None
+        logger.warning("audit log: space is back; resumed after %d ms (%d records refused)", outage_ms, refused)
+        self._publish(lines, witness_now=True)
 
     def _publish(self, lines: list[bytes], *, witness_now: bool = False) -> None:
         """After the lines are durable: the witness (when its pace or ``witness_now`` says so), then the sink."""

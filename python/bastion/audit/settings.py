@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MIB = 1 << 20
 
@@ -60,11 +60,42 @@ class AuditSettings(BaseModel):
         le=100,
         description="group commit: how long a batch waits for more records before its write and fsync (0: never waits)",
     )
+    min_free_bytes: int = Field(
+        default=64 * MIB,
+        ge=0,
+        description="the reserve: below this much free space on the log's file system the server takes no new "
+        "calls (UNAVAILABLE, health NOT_SERVING); calls in flight and refusal records still use it",
+    )
+    alarm_free_bytes: int = Field(
+        default=512 * MIB,
+        ge=0,
+        description="below this much free space the log raises its disk alarm (a log line, an audit record and "
+        "the bastion_audit_disk_alarm gauge); at least min_free_bytes",
+    )
+    refusal_window_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="refusals with the same peer address, principal, tenant, method and reason are recorded in "
+        "full once per window, the rest as one record with their count and first and last time",
+    )
+    refusal_max_keys: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="distinct refusal keys per window; beyond it refusals are counted under one overflow key",
+    )
     witness_file: Path | None = Field(
         default=None,
         description="the latest checkpoint (log id, seq, hash), replaced atomically after each "
         "checkpoint; put it on other storage; None: <dir>/witness.json",
     )
+
+    @model_validator(mode="after")
+    def _alarm_above_reserve(self) -> AuditSettings:
+        if self.alarm_free_bytes < self.min_free_bytes:
+            raise ValueError("audit.alarm_free_bytes must be at least audit.min_free_bytes")
+        return self
 
     def resolved_dir(self, cache_dir: Path) -> Path:
         return self.dir if self.dir is not None else cache_dir / "audit"

@@ -4,7 +4,8 @@
 policy and API key store, ``admin revoke-key KEY_ID`` revokes an API key, ``admin models`` shows model
 status and release, ``admin reload-attestations`` re-reads the security attestations, ``admin check-drift``
 runs a drift check now, ``admin lift-quarantine MODEL --reason TEXT`` ends a model's quarantine (audited
-with the reason; the only way to end one). Output is JSON. Exit 1 when the call fails (``error: STATUS:
+with the reason; the only way to end one), ``admin reset-drift-baseline MODEL --reason TEXT`` takes a new
+drift baseline on the served weights (audited with the reason; the way out of a drift integrity alarm). Output is JSON. Exit 1 when the call fails (``error: STATUS:
 message`` on stderr, through ``bastion.cli.errors``).
 """
 
@@ -39,6 +40,10 @@ def add_parsers(sub: Any, client_args: Callable[[argparse.ArgumentParser], None]
     client_args(q)
     q.add_argument("model", metavar="MODEL")
     q.add_argument("--reason", required=True, help="why it may be served again (recorded in the audit log)")
+    d = asub.add_parser("reset-drift-baseline", help="take a new drift baseline now (audited, with the reason)")
+    client_args(d)
+    d.add_argument("model", metavar="MODEL")
+    d.add_argument("--reason", required=True, help="why the baseline is reset (recorded in the audit log)")
 
 
 def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -63,6 +68,9 @@ def commands(channel_for: Callable[[argparse.Namespace, Any], Any]) -> dict[str,
                 "revoke-key": lambda: stub.RevokeApiKey(apb.RevokeApiKeyRequest(key_id=args.key_id), timeout=10),
                 "lift-quarantine": lambda: stub.LiftQuarantine(
                     apb.LiftQuarantineRequest(model=args.model, reason=args.reason), timeout=10
+                ),
+                "reset-drift-baseline": lambda: stub.ResetDriftBaseline(
+                    apb.ResetDriftBaselineRequest(model=args.model, reason=args.reason), timeout=300
                 ),
             }
             try:

@@ -9,16 +9,19 @@ from bastion.config import Settings
 from bastion.engine.process import EngineProcessEnv, SealedLoad
 from bastion.engine.protocol import EnginePool
 from bastion.engine.vllm.device import resolve_device
+from bastion.errors import IntegrityError
 
 log = logging.getLogger(__name__)
 
 
 async def build_pool(settings: Settings, process: EngineProcessEnv) -> EnginePool:
-    """Prepares the model (converting the default one on first use), then starts one vLLM engine.
+    """Prepares the model (converting the default one on first use), stages the verified copy vLLM reads,
+    then starts one vLLM engine.
 
     ``process`` is the server's part of the engine-process contract (isolation); a sealed model adds how
-    the loading worker verifies and opens it."""
+    the loading worker verifies and opens it, and the digests it must find (what the server reports)."""
     from bastion.models.resolve import prepare_model
+    from bastion.models.verified import stage
 
     device = resolve_device(settings.model.device)
     prepared = await asyncio.to_thread(prepare_model, settings)
@@ -29,18 +32,31 @@ async def build_pool(settings: Settings, process: EngineProcessEnv) -> EnginePoo
         "sealed" if prepared.sealed else "UNSEALED",
         device,
     )
-    from bastion.engine.vllm.engine import VllmEngine
+    # vLLM reads the config, tokenizer, chat template and adapters only from this copy, made from the
+    # verified bytes (bastion.models.verified); the engine removes it when it stops.
+    verified = await asyncio.to_thread(stage, settings.cache_dir, prepared, settings.model.adapters)
+    try:
+        from bastion.engine.vllm.engine import VllmEngine
 
-    if prepared.key is not None and prepared.trust_policy is not None:
-        sealed = SealedLoad(
-            trust_policy=prepared.trust_policy.resolve(),
-            served_model=prepared.name,
-            key_provider=prepared.key.worker_env(),
-        )
-        process = process.model_copy(update={"sealed": sealed})
+        if prepared.key is not None and prepared.trust_policy is not None:
+            if prepared.header_digest is None:
+                raise IntegrityError(f"{prepared.path}: sealed model prepared without its header digest")
+            sealed = SealedLoad(
+                trust_policy=prepared.trust_policy.resolve(),
+                served_model=prepared.name,
+                key_provider=prepared.key.worker_env(),
+                model_dir=prepared.path,
+                digest=prepared.digest,
+                header_digest=prepared.header_digest,
+                subject_digest=prepared.oms_digest or "",
+            )
+            process = process.model_copy(update={"sealed": sealed})
+    except BaseException:
+        verified.close()
+        raise
     engine = await VllmEngine.start(
         settings,
-        str(prepared.path),
+        verified,
         prepared.name,
         prepared.digest,
         device,

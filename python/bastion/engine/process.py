@@ -13,8 +13,12 @@ What each field switches on inside vLLM's processes:
 - ``partition_key_file``: tenant isolation. The EngineCore keys prefix-cache blocks with the key derived
   from this secret (``bastion.engine.vllm.block_hasher``) and runs the tenant KV scheduler.
 - ``kv_stats_dir``: where that scheduler writes per-tenant KV figures for the server's metrics.
-- ``sealed``: the model is sealed; the ``bastion`` load format verifies it against ``trust_policy`` for
-  ``served_model`` and opens it with ``key_provider`` before any weight is decrypted.
+- ``sealed``: the model is sealed; the ``bastion`` load format opens ``model_dir`` (vLLM's own model path is
+  the verified copy of ``bastion.models.verified``, which holds no weights), verifies it against
+  ``trust_policy`` for ``served_model``, opens it with ``key_provider``, and refuses to decrypt anything
+  unless what it verified is what the server attested: the ``weights.ctxh`` bytes it decoded hash to
+  ``header_digest`` (the entry of ``digest``, the directory digest ListModels and the audit report) and the
+  signature's OMS subject digest is ``subject_digest`` ("" for an unsigned model).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bastion.errors import ConfigError
 
@@ -40,6 +44,13 @@ class SealedLoad(BaseModel):
     trust_policy: Path
     served_model: str
     key_provider: dict[str, str]
+    # The sealed directory the loader reads (not vLLM's model path: that is the verified copy).
+    model_dir: Path
+    # What the server attested (ListModels, the release gate, the audit): the directory digest, the
+    # "blake3:<hex>" of the weights.ctxh bytes in it, and the OMS subject digest ("" when unsigned).
+    digest: str = Field(pattern=r"^blake3:[0-9a-f]{64}$")
+    header_digest: str = Field(pattern=r"^blake3:[0-9a-f]{64}$")
+    subject_digest: str = Field(pattern=r"^(sha256:[0-9a-f]{64})?$")
 
     @field_validator("key_provider")
     @classmethod

@@ -24,7 +24,9 @@ from bastion.errors import ConfigError, IntegrityError
 from bastion.files import atomic_write_text
 
 if TYPE_CHECKING:
+    from bastion.digest import FileDigest
     from bastion.keys import KeyProvider
+    from bastion.weights.signing import SignedManifest
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ class PreparedModel:
     trust_policy: Path | None = None
     # The OMS subject digest of its signed manifest (None: unsigned, allowed by the policy).
     oms_digest: str | None = None
+    # The per-file BLAKE3 digests behind ``digest`` (what bastion.models.verified checks each copied file
+    # against), the signed manifest that was verified (None: plain or unsigned), and for a sealed model the
+    # "blake3:<hex>" of the exact weights.ctxh bytes that were checked (what the loading worker must find).
+    files: tuple[FileDigest, ...] = ()
+    manifest: SignedManifest | None = None
+    header_digest: str | None = None
 
     @property
     def sealed(self) -> bool:
@@ -95,13 +103,13 @@ def ensure_default_model(cache_dir: Path) -> PreparedModel:
     record = _record_path(cache_dir)
     if target.is_dir() and record.is_file():
         expected = json.loads(record.read_text())["digest"]
-        actual = digest_dir(target).digest
-        if actual != expected:
+        listing = digest_dir(target)
+        if listing.digest != expected:
             raise IntegrityError(
                 f"the cached default model changed since it was converted: {target}: recorded {expected}, "
-                f"found {actual}; delete it to convert again"
+                f"found {listing.digest}; delete it to convert again"
             )
-        return PreparedModel(DEFAULT_NAME, target, actual)
+        return PreparedModel(DEFAULT_NAME, target, listing.digest, files=listing.files)
 
     gguf_dir = _gguf_dir()
     models.mkdir(parents=True, exist_ok=True)
@@ -112,7 +120,8 @@ def ensure_default_model(cache_dir: Path) -> PreparedModel:
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_NAME}.", dir=models))
     try:
         _convert(gguf_dir, tmp)
-        digest = digest_dir(tmp).digest
+        listing = digest_dir(tmp)
+        digest = listing.digest
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -131,4 +140,4 @@ def ensure_default_model(cache_dir: Path) -> PreparedModel:
         mode=0o644,
     )
     log.info("default model ready at %s (%s) in %.0f s", target, digest, time.monotonic() - started)
-    return PreparedModel(DEFAULT_NAME, target, digest)
+    return PreparedModel(DEFAULT_NAME, target, digest, files=listing.files)

@@ -10,7 +10,9 @@ Rules:
 * a sealed directory (it has ``weights.ctxh``): opened with ``weights.kek_file`` and checked against
   ``weights.trust_policy`` (signature, signer, origin, every signed file) and the key (unwrap and key
   commitment) before the engine starts; the engine loads it with the ``bastion`` load format, which
-  checks all of that again in the loading process and verifies every segment before use.
+  checks all of that again in the loading process, refuses any artefact but the one checked here (its
+  header and OMS digest travel in the engine-process contract) and verifies every segment before use.
+  vLLM's front end reads the small files only from the verified copy (``bastion.models.verified``).
 * a plain safetensors directory: refused unless ``weights.allow_unsealed = true`` (development only,
   logged at WARNING).
 The digest is always the BLAKE3 digest of the directory served (for a sealed model: its ciphertext).
@@ -94,7 +96,8 @@ def _prepare_unsealed(settings: Settings, path: Path, name: str) -> PreparedMode
         "integrity check on load. Development only; never in production.",
         path,
     )
-    return PreparedModel(name, path, digest_dir(path).digest)
+    listing = digest_dir(path)
+    return PreparedModel(name, path, listing.digest, files=listing.files)
 
 
 def _prepare_sealed(settings: Settings, path: Path, name: str) -> PreparedModel:
@@ -109,13 +112,17 @@ def open_sealed(path: Path, name: str, provider: KeyProvider | Path, trust_polic
     """Checks a sealed directory, its signature and its key without decrypting any weights.
 
     The signature (against the trust policy), every signed small file and the header bytes are checked
-    here, so a bad artifact fails before the engine starts; the loader in vLLM's worker checks them again
-    on the bytes it loads, and every data segment as it reads it.
+    here, so a bad artifact fails before the engine starts. The directory digest reported for the model
+    must list the very header bytes that were checked. What vLLM then reads is bound to this check:
+    its front end reads only the verified copy (``bastion.models.verified``, made from the manifest and
+    these file digests), and the loader in vLLM's worker must find the same header and OMS digest
+    (``SealedLoad``) before it decrypts anything, verifying every data segment as it reads it.
     """
-    from bastion.digest import digest_dir
+    from bastion.digest import digest_dir, hash_bytes
     from bastion.keys import FileKeyProvider
     from bastion.weights import inspect
     from bastion.weights.policy import load_policy
+    from bastion.weights.sealed import header_json
     from bastion.weights.signing import verify_sealed
 
     stray = sorted(p.name for p in path.iterdir() if p.suffix.lower() == ".safetensors")
@@ -126,12 +133,24 @@ def open_sealed(path: Path, name: str, provider: KeyProvider | Path, trust_polic
     provider.check()
     policy = load_policy(trust_policy)
     header = inspect(path)  # FormatError on any malformed header
-    origin = (header.get("origin") or {}).get("source_uri")
     with provider.open(path) as reader:  # unwraps the data key and checks the key commitment
-        manifest = verify_sealed(path, policy, name, header_file=reader.header_file(), origin=origin)
+        header_file = reader.header_file()
+        # The origin the signer's allowed origins are matched against: from the bytes the reader decoded.
+        origin = (header_json(header_file).get("origin") or {}).get("source_uri")
+        manifest = verify_sealed(path, policy, name, header_file=header_file, origin=origin)
     if manifest is None:
         log.warning("sealed model %s is UNSIGNED; the trust policy %s allows it for %r", path, trust_policy, name)
-    digest = digest_dir(path).digest
+    listing = digest_dir(path)
+    # The digest reported for the model must name the header just checked (the header fixes every data
+    # byte through its segment table); the loading worker is bound to the same header bytes.
+    header_digest = "blake3:" + hash_bytes(header_file)
+    listed = next((f.digest for f in listing.files if f.path == SEALED_HEADER), None)
+    if listed != header_digest:
+        raise IntegrityError(
+            f"{path / SEALED_HEADER}: changed while the model was checked (verified {header_digest}, "
+            f"digested {listed}); nothing serves"
+        )
+    digest = listing.digest
     log.info(
         "sealed model %s: header %s:%s, %d tensors, %d segments of %d KiB, %s, key %s (%s), %s",
         path,
@@ -154,6 +173,9 @@ def open_sealed(path: Path, name: str, provider: KeyProvider | Path, trust_polic
         key=provider,
         trust_policy=trust_policy,
         oms_digest=manifest.model_digest if manifest else None,
+        files=listing.files,
+        manifest=manifest,
+        header_digest=header_digest,
     )
 
 

@@ -66,6 +66,7 @@ class Metrics:
         self._releases: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._drift: Callable[[], Iterable[Any]] = lambda: ()
         self._redteam: Callable[[], Iterable[Any]] = lambda: ()
+        self._audit: Callable[[], dict[str, float]] = dict
         self._http: WSGIServer | None = None
         self.http_address = ""  # bound HOST:PORT of the scrape endpoint, once started
         m = self._provider.get_meter("bastion.server")
@@ -144,8 +145,18 @@ class Metrics:
         for attr, what in (
             ("alerts", "Confirmed red-team regressions"),
             ("deferred", "Red-team batches deferred for tenant traffic"),
+            ("under_load", "Red-team probes of the per-interval minimum run under tenant load (reserved slot)"),
         ):
             m.create_observable_counter(f"bastion_redteam_{attr}", [self._observe_redteam_total(attr)], "{event}", what)
+
+        for key, kind, unit, what in (
+            ("disk_free_bytes", "gauge", "By", "Free space on the audit log's file system at its last look"),
+            ("disk_alarm", "gauge", "1", "Audit disk level: 0 ok, 1 below alarm_free_bytes, 2 below min_free_bytes"),
+            ("accepting", "gauge", "1", "1 while the audit log takes new calls (0: disk full or below its reserve)"),
+            ("refusals_coalesced", "counter", "{refusal}", "Refused calls recorded as counts, not one record each"),
+        ):
+            make = m.create_observable_gauge if kind == "gauge" else m.create_observable_counter
+            make(f"bastion_audit_{key}", [self._observe_audit(key)], unit, what)
 
         for field, kind, what in (
             ("held", "gauge", "KV blocks held by the tenant's requests"),
@@ -217,6 +228,17 @@ class Metrics:
             except Exception:
                 log.debug("red-team states unavailable", exc_info=True)
                 return []
+
+        return callback
+
+    def bind_audit(self, source: Callable[[], dict[str, float]]) -> None:
+        """The audit log's disk figures and coalesced refusals, by the names of the bastion_audit_* metrics."""
+        self._audit = source
+
+    def _observe_audit(self, key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            value = self._audit().get(key)
+            return [] if value is None else [Observation(value)]
 
         return callback
 

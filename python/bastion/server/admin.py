@@ -1,7 +1,7 @@
 """The ``bastion.v1.Admin`` servicer: reload the tenancy policy, list tenants and usage, revoke API keys,
-model status, reload the security attestations that release models to tenants, lift a quarantine. The
-interceptor has already required the "admin" role; every call is audited (a lift twice: its own decision
-record, durable before the quarantine ends, then the call's record).
+model status, reload the security attestations that release models to tenants, lift a quarantine, reset a
+drift baseline. The interceptor has already required the "admin" role; every call is audited (a lift and a
+reset twice: its own decision record, durable before anything changes, then the call's record).
 
 Every call ends with exactly one ``request`` record, or fails: a failure nobody foresaw (an ``OSError`` of the
 file work, a bug) is INTERNAL with the text ``internal error (request_id=...)`` and nothing else, and is
@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
+from bastion.assurance.drift import DRIFT_BASELINE_RESET, DriftState
 from bastion.assurance.release import QUARANTINED
 from bastion.errors import BastionError, ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from bastion.observability.telemetry import Telemetry
@@ -237,24 +238,44 @@ class AdminServicer(apb_grpc.AdminServicer):
                     results.append(await m.check())
                 except BastionError:
                     results.append(m.state)
-            return apb.CheckDriftResponse(
-                models=[
-                    apb.DriftStatus(
-                        model=s.model,
-                        status=s.status,
-                        delta=s.delta,
-                        tolerance=s.tolerance,
-                        noise_floor=s.noise_floor,
-                        baseline_digest=s.baseline_digest,
-                        checks=s.checks,
-                        alerts=s.alerts,
-                        seconds=s.seconds,
-                    )
-                    for s in results
-                ]
-            )
+            return apb.CheckDriftResponse(models=[_drift_status(s) for s in results])
 
         return await self._arun("CheckDrift", context, report)
+
+    async def ResetDriftBaseline(
+        self, request: apb.ResetDriftBaselineRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ResetDriftBaselineResponse:
+        async def reset(caller: Caller) -> apb.ResetDriftBaselineResponse:
+            model, reason = request.model, request.reason
+            if not 0 < len(model) <= MAX_MODEL_NAME or not model.isprintable():
+                raise InvalidArgument("model", f"1 to {MAX_MODEL_NAME} printable characters")
+            if not 0 < len(reason) <= MAX_LIFT_REASON or not reason.isprintable():
+                raise InvalidArgument("reason", f"1 to {MAX_LIFT_REASON} printable characters, required")
+            if not self._state.settings.assurance.drift.enabled:
+                raise FailedPrecondition(public="drift monitoring is off (assurance.drift.enabled = false)")
+            monitor = self._state.drift.get(model)
+            if monitor is None:
+                raise NotFound(public="model not found")
+            if not self._state.releases.attested(model):
+                raise FailedPrecondition(
+                    "drift reset refused: the served digest has no PASSED attestation",
+                    public="the served digest has no PASSED attestation: evaluate it before resetting its baseline",
+                )
+            # Durable before anything changes: the next start reads this record (no baseline expected).
+            await self._state.recorder.admin_decision(
+                DRIFT_BASELINE_RESET,
+                request_id=caller.request_id,
+                method=caller.method,
+                peer=caller.peer,
+                principal=caller.principal,
+                model=model,
+                model_digest=monitor.engine.info.digest,
+                reason=reason,
+            )
+            log.warning("model %s: drift baseline reset by %s", model, caller.principal.id)
+            return apb.ResetDriftBaselineResponse(drift=_drift_status(await monitor.reset(reason)))
+
+        return await self._arun("ResetDriftBaseline", context, reset)
 
     async def LiftQuarantine(
         self, request: apb.LiftQuarantineRequest, context: grpc.aio.ServicerContext
@@ -286,3 +307,17 @@ class AdminServicer(apb_grpc.AdminServicer):
             return apb.LiftQuarantineResponse(models=self._model_states())
 
         return await self._arun("LiftQuarantine", context, lift)
+
+
+def _drift_status(s: DriftState) -> apb.DriftStatus:
+    return apb.DriftStatus(
+        model=s.model,
+        status=s.status,
+        delta=s.delta,
+        tolerance=s.tolerance,
+        noise_floor=s.noise_floor,
+        baseline_digest=s.baseline_digest,
+        checks=s.checks,
+        alerts=s.alerts,
+        seconds=s.seconds,
+    )

@@ -5,6 +5,11 @@ Generate tickets count against ``server.max_inflight_requests``. A full server a
 RESOURCE_EXHAUSTED at once instead of queueing without bound. One tenant holds at most
 ``max(1, ceil(server.tenant_admission_share * max_inflight_requests))`` of those slots at once; past its
 share it is refused (RESOURCE_EXHAUSTED, a rate-limit decision) while other tenants are still admitted.
+
+The server's own assurance probes (the red team's minimum per interval, ``bastion.assurance.redteam``) take
+one of ``server.assurance_reserved_slots`` slots of their own, on top of ``max_inflight_requests``
+(:meth:`Admission.internal`): tenants never hold those, so a tenant flood that fills admission cannot starve
+the red team, and a probe never takes a tenant's slot.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from bastion.errors import Overloaded, RateLimited, Unavailable
 
@@ -42,10 +47,14 @@ class Ticket:
 
 
 class Admission:
-    def __init__(self, max_inflight: int, tenant_share: float = 1.0) -> None:
+    def __init__(self, max_inflight: int, tenant_share: float = 1.0, reserved: int = 1) -> None:
         if not 0.0 < tenant_share <= 1.0:
             raise ValueError("tenant_share must be in (0, 1]")
         self._max = max_inflight
+        # Slots for the server's own assurance probes only (internal()).
+        self.reserved = reserved
+        self._reserved = asyncio.Semaphore(reserved)
+        self._internal = 0
         # Counted slots one tenant may hold at once.
         self.tenant_cap = max(1, math.ceil(tenant_share * max_inflight))
         self._tickets: dict[int, Ticket] = {}
@@ -64,6 +73,11 @@ class Admission:
     def active(self) -> int:
         """Every tracked RPC."""
         return len(self._tickets)
+
+    @property
+    def internal_inflight(self) -> int:
+        """The server's own probes holding a reserved slot now."""
+        return self._internal
 
     def tenant_inflight(self, tenant: str) -> int:
         """Admitted generations of one tenant (bounded by :attr:`tenant_cap`)."""
@@ -98,6 +112,29 @@ class Admission:
                     del self._by_tenant[holder]
             if not self._tickets:
                 self._idle.set()
+
+    @asynccontextmanager
+    async def internal(self, request_id: str) -> AsyncIterator[Ticket]:
+        """One of the reserved slots, for one of the server's own assurance probes (never a tenant's); waits
+        while every reserved slot is taken (probes are short and bounded), never for a tenant. Tracked like an
+        RPC, so the drain waits for it and aborts it. Raises Unavailable when draining."""
+        if self.closed:
+            raise Unavailable(public="server is shutting down")
+        async with self._reserved:
+            if self.closed:
+                raise Unavailable(public="server is shutting down")
+            ticket = Ticket(request_id, False)
+            key = id(ticket)
+            self._tickets[key] = ticket
+            self._internal += 1
+            self._idle.clear()
+            try:
+                yield ticket
+            finally:
+                del self._tickets[key]
+                self._internal -= 1
+                if not self._tickets:
+                    self._idle.set()
 
     def close(self) -> None:
         """Refuses new RPCs from now on; running ones continue."""

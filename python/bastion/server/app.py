@@ -19,7 +19,9 @@ Order (each step logged once):
   4. ``server.stop(FLUSH_S)`` on both listeners in ``finally`` (finished calls send their status; health
      watches are then cancelled), then ``pool.shutdown()``, then the audit log is closed (stop record,
      checkpoint).
-A failing audit log (write or fsync error) turns health NOT_SERVING and fails every later call.
+A failing audit log (write or fsync error) turns health NOT_SERVING and fails every later call; an audit
+log without space (full, or below ``audit.min_free_bytes``) turns it NOT_SERVING and refuses new calls until
+space is back.
 Exit codes: 0 after a clean stop, 1 when binding or loading the engine pool failed.
 """
 
@@ -38,7 +40,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from bastion.assurance.canaries import DriftSecret
+from bastion.assurance.canaries import load_secret as load_drift_secret
+from bastion.assurance.drift import BaselineLedger
 from bastion.assurance.release import ReleaseBook
+from bastion.audit.log import AuditLog
 from bastion.auth.api_keys import revoke as revoke_api_key
 from bastion.config import Settings
 from bastion.engine.process import EngineProcessEnv
@@ -149,6 +155,8 @@ class _Run:
         self.security: Security | None = None
         self.releases: ReleaseBook | None = None
         self.redteam_baseline: dict[str, Any] | None = None
+        self.drift_secret: DriftSecret | None = None
+        self.drift_ledger = BaselineLedger()
         self.state: ServerState | None = None
         self.server: grpc.aio.Server | None = None
         self.health_server: grpc.aio.Server | None = None
@@ -169,6 +177,7 @@ class _Run:
             self.security = factory(self.settings, on_audit_failure, self.telemetry.audit_sink)
         except (BastionError, OSError) as exc:
             raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
+        self.tasks.append(asyncio.ensure_future(self.security.recorder.refusals.run()))
         return self.security
 
     def open_assurance(self, security: Security) -> ServerState:
@@ -177,10 +186,13 @@ class _Run:
         try:
             self.releases = ReleaseBook(self.settings.assurance, self.settings.cache_dir)
             self.redteam_baseline = redteam_baseline(self.settings)
-        except (BastionError, OSError) as exc:  # the accepted probe suites do not verify
+            if self.settings.assurance.drift.enabled:  # the canaries' seed (created 0600 when defaulted)
+                self.drift_secret = load_drift_secret(self.settings.assurance.drift, self.settings.cache_dir)
+        except (BastionError, OSError) as exc:  # the accepted probe suites do not verify, a bad drift seed
             raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
         try:
-            self.releases.restore_quarantines(security.audit.directory)
+            # One pass: the quarantines and the drift baselines the log records (a missing one is an alarm).
+            self.releases.restore_quarantines(security.audit.directory, observe=self.drift_ledger.observe)
         except BastionError as exc:  # fail closed: never start having forgotten a quarantine
             raise _StartFailed(
                 f"cannot start: quarantines cannot be re-derived from the audit log: {_one_line(exc)}"
@@ -273,9 +285,14 @@ class _Run:
         assert self.releases is not None
         self.pool = state.pool = pool
         await asyncio.to_thread(self.releases.reload, [e.info for e in pool.all()])
-        self.tasks += start_drift(self.settings, state, pool)
+        self.tasks += start_drift(self.settings, state, pool, self.drift_secret, self.drift_ledger)
         self.tasks += start_redteam(self.settings, state, pool, self.redteam_baseline)
-        self.tasks.append(asyncio.ensure_future(self.health.follow(pool, self.watchdog_interval)))
+        audit = state.recorder.log
+        self.tasks.append(
+            asyncio.ensure_future(
+                self.health.follow(pool, self.watchdog_interval, audit_accepting=lambda: audit.accepting)
+            )
+        )
         if state.content is not None:
             self.tasks.append(asyncio.ensure_future(prune_content(state.content, state)))
         log.info("engine pool loaded: %s", ", ".join(f"{e.info.name} ({e.info.digest})" for e in pool.all()))
@@ -302,6 +319,10 @@ class _Run:
         for sig in self.signals:
             self.loop.remove_signal_handler(sig)
         if self.security is not None:
+            try:
+                await self.security.recorder.refusals.flush()  # the last window's coalesced refusals
+            except Exception as exc:  # noqa: BLE001 - logged; the log must still close
+                log.error("writing the coalesced refusal records failed: %s", _one_line(exc))
             try:
                 await self.security.audit.aclose()
             except Exception as exc:  # noqa: BLE001 - logged; the process is exiting either way
@@ -367,12 +388,25 @@ def _warn_on_open_release(settings: Settings, releases: ReleaseBook) -> None:
 def _bind_metrics(telemetry: Telemetry, state: ServerState, releases: ReleaseBook) -> None:
     telemetry.metrics.bind(stats=lambda: _stats(state), inflight=lambda: state.admission.inflight)
     telemetry.metrics.bind_drift(lambda: [m.state for m in state.drift.values()])
+    telemetry.metrics.bind_audit(lambda: _audit_figures(state))
     telemetry.metrics.bind_redteam(lambda: [t.state for t in state.redteam.values()])
     telemetry.metrics.bind_releases(
         lambda: (
             [] if state.pool is None else [(e.info.name, releases.release(e.info.name).state) for e in state.pool.all()]
         )
     )
+
+
+def _audit_figures(state: ServerState) -> dict[str, float]:
+    log_ = state.recorder.log
+    figures = {"refusals_coalesced": float(state.recorder.refusals.coalesced_total)}
+    if isinstance(log_, AuditLog):
+        figures.update(
+            disk_free_bytes=float(log_.disk_free_bytes),
+            disk_alarm=float(log_.disk_level),
+            accepting=float(log_.accepting),
+        )
+    return figures
 
 
 def _add_services(

@@ -1,7 +1,9 @@
 """Builds the server's audit records and appends them to the audit log (``bastion.audit``).
 
 One record per RPC: a ``decision`` record when the call was refused (authentication, authorization,
-rate limit, identity-override attempt), else a ``request`` record with its outcome. A Generate stream also
+rate limit, identity-override attempt, an audit log that takes no new calls), else a ``request`` record
+with its outcome. Refusals are coalesced per key and window (``bastion.server.refusals``): the first in
+full, the rest as one record with their count. A Generate stream also
 has a ``begin`` record (kind ``decision``, ``decision`` = ``allow``, ``event`` = :data:`BEGIN`), durable
 before its first delta is sent, so text never reaches a client before a record of the call exists; a
 ``begin`` without a ``request`` record of the same ``request_id`` is a stream the server did not finish (it
@@ -18,9 +20,11 @@ from typing import Any, Protocol
 
 import grpc
 
-from bastion.assurance.release import QUARANTINE_LIFTED
+from bastion.assurance.release import ASSURANCE_PRINCIPAL, QUARANTINE_LIFTED
+from bastion.audit.errors import AuditUnavailable
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied, RateLimited, Unauthenticated
+from bastion.server.refusals import RefusalCoalescer
 from bastion.server.status import status_code
 
 #: The ``event`` of a Generate stream's ``begin`` record (``decision`` = ``allow``).
@@ -37,8 +41,13 @@ class AppendsRecords(Protocol):
 
     def content_hmac(self, tenant: str, text: str) -> str: ...
 
+    @property
+    def accepting(self) -> bool: ...
+
 
 def _event(exc: BaseException) -> str:
+    if isinstance(exc, AuditUnavailable):
+        return "audit_unavailable"
     if isinstance(exc, Unauthenticated):
         return "authentication_failed"
     if isinstance(exc, RateLimited):
@@ -57,8 +66,14 @@ def is_decision(exc: BaseException) -> bool:
 
 
 class AuditRecorder:
-    def __init__(self, log: AppendsRecords) -> None:
+    def __init__(self, log: AppendsRecords, *, refusal_window_s: float = 10.0, refusal_max_keys: int = 1024) -> None:
         self.log = log
+        self.refusals = RefusalCoalescer(log, window_s=refusal_window_s, max_keys=refusal_max_keys)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the audit log takes new calls (not suspended for space, not below its reserve)."""
+        return self.log.accepting
 
     async def denied(
         self,
@@ -88,7 +103,7 @@ class AuditRecorder:
             fields["tenant"] = tenant
         if model:
             fields["model"] = model[:256]
-        await self.log.append("decision", fields)
+        await self.refusals.refused(fields)
 
     async def alert(self, *, event: str, model: str, model_digest: str, reason: str, action: str) -> None:
         """A monitoring alert (drift, red-team finding) and what was done about it ("alert" or
@@ -96,7 +111,7 @@ class AuditRecorder:
         await self.log.append(
             "decision",
             {
-                "principal": "bastion:assurance",
+                "principal": ASSURANCE_PRINCIPAL,
                 "decision": action,
                 "event": event[:128],
                 "model": model[:256],
@@ -120,6 +135,31 @@ class AuditRecorder:
         quarantined the model, ``decision`` = ``quarantine_lifted``, with who and why. Returns its seq once
         durable; the caller changes nothing before that (the server re-derives quarantines from these
         records at start: bastion.assurance.release)."""
+        return await self.admin_decision(
+            QUARANTINE_LIFTED,
+            request_id=request_id,
+            method=method,
+            peer=peer,
+            principal=principal,
+            model=model,
+            model_digest=model_digest,
+            reason=reason,
+        )
+
+    async def admin_decision(
+        self,
+        decision: str,
+        *,
+        request_id: str,
+        method: str,
+        peer: str,
+        principal: Principal,
+        model: str,
+        model_digest: str,
+        reason: str,
+    ) -> int:
+        """An admin's decision about a model (``decision`` and ``event`` both name it: ``quarantine_lifted``,
+        ``drift_baseline_reset``), with who and why. Returns its seq once durable; the caller acts after."""
         return await self.log.append(
             "decision",
             {
@@ -128,8 +168,8 @@ class AuditRecorder:
                 "peer": peer[:256],
                 "principal": principal.id[:1024],
                 "auth_method": principal.method,
-                "decision": QUARANTINE_LIFTED,
-                "event": QUARANTINE_LIFTED,
+                "decision": decision,
+                "event": decision,
                 "model": model[:256],
                 "model_digest": model_digest[:128],
                 "reason": reason[:512],

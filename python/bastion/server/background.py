@@ -6,7 +6,8 @@ import asyncio
 import logging
 from typing import Any
 
-from bastion.assurance.drift import DriftMonitor
+from bastion.assurance.canaries import DriftSecret
+from bastion.assurance.drift import BaselineLedger, DriftMonitor
 from bastion.audit.content import PRUNE_EVERY_S, ContentStore
 from bastion.config import Settings
 from bastion.engine.protocol import EnginePool
@@ -15,17 +16,22 @@ from bastion.server.servicer import ServerState
 log = logging.getLogger(__name__)
 
 
-def start_drift(settings: Settings, state: ServerState, pool: EnginePool) -> list[asyncio.Future[None]]:
-    """A drift monitor per engine (bastion.assurance.drift): every engine scores prompt log-probs."""
-    if not settings.assurance.drift.enabled:
+def start_drift(
+    settings: Settings, state: ServerState, pool: EnginePool, secret: DriftSecret | None, ledger: BaselineLedger
+) -> list[asyncio.Future[None]]:
+    """A drift monitor per engine (bastion.assurance.drift): every engine scores prompt log-probs on the
+    canaries drawn from ``secret``; ``ledger``: the baselines the audit log records (read at start)."""
+    if not settings.assurance.drift.enabled or secret is None:
         return []
 
-    async def on_alert(model: str, digest: str, reason: str, action: str) -> None:
-        await state.recorder.alert(event="drift", model=model, model_digest=digest, reason=reason, action=action)
+    async def on_event(event: str, model: str, digest: str, reason: str, action: str) -> None:
+        await state.recorder.alert(event=event, model=model, model_digest=digest, reason=reason, action=action)
 
     tasks: list[asyncio.Future[None]] = []
     for engine in pool.all():
-        monitor = DriftMonitor(settings.assurance.drift, settings.cache_dir, engine, state.releases, on_alert)
+        monitor = DriftMonitor(
+            settings.assurance.drift, settings.cache_dir, engine, state.releases, on_event, secret, ledger
+        )
         state.drift[engine.info.name] = monitor
         tasks.append(asyncio.ensure_future(monitor.run()))
     return tasks
@@ -55,7 +61,13 @@ def start_redteam(
     tasks: list[asyncio.Future[None]] = []
     for engine in pool.all():
         team = RedTeam(
-            settings.assurance.redteam, engine, state.releases, lambda: state.admission.inflight, on_event, baseline
+            settings.assurance.redteam,
+            engine,
+            state.releases,
+            lambda: state.admission.inflight,
+            on_event,
+            baseline,
+            reserve=state.admission.internal,
         )
         state.redteam[engine.info.name] = team
         tasks.append(asyncio.ensure_future(team.run()))

@@ -2,7 +2,8 @@
 
 Order: metadata shape and identity-override check → request fields (unknown fields refused) →
 authentication (mTLS, JWT or API key → principal) → tenancy policy (principal → tenant, roles) → the
-method's role ("user" for Inference, "admin" for Admin). Any refusal is audited as a decision record
+method's role ("user" for Inference, "admin" for Admin); first of all, the audit log must take new calls
+(``AuditLog.accepting``: not suspended for lack of space, not below its reserve). Any refusal is audited as a decision record
 before the client hears of it, and the client gets a fixed message: UNAUTHENTICATED,
 PERMISSION_DENIED or INVALID_ARGUMENT, never the reason. Health may be public (configured); every
 other method needs a principal, so no RPC runs anonymously. While a health listener serves probes
@@ -18,6 +19,7 @@ from typing import Literal, Protocol
 
 import grpc
 
+from bastion.audit.errors import AuditUnavailable
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied
 from bastion.server.audit_recorder import AuditRecorder
@@ -66,10 +68,16 @@ class SecurityGate:
             return "admin"
         return "admin"  # anything else (reflection, future services): administrators only
 
+    def _check_audit(self) -> None:
+        """No new call while the audit log cannot promise its record (disk full or below its reserve)."""
+        if not self.recorder.accepting:
+            raise AuditUnavailable("the audit log takes no new calls (its disk is full or below its reserve)")
+
     async def authenticate(self, method: str, context: grpc.aio.ServicerContext, rid: str) -> Principal:
         """The principal from the call's headers alone (before its request message is read), or raises a
         BastionError after auditing the refusal: an anonymous call never waits for its message."""
         try:
+            self._check_audit()
             metadata = tuple(context.invocation_metadata() or ())
             check_metadata(metadata)
             return await self.authenticator.authenticate(metadata, context.auth_context())
@@ -105,6 +113,7 @@ class SecurityGate:
         peer = context.peer() or ""
         tenant = ""
         try:
+            self._check_audit()
             metadata = tuple(context.invocation_metadata() or ())
             check_metadata(metadata)
             check_request_fields(request)

@@ -1,8 +1,9 @@
 """Standard grpc.health.v1 status for "" (overall) and "bastion.v1.Inference", and the engine watchdog.
 
 NOT_SERVING from start until the engine pool is ready; NOT_SERVING again (for good) once shutdown
-begins; and NOT_SERVING while any engine is dead or not ready, which the watchdog checks periodically
-(the engine seam exposes no death notification, only ``is_dead()``).
+begins; NOT_SERVING while any engine is dead or not ready, which the watchdog checks periodically
+(the engine seam exposes no death notification, only ``is_dead()``), and while the audit log takes no new
+calls (its disk is full or below its reserve: ``bastion.audit.log``), SERVING again once it does.
 
 One :class:`Health` holds the status; each listener serves it through a :class:`HealthEndpoint` of its
 own, which bounds Watch: open streams per peer address and in total (over either cap: RESOURCE_EXHAUSTED at
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,13 +133,28 @@ class Health:
         self._status = NOT_SERVING
         await self.servicer.enter_graceful_shutdown()
 
-    async def follow(self, pool: EnginePool, interval: float = WATCHDOG_INTERVAL_S) -> None:
-        """Runs until cancelled: SERVING exactly while the pool is ready and no engine is dead."""
+    async def follow(
+        self,
+        pool: EnginePool,
+        interval: float = WATCHDOG_INTERVAL_S,
+        *,
+        audit_accepting: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Runs until cancelled: SERVING exactly while the pool is ready, no engine is dead and the audit log
+        takes new calls."""
         dead_logged = False
+        audit_down = False
         while True:
             dead = pool.any_dead()
             if dead and not dead_logged:
                 log.error("an engine died; health is NOT_SERVING (restart the server)")
             dead_logged = dead
-            await self.set(SERVING if pool.is_ready() and not dead else NOT_SERVING)
+            accepting = audit_accepting()
+            if accepting == audit_down:
+                if accepting:
+                    log.warning("the audit log takes new calls again; health follows the engines")
+                else:
+                    log.error("the audit log takes no new calls (disk full or below its reserve): NOT_SERVING")
+            audit_down = not accepting
+            await self.set(SERVING if pool.is_ready() and not dead and accepting else NOT_SERVING)
             await asyncio.sleep(interval)

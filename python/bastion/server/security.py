@@ -56,7 +56,9 @@ def build_security(settings: Settings, on_audit_failure: Callable[[], None], aud
     client_ca_file = settings.server.tls.client_ca_file
     authenticator = Authenticator(settings.auth, client_ca=client_ca_file is not None, client_ca_file=client_ca_file)
     audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
-    recorder = AuditRecorder(audit)
+    recorder = AuditRecorder(
+        audit, refusal_window_s=settings.audit.refusal_window_s, refusal_max_keys=settings.audit.refusal_max_keys
+    )
     # With a health listener for probes, Watch on the main listener needs a principal (server/gate.py).
     public_watch = not settings.health.listen
     gate = SecurityGate(

@@ -69,7 +69,8 @@ class ServerState:
     ) -> None:
         self.settings = settings
         self.pool: EnginePool | None = None
-        self.admission = Admission(settings.server.max_inflight_requests, settings.server.tenant_admission_share)
+        srv = settings.server
+        self.admission = Admission(srv.max_inflight_requests, srv.tenant_admission_share, srv.assurance_reserved_slots)
         self.guard = guard
         self.recorder = recorder
         # Opt-in per-tenant content logging (tenancy policy content_logging); None: never.
@@ -112,7 +113,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._write_timeout = state.settings.server.stream_write_timeout_s
 
     async def _partition_tag(self, caller: Caller, engine: Engine, spec: InputSpec, ids: list[int]) -> str:
-        """The engine-side partition of this request: tenant key, public prefix length, KV budget."""
+        """The engine-side partition of this request: tenant key (KV budget), cache key (the tenant's, or the
+        principal's under ``prefix_cache_scope = "principal"``; derived here, never from the request), public
+        prefix length, KV budget."""
         partition = self._state.partition
         if partition is None:  # fails closed: no generation without a partition
             raise Unavailable("no prefix-cache partition keys")
@@ -120,7 +123,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         public = await self._public.public_tokens(
             self._guard.policy.public_prefixes, engine, engine.info.name, spec.prompt, spec.conversation, ids
         )
-        tag = PartitionTag(partition.salt_for(caller.tenant), public, limits.kv_reserved_blocks, limits.kv_max_blocks)
+        tag = PartitionTag(
+            partition.salt_for(caller.tenant),
+            public,
+            limits.kv_reserved_blocks,
+            limits.kv_max_blocks,
+            cache_key=partition.cache_key(caller.tenant, caller.principal.id, limits.prefix_cache_scope),
+        )
         return tag.encode()
 
     def _engine(self, model: str) -> Engine:

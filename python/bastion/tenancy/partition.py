@@ -6,6 +6,12 @@ hash, so every block hash differs between tenants: a tenant can only hit prefix-
 requests created. The salt never leaves the server and no request can set it (the auth interceptor
 refuses salt and tenant metadata and unknown request fields).
 
+A tenant whose policy sets ``prefix_cache_scope = "principal"`` has its private blocks keyed per principal
+instead: ``principal_key`` derives a cache key from the same secret under a label of its own, the tenant and
+the principal id (both length-prefixed), so two principals of one tenant never share a block and a principal
+key is unrelated to every tenant key. Its KV budget stays the tenant's (the tag carries both keys,
+``bastion.isolation.tag``).
+
 The secret is 32 random bytes in ``isolation.partition_key_file`` (default ``<cache_dir>/keys/partition.key``,
 created 0600 on first start). Replacing it changes every salt (the cache is simply cold afterwards).
 """
@@ -25,9 +31,12 @@ from bastion.errors import ConfigError
 from bastion.files import atomic_write
 
 INFO_PREFIX = b"bastion kv partition v1\x00"
+PRINCIPAL_INFO_PREFIX = b"bastion kv principal partition v1\x00"
 BLOCK_KEY_INFO = b"bastion kv block key v1"
 SALT = b"bastion.kv.partition.salt.v1"
 KEY_BYTES = 32
+# Principal keys kept for reuse; past this many the memo starts over (a policy lists at most 100,000).
+MAX_MEMO = 4096
 
 
 def _read_key(path: Path) -> bytes:
@@ -64,6 +73,7 @@ class PartitionKeys:
             raise ValueError("partition secret must be 32 bytes")
         self._secret = secret
         self._cache: dict[str, str] = {}
+        self._principal_cache: dict[tuple[str, str], str] = {}
         # The file the secret came from: the EngineCore reads it too (BASTION_PARTITION_KEY_FILE).
         self.source = source
 
@@ -76,3 +86,28 @@ class PartitionKeys:
             salt = HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=info).derive(self._secret).hex()
             self._cache[tenant] = salt
         return salt
+
+    def principal_key(self, tenant: str, principal: str) -> str:
+        """64 hex characters, stable for (secret, tenant, principal): the prefix-cache key of one principal
+        of a tenant with ``prefix_cache_scope = "principal"``; unrelated to every tenant key and to the other
+        principals' keys."""
+        memo = self._principal_cache
+        key = memo.get((tenant, principal))
+        if key is None:
+            t, p = tenant.encode("utf-8"), principal.encode("utf-8")
+            info = PRINCIPAL_INFO_PREFIX + len(t).to_bytes(8, "big") + t + len(p).to_bytes(8, "big") + p
+            key = HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=info).derive(self._secret).hex()
+            if len(memo) >= MAX_MEMO:
+                memo.clear()
+            memo[(tenant, principal)] = key
+        return key
+
+    def cache_key(self, tenant: str, principal: str, scope: str) -> str:
+        """The key of the blocks after the public prefix: the tenant key for scope ``tenant`` (the default),
+        the principal's key for ``principal``. Any other scope is a programming error (the policy is
+        validated), so it raises rather than falling back to a shared key."""
+        if scope == "tenant":
+            return self.salt_for(tenant)
+        if scope == "principal":
+            return self.principal_key(tenant, principal)
+        raise ValueError(f"unknown prefix_cache_scope {scope!r}")

@@ -20,6 +20,8 @@ A TOML file (``tenancy.policy_file``), unknown keys refused::
     token_burst = 20000
     kv_reserved_blocks = 0          # KV blocks guaranteed to this tenant (bastion.engine.vllm.scheduler)
     kv_max_blocks = 0               # burst cap in KV blocks; 0 = no cap
+    prefix_cache_scope = "tenant"   # who shares prefix-cache blocks: "tenant" (all its principals, default) or
+                                    # "principal" (each principal alone; the KV budget stays the tenant's)
     [tenants.chat.content_logging]  # off by default: the audit log keeps keyed HMACs, not content
     enabled = false
     retention_days = 0
@@ -29,7 +31,8 @@ A TOML file (``tenancy.policy_file``), unknown keys refused::
     text = "You are the support assistant of Example Corp. ..."
     sha256 = "<hex SHA-256 of text, UTF-8>"   # pins the text: a typo cannot silently share something else
 
-Every other prompt block is private to its tenant (bastion.isolation).
+Every other prompt block is private to its tenant, or to its principal where the tenant sets
+``prefix_cache_scope = "principal"`` (bastion.isolation).
 The tenant of a call always comes from this mapping of the authenticated principal; nothing in a
 request can choose it. A principal that is not listed is refused (PERMISSION_DENIED).
 """
@@ -81,6 +84,10 @@ class TenantPolicy(BaseModel):
     # A raw `prompt`'s special-token strings (e.g. <|im_start|>) become special tokens only when true; message
     # contents never do.
     raw_special_tokens: bool = False
+    # Who shares this tenant's prefix-cache blocks (after any public prefix): "tenant", every principal of the
+    # tenant (the default: one principal can learn from cache timing what another sent), or "principal", each
+    # principal alone (end users of one tenant cannot probe each other). The KV budget is the tenant's either way.
+    prefix_cache_scope: Literal["tenant", "principal"] = "tenant"
 
     @model_validator(mode="after")
     def _kv_budget(self) -> TenantPolicy:

@@ -157,3 +157,17 @@ class LiftQuarantineResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelState]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ...) -> None: ...
+
+class ResetDriftBaselineRequest(_message.Message):
+    __slots__ = ("model", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ResetDriftBaselineResponse(_message.Message):
+    __slots__ = ("drift",)
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    drift: DriftStatus
+    def __init__(self, drift: _Optional[_Union[DriftStatus, _Mapping]] = ...) -> None: ...

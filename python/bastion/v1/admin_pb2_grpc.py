@@ -69,6 +69,11 @@ class AdminStub:
                 request_serializer=bastion_dot_v1_dot_admin__pb2.LiftQuarantineRequest.SerializeToString,
                 response_deserializer=bastion_dot_v1_dot_admin__pb2.LiftQuarantineResponse.FromString,
                 _registered_method=True)
+        self.ResetDriftBaseline = channel.unary_unary(
+                '/bastion.v1.Admin/ResetDriftBaseline',
+                request_serializer=bastion_dot_v1_dot_admin__pb2.ResetDriftBaselineRequest.SerializeToString,
+                response_deserializer=bastion_dot_v1_dot_admin__pb2.ResetDriftBaselineResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -134,6 +139,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetDriftBaseline(self, request, context):
+        """Takes a new drift baseline for a model now, on the weights it serves: the way out of a drift integrity
+        alarm (a baseline that is missing, altered, or not the one the audit log records is never replaced
+        silently). The reset is written to the audit log (a decision record "drift_baseline_reset" with the
+        caller and the reason) before the new baseline is measured; the baseline is recorded there too. It does
+        not lift a quarantine (LiftQuarantine does). INVALID_ARGUMENT for a missing or over-long model or
+        reason, NOT_FOUND for a model that is not served, FAILED_PRECONDITION when drift monitoring is off or,
+        while attestations are required, the served digest has no PASSED attestation (a reset would make
+        unevaluated weights the reference).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +190,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.LiftQuarantine,
                     request_deserializer=bastion_dot_v1_dot_admin__pb2.LiftQuarantineRequest.FromString,
                     response_serializer=bastion_dot_v1_dot_admin__pb2.LiftQuarantineResponse.SerializeToString,
+            ),
+            'ResetDriftBaseline': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetDriftBaseline,
+                    request_deserializer=bastion_dot_v1_dot_admin__pb2.ResetDriftBaselineRequest.FromString,
+                    response_serializer=bastion_dot_v1_dot_admin__pb2.ResetDriftBaselineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +386,33 @@ class Admin:
             '/bastion.v1.Admin/LiftQuarantine',
             bastion_dot_v1_dot_admin__pb2.LiftQuarantineRequest.SerializeToString,
             bastion_dot_v1_dot_admin__pb2.LiftQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetDriftBaseline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bastion.v1.Admin/ResetDriftBaseline',
+            bastion_dot_v1_dot_admin__pb2.ResetDriftBaselineRequest.SerializeToString,
+            bastion_dot_v1_dot_admin__pb2.ResetDriftBaselineResponse.FromString,
             options,
             channel_credentials,
             insecure,

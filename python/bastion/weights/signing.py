@@ -8,7 +8,8 @@ that loads, on the bytes it loads, with no second read of the weights:
    trust policy allows for this model name (and, for certificate chains, the leaf identity), and returns
    the signed manifest;
 2. ``check_files`` compares the directory with that manifest: no missing, extra or symlinked file; each
-   small file (config, tokenizer, chat template) is hashed and compared; ``weights.ctxh`` is compared on
+   small file (config, tokenizer, chat template) is hashed and compared, read once from one descriptor
+   (``O_NOFOLLOW``; refused if its size or modification time changes while it is read); ``weights.ctxh`` is compared on
    the exact bytes the Rust reader decoded; sealed data files (``*.ctxd``) are not re-read here: every
    ciphertext segment is checked against the hash table inside the signed ``weights.ctxh`` as the loader
    reads it, which covers every byte of them.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bastion.digest import read_file_checked
 from bastion.errors import ConfigError, IntegrityError
 from bastion.files import atomic_write
 from bastion.weights.policy import Signer, TrustPolicy
@@ -40,7 +42,6 @@ MAX_SIGNATURE_BYTES = 16 << 20
 # Paths the stock signer leaves out of every manifest; never loaded by vLLM.
 IGNORED = frozenset({SIGNATURE_FILE, ".gitattributes", ".gitignore"})
 IGNORED_DIRS = frozenset({".git", ".github"})
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,22 +244,85 @@ def _hasher(algorithm: str) -> Any:
     raise IntegrityError(f"{SIGNATURE_FILE}: unsupported hash algorithm {algorithm!r}")
 
 
-def _digest_range(data: bytes | None, path: Path, entry: Entry, size: int) -> str:
-    start, end = (0, size) if entry.start is None else (entry.start, entry.end or 0)
-    h = _hasher(entry.algorithm)
+class FileCheck:
+    """A file's signed entries checked against its bytes as they stream by, in one pass: feed every chunk
+    to ``update`` in order, then call ``finish`` with the total. A whole-file entry is hashed over all of
+    it; range entries (``shards``) must cover the file exactly, from 0, contiguous, each hashed over its
+    range. ``IntegrityError`` names the file (and the range)."""
+
+    def __init__(self, path: str | os.PathLike[str], entries: tuple[Entry, ...]) -> None:
+        self.path = Path(path)
+        self._entries = entries
+        self._whole = len(entries) == 1 and entries[0].start is None
+        if not self._whole:
+            pos = 0
+            for e in entries:
+                if e.start is None or e.end is None or e.start != pos or e.end < e.start:
+                    raise self._coverage()
+                if e.end == e.start and len(entries) > 1:
+                    raise self._coverage()  # an empty range only stands for an empty file
+                pos = e.end
+        self._i = 0
+        self._pos = 0
+        self._h = _hasher(entries[0].algorithm) if entries else None
+        self._finish_empty_ranges()
+
+    def _coverage(self) -> IntegrityError:
+        return IntegrityError(f"{self.path}: signed byte ranges do not cover the file exactly")
+
+    def _compare(self, e: Entry) -> None:
+        assert self._h is not None
+        if str(self._h.hexdigest()) != e.digest:
+            where = "" if e.start is None else f" bytes {e.start}..{e.end}"
+            raise IntegrityError(f"{self.path}{where}: digest does not match {SIGNATURE_FILE}")
+
+    def _finish_empty_ranges(self) -> None:
+        while not self._whole and self._i < len(self._entries) and self._entries[self._i].end == self._pos:
+            self._compare(self._entries[self._i])
+            self._i += 1
+            if self._i < len(self._entries):
+                self._h = _hasher(self._entries[self._i].algorithm)
+
+    def update(self, chunk: bytes) -> None:
+        if self._whole:
+            assert self._h is not None
+            self._h.update(chunk)
+            self._pos += len(chunk)
+            return
+        view = memoryview(chunk)
+        while view:
+            if self._i >= len(self._entries):
+                self._pos += len(view)  # bytes past the last signed range: refused in finish
+                return
+            e = self._entries[self._i]
+            take = min(len(view), (e.end or 0) - self._pos)
+            assert self._h is not None
+            self._h.update(view[:take])
+            self._pos += take
+            view = view[take:]
+            self._finish_empty_ranges()
+
+    def finish(self, total: int) -> None:
+        """After the last chunk: ``total`` is how many bytes the file had (what was fed)."""
+        if total != self._pos:
+            raise IntegrityError(f"{self.path}: read {total} bytes but checked {self._pos}")
+        if not self._entries:
+            raise IntegrityError(f"{self.path}: no digest in {SIGNATURE_FILE}")
+        if self._whole:
+            self._compare(self._entries[0])
+        elif self._i != len(self._entries) or self._pos != self._entries[-1].end:
+            raise self._coverage()
+
+
+def check_file(path: str | os.PathLike[str], entries: tuple[Entry, ...], data: bytes | None = None) -> None:
+    """One signed file against its entries: ``data`` when given (bytes already in use), else read once from
+    one descriptor (``bastion.digest.read_file_checked``: no symlink, refused if it changes while read)."""
+    check = FileCheck(path, entries)
     if data is not None:
-        h.update(data[start:end])
-        return str(h.hexdigest())
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = end - start
-        while left > 0:
-            chunk = f.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return str(h.hexdigest())
+        check.update(data)
+        check.finish(len(data))
+        return
+    check.finish(read_file_checked(path, check.update))
 
 
 def _listing(root: Path) -> set[str]:
@@ -298,23 +362,11 @@ def check_files(
         raise IntegrityError(f"{root / missing[0]}: signed in {SIGNATURE_FILE} but missing")
     hashed = 0
     for name, entries in sorted(manifest.entries.items()):
-        path = root / name
         sealed_data = header_file is not None and name.endswith(DATA_SUFFIX) and "/" not in name
         if sealed_data:
             continue
         data = header_file if (header_file is not None and name == HEADER_FILE) else None
-        size = len(data) if data is not None else os.lstat(path).st_size
-        pos = 0
-        for e in entries:
-            if e.start is not None:
-                if e.start != pos or e.end is None or e.end < e.start or (e.end == e.start and size) or e.end > size:
-                    raise IntegrityError(f"{path}: signed byte ranges do not cover the file exactly")
-                pos = e.end
-            if _digest_range(data, path, e, size) != e.digest:
-                where = "" if e.start is None else f" bytes {e.start}..{e.end}"
-                raise IntegrityError(f"{path}{where}: digest does not match {SIGNATURE_FILE}")
-        if entries[0].start is not None and pos != size:
-            raise IntegrityError(f"{path}: signed byte ranges do not cover the file exactly")
+        check_file(root / name, entries, data)
         hashed += 1
     if header_file is not None and HEADER_FILE not in signed:
         raise IntegrityError(f"{root / HEADER_FILE}: not covered by {SIGNATURE_FILE}")

@@ -14,6 +14,7 @@ from bastion._native import BlockKeyer
 from bastion.engine.process import ENV_VAR, EngineProcessEnv
 from bastion.engine.vllm import block_hasher
 from bastion.isolation.tag import PartitionTag
+from bastion.tenancy.partition import PartitionKeys
 
 BS = 16
 KA, KB = "a" * 64, "b" * 64
@@ -47,6 +48,39 @@ def test_public_prefix_blocks_are_shared_then_private() -> None:
     assert not set(a.block_hashes[2:]) & set(b.block_hashes[2:])
     # Without the declaration nothing is shared, not even the same leading blocks.
     assert not set(_request(PROMPT, _tag(KB)).block_hashes) & set(a.block_hashes)
+
+
+def _server_tag(keys: PartitionKeys, tenant: str, principal: str, scope: str, public: int = 0) -> str:
+    """The tag as the server builds it (bastion.server.servicer._partition_tag)."""
+    cache_key = keys.cache_key(tenant, principal, scope)
+    return PartitionTag(keys.salt_for(tenant), public, 0, 8, cache_key=cache_key).encode()
+
+
+def test_principal_scope_gives_each_principal_of_a_tenant_its_own_blocks() -> None:
+    keys = PartitionKeys(b"s" * 32)
+    alice, carol = "apikey:alice", "apikey:carol"
+    # scope "tenant" (the default): two principals of one tenant key the same tokens alike (they share).
+    ta, tc = _server_tag(keys, "t", alice, "tenant"), _server_tag(keys, "t", carol, "tenant")
+    assert _request(PROMPT, ta).block_hashes == _request(PROMPT, tc, "r2").block_hashes
+    # scope "principal": no block in common, while each principal still hits its own blocks.
+    pa, pc = _server_tag(keys, "t", alice, "principal"), _server_tag(keys, "t", carol, "principal")
+    a, c = _request(PROMPT, pa), _request(PROMPT, pc, "r2")
+    assert len(a.block_hashes) == 5 and not set(a.block_hashes) & set(c.block_hashes)
+    assert _request(PROMPT, pa, "r3").block_hashes == a.block_hashes
+    assert not set(a.block_hashes) & set(_request(PROMPT, ta, "r4").block_hashes)  # nor with the tenant's
+    # ... and the budget key (the tag's tenant key) is the same for both.
+    assert PartitionTag.decode(pa).tenant_key == PartitionTag.decode(pc).tenant_key == keys.salt_for("t")
+    assert PartitionTag.decode(pa).tenant_key == PartitionTag.decode(ta).tenant_key
+
+
+def test_principal_scope_still_shares_the_declared_public_prefix() -> None:
+    keys = PartitionKeys(b"s" * 32)
+    public = 2 * BS + 5
+    a = _request(PROMPT, _server_tag(keys, "t", "apikey:alice", "principal", public))
+    c = _request(PROMPT, _server_tag(keys, "t", "apikey:carol", "principal", public), "r2")
+    other = _request(PROMPT, _server_tag(keys, "u", "apikey:bob", "tenant", public), "r3")
+    assert a.block_hashes[:2] == c.block_hashes[:2] == other.block_hashes[:2]
+    assert not set(a.block_hashes[2:]) & set(c.block_hashes[2:])
 
 
 def test_blocks_appended_during_decoding_continue_the_chain() -> None:

@@ -1,5 +1,6 @@
 """The vLLM loader's weight iterator over a sealed model: every tensor exact, every byte read once and
-verified, batch boundaries anywhere, tampering refused mid-stream with the file and segment named."""
+verified, batch boundaries anywhere, tampering refused mid-stream with the file and segment named; and the
+loader's binding to what the server attested (``check_attested``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bastion.engine.vllm.sealed_loader import sealed_weights
+from bastion.digest import digest_dir, hash_bytes
+from bastion.engine.process import SealedLoad
+from bastion.engine.vllm.sealed_loader import check_attested, sealed_weights
 from bastion.errors import IntegrityError
 from bastion.weights import SealedReader, seal_dir
+from bastion.weights.policy import TrustPolicy
+from bastion.weights.signing import create_signing_key, sign_dir, verify_sealed
 
 SEG = 64 * 1024
 
@@ -47,3 +52,57 @@ def test_a_flipped_segment_stops_the_stream(sealed: Path, kek: Path) -> None:
     with SealedReader(sealed, kek) as r, pytest.raises(IntegrityError, match=r"weights-00001\.ctxd segment 1"):
         for _ in sealed_weights(r, batch_bytes=4096):
             pass
+
+
+# --- red-team issue 15, item 6 (c): the loading worker is bound to the digests the server attested ----------
+
+
+def _contract(sealed_dir: Path, header: bytes, subject: str) -> SealedLoad:
+    return SealedLoad(
+        trust_policy=sealed_dir / "policy.toml",
+        served_model="test-model",
+        key_provider={"BASTION_KEK_FILE": "/k"},
+        model_dir=sealed_dir,
+        digest=digest_dir(sealed_dir).digest,
+        header_digest="blake3:" + hash_bytes(header),
+        subject_digest=subject,
+    )
+
+
+def test_the_worker_refuses_another_artefact_the_policy_also_allows(model: Path, kek: Path, tmp_path: Path) -> None:
+    """Two releases of the same model, both signed by a signer the trust policy allows for its name: the
+    server checked and reports release A; release B swapped in before the worker loads verifies against
+    the policy, yet is not what the server attested, so the worker refuses it."""
+    priv = tmp_path / "signing.pem"
+    pub = create_signing_key(priv)
+    policy = TrustPolicy.model_validate({"signer": [{"name": "k", "public_key": pub, "models": ["*"]}]})
+    releases = {}
+    for tag in ("a", "b"):
+        (model / "config.json").write_text(f'{{"model_type": "llama", "release": "{tag}"}}')
+        out = tmp_path / f"release-{tag}"
+        seal_dir(model, out, kek, segment_size=SEG)
+        sign_dir(out, private_key=priv)
+        with SealedReader(out, kek) as r:
+            header = r.header_file()
+        manifest = verify_sealed(out, policy, "test-model", header_file=header, origin=None)
+        assert manifest is not None  # both pass the trust policy
+        releases[tag] = (out, header, manifest)
+    a_dir, a_header, a_manifest = releases["a"]
+    attested = _contract(a_dir, a_header, a_manifest.model_digest)
+    check_attested(attested, a_header, a_manifest)  # what the server attested loads
+
+    _, b_header, b_manifest = releases["b"]
+    with pytest.raises(IntegrityError, match=r"weights\.ctxh: not the artefact the server attested") as info:
+        check_attested(attested, b_header, b_manifest)
+    assert attested.header_digest in str(info.value) and hash_bytes(b_header) in str(info.value)
+    # The same header under another signature (re-signed, other OMS digest) is refused too.
+    with pytest.raises(IntegrityError, match=r"model\.sig: not the signature the server attested") as info:
+        check_attested(attested, a_header, b_manifest)
+    assert a_manifest.model_digest in str(info.value) and b_manifest.model_digest in str(info.value)
+    # An unsigned artefact where a signed one was attested, and the reverse.
+    with pytest.raises(IntegrityError, match=r"found \(unsigned\)"):
+        check_attested(attested, a_header, None)
+    unsigned = _contract(a_dir, a_header, "")
+    check_attested(unsigned, a_header, None)
+    with pytest.raises(IntegrityError, match=r"expected OMS digest \(unsigned\)"):
+        check_attested(unsigned, a_header, a_manifest)

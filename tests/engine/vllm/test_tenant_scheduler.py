@@ -10,9 +10,12 @@ from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
+from bastion._native import BlockKeyer
 from bastion.engine.vllm import offline
+from bastion.engine.vllm.block_hasher import make_request_block_hasher
 from bastion.engine.vllm.scheduler import UNTAGGED, TenantScheduler
 from bastion.isolation.tag import PartitionTag
+from bastion.tenancy.partition import PartitionKeys
 
 BLOCK = 16
 KEY_A, KEY_B = "a" * 64, "b" * 64
@@ -28,16 +31,15 @@ def salt(key: str, reserved: int = 0, cap: int = 0) -> str:
     return PartitionTag(key, 0, reserved, cap).encode()
 
 
-def request(cache_salt: str | None, n_tokens: int, tokens: list[int] | None = None) -> Request:
+def request(
+    cache_salt: str | None, n_tokens: int, tokens: list[int] | None = None, keyer: BlockKeyer | None = None
+) -> Request:
+    """vLLM's own block hasher, or with ``keyer`` bastion's (the EngineCore's under isolation)."""
     init_none_hash(sha256)
     ids = tokens if tokens is not None else [next(_tokens) for _ in range(n_tokens)]
+    hasher = make_request_block_hasher(BLOCK, keyer) if keyer else get_request_block_hasher(BLOCK, sha256)
     return Request(
-        f"r{next(_ids)}",
-        ids,
-        SamplingParams(max_tokens=8),
-        None,
-        cache_salt=cache_salt,
-        block_hasher=get_request_block_hasher(BLOCK, sha256),
+        f"r{next(_ids)}", ids, SamplingParams(max_tokens=8), None, cache_salt=cache_salt, block_hasher=hasher
     )
 
 
@@ -158,3 +160,51 @@ def test_oversubscribed_reservations_serve_the_tenant_without_a_guarantee(caplog
     assert snap[KEY_A]["reserved"] == 30 and snap[KEY_B]["reserved"] == 0 and snap[KEY_B]["cap"] == 36
     finish(s, a1, b1)
     assert s.kv_ledger.total_held == 0
+
+
+def test_per_principal_cache_keys_share_the_tenants_one_budget() -> None:
+    """prefix_cache_scope "principal": two principals of a tenant share no cached block, yet they are charged
+    to one budget (the tag's tenant key), so the tenant's cap is not multiplied by its principals."""
+    keys, keyer = PartitionKeys(b"\x05" * 32), BlockKeyer(b"k" * 32)
+    tenant = keys.salt_for("a")
+
+    def tag(principal: str) -> str:
+        return PartitionTag(tenant, 0, 0, 4, cache_key=keys.cache_key("a", principal, "principal")).encode()
+
+    p1, p2 = tag("apikey:p1"), tag("apikey:p2")
+    s = make_scheduler(40)
+    prompt = [next(_tokens) for _ in range(48)]
+    r1 = request(p1, 48, prompt, keyer)  # 3 blocks
+    r2 = request(p2, 32, None, keyer)  # 2 blocks: each principal is within the cap of 4, the tenant is not
+    s.add_request(r1)
+    s.add_request(r2)
+    assert admitted(s) == [r1.request_id]
+    snap = s.kv_budget_snapshot()
+    assert snap[tenant]["held"] == 3 and snap[tenant]["cap"] == 4
+    assert set(snap) == {tenant, UNTAGGED}  # no ledger entry per principal
+    finish(s, r1)  # its 3 prompt blocks stay cached
+    assert admitted(s) == [r2.request_id]
+    finish(s, r2)
+    # The cached prompt: a hit for the principal that sent it, nothing for the tenant's other principal.
+    manager = s.kv_cache_manager
+    assert manager.get_computed_blocks(request(p1, 48, prompt, keyer))[1] == 32  # vLLM recomputes the last token
+    assert manager.get_computed_blocks(request(p2, 48, prompt, keyer))[1] == 0
+    assert s.kv_ledger.total_held == 0
+
+
+def test_the_salt_memo_is_bounded_and_never_reapplies_older_limits(monkeypatch) -> None:
+    from bastion.engine.vllm import scheduler
+
+    monkeypatch.setattr(scheduler, "MAX_SALTS", 4)
+    s = make_scheduler(40)
+    assert isinstance(s, TenantScheduler)
+    old, new = salt(KEY_A, 2, 8), salt(KEY_A, 1, 6)  # a policy reload changed tenant A's limits
+    s.slot_of(request(old, 16))
+    s.slot_of(request(new, 16))
+    assert s.kv_budget_snapshot()[KEY_A]["cap"] == 6
+    for i in range(6):  # other principals' salts push the memo past its bound (it starts over)
+        s.slot_of(request(PartitionTag(KEY_A, 0, 1, 6, cache_key=f"{i:064x}").encode(), 16))
+    assert len(s._salt_slot) <= 4
+    s.slot_of(request(old, 16))  # a request still carrying the old tag: same slot, limits not reverted
+    snap = s.kv_budget_snapshot()
+    assert (snap[KEY_A]["reserved"], snap[KEY_A]["cap"]) == (1, 6)

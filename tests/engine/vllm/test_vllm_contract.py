@@ -451,6 +451,7 @@ CONTRACT: tuple[Entry, ...] = (
         "vllm.engine._engine_args builds it by keyword",
         keywords=(
             "model",
+            "tokenizer",
             "served_model_name",
             "dtype",
             "max_model_len",

@@ -4,9 +4,11 @@ vLLM's default hashes ``(parent, tokens, extra_keys)`` with SHA-256 over an unty
 cache salt, LoRA name and multimodal keys share one namespace, and the salt is whatever the caller sent.
 Here every block key is keyed BLAKE3 over typed, length-prefixed fields (``bastion.native.BlockKeyer``,
 layout in ``rust/bastion-core/src/blockhash``): the key is derived from the server's partition secret, the
-partition is the tenant key from the server's partition tag (``bastion.isolation.tag``) for every block
-after the operator-declared public prefix, and the adapter's name and path are fields of their own. Two
-tenants therefore never produce the same block key, and within a tenant prefix caching works as before.
+partition is the cache key from the server's partition tag (``bastion.isolation.tag``) for every block
+after the operator-declared public prefix, and the adapter's name and path are fields of their own. The
+cache key is the tenant key, or for a tenant with ``prefix_cache_scope = "principal"`` the principal's own
+key. Two tenants (and two principals of such a tenant) therefore never produce the same block key, and
+within a partition prefix caching works as before.
 
 ``install()`` runs from the bastion vLLM plugin in every vLLM process and replaces the EngineCore's
 ``get_request_block_hasher`` when the server's engine-process contract names its partition key file
@@ -44,7 +46,7 @@ def make_request_block_hasher(block_size: int, keyer: BlockKeyer) -> RequestBloc
             tag = PartitionTag.decode(cache_salt)
         except TagError:
             return None
-        return bytes.fromhex(tag.tenant_key), tag.public_tokens // block_size
+        return bytes.fromhex(tag.cache_key), tag.public_tokens // block_size  # not the budget's tenant key
 
     def request_block_hasher(request: Any) -> list[bytes]:
         start = len(request.block_hashes) * block_size
@@ -113,7 +115,9 @@ def install() -> bool:
     import vllm.v1.engine.core as core
 
     def get_request_block_hasher(hash_block_size: int, caching_hash_fn: Any) -> RequestBlockHasher:
-        log.info("prefix-cache block keys: keyed BLAKE3, partitioned by tenant (block size %d)", hash_block_size)
+        log.info(
+            "prefix-cache block keys: keyed BLAKE3, partitioned by the tag's cache key (block size %d)", hash_block_size
+        )
         return make_request_block_hasher(hash_block_size, keyer)
 
     core.get_request_block_hasher = get_request_block_hasher  # type: ignore[attr-defined,assignment]  # monkeypatches a vLLM internal

@@ -27,6 +27,7 @@ from bastion.engine.vllm.device import Device, resolve_dtype
 from bastion.engine.vllm.stats import StatsSink, make_stat_logger_factory
 from bastion.engine.vllm.tokens import PromptTokenizer
 from bastion.errors import EngineError, InvalidArgument, Unavailable
+from bastion.models.verified import VerifiedCopy
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,10 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
 
     m = settings.model
     kwargs: dict[str, Any] = dict(
+        # The verified copy (bastion.models.verified): config, generation config, tokenizer and chat template
+        # are read from it, never from the model's own directory.
         model=model_path,
+        tokenizer=model_path,
         served_model_name=name,
         dtype=resolve_dtype(m.dtype, device),
         max_model_len=m.max_model_len,
@@ -61,14 +65,31 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
     return AsyncEngineArgs(**kwargs)
 
 
+def lora_requests(verified: VerifiedCopy) -> dict[str, Any]:
+    """Adapter name -> vLLM ``LoRARequest``. vLLM loads an adapter when a request first names it: from its
+    verified copy, checked against the digest reported for it when the copy was made, so a later change to
+    the original directory changes nothing."""
+    from vllm.lora.request import LoRARequest
+
+    return {a: LoRARequest(a, i + 1, str(p)) for i, (a, p) in enumerate(sorted(verified.adapters.items()))}
+
+
 class VllmEngine:
     """Implements bastion.engine.protocol.Engine over vllm.v1.engine.async_llm.AsyncLLM."""
 
-    def __init__(self, llm: Any, info: ModelInfo, sink: StatsSink, adapters: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        info: ModelInfo,
+        sink: StatsSink,
+        adapters: Mapping[str, Any] | None = None,
+        verified: VerifiedCopy | None = None,
+    ) -> None:
         self._llm = llm
         self._info = info
         self._sink = sink
         self._loras = dict(adapters or {})  # adapter name -> vLLM LoRARequest
+        self._verified = verified  # removed once vLLM has stopped
         self._tokens = PromptTokenizer(llm.get_tokenizer())
         self._stopped = False
 
@@ -76,7 +97,7 @@ class VllmEngine:
     async def start(
         cls,
         settings: Settings,
-        model_path: str,
+        verified: VerifiedCopy,
         name: str,
         digest: str,
         device: Device,
@@ -84,9 +105,32 @@ class VllmEngine:
         process: EngineProcessEnv,
         subject_digest: str = "",
     ) -> VllmEngine:
-        """``process`` is what vLLM's processes inherit from the server (``bastion.engine.process``): with its
-        ``sealed`` part the model loads through the ``bastion`` load format; with a partition key file the
+        """``verified`` is the private copy vLLM reads the model's config, tokenizer and chat template and
+        the adapters from (``bastion.models.verified``); the engine owns it from here and removes it when it
+        stops (or fails to start). ``process`` is what vLLM's processes inherit from the server
+        (``bastion.engine.process``): with its ``sealed`` part the weights load through the ``bastion`` load
+        format from the sealed directory, bound to the attested digests; with a partition key file the
         EngineCore keys its prefix cache by tenant and runs the tenant KV scheduler."""
+        try:
+            return await cls._start(settings, verified, name, digest, device, process, subject_digest)
+        except asyncio.CancelledError:
+            raise  # _start hands the copy to the shutdown of the engine still being built
+        except BaseException:
+            verified.close()
+            raise
+
+    @classmethod
+    async def _start(
+        cls,
+        settings: Settings,
+        verified: VerifiedCopy,
+        name: str,
+        digest: str,
+        device: Device,
+        process: EngineProcessEnv,
+        subject_digest: str,
+    ) -> VllmEngine:
+        model_path = str(verified.model)
         if device == "cpu":
             # Read by vLLM's CPU worker processes (inherited environment).
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.model.cpu_kv_cache_gib)))
@@ -122,16 +166,19 @@ class VllmEngine:
         try:
             llm = await asyncio.shield(future)
         except asyncio.CancelledError:
-            # Shutdown arrived while the engine was starting: stop it as soon as it exists.
-            future.add_done_callback(lambda f: f.exception() is None and f.result().shutdown())
+            # Shutdown arrived while the engine was starting: stop it as soon as it exists, then remove the copy.
+            def stop(f: asyncio.Future[Any]) -> None:
+                try:
+                    if f.exception() is None:
+                        f.result().shutdown()
+                finally:
+                    verified.close()
+
+            future.add_done_callback(stop)
             raise
         max_context = int(llm.model_config.max_model_len)
-        from vllm.lora.request import LoRARequest
-
-        loras = {a: LoRARequest(a, i + 1, str(p)) for i, (a, p) in enumerate(sorted(settings.model.adapters.items()))}
-        from bastion.digest import digest_dir
-
-        adapter_digests = tuple((a, digest_dir(p).digest) for a, p in sorted(settings.model.adapters.items()))
+        loras = lora_requests(verified)
+        adapter_digests = tuple(sorted(verified.adapter_digests.items()))
         info = ModelInfo(
             name=name,
             digest=digest,
@@ -143,7 +190,7 @@ class VllmEngine:
             adapter_digests=adapter_digests,
         )
         log.info("engine ready: model %s (%s) on %s, context %d tokens", name, digest, device, max_context)
-        return cls(llm, info, sink, loras)
+        return cls(llm, info, sink, loras, verified)
 
     @property
     def info(self) -> ModelInfo:
@@ -268,7 +315,11 @@ class VllmEngine:
         if self._stopped:
             return
         self._stopped = True
-        await asyncio.to_thread(self._llm.shutdown)
+        try:
+            await asyncio.to_thread(self._llm.shutdown)
+        finally:
+            if self._verified is not None:
+                self._verified.close()
 
 
 def _convert_logprobs(ids: tuple[int, ...], logprobs: Any, k: int) -> tuple[TokenLogprobs, ...]:

@@ -1,9 +1,10 @@
 """TenantScheduler: vLLM's v1 Scheduler with per-tenant KV block budgets (SC-4).
 
 Use with ``scheduler_cls="bastion.engine.vllm.scheduler.TenantScheduler"`` (``AsyncTenantScheduler`` when
-the engine uses async scheduling; ``bastion.engine.vllm.engine`` picks). The tenant of a request is
-``PartitionTag.decode(request.cache_salt)``; a request whose salt does not decode is charged to the
-shared ``untagged`` bucket (no reservation, no cap), never to a tagged tenant.
+the engine uses async scheduling; ``bastion.engine.vllm.engine`` picks). The tenant of a request is the
+tenant key of ``PartitionTag.decode(request.cache_salt)`` — never its cache key, so a tenant whose prefix
+cache is partitioned per principal still has one budget; a request whose salt does not decode is charged to
+the shared ``untagged`` bucket (no reservation, no cap), never to a tagged tenant.
 
 The accounting is a ``bastion.native.KvLedger`` (O(1) per call). A request is charged the length of
 its block tables (blocks it references, prefix hits included), so a tenant's charge never depends on
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 
 UNTAGGED = "untagged"
 STATS_INTERVAL_S = 1.0
+# Salts remembered with their slot; past this many the memo starts over (with per-principal cache keys a
+# tenant has one salt per principal and public prefix).
+MAX_SALTS = 16384
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -72,7 +76,11 @@ class TenantScheduler(Scheduler):
         self.kv_ledger = KvLedger(pool.num_gpu_blocks - 1)  # the null block is never usable
         self._pool = TenantBlockPool.adopt(pool, self.kv_ledger)
         self._untagged = self.kv_ledger.register(UNTAGGED, 0, 0)
-        self._salt_slot: dict[str | None, int] = {}
+        self._salt_slot: dict[str | None, int] = {}  # a memo, bounded (MAX_SALTS)
+        # (tenant key, reserved, cap) -> slot: each budget is registered once, when first seen, as before the
+        # salt memo was bounded: clearing the memo never re-applies an older tag's limits. Grows with
+        # tenants and policy versions, not with principals.
+        self._budget_slot: dict[tuple[str, int, int], int] = {}
         self._charge: dict[str, list[int]] = {}  # request id -> [slot, blocks charged, their token capacity]
         self._charge_get = self._charge.get
         self._managers = kvm.coordinator.single_type_managers
@@ -120,6 +128,8 @@ class TenantScheduler(Scheduler):
         salt = request.cache_salt
         slot = self._salt_slot.get(salt)
         if slot is None:
+            if len(self._salt_slot) >= MAX_SALTS:
+                self._salt_slot.clear()
             slot = self._salt_slot[salt] = self._register(salt)
         return slot
 
@@ -128,12 +138,19 @@ class TenantScheduler(Scheduler):
             tag = PartitionTag.decode(salt)
         except TagError:
             return self._untagged
+        # The budget is the tenant key's; the tag's cache key (tenant or principal) only partitions blocks.
+        budget = (tag.tenant_key, tag.kv_reserved_blocks, tag.kv_max_blocks)
+        slot = self._budget_slot.get(budget)
+        if slot is not None:
+            return slot
         try:
-            return self.kv_ledger.register(tag.tenant_key, tag.kv_reserved_blocks, tag.kv_max_blocks)
+            slot = self.kv_ledger.register(tag.tenant_key, tag.kv_reserved_blocks, tag.kv_max_blocks)
         except InvalidArgument:  # the ledger's refusal (bastion.errors, raised by the native binding)
             # reservations exhausted: the tenant keeps its cap but gets no guarantee
             log.warning("KV reservation of %d blocks refused (pool oversubscribed)", tag.kv_reserved_blocks)
-            return self.kv_ledger.register(tag.tenant_key, 0, tag.kv_max_blocks)
+            slot = self.kv_ledger.register(tag.tenant_key, 0, tag.kv_max_blocks)
+        self._budget_slot[budget] = slot
+        return slot
 
     def _table_len(self, request_id: str) -> int:
         if len(self._managers) == 1:

@@ -6,9 +6,14 @@ name come from the server's engine-process contract (``bastion.engine.process``:
 ``model_loader_extra_config={"kek_file", "trust_policy", "served_model"}``; key material never passes
 through Python.
 
-Before any weight is decrypted, the OMS signature (``model.sig``) is checked here, in the loading
-process, against the trust policy, and every signed file but the data files is compared with the signed
-manifest (``weights.ctxh`` on the exact bytes the Rust reader decoded). Every byte of every data file is read once: each ciphertext segment's hash is checked against the
+The directory loaded is the contract's ``sealed.model_dir`` (vLLM's own model path is the server's
+verified copy of the small files, ``bastion.models.verified``, which holds no weights). Before any weight
+is decrypted, the OMS signature (``model.sig``) is checked here, in the loading process, against the
+trust policy, every signed file but the data files is compared with the signed manifest
+(``weights.ctxh`` on the exact bytes the Rust reader decoded), and what was verified must be what the
+server attested (``check_attested``): the header bytes hash to the contract's ``header_digest`` and the
+signature's OMS digest is its ``subject_digest``, so another artefact the trust policy would also allow
+for this name (an older signed release swapped in after the server's check) is refused. Every byte of every data file is read once: each ciphertext segment's hash is checked against the
 header's table, then the segment is authenticated and decrypted by the Rust reader, and only then do
 its bytes become a tensor for ``model.load_weights``. The bytes no tensor covers (each file's embedded
 safetensors header) are read and verified too, so a loaded model means a fully verified artifact. Any
@@ -28,11 +33,12 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
+from bastion.digest import hash_bytes
 from bastion.engine.process import SealedLoad, current
-from bastion.errors import BastionError, ConfigError
+from bastion.errors import BastionError, ConfigError, IntegrityError
 from bastion.weights.policy import TrustPolicy, load_policy
 from bastion.weights.sealed import SealedReader, TensorInfo, header_json
-from bastion.weights.signing import verify_sealed
+from bastion.weights.signing import SignedManifest, verify_sealed
 
 if TYPE_CHECKING:
     from bastion.keys import KeyProvider
@@ -162,6 +168,26 @@ def is_sealed_dir(path: str | os.PathLike[str]) -> bool:
     return os.path.isfile(os.path.join(path, SEALED_HEADER))
 
 
+def check_attested(expected: SealedLoad, header_file: bytes, manifest: SignedManifest | None) -> None:
+    """Refuses (``IntegrityError``, expected against found) an artefact other than the one the server
+    attested: ``header_file`` (the ``weights.ctxh`` bytes the reader decoded, which fix every data byte)
+    must hash to ``expected.header_digest``, and the verified signature's OMS subject digest (none: "")
+    must be ``expected.subject_digest``."""
+    where = os.path.join(expected.model_dir, SEALED_HEADER)
+    found = "blake3:" + hash_bytes(header_file)
+    if found != expected.header_digest:
+        raise IntegrityError(
+            f"{where}: not the artefact the server attested as {expected.digest}: expected header "
+            f"{expected.header_digest}, found {found}"
+        )
+    subject = manifest.model_digest if manifest is not None else ""
+    if subject != expected.subject_digest:
+        raise IntegrityError(
+            f"{os.path.join(expected.model_dir, 'model.sig')}: not the signature the server attested: expected "
+            f"OMS digest {expected.subject_digest or '(unsigned)'}, found {subject or '(unsigned)'}"
+        )
+
+
 def _register() -> None:
     from torch import nn
     from vllm.config import ModelConfig
@@ -206,12 +232,21 @@ def _register() -> None:
                 )
             return sealed
 
+        def _target(self, model_config: ModelConfig) -> tuple[str, SealedLoad | None]:
+            """The sealed directory and what the server attested for it; without the server's contract
+            (model_loader_extra_config alone) vLLM's model path, bound to nothing."""
+            sealed = current().sealed
+            if sealed is not None:
+                return str(sealed.model_dir), sealed
+            return str(model_config.model), None
+
         def download_model(self, model_config: ModelConfig) -> None:
-            if not is_sealed_dir(model_config.model):
-                raise ValueError(f"load format {LOAD_FORMAT}: {model_config.model} is not a sealed model directory")
+            path, _ = self._target(model_config)
+            if not is_sealed_dir(path):
+                raise ValueError(f"load format {LOAD_FORMAT}: {path} is not a sealed model directory")
 
         def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
-            path = str(model_config.model)
+            path, attested = self._target(model_config)
             started = time.perf_counter()
             stats: dict[str, int] = {}
             try:
@@ -233,6 +268,9 @@ def _register() -> None:
                             manifest.identity,
                             manifest.model_digest,
                         )
+                    if attested is not None:
+                        check_attested(attested, header, manifest)
+                        log.info("sealed model %s is the artefact the server attested (%s)", path, attested.digest)
                     loaded = cast(_LoadsWeights, model).load_weights(sealed_weights(reader, stats))
             except BastionError as exc:
                 # str(exc) carries the detail: the file and segment that failed, never key material.

@@ -1,6 +1,6 @@
 //! Streaming BLAKE3 of one file: bounded memory, multi-threaded for large files.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -15,8 +15,9 @@ const LARGE_CHUNK: usize = 8 << 20;
 /// Hash the regular file at `path`, returning `(bytes hashed, BLAKE3 digest)`.
 ///
 /// Opens with `O_NOFOLLOW | O_NONBLOCK` (Unix), so a symlink is refused, and checks that the opened
-/// file is a regular file. Fails with [`CoreError::FileChanged`] if the number of bytes read
-/// differs from the file's length at open.
+/// file is a regular file. Every byte hashed is read from that one descriptor. Fails with
+/// [`CoreError::FileChanged`] if the number of bytes read differs from the file's length at open, or
+/// if the descriptor's length or modification time after hashing differs from before.
 pub fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), CoreError> {
     hash_listed_file(path, None)
 }
@@ -33,19 +34,60 @@ pub(crate) fn hash_listed_file(
             path: path.to_path_buf(),
         });
     }
-    let id = FileId::of(&meta);
-    if expected.is_some_and(|want| *want != id) {
+    if expected.is_some_and(|want| *want != FileId::of(&meta)) {
         return Err(CoreError::FileChanged {
             path: path.to_path_buf(),
         });
     }
-    let (size, digest) = hash_reader(file, id.len()).map_err(|e| CoreError::io(path, e))?;
-    if size != id.len() {
-        return Err(CoreError::FileChanged {
-            path: path.to_path_buf(),
-        });
+    hash_opened(path, &file, &meta, &file)
+}
+
+/// Hash what `reader` yields (the bytes of `file`, opened at `path` with metadata `before`), then
+/// check that it was the whole file and that the file did not change meanwhile: the bytes read equal
+/// the length at open, and `fstat` after hashing shows the same length and modification time.
+pub(crate) fn hash_opened<R: Read + Send>(
+    path: &Path,
+    file: &File,
+    before: &Metadata,
+    reader: R,
+) -> Result<(u64, [u8; 32]), CoreError> {
+    let changed = || CoreError::FileChanged {
+        path: path.to_path_buf(),
+    };
+    let (size, digest) = hash_reader(reader, before.len()).map_err(|e| CoreError::io(path, e))?;
+    if size != before.len() {
+        return Err(changed());
+    }
+    let after = file.metadata().map_err(|e| CoreError::io(path, e))?;
+    if Stamp::of(&after) != Stamp::of(before) {
+        return Err(changed());
     }
     Ok((size, digest))
+}
+
+/// What must not change while a file is hashed: its length and modification time (ns).
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    #[cfg(unix)]
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Stamp {
+                len: meta.len(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Stamp { len: meta.len() }
+        }
+    }
 }
 
 /// Hash everything `reader` yields until EOF, returning `(bytes read, BLAKE3 digest)`.

@@ -119,6 +119,84 @@ fn errors_name_the_path() {
     assert!(matches!(e, CoreError::NotADirectory { .. }), "{e:?}");
 }
 
+/// A reader over `file` that, at its first read, runs `tamper` (another writer changing the file
+/// while it is being hashed).
+struct TamperingReader<'a, F: FnMut()> {
+    file: &'a fs::File,
+    tamper: Option<F>,
+}
+
+impl<F: FnMut() + Send> std::io::Read for TamperingReader<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(mut t) = self.tamper.take() {
+            t();
+        }
+        std::io::Read::read(&mut self.file, buf)
+    }
+}
+
+fn hash_while(path: &Path, tamper: impl FnMut() + Send) -> Result<(u64, [u8; 32]), CoreError> {
+    let file = fs::File::open(path).unwrap();
+    let before = file.metadata().unwrap();
+    let reader = TamperingReader {
+        file: &file,
+        tamper: Some(tamper),
+    };
+    file::hash_opened(path, &file, &before, reader)
+}
+
+#[test]
+fn a_file_that_grows_while_hashed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("grows");
+    fs::write(&p, pattern(3000)).unwrap();
+    let e = hash_while(&p, || {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"more").unwrap();
+    })
+    .unwrap_err();
+    assert!(matches!(e, CoreError::FileChanged { .. }), "{e:?}");
+    assert!(e.to_string().contains("grows"));
+}
+
+#[test]
+fn a_file_that_shrinks_while_hashed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("shrinks");
+    fs::write(&p, pattern(3000)).unwrap();
+    let e = hash_while(&p, || {
+        let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(10).unwrap();
+    })
+    .unwrap_err();
+    assert!(matches!(e, CoreError::FileChanged { .. }), "{e:?}");
+}
+
+#[test]
+fn a_same_size_rewrite_while_hashed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("rewritten");
+    fs::write(&p, pattern(3000)).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let e = hash_while(&p, || {
+        use std::io::{Seek, Write};
+        let mut f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.seek(std::io::SeekFrom::Start(2000)).unwrap();
+        f.write_all(b"X").unwrap(); // same length, new mtime
+    })
+    .unwrap_err();
+    assert!(matches!(e, CoreError::FileChanged { .. }), "{e:?}");
+    // Untouched, the same file hashes fine.
+    assert_eq!(hash_while(&p, || {}).unwrap().0, 3000);
+}
+
 #[cfg(unix)]
 mod unix {
     use std::os::unix::ffi::OsStrExt;

@@ -31,10 +31,6 @@ impl FileId {
             FileId { len: meta.len() }
         }
     }
-
-    pub(crate) fn len(&self) -> u64 {
-        self.len
-    }
 }
 
 /// One regular file found under the root.
