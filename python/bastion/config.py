@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from bastion.assurance.settings import AssuranceSettings
 from bastion.audit.settings import AuditSettings
 from bastion.auth.settings import AuthSettings
+from bastion.cluster.settings import ClusterSettings
 from bastion.errors import ConfigError
 from bastion.urls import check_service_url, is_loopback_host
 
@@ -328,6 +329,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     isolation: IsolationSettings = IsolationSettings()
     assurance: AssuranceSettings = AssuranceSettings()
+    cluster: ClusterSettings = ClusterSettings()
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
     @classmethod

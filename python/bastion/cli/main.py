@@ -1,7 +1,8 @@
 """``bastion`` command line: serve, generate, health, models fetch-default; sealed models: keys create,
 seal, verify, inspect, rekey (``bastion.cli.weights``); api-keys issue/revoke/list (``bastion.cli.apikeys``);
 audit verify/keygen (``bastion.cli.audit``); admin (``bastion.cli.admin``); audit-isolation
-(``bastion.cli.isolation``); eval (``bastion.cli.evaluate``).
+(``bastion.cli.isolation``); eval (``bastion.cli.evaluate``); the Ray cluster's nodes, token and CA
+(``bastion.cli.cluster``).
 
 Exit codes and error messages come from one table, ``bastion.cli.errors``: 0 success; 1 a failed check,
 call or server start; 2 bad usage or configuration; 130 interrupted. Errors are one line on stderr
@@ -20,6 +21,7 @@ from typing import Any
 from bastion.cli import admin as admin_cli
 from bastion.cli import apikeys as apikeys_cli
 from bastion.cli import audit as audit_cli
+from bastion.cli import cluster as cluster_cli
 from bastion.cli import errors as cli_errors
 from bastion.cli import evaluate as evaluate_cli
 from bastion.cli import isolation as isolation_cli
@@ -97,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     admin_cli.add_parsers(sub, client_args)
     isolation_cli.add_parsers(sub, client_args)
     evaluate_cli.add_parsers(sub, client_args)
+    cluster_cli.add_parsers(sub)
     return p
 
 
@@ -232,6 +235,7 @@ _COMMANDS = {
     **admin_cli.commands(_channel),
     **isolation_cli.commands(_channel),
     **evaluate_cli.commands(_channel),
+    **cluster_cli.COMMANDS,
 }
 
 

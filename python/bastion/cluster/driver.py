@@ -1,0 +1,52 @@
+"""Joining the cluster as a Ray driver (what the front door will do with ``[cluster]`` settings).
+
+A driver runs on a cluster node (Ray attaches it to the raylet at ``cluster.node_ip``) and needs the same
+credentials as a node: the token file and a certificate from the cluster CA that names ``node_ip``. It
+passes the same checks (``bastion.cluster.preflight``) and connects with token auth and mutual TLS; the
+token is read by Ray from its file, never placed in the environment. This is the only module of bastion
+that imports Ray at run time (``import-linter``: ``ray-home``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from bastion.cluster.preflight import check_node
+from bastion.cluster.settings import ClusterSettings, split_address
+from bastion.errors import ConfigError
+
+
+def driver_env(settings: ClusterSettings) -> dict[str, str]:
+    """The ``RAY_*`` variables a driver needs (paths only)."""
+    paths = check_node(settings, dirs=False)
+    return {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(paths.token_file),
+        "RAY_USE_TLS": "1",
+        "RAY_TLS_SERVER_CERT": str(paths.cert_file),
+        "RAY_TLS_SERVER_KEY": str(paths.key_file),
+        "RAY_TLS_CA_CERT": str(paths.ca_file),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+
+
+def connect(settings: ClusterSettings, *, namespace: str | None = None, **init_kwargs: Any) -> Any:
+    """Checks, then ``ray.init`` against ``cluster.head_address`` with token auth and mutual TLS. Sets the
+    ``RAY_*`` variables in this process (Ray reads them from the environment) and removes any inherited
+    ``RAY_AUTH_TOKEN`` (a token in the environment would reach every process this one starts)."""
+    if not settings.head_address:
+        raise ConfigError("cluster.head_address is not set: the head node's HOST:PORT")
+    split_address(settings.head_address, "cluster.head_address")
+    env = driver_env(settings)
+    for name in [n for n in os.environ if n.upper().startswith("RAY_AUTH") or n.upper() == "RAY_USE_TLS"]:
+        del os.environ[name]
+    os.environ.update(env)
+    import ray  # only here: bastion.cluster is Ray's one home, and importing Ray takes seconds
+
+    init_kwargs.setdefault("logging_level", logging.WARNING)
+    init_kwargs.setdefault("log_to_driver", False)
+    return ray.init(
+        address=settings.head_address, _node_ip_address=settings.node_ip, namespace=namespace, **init_kwargs
+    )
