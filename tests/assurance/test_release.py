@@ -5,6 +5,7 @@ attestation files that are FIFOs, symlinks or oversized (5)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -245,7 +246,8 @@ async def _audit(tmp: Path, *events: tuple[str, str]) -> Path:
     try:
         for action, model in events:
             if action == "quarantine_lifted":
-                await recorder.quarantine_lifted(
+                await recorder.admin_decision(
+                    action,
                     request_id="r1",
                     method="/bastion.v1.Admin/LiftQuarantine",
                     peer="ipv4:127.0.0.1:1",
@@ -382,3 +384,35 @@ def test_attestation_files_are_opened_without_following_or_blocking(
     want = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     assert seen and all(f & want == want and f & (os.O_WRONLY | os.O_RDWR) == 0 for f in seen)
     assert book.release("m").state == RELEASED
+
+
+async def test_quarantine_decisions_are_applied_in_the_order_they_are_recorded(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """A lift whose record is being written and a new quarantine racing it. Before, both ran at once: the
+    quarantine's record came after the lift's, but the lift was applied last in memory, so the running server
+    served a model the audit log (and so the next start) held quarantined. Now one decision at a time."""
+    book = _book(tmp_path, keys[1])
+    book.quarantine("fake-model", "red team")
+    recorded: list[str] = []
+    lift_record_written = asyncio.Event()
+
+    async def lift() -> None:
+        assert book.release("fake-model").state == QUARANTINED
+        await lift_record_written.wait()  # the lift's audit record is being made durable
+        recorded.append("quarantine_lifted")
+        book.lift_quarantine("fake-model")
+
+    async def quarantine_again() -> None:
+        recorded.append("quarantine")
+        book.quarantine("fake-model", "drift")
+
+    lifting = asyncio.ensure_future(book.decide(lift))
+    await asyncio.sleep(0)
+    again = asyncio.ensure_future(book.decide(quarantine_again))
+    await asyncio.sleep(0.05)
+    assert recorded == []  # the new quarantine waits for the lift in progress
+    lift_record_written.set()
+    await asyncio.gather(lifting, again)
+    assert recorded == ["quarantine_lifted", "quarantine"]  # the log's order ...
+    assert book.release("fake-model").state == QUARANTINED  # ... is the state in memory

@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_util import Pki, make_pki, node_fields, node_settings, short_dir, toml
+from cluster_util import Pki, node_fields, node_settings, toml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -23,17 +22,6 @@ from bastion.cluster.token import write_token
 from bastion.errors import ConfigError
 
 IP = "127.0.0.2"
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    with short_dir() as d:
-        yield d
-
-
-@pytest.fixture
-def pki(base: Path) -> Pki:
-    return make_pki(base)
 
 
 def _start_argv(s: ClusterSettings, *, head: bool) -> list[str]:

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_util import Pki, make_pki, node_settings, short_dir
+from cluster_util import Pki, node_settings
 
 from bastion.cluster.pki import create_ca, issue
 from bastion.cluster.preflight import check_node
 from bastion.errors import ConfigError
 
 IP = "127.0.0.2"
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    with short_dir() as d:
-        yield d
-
-
-@pytest.fixture
-def pki(base: Path) -> Pki:
-    return make_pki(base)
 
 
 def test_a_complete_node_passes_and_gets_subdirectories_for_ray(base: Path, pki: Pki) -> None:

@@ -345,9 +345,13 @@ class DriftMonitor:
         st.status, st.integrity, st.alerts = "integrity", reason, st.alerts + 1
         action = "quarantine" if self.settings.quarantine else "alert"
         log.error("drift INTEGRITY ALARM on %s (%s): %s; action: %s", info.name, info.digest, reason, action)
-        await self.on_event(DRIFT_INTEGRITY, info.name, info.digest, reason, action)
-        if self.settings.quarantine:
-            self.releases.quarantine(info.name, f"drift baseline: {reason}")
+
+        async def decide() -> None:
+            await self.on_event(DRIFT_INTEGRITY, info.name, info.digest, reason, action)
+            if self.settings.quarantine:
+                self.releases.quarantine(info.name, f"drift baseline: {reason}")
+
+        await self.releases.decide(decide)
 
     async def start(self) -> None:
         """Noise floor and tolerance, then the baseline (taken, verified or an alarm) and a first check."""
@@ -440,9 +444,13 @@ class DriftMonitor:
             )
             action = "quarantine" if self.settings.quarantine else "alert"
             log.error("drift ALERT on %s (%s): %s; action: %s", info.name, info.digest, reason, action)
-            await self.on_event(DRIFT, info.name, info.digest, reason, action)
-            if self.settings.quarantine:
-                self.releases.quarantine(info.name, reason)
+
+            async def decide() -> None:
+                await self.on_event(DRIFT, info.name, info.digest, reason, action)
+                if self.settings.quarantine:
+                    self.releases.quarantine(info.name, reason)
+
+            await self.releases.decide(decide)
             return st
 
     async def run(self) -> None:

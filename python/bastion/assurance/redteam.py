@@ -187,9 +187,13 @@ class RedTeam:
         st.alerts += 1
         action = "quarantine" if self.settings.quarantine else "alert"
         log.error("red team ALERT on %s: %s (two windows); action: %s", info.name, reason, action)
-        await self.on_event("redteam_regression", info.name, info.digest, reason, action)
-        if self.settings.quarantine:
-            self.releases.quarantine(info.name, f"red team: {reason}")
+
+        async def decide() -> None:
+            await self.on_event("redteam_regression", info.name, info.digest, reason, action)
+            if self.settings.quarantine:
+                self.releases.quarantine(info.name, f"red team: {reason}")
+
+        await self.releases.decide(decide)
 
     async def run(self) -> None:
         while True:

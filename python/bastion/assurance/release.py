@@ -43,13 +43,14 @@ be read back whole refuses the start (fail closed) instead of forgetting a quara
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bastion.assurance.attestation import (
     ADAPTER_KIND,
@@ -66,6 +67,7 @@ from bastion.errors import BastionError, FailedPrecondition, IntegrityError
 from bastion.files import read_regular
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 RELEASED = "released"
 EVALUATION_ONLY = "evaluation_only"
@@ -125,6 +127,8 @@ class ReleaseBook:
         self.settings = settings
         self.dir = settings.attestations_dir or cache_dir / "attestations"
         self._lock = threading.Lock()
+        # One quarantine decision at a time, recorded then applied (decide()).
+        self._decisions = asyncio.Lock()
         self._models: dict[str, Release] = {}
         self._adapters: dict[tuple[str, str], Release] = {}
         self._quarantine: dict[str, str] = {}
@@ -204,6 +208,15 @@ class ReleaseBook:
         for name, rel in table.items():
             (log.info if rel.state == RELEASED else log.warning)("model %s: %s (%s)", name, rel.state, rel.attestation)
         return files, rejected
+
+    async def decide(self, step: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``step`` — record a quarantine decision (``quarantine``, ``quarantine_lifted``) in the audit log,
+        then apply it with :meth:`quarantine` / :meth:`lift_quarantine` — while no other decision runs. The
+        in-memory state then changes in the order of the log's records, which is the order the next start
+        re-derives: a lift and a new quarantine racing each other cannot leave the model lifted in memory and
+        quarantined in the log."""
+        async with self._decisions:
+            return await step()
 
     def quarantine(self, model: str, reason: str) -> None:
         """Quarantine ``model`` (in memory). The caller has written the audit record first

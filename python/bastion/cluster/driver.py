@@ -20,16 +20,7 @@ from bastion.errors import ConfigError
 
 def driver_env(settings: ClusterSettings) -> dict[str, str]:
     """The ``RAY_*`` variables a driver needs (paths only)."""
-    paths = check_node(settings, dirs=False)
-    return {
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(paths.token_file),
-        "RAY_USE_TLS": "1",
-        "RAY_TLS_SERVER_CERT": str(paths.cert_file),
-        "RAY_TLS_SERVER_KEY": str(paths.key_file),
-        "RAY_TLS_CA_CERT": str(paths.ca_file),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+    return check_node(settings, dirs=False).ray_security_env()
 
 
 def connect(settings: ClusterSettings, *, namespace: str | None = None, **init_kwargs: Any) -> Any:

@@ -86,13 +86,7 @@ def scrub_env(env: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
 def ray_env(settings: ClusterSettings, paths: NodePaths) -> dict[str, str]:
     """The ``RAY_*`` variables of a node: token auth, mutual TLS, no usage stats, health checks, the hook."""
     return {
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(paths.token_file),
-        "RAY_USE_TLS": "1",
-        "RAY_TLS_SERVER_CERT": str(paths.cert_file),
-        "RAY_TLS_SERVER_KEY": str(paths.key_file),
-        "RAY_TLS_CA_CERT": str(paths.ca_file),
-        "RAY_USAGE_STATS_ENABLED": "0",
+        **paths.ray_security_env(),
         "RAY_health_check_failure_threshold": str(settings.health_check_failure_threshold),
         "RAY_health_check_timeout_ms": str(settings.health_check_timeout_ms),
         "RAY_health_check_period_ms": str(settings.health_check_period_ms),

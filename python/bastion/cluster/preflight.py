@@ -52,6 +52,19 @@ class NodePaths:
     ray_temp_dir: Path
     ray_spill_dir: Path
 
+    def ray_security_env(self) -> dict[str, str]:
+        """Token auth and mutual TLS, as Ray reads them (paths only: Ray reads the token from its file), and no
+        usage stats: what every node and driver process of the cluster runs with."""
+        return {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_file),
+            "RAY_USE_TLS": "1",
+            "RAY_TLS_SERVER_CERT": str(self.cert_file),
+            "RAY_TLS_SERVER_KEY": str(self.key_file),
+            "RAY_TLS_CA_CERT": str(self.ca_file),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+
 
 def _required(settings: ClusterSettings, name: str) -> Path:
     value = getattr(settings, name)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from bastion.assurance.drift import DRIFT_BASELINE_RESET, DriftState
-from bastion.assurance.release import QUARANTINED
+from bastion.assurance.release import QUARANTINE_LIFTED, QUARANTINED
 from bastion.errors import BastionError, ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from bastion.observability.telemetry import Telemetry
 from bastion.server.caller import Caller, current_caller
@@ -246,11 +246,7 @@ class AdminServicer(apb_grpc.AdminServicer):
         self, request: apb.ResetDriftBaselineRequest, context: grpc.aio.ServicerContext
     ) -> apb.ResetDriftBaselineResponse:
         async def reset(caller: Caller) -> apb.ResetDriftBaselineResponse:
-            model, reason = request.model, request.reason
-            if not 0 < len(model) <= MAX_MODEL_NAME or not model.isprintable():
-                raise InvalidArgument("model", f"1 to {MAX_MODEL_NAME} printable characters")
-            if not 0 < len(reason) <= MAX_LIFT_REASON or not reason.isprintable():
-                raise InvalidArgument("reason", f"1 to {MAX_LIFT_REASON} printable characters, required")
+            model, reason = _model_and_reason(request)
             if not self._state.settings.assurance.drift.enabled:
                 raise FailedPrecondition(public="drift monitoring is off (assurance.drift.enabled = false)")
             monitor = self._state.drift.get(model)
@@ -281,28 +277,29 @@ class AdminServicer(apb_grpc.AdminServicer):
         self, request: apb.LiftQuarantineRequest, context: grpc.aio.ServicerContext
     ) -> apb.LiftQuarantineResponse:
         async def lift(caller: Caller) -> apb.LiftQuarantineResponse:
-            model, reason = request.model, request.reason
-            if not 0 < len(model) <= MAX_MODEL_NAME or not model.isprintable():
-                raise InvalidArgument("model", f"1 to {MAX_MODEL_NAME} printable characters")
-            if not 0 < len(reason) <= MAX_LIFT_REASON or not reason.isprintable():
-                raise InvalidArgument("reason", f"1 to {MAX_LIFT_REASON} printable characters, required")
+            model, reason = _model_and_reason(request)
             releases, pool = self._state.releases, self._state.pool
-            if releases.release(model).state != QUARANTINED:
-                raise FailedPrecondition(
-                    "lift refused: the model is not quarantined", public="the model is not quarantined"
-                )
             served = [e.info.digest for e in pool.all() if e.info.name == model] if pool is not None else []
-            # Durable before the quarantine ends: the server re-derives quarantines from these records at start.
-            await self._state.recorder.quarantine_lifted(
-                request_id=caller.request_id,
-                method=caller.method,
-                peer=caller.peer,
-                principal=caller.principal,
-                model=model,
-                model_digest=served[0] if served else "",
-                reason=reason,
-            )
-            releases.lift_quarantine(model)
+
+            async def decide() -> None:  # checked, recorded and applied while no other quarantine decision runs
+                if releases.release(model).state != QUARANTINED:
+                    raise FailedPrecondition(
+                        "lift refused: the model is not quarantined", public="the model is not quarantined"
+                    )
+                # Durable before the quarantine ends: the server re-derives quarantines from these records.
+                await self._state.recorder.admin_decision(
+                    QUARANTINE_LIFTED,
+                    request_id=caller.request_id,
+                    method=caller.method,
+                    peer=caller.peer,
+                    principal=caller.principal,
+                    model=model,
+                    model_digest=served[0] if served else "",
+                    reason=reason,
+                )
+                releases.lift_quarantine(model)
+
+            await releases.decide(decide)
             log.warning("model %s: quarantine lifted by %s", model, caller.principal.id)
             return apb.LiftQuarantineResponse(models=self._model_states())
 
@@ -321,3 +318,13 @@ def _drift_status(s: DriftState) -> apb.DriftStatus:
         alerts=s.alerts,
         seconds=s.seconds,
     )
+
+
+def _model_and_reason(request: apb.LiftQuarantineRequest | apb.ResetDriftBaselineRequest) -> tuple[str, str]:
+    """An admin decision's model name and its required reason, each checked for length and printability."""
+    model, reason = request.model, request.reason
+    if not 0 < len(model) <= MAX_MODEL_NAME or not model.isprintable():
+        raise InvalidArgument("model", f"1 to {MAX_MODEL_NAME} printable characters")
+    if not 0 < len(reason) <= MAX_LIFT_REASON or not reason.isprintable():
+        raise InvalidArgument("reason", f"1 to {MAX_LIFT_REASON} printable characters, required")
+    return model, reason

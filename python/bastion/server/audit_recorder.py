@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from bastion.assurance.release import ASSURANCE_PRINCIPAL, QUARANTINE_LIFTED
+from bastion.assurance.release import ASSURANCE_PRINCIPAL
 from bastion.audit.errors import AuditUnavailable
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied, RateLimited, Unauthenticated
@@ -120,32 +120,6 @@ class AuditRecorder:
             },
         )
 
-    async def quarantine_lifted(
-        self,
-        *,
-        request_id: str,
-        method: str,
-        peer: str,
-        principal: Principal,
-        model: str,
-        model_digest: str,
-        reason: str,
-    ) -> int:
-        """An admin's lift of a quarantine (``Admin.LiftQuarantine``): a decision record like the alert that
-        quarantined the model, ``decision`` = ``quarantine_lifted``, with who and why. Returns its seq once
-        durable; the caller changes nothing before that (the server re-derives quarantines from these
-        records at start: bastion.assurance.release)."""
-        return await self.admin_decision(
-            QUARANTINE_LIFTED,
-            request_id=request_id,
-            method=method,
-            peer=peer,
-            principal=principal,
-            model=model,
-            model_digest=model_digest,
-            reason=reason,
-        )
-
     async def admin_decision(
         self,
         decision: str,
@@ -159,7 +133,8 @@ class AuditRecorder:
         reason: str,
     ) -> int:
         """An admin's decision about a model (``decision`` and ``event`` both name it: ``quarantine_lifted``,
-        ``drift_baseline_reset``), with who and why. Returns its seq once durable; the caller acts after."""
+        ``drift_baseline_reset``), with who and why. Returns its seq once durable; the caller acts after (the
+        server re-derives quarantines and expected drift baselines from these records at start)."""
         return await self.log.append(
             "decision",
             {
