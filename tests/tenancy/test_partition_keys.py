@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bastion.errors import ConfigError
-from bastion.tenancy.partition import PartitionKeys, load_or_create
+from bastion.tenancy.partition import PartitionKeys, block_key, load_or_create, routing_secret
 
 
 def test_salts_are_stable_per_tenant_and_differ_across_tenants_and_secrets() -> None:
@@ -36,6 +36,15 @@ def test_principal_keys_are_per_principal_and_unrelated_to_tenant_keys() -> None
     assert k1.cache_key("t", "apikey:alice", "principal") == alice
     with pytest.raises(ValueError, match="prefix_cache_scope"):
         k1.cache_key("t", "apikey:alice", "Principal")
+
+
+def test_routing_secret_has_its_own_label() -> None:
+    secret = b"\x04" * 32
+    keys = PartitionKeys(secret)
+    routing = keys.routing_secret()
+    assert routing == routing_secret(secret) and len(routing) == 32
+    assert routing != routing_secret(b"\x05" * 32) and routing != block_key(secret)
+    assert routing.hex() not in {keys.salt_for(""), keys.principal_key("", ""), secret.hex()}
 
 
 def test_principal_key_memo_is_bounded() -> None:

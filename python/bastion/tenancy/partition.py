@@ -12,6 +12,9 @@ the principal id (both length-prefixed), so two principals of one tenant never s
 key is unrelated to every tenant key. Its KV budget stays the tenant's (the tag carries both keys,
 ``bastion.isolation.tag``).
 
+The same secret, under labels of their own, gives the EngineCore's block-hashing key (``block_key``) and the
+front door's replica-routing key (``routing_secret``, for ``bastion.cluster.routing``).
+
 The secret is 32 random bytes in ``isolation.partition_key_file`` (default ``<cache_dir>/keys/partition.key``,
 created 0600 on first start). Replacing it changes every salt (the cache is simply cold afterwards).
 """
@@ -33,6 +36,7 @@ from bastion.files import atomic_write
 INFO_PREFIX = b"bastion kv partition v1\x00"
 PRINCIPAL_INFO_PREFIX = b"bastion kv principal partition v1\x00"
 BLOCK_KEY_INFO = b"bastion kv block key v1"
+ROUTING_KEY_INFO = b"bastion cluster routing key v1"
 SALT = b"bastion.kv.partition.salt.v1"
 KEY_BYTES = 32
 # Principal keys kept for reuse; past this many the memo starts over (a policy lists at most 100,000).
@@ -67,6 +71,12 @@ def block_key(secret: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=BLOCK_KEY_INFO).derive(secret)
 
 
+def routing_secret(secret: bytes) -> bytes:
+    """The front door's replica-routing key (``bastion.cluster.routing``), derived from the same secret under a
+    label of its own: routing keys are unrelated to block keys, salts and principal keys."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=SALT, info=ROUTING_KEY_INFO).derive(secret)
+
+
 class PartitionKeys:
     def __init__(self, secret: bytes, source: Path | None = None) -> None:
         if len(secret) != KEY_BYTES:
@@ -76,6 +86,10 @@ class PartitionKeys:
         self._principal_cache: dict[tuple[str, str], str] = {}
         # The file the secret came from: the EngineCore reads it too (BASTION_PARTITION_KEY_FILE).
         self.source = source
+
+    def routing_secret(self) -> bytes:
+        """``routing_secret`` of this secret: the key of the front door's ``RoutingKeyer``."""
+        return routing_secret(self._secret)
 
     def salt_for(self, tenant: str) -> str:
         """64 hex characters, stable for (secret, tenant), unrelated across tenants."""
