@@ -35,6 +35,12 @@ DEFAULT_TENANT = {
 }
 
 
+# The drift canaries of the e2e servers (in their [assurance.drift] table): fewer and shorter than the
+# defaults, so the baseline each server takes at start costs the real engine seconds, not a minute. Servers
+# that share a baseline (tests/e2e/test_assurance.py) must use the same set.
+E2E_DRIFT_CANARIES = "canaries = 8\nchat_canaries = 4\ncanary_words = 48\n"
+
+
 @dataclass
 class Identity:
     dir: Path
@@ -67,7 +73,8 @@ class Identity:
                 assurance
                 if assurance is not None
                 else f'[assurance]\nrequire_attestation = false\n[assurance.drift]\ndir = "{self.dir / "drift"}"\n'
-                "[assurance.redteam]\nenabled = false\n"
+                + E2E_DRIFT_CANARIES
+                + "[assurance.redteam]\nenabled = false\n"
             )
         )
 

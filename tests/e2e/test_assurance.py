@@ -35,7 +35,7 @@ from bastion.v1 import admin_pb2_grpc as apb_grpc
 from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 from conftest import FAST_ENGINE_TOML, LiveServer, launch_server, stop_server, wait_serving
-from identity import bearer_channel
+from identity import E2E_DRIFT_CANARIES, bearer_channel
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m-instruct"
@@ -166,7 +166,7 @@ allow_unsealed = true
         f'accepted_gate_policies = ["{_policy_digest(CI_POLICY.read_bytes())}", '
         f'"{_policy_digest(LENIENT_POLICY.encode())}"]\n'
         # Alert only: the gate's steps below need the model out of quarantine.
-        f'[assurance.drift]\ndir = "{drift}"\nquarantine = false\n[assurance.redteam]\nenabled = false\n'
+        f'[assurance.drift]\ndir = "{drift}"\nquarantine = false\n{E2E_DRIFT_CANARIES}[assurance.redteam]\nenabled = false\n'
     )
     server = launch_server(d / "srv", model_toml=toml, assurance_toml=assurance)
     try:
