@@ -20,132 +20,28 @@ import json
 import os
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cluster_util import Pki, free_port_block, make_pki, node_fields, short_dir, toml
+from cluster_util import HEAD_IP, WORKER_IP, Cluster, listening_ports, read_proc, run_python, running_cluster
 
-from bastion.cluster.node import node_processes, stop_node
+from bastion.cluster.node import node_processes
 
-ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("ray_probe.py")
-HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 GCS_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
-PORT_FIELDS = (
-    "node_manager_port",
-    "object_manager_port",
-    "agent_http_port",
-    "agent_grpc_port",
-    "runtime_env_agent_port",
-    "metrics_export_port",
-    "dashboard_metrics_port",
-    "autoscaler_metrics_port",
-)
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str
-    ip: str
-    config: Path
-    fields: dict[str, object]
-
-    @property
-    def temp_dir(self) -> Path:
-        return Path(str(self.fields["temp_dir"]))
-
-    def port(self, field: str) -> int:
-        return int(str(self.fields[field]))
-
-    def ports(self) -> set[int]:
-        singles = {self.port(f) for f in PORT_FIELDS} | {self.port("gcs_port")}
-        return singles | set(range(self.port("min_worker_port"), self.port("max_worker_port") + 1))
-
-
-@dataclass(frozen=True)
-class Cluster:
-    base: Path
-    pki: Pki
-    head: Node
-    worker: Node
-
-    @property
-    def address(self) -> str:
-        return f"{HEAD_IP}:{self.head.port('gcs_port')}"
-
-    def token(self) -> bytes:
-        return self.pki.token.read_bytes().strip()
-
-
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BASTION_", "RAY_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), str(Path(__file__).parent)])
-    return env
-
-
-def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], env=_child_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-
-
-def _node(base: Path, pki: Pki, name: str, ip: str, first_port: int, gcs_port: int) -> Node:
-    """A node's config: its own ports from ``first_port`` on (both nodes share this machine's ports)."""
-    fields = node_fields(
-        base,
-        pki,
-        name,
-        ip,
-        head_address=f"{HEAD_IP}:{gcs_port}",
-        gcs_port=gcs_port,
-        num_cpus=1,
-        object_store_bytes=100 * 1024 * 1024,
-        # Two nodes and a driver on two cores, with other tests' engines around: be patient with heartbeats.
-        health_check_failure_threshold=30,
-        health_check_timeout_ms=30000,
-        **{f: first_port + i for i, f in enumerate(PORT_FIELDS)},
-        min_worker_port=first_port + 10,
-        max_worker_port=first_port + 29,
-    )
-    config = base / f"{name}.toml"
-    config.write_text(toml(fields))
-    return Node(name, ip, config, fields)
-
-
-def _start(node: Node, *args: str) -> None:
-    r = _run(["-m", "bastion.cli.main", "cluster", *args, "--config", str(node.config)], timeout=200)
-    log = node.temp_dir / "ray-start.log"
-    detail = log.read_text()[-3000:] if log.exists() else ""
-    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{detail}"
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    with short_dir("bcl-") as base:
-        pki = make_pki(base)
-        block = free_port_block(70)
-        gcs = block + 65
-        head = _node(base, pki, "head", HEAD_IP, block, gcs)
-        worker = _node(base, pki, "worker", WORKER_IP, block + 32, gcs)
-        try:
-            _start(head, "start-head")
-            _start(worker, "start-worker", "--address", f"{HEAD_IP}:{gcs}")
-            yield Cluster(base, pki, head, worker)
-        finally:
-            for n in (worker, head):
-                stop_node(n.temp_dir, grace_s=3)
-            leftovers = node_processes(head.temp_dir) + node_processes(worker.temp_dir)
-            assert not leftovers, f"Ray processes left running: {leftovers}"
+    with running_cluster() as c:
+        yield c
 
 
 def _probe(*args: str, timeout: float) -> dict[str, object]:
-    r = _run([str(PROBE), *args], timeout=timeout)
+    r = run_python([str(PROBE), *args], timeout=timeout)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert r.returncode == 0 and lines, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     out: dict[str, object] = json.loads(lines[-1][len("RESULT ") :])
@@ -234,14 +130,6 @@ def test_plaintext_to_the_tls_nodes_fails_at_the_handshake(cluster: Cluster) -> 
         assert reply == b"" or reply[0] == 0x15, (host, port, reply[:16])  # 0x15: a TLS alert record
 
 
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def test_no_secret_in_ray_processes_or_files(cluster: Cluster) -> None:
     token = cluster.token()
     key_bodies = []
@@ -253,8 +141,8 @@ def test_no_secret_in_ray_processes_or_files(cluster: Cluster) -> None:
         pids = node_processes(node.temp_dir)
         assert pids, f"no process of node {node.name}"
         for pid in pids:
-            cmdline, environ = _read(f"/proc/{pid}/cmdline"), _read(f"/proc/{pid}/environ")
-            name = _read(f"/proc/{pid}/comm").strip().decode()
+            cmdline, environ = read_proc(f"/proc/{pid}/cmdline"), read_proc(f"/proc/{pid}/environ")
+            name = read_proc(f"/proc/{pid}/comm").strip().decode()
             seen[name] = seen.get(name, 0) + 1
             for blob in (cmdline, environ):
                 assert token not in blob, f"the cluster token in process {pid} ({name})"
@@ -267,36 +155,17 @@ def test_no_secret_in_ray_processes_or_files(cluster: Cluster) -> None:
                     assert token not in path.read_bytes(), f"the cluster token in {path}"
     assert {"gcs_server", "raylet"} <= set(seen), seen  # the core processes were among those checked
     # Their environment names the token by path only.
-    raylet = next(p for p in node_processes(cluster.head.temp_dir) if _read(f"/proc/{p}/comm").strip() == b"raylet")
-    assert f"RAY_AUTH_TOKEN_PATH={cluster.pki.token}".encode() in _read(f"/proc/{raylet}/environ").split(b"\0")
-
-
-def _listening_ports(pids: list[int]) -> set[int]:
-    inodes: set[str] = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in _read(table).decode().splitlines()[1:]:
-            f = line.split()
-            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
-                ports.add(int(f[1].rsplit(":", 1)[1], 16))
-    return ports
+    raylet = next(p for p in node_processes(cluster.head.temp_dir) if read_proc(f"/proc/{p}/comm").strip() == b"raylet")
+    assert f"RAY_AUTH_TOKEN_PATH={cluster.pki.token}".encode() in read_proc(f"/proc/{raylet}/environ").split(b"\0")
 
 
 def test_nodes_listen_on_their_configured_ports_only_and_stay_private(cluster: Cluster) -> None:
     allowed = cluster.head.ports() | cluster.worker.ports()
     for node in (cluster.head, cluster.worker):
-        ports = _listening_ports(node_processes(node.temp_dir))
+        ports = listening_ports(node_processes(node.temp_dir))
         assert ports, node.name
         assert ports <= allowed, f"{node.name} listens on unconfigured ports {sorted(ports - allowed)}"
-    head_ports = _listening_ports(node_processes(cluster.head.temp_dir))
+    head_ports = listening_ports(node_processes(cluster.head.temp_dir))
     assert cluster.head.port("gcs_port") in head_ports and 10001 not in head_ports and 8265 not in head_ports
     for node in (cluster.head, cluster.worker):
         for field in ("temp_dir", "spill_dir"):

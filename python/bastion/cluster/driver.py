@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from bastion.cluster.preflight import check_node
@@ -31,6 +32,10 @@ def connect(settings: ClusterSettings, *, namespace: str | None = None, **init_k
         raise ConfigError("cluster.head_address is not set: the head node's HOST:PORT")
     split_address(settings.head_address, "cluster.head_address")
     env = driver_env(settings)
+    if "ray" in sys.modules and os.environ.get("RAY_USE_TLS") != env["RAY_USE_TLS"]:
+        # Ray's core reads its RAY_* settings once, when its native module loads: imported before they were
+        # set, it would speak plaintext to the TLS cluster (and retry for ever rather than fail).
+        raise ConfigError("ray was imported before the cluster's TLS settings were set: join before importing ray")
     for name in [n for n in os.environ if n.upper().startswith("RAY_AUTH") or n.upper() == "RAY_USE_TLS"]:
         del os.environ[name]
     os.environ.update(env)

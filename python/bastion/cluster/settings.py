@@ -166,6 +166,21 @@ class ClusterSettings(BaseModel):
     health_check_failure_threshold: int = Field(default=10, ge=1, le=1000)
     health_check_timeout_ms: int = Field(default=20000, ge=1000, le=600_000)
     health_check_period_ms: int = Field(default=3000, ge=500, le=600_000)
+    # Serve replicas of the engine (bastion.cluster.pool): 0 runs the engine inside `bastion serve`.
+    replicas: int = Field(default=0, ge=0, le=1024, description="Serve replicas of the served model; 0: none")
+    replica_max_ongoing_requests: int | None = Field(
+        default=None, ge=1, le=4096, description="requests one replica runs at once; None: model.max_num_seqs"
+    )
+    replica_max_queued_requests: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="requests the front door holds for busy replicas; past it a call ends RESOURCE_EXHAUSTED",
+    )
+    replica_num_cpus: float = Field(default=1.0, ge=0, le=4096, description="CPUs Ray reserves per replica")
+    replica_num_gpus: float = Field(default=0.0, ge=0, le=64, description="GPUs Ray reserves per replica")
+    replica_health_check_period_s: float = Field(default=10.0, gt=0, le=600)
+    replica_health_check_timeout_s: float = Field(default=30.0, gt=0, le=600)
     replica_env: dict[str, str] = Field(
         default_factory=dict,
         max_length=64,

@@ -1,0 +1,320 @@
+"""The front door's side of Serve replicas: an :class:`~bastion.engine.protocol.EnginePool` of proxies.
+
+:func:`deploy` runs one Serve application per served model (``bastion-<model>``, deployment ``engine``)
+whose replicas are :class:`~bastion.cluster.replica.EngineReplica`; :func:`start_serve` first starts Serve
+with **no proxy** (no HTTP or gRPC listener: the bastion gRPC server stays the only client-facing process).
+:class:`ReplicaEngine` implements the ``Engine`` protocol over the deployment's handle, so servicers see the
+same seam as for an engine in the process:
+
+* ``generate`` streams (``handle.options(stream=True)``); a consumer that stops (closes the iterator, is
+  cancelled, or calls ``abort``) cancels the Serve call, and the replica aborts its engine request;
+* ``tokenize`` and ``prompt_logprobs`` are unary calls; ``info`` is fetched once at start;
+* ``is_ready`` / ``is_dead`` follow the deployment's status, polled by :class:`DeploymentWatch` in a thread
+  (``serve.status()`` blocks);
+* errors map to bastion's: a full queue (Serve's ``max_queued_requests``, ``BackPressureError``) is
+  :class:`Overloaded` (RESOURCE_EXHAUSTED); a replica that died or cannot be reached is
+  :class:`Unavailable`; a bastion error raised in the replica is raised again as itself; anything else is
+  an :class:`EngineError` naming only the type.
+
+Serve's handle routes by its default (power of two choices); the tenant-aware router is a later part of
+issue 16. Ray must already be joined (``bastion.cluster.driver.connect``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bastion.cluster.replica import EngineReplica
+from bastion.cluster.settings import ClusterSettings
+from bastion.cluster.spec import ReplicaSpec
+from bastion.config import Settings
+from bastion.engine.process import EngineProcessEnv
+from bastion.engine.protocol import ChatTurn, EngineOutput, EnginePool, EngineRequest, EngineStats, ModelInfo
+from bastion.errors import BastionError, EngineError, FailedPrecondition, Overloaded, Unavailable
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT = "engine"
+RAY_NAMESPACE = "bastion"
+REPLICA_UNAVAILABLE = "model replica unavailable; retry"
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """How many replicas, and Serve's limits for each (from ``[cluster]``: :meth:`from_settings`)."""
+
+    replicas: int
+    max_ongoing_requests: int  # the engine's batch (model.max_num_seqs): Serve's default of 5 starves it
+    max_queued_requests: int
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    health_check_period_s: float = 10.0
+    health_check_timeout_s: float = 30.0
+    # cluster.replica_env: paths and options only (validated by ClusterSettings); Ray's runtime_env.
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_settings(cls, cluster: ClusterSettings, engine_batch: int) -> DeployOptions:
+        if cluster.replicas < 1:
+            raise FailedPrecondition("cluster.replicas is 0: no Serve replicas to deploy")
+        return cls(
+            replicas=cluster.replicas,
+            max_ongoing_requests=cluster.replica_max_ongoing_requests or engine_batch,
+            max_queued_requests=cluster.replica_max_queued_requests,
+            num_cpus=cluster.replica_num_cpus,
+            num_gpus=cluster.replica_num_gpus,
+            health_check_period_s=cluster.replica_health_check_period_s,
+            health_check_timeout_s=cluster.replica_health_check_timeout_s,
+            env=tuple(sorted(cluster.replica_env.items())),
+        )
+
+
+def start_serve() -> None:
+    """Starts Serve on the joined cluster with no proxy at all (blocking)."""
+    from ray import serve
+
+    serve.start(proxy_location="Disabled")
+
+
+def deploy(spec: ReplicaSpec, options: DeployOptions) -> Any:
+    """Runs ``spec``'s application and waits until its replicas run (blocking); returns its handle."""
+    from ray import serve
+
+    actor_options: dict[str, Any] = {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus}
+    if options.env:
+        actor_options["runtime_env"] = {"env_vars": dict(options.env)}
+    deployment = serve.deployment(
+        name=DEPLOYMENT,
+        num_replicas=options.replicas,
+        max_ongoing_requests=options.max_ongoing_requests,
+        max_queued_requests=options.max_queued_requests,
+        ray_actor_options=actor_options,
+        health_check_period_s=options.health_check_period_s,
+        health_check_timeout_s=options.health_check_timeout_s,
+    )(EngineReplica)
+    # The spec travels in Ray's object store and the controller's state: names and paths only (spec.py).
+    return serve.run(deployment.bind(spec), name=spec.app_name, route_prefix=None)
+
+
+def undeploy(app_name: str) -> None:
+    from ray import serve
+
+    serve.delete(app_name)
+
+
+def map_error(exc: Exception) -> BastionError:
+    """bastion's error for a failed Serve call (see the module)."""
+    from ray.exceptions import RayActorError, RayTaskError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+
+    if isinstance(exc, BastionError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return Overloaded(f"every replica is busy and the queue is full: {exc}")
+    if isinstance(exc, (RayActorError, DeploymentUnavailableError, RequestCancelledError)):
+        return Unavailable(f"replica call failed: {type(exc).__name__}", public=REPLICA_UNAVAILABLE)
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, BastionError):
+            return cause
+        return EngineError(f"replica call failed: {type(cause).__name__}")
+    return EngineError(f"replica call failed: {type(exc).__name__}")
+
+
+def _cancel(response: Any) -> None:
+    """Cancels a Serve call, assigned or not; never raises. (Serve's ``cancel`` re-raises the call's own
+    failure, a ``BackPressureError`` say, when the call never reached a replica.)"""
+    try:
+        response.cancel()
+    except Exception as exc:  # noqa: BLE001 - the call failed before any replica ran it: nothing to abort
+        log.debug("cancelling a Serve call: %s", type(exc).__name__)
+
+
+class DeploymentWatch:
+    """The deployment's status, polled from a thread every ``interval`` s (``serve.status()`` blocks)."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._running: dict[str, int] = {}  # app -> RUNNING replicas
+        self._failed: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.poll()
+        self._thread = threading.Thread(target=self._loop, name="bastion-serve-watch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception as exc:  # noqa: BLE001 - a failed poll marks nothing running; the loop goes on
+                log.warning("reading Serve's status failed: %s", type(exc).__name__)
+                self._running = {}
+
+    def poll(self) -> None:
+        from ray import serve
+
+        running: dict[str, int] = {}
+        failed: set[str] = set()
+        for app, status in serve.status().applications.items():
+            dep = status.deployments.get(DEPLOYMENT)
+            if dep is None:
+                continue
+            # ReplicaState and DeploymentStatus are str enums: compared by value.
+            running[app] = sum(n for state, n in dep.replica_states.items() if state == "RUNNING")
+            if dep.status == "DEPLOY_FAILED":
+                failed.add(app)
+        self._running, self._failed = running, failed
+
+    def running(self, app: str) -> int:
+        return self._running.get(app, 0)
+
+    def dead(self, app: str) -> bool:
+        """No replica runs (Serve is replacing them all, or the application is gone), or deploying failed."""
+        return app in self._failed or self.running(app) == 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 5)
+
+
+class ReplicaEngine:
+    """The ``Engine`` protocol over one Serve deployment's handle (see the module)."""
+
+    def __init__(self, handle: Any, app_name: str, info: ModelInfo, watch: DeploymentWatch) -> None:
+        self._handle = handle
+        self.app_name = app_name
+        self._info = info
+        self._watch = watch
+        self._streams: dict[str, Any] = {}  # request id -> its DeploymentResponseGenerator
+
+    @classmethod
+    async def attach(cls, handle: Any, app_name: str, watch: DeploymentWatch) -> ReplicaEngine:
+        try:
+            info = await handle.info.remote()
+        except Exception as exc:  # noqa: BLE001 - mapped to bastion's errors
+            raise map_error(exc) from None
+        return cls(handle, app_name, info, watch)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def is_ready(self) -> bool:
+        return self._watch.running(self.app_name) > 0
+
+    def is_dead(self) -> bool:
+        return self._watch.dead(self.app_name)
+
+    async def tokenize(
+        self, prompt: str | None, conversation: Sequence[ChatTurn] | None, *, raw_special_tokens: bool = False
+    ) -> list[int]:
+        turns = None if conversation is None else tuple(conversation)
+        return list(await self._call(self._handle.tokenize.remote(prompt, turns, raw_special_tokens)))
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        return self._generate(request)
+
+    async def _generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        response: Any = None
+        finished = False
+        try:
+            response = self._handle.options(stream=True).generate.remote(request)
+            self._streams[request.request_id] = response
+            async for out in response:
+                finished = out.finished
+                yield out
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to bastion's errors
+            raise map_error(exc) from None
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished and response is not None:  # the consumer left or the call failed: the replica
+                _cancel(response)  # aborts its engine request
+
+    async def abort(self, request_id: str) -> None:
+        response = self._streams.pop(request_id, None)
+        if response is not None:
+            _cancel(response)
+
+    async def prompt_logprobs(self, request_id: str, token_ids: Sequence[int]) -> list[float]:
+        return list(await self._call(self._handle.prompt_logprobs.remote(request_id, tuple(token_ids))))
+
+    def stats(self) -> EngineStats:
+        """This front door's streams in flight on the deployment (the replicas' own figures: later)."""
+        return EngineStats(running=len(self._streams))
+
+    async def shutdown(self) -> None:
+        for response in list(self._streams.values()):
+            _cancel(response)
+        self._streams.clear()
+
+    async def _call(self, response: Any) -> Any:
+        try:
+            return await response
+        except Exception as exc:  # noqa: BLE001 - mapped to bastion's errors
+            raise map_error(exc) from None
+
+
+class ReplicaPool(EnginePool):
+    """Proxies of the deployed models; shutting it down deletes their Serve applications."""
+
+    def __init__(self, engines: Sequence[ReplicaEngine], watch: DeploymentWatch) -> None:
+        super().__init__(engines)
+        self._apps = [e.app_name for e in engines]
+        self._watch = watch
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        self._watch.stop()
+        for app in self._apps:
+            try:
+                await asyncio.to_thread(undeploy, app)
+            except Exception as exc:  # noqa: BLE001 - the other applications are still deleted
+                log.error("deleting Serve application %s failed: %s", app, type(exc).__name__)
+
+
+async def start_replica_pool(
+    specs: Sequence[ReplicaSpec], options: DeployOptions, *, watch_interval: float = 1.0
+) -> ReplicaPool:
+    """Starts Serve (no proxy), deploys each spec and attaches a proxy to it. Ray must be joined."""
+    await asyncio.to_thread(start_serve)
+    handles = [(spec.app_name, await asyncio.to_thread(deploy, spec, options)) for spec in specs]
+    watch = DeploymentWatch(watch_interval)
+    await asyncio.to_thread(watch.start)
+    try:
+        engines = [await ReplicaEngine.attach(h, app, watch) for app, h in handles]
+    except BaseException:
+        watch.stop()
+        raise
+    log.info("Serve replicas running: %s", ", ".join(f"{app} x{options.replicas}" for app, _ in handles))
+    return ReplicaPool(engines, watch)
+
+
+def replica_pool_factory(settings: Settings, spec: ReplicaSpec) -> Callable[[EngineProcessEnv], Awaitable[EnginePool]]:
+    """``bastion serve``'s pool factory (``server.app.PoolFactory``) when ``cluster.replicas`` > 0: joins the
+    cluster as a driver with ``[cluster]``'s credentials, then :func:`start_replica_pool`.
+
+    The engine-process contract the server passes is not shipped to replicas (it is the server's own
+    node's): each replica's node builds its own (node-local keys), with the vLLM replica — a later slice,
+    refused here until then."""
+    if spec.engine != "fake":
+        raise FailedPrecondition(f"replica engine {spec.engine!r}: not built yet (the vLLM replica is a later slice)")
+    options = DeployOptions.from_settings(settings.cluster, settings.model.max_num_seqs)
+
+    async def factory(process: EngineProcessEnv) -> EnginePool:
+        from bastion.cluster.driver import connect
+
+        await asyncio.to_thread(connect, settings.cluster, namespace=RAY_NAMESPACE)
+        return await start_replica_pool([spec], options)
+
+    return factory

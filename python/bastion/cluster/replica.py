@@ -1,0 +1,145 @@
+"""A Serve replica: one engine (``bastion.engine.protocol.Engine``) inside a Ray actor.
+
+:class:`EngineReplica` is a plain class; ``bastion.cluster.pool`` makes it a Serve deployment
+(``serve.deployment(EngineReplica)``), so this module imports no Ray at load time and its logic is tested
+without a cluster. Serve constructs it on some node from a :class:`~bastion.cluster.spec.ReplicaSpec`
+(names and paths only) and calls:
+
+* ``generate`` with ``stream=True``: the engine's outputs, one :class:`EngineOutput` per step (plain frozen
+  dataclasses: Ray pickles them). A cancelled call (the front door's consumer went away, its deadline
+  passed) arrives as ``CancelledError`` at the stream's current ``await``: the engine request is aborted
+  and its stream closed before the cancellation goes on;
+* ``tokenize``, ``prompt_logprobs``, ``info``, ``stats``: unary calls;
+* ``check_health`` (Serve, every ``health_check_period_s``): raises when the engine is dead, so Serve
+  replaces the replica.
+
+The engine is built by :func:`build_engine`; ``"vllm"`` is the seam for the real engine (a later part of
+issue 16: it opens sealed weights with the node's own key credential and proves its isolation at join).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
+
+from bastion.cluster.spec import ReplicaSpec
+from bastion.engine.protocol import ChatTurn, Engine, EngineOutput, EngineRequest, EngineStats, ModelInfo
+from bastion.errors import FailedPrecondition, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(spec: ReplicaSpec) -> Engine:
+    """The engine ``spec`` names, built on this node."""
+    if spec.engine == "fake":
+        # Test support from the repository's testkit/ (not part of the installed package): a node without
+        # it fails here, at replica start, never later.
+        try:
+            fakes = importlib.import_module("testkit.fakes")
+        except ImportError:
+            raise FailedPrecondition("replica engine 'fake': testkit is not importable on this node") from None
+        o = spec.fake_options
+        engine: Engine = fakes.FakeEngine(
+            spec.model,
+            max_context=o.max_context,
+            token_delay=o.token_delay,
+            hang_after=o.hang_after,
+            die_after=o.die_after,
+        )
+        return engine
+    raise FailedPrecondition(f"replica engine {spec.engine!r}: not built yet (the vLLM replica is a later slice)")
+
+
+class EngineReplica:
+    """The body of one Serve replica (see the module)."""
+
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self.spec = ReplicaSpec.model_validate(spec.model_dump())  # re-checked on this side of the wire
+        self.engine = build_engine(self.spec)
+        log.info("replica of %s started (%s engine)", self.spec.model, self.spec.engine)
+
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+    def replica_id(self) -> str:
+        """Serve's id of this replica (tests, and later the audit records that name it)."""
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+
+    def check_health(self) -> None:
+        if self.engine.is_dead():
+            raise Unavailable(f"replica of {self.spec.model}: the engine is dead")
+
+    def is_ready(self) -> bool:
+        return self.engine.is_ready() and not self.engine.is_dead()
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        it = self.engine.generate(request)
+        finished = False
+        try:
+            async for out in it:
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:  # cancelled by the caller, or the engine failed: the request must not run on
+                try:
+                    await self.engine.abort(request.request_id)
+                except Exception:  # noqa: BLE001 - the cancellation or the engine's error goes on regardless
+                    log.warning("aborting %s on the engine failed", request.request_id)
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def tokenize(
+        self, prompt: str | None, conversation: Sequence[ChatTurn] | None, raw_special_tokens: bool = False
+    ) -> list[int]:
+        return await self.engine.tokenize(prompt, conversation, raw_special_tokens=raw_special_tokens)
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    async def prompt_logprobs(self, request_id: str, token_ids: Sequence[int]) -> list[float]:
+        return await self.engine.prompt_logprobs(request_id, token_ids)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    # --- the fake engine's records (tests only: refused for a real engine) ---
+
+    def fake_record(self) -> dict[str, Any]:
+        """What the fake engine saw: request ids, aborted and closed request ids."""
+        e = self._fake()
+        return {
+            "replica": self.replica_id(),
+            "requests": [r.request_id for r in e.requests],
+            "aborted": list(e.aborted),
+            "closed": list(e.closed),
+        }
+
+    def fake_die(self) -> str:
+        """Marks the fake engine dead (its next health check fails); returns this replica's id."""
+        self._fake().die()
+        return self.replica_id()
+
+    def _fake(self) -> Any:
+        if self.spec.engine != "fake":
+            raise FailedPrecondition("only a fake engine's replica answers this")
+        return self.engine
+
+    def __del__(self) -> Coroutine[Any, Any, None] | None:
+        """Serve's graceful stop of the replica: Serve awaits the coroutine this returns (the engine shuts
+        down). Only the first call does anything, and only on a running event loop: a later call from the
+        garbage collector returns nothing to await."""
+        engine = self.__dict__.get("engine")  # absent when the constructor failed
+        if engine is None or self.__dict__.get("_stopping"):
+            return None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        self._stopping = True
+        return engine.shutdown()  # type: ignore[no-any-return]  # Engine.shutdown is a coroutine function

@@ -1,0 +1,83 @@
+"""The replica spec Ray ships to replicas: names, numbers and absolute paths only, never key material."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from pydantic import ValidationError
+
+from bastion.cluster.pool import DeployOptions, map_error, replica_pool_factory
+from bastion.cluster.settings import ClusterSettings
+from bastion.cluster.spec import ReplicaSpec
+from bastion.config import Settings
+from bastion.errors import EngineError, FailedPrecondition, InvalidArgument, Overloaded, Unavailable
+from bastion.server.status import status_code
+
+
+def test_a_fake_spec_and_its_application_name() -> None:
+    spec = ReplicaSpec(engine="fake", model="smollm2-135m-instruct")
+    assert spec.app_name == "bastion-smollm2-135m-instruct"
+    assert spec.fake_options.max_context == 256
+    assert ReplicaSpec(engine="vllm", model="m", config_file=Path("/etc/bastion/bastion.toml")).config_file
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"engine": "fake", "model": "ab" * 32},  # 64 hex digits: a token or a key
+        {"engine": "fake", "model": "m y"},
+        {"engine": "fake", "model": ""},
+        {"engine": "vllm", "model": "m", "config_file": "bastion.toml"},  # relative
+        {"engine": "vllm", "model": "m", "fake": {}},
+        {"engine": "fake", "model": "m", "token": "x"},  # no field for anything else
+        {"engine": "remote", "model": "m"},
+    ],
+)
+def test_the_spec_refuses(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        ReplicaSpec.model_validate(fields)
+
+
+def test_the_refusal_never_echoes_the_value() -> None:
+    secret = "9f" * 32
+    with pytest.raises(ValidationError) as info:
+        ReplicaSpec(engine="fake", model=secret)
+    assert secret not in str(info.value).split("input_value")[0]
+
+
+def test_deploy_options_from_settings() -> None:
+    with pytest.raises(FailedPrecondition):
+        DeployOptions.from_settings(ClusterSettings(), 64)
+    options = DeployOptions.from_settings(ClusterSettings(replicas=3), 48)
+    assert (options.replicas, options.max_ongoing_requests, options.max_queued_requests) == (3, 48, 64)
+    cluster = ClusterSettings(replicas=1, replica_max_ongoing_requests=8, replica_env={"HF_HOME": "/srv/hf"})
+    options = DeployOptions.from_settings(cluster, 48)
+    assert options.max_ongoing_requests == 8 and options.env == (("HF_HOME", "/srv/hf"),)
+
+
+def test_the_factory_refuses_the_vllm_replica_until_it_exists() -> None:
+    settings = Settings.model_validate({"cluster": {"replicas": 2}})
+    with pytest.raises(FailedPrecondition, match="later slice"):
+        replica_pool_factory(settings, ReplicaSpec(engine="vllm", model="m"))
+
+
+def test_serve_errors_map_to_bastions() -> None:
+    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    full = map_error(BackPressureError(num_queued_requests=1, max_queued_requests=1))
+    assert isinstance(full, Overloaded) and status_code(full) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    gone = map_error(ActorDiedError())
+    assert isinstance(gone, Unavailable) and status_code(gone) == grpc.StatusCode.UNAVAILABLE
+    other = map_error(RuntimeError("secret internals /etc/passwd"))
+    assert isinstance(other, EngineError) and "passwd" not in str(other)
+    own = Unavailable("x")
+    assert map_error(own) is own
+    # An error raised inside the replica comes back wrapped: its own class and public text are kept.
+    raised = InvalidArgument("prompt", "at most 256 tokens")
+    back = map_error(RayTaskError("tokenize", "traceback", raised))
+    assert back is raised and status_code(back) == grpc.StatusCode.INVALID_ARGUMENT
+    hidden = map_error(RayTaskError("generate", "traceback", RuntimeError("boom /etc/passwd")))
+    assert isinstance(hidden, EngineError) and "passwd" not in str(hidden) and "RuntimeError" in str(hidden)
