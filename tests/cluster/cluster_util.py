@@ -21,6 +21,7 @@ from typing import Any
 
 from bastion.cluster.node import node_processes, stop_node
 from bastion.cluster.pki import create_ca, issue
+from bastion.cluster.settings import PORT_FIELDS as NODE_PORT_FIELDS
 from bastion.cluster.settings import ClusterSettings
 from bastion.cluster.token import write_token
 
@@ -107,16 +108,8 @@ def free_port_block(count: int, *, start: int = 20000, stop: int = 32000, step: 
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-PORT_FIELDS = (
-    "node_manager_port",
-    "object_manager_port",
-    "agent_http_port",
-    "agent_grpc_port",
-    "runtime_env_agent_port",
-    "metrics_export_port",
-    "dashboard_metrics_port",
-    "autoscaler_metrics_port",
-)
+# A node's single ports but the GCS's (the head's GCS port is chosen apart, shared by both nodes).
+PORT_FIELDS = tuple(f for f in NODE_PORT_FIELDS if f != "gcs_port")
 
 
 @dataclass(frozen=True)
