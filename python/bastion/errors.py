@@ -50,9 +50,14 @@ class Overloaded(BastionError):
 
 
 class Unavailable(BastionError):
-    """The engine is not ready, draining, or dead."""
+    """The engine is not ready, draining, or dead. ``retry_after_s``, when set, says when a retry may succeed
+    (a Serve replica died under the call: another one takes the retry)."""
 
     public_default = "service unavailable"
+
+    def __init__(self, detail: str | None = None, *, public: str | None = None, retry_after_s: float | None = None):
+        self.retry_after_s = None if retry_after_s is None else max(0.0, retry_after_s)
+        super().__init__(detail, public=public)
 
 
 class Unauthenticated(BastionError):

@@ -2,37 +2,82 @@
 Run by ``test_cluster_pool.py`` in a pytest process of its own (see there); not collected by itself.
 
 That process is the front door: it joins as a Ray driver with bastion's own code (``replica_pool_factory``:
-``connect`` with the head's ``[cluster]`` credentials), starts Serve with no proxy and deploys two
-fake-engine replicas; the cases drive the :class:`ReplicaEngine` proxy as a servicer would. Serve starts
-once; the driver leaves (``ray.shutdown``) and the nodes stop in the fixtures' finalizers.
+``connect`` with the head's ``[cluster]`` credentials, the routing secret from a partition key file), starts
+Serve with no proxy and deploys two fake-engine replicas behind bastion's router; the cases drive the
+:class:`ReplicaEngine` proxy as a servicer would, with an audit recorder that keeps the replicas' join and
+departure records. Serve starts once; the driver leaves (``ray.shutdown``) and the nodes stop in the
+fixtures' finalizers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from cluster_util import Cluster, listening_ports, running_cluster
+from grpc_harness import Running, collect, make_settings, prompt_request, running_server
+from grpc_health.v1 import health_pb2
 
+from bastion.cluster.admission import Admission, Expected, register
 from bastion.cluster.node import node_processes
-from bastion.cluster.pool import ReplicaEngine, ReplicaPool, replica_pool_factory
+from bastion.cluster.pool import (
+    DeploymentWatch,
+    DeployOptions,
+    ReplicaEngine,
+    ReplicaPool,
+    deploy,
+    expected_record,
+    replica_pool_factory,
+    versions,
+)
 from bastion.cluster.spec import FakeEngineSpec, ReplicaSpec
 from bastion.config import load_settings
 from bastion.engine.process import EngineProcessEnv
-from bastion.engine.protocol import ChatTurn, EngineOutput, EngineRequest, SamplingSpec
-from bastion.errors import Overloaded
+from bastion.engine.protocol import ChatTurn, EngineOutput, EnginePool, EngineRequest, SamplingSpec
+from bastion.errors import Overloaded, Unavailable
+from bastion.isolation.tag import PartitionTag
 from bastion.server.status import status_code
+from bastion.tenancy.partition import PartitionKeys
 from testkit.fakes import FAKE_DIGEST
 
 MODEL = "fake-replicated"
 TOKEN_DELAY = 0.05
 MAX_ONGOING = 2  # per replica: 2 replicas take 4 streams at once
+BLOCK = 16  # cluster.routing_block_tokens here: the key covers the first 2 blocks (32 tokens)
+SECRET = secrets.token_bytes(32)
+
+
+class Recorder:
+    """The front door's audit recorder as the pool sees it: keeps the replica records."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def replica_event(self, **fields: Any) -> int:
+        self.records.append(fields)
+        return len(self.records)
+
+    def of(self, model: str, event: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["model"] == model and r["event"] == event]
+
+
+RECORDER = Recorder()
+
+
+async def _until(check: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -42,35 +87,66 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-async def pool(cluster: Cluster) -> AsyncIterator[ReplicaPool]:
+async def server(cluster: Cluster) -> AsyncIterator[tuple[Running, ReplicaPool]]:
+    """A bastion server (``bastion.server.app.serve``, as ``bastion serve`` runs it) whose pool is
+    ``replica_pool_factory``'s: two replicas of the fake engine on the cluster, its real audit log."""
     saved = dict(os.environ)  # connect() sets Ray's variables in this process
-    settings = load_settings(str(cluster.head.config))
-    settings = settings.model_copy(
+    head = load_settings(str(cluster.head.config)).cluster.model_copy(
         update={
-            "cluster": settings.cluster.model_copy(
-                update={
-                    "replicas": 2,
-                    "replica_max_ongoing_requests": MAX_ONGOING,
-                    "replica_max_queued_requests": 1,
-                    "replica_num_cpus": 0.0,
-                    "replica_health_check_period_s": 1.0,
-                    "replica_health_check_timeout_s": 10.0,
-                }
-            )
+            "replicas": 2,
+            "replica_max_ongoing_requests": MAX_ONGOING,
+            "replica_max_queued_requests": 1,
+            "replica_num_cpus": 0.0,
+            "replica_health_check_period_s": 1.0,
+            "replica_health_check_timeout_s": 10.0,
+            "routing_block_tokens": BLOCK,
         }
     )
+    key_file = Path(cluster.base) / "partition.key"  # the server's partition secret: the routing secret's root
+    key_file.write_bytes(SECRET)
+    key_file.chmod(0o600)
+    settings = make_settings(
+        extra={"cluster": head.model_dump(mode="json"), "isolation": {"partition_key_file": str(key_file)}}
+    )
     spec = ReplicaSpec(engine="fake", model=MODEL, fake=FakeEngineSpec(token_delay=TOKEN_DELAY))
+    inner = replica_pool_factory(settings, spec)
+    built: list[ReplicaPool] = []
+
+    async def factory(process: EngineProcessEnv) -> EnginePool:
+        assert process.partition_key_file is not None  # the routing secret comes from the partition secret
+        pool = await inner(process)
+        assert isinstance(pool, ReplicaPool)
+        built.append(pool)
+        return pool
+
     try:
-        built = await replica_pool_factory(settings, spec)(EngineProcessEnv())
-        assert isinstance(built, ReplicaPool)
-        yield built
-        await built.shutdown()
+        async with running_server(settings=settings, pool_factory=factory, wait_ready=False) as srv:
+            await srv.wait_health(health_pb2.HealthCheckResponse.SERVING, timeout=120)
+            assert len(_engine(built[0]).admission.admitted()) >= 1
+            await _until(lambda: len(_engine(built[0]).admission.admitted()) == 2, "both replicas admitted")
+            yield srv, built[0]
     finally:
         import ray
 
         ray.shutdown()
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture
+def pool(server: tuple[Running, ReplicaPool]) -> ReplicaPool:
+    return server[1]
+
+
+def _audit(srv: Running) -> list[dict[str, Any]]:
+    out = []
+    for seg in sorted(srv.audit_dir.glob("audit-*.jsonl")):
+        out += [json.loads(line) for line in seg.read_text().splitlines() if line]
+    return out
+
+
+def _replica_records(srv: Running, event: str) -> list[dict[str, Any]]:
+    return [r for r in _audit(srv) if r.get("event") == event and r.get("model") == MODEL]
 
 
 def _engine(pool: ReplicaPool) -> ReplicaEngine:
@@ -133,6 +209,58 @@ async def test_tokenize_is_a_unary_call(pool: ReplicaPool) -> None:
     assert await engine.tokenize(None, turns) == list(b"<user>hi<assistant>")
 
 
+async def test_each_replica_was_admitted_on_its_join_report_and_recorded_first(
+    server: tuple[Running, ReplicaPool],
+) -> None:
+    srv, pool = server
+    joined = _replica_records(srv, "replica_joined")
+    assert len(joined) == 2 and {r["decision"] for r in joined} == {"admitted"}
+    assert {r["replica"] for r in joined} == set(_engine(pool).admission.admitted())
+    for r in joined:
+        assert r["kind"] == "decision" and r["principal"] == "bastion:cluster"
+        assert r["model_digest"] == FAKE_DIGEST and len(r["node"]) == 56  # Ray's node id (hex)
+
+
+async def test_a_call_through_the_server_runs_on_a_replica_its_record_names(
+    server: tuple[Running, ReplicaPool],
+) -> None:
+    srv, _ = server
+    replies = await collect(srv.stub.Generate(prompt_request(model=MODEL, max_tokens=3), timeout=30))
+    assert replies[-1].finish_reason and replies[0].model_digest == FAKE_DIGEST
+    rid = replies[0].request_id
+    (rec,) = [r for r in _audit(srv) if r["kind"] == "request" and r.get("request_id") == rid]
+    assert rec["status"] == "OK" and rec["replica"] in {r["replica"] for r in _replica_records(srv, "replica_joined")}
+
+
+def _tenant_request(keys: PartitionKeys, tenant: str, request_id: str, prompt: list[int]) -> EngineRequest:
+    tag = PartitionTag(keys.salt_for(tenant), 0, 0, 0, cache_key=keys.cache_key(tenant, "p", "tenant"))
+    return EngineRequest(request_id, tuple(prompt), SamplingSpec(max_tokens=1), cache_salt=tag.encode())
+
+
+async def _replica_of(engine: ReplicaEngine, request: EngineRequest) -> str:
+    outs = [o async for o in engine.generate(request)]
+    assert outs[-1].finished
+    return outs[0].replica
+
+
+async def test_a_tenants_requests_share_a_replica_and_tenants_are_keyed_apart(pool: ReplicaPool) -> None:
+    engine = _engine(pool)
+    keys = PartitionKeys(SECRET)
+    system = list(range(1, 2 * BLOCK + 1))  # two full blocks: what the routing key covers
+    placed: dict[str, str] = {}
+    for t in range(16):
+        tenant = f"tenant-{t}"
+        seen = {
+            await _replica_of(engine, _tenant_request(keys, tenant, f"aff-{t}-{i}", system + [500 + i] * (i + 1)))
+            for i in range(3)
+        }
+        assert len(seen) == 1, (tenant, seen)  # same first blocks, same tenant: same replica
+        placed[tenant] = seen.pop()
+    assert len(set(placed.values())) == 2  # 16 tenants' keys spread over both replicas
+    same_prompt = [engine.routing_key(_tenant_request(keys, f"tenant-{t}", "k", system)) for t in range(16)]
+    assert len(set(same_prompt)) == 16  # the same prompt from 16 tenants: 16 unrelated routing keys
+
+
 async def test_cancelling_the_consumer_aborts_the_replicas_request(pool: ReplicaPool) -> None:
     engine = _engine(pool)
     got: list[EngineOutput] = []
@@ -183,6 +311,40 @@ async def test_back_pressure_ends_the_call_with_resource_exhausted(pool: Replica
         await _until_aborted(engine, f"busy-{i}")
 
 
+async def test_a_replica_with_another_model_or_no_isolation_proof_never_gets_traffic(pool: ReplicaPool) -> None:
+    assert pool.is_ready()  # the cluster and Serve run (the rogues join the same Serve instance)
+    rogues = {
+        "fake-other-digest": FakeEngineSpec(digest="blake3:" + "cd" * 32),
+        "fake-no-isolation": FakeEngineSpec(isolation_proof=False),
+    }
+    options = DeployOptions(replicas=1, max_ongoing_requests=2, max_queued_requests=4, num_cpus=0.0)
+    watch = DeploymentWatch(1.0)
+    engines = []
+    for model, fake in rogues.items():
+        spec = ReplicaSpec(engine="fake", model=model, fake=fake)
+        adm = Admission(spec.app_name, Expected(expected_record(spec), *versions()))
+        register(adm)
+        handle = await asyncio.to_thread(deploy, spec, options)
+        engines.append(ReplicaEngine(handle, adm, watch))
+    await asyncio.to_thread(watch.start)
+    rogue_pool = ReplicaPool(engines, watch)
+    rogue_pool.attach_audit(RECORDER)
+    try:
+        await _until(lambda: all(RECORDER.of(m, "replica_joined") for m in rogues), "the rogue replicas' records")
+        digest, proof = (RECORDER.of(m, "replica_joined")[0] for m in rogues)
+        assert digest["decision"] == "refused" and "model digest differs" in digest["reason"]
+        assert proof["decision"] == "refused"
+        assert proof["reason"] == "no proof of tenant isolation: plugin, block_hasher, tenant_scheduler not installed"
+        for e in engines:
+            assert not e.admission.admitted() and not e.is_ready()
+            call = asyncio.ensure_future(e.tokenize("x", None))
+            await asyncio.sleep(3.0)
+            assert not call.done()  # never routed: the router has no replica for it
+            call.cancel()
+    finally:
+        await rogue_pool.shutdown()  # the rogue applications are deleted
+
+
 async def test_a_replica_whose_engine_died_is_replaced_by_serve(pool: ReplicaPool) -> None:
     engine = _engine(pool)
     before = set(await _records(engine))
@@ -198,6 +360,31 @@ async def test_a_replica_whose_engine_died_is_replaced_by_serve(pool: ReplicaPoo
     outs = [o async for o in engine.generate(_request("after-replacement", 3))]
     assert outs[-1].finished
     assert pool.is_ready() and not pool.any_dead()
+
+
+async def test_a_replica_killed_mid_stream_ends_the_stream_unavailable_with_retry_info(
+    server: tuple[Running, ReplicaPool],
+) -> None:
+    import ray
+
+    engine = _engine(server[1])
+    it = engine.generate(_request("killed-1", 400))
+    first = await anext(it)
+    victim = first.replica
+    actor = ray.get_actor(f"SERVE_REPLICA::{engine.app_name}#engine#{victim}", namespace="serve")
+    ray.kill(actor, no_restart=True)
+    with pytest.raises(Unavailable) as info:
+        while True:
+            await anext(it)
+    assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
+    assert status_code(info.value) == grpc.StatusCode.UNAVAILABLE
+    # New calls go to the replica left (or the one Serve starts in its place), never to the dead one.
+    for i in range(4):
+        outs = [o async for o in engine.generate(_request(f"after-kill-{i}", 2))]
+        assert outs[-1].finished and outs[0].replica != victim
+    srv, _ = server
+    await _until(lambda: any(r["replica"] == victim for r in _replica_records(srv, "replica_left")), "replica_left")
+    await _until(lambda: len(engine.admission.admitted()) == 2, "a replacement admitted")
 
 
 def _refuses_plaintext(port: int) -> bool:

@@ -16,8 +16,13 @@ same seam as for an engine in the process:
   :class:`Unavailable`; a bastion error raised in the replica is raised again as itself; anything else is
   an :class:`EngineError` naming only the type.
 
-Serve's handle routes by its default (power of two choices); the tenant-aware router is a later part of
-issue 16. Ray must already be joined (``bastion.cluster.driver.connect``).
+Serve's handle routes with :class:`bastion.cluster.router.TenantRouter`: only to replicas this front door
+admitted (``bastion.cluster.admission``: their join report matches its own model record — the proxy's
+``info`` is that record, never a replica's word — and proves tenant isolation; the ``replica_joined`` record
+is durable first, :meth:`ReplicaPool.attach_audit`), and for ``generate`` by a keyed routing key
+(``bastion.cluster.routing``) computed here from the request's partition tag, adapter and first prompt
+blocks. The engine is ready when at least one replica is admitted and running. Ray must already be joined
+(``bastion.cluster.driver.connect``).
 """
 
 from __future__ import annotations
@@ -27,21 +32,26 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from bastion.cluster.admission import Admission, Expected, ReplicaEvent, register, unregister
 from bastion.cluster.replica import EngineReplica
+from bastion.cluster.routing import RoutingKeyer
 from bastion.cluster.settings import ClusterSettings
 from bastion.cluster.spec import ReplicaSpec
 from bastion.config import Settings
 from bastion.engine.process import EngineProcessEnv
 from bastion.engine.protocol import ChatTurn, EngineOutput, EnginePool, EngineRequest, EngineStats, ModelInfo
 from bastion.errors import BastionError, EngineError, FailedPrecondition, Overloaded, Unavailable
+from bastion.isolation.tag import PartitionTag
 
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "engine"
 RAY_NAMESPACE = "bastion"
 REPLICA_UNAVAILABLE = "model replica unavailable; retry"
+# What a call that lost its replica tells its client (RetryInfo): Serve routes the retry to another replica.
+REPLICA_RETRY_AFTER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class DeployOptions:
     num_gpus: float = 0.0
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
+    routing_stats_period_s: float = 2.0
     # cluster.replica_env: paths and options only (validated by ClusterSettings); Ray's runtime_env.
     env: tuple[tuple[str, str], ...] = ()
 
@@ -85,6 +96,8 @@ def deploy(spec: ReplicaSpec, options: DeployOptions) -> Any:
     """Runs ``spec``'s application and waits until its replicas run (blocking); returns its handle."""
     from ray import serve
 
+    from bastion.cluster.router import TenantRouter
+
     actor_options: dict[str, Any] = {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus}
     if options.env:
         actor_options["runtime_env"] = {"env_vars": dict(options.env)}
@@ -96,6 +109,10 @@ def deploy(spec: ReplicaSpec, options: DeployOptions) -> Any:
         ray_actor_options=actor_options,
         health_check_period_s=options.health_check_period_s,
         health_check_timeout_s=options.health_check_timeout_s,
+        request_router_config={  # Serve builds its RequestRouterConfig from this
+            "request_router_class": TenantRouter,
+            "request_routing_stats_period_s": options.routing_stats_period_s,
+        },
     )(EngineReplica)
     # The spec travels in Ray's object store and the controller's state: names and paths only (spec.py).
     return serve.run(deployment.bind(spec), name=spec.app_name, route_prefix=None)
@@ -117,7 +134,11 @@ def map_error(exc: Exception) -> BastionError:
     if isinstance(exc, BackPressureError):
         return Overloaded(f"every replica is busy and the queue is full: {exc}")
     if isinstance(exc, (RayActorError, DeploymentUnavailableError, RequestCancelledError)):
-        return Unavailable(f"replica call failed: {type(exc).__name__}", public=REPLICA_UNAVAILABLE)
+        return Unavailable(
+            f"replica call failed: {type(exc).__name__}",
+            public=REPLICA_UNAVAILABLE,
+            retry_after_s=REPLICA_RETRY_AFTER_S,
+        )
     if isinstance(exc, RayTaskError):
         cause = exc.cause
         if isinstance(cause, BastionError):
@@ -189,30 +210,36 @@ class DeploymentWatch:
 class ReplicaEngine:
     """The ``Engine`` protocol over one Serve deployment's handle (see the module)."""
 
-    def __init__(self, handle: Any, app_name: str, info: ModelInfo, watch: DeploymentWatch) -> None:
+    def __init__(
+        self, handle: Any, admission: Admission, watch: DeploymentWatch, keyer: RoutingKeyer | None = None
+    ) -> None:
         self._handle = handle
-        self.app_name = app_name
-        self._info = info
+        self._stream_handle = handle.options(stream=True)  # initialises the handle: its router starts now
+        self.admission = admission
+        self.app_name = admission.app
+        self._info = admission.expected.info
         self._watch = watch
+        self._keyer = keyer
         self._streams: dict[str, Any] = {}  # request id -> its DeploymentResponseGenerator
-
-    @classmethod
-    async def attach(cls, handle: Any, app_name: str, watch: DeploymentWatch) -> ReplicaEngine:
-        try:
-            info = await handle.info.remote()
-        except Exception as exc:  # noqa: BLE001 - mapped to bastion's errors
-            raise map_error(exc) from None
-        return cls(handle, app_name, info, watch)
 
     @property
     def info(self) -> ModelInfo:
+        """This front door's model record (what admission compares each replica's report with)."""
         return self._info
 
     def is_ready(self) -> bool:
-        return self._watch.running(self.app_name) > 0
+        return self._watch.running(self.app_name) > 0 and bool(self.admission.admitted())
 
     def is_dead(self) -> bool:
         return self._watch.dead(self.app_name)
+
+    def routing_key(self, request: EngineRequest) -> bytes | None:
+        """The request's keyed routing key (``bastion.cluster.routing``); None without a partition tag (isolation
+        off: the least loaded replica) or without a routing secret."""
+        if self._keyer is None or request.cache_salt is None:
+            return None
+        tag = PartitionTag.decode(request.cache_salt)
+        return self._keyer.routing_key(tag, request.adapter, request.prompt_token_ids)
 
     async def tokenize(
         self, prompt: str | None, conversation: Sequence[ChatTurn] | None, *, raw_special_tokens: bool = False
@@ -227,7 +254,8 @@ class ReplicaEngine:
         response: Any = None
         finished = False
         try:
-            response = self._handle.options(stream=True).generate.remote(request)
+            key = self.routing_key(request)
+            response = self._stream_handle.generate.remote(request, routing_key=key)
             self._streams[request.request_id] = response
             async for out in response:
                 finished = out.finished
@@ -265,56 +293,147 @@ class ReplicaEngine:
             raise map_error(exc) from None
 
 
+class RecordsReplicaEvents(Protocol):
+    async def replica_event(
+        self, *, event: str, replica: str, node: str, decision: str, reason: str, model: str, model_digest: str
+    ) -> int: ...
+
+
 class ReplicaPool(EnginePool):
     """Proxies of the deployed models; shutting it down deletes their Serve applications."""
 
     def __init__(self, engines: Sequence[ReplicaEngine], watch: DeploymentWatch) -> None:
         super().__init__(engines)
-        self._apps = [e.app_name for e in engines]
+        self._replicas = list(engines)
         self._watch = watch
+        self._pump: asyncio.Task[None] | None = None
+
+    def attach_audit(self, recorder: RecordsReplicaEvents) -> None:
+        """Starts writing the replicas' joins and departures; an admitted replica gets traffic only once its
+        ``replica_joined`` record is durable (until this is called, none does)."""
+        if self._pump is None:
+            self._pump = asyncio.ensure_future(self._record_events(recorder))
+
+    async def _record_events(self, recorder: RecordsReplicaEvents) -> None:
+        wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for e in self._replicas:
+            e.admission.bind(loop, wake)
+        wake.set()
+        while True:
+            await wake.wait()
+            wake.clear()
+            for e in self._replicas:
+                for event in e.admission.take_events():
+                    await _record(recorder, e.admission, event)
+                    e.admission.recorded(event)
 
     async def shutdown(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
         await super().shutdown()
         self._watch.stop()
-        for app in self._apps:
+        for e in self._replicas:
             try:
-                await asyncio.to_thread(undeploy, app)
+                await asyncio.to_thread(undeploy, e.app_name)
             except Exception as exc:  # noqa: BLE001 - the other applications are still deleted
-                log.error("deleting Serve application %s failed: %s", app, type(exc).__name__)
+                log.error("deleting Serve application %s failed: %s", e.app_name, type(exc).__name__)
+            unregister(e.app_name)
+
+
+async def _record(recorder: RecordsReplicaEvents, admission: Admission, event: ReplicaEvent) -> None:
+    """Appends ``event``'s record, retrying every second while the log refuses it (a full disk): until it is
+    durable the replica stays without traffic."""
+    info = admission.expected.info
+    while True:
+        try:
+            await recorder.replica_event(
+                event=event.event,
+                replica=event.replica,
+                node=event.node,
+                decision=event.decision,
+                reason=event.reason,
+                model=info.name,
+                model_digest=info.digest,
+            )
+            return
+        except Exception as exc:  # noqa: BLE001 - the record is retried; the replica waits for it
+            log.error(
+                "recording %s of replica %s failed (%s); retrying", event.event, event.replica, type(exc).__name__
+            )
+            await asyncio.sleep(1.0)
+
+
+def versions() -> tuple[str, str]:
+    """This process's bastion and native extension versions (a replica must run the same)."""
+    from bastion import __version__
+    from bastion.native import native_version
+
+    return __version__, native_version()
+
+
+def expected_record(spec: ReplicaSpec) -> ModelInfo:
+    """The front door's own record of ``spec``'s model, what every replica's join report must match. For the
+    fake engine: the fake's model record (never a spec's override, which stands for a replica gone wrong)."""
+    if spec.engine == "fake":
+        from testkit.fakes import FAKE_DIGEST
+
+        return ModelInfo(name=spec.model, digest=FAKE_DIGEST, max_context=spec.fake_options.max_context, device="cpu")
+    raise FailedPrecondition(f"replica engine {spec.engine!r}: not built yet (the vLLM replica is a later slice)")
 
 
 async def start_replica_pool(
-    specs: Sequence[ReplicaSpec], options: DeployOptions, *, watch_interval: float = 1.0
+    specs: Sequence[ReplicaSpec],
+    options: DeployOptions,
+    *,
+    keyer: RoutingKeyer | None = None,
+    expected: dict[str, ModelInfo] | None = None,
+    watch_interval: float = 1.0,
 ) -> ReplicaPool:
-    """Starts Serve (no proxy), deploys each spec and attaches a proxy to it. Ray must be joined."""
+    """Starts Serve (no proxy), registers each spec's admission, deploys it and attaches a proxy to it. Ray
+    must be joined. ``expected``: the model record per app name (default :func:`expected_record`)."""
+    bastion_version, native = versions()
+    admissions = []
+    for spec in specs:
+        info = (expected or {}).get(spec.app_name) or expected_record(spec)
+        adm = Admission(spec.app_name, Expected(info, bastion_version, native))
+        register(adm)  # before the deployment exists: its router consults it from the first replica on
+        admissions.append(adm)
     await asyncio.to_thread(start_serve)
-    handles = [(spec.app_name, await asyncio.to_thread(deploy, spec, options)) for spec in specs]
+    handles = [await asyncio.to_thread(deploy, spec, options) for spec in specs]
     watch = DeploymentWatch(watch_interval)
     await asyncio.to_thread(watch.start)
-    try:
-        engines = [await ReplicaEngine.attach(h, app, watch) for app, h in handles]
-    except BaseException:
-        watch.stop()
-        raise
-    log.info("Serve replicas running: %s", ", ".join(f"{app} x{options.replicas}" for app, _ in handles))
+    engines = [ReplicaEngine(h, adm, watch, keyer) for h, adm in zip(handles, admissions, strict=True)]
+    log.info("Serve replicas running: %s", ", ".join(f"{s.app_name} x{options.replicas}" for s in specs))
     return ReplicaPool(engines, watch)
 
 
 def replica_pool_factory(settings: Settings, spec: ReplicaSpec) -> Callable[[EngineProcessEnv], Awaitable[EnginePool]]:
     """``bastion serve``'s pool factory (``server.app.PoolFactory``) when ``cluster.replicas`` > 0: joins the
-    cluster as a driver with ``[cluster]``'s credentials, then :func:`start_replica_pool`.
+    cluster as a driver with ``[cluster]``'s credentials, then :func:`start_replica_pool`, routing by keys under
+    the routing secret derived from the partition key file the server names in the engine-process contract.
 
-    The engine-process contract the server passes is not shipped to replicas (it is the server's own
-    node's): each replica's node builds its own (node-local keys), with the vLLM replica — a later slice,
-    refused here until then."""
+    The engine-process contract itself is not shipped to replicas (it is the server's own node's): each
+    replica's node builds its own (node-local keys), with the vLLM replica — a later slice, refused here
+    until then."""
     if spec.engine != "fake":
         raise FailedPrecondition(f"replica engine {spec.engine!r}: not built yet (the vLLM replica is a later slice)")
     options = DeployOptions.from_settings(settings.cluster, settings.model.max_num_seqs)
+    cluster = settings.cluster
 
     async def factory(process: EngineProcessEnv) -> EnginePool:
         from bastion.cluster.driver import connect
+        from bastion.tenancy.partition import PartitionKeys, load_or_create
 
-        await asyncio.to_thread(connect, settings.cluster, namespace=RAY_NAMESPACE)
-        return await start_replica_pool([spec], options)
+        keyer = None
+        if process.partition_key_file is not None:
+            secret = load_or_create(process.partition_key_file, create=False)
+            keyer = RoutingKeyer(
+                PartitionKeys(secret).routing_secret(),
+                block_size=cluster.routing_block_tokens,
+                blocks=cluster.routing_blocks,
+            )
+        await asyncio.to_thread(connect, cluster, namespace=RAY_NAMESPACE)
+        return await start_replica_pool([spec], options, keyer=keyer)
 
     return factory

@@ -11,7 +11,14 @@ without a cluster. Serve constructs it on some node from a :class:`~bastion.clus
   and its stream closed before the cancellation goes on;
 * ``tokenize``, ``prompt_logprobs``, ``info``, ``stats``: unary calls;
 * ``check_health`` (Serve, every ``health_check_period_s``): raises when the engine is dead, so Serve
-  replaces the replica.
+  replaces the replica;
+* ``record_replica_metadata`` (Serve, once, when the replica is ready): its join report
+  (``bastion.cluster.admission.JoinReport``: node, model digests, versions, isolation proof), which the front
+  door checks before it routes anything here; ``record_routing_stats`` (Serve, periodically): the engine's
+  running and waiting requests, the router's load figure when its own count is stale.
+
+The first output of every stream names this replica (``EngineOutput.replica``): the front door's request
+record says where the request ran.
 
 The engine is built by :func:`build_engine`; ``"vllm"`` is the seam for the real engine (a later part of
 issue 16: it opens sealed weights with the node's own key credential and proves its isolation at join).
@@ -20,11 +27,13 @@ issue 16: it opens sealed weights with the node's own key credential and proves 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
+from bastion.cluster.admission import IsolationProof, JoinReport
 from bastion.cluster.spec import ReplicaSpec
 from bastion.engine.protocol import ChatTurn, Engine, EngineOutput, EngineRequest, EngineStats, ModelInfo
 from bastion.errors import FailedPrecondition, Unavailable
@@ -44,6 +53,7 @@ def build_engine(spec: ReplicaSpec) -> Engine:
         o = spec.fake_options
         engine: Engine = fakes.FakeEngine(
             spec.model,
+            digest=o.digest or fakes.FAKE_DIGEST,
             max_context=o.max_context,
             token_delay=o.token_delay,
             hang_after=o.hang_after,
@@ -51,6 +61,20 @@ def build_engine(spec: ReplicaSpec) -> Engine:
         )
         return engine
     raise FailedPrecondition(f"replica engine {spec.engine!r}: not built yet (the vLLM replica is a later slice)")
+
+
+def isolation_proof(spec: ReplicaSpec, engine: Engine) -> IsolationProof:
+    """What ``engine`` proves about tenant isolation in its own processes. An engine without the means to
+    prove it proves nothing. The fake engine has no prefix cache to isolate: it reports what its spec says
+    (tests of admission)."""
+    if spec.engine == "fake":
+        ok = spec.fake_options.isolation_proof
+        return IsolationProof(plugin=ok, block_hasher=ok, tenant_scheduler=ok)
+    prove = getattr(engine, "isolation_proof", None)
+    if prove is None:
+        return IsolationProof()
+    proof = prove()
+    return proof if isinstance(proof, IsolationProof) else IsolationProof()
 
 
 class EngineReplica:
@@ -65,10 +89,38 @@ class EngineReplica:
         return self.engine.info
 
     def replica_id(self) -> str:
-        """Serve's id of this replica (tests, and later the audit records that name it)."""
-        from ray import serve
+        """Serve's id of this replica (the audit records name it)."""
+        rid = self.__dict__.get("_replica_id")
+        if rid is None:
+            from ray import serve
 
-        return str(serve.get_replica_context().replica_id.unique_id)
+            rid = self._replica_id = str(serve.get_replica_context().replica_id.unique_id)
+        return rid
+
+    def record_replica_metadata(self) -> dict[str, Any]:
+        """The join report (Serve captures it once, when this replica is ready; see the module)."""
+        import ray
+
+        from bastion import __version__
+        from bastion.native import native_version
+
+        info = self.engine.info
+        report = JoinReport(
+            replica=self.replica_id(),
+            node=ray.get_runtime_context().get_node_id(),
+            model=info.name,
+            digest=info.digest,
+            subject_digest=info.subject_digest,
+            adapter_digests=info.adapter_digests,
+            bastion_version=__version__,
+            native_version=native_version(),
+            isolation=isolation_proof(self.spec, self.engine),
+        )
+        return report.model_dump(mode="json")
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        return {"running": stats.running, "waiting": stats.waiting}
 
     def check_health(self) -> None:
         if self.engine.is_dead():
@@ -77,12 +129,17 @@ class EngineReplica:
     def is_ready(self) -> bool:
         return self.engine.is_ready() and not self.engine.is_dead()
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest, routing_key: bytes | None = None) -> AsyncIterator[EngineOutput]:
+        """``routing_key`` is the router's (``bastion.cluster.router``); the replica does not use it."""
         it = self.engine.generate(request)
         finished = False
+        first = True
         try:
             async for out in it:
                 finished = out.finished
+                if first:
+                    out = dataclasses.replace(out, replica=self.replica_id())
+                    first = False
                 yield out
         finally:
             if not finished:  # cancelled by the caller, or the engine failed: the request must not run on

@@ -33,6 +33,9 @@ class FakeEngineSpec(BaseModel):
     token_delay: float = Field(default=0.0, ge=0.0, le=60.0)
     hang_after: int | None = Field(default=None, ge=0)
     die_after: int | None = Field(default=None, ge=0)
+    # What the replica reports at join (tests of admission): another digest, no isolation proof.
+    digest: str | None = Field(default=None, pattern=r"^blake3:[0-9a-f]{64}$")
+    isolation_proof: bool = True
 
 
 class ReplicaSpec(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from bastion.errors import NotFound
 
@@ -91,6 +91,9 @@ class EngineOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
     cached_prompt_tokens: int = 0
+    # The Serve replica that produced this output (set on a stream's first output by bastion.cluster);
+    # "" in one process.
+    replica: str = ""
 
 
 @dataclass
@@ -161,6 +164,10 @@ class EnginePool:
 
     def any_dead(self) -> bool:
         return any(e.is_dead() for e in self._engines.values())
+
+    def attach_audit(self, recorder: Any) -> None:
+        """The server's audit recorder, for a pool whose engines have events of their own to record (Serve
+        replicas joining and leaving: ``bastion.cluster.pool``). Engines in this process have none."""
 
     async def shutdown(self) -> None:
         for e in self._engines.values():

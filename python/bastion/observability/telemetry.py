@@ -55,6 +55,7 @@ class RpcRecord:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.replica = ""  # the Serve replica that ran it (bastion.cluster); "" in one process
         self.ttft_s: float | None = None
         self.last_token_at: float | None = None
 

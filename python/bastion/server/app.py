@@ -284,6 +284,7 @@ class _Run:
         """Requests reach the pool; the watchdog turns health SERVING; drift, red-team and pruning start."""
         assert self.releases is not None
         self.pool = state.pool = pool
+        pool.attach_audit(state.recorder)
         await asyncio.to_thread(self.releases.reload, [e.info for e in pool.all()])
         self.tasks += start_drift(self.settings, state, pool, self.drift_secret, self.drift_ledger)
         self.tasks += start_redteam(self.settings, state, pool, self.redteam_baseline)

@@ -7,8 +7,9 @@ full, the rest as one record with their count. A Generate stream also
 has a ``begin`` record (kind ``decision``, ``decision`` = ``allow``, ``event`` = :data:`BEGIN`), durable
 before its first delta is sent, so text never reaches a client before a record of the call exists; a
 ``begin`` without a ``request`` record of the same ``request_id`` is a stream the server did not finish (it
-died). Decisions of the server itself (monitoring alerts and quarantines) and an admin's lift of a
-quarantine are ``decision`` records too. Records carry ids, counts and digests; prompt and completion
+died). Decisions of the server itself (monitoring alerts and quarantines, a Serve replica admitted to or
+refused traffic, and its departure) and an admin's lift of a quarantine are ``decision`` records too; a
+request record names the Serve replica that ran it, when there is one. Records carry ids, counts and digests; prompt and completion
 content only as tenant-keyed HMACs. The append returns once the record is durable (see docs/audit-log.md),
 and the servicer awaits it before the final response, so no call is answered without its record.
 """
@@ -29,6 +30,8 @@ from bastion.server.status import status_code
 
 #: The ``event`` of a Generate stream's ``begin`` record (``decision`` = ``allow``).
 BEGIN = "begin"
+#: The principal of the front door's records about its Serve replicas (joins and departures).
+CLUSTER_PRINCIPAL = "bastion:cluster"
 
 _DECISION_CODES = (
     grpc.StatusCode.UNAUTHENTICATED,
@@ -120,6 +123,23 @@ class AuditRecorder:
             },
         )
 
+    async def replica_event(
+        self, *, event: str, replica: str, node: str, decision: str, reason: str, model: str, model_digest: str
+    ) -> int:
+        """A Serve replica joined (``decision`` = ``admitted`` or ``refused``, ``reason`` why not) or left the
+        model's deployment (``bastion.cluster.admission``): recorded before an admitted replica gets traffic."""
+        fields: dict[str, Any] = {
+            "principal": CLUSTER_PRINCIPAL,
+            "event": event,
+            "replica": replica[:128],
+            "model": model[:256],
+            "model_digest": model_digest[:128],
+        }
+        for k, v in (("node", node), ("decision", decision), ("reason", reason)):
+            if v:
+                fields[k] = v[:512]
+        return await self.log.append("decision", fields)
+
     async def admin_decision(
         self,
         decision: str,
@@ -202,6 +222,7 @@ class AuditRecorder:
         completion_text: str | None = None,
         reason: str = "",
         retention: str = "",
+        replica: str = "",
     ) -> None:
         fields: dict[str, Any] = {
             **_allowed(request_id, method, peer, principal, tenant),
@@ -215,6 +236,7 @@ class AuditRecorder:
             ("finish_reason", finish_reason),
             ("reason", reason),
             ("retention", retention),
+            ("replica", replica),
         ):
             if v:
                 fields[k] = v[:512]

@@ -117,6 +117,7 @@ async def stream_generation(
             rec.prompt_tokens = out.prompt_tokens or rec.prompt_tokens
             rec.completion_tokens = out.completion_tokens or rec.completion_tokens + len(out.token_ids)
             rec.cached_tokens = out.cached_prompt_tokens or rec.cached_tokens
+            rec.replica = out.replica or rec.replica
             if out.text:
                 rec.completion_parts.append(out.text)
             if first:

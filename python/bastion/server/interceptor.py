@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from bastion.errors import BastionError, InvalidArgument, Overloaded, RateLimited
+from bastion.errors import BastionError, InvalidArgument, Overloaded, RateLimited, Unavailable
 from bastion.observability.logs import request_id_var
 from bastion.server.caller import caller_var
 from bastion.server.gate import SecurityGate
@@ -34,13 +34,17 @@ PUBLIC_WAITING_CAP = 32
 
 
 def abort_metadata(rid: str, exc: BaseException) -> tuple[tuple[str, str | bytes], ...]:
-    """Trailing metadata for a refused call: the request id, and RetryInfo when rate limited."""
+    """Trailing metadata for a refused call: the request id, and RetryInfo when rate limited or when a retry
+    can succeed elsewhere (a Serve replica died under the call)."""
     md: list[tuple[str, str | bytes]] = [(REQUEST_ID_METADATA_KEY, rid)]
-    if isinstance(exc, RateLimited):
+    retry = exc.retry_after_s if isinstance(exc, (RateLimited, Unavailable)) else None
+    if retry is not None:
+        assert isinstance(exc, BastionError)
         delay = Duration()
-        delay.FromMilliseconds(max(1, int(min(exc.retry_after_s, 3600.0) * 1000)))
+        delay.FromMilliseconds(max(1, int(min(retry, 3600.0) * 1000)))
         info = error_details_pb2.RetryInfo(retry_delay=delay)
-        status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=exc.public_message)
+        code = code_pb2.RESOURCE_EXHAUSTED if isinstance(exc, RateLimited) else code_pb2.UNAVAILABLE
+        status = status_pb2.Status(code=code, message=exc.public_message)
         status.details.add().Pack(info)
         md.append(("grpc-status-details-bin", status.SerializeToString()))
     return tuple(md)

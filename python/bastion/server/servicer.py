@@ -211,6 +211,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             completion_text="".join(rec.completion_parts) if prompt is not None else None,
             reason=(exc.detail or "")[:200] if isinstance(exc, BastionError) and code != grpc.StatusCode.OK else "",
             retention=retention,
+            replica=rec.replica,
         )
         if content_error is not None:
             raise content_error
