@@ -125,6 +125,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         overrides = deep_merge(server_overrides(ensure_profile()), overrides)
         print(f"bastion: development profile in {profile_dir()} (mutual TLS, API key, tenant dev)", file=sys.stderr)
     settings = load_settings(args.config, overrides)
+    if settings.cluster.replicas > 0:
+        return _serve_replicas(settings)
     try:
         from bastion.engine.factory import build_pool  # heavy (vllm); only the serve command needs it
     except ImportError as exc:
@@ -133,6 +135,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from bastion.server.app import run_server
 
     return run_server(settings, functools.partial(build_pool, settings))
+
+
+def _serve_replicas(settings: Settings) -> int:
+    """``[cluster] replicas`` > 0: the engine runs in Serve replicas on the cluster (bastion.cluster.pool), never
+    silently in this process."""
+    from bastion.cluster.pool import replica_pool_factory
+    from bastion.cluster.spec import ReplicaSpec
+    from bastion.server.app import run_server
+
+    spec = ReplicaSpec(engine="vllm", model=settings.model.served_name or "model")
+    return run_server(settings, replica_pool_factory(settings, spec))  # the vLLM replica: refused until built
 
 
 def _channel(args: argparse.Namespace, settings: Settings) -> Any:
