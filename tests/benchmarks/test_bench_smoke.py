@@ -81,3 +81,30 @@ def test_flood_bench_smoke(tmp_path: Path) -> None:
         f"{m}_{q}" for m in ("ttft", "latency") for q in ("p50", "p99", "mean")
     }
     assert report["audit"]["refusals_in_coalesced_records"] > 0  # the flood's refusals, counted, not one record each
+
+
+def test_cluster_bench_smoke(tmp_path: Path) -> None:
+    report = run_bench("cluster_bench.py", tmp_path / "cluster.json", "--smoke")
+    assert report["mode"] == "smoke" and report["versions"]["vllm"]
+    part = report["prefix_routing"]
+    modes, total = part["modes"], part["config"]["requests"]
+    assert {"single", "round_robin", "keyed", "keyed_no_load"} <= set(modes)
+    for name, m in modes.items():
+        assert 0.0 <= m["hit_rate"] <= 1.0, name
+        assert m["requests"] == total and sum(r["requests"] for r in m["per_replica"].values()) == total, name
+        assert sum(sum(c.values()) for c in m["per_tenant_replicas"].values()) == total, name
+        assert m["replicas"] == (1 if name == "single" else 2), name
+    assert modes["single"]["hit_rate"] > 0
+    assert set(part["goal_met"]) == {"keyed_ge_0.95_single", "keyed_gt_round_robin"}
+    assert all(isinstance(v, bool) for v in part["goal_met"].values())
+    # Without the load bound every request of a tenant goes to its key's rendezvous-first replica: one per tenant.
+    first: dict[str, str] = {}
+    for tenant, counts in modes["keyed_no_load"]["per_tenant_replicas"].items():
+        assert len(counts) == 1, (tenant, counts)
+        first[tenant] = next(iter(counts))
+    assert modes["keyed_no_load"]["off_first_choice"] == 0
+    # With it, a request leaves that replica only when the bound (or a full replica) sends it on: the requests
+    # found elsewhere are exactly those counted off the first choice, and they are the few.
+    keyed = modes["keyed"]["per_tenant_replicas"]
+    elsewhere = sum(c for t, counts in keyed.items() for rid, c in counts.items() if rid != first[t])
+    assert elsewhere == modes["keyed"]["off_first_choice"] < total / 2

@@ -7,9 +7,7 @@ test module wraps in its own module-scoped fixture (started once per module, sto
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from bastion.cluster.pki import create_ca, issue
 from bastion.cluster.settings import PORT_FIELDS as NODE_PORT_FIELDS
 from bastion.cluster.settings import ClusterSettings
 from bastion.cluster.token import write_token
+from testkit.ports import free_port_block
 
 
 @contextmanager
@@ -82,28 +81,6 @@ def toml(fields: Mapping[str, Any]) -> str:
     for k, v in fields.items():
         lines.append(f"{k} = {v}" if isinstance(v, int) else f'{k} = "{v}"')
     return "\n".join(lines) + "\n"
-
-
-def free_port_block(count: int, *, start: int = 20000, stop: int = 32000, step: int = 97) -> int:
-    """A port ``p`` such that ``p .. p+count-1`` can all be bound on every interface now (Ray binds 0.0.0.0
-    whatever its node address), below Linux's ephemeral range (32768 up) so no outgoing connection takes one
-    meanwhile; tried at random so parallel runs rarely collide."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(start, stop - count, step)
-        socks = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("0.0.0.0", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
 
 
 ROOT = Path(__file__).resolve().parents[2]
