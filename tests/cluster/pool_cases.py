@@ -311,6 +311,53 @@ async def test_back_pressure_ends_the_call_with_resource_exhausted(pool: Replica
         await _until_aborted(engine, f"busy-{i}")
 
 
+async def test_a_clients_deadline_aborts_the_replicas_request(server: tuple[Running, ReplicaPool]) -> None:
+    srv, pool = server
+    call = srv.stub.Generate(prompt_request(model=MODEL, max_tokens=200), timeout=1.5)  # 10 s of tokens
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await collect(call)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    rid = dict(await call.initial_metadata())["x-request-id"]
+    await _until_aborted(_engine(pool), rid)  # the replica stopped generating for nobody
+
+
+def test_no_secret_reaches_rays_state_or_files(cluster: Cluster, server: tuple[Running, ReplicaPool]) -> None:
+    """What any token holder can read — the GCS's actor and job tables (the state API itself needs the
+    dashboard, which is off), Serve's status and deployment configs, the nodes' logs and session files —
+    holds neither the partition secret, nor the routing secret derived from it, nor the cluster token."""
+    import ray
+    import ray._private.state as gcs_state
+    from ray import serve
+
+    srv, _ = server
+    keys = PartitionKeys(SECRET)
+    secrets_ = {
+        "partition secret": SECRET,
+        "partition secret (hex)": SECRET.hex().encode(),
+        "routing secret": keys.routing_secret(),
+        "routing secret (hex)": keys.routing_secret().hex().encode(),
+        "cluster token": cluster.token(),
+    }
+    state = "\n".join(
+        [
+            repr(gcs_state.actors()),
+            repr(gcs_state.jobs()),
+            repr(serve.status()),
+            repr(ray.get_runtime_context().runtime_env),
+            repr([app.deployments for app in serve.status().applications.values()]),
+        ]
+    ).encode()
+    for what, value in secrets_.items():
+        assert value not in state, f"the {what} in Ray's state"
+    for node in (cluster.head, cluster.worker):
+        for d in (node.temp_dir, Path(str(node.fields["spill_dir"]))):
+            for path in d.rglob("*"):
+                if path.is_file() and not path.is_symlink() and path.stat().st_size < 50_000_000:
+                    blob = path.read_bytes()
+                    for what, value in secrets_.items():
+                        assert value not in blob, f"the {what} in {path}"
+
+
 async def test_a_replica_with_another_model_or_no_isolation_proof_never_gets_traffic(pool: ReplicaPool) -> None:
     assert pool.is_ready()  # the cluster and Serve run (the rogues join the same Serve instance)
     rogues = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,7 @@ async def made() -> AsyncIterator[list[EngineReplica]]:
 
 def _replica(made: list[EngineReplica], **fake: object) -> EngineReplica:
     replica = EngineReplica(ReplicaSpec(engine="fake", model="m", fake=FakeEngineSpec.model_validate(fake)))
+    replica._replica_id = "replica-1"  # Serve's id of the replica (outside Serve: set here)
     made.append(replica)
     return replica
 
@@ -49,7 +51,8 @@ async def test_generate_streams_the_engines_outputs_and_does_not_abort_a_finishe
     outs: list[EngineOutput] = [o async for o in replica.generate(_request("r1", 3))]
     assert [o.text for o in outs] == ["w0 ", "w1 ", "w2 "] and outs[-1].finished
     assert _fake(replica).aborted == [] and _fake(replica).closed == ["r1"]
-    assert replica.info().name == "m"
+    assert [o.replica for o in outs] == ["replica-1", "", ""]  # the first output names the replica
+    assert (await replica.info()).name == "m"
 
 
 async def test_a_cancelled_call_aborts_the_engine_request(made: list[EngineReplica]) -> None:
@@ -93,6 +96,49 @@ async def test_check_health_raises_once_the_engine_is_dead(made: list[EngineRepl
     assert not replica.is_ready()
 
 
-def test_the_vllm_engine_is_not_built_yet() -> None:
-    with pytest.raises(FailedPrecondition, match="later slice"):
+async def test_a_vllm_replica_starts_its_engine_in_the_background_and_reports_once_it_is_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bastion.cluster.replica as replica_mod
+
+    release = asyncio.Event()
+    engine = FakeEngine("m")
+
+    async def start(spec: ReplicaSpec) -> FakeEngine:
+        await release.wait()  # a minute or more for vLLM
+        return engine
+
+    monkeypatch.setattr(replica_mod, "start_vllm", start)
+    replica = EngineReplica(ReplicaSpec(engine="vllm", model="m", config_file=Path("/etc/bastion/node.toml")))
+    replica._replica_id, replica._node_id = "replica-1", "n" * 56  # Serve's and Ray's ids (outside Serve: set)
+    replica.check_health()  # starting is healthy
+    assert not replica.is_ready() and replica.stats().running == 0
+    assert replica.record_routing_stats() == {"running": 0, "waiting": 0}
+    call = asyncio.ensure_future(replica.tokenize("ab", None))  # waits for the engine, is not refused
+    report = asyncio.ensure_future(replica.record_replica_metadata())
+    await asyncio.sleep(0.05)
+    assert not call.done() and not report.done()
+    release.set()
+    assert await call == [97, 98]
+    joined = await report
+    assert joined["replica"] == "replica-1" and joined["node"] == "n" * 56 and joined["model"] == "m"
+    assert joined["isolation"] == {"plugin": False, "block_hasher": False, "tenant_scheduler": False}  # unproven
+    assert replica.is_ready()
+    stop = replica.__del__()  # Serve's graceful stop
+    assert stop is not None
+    await stop
+    assert engine.shutdown_called
+
+
+async def test_a_vllm_replica_whose_engine_fails_to_start_fails_its_health_check_and_never_reports() -> None:
+    replica = EngineReplica(ReplicaSpec(engine="vllm", model="m"))  # no config file of the node: cannot start
+    with pytest.raises(FailedPrecondition, match="names no config file"):
+        await replica.record_replica_metadata()
+    with pytest.raises(Unavailable, match="failed to start"):
+        replica.check_health()  # Serve replaces it
+    assert not replica.is_ready()
+
+
+def test_build_engine_builds_only_the_fake_one() -> None:
+    with pytest.raises(FailedPrecondition, match="started by start_vllm"):
         build_engine(ReplicaSpec(engine="vllm", model="m"))

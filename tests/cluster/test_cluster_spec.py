@@ -8,11 +8,11 @@ import grpc
 import pytest
 from pydantic import ValidationError
 
-from bastion.cluster.pool import DeployOptions, map_error, replica_pool_factory
+from bastion.cluster.pool import DeployOptions, expected_record, map_error, replica_pool_factory
 from bastion.cluster.settings import ClusterSettings
 from bastion.cluster.spec import ReplicaSpec
 from bastion.config import Settings
-from bastion.errors import EngineError, FailedPrecondition, InvalidArgument, Overloaded, Unavailable
+from bastion.errors import ConfigError, EngineError, FailedPrecondition, InvalidArgument, Overloaded, Unavailable
 from bastion.server.status import status_code
 
 
@@ -57,10 +57,25 @@ def test_deploy_options_from_settings() -> None:
     assert options.max_ongoing_requests == 8 and options.env == (("HF_HOME", "/srv/hf"),)
 
 
-def test_the_factory_refuses_the_vllm_replica_until_it_exists() -> None:
+def test_the_vllm_replica_needs_the_nodes_config_path() -> None:
     settings = Settings.model_validate({"cluster": {"replicas": 2}})
-    with pytest.raises(FailedPrecondition, match="later slice"):
+    with pytest.raises(ConfigError, match=r"^cluster.replica_config_file: the vLLM replica needs each node's config"):
         replica_pool_factory(settings, ReplicaSpec(engine="vllm", model="m"))
+
+
+async def test_the_front_doors_vllm_model_record_needs_a_fixed_context_and_no_adapters() -> None:
+    spec = ReplicaSpec(engine="vllm", model="m", config_file=Path("/etc/bastion/bastion.toml"))
+    with pytest.raises(ConfigError, match=r"^model.max_model_len: required with cluster.replicas"):
+        expected_record(spec, Settings.model_validate({"cluster": {"replicas": 1}}))
+    with_adapters = Settings.model_validate(
+        {
+            "cluster": {"replicas": 1},
+            "model": {"max_model_len": 512, "adapters": {"a": "/srv/a"}},
+            "weights": {"allow_unsealed": True},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"^model.adapters: not served by Serve replicas yet"):
+        expected_record(spec, with_adapters)
 
 
 def test_serve_errors_map_to_bastions() -> None:

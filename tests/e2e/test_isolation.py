@@ -38,6 +38,13 @@ def _chat(model: str, system: str, user: str) -> pb.GenerateRequest:
     )
 
 
+def test_the_engine_proved_isolation_from_inside_its_processes(live_server) -> None:
+    """The server asked the EngineCore (and its workers) before serving (bastion.engine.vllm.proof)."""
+    assert "tenant isolation proven inside the engine: plugin, keyed block hasher, tenant scheduler" in (
+        live_server.log_text()
+    )
+
+
 def test_a_declared_public_prefix_is_shared_across_tenants(live_server, model_name) -> None:
     a_cached, _ = _cached(live_server, _raw(model_name, PUBLIC_SYSTEM + " Where is order 1182?"), "alice")
     b_cached, b_prompt = _cached(live_server, _raw(model_name, PUBLIC_SYSTEM + " Can I return a lamp?"), "bob")

@@ -58,13 +58,13 @@ def test_config_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], tmp
 def test_serve_with_cluster_replicas_never_runs_the_engine_here(
     capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``[cluster] replicas`` > 0 means Serve replicas: until the vLLM replica exists, serve refuses at once
-    instead of quietly loading the model in this process."""
+    """``[cluster] replicas`` > 0 means Serve replicas: never the model loaded in this process; without the
+    nodes' config path, serve refuses at once."""
     import bastion.engine.factory
 
     monkeypatch.setattr(bastion.engine.factory, "build_pool", None)  # any use of the local engine fails loudly
     config = tmp_path / "bastion.toml"
     config.write_text("[cluster]\nreplicas = 2\n")
-    assert main(["serve", "--config", str(config)]) == 1
+    assert main(["serve", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert err == "error: replica engine 'vllm': not built yet (the vLLM replica is a later slice)\n"
+    assert err == "error: cluster.replica_config_file: the vLLM replica needs each node's config file path\n"

@@ -142,10 +142,11 @@ def _serve_replicas(settings: Settings) -> int:
     silently in this process."""
     from bastion.cluster.pool import replica_pool_factory
     from bastion.cluster.spec import ReplicaSpec
+    from bastion.models.resolve import served_name
     from bastion.server.app import run_server
 
-    spec = ReplicaSpec(engine="vllm", model=settings.model.served_name or "model")
-    return run_server(settings, replica_pool_factory(settings, spec))  # the vLLM replica: refused until built
+    spec = ReplicaSpec(engine="vllm", model=served_name(settings), config_file=settings.cluster.replica_config_file)
+    return run_server(settings, replica_pool_factory(settings, spec))
 
 
 def _channel(args: argparse.Namespace, settings: Settings) -> Any:

@@ -31,6 +31,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bastion.engine.protocol import ModelInfo
+from bastion.isolation.proof import IsolationProof
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,6 @@ ADMITTED = "admitted"
 REFUSED = "refused"
 JOINED: Final = "replica_joined"
 LEFT: Final = "replica_left"
-
-
-class IsolationProof(BaseModel):
-    """What the engine found installed in its own processes (EngineCore and workers for vLLM)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    plugin: bool = False  # bastion's vLLM general plugin imported and registered
-    block_hasher: bool = False  # the keyed block hasher is the prefix cache's hash function, with its key
-    tenant_scheduler: bool = False  # the tenant KV scheduler is the EngineCore's scheduler
-
-    def missing(self) -> list[str]:
-        return [name for name, ok in self.model_dump().items() if not ok]
 
 
 class JoinReport(BaseModel):

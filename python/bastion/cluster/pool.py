@@ -42,7 +42,7 @@ from bastion.cluster.spec import ReplicaSpec
 from bastion.config import Settings
 from bastion.engine.process import EngineProcessEnv
 from bastion.engine.protocol import ChatTurn, EngineOutput, EnginePool, EngineRequest, EngineStats, ModelInfo
-from bastion.errors import BastionError, EngineError, FailedPrecondition, Overloaded, Unavailable
+from bastion.errors import BastionError, ConfigError, EngineError, FailedPrecondition, Overloaded, Unavailable
 from bastion.isolation.tag import PartitionTag
 
 log = logging.getLogger(__name__)
@@ -372,14 +372,37 @@ def versions() -> tuple[str, str]:
     return __version__, native_version()
 
 
-def expected_record(spec: ReplicaSpec) -> ModelInfo:
-    """The front door's own record of ``spec``'s model, what every replica's join report must match. For the
-    fake engine: the fake's model record (never a spec's override, which stands for a replica gone wrong)."""
+def expected_record(spec: ReplicaSpec, settings: Settings | None = None) -> ModelInfo:
+    """The front door's own record of ``spec``'s model, what every replica's join report must match.
+
+    For the vLLM replica: the front door checks the model itself from its own ``[model]`` settings — the
+    signature against the trust policy, the signed files, the sealed header, the key — without decrypting
+    any weights (``bastion.models.resolve.prepare_model``), and takes the digests from that check. For the fake
+    engine: the fake's model record (never a spec's override, which stands for a replica gone wrong)."""
     if spec.engine == "fake":
         from testkit.fakes import FAKE_DIGEST
 
         return ModelInfo(name=spec.model, digest=FAKE_DIGEST, max_context=spec.fake_options.max_context, device="cpu")
-    raise FailedPrecondition(f"replica engine {spec.engine!r}: not built yet (the vLLM replica is a later slice)")
+    if settings is None:
+        raise FailedPrecondition("the vLLM replica's model record needs the front door's [model] settings")
+    from bastion.engine.vllm.device import resolve_device
+    from bastion.models.resolve import prepare_model
+
+    m = settings.model
+    if m.max_model_len is None:
+        raise ConfigError("model.max_model_len: required with cluster.replicas (the front door checks lengths)")
+    if m.adapters:
+        raise ConfigError("model.adapters: not served by Serve replicas yet")
+    prepared = prepare_model(settings)
+    if prepared.name != spec.model:
+        raise ConfigError(f"the served model is {prepared.name!r}, the deployment's {spec.model!r}")
+    return ModelInfo(
+        name=prepared.name,
+        digest=prepared.digest,
+        max_context=m.max_model_len,
+        device=resolve_device(m.device),
+        subject_digest=prepared.oms_digest or "",
+    )
 
 
 async def start_replica_pool(
@@ -414,10 +437,10 @@ def replica_pool_factory(settings: Settings, spec: ReplicaSpec) -> Callable[[Eng
     the routing secret derived from the partition key file the server names in the engine-process contract.
 
     The engine-process contract itself is not shipped to replicas (it is the server's own node's): each
-    replica's node builds its own (node-local keys), with the vLLM replica — a later slice, refused here
-    until then."""
-    if spec.engine != "fake":
-        raise FailedPrecondition(f"replica engine {spec.engine!r}: not built yet (the vLLM replica is a later slice)")
+    replica's node builds its own from its own configuration (``bastion.cluster.replica.start_vllm``).
+    The front door's model record is checked here (:func:`expected_record`) before anything is deployed."""
+    if spec.engine == "vllm" and spec.config_file is None:
+        raise ConfigError("cluster.replica_config_file: the vLLM replica needs each node's config file path")
     options = DeployOptions.from_settings(settings.cluster, settings.model.max_num_seqs)
     cluster = settings.cluster
 
@@ -433,7 +456,8 @@ def replica_pool_factory(settings: Settings, spec: ReplicaSpec) -> Callable[[Eng
                 block_size=cluster.routing_block_tokens,
                 blocks=cluster.routing_blocks,
             )
+        expected = {spec.app_name: await asyncio.to_thread(expected_record, spec, settings)}
         await asyncio.to_thread(connect, cluster, namespace=RAY_NAMESPACE)
-        return await start_replica_pool([spec], options, keyer=keyer)
+        return await start_replica_pool([spec], options, keyer=keyer, expected=expected)
 
     return factory

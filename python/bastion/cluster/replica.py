@@ -20,8 +20,14 @@ without a cluster. Serve constructs it on some node from a :class:`~bastion.clus
 The first output of every stream names this replica (``EngineOutput.replica``): the front door's request
 record says where the request ran.
 
-The engine is built by :func:`build_engine`; ``"vllm"`` is the seam for the real engine (a later part of
-issue 16: it opens sealed weights with the node's own key credential and proves its isolation at join).
+The engine is built on the replica's node: the fake one at once (:func:`build_engine`), the vLLM one by
+:func:`start_vllm` in the background of the constructor (a minute or more; Serve awaits the join report,
+``record_replica_metadata``, which waits for it, so the replica is RUNNING only once its engine is up). The
+vLLM replica reads the node's **own** bastion configuration (``ReplicaSpec.config_file``, a path; nothing
+else crosses Ray): its ``[model]``, its key provider (the node's own credential opens the sealed weights) and
+its own partition key file, the root of the EngineCore's block-hashing key (created 0600 on first use). The
+tenant partition of every request comes from the front door's tag (``cache_salt``), so that key only keys the
+node's block hashes and never has to match another node's.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
-from bastion.cluster.admission import IsolationProof, JoinReport
+from bastion.cluster.admission import JoinReport
 from bastion.cluster.spec import ReplicaSpec
 from bastion.engine.protocol import ChatTurn, Engine, EngineOutput, EngineRequest, EngineStats, ModelInfo
 from bastion.errors import FailedPrecondition, Unavailable
+from bastion.isolation.proof import IsolationProof
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,27 @@ def build_engine(spec: ReplicaSpec) -> Engine:
             die_after=o.die_after,
         )
         return engine
-    raise FailedPrecondition(f"replica engine {spec.engine!r}: not built yet (the vLLM replica is a later slice)")
+    raise FailedPrecondition(f"replica engine {spec.engine!r} is started by start_vllm, not built here")
+
+
+async def start_vllm(spec: ReplicaSpec) -> Engine:
+    """The vLLM engine of ``spec``, from this node's own configuration (see the module)."""
+    if spec.config_file is None:
+        raise FailedPrecondition("replica engine 'vllm': the spec names no config file of this node")
+    from bastion.config import load_settings
+    from bastion.engine.factory import build_pool  # vLLM and torch: seconds to import
+    from bastion.engine.process import EngineProcessEnv
+    from bastion.tenancy.partition import load_or_create
+
+    settings = load_settings(str(spec.config_file))
+    key_file = (settings.isolation.partition_key_file or settings.cache_dir / "keys" / "partition.key").resolve()
+    await asyncio.to_thread(load_or_create, key_file, create=True)
+    pool = await build_pool(settings, EngineProcessEnv(partition_key_file=key_file))
+    (engine,) = pool.all()
+    if engine.info.name != spec.model:
+        await engine.shutdown()
+        raise FailedPrecondition(f"this node serves {engine.info.name!r}, the deployment {spec.model!r}")
+    return engine
 
 
 def isolation_proof(spec: ReplicaSpec, engine: Engine) -> IsolationProof:
@@ -82,11 +109,22 @@ class EngineReplica:
 
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = ReplicaSpec.model_validate(spec.model_dump())  # re-checked on this side of the wire
-        self.engine = build_engine(self.spec)
+        self._starting: asyncio.Task[Engine] | None = None
+        if self.spec.engine == "fake":
+            self.engine: Engine | None = build_engine(self.spec)
+        else:  # Serve runs the constructor on the replica's event loop
+            self.engine = None
+            self._starting = asyncio.get_running_loop().create_task(start_vllm(self.spec))
         log.info("replica of %s started (%s engine)", self.spec.model, self.spec.engine)
 
-    def info(self) -> ModelInfo:
-        return self.engine.info
+    async def _ready(self) -> Engine:
+        if self.engine is None:
+            assert self._starting is not None
+            self.engine = await asyncio.shield(self._starting)
+        return self.engine
+
+    async def info(self) -> ModelInfo:
+        return (await self._ready()).info
 
     def replica_id(self) -> str:
         """Serve's id of this replica (the audit records name it)."""
@@ -97,41 +135,56 @@ class EngineReplica:
             rid = self._replica_id = str(serve.get_replica_context().replica_id.unique_id)
         return rid
 
-    def record_replica_metadata(self) -> dict[str, Any]:
-        """The join report (Serve captures it once, when this replica is ready; see the module)."""
-        import ray
+    def node_id(self) -> str:
+        """Ray's id of this replica's node."""
+        node = self.__dict__.get("_node_id")
+        if node is None:
+            import ray
 
+            node = self._node_id = str(ray.get_runtime_context().get_node_id())
+        return node
+
+    async def record_replica_metadata(self) -> dict[str, Any]:
+        """The join report (Serve captures it once, when this replica is ready; see the module). Waits for the
+        engine: a replica whose engine fails to start never reports, and Serve replaces it."""
         from bastion import __version__
         from bastion.native import native_version
 
-        info = self.engine.info
+        engine = await self._ready()
+        info = engine.info
         report = JoinReport(
             replica=self.replica_id(),
-            node=ray.get_runtime_context().get_node_id(),
+            node=self.node_id(),
             model=info.name,
             digest=info.digest,
             subject_digest=info.subject_digest,
             adapter_digests=info.adapter_digests,
             bastion_version=__version__,
             native_version=native_version(),
-            isolation=isolation_proof(self.spec, self.engine),
+            isolation=isolation_proof(self.spec, engine),
         )
         return report.model_dump(mode="json")
 
     def record_routing_stats(self) -> dict[str, Any]:
+        if self.engine is None:
+            return {"running": 0, "waiting": 0}
         stats = self.engine.stats()
         return {"running": stats.running, "waiting": stats.waiting}
 
     def check_health(self) -> None:
-        if self.engine.is_dead():
+        starting = self._starting
+        if self.engine is None and starting is not None and starting.done() and starting.exception() is not None:
+            raise Unavailable(f"replica of {self.spec.model}: the engine failed to start")
+        if self.engine is not None and self.engine.is_dead():
             raise Unavailable(f"replica of {self.spec.model}: the engine is dead")
 
     def is_ready(self) -> bool:
-        return self.engine.is_ready() and not self.engine.is_dead()
+        return self.engine is not None and self.engine.is_ready() and not self.engine.is_dead()
 
     async def generate(self, request: EngineRequest, routing_key: bytes | None = None) -> AsyncIterator[EngineOutput]:
         """``routing_key`` is the router's (``bastion.cluster.router``); the replica does not use it."""
-        it = self.engine.generate(request)
+        engine = await self._ready()
+        it = engine.generate(request)
         finished = False
         first = True
         try:
@@ -144,7 +197,7 @@ class EngineReplica:
         finally:
             if not finished:  # cancelled by the caller, or the engine failed: the request must not run on
                 try:
-                    await self.engine.abort(request.request_id)
+                    await engine.abort(request.request_id)
                 except Exception:  # noqa: BLE001 - the cancellation or the engine's error goes on regardless
                     log.warning("aborting %s on the engine failed", request.request_id)
             aclose = getattr(it, "aclose", None)
@@ -154,16 +207,16 @@ class EngineReplica:
     async def tokenize(
         self, prompt: str | None, conversation: Sequence[ChatTurn] | None, raw_special_tokens: bool = False
     ) -> list[int]:
-        return await self.engine.tokenize(prompt, conversation, raw_special_tokens=raw_special_tokens)
+        return await (await self._ready()).tokenize(prompt, conversation, raw_special_tokens=raw_special_tokens)
 
     async def abort(self, request_id: str) -> None:
-        await self.engine.abort(request_id)
+        await (await self._ready()).abort(request_id)
 
     async def prompt_logprobs(self, request_id: str, token_ids: Sequence[int]) -> list[float]:
-        return await self.engine.prompt_logprobs(request_id, token_ids)
+        return await (await self._ready()).prompt_logprobs(request_id, token_ids)
 
     def stats(self) -> EngineStats:
-        return self.engine.stats()
+        return EngineStats() if self.engine is None else self.engine.stats()
 
     # --- the fake engine's records (tests only: refused for a real engine) ---
 
@@ -191,6 +244,9 @@ class EngineReplica:
         """Serve's graceful stop of the replica: Serve awaits the coroutine this returns (the engine shuts
         down). Only the first call does anything, and only on a running event loop: a later call from the
         garbage collector returns nothing to await."""
+        starting = self.__dict__.get("_starting")
+        if starting is not None and not starting.done():
+            starting.cancel()  # stopped while its engine was starting
         engine = self.__dict__.get("engine")  # absent when the constructor failed
         if engine is None or self.__dict__.get("_stopping"):
             return None

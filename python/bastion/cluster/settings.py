@@ -181,6 +181,9 @@ class ClusterSettings(BaseModel):
     replica_num_gpus: float = Field(default=0.0, ge=0, le=64, description="GPUs Ray reserves per replica")
     replica_health_check_period_s: float = Field(default=10.0, gt=0, le=600)
     replica_health_check_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # The vLLM replica: every replica node's own bastion configuration file, at this absolute path on each
+    # node ([model], its key provider, its partition key file). Only the path travels through Ray.
+    replica_config_file: Path | None = Field(default=None, description="absolute path of each node's config")
     # Tenant-aware routing (bastion.cluster.routing): the key covers the first routing_blocks full blocks of
     # routing_block_tokens tokens; set the engine's KV block size (vLLM: 16 on GPU, 128 on CPU).
     routing_block_tokens: int = Field(default=128, ge=1, le=4096, description="tokens per routed prompt block")

@@ -60,11 +60,21 @@ def is_sealed_dir(path: Path) -> bool:
     return (path / SEALED_HEADER).is_file()
 
 
+def served_name(settings: Settings) -> str:
+    """The name the model is served under: ``model.served_name``, else the default model's name or the
+    source directory's name."""
+    if settings.model.served_name:
+        return settings.model.served_name
+    if settings.model.source == "default":
+        return DEFAULT_NAME
+    return _NAME_RE.sub("-", Path(settings.model.source).expanduser().resolve().name)[:128] or "model"
+
+
 def prepare_model(settings: Settings) -> PreparedModel:
     source = settings.model.source
     if source == "default":
         prepared = ensure_default_sealed(settings.cache_dir)
-        return replace(prepared, name=settings.model.served_name or DEFAULT_NAME)
+        return replace(prepared, name=served_name(settings))
     path = Path(source).expanduser()
     if not path.is_dir():
         raise ConfigError("model.source: not 'default' and not a local model directory")
@@ -73,7 +83,7 @@ def prepare_model(settings: Settings) -> PreparedModel:
     pickles = sorted(p.name for p in path.rglob("*") if p.suffix.lower() in _PICKLE_SUFFIXES)
     if pickles:
         raise ConfigError(f"model.source: pickle weight files are refused ({', '.join(pickles[:3])}); use safetensors")
-    name = settings.model.served_name or _NAME_RE.sub("-", path.resolve().name)[:128] or "model"
+    name = served_name(settings)
     resolved = path.resolve()
     if is_sealed_dir(resolved):
         return _prepare_sealed(settings, resolved, name)

@@ -24,9 +24,11 @@ from bastion.engine.protocol import (
     TokenLogprobs,
 )
 from bastion.engine.vllm.device import Device, resolve_dtype
+from bastion.engine.vllm.proof import prove
 from bastion.engine.vllm.stats import StatsSink, make_stat_logger_factory
 from bastion.engine.vllm.tokens import PromptTokenizer
-from bastion.errors import EngineError, InvalidArgument, Unavailable
+from bastion.errors import EngineError, IntegrityError, InvalidArgument, Unavailable
+from bastion.isolation.proof import IsolationProof
 from bastion.models.verified import VerifiedCopy
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,10 @@ class VllmEngine:
         sink: StatsSink,
         adapters: Mapping[str, Any] | None = None,
         verified: VerifiedCopy | None = None,
+        proof: IsolationProof | None = None,
     ) -> None:
         self._llm = llm
+        self._proof = proof or IsolationProof()
         self._info = info
         self._sink = sink
         self._loras = dict(adapters or {})  # adapter name -> vLLM LoRARequest
@@ -176,6 +180,17 @@ class VllmEngine:
 
             future.add_done_callback(stop)
             raise
+        proof = await prove(llm)
+        if process.isolation and proof.missing():
+            # Asked for tenant isolation, the engine does not have it in force: it must not serve anybody.
+            await asyncio.to_thread(llm.shutdown)
+            raise IntegrityError(
+                "tenant isolation is configured but not in force inside the engine: "
+                + ", ".join(proof.missing())
+                + " not installed (is the bastion vLLM plugin installed in this environment?)"
+            )
+        if not proof.missing():
+            log.info("tenant isolation proven inside the engine: plugin, keyed block hasher, tenant scheduler")
         max_context = int(llm.model_config.max_model_len)
         loras = lora_requests(verified)
         adapter_digests = tuple(sorted(verified.adapter_digests.items()))
@@ -190,11 +205,15 @@ class VllmEngine:
             adapter_digests=adapter_digests,
         )
         log.info("engine ready: model %s (%s) on %s, context %d tokens", name, digest, device, max_context)
-        return cls(llm, info, sink, loras, verified)
+        return cls(llm, info, sink, loras, verified, proof)
 
     @property
     def info(self) -> ModelInfo:
         return self._info
+
+    def isolation_proof(self) -> IsolationProof:
+        """What the EngineCore and its workers proved at start (``bastion.engine.vllm.proof``)."""
+        return self._proof
 
     def is_ready(self) -> bool:
         return not self._stopped and not self._llm.errored

@@ -30,6 +30,9 @@ def register() -> None:
     from bastion.engine.vllm.block_hasher import install as install_block_hasher
 
     install_block_hasher()
+    from bastion.engine.vllm.proof import install as install_proof
+
+    install_proof()  # the front end asks the EngineCore (and its workers) for the isolation proof
     _registered = True
     log.debug("bastion vLLM plugin registered in pid %d (native %s)", os.getpid(), native_version())
     marker = os.environ.get("BASTION_PLUGIN_MARKER_DIR")
