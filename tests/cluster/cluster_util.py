@@ -6,6 +6,7 @@ test module wraps in its own module-scoped fixture (started once per module, sto
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -129,6 +130,25 @@ def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BASTION_", "RAY_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), str(ROOT), str(Path(__file__).parent)])
     return env
+
+
+def audit_records(audit_dir: Path) -> list[dict[str, Any]]:
+    """Every record of a server's audit log, in order."""
+    out: list[dict[str, Any]] = []
+    for seg in sorted(audit_dir.glob("audit-*.jsonl")):
+        out += [json.loads(line) for line in seg.read_text().splitlines() if line]
+    return out
+
+
+def run_cases(cases: list[Path], timeout: float) -> None:
+    """Runs the pytest modules ``cases`` in one process of its own (a Ray driver must set Ray's TLS variables
+    before anything imports Ray; in this session other tests import it first) and asserts every case passed."""
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *map(str, cases)]
+    r = run_python(args, timeout=timeout)
+    out = r.stdout[-8000:] + r.stderr[-3000:]
+    assert r.returncode == 0, out
+    summary = [ln for ln in r.stdout.splitlines() if " passed" in ln]
+    assert summary and "failed" not in summary[-1] and "error" not in summary[-1], out
 
 
 def run_python(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

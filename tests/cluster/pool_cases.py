@@ -1,29 +1,26 @@
 """Serve replicas of a fake engine behind the engine seam, on a real two-node cluster (token + mutual TLS).
-Run by ``test_cluster_pool.py`` in a pytest process of its own (see there); not collected by itself.
+Run by ``test_cluster_cases.py`` in a pytest process of its own (see there); not collected by itself.
 
-That process is the front door: it joins as a Ray driver with bastion's own code (``replica_pool_factory``:
-``connect`` with the head's ``[cluster]`` credentials, the routing secret from a partition key file), starts
-Serve with no proxy and deploys two fake-engine replicas behind bastion's router; the cases drive the
-:class:`ReplicaEngine` proxy as a servicer would, with an audit recorder that keeps the replicas' join and
-departure records. Serve starts once; the driver leaves (``ray.shutdown``) and the nodes stop in the
-fixtures' finalizers.
+That process runs the front door: a bastion server whose pool is ``replica_pool_factory``'s (it joins as a
+Ray driver with the head's ``[cluster]`` credentials, derives the routing secret from the server's partition
+key file, starts Serve with no proxy and deploys two fake-engine replicas behind bastion's router). The cases
+call the server, or drive its :class:`ReplicaEngine` proxy as a servicer would, and read its audit log. The
+driver leaves (``ray.shutdown``) when the module ends; the nodes stop with the session (conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from cluster_util import Cluster, listening_ports, running_cluster
+from cluster_util import Cluster, audit_records, listening_ports
 from grpc_harness import Running, collect, make_settings, prompt_request, running_server
 from grpc_health.v1 import health_pb2
 
@@ -81,17 +78,10 @@ async def _until(check: Any, what: str, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-async def server(cluster: Cluster) -> AsyncIterator[tuple[Running, ReplicaPool]]:
+async def server(live_cluster: Cluster) -> AsyncIterator[tuple[Running, ReplicaPool]]:
     """A bastion server (``bastion.server.app.serve``, as ``bastion serve`` runs it) whose pool is
     ``replica_pool_factory``'s: two replicas of the fake engine on the cluster, its real audit log."""
-    saved = dict(os.environ)  # connect() sets Ray's variables in this process
-    head = load_settings(str(cluster.head.config)).cluster.model_copy(
+    head = load_settings(str(live_cluster.head.config)).cluster.model_copy(
         update={
             "replicas": 2,
             "replica_max_ongoing_requests": MAX_ONGOING,
@@ -102,7 +92,7 @@ async def server(cluster: Cluster) -> AsyncIterator[tuple[Running, ReplicaPool]]
             "routing_block_tokens": BLOCK,
         }
     )
-    key_file = Path(cluster.base) / "partition.key"  # the server's partition secret: the routing secret's root
+    key_file = Path(live_cluster.base) / "partition.key"  # the server's partition secret: the routing secret's root
     key_file.write_bytes(SECRET)
     key_file.chmod(0o600)
     settings = make_settings(
@@ -128,9 +118,7 @@ async def server(cluster: Cluster) -> AsyncIterator[tuple[Running, ReplicaPool]]
     finally:
         import ray
 
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
+        ray.shutdown()  # Ray's variables stay: the next module's driver joins the same cluster (live_cluster.py)
 
 
 @pytest.fixture
@@ -139,10 +127,7 @@ def pool(server: tuple[Running, ReplicaPool]) -> ReplicaPool:
 
 
 def _audit(srv: Running) -> list[dict[str, Any]]:
-    out = []
-    for seg in sorted(srv.audit_dir.glob("audit-*.jsonl")):
-        out += [json.loads(line) for line in seg.read_text().splitlines() if line]
-    return out
+    return audit_records(srv.audit_dir)
 
 
 def _replica_records(srv: Running, event: str) -> list[dict[str, Any]]:
@@ -321,7 +306,7 @@ async def test_a_clients_deadline_aborts_the_replicas_request(server: tuple[Runn
     await _until_aborted(_engine(pool), rid)  # the replica stopped generating for nobody
 
 
-def test_no_secret_reaches_rays_state_or_files(cluster: Cluster, server: tuple[Running, ReplicaPool]) -> None:
+def test_no_secret_reaches_rays_state_or_files(live_cluster: Cluster, server: tuple[Running, ReplicaPool]) -> None:
     """What any token holder can read — the GCS's actor and job tables (the state API itself needs the
     dashboard, which is off), Serve's status and deployment configs, the nodes' logs and session files —
     holds neither the partition secret, nor the routing secret derived from it, nor the cluster token."""
@@ -336,7 +321,7 @@ def test_no_secret_reaches_rays_state_or_files(cluster: Cluster, server: tuple[R
         "partition secret (hex)": SECRET.hex().encode(),
         "routing secret": keys.routing_secret(),
         "routing secret (hex)": keys.routing_secret().hex().encode(),
-        "cluster token": cluster.token(),
+        "cluster token": live_cluster.token(),
     }
     state = "\n".join(
         [
@@ -349,7 +334,7 @@ def test_no_secret_reaches_rays_state_or_files(cluster: Cluster, server: tuple[R
     ).encode()
     for what, value in secrets_.items():
         assert value not in state, f"the {what} in Ray's state"
-    for node in (cluster.head, cluster.worker):
+    for node in (live_cluster.head, live_cluster.worker):
         for d in (node.temp_dir, Path(str(node.fields["spill_dir"]))):
             for path in d.rglob("*"):
                 if path.is_file() and not path.is_symlink() and path.stat().st_size < 50_000_000:
@@ -445,9 +430,9 @@ def _refuses_plaintext(port: int) -> bool:
     return reply == b"" or reply[0] == 0x15  # 0x15: a TLS alert record
 
 
-def test_serve_runs_no_proxy_and_replicas_listen_only_with_mutual_tls(cluster: Cluster, pool: ReplicaPool) -> None:
-    allowed = cluster.head.ports() | cluster.worker.ports()
-    pids = node_processes(cluster.head.temp_dir) + node_processes(cluster.worker.temp_dir)
+def test_serve_runs_no_proxy_and_replicas_listen_only_with_mutual_tls(live_cluster: Cluster, pool: ReplicaPool) -> None:
+    allowed = live_cluster.head.ports() | live_cluster.worker.ports()
+    pids = node_processes(live_cluster.head.temp_dir) + node_processes(live_cluster.worker.temp_dir)
     ports = listening_ports(pids)
     assert not {8000, 9000} & ports  # Serve's HTTP and gRPC proxies' defaults: no proxy runs
     # Each replica's inter-deployment gRPC server takes a random port on all interfaces (Serve 2.60 starts it

@@ -1,4 +1,4 @@
-"""Ray drivers for tests/cluster/test_cluster_live.py, each run as its own process (a driver changes its
+"""Ray drivers for tests/cluster/live_cases.py, each run as its own process (a driver changes its
 process for good: Ray's environment variables, its global state). Prints one JSON line.
 
 ``ray_probe.py driver CONFIG``: joins with bastion's own driver code (token + mutual TLS from the config's

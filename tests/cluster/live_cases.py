@@ -10,8 +10,10 @@ address, which the node certificates do not name), token auth and mutual TLS fro
   their file paths), nor in Ray's files; the nodes listen on the configured ports only (no client server,
   no dashboard) and their directories stay private.
 
-The nodes are stopped in the fixture's finalizer whatever happens (``bastion.cluster.node.stop_node``,
-which ends exactly these nodes' processes, not every Ray process of the machine as ``ray stop`` would).
+Run first by ``test_cluster_cases.py`` in the child process that runs the live case modules, on its one
+cluster (``live_cluster`` in conftest.py; before the other modules add replicas' listeners). The nodes are
+stopped with that session whatever happens (``bastion.cluster.node.stop_node``, which ends exactly these
+nodes' processes, not every Ray process of the machine as ``ray stop`` would).
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from cluster_util import HEAD_IP, WORKER_IP, Cluster, listening_ports, read_proc, run_python, running_cluster
+from cluster_util import HEAD_IP, WORKER_IP, Cluster, listening_ports, read_proc, run_python
 
 from bastion.cluster.node import node_processes
 
@@ -34,10 +35,9 @@ PROBE = Path(__file__).with_name("ray_probe.py")
 GCS_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
+@pytest.fixture
+def cluster(live_cluster: Cluster) -> Cluster:
+    return live_cluster
 
 
 def _probe(*args: str, timeout: float) -> dict[str, object]:
