@@ -130,7 +130,10 @@ async def _child(config: Path, n: int) -> dict[str, Any]:
             return 0
 
     options = DeployOptions(replicas=1, max_ongoing_requests=64, max_queued_requests=64, num_cpus=0.0)
-    pool = await start_replica_pool([ReplicaSpec(engine="fake", model=MODEL)], options)
+    node_config = config.parent / "replica-node.toml"  # the replica's node-local audit chain lives under it
+    node_config.write_text(f'cache_dir = "{config.parent / "replica-cache"}"\n')
+    spec = ReplicaSpec(engine="fake", model=MODEL, config_file=node_config.resolve())
+    pool = await start_replica_pool([spec], options)
     pool.attach_audit(Recorder())
     served = pool.get(MODEL)
     for _ in range(600):

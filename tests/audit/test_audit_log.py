@@ -86,6 +86,19 @@ async def test_concurrent_appends_keep_order_and_count_in_few_fsyncs(
     assert verify(log.directory, public_key(log.directory)).ok
 
 
+async def test_the_latest_checkpoint_covers_a_record_as_soon_as_its_append_returns(tmp_path: Path) -> None:
+    """What a replica's join report carries (bastion.cluster.node_audit): read right after the append, never
+    the checkpoint before it; and it is one the verifier finds as a witness."""
+    log = AuditLog.open(settings(tmp_path, checkpoint_every_records=1000, checkpoint_every_s=3600), tmp_path)
+    for i in range(20):
+        seq = await log.append("decision", {"event": "model_loaded", "decision": "verified", "model": f"m{i}"})
+        w = log.latest_checkpoint
+        assert w is not None and w.seq > seq and w.log_id == log.log_id
+    log.close()
+    assert verify(log.directory, public_key(log.directory), None).ok
+    assert audit_files.read_witness(log.witness_path).seq >= w.seq
+
+
 async def test_rotation_produces_segments_that_verify(tmp_path: Path) -> None:
     s = settings(tmp_path, segment_max_bytes=64 * 1024)
     log = AuditLog.open(s, tmp_path)

@@ -180,7 +180,7 @@ def _node(base: Path, pki: Pki, name: str, ip: str, first_port: int, gcs_port: i
     return Node(name, ip, config, fields)
 
 
-def _start(node: Node, *args: str) -> None:
+def start_node(node: Node, *args: str) -> None:
     r = run_python(["-m", "bastion.cli.main", "cluster", *args, "--config", str(node.config)], timeout=200)
     log = node.temp_dir / "ray-start.log"
     detail = log.read_text()[-3000:] if log.exists() else ""
@@ -198,8 +198,8 @@ def running_cluster() -> Iterator[Cluster]:
         head = _node(base, pki, "head", HEAD_IP, block, gcs)
         worker = _node(base, pki, "worker", WORKER_IP, block + 32, gcs)
         try:
-            _start(head, "start-head")
-            _start(worker, "start-worker", "--address", f"{HEAD_IP}:{gcs}")
+            start_node(head, "start-head")
+            start_node(worker, "start-worker", "--address", f"{HEAD_IP}:{gcs}")
             yield Cluster(base, pki, head, worker)
         finally:
             for n in (worker, head):

@@ -20,12 +20,13 @@ from typing import Any
 
 import grpc
 import pytest
-from cluster_util import Cluster, audit_records, listening_ports
+from cluster_util import WORKER_IP, Cluster, audit_records, listening_ports, start_node
 from grpc_harness import Running, collect, make_settings, prompt_request, running_server
 from grpc_health.v1 import health_pb2
 
+from bastion.audit.replica_set import Node, parse_checkpoint, verify_set
 from bastion.cluster.admission import Admission, Expected, register
-from bastion.cluster.node import node_processes
+from bastion.cluster.node import node_processes, stop_node
 from bastion.cluster.pool import (
     DeploymentWatch,
     DeployOptions,
@@ -98,7 +99,11 @@ async def server(live_cluster: Cluster) -> AsyncIterator[tuple[Running, ReplicaP
     settings = make_settings(
         extra={"cluster": head.model_dump(mode="json"), "isolation": {"partition_key_file": str(key_file)}}
     )
-    spec = ReplicaSpec(engine="fake", model=MODEL, fake=FakeEngineSpec(token_delay=TOKEN_DELAY))
+    node_config = Path(live_cluster.base) / "replica-node.toml"  # each replica's node-local audit chain is under it
+    node_config.write_text(f'cache_dir = "{live_cluster.base / "replica-cache"}"\n')
+    spec = ReplicaSpec(
+        engine="fake", model=MODEL, fake=FakeEngineSpec(token_delay=TOKEN_DELAY), config_file=node_config
+    )
     inner = replica_pool_factory(settings, spec)
     built: list[ReplicaPool] = []
 
@@ -204,6 +209,7 @@ async def test_each_replica_was_admitted_on_its_join_report_and_recorded_first(
     for r in joined:
         assert r["kind"] == "decision" and r["principal"] == "bastion:cluster"
         assert r["model_digest"] == FAKE_DIGEST and len(r["node"]) == 56  # Ray's node id (hex)
+        assert parse_checkpoint(r["replica_checkpoint"]) is not None  # its node-local chain at join
 
 
 async def test_a_call_through_the_server_runs_on_a_replica_its_record_names(
@@ -417,6 +423,58 @@ async def test_a_replica_killed_mid_stream_ends_the_stream_unavailable_with_retr
     srv, _ = server
     await _until(lambda: any(r["replica"] == victim for r in _replica_records(srv, "replica_left")), "replica_left")
     await _until(lambda: len(engine.admission.admitted()) == 2, "a replacement admitted")
+
+
+async def test_a_node_removed_ends_its_streams_unavailable_and_new_calls_go_to_the_node_left(
+    live_cluster: Cluster, server: tuple[Running, ReplicaPool]
+) -> None:
+    import ray
+
+    srv, pool = server
+    engine = _engine(pool)
+    (worker,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == WORKER_IP]
+    await _until(lambda: len(engine.admission.admitted()) == 2, "two admitted replicas")
+    on_worker = {r for r, n in engine.admission.nodes().items() if n == worker and r in engine.admission.admitted()}
+    assert on_worker, f"Serve spreads replicas over the nodes; none on the worker: {engine.admission.nodes()}"
+    stream = None
+    for i in range(64):  # the router keys on the prompt: find one routed to the worker's replica
+        it = engine.generate(EngineRequest(f"node-{i}", (9, i, 7), SamplingSpec(max_tokens=400)))
+        first = await anext(it)
+        if first.replica in on_worker:
+            stream = it
+            break
+        await it.aclose()
+    assert stream is not None, "no prompt was routed to the worker's replica"
+    try:
+        await asyncio.to_thread(stop_node, live_cluster.worker.temp_dir, grace_s=3)  # the node is gone
+        with pytest.raises(Unavailable) as info:
+            while True:
+                await anext(stream)
+        assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
+        for i in range(4):  # new calls go to the node left
+            outs = [o async for o in engine.generate(_request(f"after-node-{i}", 2))]
+            assert outs[-1].finished and outs[0].replica not in on_worker
+        gone = lambda: on_worker <= {r["replica"] for r in _replica_records(srv, "replica_left")}  # noqa: E731
+        await _until(gone, "replica_left of the removed node's replica")
+    finally:
+        await asyncio.to_thread(start_node, live_cluster.worker, "start-worker", "--address", live_cluster.address)
+    await _until(lambda: len(engine.admission.admitted()) == 2, "two admitted replicas again", timeout=90)
+
+
+def test_the_front_doors_log_and_every_replicas_node_local_chain_verify_as_a_set(
+    live_cluster: Cluster, server: tuple[Running, ReplicaPool]
+) -> None:
+    """After joins, a death, a kill and replacements: each admitted replica's chain still holds the checkpoint
+    its join record kept; the chain of the replica whose engine died says so."""
+    srv, _ = server
+    node = live_cluster.base / "replica-cache" / "audit"  # both nodes run on this machine: one node directory
+    checked = verify_set(
+        srv.audit_dir, srv.audit_dir / "keys" / "signing.pub", None, [Node(node, node / "keys" / "signing.pub")]
+    )
+    assert checked.ok, checked.problems
+    assert checked.joins_checked == len(_replica_records(srv, "replica_joined")) >= 5
+    events = [r.get("event") for c in checked.chains for r in audit_records(c.directory)]
+    assert events.count("model_loaded") == len(checked.chains) and events.count("engine_died") == 1
 
 
 def _refuses_plaintext(port: int) -> bool:

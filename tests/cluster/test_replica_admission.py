@@ -36,6 +36,7 @@ INFO = ModelInfo(
 )
 EXPECTED = Expected(INFO, "0.1.0", "0.1.0")
 PROVEN = IsolationProof(plugin=True, block_hasher=True, tenant_scheduler=True)
+CHECKPOINT = "0f" * 16 + ":3:" + "5e" * 32  # the replica's node-local chain: log id, seq, hash
 
 
 def report(**over: Any) -> JoinReport:
@@ -49,6 +50,7 @@ def report(**over: Any) -> JoinReport:
         "bastion_version": "0.1.0",
         "native_version": "0.1.0",
         "isolation": PROVEN,
+        "audit_checkpoint": CHECKPOINT,
     }
     fields.update(over)
     return JoinReport(**fields)
@@ -72,6 +74,7 @@ def test_a_report_matching_the_front_doors_record_is_admitted() -> None:
             "no proof of tenant isolation: block_hasher not installed",
         ),
         ({"isolation": IsolationProof()}, "no proof of tenant isolation: plugin, block_hasher, tenant_scheduler"),
+        ({"audit_checkpoint": ""}, "no node-local audit chain checkpoint"),
     ],
 )
 def test_a_report_differing_in_anything_is_refused_with_the_reason(over: dict[str, Any], why: str) -> None:
@@ -89,6 +92,7 @@ def test_an_admitted_replica_gets_traffic_only_once_its_join_record_is_durable()
     assert adm.admitted() == frozenset()  # judged, not yet recorded
     (event,) = adm.take_events()
     assert (event.event, event.replica, event.node, event.decision) == (JOINED, "r1", "n" * 56, ADMITTED)
+    assert event.checkpoint == CHECKPOINT  # the join record keeps it (bastion audit verify --node)
     adm.recorded(event)
     assert adm.admitted() == {"r1"}
     adm.observe({"r1": _metadata()})  # seen again: judged once only
@@ -111,6 +115,7 @@ def test_a_refused_replica_never_gets_traffic_even_once_recorded() -> None:
         ({**_metadata(), "token": "x"}, "malformed join report: token"),  # nothing but the report's fields
         ({**_metadata(), "isolation": {"plugin": "maybe"}}, "malformed join report: isolation.plugin"),
         (_metadata(replica="r2"), "join report names another replica"),
+        ({**_metadata(), "audit_checkpoint": "0f" * 16 + ":3:" + "zz"}, "malformed join report: audit_checkpoint"),
     ],
 )
 def test_a_malformed_or_misdirected_report_is_refused(metadata: dict[str, Any], why: str) -> None:

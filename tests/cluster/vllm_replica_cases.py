@@ -26,6 +26,7 @@ from cluster_util import Cluster, audit_records
 from grpc_harness import Running, make_settings, running_server
 from grpc_health.v1 import health_pb2
 
+from bastion.audit.replica_set import Node, verify_set
 from bastion.cluster.pool import ReplicaEngine, ReplicaPool, replica_pool_factory
 from bastion.cluster.spec import ReplicaSpec
 from bastion.config import default_cache_dir, load_settings
@@ -43,6 +44,7 @@ def _replica_config(base: Path) -> Path:
     """The replica node's own configuration: its model and key provider, its own partition key file."""
     lines = ["[model]"] + [f"{k} = {json.dumps(v)}" for k, v in MODEL.items()] + [f"max_model_len = {MAX_MODEL_LEN}"]
     lines += ["[isolation]", f'partition_key_file = "{base / "node-keys" / "partition.key"}"']
+    lines += ["[audit]", f'dir = "{base / "node-audit"}"']  # the replica's node-local chain
     path = base / "replica-node.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -123,6 +125,18 @@ def test_the_replica_was_admitted_on_its_proof_and_the_front_doors_record(
     assert joined["model_digest"] == engine.info.digest and engine.info.subject_digest  # sealed and signed
     key = live_cluster.base / "node-keys" / "partition.key"  # the replica node's own key, made there
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+    # The node's own chain says how the model was opened there, and holds the checkpoint the join record kept.
+    node_audit = live_cluster.base / "node-audit"
+    (chain,) = (node_audit / "replicas").iterdir()
+    assert chain.name == joined["replica"]
+    (loaded,) = [r for r in audit_records(chain) if r.get("event") == "model_loaded"]
+    assert loaded["model_digest"] == engine.info.digest and loaded["node"] == joined["node"]
+    assert loaded["reason"] == (
+        f"sealed weights opened with this node's file key provider; signature subject {engine.info.subject_digest}"
+    )
+    node = Node(node_audit, node_audit / "keys" / "signing.pub")
+    checked = verify_set(srv.audit_dir, srv.audit_dir / "keys" / "signing.pub", None, [node])
+    assert checked.ok and checked.joins_checked == 1, checked.problems
 
 
 async def test_paris_through_bastion_generate_names_the_replica(server: tuple[Running, ReplicaPool]) -> None:

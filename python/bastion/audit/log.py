@@ -103,6 +103,8 @@ class AuditLog:
         # The witness on disk (None: none yet) and the latest checkpoint not yet written to it.
         self._witnessed: files.Witness | None = witnessed
         self._witness: files.Witness | None = None
+        # The latest checkpoint known durable (read by other threads: one reference, replaced whole).
+        self._durable: files.Witness | None = witnessed
         self._unwitnessed_records = 0
         self._last_witness = time.monotonic()
         self._on_failure = on_failure
@@ -233,6 +235,12 @@ class AuditLog:
         return self._witness_path
 
     @property
+    def latest_checkpoint(self) -> files.Witness | None:
+        """The latest checkpoint on disk (log id, seq, hash): every record acknowledged before this is read
+        is covered by it (each group commit ends with a checkpoint)."""
+        return self._durable
+
+    @property
     def failed(self) -> bool:
         return self._failed
 
@@ -344,6 +352,8 @@ class AuditLog:
             raise
         self._segment_len += len(buf)
         self._unwitnessed_records += len(batch)
+        if self._witness is not None:
+            self._durable = self._witness  # before any caller hears its record is durable
         for fut, r in results:
             if isinstance(r, BaseException):
                 fut.set_exception(r)
@@ -498,6 +508,8 @@ class AuditLog:
     def _publish(self, lines: list[bytes], *, witness_now: bool = False) -> None:
         """After the lines are durable: the witness (when its pace or ``witness_now`` says so), then the sink."""
         w = self._witness
+        if w is not None:
+            self._durable = w
         if w is not None and (witness_now or self._witness_due()):
             prev = self._witnessed
             if prev is not None and (w.log_id != prev.log_id or w.seq <= prev.seq):

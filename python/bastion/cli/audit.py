@@ -29,6 +29,15 @@ def add_parsers(sub: Any) -> None:
         metavar="FILE",
         help="the witness file the server keeps (witness.json): also detects records cut off after that checkpoint",
     )
+    v.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="DIR[,PUBKEY]",
+        help="a replica node's audit directory (its replicas/ chains; public key DIR/keys/signing.pub unless "
+        "given): also verify those chains and that each replica DIR's log admitted still holds the checkpoint it "
+        "joined with (repeatable; docs/cluster.md)",
+    )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     r = asub.add_parser(
         "resume",
@@ -50,6 +59,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     if not directory.is_dir():
         raise ConfigError(f"not a directory: {directory}")
+    if args.node:
+        return _verify_set(args, directory)
     r = verify(directory, Path(args.public_key), Path(args.witness) if args.witness else None)
     if args.json:
         d = dataclasses.asdict(r)
@@ -76,6 +87,40 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"bastion audit verify: {r.problem_line()}", file=sys.stderr)
         return 1
     return 0
+
+
+def _verify_set(args: argparse.Namespace, directory: Path) -> int:
+    from bastion.audit.replica_set import Node, verify_set
+    from bastion.audit.settings import PUBLIC_KEY_NAME
+
+    nodes = []
+    for value in args.node:
+        node_dir, _, key = str(value).partition(",")
+        if not Path(node_dir).is_dir():
+            raise ConfigError(f"--node: not a directory: {node_dir}")
+        nodes.append(Node(Path(node_dir), Path(key) if key else Path(node_dir) / "keys" / PUBLIC_KEY_NAME))
+    s = verify_set(directory, Path(args.public_key), Path(args.witness) if args.witness else None, nodes)
+    if args.json:
+        d = {
+            "ok": s.ok,
+            "front": {**dataclasses.asdict(s.front), "ok": s.front.ok},
+            "chains": [{"dir": str(c.directory), "ok": c.result.ok, "log_id": c.result.log_id} for c in s.chains],
+            "joins_checked": s.joins_checked,
+            "problems": s.problems,
+        }
+        print(json.dumps(d, sort_keys=True, default=str))
+    else:
+        f = s.front
+        print(f"{'OK' if f.ok else 'FAILED'} {directory}: {f.records} records verified; log {f.log_id}")
+        for c in s.chains:
+            r = c.result
+            print(f"{'OK' if r.ok else 'FAILED'} {c.directory}: {r.records} records; log {r.log_id}")
+        print(f"{s.joins_checked} admitted replica joins checked against their node-local chains")
+    if not s.front.ok:
+        print(f"bastion audit verify: {s.front.problem_line()}", file=sys.stderr)
+    for p in s.problems:
+        print(f"bastion audit verify: {p}", file=sys.stderr)
+    return 0 if s.ok else 1
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

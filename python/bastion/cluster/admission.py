@@ -8,7 +8,8 @@ proof from its engine that tenant isolation is installed (:class:`JoinReport`).
 The front door admits a replica only when its report matches the front door's **own** model record (the one
 the release gate decides on, never the replica's word for it: the same name, directory digest, signature
 subject digest and adapters) and its versions, and every isolation element is proven
-(:func:`refusal`). :class:`Admission` holds that decision per Serve application for the request router
+(:func:`refusal`), and it reports the latest checkpoint of its node-local audit chain (``<log id>:<seq>:<hash>``,
+``bastion.cluster.node_audit``), which the ``replica_joined`` record keeps (``replica_checkpoint``). :class:`Admission` holds that decision per Serve application for the request router
 (``bastion.cluster.router``), which runs in a thread of its own: a new replica is first *pending*; its
 ``replica_joined`` audit record (``decision`` = ``admitted`` or ``refused``, with the reason) is written by
 the front door's event loop (:meth:`ReplicaPool.attach_audit`), and only once that record is durable does
@@ -30,6 +31,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bastion.audit.replica_set import CHECKPOINT
 from bastion.engine.protocol import ModelInfo
 from bastion.isolation.proof import IsolationProof
 
@@ -55,8 +57,9 @@ class JoinReport(BaseModel):
     bastion_version: str = Field(min_length=1, max_length=64)
     native_version: str = Field(min_length=1, max_length=64)
     isolation: IsolationProof
-    # The latest checkpoint hash of the replica's node-local audit chain (item 6); empty until it has one.
-    audit_checkpoint: str = Field(default="", max_length=128)
+    # The latest checkpoint of the replica's node-local audit chain, ``<log id>:<seq>:<hash>``
+    # (bastion.cluster.node_audit), taken once its model's record is durable; "" when it keeps none (refused).
+    audit_checkpoint: str = Field(default="", pattern=f"^$|^{CHECKPOINT.pattern}$")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ def refusal(report: JoinReport, expected: Expected) -> str | None:
     missing = report.isolation.missing()
     if missing:
         return "no proof of tenant isolation: " + ", ".join(missing) + " not installed"
+    if not report.audit_checkpoint:
+        return "no node-local audit chain checkpoint (the replica keeps no chain: its node config names none)"
     return None
 
 
@@ -98,6 +103,7 @@ class ReplicaEvent:
     node: str = ""
     decision: str = ""
     reason: str = ""
+    checkpoint: str = ""  # the join report's node-local chain checkpoint (joins whose report parsed)
 
 
 class Admission:
@@ -142,9 +148,8 @@ class Admission:
         if report.replica != rid:
             return ReplicaEvent(JOINED, rid, report.node, REFUSED, "join report names another replica")
         why = refusal(report, self.expected)
-        if why is None:
-            return ReplicaEvent(JOINED, rid, report.node, ADMITTED, "")
-        return ReplicaEvent(JOINED, rid, report.node, REFUSED, why)
+        decision = ADMITTED if why is None else REFUSED
+        return ReplicaEvent(JOINED, rid, report.node, decision, why or "", report.audit_checkpoint)
 
     def take_events(self) -> list[ReplicaEvent]:
         with self._lock:
@@ -167,6 +172,11 @@ class Admission:
 
     def admitted(self) -> frozenset[str]:
         return self._admitted
+
+    def nodes(self) -> dict[str, str]:
+        """Each known replica's Ray node, as its join report said."""
+        with self._lock:
+            return dict(self._nodes)
 
     def bind(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
         """The front door's loop and the event its audit pump waits on."""

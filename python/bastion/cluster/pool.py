@@ -295,7 +295,16 @@ class ReplicaEngine:
 
 class RecordsReplicaEvents(Protocol):
     async def replica_event(
-        self, *, event: str, replica: str, node: str, decision: str, reason: str, model: str, model_digest: str
+        self,
+        *,
+        event: str,
+        replica: str,
+        node: str,
+        decision: str,
+        reason: str,
+        model: str,
+        model_digest: str,
+        checkpoint: str = "",
     ) -> int: ...
 
 
@@ -355,6 +364,7 @@ async def _record(recorder: RecordsReplicaEvents, admission: Admission, event: R
                 reason=event.reason,
                 model=info.name,
                 model_digest=info.digest,
+                checkpoint=event.checkpoint,
             )
             return
         except Exception as exc:  # noqa: BLE001 - the record is retried; the replica waits for it

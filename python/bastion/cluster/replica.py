@@ -37,13 +37,18 @@ import dataclasses
 import importlib
 import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bastion.cluster import node_audit
 from bastion.cluster.admission import JoinReport
+from bastion.cluster.node_audit import NodeAudit
 from bastion.cluster.spec import ReplicaSpec
 from bastion.engine.protocol import ChatTurn, Engine, EngineOutput, EngineRequest, EngineStats, ModelInfo
 from bastion.errors import FailedPrecondition, Unavailable
 from bastion.isolation.proof import IsolationProof
+
+if TYPE_CHECKING:
+    from bastion.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +75,30 @@ def build_engine(spec: ReplicaSpec) -> Engine:
     raise FailedPrecondition(f"replica engine {spec.engine!r} is started by start_vllm, not built here")
 
 
-async def start_vllm(spec: ReplicaSpec) -> Engine:
-    """The vLLM engine of ``spec``, from this node's own configuration (see the module)."""
-    if spec.config_file is None:
-        raise FailedPrecondition("replica engine 'vllm': the spec names no config file of this node")
-    from bastion.config import load_settings
+async def start_vllm(spec: ReplicaSpec, settings: Settings) -> Engine:
+    """The vLLM engine of ``spec``, from this node's own configuration ``settings`` (see the module)."""
     from bastion.engine.factory import build_pool  # vLLM and torch: seconds to import
     from bastion.engine.process import EngineProcessEnv
-    from bastion.tenancy.partition import load_or_create
+    from bastion.tenancy.partition import key_file, load_or_create
 
-    settings = load_settings(str(spec.config_file))
-    key_file = (settings.isolation.partition_key_file or settings.cache_dir / "keys" / "partition.key").resolve()
-    await asyncio.to_thread(load_or_create, key_file, create=True)
-    pool = await build_pool(settings, EngineProcessEnv(partition_key_file=key_file))
+    path = key_file(settings.isolation.partition_key_file, settings.cache_dir)
+    await asyncio.to_thread(load_or_create, path, create=settings.isolation.partition_key_file is None)
+    pool = await build_pool(settings, EngineProcessEnv(partition_key_file=path))
     (engine,) = pool.all()
     if engine.info.name != spec.model:
         await engine.shutdown()
         raise FailedPrecondition(f"this node serves {engine.info.name!r}, the deployment {spec.model!r}")
     return engine
+
+
+def load_reason(spec: ReplicaSpec, settings: Settings, info: ModelInfo) -> str:
+    """What the chain's ``model_loaded`` record says of how the model was checked and opened."""
+    if spec.engine == "fake":
+        return "fake engine (tests): no weights"
+    signed = f"signature subject {info.subject_digest}" if info.subject_digest else "unsigned (allowed by the policy)"
+    if settings.model.source != "default" and settings.weights.allow_unsealed:
+        return f"plain weights (weights.allow_unsealed); {signed}"
+    return f"sealed weights opened with this node's {settings.weights.key_provider} key provider; {signed}"
 
 
 def isolation_proof(spec: ReplicaSpec, engine: Engine) -> IsolationProof:
@@ -110,12 +121,45 @@ class EngineReplica:
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = ReplicaSpec.model_validate(spec.model_dump())  # re-checked on this side of the wire
         self._starting: asyncio.Task[Engine] | None = None
-        if self.spec.engine == "fake":
+        self.audit: NodeAudit | None = None  # the node-local chain, once open
+        self._death_recorded = False
+        if self.spec.engine == "fake" and self.spec.config_file is None:
+            # No node configuration, so no node-local chain: its join report has no checkpoint (refused).
             self.engine: Engine | None = build_engine(self.spec)
         else:  # Serve runs the constructor on the replica's event loop
             self.engine = None
-            self._starting = asyncio.get_running_loop().create_task(start_vllm(self.spec))
+            self._starting = asyncio.get_running_loop().create_task(self._start())
         log.info("replica of %s started (%s engine)", self.spec.model, self.spec.engine)
+
+    async def _start(self) -> Engine:
+        """Opens the node-local chain from the node's configuration, then the engine; records the outcome."""
+        from bastion.config import load_settings
+
+        if self.spec.config_file is None:
+            raise FailedPrecondition(f"replica engine {self.spec.engine!r}: the spec names no config file of this node")
+        settings = await asyncio.to_thread(load_settings, str(self.spec.config_file))
+        self.audit = chain = await NodeAudit.open(settings.audit, settings.cache_dir, self.replica_id())
+        try:
+            engine = build_engine(self.spec) if self.spec.engine == "fake" else await start_vllm(self.spec, settings)
+        except Exception as exc:
+            await chain.record(
+                node_audit.MODEL_LOAD_FAILED,
+                "refused",
+                model=self.spec.model,
+                reason=node_audit.failure_reason(exc),
+                node=self.node_id(),
+            )
+            raise
+        info = engine.info
+        await chain.record(
+            node_audit.MODEL_LOADED,
+            "verified",
+            model=info.name,
+            model_digest=info.digest,
+            reason=load_reason(self.spec, settings, info),
+            node=self.node_id(),
+        )
+        return engine
 
     async def _ready(self) -> Engine:
         if self.engine is None:
@@ -162,6 +206,7 @@ class EngineReplica:
             bastion_version=__version__,
             native_version=native_version(),
             isolation=isolation_proof(self.spec, engine),
+            audit_checkpoint=self.audit.checkpoint() if self.audit is not None else "",
         )
         return report.model_dump(mode="json")
 
@@ -171,11 +216,17 @@ class EngineReplica:
         stats = self.engine.stats()
         return {"running": stats.running, "waiting": stats.waiting}
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         starting = self._starting
         if self.engine is None and starting is not None and starting.done() and starting.exception() is not None:
             raise Unavailable(f"replica of {self.spec.model}: the engine failed to start")
         if self.engine is not None and self.engine.is_dead():
+            if self.audit is not None and not self._death_recorded:
+                self._death_recorded = True
+                info = self.engine.info
+                await self.audit.record(
+                    node_audit.ENGINE_DIED, "alert", model=info.name, model_digest=info.digest, node=self.node_id()
+                )
             raise Unavailable(f"replica of {self.spec.model}: the engine is dead")
 
     def is_ready(self) -> bool:
@@ -242,17 +293,29 @@ class EngineReplica:
 
     def __del__(self) -> Coroutine[Any, Any, None] | None:
         """Serve's graceful stop of the replica: Serve awaits the coroutine this returns (the engine shuts
-        down). Only the first call does anything, and only on a running event loop: a later call from the
-        garbage collector returns nothing to await."""
+        down, the chain records the stop and closes). Only the first call does anything, and only on a
+        running event loop: a later call from the garbage collector returns nothing to await."""
         starting = self.__dict__.get("_starting")
         if starting is not None and not starting.done():
             starting.cancel()  # stopped while its engine was starting
         engine = self.__dict__.get("engine")  # absent when the constructor failed
-        if engine is None or self.__dict__.get("_stopping"):
+        chain = self.__dict__.get("audit")
+        if (engine is None and chain is None) or self.__dict__.get("_stopping"):
             return None
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return None
         self._stopping = True
-        return engine.shutdown()  # type: ignore[no-any-return]  # Engine.shutdown is a coroutine function
+        return self._stop(engine, chain)
+
+    async def _stop(self, engine: Engine | None, chain: NodeAudit | None) -> None:
+        try:
+            if engine is not None:
+                await engine.shutdown()
+        finally:
+            if chain is not None:
+                try:
+                    await chain.record(node_audit.REPLICA_STOPPED, "stopped", model=self.spec.model)
+                finally:
+                    await chain.close()

@@ -124,10 +124,20 @@ class AuditRecorder:
         )
 
     async def replica_event(
-        self, *, event: str, replica: str, node: str, decision: str, reason: str, model: str, model_digest: str
+        self,
+        *,
+        event: str,
+        replica: str,
+        node: str,
+        decision: str,
+        reason: str,
+        model: str,
+        model_digest: str,
+        checkpoint: str = "",
     ) -> int:
         """A Serve replica joined (``decision`` = ``admitted`` or ``refused``, ``reason`` why not) or left the
-        model's deployment (``bastion.cluster.admission``): recorded before an admitted replica gets traffic."""
+        model's deployment (``bastion.cluster.admission``): recorded before an admitted replica gets traffic.
+        ``checkpoint``: the latest checkpoint of the replica's node-local chain it reported at join."""
         fields: dict[str, Any] = {
             "principal": CLUSTER_PRINCIPAL,
             "event": event,
@@ -135,7 +145,7 @@ class AuditRecorder:
             "model": model[:256],
             "model_digest": model_digest[:128],
         }
-        for k, v in (("node", node), ("decision", decision), ("reason", reason)):
+        for k, v in (("node", node), ("decision", decision), ("reason", reason), ("replica_checkpoint", checkpoint)):
             if v:
                 fields[k] = v[:512]
         return await self.log.append("decision", fields)

@@ -19,7 +19,7 @@ from bastion.server.audit_recorder import AuditRecorder
 from bastion.server.gate import SecurityGate
 from bastion.server.interceptor import AuthInterceptor
 from bastion.tenancy.guard import TenantGuard
-from bastion.tenancy.partition import PartitionKeys, load_or_create
+from bastion.tenancy.partition import PartitionKeys, key_file, load_or_create
 from bastion.tenancy.policy import TenancyPolicy
 
 
@@ -71,6 +71,6 @@ def build_security(settings: Settings, on_audit_failure: Callable[[], None], aud
 
 def partition_keys(settings: Settings) -> PartitionKeys:
     """The tenant partition secret, from the file the EngineCore reads too (created 0600 when defaulted)."""
-    key_file = settings.isolation.partition_key_file
-    key_path = key_file or settings.cache_dir / "keys" / "partition.key"
-    return PartitionKeys(load_or_create(key_path, create=key_file is None), key_path)
+    configured = settings.isolation.partition_key_file
+    path = key_file(configured, settings.cache_dir)
+    return PartitionKeys(load_or_create(path, create=configured is None), path)

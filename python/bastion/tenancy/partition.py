@@ -56,6 +56,16 @@ def _read_key(path: Path) -> bytes:
     return data
 
 
+#: Where the partition secret is when ``isolation.partition_key_file`` is unset (under the cache directory).
+DEFAULT_KEY_FILE = Path("keys") / "partition.key"
+
+
+def key_file(configured: Path | None, cache_dir: Path) -> Path:
+    """The partition secret's file: the configured one, else :data:`DEFAULT_KEY_FILE` under ``cache_dir``
+    (create it only then: a configured file that is missing is an error, never a new secret)."""
+    return configured if configured is not None else cache_dir / DEFAULT_KEY_FILE
+
+
 def load_or_create(path: Path, *, create: bool) -> bytes:
     """The secret at ``path``; with ``create``, a new one is written (0600, directory 0700) when absent."""
     if create and not path.exists():

@@ -25,6 +25,7 @@ pub const STR_FIELDS: &[&str] = &[
     "prompt_hmac",
     "reason",
     "replica",
+    "replica_checkpoint",
     "request_id",
     "retention",
     "status",
