@@ -132,6 +132,25 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def capturing_factory(settings: Any, spec: Any) -> tuple[Any, list[Any]]:
+    """``replica_pool_factory(settings, spec)`` as the server's pool factory, and the list the pool it builds
+    is put in (the cases drive its proxies). The server hands it the partition key file: the routing secret's
+    root."""
+    from bastion.cluster.pool import ReplicaPool, replica_pool_factory
+
+    inner = replica_pool_factory(settings, spec)
+    built: list[ReplicaPool] = []
+
+    async def factory(process: Any) -> Any:
+        assert process.partition_key_file is not None
+        pool = await inner(process)
+        assert isinstance(pool, ReplicaPool)
+        built.append(pool)
+        return pool
+
+    return factory, built
+
+
 def audit_records(audit_dir: Path) -> list[dict[str, Any]]:
     """Every record of a server's audit log, in order."""
     out: list[dict[str, Any]] = []

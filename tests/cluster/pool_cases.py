@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
-from cluster_util import WORKER_IP, Cluster, audit_records, listening_ports, start_node
+from cluster_util import WORKER_IP, Cluster, audit_records, capturing_factory, listening_ports, start_node
 from grpc_harness import Running, collect, make_settings, prompt_request, running_server
 from grpc_health.v1 import health_pb2
 
@@ -34,13 +34,11 @@ from bastion.cluster.pool import (
     ReplicaPool,
     deploy,
     expected_record,
-    replica_pool_factory,
     versions,
 )
 from bastion.cluster.spec import FakeEngineSpec, ReplicaSpec
 from bastion.config import load_settings
-from bastion.engine.process import EngineProcessEnv
-from bastion.engine.protocol import ChatTurn, EngineOutput, EnginePool, EngineRequest, SamplingSpec
+from bastion.engine.protocol import ChatTurn, EngineOutput, EngineRequest, SamplingSpec
 from bastion.errors import Overloaded, Unavailable
 from bastion.isolation.tag import PartitionTag
 from bastion.server.status import status_code
@@ -104,15 +102,7 @@ async def server(live_cluster: Cluster) -> AsyncIterator[tuple[Running, ReplicaP
     spec = ReplicaSpec(
         engine="fake", model=MODEL, fake=FakeEngineSpec(token_delay=TOKEN_DELAY), config_file=node_config
     )
-    inner = replica_pool_factory(settings, spec)
-    built: list[ReplicaPool] = []
-
-    async def factory(process: EngineProcessEnv) -> EnginePool:
-        assert process.partition_key_file is not None  # the routing secret comes from the partition secret
-        pool = await inner(process)
-        assert isinstance(pool, ReplicaPool)
-        built.append(pool)
-        return pool
+    factory, built = capturing_factory(settings, spec)
 
     try:
         async with running_server(settings=settings, pool_factory=factory, wait_ready=False) as srv:

@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import stat
+import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_util import Cluster, audit_records
+from cluster_util import Cluster, audit_records, capturing_factory
 from grpc_harness import Running, make_settings, running_server
 from grpc_health.v1 import health_pb2
 
 from bastion.audit.replica_set import Node, verify_set
-from bastion.cluster.pool import ReplicaEngine, ReplicaPool, replica_pool_factory
+from bastion.cluster.pool import ReplicaEngine, ReplicaPool
 from bastion.cluster.spec import ReplicaSpec
 from bastion.config import default_cache_dir, load_settings
-from bastion.engine.process import EngineProcessEnv
-from bastion.engine.protocol import EnginePool
 from bastion.models.resolve import served_name
 from cli_util import run_cli
 
@@ -41,7 +39,12 @@ MAX_MODEL_LEN = 2048
 
 
 def _replica_config(base: Path) -> Path:
-    """The replica node's own configuration: its model and key provider, its own partition key file."""
+    """The replica node's own configuration: its model and key provider, its own partition key file
+    (provisioned on the node: a configured key file that is missing is refused, never made up)."""
+    key = base / "node-keys" / "partition.key"
+    key.parent.mkdir(mode=0o700)
+    key.write_bytes(secrets.token_bytes(32))
+    key.chmod(0o600)
     lines = ["[model]"] + [f"{k} = {json.dumps(v)}" for k, v in MODEL.items()] + [f"max_model_len = {MAX_MODEL_LEN}"]
     lines += ["[isolation]", f'partition_key_file = "{base / "node-keys" / "partition.key"}"']
     lines += ["[audit]", f'dir = "{base / "node-audit"}"']  # the replica's node-local chain
@@ -74,14 +77,7 @@ async def server(live_cluster: Cluster) -> AsyncIterator[tuple[Running, ReplicaP
         }
     )
     spec = ReplicaSpec(engine="vllm", model=served_name(settings), config_file=node_config)
-    inner = replica_pool_factory(settings, spec)
-    built: list[ReplicaPool] = []
-
-    async def factory(process: EngineProcessEnv) -> EnginePool:
-        pool = await inner(process)
-        assert isinstance(pool, ReplicaPool)
-        built.append(pool)
-        return pool
+    factory, built = capturing_factory(settings, spec)
 
     try:
         async with running_server(settings=settings, pool_factory=factory, wait_ready=False) as srv:
@@ -123,8 +119,6 @@ def test_the_replica_was_admitted_on_its_proof_and_the_front_doors_record(
     (joined,) = [r for r in _audit(srv) if r.get("event") == "replica_joined"]
     assert joined["decision"] == "admitted", joined.get("reason")
     assert joined["model_digest"] == engine.info.digest and engine.info.subject_digest  # sealed and signed
-    key = live_cluster.base / "node-keys" / "partition.key"  # the replica node's own key, made there
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
     # The node's own chain says how the model was opened there, and holds the checkpoint the join record kept.
     node_audit = live_cluster.base / "node-audit"
     (chain,) = (node_audit / "replicas").iterdir()
