@@ -347,13 +347,12 @@ async def test_a_replica_with_another_model_or_no_isolation_proof_never_gets_tra
     }
     options = DeployOptions(replicas=1, max_ongoing_requests=2, max_queued_requests=4, num_cpus=0.0)
     watch = DeploymentWatch(1.0)
-    engines = []
-    for model, fake in rogues.items():
-        spec = ReplicaSpec(engine="fake", model=model, fake=fake)
-        adm = Admission(spec.app_name, Expected(expected_record(spec), *versions()))
+    specs = [ReplicaSpec(engine="fake", model=model, fake=fake) for model, fake in rogues.items()]
+    admissions = [Admission(spec.app_name, Expected(expected_record(spec), *versions())) for spec in specs]
+    for adm in admissions:
         register(adm)
-        handle = await asyncio.to_thread(deploy, spec, options)
-        engines.append(ReplicaEngine(handle, adm, watch))
+    handles = [await asyncio.to_thread(deploy, spec, options) for spec in specs]
+    engines = [ReplicaEngine(h, adm, watch) for h, adm in zip(handles, admissions, strict=True)]
     await asyncio.to_thread(watch.start)
     rogue_pool = ReplicaPool(engines, watch)
     rogue_pool.attach_audit(RECORDER)
@@ -363,10 +362,12 @@ async def test_a_replica_with_another_model_or_no_isolation_proof_never_gets_tra
         assert digest["decision"] == "refused" and "model digest differs" in digest["reason"]
         assert proof["decision"] == "refused"
         assert proof["reason"] == "no proof of tenant isolation: plugin, block_hasher, tenant_scheduler not installed"
+        calls = []
         for e in engines:
             assert not e.admission.admitted() and not e.is_ready()
-            call = asyncio.ensure_future(e.tokenize("x", None))
-            await asyncio.sleep(3.0)
+            calls.append(asyncio.ensure_future(e.tokenize("x", None)))
+        await asyncio.sleep(3.0)
+        for call in calls:
             assert not call.done()  # never routed: the router has no replica for it
             call.cancel()
     finally:
