@@ -242,6 +242,56 @@ async def test_a_tenants_requests_share_a_replica_and_tenants_are_keyed_apart(po
     assert len(set(same_prompt)) == 16  # the same prompt from 16 tenants: 16 unrelated routing keys
 
 
+async def _a_replica_on_the_worker(engine: ReplicaEngine) -> set[str]:
+    """The admitted replicas on the worker node. Serve spreads replicas over the nodes only as best it can
+    (both may land on the head): a replica on the head is then killed until Serve places one on the worker."""
+    import ray
+
+    (worker,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == WORKER_IP]
+    for _ in range(6):
+        await _until(lambda: len(engine.admission.admitted()) == 2, "two admitted replicas")
+        admitted = engine.admission.admitted()
+        nodes = {r: n for r, n in engine.admission.nodes().items() if r in admitted}
+        on_worker = {r for r, n in nodes.items() if n == worker}
+        if on_worker:
+            return on_worker
+        victim = sorted(nodes)[0]
+        ray.kill(ray.get_actor(f"SERVE_REPLICA::{engine.app_name}#engine#{victim}", namespace="serve"))
+        await _until(lambda v=victim: v not in engine.admission.admitted(), "the killed replica gone")
+    raise AssertionError("Serve never placed a replica on the worker node")
+
+
+async def test_a_node_removed_ends_its_streams_unavailable_and_new_calls_go_to_the_node_left(
+    live_cluster: Cluster, server: tuple[Running, ReplicaPool]
+) -> None:
+    srv, pool = server
+    engine = _engine(pool)
+    on_worker = await _a_replica_on_the_worker(engine)
+    stream = None
+    for i in range(64):  # the router keys on the prompt: find one routed to the worker's replica
+        it = engine.generate(EngineRequest(f"node-{i}", (9, i, 7), SamplingSpec(max_tokens=400)))
+        first = await anext(it)
+        if first.replica in on_worker:
+            stream = it
+            break
+        await it.aclose()
+    assert stream is not None, "no prompt was routed to the worker's replica"
+    try:
+        await asyncio.to_thread(stop_node, live_cluster.worker.temp_dir, grace_s=3)  # the node is gone
+        with pytest.raises(Unavailable) as info:
+            while True:
+                await anext(stream)
+        assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
+        for i in range(4):  # new calls go to the node left
+            outs = [o async for o in engine.generate(_request(f"after-node-{i}", 2))]
+            assert outs[-1].finished and outs[0].replica not in on_worker
+        gone = lambda: on_worker <= {r["replica"] for r in _replica_records(srv, "replica_left")}  # noqa: E731
+        await _until(gone, "replica_left of the removed node's replica")
+    finally:
+        await asyncio.to_thread(start_node, live_cluster.worker, "start-worker", "--address", live_cluster.address)
+    await _until(lambda: len(engine.admission.admitted()) == 2, "two admitted replicas again", timeout=90)
+
+
 async def test_cancelling_the_consumer_aborts_the_replicas_request(pool: ReplicaPool) -> None:
     engine = _engine(pool)
     got: list[EngineOutput] = []
@@ -414,42 +464,6 @@ async def test_a_replica_killed_mid_stream_ends_the_stream_unavailable_with_retr
     srv, _ = server
     await _until(lambda: any(r["replica"] == victim for r in _replica_records(srv, "replica_left")), "replica_left")
     await _until(lambda: len(engine.admission.admitted()) == 2, "a replacement admitted")
-
-
-async def test_a_node_removed_ends_its_streams_unavailable_and_new_calls_go_to_the_node_left(
-    live_cluster: Cluster, server: tuple[Running, ReplicaPool]
-) -> None:
-    import ray
-
-    srv, pool = server
-    engine = _engine(pool)
-    (worker,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == WORKER_IP]
-    await _until(lambda: len(engine.admission.admitted()) == 2, "two admitted replicas")
-    on_worker = {r for r, n in engine.admission.nodes().items() if n == worker and r in engine.admission.admitted()}
-    assert on_worker, f"Serve spreads replicas over the nodes; none on the worker: {engine.admission.nodes()}"
-    stream = None
-    for i in range(64):  # the router keys on the prompt: find one routed to the worker's replica
-        it = engine.generate(EngineRequest(f"node-{i}", (9, i, 7), SamplingSpec(max_tokens=400)))
-        first = await anext(it)
-        if first.replica in on_worker:
-            stream = it
-            break
-        await it.aclose()
-    assert stream is not None, "no prompt was routed to the worker's replica"
-    try:
-        await asyncio.to_thread(stop_node, live_cluster.worker.temp_dir, grace_s=3)  # the node is gone
-        with pytest.raises(Unavailable) as info:
-            while True:
-                await anext(stream)
-        assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
-        for i in range(4):  # new calls go to the node left
-            outs = [o async for o in engine.generate(_request(f"after-node-{i}", 2))]
-            assert outs[-1].finished and outs[0].replica not in on_worker
-        gone = lambda: on_worker <= {r["replica"] for r in _replica_records(srv, "replica_left")}  # noqa: E731
-        await _until(gone, "replica_left of the removed node's replica")
-    finally:
-        await asyncio.to_thread(start_node, live_cluster.worker, "start-worker", "--address", live_cluster.address)
-    await _until(lambda: len(engine.admission.admitted()) == 2, "two admitted replicas again", timeout=90)
 
 
 def test_the_front_doors_log_and_every_replicas_node_local_chain_verify_as_a_set(

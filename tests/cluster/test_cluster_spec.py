@@ -8,7 +8,7 @@ import grpc
 import pytest
 from pydantic import ValidationError
 
-from bastion.cluster.pool import DeployOptions, expected_record, map_error, replica_pool_factory
+from bastion.cluster.pool import DeployOptions, deploy, expected_record, map_error, replica_pool_factory
 from bastion.cluster.settings import ClusterSettings
 from bastion.cluster.spec import ReplicaSpec
 from bastion.config import Settings
@@ -96,3 +96,39 @@ def test_serve_errors_map_to_bastions() -> None:
     assert back is raised and status_code(back) == grpc.StatusCode.INVALID_ARGUMENT
     hidden = map_error(RayTaskError("generate", "traceback", RuntimeError("boom /etc/passwd")))
     assert isinstance(hidden, EngineError) and "passwd" not in str(hidden) and "RuntimeError" in str(hidden)
+
+
+def _deploy_with(monkeypatch: pytest.MonkeyPatch, errors: list[Exception]) -> list[str]:
+    """``deploy`` with Serve's ``run`` raising ``errors`` first; returns the application names it ran."""
+    from ray import serve
+
+    calls: list[str] = []
+
+    def run(app: object, *, name: str, route_prefix: object) -> str:
+        calls.append(name)
+        if errors:
+            raise errors.pop(0)
+        return "handle"
+
+    monkeypatch.setattr(serve, "run", run)
+    monkeypatch.setattr("bastion.cluster.pool.time.sleep", lambda s: None)
+    spec = ReplicaSpec(engine="fake", model="m")
+    options = DeployOptions(replicas=1, max_ongoing_requests=2, max_queued_requests=2)
+    assert deploy(spec, options) == "handle"
+    return calls
+
+
+RACE = ValueError("<module 'bastion.cluster.router'> is not registered for pickle by value")
+
+
+def test_deploy_runs_again_after_rays_router_pickling_race(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _deploy_with(monkeypatch, [RACE, RACE]) == ["bastion-m"] * 3
+
+
+def test_deploy_gives_up_on_the_race_after_three_tries_and_never_retries_another_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValueError, match="pickle by value"):
+        _deploy_with(monkeypatch, [RACE, RACE, RACE])
+    with pytest.raises(RuntimeError, match="no cluster"):
+        _deploy_with(monkeypatch, [RuntimeError("no cluster")])

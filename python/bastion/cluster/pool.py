@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,6 +49,7 @@ from bastion.isolation.tag import PartitionTag
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "engine"
+DEPLOY_ATTEMPTS = 3
 RAY_NAMESPACE = "bastion"
 REPLICA_UNAVAILABLE = "model replica unavailable; retry"
 # What a call that lost its replica tells its client (RetryInfo): Serve routes the retry to another replica.
@@ -115,7 +117,19 @@ def deploy(spec: ReplicaSpec, options: DeployOptions) -> Any:
         },
     )(EngineReplica)
     # The spec travels in Ray's object store and the controller's state: names and paths only (spec.py).
-    return serve.run(deployment.bind(spec), name=spec.app_name, route_prefix=None)
+    for attempt in range(DEPLOY_ATTEMPTS):
+        try:
+            return serve.run(deployment.bind(spec), name=spec.app_name, route_prefix=None)
+        except Exception as exc:
+            # Ray 2.60 race: every RequestRouterConfig that is validated registers the router's module with
+            # cloudpickle, pickles it and unregisters it through one process-wide set, so two validations at
+            # once (this one and a handle's config update in Serve's long-poll thread) can fail the second
+            # unregister. serve.run of the same application is idempotent: run it again.
+            if "registered for pickle by value" not in str(exc) or attempt == DEPLOY_ATTEMPTS - 1:
+                raise
+            log.warning("deploying %s hit Ray's router-pickling race; retrying", spec.app_name)
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 def undeploy(app_name: str) -> None:
