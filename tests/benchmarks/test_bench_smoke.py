@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -48,8 +50,40 @@ def test_security_bench_quick(tmp_path: Path) -> None:
     assert [c["concurrency"] for c in report["comparison"]] == [1, 16]
 
 
-def test_isolation_bench_smoke(tmp_path: Path) -> None:
-    report = run_bench("isolation_bench.py", tmp_path / "isolation.json", "--smoke")
+# The two benchmarks that build vLLM's schedulers run in one process: vLLM is imported once (half a minute of
+# CI's time each).
+_IN_ONE_PROCESS = """
+import runpy, sys
+for script, argv in RUNS:
+    sys.argv = [script, *argv]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+"""
+
+
+@pytest.fixture(scope="module")
+def vllm_bench_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    d = tmp_path_factory.mktemp("vllm-benches")
+    runs = [(str(BENCH / f"{name}_bench.py"), ["--smoke", "--out", str(d / f"{name}.json")]) for name in VLLM_BENCHES]
+    proc = subprocess.run(
+        [sys.executable, "-c", f"RUNS = {runs!r}\n" + _IN_ONE_PROCESS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCH,
+    )
+    assert proc.returncode == 0, f"exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return {name: json.loads((d / f"{name}.json").read_text()) for name in VLLM_BENCHES}
+
+
+VLLM_BENCHES = ("isolation", "cluster")
+
+
+def test_isolation_bench_smoke(vllm_bench_reports: dict[str, dict[str, Any]]) -> None:
+    report = vllm_bench_reports["isolation"]
     assert report["mode"] == "smoke"
     assert report["hashing"]["bastion_ns_per_token"] > 0 and report["hashing_block_128"]["bastion_ns_per_token"] > 0
     assert report["scheduler"]["levels"] and report["scheduler"]["levels"][0]["vllm_step_us"] > 0
@@ -83,8 +117,8 @@ def test_flood_bench_smoke(tmp_path: Path) -> None:
     assert report["audit"]["refusals_in_coalesced_records"] > 0  # the flood's refusals, counted, not one record each
 
 
-def test_cluster_bench_smoke(tmp_path: Path) -> None:
-    report = run_bench("cluster_bench.py", tmp_path / "cluster.json", "--smoke")
+def test_cluster_bench_smoke(vllm_bench_reports: dict[str, dict[str, Any]]) -> None:
+    report = vllm_bench_reports["cluster"]
     assert report["mode"] == "smoke" and report["versions"]["vllm"]
     part = report["prefix_routing"]
     modes, total = part["modes"], part["config"]["requests"]
