@@ -7,7 +7,8 @@ bytes, in the same run; optionally time to SERVING of the sealed default model v
 
 Throughput is measured on a warm page cache (the file is read once first) so that it measures the CPU
 work, not the disk. Every mode runs in a fresh subprocess with ``RAYON_NUM_THREADS`` set (1 = per core,
-and all cores). Modes, each over every byte of every data file of the sealed model:
+and all cores); ``--smoke`` (CI) runs each mode once in this process with one thread, which checks that every
+mode works but measures a warmer process than a full run. Modes, each over every byte of every data file of the sealed model:
 
 * ``plain_read``: ``readinto`` of the data files in 1 MiB chunks into one reused buffer (the anchor);
 * ``hash_only``: the ciphertext hash of every segment against the header's table (no key);
@@ -72,6 +73,11 @@ def _tensorizer_file(work: Path) -> tuple[Path, Path]:
 
 def _child(mode: str, sealed: str, kek: str) -> None:
     """Runs one mode once in this (fresh) process; prints {"bytes", "seconds"}."""
+    print(json.dumps(_measure(mode, sealed, kek)))
+
+
+def _measure(mode: str, sealed: str, kek: str) -> dict[str, float]:
+    """One run of ``mode``: {"bytes", "seconds"} (Rayon's and torch's thread counts as this process has them)."""
     from bastion.weights import SealedReader, verify_ciphertext
 
     if mode == "tensorizer":
@@ -87,8 +93,7 @@ def _child(mode: str, sealed: str, kek: str) -> None:
         )
         n = sum(t.nbytes for t in d.values())
         d.close()
-        print(json.dumps({"bytes": n, "seconds": time.perf_counter() - started}))
-        return
+        return {"bytes": n, "seconds": time.perf_counter() - started}
 
     from bastion.engine.vllm.sealed_loader import sealed_weights  # imports torch: outside the timed region
 
@@ -120,10 +125,13 @@ def _child(mode: str, sealed: str, kek: str) -> None:
         total = n  # tensor bytes (each data file's small embedded safetensors header excluded)
     else:
         raise SystemExit(f"unknown mode {mode}")
-    print(json.dumps({"bytes": total, "seconds": time.perf_counter() - started}))
+    return {"bytes": total, "seconds": time.perf_counter() - started}
 
 
-def run_mode(mode: str, sealed: Path, kek: Path, threads: int) -> dict[str, float]:
+def run_mode(mode: str, sealed: Path, kek: Path, threads: int, *, in_process: bool = False) -> dict[str, float]:
+    if in_process:  # --smoke: main() set one thread for Rayon and torch before anything started a pool
+        r = _measure(mode, str(sealed), str(kek))
+        return {"bytes": r["bytes"], "seconds": r["seconds"], "gb_s": r["bytes"] / r["seconds"] / 1e9}
     env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--sealed", str(sealed), "--kek", str(kek)],
@@ -201,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child(args.child, args.sealed, args.kek)
         return 0
+    if args.smoke:  # every mode in this process, one thread: set before Rayon's or torch's pool starts
+        os.environ["RAYON_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
     from bastion.config import load_settings
     from bastion.models.resolve import default_kek_path, ensure_default_sealed
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     for threads in thread_counts:
         for mode in MODES:
-            runs = [run_mode(mode, sealed, kek, threads) for _ in range(repeats)]
+            runs = [run_mode(mode, sealed, kek, threads, in_process=args.smoke) for _ in range(repeats)]
             key = f"{mode}@{threads}"
             results[key] = {
                 "mode": mode,
