@@ -47,6 +47,7 @@ $(VENV)/.lint-stamp: requirements/lint.lock $(VENV)/.deps-stamp-$(LOCK)
 run: setup
 	$(BIN)/bastion models fetch-default
 	@echo "bastion: serving on 127.0.0.1:50051 (mutual TLS, development profile) — in another shell: $(BIN)/bastion generate 'What is the capital of France?'"
+	@echo "         and the OpenAI-compatible API on https://127.0.0.1:8443/v1 — curl --cacert ~/.config/bastion/dev/ca.pem -H \"Authorization: Bearer \$$(cat ~/.config/bastion/dev/dev.apikey)\" https://127.0.0.1:8443/v1/models"
 	$(BIN)/bastion serve --dev
 
 # System packages the tests need: SoftHSM2 (a real PKCS#11 token for the pkcs11 key provider). OpenBao comes

@@ -163,6 +163,53 @@ class HealthSettings(BaseModel):
         return self
 
 
+class HttpSettings(BaseModel):
+    """``[http]``: the OpenAI-compatible HTTP API (``bastion.server.http``), beside the gRPC listener and under
+    the same controls. Off by default. Every limit is explicit: headers, body, time to send them, idle
+    keep-alive, connections in total and per peer address."""
+
+    model_config = _FROZEN
+    # "" (default): off. HOST:PORT; any address other than loopback requires http.tls.
+    listen: str = ""
+    # Server certificate and key (TLS 1.2+, HTTP/1.1). Bearer credentials only: client_ca_file is refused.
+    tls: TlsSettings = TlsSettings()
+    # Request body (JSON), and the request head (path and all headers), in bytes. Over: 413 / 431 (closed).
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=16 << 20)
+    max_header_bytes: int = Field(default=16 << 10, ge=1024, le=256 << 10)
+    # Seconds a connection may take to send a request's headers (from connect, or from the previous response),
+    # and then its body; past either the connection is closed (headers) or the call refused with 408 (body).
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+    body_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+    # Seconds an idle keep-alive connection stays open.
+    idle_timeout_s: int = Field(default=5, ge=1, le=300)
+    # Open connections in total (over it: 503) and from one peer address (over it: closed at once).
+    max_connections: int = Field(default=512, ge=1, le=65536)
+    max_connections_per_peer: int = Field(default=64, ge=1, le=65536)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v and parse_listen(v)[0] != "tcp":
+            raise ValueError("expected HOST:PORT (the HTTP API listens on TCP)")
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> HttpSettings:
+        if self.tls.client_ca_file is not None:
+            raise ValueError(
+                "http.tls.client_ca_file: client certificates are not taken on the HTTP API; "
+                "it authenticates bearer API keys and JWTs"
+            )
+        if self.listen:
+            _, host, _ = parse_listen(self.listen)
+            if not is_loopback(host) and not self.tls.enabled:
+                raise ValueError(
+                    "http.listen is not a loopback address: set http.tls.cert_file and key_file "
+                    "(TLS is required on every non-loopback listener)"
+                )
+        return self
+
+
 class ModelSettings(BaseModel):
     model_config = _FROZEN
     # "default" (SmolLM2-135M-Instruct, fetched and converted on first use) or a local model directory.
@@ -320,6 +367,7 @@ class Settings(BaseSettings):
 
     server: ServerSettings = ServerSettings()
     health: HealthSettings = HealthSettings()
+    http: HttpSettings = HttpSettings()
     model: ModelSettings = ModelSettings()
     weights: WeightsSettings = WeightsSettings()
     limits: LimitSettings = LimitSettings()
@@ -353,6 +401,11 @@ class Settings(BaseSettings):
             health, main = parse_listen(self.health.listen), parse_listen(self.server.listen)
             if health == main and health[2] != 0:
                 raise ValueError("health.listen must differ from server.listen")
+        if self.http.listen:
+            http = parse_listen(self.http.listen)
+            taken = [parse_listen(a) for a in (self.server.listen, self.health.listen) if a]
+            if http[2] != 0 and http in taken:
+                raise ValueError("http.listen must differ from server.listen and health.listen")
         return self
 
     @model_validator(mode="after")

@@ -99,6 +99,8 @@ class LiveServer:
     audit_dir: Path
     # The health listener ([health] listen: grpc.health.v1 only, no credentials), on a free loopback port.
     health_target: str = ""
+    # The OpenAI-compatible HTTP API ([http] listen, plaintext on a free loopback port): its base URL.
+    http_url: str = ""
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
@@ -159,7 +161,7 @@ def launch_server(
     sock = workdir / "bastion.sock"
     marker = workdir / "plugin-markers"
     marker.mkdir(exist_ok=True)
-    port, health_port = free_ports(2)
+    port, health_port, http_port = free_ports(3)
     identity = make_identity(
         workdir / "identity", tenants=TENANTS, public_prefixes={"support": PUBLIC_SYSTEM}, people=MORE_PEOPLE
     )
@@ -177,12 +179,16 @@ tenant_admission_share = 1.0
 metrics_listen = "127.0.0.1:{port}"
 [health]
 listen = "127.0.0.1:{health_port}"
+[http]
+listen = "127.0.0.1:{http_port}"
 {identity.toml(audit_dir, assurance_toml)}
 """
     env = {**os.environ, "BASTION_PLUGIN_MARKER_DIR": str(marker), **(extra_env or {})}
     server = BastionServer(workdir, config, target=f"unix:{sock}", env=env).start()
     metrics_url = f"http://127.0.0.1:{port}/metrics"
-    return LiveServer(server, metrics_url, marker, identity, audit_dir, f"127.0.0.1:{health_port}")
+    return LiveServer(
+        server, metrics_url, marker, identity, audit_dir, f"127.0.0.1:{health_port}", f"http://127.0.0.1:{http_port}"
+    )
 
 
 def start_server(

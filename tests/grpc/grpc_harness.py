@@ -81,6 +81,8 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
     # Where the health listener ([health] listen) was bound; None when it is off.
     health_address: str | None = None
+    # Where the HTTP API ([http] listen) was bound; None when it is off.
+    http_address: str | None = None
 
     def channel_for(self, name: str | None) -> grpc.aio.Channel:
         """A plaintext channel with ``name``'s API key (None: no credentials)."""
@@ -128,6 +130,7 @@ async def running_server(
     stop = asyncio.Event()
     bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     health_bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    http_bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(
         serve(
             settings,
@@ -135,11 +138,16 @@ async def running_server(
             stop_event=stop,
             on_bound=bound.set_result,
             on_health_bound=health_bound.set_result,
+            on_http_bound=http_bound.set_result,
             telemetry=telemetry,
             watchdog_interval=0.05,
         )
     )
-    wanted = {bound, health_bound} if settings.health.listen else {bound}
+    wanted = (
+        {bound}
+        | ({health_bound} if settings.health.listen else set())
+        | ({http_bound} if settings.http.listen else set())
+    )
     while not all(f.done() for f in wanted):
         done, _ = await asyncio.wait({task, *wanted}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
@@ -164,6 +172,7 @@ async def running_server(
         audit_dir,
         logs,
         health_address=health_bound.result() if health_bound.done() else None,
+        http_address=http_bound.result() if http_bound.done() else None,
     )
     try:
         if wait_ready:

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_harness import running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -40,12 +41,15 @@ async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkey
     port = _port()
     overrides = devprofile.server_overrides(paths)
     assert overrides["health"]["listen"] == devprofile.HEALTH_LISTEN  # the health listener is on
+    assert overrides["http"]["listen"] == devprofile.HTTP_LISTEN  # and the HTTP API, over TLS
+    assert overrides["http"]["tls"]["cert_file"] == str(paths["server_cert"])
     settings = Settings.model_validate(
         deep_merge(
             overrides,
             {
                 "server": {"listen": f"127.0.0.1:{port}"},
                 "health": {"listen": "127.0.0.1:0"},  # a free port: tests must not collide on a fixed one
+                "http": {"listen": "127.0.0.1:0"},
                 "observability": {"metrics_listen": ""},
                 "audit": {"dir": str(tmp_path / "audit")},
             },
@@ -78,6 +82,18 @@ async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkey
             health = await health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=5)
         finally:
             await probe.close()
+        # The HTTP API: HTTPS with the dev CA and the dev API key; plaintext does not get an answer.
+        assert srv.http_address is not None
+        bearer = {"authorization": f"Bearer {paths['api_key'].read_text().strip()}"}
+        async with httpx.AsyncClient(verify=str(paths["ca"]), headers=bearer, timeout=10) as c:
+            models = await c.get(f"https://{srv.http_address}/v1/models")
+        async with httpx.AsyncClient(headers=bearer, timeout=10) as c:
+            try:
+                plain_http = (await c.get(f"http://{srv.http_address}/v1/models")).status_code
+            except httpx.HTTPError:
+                plain_http = None
+    assert models.status_code == 200 and models.json()["data"][0]["id"] == "fake-model"
+    assert plain_http is None
     assert gen == (0, "w0 w1 \n", ""), gen
     assert tenants[0] == 0 and json.loads(tenants[1])["tenants"][0]["tenant"] == "dev"
     assert not reached

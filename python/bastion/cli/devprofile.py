@@ -6,7 +6,8 @@ is ``spiffe://bastion.local/dev/cli``, an API key store with one key (the plaint
 ``dev.apikey``, 0600) and a tenancy policy mapping both principals to the tenant ``dev`` (the client
 certificate also gets the admin role). The server then runs with mutual TLS, and the health listener on
 ``HEALTH_LISTEN`` (plaintext, loopback, grpc.health.v1 only: ``bastion health --health-listener``, probes
-without a client certificate); ``bastion generate``, ``health`` and ``admin`` use these files when no other
+without a client certificate) and the OpenAI-compatible HTTP API on ``HTTP_LISTEN`` (HTTPS with the server
+certificate; bearer API key); ``bastion generate``, ``health`` and ``admin`` use these files when no other
 credentials are given. Certificates are valid for
 90 days and re-issued (the server reloads them) when fewer than 7 days remain.
 """
@@ -33,6 +34,9 @@ TENANT = "dev"
 VALID_DAYS = 90
 # The health listener of the development profile (serve --health-listen overrides it; "" turns it off).
 HEALTH_LISTEN = "127.0.0.1:50052"
+# The OpenAI-compatible HTTP API of the development profile, over TLS with the server certificate (serve
+# --http-listen overrides it; "" turns it off). Clients use the dev API key (dev.apikey) and trust ca.pem.
+HTTP_LISTEN = "127.0.0.1:8443"
 RENEW_DAYS = 7
 
 
@@ -186,6 +190,10 @@ def server_overrides(paths: dict[str, Path]) -> dict[str, Any]:
             }
         },
         "health": {"listen": HEALTH_LISTEN},
+        "http": {
+            "listen": HTTP_LISTEN,
+            "tls": {"cert_file": str(paths["server_cert"]), "key_file": str(paths["server_key"])},
+        },
         "auth": {"mtls": {"trust_domains": [TRUST_DOMAIN]}, "api_keys": {"file": str(paths["api_keys"])}},
         "tenancy": {"policy_file": str(paths["policy"])},
         # Development: the default model answers before any evaluation (start-up logs a WARNING).

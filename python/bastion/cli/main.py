@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         help='the health listener (grpc.health.v1 only, no credentials): HOST:PORT or unix:PATH; "" turns it off',
     )
     s.add_argument(
+        "--http-listen",
+        metavar="ADDR",
+        help='the OpenAI-compatible HTTP API: HOST:PORT (non-loopback needs http.tls); "" turns it off',
+    )
+    s.add_argument(
         "--dev",
         action="store_true",
         help="local development profile: create (once) a CA, server and client certificates, an API "
@@ -109,6 +114,8 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides.setdefault("server", {})["listen"] = args.listen
     if args.health_listen is not None:
         overrides.setdefault("health", {})["listen"] = args.health_listen
+    if args.http_listen is not None:
+        overrides.setdefault("http", {})["listen"] = args.http_listen
     if args.model:
         overrides.setdefault("model", {})["source"] = args.model
     if args.device:

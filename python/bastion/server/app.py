@@ -7,7 +7,8 @@ Order (each step logged once):
   1. build the grpc.aio server (explicit limits, the auth interceptor), register Inference, Admin and
      grpc.health.v1, bind, start; then the health listener (``[health] listen``: grpc.health.v1 only, no
      credentials, limits of its own; ``server/health_listener.py``) when configured;
-     health is NOT_SERVING, Inference answers UNAVAILABLE;
+     health is NOT_SERVING, Inference answers UNAVAILABLE; then the OpenAI-compatible HTTP API
+     (``[http] listen``, ``server/http/``) when configured, over the same gate and servicer;
   2. ``await pool_factory(contract)`` (the engine-process contract, ``bastion.engine.process``) (a minute or more for vLLM); health turns SERVING once the pool is ready,
      and a watchdog keeps it in step with the engines (NOT_SERVING when one dies);
   3. on SIGTERM/SIGINT (or ``stop_event``): health NOT_SERVING for good, new Generate/Tokenize
@@ -57,6 +58,8 @@ from bastion.server.admin import AdminServicer
 from bastion.server.background import prune_content, redteam_baseline, start_drift, start_redteam
 from bastion.server.health import NOT_SERVING, WATCHDOG_INTERVAL_S, Health
 from bastion.server.health_listener import start_health_listener
+from bastion.server.http.api import HttpApi
+from bastion.server.http.listener import HttpListener, start_http_listener
 from bastion.server.listener import bind, build_server, main_watch_limits
 from bastion.server.security import Security, build_security
 from bastion.server.servicer import InferenceServicer, ServerState
@@ -160,6 +163,8 @@ class _Run:
         self.state: ServerState | None = None
         self.server: grpc.aio.Server | None = None
         self.health_server: grpc.aio.Server | None = None
+        self.http: HttpListener | None = None
+        self.inference: InferenceServicer | None = None
         self.started = False
         self.pool: EnginePool | None = None
         self.kv_stats: Path | None = None
@@ -224,7 +229,8 @@ class _Run:
     ) -> None:
         """Step 1: Inference, Admin and health registered, bound and started; health NOT_SERVING."""
         server = self.server = build_server(self.settings.server, [security.interceptor])
-        _add_services(server, state, self.telemetry, self.health, self.settings)
+        self.inference = InferenceServicer(state, self.telemetry)
+        _add_services(server, self.inference, state, self.telemetry, self.health, self.settings)
         try:
             if self.settings.server.reflection:
                 _enable_reflection(server)
@@ -256,6 +262,22 @@ class _Run:
         log.info("health listener on %s (%s): grpc.health.v1 only, no credentials", address, description)
         if on_bound is not None:
             on_bound(address)
+
+    async def start_http_listener(self, security: Security, on_bound: Callable[[str], None] | None) -> None:
+        """Step 1c: the OpenAI-compatible HTTP API on http.listen (bastion.server.http), if set: the same gate
+        and the same servicer as the gRPC API."""
+        h = self.settings.http
+        if not h.listen:
+            return
+        assert self.inference is not None
+        try:
+            self.http = await start_http_listener(h, HttpApi(h, self.inference, security.gate, self.health))
+        except (ConfigError, OSError) as exc:
+            raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
+        scheme = "https" if h.tls.enabled else "http (plaintext, loopback)"
+        log.info("HTTP API (OpenAI-compatible) on %s (%s)", self.http.address, scheme)
+        if on_bound is not None:
+            on_bound(self.http.address)
 
     def engine_process(self, security: Security) -> EngineProcessEnv:
         """The contract vLLM's processes inherit: with a partition key file, the EngineCore keys its prefix
@@ -310,7 +332,8 @@ class _Run:
             # Drained handlers have returned; their calls get FLUSH_S to send the final status, then
             # whatever is left (health watches, stragglers) is cancelled. The health listener stops with it.
             listeners = [s for s in (self.server, self.health_server) if s is not None]
-            await asyncio.gather(*(s.stop(FLUSH_S) for s in listeners))
+            stops = [s.stop(FLUSH_S) for s in listeners] + ([self.http.stop(FLUSH_S)] if self.http else [])
+            await asyncio.gather(*stops)
             self.telemetry.metrics.stop_http()
         if self.pool is not None:
             try:
@@ -341,6 +364,7 @@ async def serve(
     stop_event: asyncio.Event | None = None,
     on_bound: Callable[[str], None] | None = None,
     on_health_bound: Callable[[str], None] | None = None,
+    on_http_bound: Callable[[str], None] | None = None,
     telemetry: Telemetry | None = None,
     watchdog_interval: float = WATCHDOG_INTERVAL_S,
     security_factory: Callable[..., Security] = build_security,
@@ -349,7 +373,8 @@ async def serve(
 
     ``security_factory`` builds the authenticator, tenancy guard and audit log; the CLI always uses
     :func:`build_security`. Only benchmarks/ passes another (an open server, to measure what security costs).
-    ``on_bound`` and ``on_health_bound`` receive the addresses the main and the health listener bound.
+    ``on_bound``, ``on_health_bound`` and ``on_http_bound`` receive the addresses the main, the health and the
+    HTTP API listener bound.
     """
     run = _Run(settings, telemetry, watchdog_interval)
     try:
@@ -358,6 +383,7 @@ async def serve(
         stop = stop_event or run.stop_on_signals(state)
         await run.start_listener(security, state, on_bound)
         await run.start_health_listener(on_health_bound)
+        await run.start_http_listener(security, on_http_bound)
         pool = await run.load_pool(pool_factory, run.engine_process(security), stop)
         if pool is None:
             return 0
@@ -411,9 +437,14 @@ def _audit_figures(state: ServerState) -> dict[str, float]:
 
 
 def _add_services(
-    server: grpc.aio.Server, state: ServerState, telemetry: Telemetry, health: Health, settings: Settings
+    server: grpc.aio.Server,
+    inference: InferenceServicer,
+    state: ServerState,
+    telemetry: Telemetry,
+    health: Health,
+    settings: Settings,
 ) -> None:
-    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(state, telemetry), server)
+    pb_grpc.add_InferenceServicer_to_server(inference, server)
     admin = AdminServicer(
         state,
         telemetry,

@@ -8,7 +8,8 @@ before the client hears of it, and the client gets a fixed message: UNAUTHENTICA
 PERMISSION_DENIED or INVALID_ARGUMENT, never the reason. Health may be public (configured); every
 other method needs a principal, so no RPC runs anonymously. While a health listener serves probes
 (``[health] listen``), Watch here needs a principal too: a public stream that never ends would hold one of
-this listener's concurrent-RPC slots (``server/listener.py``); Check stays public.
+this listener's concurrent-RPC slots (``server/listener.py``); Check stays public. The HTTP API's routes
+(``HTTP_ROUTES``) need the user role, as Inference does.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
-import grpc
-
 from bastion.audit.errors import AuditUnavailable
 from bastion.auth.principal import Principal
 from bastion.errors import BastionError, PermissionDenied
 from bastion.server.audit_recorder import AuditRecorder
+from bastion.server.call import CallContext
 from bastion.server.caller import Caller
 from bastion.server.request_checks import check_metadata, check_request_fields
 from bastion.tenancy.guard import TenantGuard
@@ -34,6 +34,9 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 HEALTH_WATCH = HEALTH_PREFIX + "Watch"
 INFERENCE_PREFIX = "/bastion.v1.Inference/"
 ADMIN_PREFIX = "/bastion.v1.Admin/"
+# The OpenAI-compatible HTTP API's routes (bastion.server.http), as its calls name their method: users call
+# them as they call Inference. Any other HTTP path is refused before this is asked.
+HTTP_ROUTES = frozenset({"POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models"})
 
 
 class Authenticates(Protocol):
@@ -62,7 +65,7 @@ class SecurityGate:
         if method.startswith(HEALTH_PREFIX):
             public = self.public_health and (self.public_watch or method != HEALTH_WATCH)
             return "public" if public else "authenticated"
-        if method.startswith(INFERENCE_PREFIX):
+        if method.startswith(INFERENCE_PREFIX) or method in HTTP_ROUTES:
             return "user"
         if method.startswith(ADMIN_PREFIX):
             return "admin"
@@ -73,7 +76,7 @@ class SecurityGate:
         if not self.recorder.accepting:
             raise AuditUnavailable("the audit log takes no new calls (its disk is full or below its reserve)")
 
-    async def authenticate(self, method: str, context: grpc.aio.ServicerContext, rid: str) -> Principal:
+    async def authenticate(self, method: str, context: CallContext, rid: str) -> Principal:
         """The principal from the call's headers alone (before its request message is read), or raises a
         BastionError after auditing the refusal: an anonymous call never waits for its message."""
         try:
@@ -88,7 +91,7 @@ class SecurityGate:
     async def refused(
         self,
         method: str,
-        context: grpc.aio.ServicerContext,
+        context: CallContext,
         rid: str,
         exc: BastionError,
         principal: Principal | None = None,
@@ -104,7 +107,7 @@ class SecurityGate:
         self,
         method: str,
         request: object,
-        context: grpc.aio.ServicerContext,
+        context: CallContext,
         rid: str,
         principal: Principal | None = None,
     ) -> Caller:

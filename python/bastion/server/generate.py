@@ -23,13 +23,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-import grpc
-
 from bastion.engine.protocol import Engine, EngineOutput, EngineRequest, SamplingSpec
 from bastion.errors import EngineError, Unavailable
 from bastion.observability.telemetry import RpcRecord, Telemetry
 from bastion.server import convert
 from bastion.server.admission import Ticket
+from bastion.server.call import CallContext
 from bastion.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ async def _release(engine: Engine, request_id: str, it: AsyncIterator[EngineOutp
 STALLED = "stream aborted: the client did not read the response in time"
 
 
-async def _write(context: grpc.aio.ServicerContext, msg: pb.GenerateResponse, timeout: float | None) -> None:
+async def _write(context: CallContext, msg: pb.GenerateResponse, timeout: float | None) -> None:
     """Writes one message; :class:`Unavailable` when the client has not taken it within ``timeout`` s."""
     if timeout is None:
         await context.write(msg)
@@ -80,7 +79,7 @@ async def stream_generation(
     request_id: str,
     prompt_token_ids: Sequence[int],
     sampling: SamplingSpec,
-    context: grpc.aio.ServicerContext,
+    context: CallContext,
     ticket: Ticket,
     rec: RpcRecord,
     telemetry: Telemetry,

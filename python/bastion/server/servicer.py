@@ -37,6 +37,7 @@ from bastion.observability.telemetry import RpcRecord, Telemetry
 from bastion.server import convert
 from bastion.server.admission import Admission, Ticket
 from bastion.server.audit_recorder import AuditRecorder, is_decision
+from bastion.server.call import CallContext
 from bastion.server.caller import Caller, current_caller
 from bastion.server.generate import stream_generation
 from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
@@ -141,7 +142,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             raise Unavailable(public=NOT_READY)
         return engine
 
-    async def _begin(self, context: grpc.aio.ServicerContext) -> tuple[str, Caller]:
+    async def _begin(self, context: CallContext) -> tuple[str, Caller]:
         caller = current_caller()  # set by the auth interceptor; fails closed without it
         rid = caller.request_id or new_request_id()
         request_id_var.set(rid)  # this RPC's task has its own context
@@ -218,7 +219,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def _fail(
         self,
-        context: grpc.aio.ServicerContext,
+        context: CallContext,
         rec: RpcRecord,
         exc: Exception,
         engine: Engine | None,
@@ -246,9 +247,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             rec.code = code
         await context.abort(code, message, trailing_metadata=abort_metadata(rec.request_id, exc))
 
-    async def _cancelled(
-        self, context: grpc.aio.ServicerContext, rec: RpcRecord, caller: Caller, prompt: str | None = None
-    ) -> None:
+    async def _cancelled(self, context: CallContext, rec: RpcRecord, caller: Caller, prompt: str | None = None) -> None:
         remaining = context.time_remaining()
         expired = remaining is not None and remaining <= 0
         rec.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
@@ -269,7 +268,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             task.uncancel()
         raise Unavailable(public=SHUTTING_DOWN)
 
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+    async def Generate(self, request: pb.GenerateRequest, context: CallContext) -> None:
         rid, caller = await self._begin(context)
         with self._telemetry.rpc("Generate", rid, caller) as rec:
             engine: Engine | None = None
@@ -362,7 +361,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             except Exception as exc:  # noqa: BLE001 - every failure is mapped, none leaks
                 await self._fail(context, rec, exc, engine, caller, prompt)
 
-    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+    async def Tokenize(self, request: pb.TokenizeRequest, context: CallContext) -> pb.TokenizeResponse:
         rid, caller = await self._begin(context)
         with self._telemetry.rpc("Tokenize", rid, caller) as rec:
             engine: Engine | None = None
@@ -393,9 +392,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 await self._fail(context, rec, exc, engine, caller)
         raise AssertionError("unreachable")  # _fail always raises
 
-    async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context: CallContext) -> pb.ListModelsResponse:
         rid, caller = await self._begin(context)
         with self._telemetry.rpc("ListModels", rid, caller) as rec:
             try:
