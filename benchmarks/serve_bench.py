@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""Serving benchmark: bastion's gRPC server against vLLM's OpenAI-compatible server, same model, same run;
-and bastion with its security on against the same server with security off.
+"""Serving benchmark: bastion's gRPC server and its OpenAI-compatible HTTP API against vLLM's OpenAI-compatible
+server, same model, same run; and bastion with its security on against the same server with security off.
 
 Servers: ``bastion`` runs with everything on: mutual TLS, a JWT bearer token verified against a JWKS
 file, a tenancy policy with (non-binding) rate limits, and the audit log (fsync before each final
 response). ``bastion-open`` is the same server and engine with that layer replaced by a pass-through
-(benchmarks/open_server.py: plaintext, anonymous, no audit). ``vllm`` is `vllm serve`.
+(benchmarks/open_server.py: plaintext, anonymous, no audit). ``bastion-http`` is ``bastion`` with its HTTP API
+on (``[http]``, HTTPS with the same PKI, the same bearer JWT) and measured through it, with the client vLLM
+gets (streamed ``/v1/completions``). ``vllm`` is `vllm serve`.
 
 Both servers are started one after the other (never together), with the same engine settings, and get
 the same workload: N unique raw-text prompts, greedy decoding, a fixed max_tokens, a concurrency sweep.
 Per level: warm-up requests first, then the measured requests with exactly ``concurrency`` in flight.
 
-    .venv/bin/python benchmarks/serve_bench.py --quick            # CI: small, bastion and bastion-open
-    .venv/bin/python benchmarks/serve_bench.py                    # full sweep 1, 4, 16, all three servers
+    .venv/bin/python benchmarks/serve_bench.py --quick            # CI: small, bastion, -open and -http
+    .venv/bin/python benchmarks/serve_bench.py                    # full sweep 1, 4, 16, all four servers
     .venv/bin/python benchmarks/serve_bench.py --model /tmp/smol --servers vllm
 
 Writes benchmarks/results/serve_bench[-quick].json (see benchmarks/README.md for every field).
@@ -250,13 +252,27 @@ class BastionClient:
 
 
 class VllmClient:
-    def __init__(self, base_url: str, cfg: BenchConfig) -> None:
+    """An OpenAI-API streaming client (vLLM's server; bastion's HTTP API through :class:`BastionHttpClient`).
+    ``continuous_usage``: ask for vLLM's per-chunk cumulative usage (an extension bastion does not take)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        cfg: BenchConfig,
+        *,
+        headers: dict[str, str] | None = None,
+        verify: str | bool = True,
+        continuous_usage: bool = True,
+    ) -> None:
         import httpx
 
         self.cfg = cfg
         self.base = base_url
+        self.continuous_usage = continuous_usage
         self.http = httpx.AsyncClient(
             base_url=base_url,
+            headers=headers,
+            verify=verify,
             timeout=httpx.Timeout(cfg.request_timeout_s, connect=10.0),
             limits=httpx.Limits(
                 max_connections=max(cfg.concurrency) * 2 + 4, max_keepalive_connections=max(cfg.concurrency) * 2 + 4
@@ -291,8 +307,12 @@ class VllmClient:
             "max_tokens": self.cfg.max_tokens,
             "temperature": 0.0,
             "stream": True,
-            # Cumulative usage on every chunk: exact tokens per chunk, no logprobs needed.
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            # Cumulative usage on every chunk (vLLM): exact tokens per chunk, no logprobs needed. Without it
+            # (bastion's HTTP API) a chunk with text counts as one token: bastion streams one per engine step.
+            "stream_options": {
+                "include_usage": True,
+                **({"continuous_usage_stats": True} if self.continuous_usage else {}),
+            },
         }
         r = RequestResult(start=time.perf_counter())
         acc = VllmStreamAccumulator(r)
@@ -322,6 +342,23 @@ class VllmClient:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+class BastionHttpClient(VllmClient):
+    """bastion's OpenAI-compatible HTTP API (``[http]``, issue 17) on the secured server: HTTPS verified with the
+    bench CA, the same bearer JWT as the gRPC client; readiness from the gRPC health check."""
+
+    def __init__(self, base_url: str, auth: BastionAuth, cfg: BenchConfig) -> None:
+        super().__init__(
+            base_url, cfg, headers=dict(auth.metadata()), verify=auth.ca_file or True, continuous_usage=False
+        )
+        self.auth = auth
+
+    async def wait_ready(self, server: ServerProcess, timeout_s: float) -> None:
+        assert isinstance(server, BastionServer)
+        await asyncio.to_thread(server.wait_serving, timeout_s, channel=self.auth.sync_channel)
+        models = (await self.http.get("/v1/models", timeout=10)).json()
+        self.model = models["data"][0]["id"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,6 +590,20 @@ token_burst = 10000000
     return toml, auth
 
 
+def http_toml(d: Path, port: int) -> str:
+    """The HTTP API on loopback with the bench PKI's server certificate (secure_setup)."""
+    return "\n".join(
+        [
+            "[http]",
+            f'listen = "127.0.0.1:{port}"',
+            "[http.tls]",
+            f'cert_file = "{d / "server.pem"}"',
+            f'key_file = "{d / "server.key"}"',
+            "",
+        ]
+    )
+
+
 def bastion_toml(cfg: BenchConfig, listen: str, security: str = "") -> str:
     return "\n".join(
         [
@@ -708,10 +759,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    spec = args.servers or ("bastion,bastion-open" if args.quick else "bastion,bastion-open,vllm")
+    spec = args.servers or (
+        "bastion,bastion-open,bastion-http" if args.quick else "bastion,bastion-open,bastion-http,vllm"
+    )
     servers = [s.strip() for s in spec.split(",") if s.strip()]
-    if not servers or any(s not in ("bastion", "bastion-open", "vllm") for s in servers):
-        print("serve_bench: --servers takes bastion, bastion-open and/or vllm", file=sys.stderr)
+    if not servers or any(s not in ("bastion", "bastion-open", "bastion-http", "vllm") for s in servers):
+        print("serve_bench: --servers takes bastion, bastion-open, bastion-http and/or vllm", file=sys.stderr)
         return 2
     if args.engine == "fake" and "vllm" in servers:
         print("serve_bench: --engine fake runs bastion and bastion-open only", file=sys.stderr)
@@ -784,17 +837,22 @@ async def amain(args: argparse.Namespace) -> int:
     failed_logs: list[ServerProcess] = []
     try:
         for name in servers:
-            if name in ("bastion", "bastion-open"):
+            if name in ("bastion", "bastion-open", "bastion-http"):
                 if args.bastion_listen == "unix":
                     listen = f"unix:{logdir / (name + '.sock')}"
                     target = listen
                 else:
                     port = free_port()
                     listen = target = f"127.0.0.1:{port}"
-                if name == "bastion":
+                http_url = ""
+                if name in ("bastion", "bastion-http"):
                     security, server_auth = secure_setup(logdir / "secure")
                     if auth.tls or auth.api_key:
                         server_auth = auth  # explicit credentials given on the command line win
+                    if name == "bastion-http":  # the same secured server, its HTTP API on (TLS, server cert)
+                        http_port = free_port()
+                        http_url = f"https://127.0.0.1:{http_port}"
+                        security += http_toml(logdir / "secure", http_port)
                     text = bastion_toml(cfg, listen, security)
                     program = bcmd + ["serve"]
                 else:
@@ -802,7 +860,7 @@ async def amain(args: argparse.Namespace) -> int:
                     program = [sys.executable, str(HERE / "open_server.py")]
                 report["config"][f"{name}_toml"] = text
                 if args.engine == "fake":  # the same config, served over the fake engine
-                    program = [*FAKE_SERVER] if name == "bastion" else [*program, "--engine", "fake"]
+                    program = [*FAKE_SERVER] if name != "bastion-open" else [*program, "--engine", "fake"]
                 server: ServerProcess = BastionServer(
                     logdir,
                     text,
@@ -815,7 +873,11 @@ async def amain(args: argparse.Namespace) -> int:
                     cwd=REPO,
                     verbose=True,
                 )
-                client: BastionClient | VllmClient = BastionClient(target, server_auth, cfg)
+                client: BastionClient | VllmClient = (
+                    BastionHttpClient(http_url, server_auth, cfg)
+                    if http_url
+                    else BastionClient(target, server_auth, cfg)
+                )
             else:
                 port = free_port()
                 cmd = vllm_command(cfg, port, args.vllm_extra_args)
@@ -847,6 +909,13 @@ async def amain(args: argparse.Namespace) -> int:
             report["security_goal_met"] = {
                 "throughput": bool(sec) and all(c["goal_met"]["throughput"] for c in sec),
                 "ttft_p50": bool(sec) and all(c["goal_met"]["ttft_p50"] for c in sec),
+            }
+        if "bastion-http" in report["servers"] and "vllm" in report["servers"]:
+            http = common.compare(report["servers"]["bastion-http"]["levels"], report["servers"]["vllm"]["levels"])
+            report["http_comparison"] = http
+            report["http_goal_met"] = {
+                "throughput": bool(http) and all(c["goal_met"]["throughput"] for c in http),
+                "ttft_p50": bool(http) and all(c["goal_met"]["ttft_p50"] for c in http),
             }
         if "bastion" in report["servers"] and "vllm" in report["servers"]:
             report["comparison"] = common.compare(

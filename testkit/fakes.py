@@ -116,7 +116,11 @@ class FakeEngine:
                 logprobs: tuple[TokenLogprobs, ...] = ()
                 if request.sampling.logprobs:
                     top = tuple((1000 + i + k, -0.5 - k) for k in range(request.sampling.logprobs))
-                    logprobs = (TokenLogprobs(token_id=1000 + i, logprob=-0.5, top=top),)
+                    texts = tuple(_token_text(t) for t, _ in top)
+                    logprobs = (TokenLogprobs(1000 + i, -0.5, top, token=_token_text(1000 + i), top_tokens=texts),)
+                prompt_lps: tuple[TokenLogprobs, ...] = ()
+                if i == 0 and request.sampling.prompt_logprobs is not None:
+                    prompt_lps = _prompt_logprobs(request.prompt_token_ids, request.sampling.prompt_logprobs)
                 yield EngineOutput(
                     text=f"w{i} ",
                     token_ids=(1000 + i,),
@@ -126,6 +130,7 @@ class FakeEngine:
                     prompt_tokens=prompt_tokens,
                     completion_tokens=i + 1,
                     cached_prompt_tokens=prompt_tokens // 2,
+                    prompt_logprobs=prompt_lps,
                 )
                 self.started.set()
                 if finished:
@@ -145,3 +150,19 @@ class FakeEngine:
 
     async def shutdown(self) -> None:
         self.shutdown_called = True
+
+
+def _token_text(token_id: int) -> str:
+    """The fake tokenizer's text of a token: prompt tokens are UTF-8 bytes, generated ones ``w<i> ``."""
+    return bytes([token_id]).decode("latin-1") if token_id < 256 else f"w{token_id - 1000} "
+
+
+def _prompt_logprobs(ids: Sequence[int], k: int) -> tuple[TokenLogprobs, ...]:
+    """Deterministic prompt log-probabilities: a token is its position's top choice when it is even."""
+    out = []
+    for t in ids[1:]:
+        lp = -0.25 - (t % 5) / 10
+        best = lp if t % 2 == 0 else lp + 0.5
+        top = tuple(((t if t % 2 == 0 else 32) if j == 0 else 33 + j, best - j) for j in range(k))
+        out.append(TokenLogprobs(t, lp, top, token=_token_text(t), top_tokens=tuple(_token_text(x) for x, _ in top)))
+    return tuple(out)

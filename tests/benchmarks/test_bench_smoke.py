@@ -33,7 +33,7 @@ def run_bench(script: str, out: Path, *args: str, timeout: float = 300) -> dict[
 def test_serve_bench_runs_both_servers_over_the_fake_engine(tmp_path: Path) -> None:
     report = run_bench("serve_bench.py", tmp_path / "serve.json", "--quick", "--engine", "fake", "--concurrency", "1,2")
     assert report["engine"] == "fake" and report["errors"] == []
-    for name in ("bastion", "bastion-open"):
+    for name in ("bastion", "bastion-open", "bastion-http"):
         levels = report["servers"][name]["levels"]
         assert [lv["concurrency"] for lv in levels] == [1, 2]
         for lv in levels:

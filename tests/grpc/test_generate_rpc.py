@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 from grpc_harness import collect, make_settings, prompt_request, running_server
 
 from bastion.v1 import inference_pb2 as pb
@@ -54,6 +55,23 @@ async def test_conversation_stop_and_logprobs() -> None:
     assert engine.requests[0].prompt_token_ids == tuple(b"<system>sys<user>hi<assistant>")
     lp = msgs[0].logprobs[0]
     assert lp.sampled.token_id == 1000 and [t.token_id for t in lp.top] == [1000, 1001]
+
+
+async def test_prompt_logprobs_come_on_the_first_message_with_token_texts() -> None:
+    engine = FakeEngine()
+    async with running_server([engine]) as srv:
+        msgs = await collect(srv.stub.Generate(prompt_request("abc", max_tokens=2, prompt_logprobs=1, logprobs=1)))
+        try:
+            await collect(srv.stub.Generate(prompt_request("abc", max_tokens=2, prompt_logprobs=21)))
+            refused = ""
+        except grpc.aio.AioRpcError as exc:
+            refused = f"{exc.code().name} {exc.details()}"
+    assert engine.requests[0].sampling.prompt_logprobs == 1
+    first = msgs[0].prompt_logprobs
+    assert [(e.sampled.token_id, e.sampled.token) for e in first] == [(98, "b"), (99, "c")]  # after the first token
+    assert [t.token for t in first[0].top] == ["b"] and not msgs[1].prompt_logprobs
+    assert msgs[0].logprobs[0].sampled.token == "w0 "
+    assert refused == "INVALID_ARGUMENT sampling.prompt_logprobs: must be between 0 and 20"
 
 
 async def test_default_max_tokens_shortened_to_fit_context() -> None:

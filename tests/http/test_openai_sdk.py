@@ -99,3 +99,32 @@ async def test_the_sdk_retries_a_rate_limit_after_the_servers_retry_after(tmp_pa
         await c.close()
         assert records(srv.audit_dir)[-1]["status"] == "OK"
     assert calls(records(srv.audit_dir), event="rate_limited", method="POST /v1/completions") >= 1
+
+
+async def test_log_probabilities_and_echo_as_lm_eval_reads_them() -> None:
+    async with http_server([FakeEngine()]) as srv:
+        c = sdk(srv)
+        chat = await c.chat.completions.create(
+            model="fake-model",
+            messages=MSG,
+            max_tokens=2,
+            logprobs=True,
+            top_logprobs=2,  # type: ignore[arg-type]
+        )
+        content = chat.choices[0].logprobs.content  # type: ignore[union-attr]
+        assert [e.token for e in content] == ["w0 ", "w1 "] and content[0].logprob == -0.5  # type: ignore[union-attr]
+        assert [t.token for t in content[1].top_logprobs] == ["w1 ", "w2 "]  # type: ignore[index]
+        # lm-evaluation-harness's loglikelihood request: echo, logprobs 1, one token.
+        r = await c.completions.create(
+            model="fake-model", prompt="abcd", max_tokens=1, logprobs=1, echo=True, temperature=0
+        )
+        lp = r.choices[0].logprobs
+        assert r.choices[0].text == "abcdw0 " and lp is not None
+        assert lp.tokens == ["a", "b", "c", "d", "w0 "] and lp.text_offset == [0, 1, 2, 3, 4]
+        assert lp.token_logprobs is not None and lp.token_logprobs[0] is None
+        # The fake engine's: -0.25 - (id % 5) / 10; an even token is its position's top choice.
+        assert lp.token_logprobs[1:] == pytest.approx([-0.55, -0.65, -0.25, -0.5])
+        assert lp.top_logprobs is not None and lp.top_logprobs[0] is None
+        assert lp.top_logprobs[1] == pytest.approx({"b": -0.55})  # "b" (98): greedy
+        assert lp.top_logprobs[2] == pytest.approx({" ": -0.15, "c": -0.65})  # "c" (99): not
+        await c.close()

@@ -58,11 +58,11 @@ def test_completions_default_to_sixteen_tokens_and_chat_to_the_servers_default()
     [
         ({"repetition_penalty": 1.1}, "repetition_penalty"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
         ({"n": 2}, "n"),
         ({"tools": [{"type": "function"}]}, "tools"),
         ({"response_format": {"type": "json_object"}}, "response_format.type"),
-        ({"ignore_eos": True}, "ignore_eos"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": "x", "name": "n"}]}, "messages[0].name"),
         (
@@ -89,9 +89,9 @@ def test_identity_fields_are_override_attempts(field: str) -> None:
 
 def test_completion_refusals() -> None:
     for extra, field in (
-        ({"echo": True}, "echo"),
+        ({"echo": True, "stream": True}, "echo"),
         ({"best_of": 2}, "best_of"),
-        ({"logprobs": 1}, "logprobs"),
+        ({"logprobs": 21}, "logprobs"),
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"prompt": [1, 2]}, "prompt"),
         ({"suffix": "s"}, "suffix"),
@@ -112,3 +112,26 @@ def test_the_grpc_field_paths_are_renamed_for_http() -> None:
     assert http_field("sampling.temperature") == "temperature"
     assert http_field("conversation.messages[2].content") == "messages[2].content"
     assert http_field("sampling.max_tokens") == "max_tokens" and http_field("model") == "model"
+
+
+def test_log_probabilities_and_echo_map_onto_the_sampling_params() -> None:
+    chat = chat_request({**CHAT, "logprobs": True, "top_logprobs": 0}, "")
+    assert chat.logprobs == 0 and chat.request.sampling.logprobs == 1  # the sampled token's, one alternative
+    assert not chat.request.sampling.HasField("prompt_logprobs")
+    lm_eval = completion_request(
+        {
+            "model": "m",
+            "prompt": "ctx cont",
+            "temperature": 0,
+            "max_tokens": 1,
+            "logprobs": 1,
+            "seed": 1234,
+            "echo": True,
+        },
+        "",
+    )
+    s = lm_eval.request.sampling
+    assert lm_eval.echo and lm_eval.logprobs == 1 and s.logprobs == 1 and s.prompt_logprobs == 1
+    assert completion_request({"model": "m", "prompt": "x", "ignore_eos": True}, "").request.sampling.ignore_eos
+    plain = completion_request({"model": "m", "prompt": "x", "echo": True}, "")
+    assert plain.echo and not plain.request.sampling.HasField("prompt_logprobs")

@@ -59,6 +59,10 @@ class SamplingSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int = 0
+    # Log-probabilities of the prompt's tokens with this many top alternatives; None: not asked.
+    prompt_logprobs: int | None = None
+    # Run to max_tokens past the end-of-sequence token (stop strings still apply).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,10 @@ class TokenLogprobs:
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    # Each token's text as the tokenizer decodes it alone: ``token_id``'s, then ``top``'s in order ("" when
+    # the engine did not decode it).
+    token: str = ""
+    top_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class EngineOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
     cached_prompt_tokens: int = 0
+    # With SamplingSpec.prompt_logprobs, on the first output only: the prompt's tokens after the first.
+    prompt_logprobs: tuple[TokenLogprobs, ...] = ()
     # The Serve replica that produced this output (set on a stream's first output by bastion.cluster);
     # "" in one process.
     replica: str = ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bastion.engine.protocol import EngineOutput, ModelInfo, Role
+from bastion.engine.protocol import EngineOutput, ModelInfo, Role, TokenLogprobs
 from bastion.v1 import inference_pb2 as pb
 
 # Proto role values accepted in a conversation; ROLE_UNSPECIFIED and unknown values are refused.
@@ -40,15 +40,22 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int)
     )
 
 
+def _logprobs(entry: pb.GeneratedTokenLogprobs, lp: TokenLogprobs) -> None:
+    entry.sampled.token_id = lp.token_id
+    entry.sampled.logprob = lp.logprob
+    entry.sampled.token = lp.token
+    texts = lp.top_tokens if len(lp.top_tokens) == len(lp.top) else ("",) * len(lp.top)
+    for (token_id, logprob), text in zip(lp.top, texts, strict=True):
+        entry.top.add(token_id=token_id, logprob=logprob, token=text)
+
+
 def delta(request_id: str, out: EngineOutput, *, digest: str = "") -> pb.GenerateResponse:
     """One streamed message from one engine step (finish fields are added by the caller)."""
     msg = pb.GenerateResponse(request_id=request_id, text=out.text, token_ids=out.token_ids, model_digest=digest)
     for lp in out.logprobs:
-        entry = msg.logprobs.add()
-        entry.sampled.token_id = lp.token_id
-        entry.sampled.logprob = lp.logprob
-        for token_id, logprob in lp.top:
-            entry.top.add(token_id=token_id, logprob=logprob)
+        _logprobs(msg.logprobs.add(), lp)
+    for lp in out.prompt_logprobs:
+        _logprobs(msg.prompt_logprobs.add(), lp)
     return msg
 
 

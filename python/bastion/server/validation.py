@@ -141,6 +141,12 @@ def validate_sampling(s: pb.SamplingParams, limits: LimitSettings) -> tuple[Samp
         if s.logprobs > limits.max_logprobs:
             raise InvalidArgument("sampling.logprobs", f"must be between 0 and {limits.max_logprobs}")
         spec = replace(spec, logprobs=s.logprobs)
+    if s.ignore_eos:
+        spec = replace(spec, ignore_eos=True)
+    if s.HasField("prompt_logprobs"):
+        if s.prompt_logprobs > limits.max_logprobs:
+            raise InvalidArgument("sampling.prompt_logprobs", f"must be between 0 and {limits.max_logprobs}")
+        spec = replace(spec, prompt_logprobs=s.prompt_logprobs)
     return spec, explicit
 
 

@@ -255,6 +255,8 @@ class VllmEngine:
             seed=s.seed,
             stop=list(s.stop) or None,
             logprobs=s.logprobs if s.logprobs > 0 else None,
+            prompt_logprobs=s.prompt_logprobs,
+            ignore_eos=s.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,
         )
@@ -269,12 +271,20 @@ class VllmEngine:
         prompt = tokens_input(list(request.prompt_token_ids), cache_salt=request.cache_salt)
         prompt_tokens = len(request.prompt_token_ids)
         completion_tokens = 0
+        want_prompt = request.sampling.prompt_logprobs
         try:
             lora = self._loras[request.adapter] if request.adapter else None  # the server checked it exists
             async for out in self._llm.generate(prompt, params, request.request_id, lora_request=lora):
                 comp = out.outputs[0]
                 ids = tuple(int(t) for t in comp.token_ids)
+                first = completion_tokens == 0 and want_prompt is not None
                 completion_tokens += len(ids)
+                prompt_lps: tuple[TokenLogprobs, ...] = ()
+                if first and out.prompt_logprobs is not None:
+                    prompt_lps = _convert_logprobs(
+                        request.prompt_token_ids[1:], out.prompt_logprobs[1:], want_prompt or 0, prompt=True
+                    )
+                    want_prompt = None
                 yield EngineOutput(
                     text=comp.text,
                     token_ids=ids,
@@ -284,6 +294,7 @@ class VllmEngine:
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
                     cached_prompt_tokens=int(out.num_cached_tokens or 0),
+                    prompt_logprobs=prompt_lps,
                 )
         except EngineDeadError:
             raise Unavailable("engine dead") from None
@@ -341,17 +352,29 @@ class VllmEngine:
                 self._verified.close()
 
 
-def _convert_logprobs(ids: tuple[int, ...], logprobs: Any, k: int) -> tuple[TokenLogprobs, ...]:
-    """vLLM returns, per position, the top-k entries plus the sampled token (ranked 1..)."""
-    if not k or not logprobs:
+def _convert_logprobs(
+    ids: tuple[int, ...], logprobs: Any, k: int, *, prompt: bool = False
+) -> tuple[TokenLogprobs, ...]:
+    """vLLM returns, per position, the top-k entries plus the sampled (or prompt) token (ranked 1..), each with
+    its decoded text. Generated tokens: nothing unless k > 0; prompt tokens (``prompt``): always the token's
+    own log-probability, and k alternatives."""
+    if (not k and not prompt) or not logprobs:
         return ()
     result = []
     for i, token_id in enumerate(ids):
-        entry = logprobs[i]
-        sampled = float(entry[token_id].logprob) if token_id in entry else float("nan")
+        entry = logprobs[i] or {}
+        own = entry.get(token_id)
         top = sorted(
-            ((int(t), float(lp.logprob)) for t, lp in entry.items() if lp.rank is not None and lp.rank <= k),
-            key=lambda x: -x[1],
+            ((int(t), lp) for t, lp in entry.items() if lp.rank is not None and lp.rank <= k),
+            key=lambda x: -float(x[1].logprob),
+        )[:k]
+        result.append(
+            TokenLogprobs(
+                token_id=token_id,
+                logprob=float(own.logprob) if own is not None else float("nan"),
+                top=tuple((t, float(lp.logprob)) for t, lp in top),
+                token=(own.decoded_token or "") if own is not None else "",
+                top_tokens=tuple(lp.decoded_token or "" for _, lp in top),
+            )
         )
-        result.append(TokenLogprobs(token_id=token_id, logprob=sampled, top=tuple(top[:k])))
     return tuple(result)

@@ -124,6 +124,7 @@ class HttpApi:
         try:
             await self._serve(route, method, verb, call, rid, receive)
         except BastionError as exc:  # refused before the servicer ran: audited where it was raised
+            log.info("%s refused: %s", method, exc.detail or exc.public_message)
             await self._error(call, from_exception(exc))
         except CallAborted as exc:  # the servicer ended the call (audited there)
             await self._error(call, error_from_status(exc.code, exc.message, exc.retry_after_s, exc.param), scope)
@@ -153,6 +154,7 @@ class HttpApi:
         caller = await self._gate.admit(method, parsed.request, call, rid, principal)
         caller_var.set(caller)
         call.shape = Shape("chat" if kind == "chat" else "text", rid, parsed.request.model)
+        call.shape.top, call.shape.echo, call.shape.prompt = parsed.logprobs, parsed.echo, parsed.request.prompt
         call.stream, call.include_usage = parsed.stream, parsed.include_usage
         await _run_until_disconnect(self._inference.Generate(parsed.request, call), receive)
         if call.stream:

@@ -77,6 +77,10 @@ def guarded_protocol(settings: HttpSettings, peers: PeerCounts) -> type[H11Proto
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+                # Each SSE chunk goes out at once. asyncio sets TCP_NODELAY only on sockets whose protocol
+                # number says TCP, which socket.create_server's listening socket (and what it accepts) does not
+                # carry: without this, a chunk after the response head waits for the client's delayed ACK (40 ms).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -4,8 +4,9 @@ The body is parsed strictly: duplicate JSON keys are refused (a proxy and this s
 different requests from one body), every object refuses keys it does not know, and a field that asks for a
 tenant, a cache salt or an identity (vLLM's ``cache_salt`` included) is an identity-override attempt
 (403, audited as one), as in gRPC metadata. Fields clients send that would change the output are taken
-only where the request path implements them, and otherwise refused unless they hold their neutral value
-(``EXTENSIONS``; docs/http-api.md). Nothing here reads the value back into an error message.
+only where the request path implements them (log-probabilities, ``echo`` with the prompt's
+log-probabilities), and otherwise refused unless they hold their neutral value (``EXTENSIONS``;
+docs/http-api.md). Nothing here reads the value back into an error message.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from bastion.errors import InvalidArgument, PermissionDenied
 from bastion.server.request_checks import FORBIDDEN_KEYS
 from bastion.v1 import inference_pb2 as pb
 
+# Top alternatives per token a request may ask for (limits.max_logprobs bounds it again in the servicer).
+MAX_TOP_LOGPROBS = 20
 # OpenAI's default for /v1/completions (the chat route takes bastion's default, shortened to fit).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 # Body fields that would choose a tenant, a salt or an identity: refused like the metadata keys.
@@ -32,13 +35,9 @@ EXTENSIONS: dict[str, object] = {
     "repetition_penalty": 1,
     "min_p": 0,
     "min_tokens": 0,
-    "ignore_eos": False,
     "logit_bias": {},
-    "echo": False,
     "best_of": 1,
     "suffix": None,
-    "logprobs": None,
-    "top_logprobs": None,
     "tools": [],
     "tool_choice": "none",
 }
@@ -122,6 +121,10 @@ class Parsed:
     request: pb.GenerateRequest
     stream: bool
     include_usage: bool
+    # Top alternatives to show per token when log-probabilities were asked (None: not asked).
+    logprobs: int | None = None
+    # Completions' ``echo``: the prompt precedes the completion (with its log-probabilities when asked).
+    echo: bool = False
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -181,8 +184,6 @@ def _neutral(req: _Strict) -> None:
         value, neutral = getattr(req, name), EXTENSIONS[name]
         if value is None or value == neutral or (neutral == [] and value == []):
             continue
-        if name in ("logprobs", "top_logprobs") and value is False:
-            continue
         shown = json.dumps(neutral)
         raise InvalidArgument(name, f"not supported by this server (only {shown} or unset; see docs/http-api.md)")
 
@@ -207,6 +208,8 @@ def _sampling(req: _Common, max_tokens: int | None) -> pb.SamplingParams:
         s.seed = req.seed
     if req.stop is not None:
         s.stop.extend([req.stop] if isinstance(req.stop, str) else req.stop)
+    if req.ignore_eos:
+        s.ignore_eos = True
     return s
 
 
@@ -214,19 +217,26 @@ def _content(m: Message) -> str:
     return m.content if isinstance(m.content, str) else "\n".join(p.text for p in m.content)
 
 
+def _top(field: str, n: int) -> int:
+    if not 0 <= n <= MAX_TOP_LOGPROBS:
+        raise InvalidArgument(field, f"must be between 0 and {MAX_TOP_LOGPROBS}")
+    return n
+
+
 def chat_request(body: dict[str, Any], client_request_id: str) -> Parsed:
     req = _validated(ChatRequest, body)
     _neutral(req)
     if req.max_tokens is not None and req.max_completion_tokens not in (None, req.max_tokens):
         raise InvalidArgument("max_completion_tokens", "must equal max_tokens when both are set")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidArgument("top_logprobs", "needs logprobs: true")
     conv = pb.Conversation(messages=[pb.ChatMessage(role=ROLES[m.role], content=_content(m)) for m in req.messages])
-    msg = pb.GenerateRequest(
-        model=req.model,
-        conversation=conv,
-        sampling=_sampling(req, req.max_completion_tokens or req.max_tokens),
-        client_request_id=client_request_id,
-    )
-    return Parsed(msg, req.stream, bool(req.stream_options and req.stream_options.include_usage))
+    sampling = _sampling(req, req.max_completion_tokens or req.max_tokens)
+    top = _top("top_logprobs", req.top_logprobs or 0) if req.logprobs else None
+    if top is not None:
+        sampling.logprobs = max(1, top)  # the engine returns the sampled token's with at least one alternative
+    msg = pb.GenerateRequest(model=req.model, conversation=conv, sampling=sampling, client_request_id=client_request_id)
+    return Parsed(msg, req.stream, bool(req.stream_options and req.stream_options.include_usage), top)
 
 
 def completion_request(body: dict[str, Any], client_request_id: str) -> Parsed:
@@ -238,16 +248,24 @@ def completion_request(body: dict[str, Any], client_request_id: str) -> Parsed:
             raise InvalidArgument("prompt", "must be one string (batches of prompts are not accepted)")
         prompt = prompt[0]
     max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-    msg = pb.GenerateRequest(
-        model=req.model, prompt=prompt, sampling=_sampling(req, max_tokens), client_request_id=client_request_id
-    )
-    return Parsed(msg, req.stream, bool(req.stream_options and req.stream_options.include_usage))
+    sampling = _sampling(req, max_tokens)
+    top = None if req.logprobs is None else _top("logprobs", req.logprobs)
+    echo = bool(req.echo)
+    if echo and req.stream:
+        raise InvalidArgument("echo", "not supported with stream (send the request without stream)")
+    if top is not None:
+        sampling.logprobs = max(1, top)
+        if echo:  # the prompt's own log-probabilities (lm-evaluation-harness's loglikelihood requests)
+            sampling.prompt_logprobs = top
+    msg = pb.GenerateRequest(model=req.model, prompt=prompt, sampling=sampling, client_request_id=client_request_id)
+    return Parsed(msg, req.stream, bool(req.stream_options and req.stream_options.include_usage), top, echo)
 
 
 # The gRPC request's field paths (in the servicer's InvalidArgument) as the HTTP body names them.
 FIELD_NAMES = (
     ("sampling.max_tokens", "max_tokens"),
-    ("sampling.logprobs", "top_logprobs"),
+    ("sampling.prompt_logprobs", "logprobs"),
+    ("sampling.logprobs", "logprobs"),
     ("sampling.", ""),
     ("conversation.messages", "messages"),
     ("conversation", "messages"),

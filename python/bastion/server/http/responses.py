@@ -10,6 +10,7 @@ usage, then ``data: [DONE]``. ``usage`` carries the cached prompt tokens
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,6 +34,51 @@ def usage(u: pb.Usage) -> dict[str, Any]:
     }
 
 
+def _lp(x: float) -> float:
+    """A log-probability JSON can carry (vLLM's convention for -inf and NaN)."""
+    return x if math.isfinite(x) else -9999.0
+
+
+def _top_dict(e: pb.GeneratedTokenLogprobs, k: int) -> dict[str, float]:
+    """Completions' ``top_logprobs`` entry: the k alternatives and the token itself, by text."""
+    out = {t.token: _lp(t.logprob) for t in e.top[:k]}
+    out.setdefault(e.sampled.token, _lp(e.sampled.logprob))
+    return out
+
+
+def _chat_entry(e: pb.GeneratedTokenLogprobs, k: int) -> dict[str, Any]:
+    def one(t: pb.TokenLogprob) -> dict[str, Any]:
+        return {"token": t.token, "logprob": _lp(t.logprob), "bytes": list(t.token.encode())}
+
+    return {**one(e.sampled), "top_logprobs": [one(t) for t in e.top[:k]]}
+
+
+def completion_logprobs(
+    entries: list[pb.GeneratedTokenLogprobs], k: int, prompt: tuple[str, list[pb.GeneratedTokenLogprobs]] | None
+) -> dict[str, Any]:
+    """OpenAI's legacy ``logprobs`` object (tokens, token_logprobs, top_logprobs, text_offset); with ``prompt``
+    (echo: the prompt's text and its entries after the first token) the prompt's tokens come first, the first
+    one without a log-probability."""
+    tokens: list[str] = []
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    if prompt is not None:
+        text, rest = prompt
+        tail = "".join(e.sampled.token for e in rest)
+        tokens.append(text[: len(text) - len(tail)] if text.endswith(tail) else "")  # the first token's text
+        values.append(None)
+        tops.append(None)
+    for e in ([] if prompt is None else prompt[1]) + entries:
+        tokens.append(e.sampled.token)
+        values.append(_lp(e.sampled.logprob))
+        tops.append(_top_dict(e, k))
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
 def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -49,6 +95,12 @@ class Shape:
     finish: str | None = None
     usage: dict[str, Any] | None = None
     first: bool = True
+    # Log-probabilities asked (top alternatives per token; None: not asked), echo and the prompt's text.
+    top: int | None = None
+    echo: bool = False
+    prompt: str = ""
+    entries: list[pb.GeneratedTokenLogprobs] = field(default_factory=list)
+    prompt_entries: list[pb.GeneratedTokenLogprobs] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -66,6 +118,8 @@ class Shape:
     def take(self, msg: pb.GenerateResponse) -> None:
         """Keeps what a whole (non-streamed) response needs from one message."""
         self.parts.append(msg.text)
+        self.entries.extend(msg.logprobs)
+        self.prompt_entries.extend(msg.prompt_logprobs)
         if msg.finish_reason:
             self.finish = FINISH.get(msg.finish_reason, "stop")
             self.usage = usage(msg.usage)
@@ -78,8 +132,12 @@ class Shape:
             if self.first:
                 delta = {"role": "assistant", **delta}
             choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if self.top is not None:
+                choice["logprobs"] = {"content": [_chat_entry(e, self.top) for e in msg.logprobs]}
         else:
             choice = {"index": 0, "text": msg.text, "logprobs": None, "finish_reason": finish}
+            if self.top is not None:
+                choice["logprobs"] = completion_logprobs(list(msg.logprobs), self.top, None)
         self.first = False
         return event({**self._envelope(True), "choices": [choice]})
 
@@ -89,14 +147,18 @@ class Shape:
     def whole(self) -> dict[str, Any]:
         text = "".join(self.parts)
         if self.kind == "chat":
+            logprobs = None if self.top is None else {"content": [_chat_entry(e, self.top) for e in self.entries]}
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": self.finish,
             }
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": self.finish}
+            echoed = (self.prompt, self.prompt_entries) if self.echo and self.top is not None else None
+            lps = None if self.top is None else completion_logprobs(self.entries, self.top, echoed)
+            text = self.prompt + text if self.echo else text
+            choice = {"index": 0, "text": text, "logprobs": lps, "finish_reason": self.finish}
         return {**self._envelope(False), "choices": [choice], "usage": self.usage}
 
 
