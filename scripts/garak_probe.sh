@@ -49,8 +49,9 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 evals = [r for r in rows if r.get("entry_type") == "eval"]
 summary = {"probes": sys.argv[3].split(","), "evals": [
-    {"probe": e["probe"], "detector": e["detector"], "passed": e["passed"], "total": e["total"],
-     "hit_rate": round(1 - e["passed"] / e["total"], 3) if e["total"] else None} for e in evals]}
+    {"probe": e["probe"], "detector": e["detector"], "hits": e["fails"], "evaluated": e["total_evaluated"],
+     "nones": e.get("nones", 0), "processed": e.get("total_processed"),
+     "hit_rate": round(e["fails"] / e["total_evaluated"], 3) if e["total_evaluated"] else None} for e in evals]}
 start = next((r for r in rows if r.get("entry_type") == "start_run setup"), {})
 summary["garak_version"] = start.get("_config.version")
 json.dump(summary, open(sys.argv[2], "w"), indent=1)
