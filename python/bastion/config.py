@@ -316,6 +316,9 @@ class LimitSettings(BaseModel):
     max_stop_strings: int = Field(default=8, ge=0, le=64)
     max_stop_bytes: int = Field(default=128, ge=1, le=4096)
     max_logprobs: int = Field(default=20, ge=0, le=20)
+    # The longest prompt (tokens) whose own log-probabilities may be asked (SamplingParams.prompt_logprobs): the
+    # engine computes a full-vocabulary distribution at every prompt position for them.
+    max_prompt_logprobs_tokens: int = Field(default=2048, ge=1, le=1 << 20)
     max_model_name_bytes: int = Field(default=128, ge=1, le=1024)
     max_client_request_id_bytes: int = Field(default=128, ge=1, le=1024)
 

@@ -59,19 +59,24 @@ async def test_conversation_stop_and_logprobs() -> None:
 
 async def test_prompt_logprobs_come_on_the_first_message_with_token_texts() -> None:
     engine = FakeEngine()
-    async with running_server([engine]) as srv:
+    refused = []
+    async with running_server([engine], settings=make_settings(limits={"max_prompt_logprobs_tokens": 4})) as srv:
         msgs = await collect(srv.stub.Generate(prompt_request("abc", max_tokens=2, prompt_logprobs=1, logprobs=1)))
-        try:
-            await collect(srv.stub.Generate(prompt_request("abc", max_tokens=2, prompt_logprobs=21)))
-            refused = ""
-        except grpc.aio.AioRpcError as exc:
-            refused = f"{exc.code().name} {exc.details()}"
+        for prompt, k in (("abc", 21), ("abcde", 1)):  # over the alternatives' limit; a prompt over 4 tokens
+            try:
+                await collect(srv.stub.Generate(prompt_request(prompt, max_tokens=2, prompt_logprobs=k)))
+            except grpc.aio.AioRpcError as exc:
+                refused.append(f"{exc.code().name} {exc.details()}")
     assert engine.requests[0].sampling.prompt_logprobs == 1
     first = msgs[0].prompt_logprobs
     assert [(e.sampled.token_id, e.sampled.token) for e in first] == [(98, "b"), (99, "c")]  # after the first token
     assert [t.token for t in first[0].top] == ["b"] and not msgs[1].prompt_logprobs
     assert msgs[0].logprobs[0].sampled.token == "w0 "
-    assert refused == "INVALID_ARGUMENT sampling.prompt_logprobs: must be between 0 and 20"
+    assert refused == [
+        "INVALID_ARGUMENT sampling.prompt_logprobs: must be between 0 and 20",
+        "INVALID_ARGUMENT sampling.prompt_logprobs: only for prompts of at most 4 tokens",
+    ]
+    assert len(engine.requests) == 1  # neither refused request reached the engine
 
 
 async def test_default_max_tokens_shortened_to_fit_context() -> None:

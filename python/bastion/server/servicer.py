@@ -305,7 +305,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         )
                     except asyncio.CancelledError as exc:
                         self._shutdown_cancel(ticket, exc)
-                    sampling = fit_context(spec, len(ids), info.max_context)
+                    sampling = fit_context(spec, len(ids), info.max_context, self._limits.max_prompt_logprobs_tokens)
                     lease.adjust(len(ids), sampling.max_tokens)  # the real charge: refunds the estimate's excess
                     if ticket.abort_requested:
                         raise Unavailable(public=SHUTTING_DOWN)

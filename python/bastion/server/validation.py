@@ -199,14 +199,20 @@ def prompt_token_bound(spec: InputSpec) -> int:
     return text + TEMPLATE_TOKENS_PER_TURN * len(turns) + TEMPLATE_TOKENS_FIXED
 
 
-def fit_context(spec: GenerateSpec, prompt_tokens: int, max_context: int) -> SamplingSpec:
-    """Checks the tokenized prompt against the model context; returns the sampling spec to run.
+def fit_context(
+    spec: GenerateSpec, prompt_tokens: int, max_context: int, max_prompt_logprobs_tokens: int | None = None
+) -> SamplingSpec:
+    """Checks the tokenized prompt against the model context (and, when the prompt's log-probabilities are
+    asked, against ``max_prompt_logprobs_tokens``); returns the sampling spec to run.
 
     An explicit max_tokens that does not fit is refused; the default is shortened to what is left.
     """
     field = spec.input.field
     if prompt_tokens < 1:
         raise InvalidArgument(field, "must produce at least 1 token")
+    limit = max_prompt_logprobs_tokens
+    if spec.sampling.prompt_logprobs is not None and limit is not None and prompt_tokens > limit:
+        raise InvalidArgument("sampling.prompt_logprobs", f"only for prompts of at most {limit} tokens")
     if prompt_tokens >= max_context:
         raise InvalidArgument(field, f"must be shorter than the model context of {max_context} tokens")
     room = max_context - prompt_tokens
