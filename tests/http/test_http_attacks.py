@@ -192,3 +192,57 @@ async def test_an_oversized_head_and_a_non_json_body_are_refused() -> None:
             )
             assert r.status_code == 400 and r.json()["error"]["message"] == "body: duplicate JSON keys are not accepted"
     assert calls(records(srv.audit_dir), status="INVALID_ARGUMENT", method="POST /v1/completions") == 2
+
+
+async def test_a_client_that_never_reads_its_whole_response_loses_the_connection() -> None:
+    """A large non-streamed answer (echo with the prompt's log-probabilities) to a client that reads nothing:
+    the last bytes wait at most server.stream_write_timeout_s, then the connection is closed."""
+    engine = FakeEngine(max_context=200_000)
+    async with http_server(
+        [engine], server={"stream_write_timeout_s": 0.5}, limits={"max_prompt_logprobs_tokens": 200_000}
+    ) as srv:
+        key = srv.identity.keys["alice"]
+        ask = {"model": "fake-model", "prompt": "x" * 60_000, "max_tokens": 1, "echo": True, "logprobs": 1}
+        async with client(srv) as c:  # a client that reads: the whole answer's size
+            whole = len((await c.post("/v1/completions", json=ask)).content)
+        body = json.dumps(ask)
+        head = (
+            "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n{body}"
+        ).encode()
+        host, port = srv.http_address.rsplit(":", 1)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, (host, int(port)))
+        await loop.sock_sendall(sock, head)
+        await asyncio.sleep(3)  # the answer (megabytes of log-probabilities) waits; the write timeout passes
+        received, closed = 0, False
+        deadline = loop.time() + 10
+        while loop.time() < deadline:  # now read: what was buffered, then the end of the connection
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 5)
+            if not chunk:
+                closed = True
+                break
+            received += len(chunk)
+        sock.close()
+        assert whole > 1_000_000 and closed and received < whole  # cut off before the whole answer
+        assert records(srv.audit_dir)[-1]["status"] == "OK"  # the call itself completed and was recorded
+
+
+async def test_an_unexpected_failure_in_the_http_layer_is_a_500_with_the_request_id_only(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import bastion.server.http.api as api
+
+    def boom(resp):  # type: ignore[no-untyped-def]
+        raise RuntimeError("secret internals /etc/passwd")
+
+    monkeypatch.setattr(api, "models", boom)
+    async with http_server([FakeEngine()]) as srv, client(srv) as c:
+        r = await c.get("/v1/models")
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert (
+        err["message"] == f"internal error (request_id={r.headers['x-request-id']})" and err["type"] == "server_error"
+    )
+    assert "secret" not in r.text

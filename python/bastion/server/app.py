@@ -271,7 +271,8 @@ class _Run:
             return
         assert self.inference is not None
         try:
-            self.http = await start_http_listener(h, HttpApi(h, self.inference, security.gate, self.health))
+            api = HttpApi(h, self.inference, security.gate, self.health, self.settings.server.stream_write_timeout_s)
+            self.http = await start_http_listener(h, api)
         except (ConfigError, OSError) as exc:
             raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
         scheme = "https" if h.tls.enabled else "http (plaintext, loopback)"

@@ -23,6 +23,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
+
 from bastion.auth.principal import Principal
 from bastion.config import HttpSettings
 from bastion.errors import BastionError, InvalidArgument, NotFound
@@ -37,6 +39,7 @@ from bastion.server.http.requests import chat_request, completion_request, parse
 from bastion.server.http.responses import DONE, Shape, event, models
 from bastion.server.ids import new_request_id
 from bastion.server.servicer import InferenceServicer
+from bastion.server.status import internal_message
 from bastion.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,16 @@ def _shown(raw_path: bytes) -> str:
     return "".join(c if 0x20 < ord(c) < 0x7F else "?" for c in text)
 
 
+def _events(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    return [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    ]
+
+
 async def _reply(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    for ev in _events(status, body, headers):
+        await send(ev)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -95,12 +105,51 @@ async def _run_until_disconnect(work: Awaitable[Any], receive: Receive) -> Any:
             task.cancel()
 
 
+def _close(scope: dict[str, Any]) -> None:
+    """Drops the call's connection and what it still holds unsent (the listener's hook; a client that does not
+    read its response)."""
+    close = scope.get("extensions", {}).get("bastion.close")
+    if close is not None:
+        close()
+
+
 class HttpApi:
-    def __init__(self, settings: HttpSettings, inference: InferenceServicer, gate: SecurityGate, health: Health):
+    def __init__(
+        self,
+        settings: HttpSettings,
+        inference: InferenceServicer,
+        gate: SecurityGate,
+        health: Health,
+        write_timeout_s: float = 30.0,
+    ):
         self._settings = settings
         self._inference = inference
         self._gate = gate
         self._health = health
+        # The longest a response's last bytes may wait for the client to read them (server.stream_write_timeout_s);
+        # the streamed messages before them are bounded by the servicer's own write timeout.
+        self._write_timeout_s = write_timeout_s
+
+    async def _finish(self, scope: dict[str, Any], send: Send, events: list[dict[str, Any]]) -> None:
+        """Sends a response's last events. uvicorn hands a large body to the transport at once, whose buffer
+        (this process's memory) then waits for the client: a client that has not taken it all within the write
+        timeout has its connection dropped with what is left, so no stalled reader holds a response here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._write_timeout_s
+        buffered = scope.get("extensions", {}).get("bastion.buffered", lambda: 0)
+        sent = False
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                for ev in events:
+                    await send(ev)
+                sent = True
+                while buffered() > 0 and loop.time() < deadline:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            pass
+        if not sent or buffered() > 0:
+            log.info("http: the client did not read its response in %g s; connection dropped", self._write_timeout_s)
+            _close(scope)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,17 +171,29 @@ class HttpApi:
         route = ROUTES.get(path)
         method = f"{verb} {path}" if route else f"{verb} {_shown(scope.get('raw_path') or path.encode())}"
         try:
-            await self._serve(route, method, verb, call, rid, receive)
+            await self._serve(route, method, verb, call, rid, receive, scope)
         except BastionError as exc:  # refused before the servicer ran: audited where it was raised
             log.info("%s refused: %s", method, exc.detail or exc.public_message)
-            await self._error(call, from_exception(exc))
+            await self._error(call, from_exception(exc), scope)
         except CallAborted as exc:  # the servicer ended the call (audited there)
             await self._error(call, error_from_status(exc.code, exc.message, exc.retry_after_s, exc.param), scope)
         except ClientGone:
             log.info("%s: the client disconnected", method)
+        except Exception as exc:  # fails closed: a 500 with the request id only, never the text
+            log.error("%s failed: internal error %s", method, type(exc).__name__)
+            log.debug("%s internal error detail", method, exc_info=exc)
+            err = error_from_status(grpc.StatusCode.INTERNAL, internal_message(rid))
+            await self._error(call, err, scope)
 
     async def _serve(
-        self, route: tuple[str, str] | None, method: str, verb: str, call: HttpCall, rid: str, receive: Receive
+        self,
+        route: tuple[str, str] | None,
+        method: str,
+        verb: str,
+        call: HttpCall,
+        rid: str,
+        receive: Receive,
+        scope: dict[str, Any],
     ) -> None:
         principal = await self._gate.authenticate(method, call, rid)  # refusals audited there
         if route is None:
@@ -142,7 +203,7 @@ class HttpApi:
             await self._refuse(method, call, rid, MethodNotAllowed(f"{verb} on {route[0]} route"), principal)
         kind = route[1]
         if kind == "models":
-            await self._models(method, call, rid, principal, receive)
+            await self._models(method, call, rid, principal, receive, scope)
             return
         try:
             body = await self._body(call, receive)
@@ -158,18 +219,20 @@ class HttpApi:
         call.stream, call.include_usage = parsed.stream, parsed.include_usage
         await _run_until_disconnect(self._inference.Generate(parsed.request, call), receive)
         if call.stream:
-            await call.send({"type": "http.response.body", "body": DONE, "more_body": False})
+            await self._finish(scope, call.send, [{"type": "http.response.body", "body": DONE, "more_body": False}])
         else:
             body = json.dumps(call.shape.whole(), ensure_ascii=False).encode()
-            await _reply(call.send, 200, body, JSON_HEADERS + call.response_headers())
+            await self._finish(scope, call.send, _events(200, body, JSON_HEADERS + call.response_headers()))
 
-    async def _models(self, method: str, call: HttpCall, rid: str, principal: Principal, receive: Receive) -> None:
+    async def _models(
+        self, method: str, call: HttpCall, rid: str, principal: Principal, receive: Receive, scope: dict[str, Any]
+    ) -> None:
         request = pb.ListModelsRequest()
         caller = await self._gate.admit(method, request, call, rid, principal)
         caller_var.set(caller)
         resp = await _run_until_disconnect(self._inference.ListModels(request, call), receive)
         body = json.dumps(models(resp)).encode()
-        await _reply(call.send, 200, body, JSON_HEADERS + call.response_headers())
+        await self._finish(scope, call.send, _events(200, body, JSON_HEADERS + call.response_headers()))
 
     async def _refuse(
         self, method: str, call: HttpCall, rid: str, exc: BastionError, principal: Principal | None

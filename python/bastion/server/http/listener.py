@@ -107,12 +107,15 @@ def guarded_protocol(settings: HttpSettings, peers: PeerCounts) -> type[H11Proto
             super().handle_events()
             scope: Any = self.scope
             if scope is not None and "extensions" not in scope:
-                # The app may close this connection (a stream whose reader stalled).
-                scope["extensions"] = {"bastion.close": self._close_now}
+                # The app may see what this connection still holds unsent and drop it (a reader that stalled).
+                scope["extensions"] = {"bastion.close": self._drop, "bastion.buffered": self._buffered}
 
-        def _close_now(self) -> None:
-            if not self.transport.is_closing():
-                self.transport.close()
+        def _drop(self) -> None:
+            """Closes at once, discarding what is buffered (close() would wait for a reader that stalled)."""
+            self.transport.abort()
+
+        def _buffered(self) -> int:
+            return int(self.transport.get_write_buffer_size())
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
