@@ -127,22 +127,28 @@ async def test_slow_headers_lose_their_connection_and_a_peer_cannot_hold_many() 
             assert (await c.get("/health")).status_code == 200  # the peer's slots are free again
 
 
+async def _non_reader(srv, path: str, payload: dict) -> socket.socket:  # type: ignore[no-untyped-def]
+    """Sends alice's POST of ``payload`` on a raw socket with a small receive buffer, and never reads."""
+    key = srv.identity.keys["alice"]
+    body = json.dumps(payload)
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    host, port = srv.http_address.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, head)
+    return sock
+
+
 async def test_a_stalled_reader_is_cut_off_and_its_stream_audited() -> None:
     engine = FakeEngine(token_delay=0.001, max_context=8192)
     async with http_server([engine], server={"stream_write_timeout_s": 0.5}) as srv:
-        key = srv.identity.keys["alice"]
-        body = json.dumps(chat_body("tell me a lot", max_tokens=4000, stream=True))
-        head = (
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n{body}"
-        ).encode()
-        host, port = srv.http_address.rsplit(":", 1)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, (host, int(port)))
-        await loop.sock_sendall(sock, head)
+        sock = await _non_reader(srv, "/v1/chat/completions", chat_body("tell me a lot", max_tokens=4000, stream=True))
         # Never read: the socket buffers fill, the server's writes block, and the call is ended.
         deadline = asyncio.get_running_loop().time() + 20
         while not any(r.get("method") == "POST /v1/chat/completions" for r in records(srv.audit_dir)):
@@ -201,22 +207,11 @@ async def test_a_client_that_never_reads_its_whole_response_loses_the_connection
     async with http_server(
         [engine], server={"stream_write_timeout_s": 0.5}, limits={"max_prompt_logprobs_tokens": 200_000}
     ) as srv:
-        key = srv.identity.keys["alice"]
         ask = {"model": "fake-model", "prompt": "x" * 60_000, "max_tokens": 1, "echo": True, "logprobs": 1}
         async with client(srv) as c:  # a client that reads: the whole answer's size
             whole = len((await c.post("/v1/completions", json=ask)).content)
-        body = json.dumps(ask)
-        head = (
-            "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n{body}"
-        ).encode()
-        host, port = srv.http_address.rsplit(":", 1)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
+        sock = await _non_reader(srv, "/v1/completions", ask)
         loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, (host, int(port)))
-        await loop.sock_sendall(sock, head)
         await asyncio.sleep(3)  # the answer (megabytes of log-probabilities) waits; the write timeout passes
         received, closed = 0, False
         deadline = loop.time() + 10
