@@ -9,6 +9,7 @@ server did to it: requests, aborts, closed streams. The gRPC tests drive it in-p
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
 
@@ -44,7 +45,11 @@ class FakeEngine:
         stats: EngineStats | None = None,
         adapters: tuple[str, ...] = (),
     ) -> None:
-        self._info = ModelInfo(name=name, digest=digest, max_context=max_context, device="cpu", adapters=adapters)
+        # Each adapter's digest is a fixed function of its name (the real engine hashes its directory).
+        digests = tuple((a, "blake3:" + hashlib.blake2s(a.encode()).hexdigest()) for a in adapters)
+        self._info = ModelInfo(
+            name=name, digest=digest, max_context=max_context, device="cpu", adapters=adapters, adapter_digests=digests
+        )
         self._ready = ready
         self._dead = False
         self.token_delay = token_delay

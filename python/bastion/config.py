@@ -171,7 +171,9 @@ class HttpSettings(BaseModel):
     model_config = _FROZEN
     # "" (default): off. HOST:PORT; any address other than loopback requires http.tls.
     listen: str = ""
-    # Server certificate and key (TLS 1.2+, HTTP/1.1). Bearer credentials only: client_ca_file is refused.
+    # Server certificate and key (TLS 1.2+, HTTP/1.1); client_ca_file: clients must present a certificate that
+    # CA signed (mutual TLS), the same file as server.tls.client_ca_file where both are set (one client CA, one
+    # CRL, one principal mapping: auth.mtls).
     tls: TlsSettings = TlsSettings()
     # Request body (JSON), and the request head (path and all headers), in bytes. Over: 413 / 431 (closed).
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=16 << 20)
@@ -195,11 +197,6 @@ class HttpSettings(BaseModel):
 
     @model_validator(mode="after")
     def _tls(self) -> HttpSettings:
-        if self.tls.client_ca_file is not None:
-            raise ValueError(
-                "http.tls.client_ca_file: client certificates are not taken on the HTTP API; "
-                "it authenticates bearer API keys and JWTs"
-            )
         if self.listen:
             _, host, _ = parse_listen(self.listen)
             if not is_loopback(host) and not self.tls.enabled:
@@ -410,6 +407,21 @@ class Settings(BaseSettings):
             if http[2] != 0 and http in taken:
                 raise ValueError("http.listen must differ from server.listen and health.listen")
         return self
+
+    @model_validator(mode="after")
+    def _one_client_ca(self) -> Settings:
+        grpc_ca, http_ca = self.server.tls.client_ca_file, self.http.tls.client_ca_file
+        if grpc_ca is not None and http_ca is not None and grpc_ca.resolve() != http_ca.resolve():
+            raise ValueError(
+                "http.tls.client_ca_file must be the same file as server.tls.client_ca_file "
+                "(one client CA: auth.mtls maps its certificates and auth.mtls.crl_file revokes them)"
+            )
+        return self
+
+    @property
+    def client_ca_file(self) -> Path | None:
+        """The client CA of the listeners that ask client certificates (gRPC's and the HTTP API's: the same)."""
+        return self.server.tls.client_ca_file or self.http.tls.client_ca_file
 
     @model_validator(mode="after")
     def _adapters_need_unsealed(self) -> Settings:

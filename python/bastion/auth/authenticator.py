@@ -10,7 +10,7 @@ Rules, in order:
    credential for a method that is not configured is refused, and a bad credential is refused even when
    the connection also has a client certificate (no fallback).
 2. No ``authorization``: the TLS-verified client certificate (``bastion.auth.mtls``), where
-   ``server.tls.client_ca_file`` is set and ``auth.mtls.enabled``.
+   ``server.tls.client_ca_file`` or ``http.tls.client_ca_file`` is set and ``auth.mtls.enabled``.
 3. Nothing: refused.
 
 Refusals are ``Unauthenticated`` with a fixed public message ("authentication required" when nothing was
@@ -44,7 +44,7 @@ def _refuse(detail: str) -> Unauthenticated:
 
 class Authenticator:
     """Built once at start from ``[auth]``; ``client_ca`` says whether the listener verifies client
-    certificates (``server.tls.client_ca_file`` set); ``client_ca_file``, that file, verifies the CRLs of
+    certificates (``Settings.client_ca_file``: ``server.tls`` or ``http.tls``); ``client_ca_file``, that file, verifies the CRLs of
     ``auth.mtls.crl_file`` (required with it)."""
 
     def __init__(self, settings: AuthSettings, *, client_ca: bool, client_ca_file: Path | None = None) -> None:
@@ -53,7 +53,9 @@ class Authenticator:
         self.revocations: RevocationList | None = None
         if settings.mtls.crl_file is not None:
             if not client_ca or client_ca_file is None:
-                raise ConfigError("auth.mtls.crl_file needs server.tls.client_ca_file (mutual TLS)")
+                raise ConfigError(
+                    "auth.mtls.crl_file needs server.tls.client_ca_file or http.tls.client_ca_file (mutual TLS)"
+                )
             self.revocations = RevocationList(settings.mtls.crl_file, client_ca_file)
         self.jwt = JwtVerifier(settings.jwt) if settings.jwt.enabled else None
         self.api_keys = ApiKeyStore(settings.api_keys.file) if settings.api_keys.file is not None else None

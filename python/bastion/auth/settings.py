@@ -1,7 +1,8 @@
 """``[auth]`` settings: mutual TLS principals, JWT (OIDC) verification, the API key store.
 
 Every field is bounded and unknown keys are refused. A server starts only with at least one method
-configured (``bastion.server.security``): mTLS needs ``server.tls.client_ca_file`` (and ``auth.mtls.enabled``),
+configured (``bastion.server.security``): mTLS needs a client CA (``server.tls.client_ca_file`` or
+``http.tls.client_ca_file``, the same file where both are set) and ``auth.mtls.enabled``,
 JWT needs ``auth.jwt.issuer``, API keys need ``auth.api_keys.file``.
 """
 
@@ -30,13 +31,13 @@ TOKEN_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}(?:/[A-Za-z0-9!#$&^_.+-]
 
 
 class MtlsAuthSettings(BaseModel):
-    """``[auth.mtls]``: principals from client certificates (when ``server.tls.client_ca_file`` is set)."""
+    """``[auth.mtls]``: principals from client certificates (where a listener's ``tls.client_ca_file`` is set)."""
 
     model_config = _FROZEN
     enabled: bool = Field(
         default=True,
         description="use the client certificate as the principal when no "
-        "bearer credential is sent (only where server.tls.client_ca_file is set)",
+        "bearer credential is sent (only where server.tls or http.tls has client_ca_file)",
     )
     trust_domains: list[str] = Field(
         default_factory=list,
@@ -49,7 +50,7 @@ class MtlsAuthSettings(BaseModel):
     )
     crl_file: Path | None = Field(
         default=None,
-        description="certificate revocation list(s) (PEM or DER) signed by server.tls.client_ca_file; a client "
+        description="certificate revocation list(s) (PEM or DER) signed by the client CA (tls.client_ca_file); a client "
         "certificate it revokes, or whose issuer it has no CRL for, is refused (reloaded when it changes)",
     )
 

@@ -50,6 +50,9 @@ class RpcRecord:
         self.model = ""
         self.digest = ""
         self.served_model = ""
+        # The LoRA adapter the call ran with, and its digest ("": the base model).
+        self.adapter = ""
+        self.adapter_digest = ""
         self.client_request_id = ""
         self.code = grpc.StatusCode.OK
         self.prompt_tokens = 0

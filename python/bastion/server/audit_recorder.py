@@ -191,6 +191,8 @@ class AuditRecorder:
         tenant: str,
         model: str,
         model_digest: str,
+        adapter: str = "",
+        adapter_digest: str = "",
         client_request_id: str = "",
         prompt_tokens: int = 0,
         prompt_text: str | None = None,
@@ -205,8 +207,13 @@ class AuditRecorder:
             "model_digest": model_digest[:512],
             "prompt_tokens": prompt_tokens,
         }
-        if client_request_id:
-            fields["client_request_id"] = client_request_id[:512]
+        for k, v in (
+            ("adapter", adapter),
+            ("adapter_digest", adapter_digest),
+            ("client_request_id", client_request_id),
+        ):
+            if v:
+                fields[k] = v[:512]
         if prompt_text is not None:
             fields["prompt_hmac"] = self.log.content_hmac(tenant, prompt_text)
         return await self.log.append("decision", fields)
@@ -223,6 +230,8 @@ class AuditRecorder:
         started: float,
         model: str = "",
         model_digest: str = "",
+        adapter: str = "",
+        adapter_digest: str = "",
         client_request_id: str = "",
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
@@ -242,6 +251,8 @@ class AuditRecorder:
         for k, v in (
             ("model", model),
             ("model_digest", model_digest),
+            ("adapter", adapter),
+            ("adapter_digest", adapter_digest),
             ("client_request_id", client_request_id),
             ("finish_reason", finish_reason),
             ("reason", reason),

@@ -37,10 +37,10 @@ class Security:
 
 def check_auth_configured(settings: Settings) -> None:
     a = settings.auth
-    mtls = settings.server.tls.client_ca_file is not None and a.mtls.enabled
+    mtls = settings.client_ca_file is not None and a.mtls.enabled
     if not (mtls or a.jwt.issuer or a.api_keys.file):
         raise ConfigError(
-            "no authentication configured: set server.tls.client_ca_file (mTLS), auth.jwt.issuer or "
+            "no authentication configured: set server.tls.client_ca_file or http.tls.client_ca_file (mTLS), auth.jwt.issuer or "
             "auth.api_keys.file (or run `bastion serve --dev` for the local development profile)"
         )
     if settings.tenancy.policy_file is None:
@@ -53,7 +53,7 @@ def build_security(settings: Settings, on_audit_failure: Callable[[], None], aud
     assert settings.tenancy.policy_file is not None
     policy = TenancyPolicy.load(settings.tenancy.policy_file)
     guard = TenantGuard(policy)
-    client_ca_file = settings.server.tls.client_ca_file
+    client_ca_file = settings.client_ca_file
     authenticator = Authenticator(settings.auth, client_ca=client_ca_file is not None, client_ca_file=client_ca_file)
     audit = AuditLog.open(settings.audit, settings.cache_dir, on_failure=on_audit_failure, sink=audit_sink)
     recorder = AuditRecorder(

@@ -203,6 +203,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             started=rec.start,
             model=rec.model,
             model_digest=rec.digest,
+            adapter=rec.adapter,
+            adapter_digest=rec.adapter_digest,
             client_request_id=rec.client_request_id,
             prompt_tokens=rec.prompt_tokens,
             completion_tokens=rec.completion_tokens,
@@ -286,6 +288,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 rec.resolve(info.name, info.digest)
                 if spec.adapter is not None and spec.adapter not in info.adapters:
                     raise NotFound(public="adapter not found for the model")
+                if spec.adapter is not None:
+                    rec.adapter, rec.adapter_digest = spec.adapter, info.adapter_digest(spec.adapter) or ""
                 self._state.releases.check(caller.assignment.roles, info.name, spec.adapter)
                 cap = caller.assignment.limits.max_tokens_per_request
                 if not spec.max_tokens_explicit and spec.sampling.max_tokens > cap:
@@ -320,6 +324,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             tenant=caller.tenant,
                             model=rec.model,
                             model_digest=rec.digest,
+                            adapter=rec.adapter,
+                            adapter_digest=rec.adapter_digest,
                             client_request_id=rec.client_request_id,
                             prompt_tokens=len(ids),
                             prompt_text=text,

@@ -35,7 +35,7 @@ from bastion.server.health import Health
 from bastion.server.http.call import CallAborted, HttpCall
 from bastion.server.http.errors import BodyTimeout, HttpError, MethodNotAllowed, PayloadTooLarge, from_exception
 from bastion.server.http.errors import from_status as error_from_status
-from bastion.server.http.requests import chat_request, completion_request, parse_json
+from bastion.server.http.requests import chat_request, completion_request, model_id, parse_json
 from bastion.server.http.responses import DONE, Shape, event, models
 from bastion.server.ids import new_request_id
 from bastion.server.servicer import InferenceServicer
@@ -166,7 +166,8 @@ class HttpApi:
             return
         rid = new_request_id()
         request_id_var.set(rid)
-        call = HttpCall(scope["headers"], scope.get("client"), send)
+        peer_cert = scope.get("extensions", {}).get("bastion.peer_cert")
+        call = HttpCall(scope["headers"], scope.get("client"), send, peer_cert)
         call.request_id = rid
         route = ROUTES.get(path)
         method = f"{verb} {path}" if route else f"{verb} {_shown(scope.get('raw_path') or path.encode())}"
@@ -214,7 +215,8 @@ class HttpApi:
             raise AssertionError("unreachable") from None
         caller = await self._gate.admit(method, parsed.request, call, rid, principal)
         caller_var.set(caller)
-        call.shape = Shape("chat" if kind == "chat" else "text", rid, parsed.request.model)
+        name = model_id(parsed.request.model, parsed.request.adapter)
+        call.shape = Shape("chat" if kind == "chat" else "text", rid, name)
         call.shape.top, call.shape.echo, call.shape.prompt = parsed.logprobs, parsed.echo, parsed.request.prompt
         call.stream, call.include_usage = parsed.stream, parsed.include_usage
         await _run_until_disconnect(self._inference.Generate(parsed.request, call), receive)

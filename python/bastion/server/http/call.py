@@ -1,7 +1,9 @@
 """One HTTP call as the shared core sees it (``bastion.server.call.CallContext``).
 
 Headers become the call's metadata (lower-case names, as gRPC's), so the gate checks them exactly as it
-checks gRPC metadata (an ``x-tenant`` header is an identity-override attempt). Streamed messages become
+checks gRPC metadata (an ``x-tenant`` header is an identity-override attempt), and a mutual TLS
+connection's verified client certificate becomes the auth context gRPC would give (``bastion.auth.mtls``
+maps it to a principal; ``auth.mtls.crl_file`` revokes it). Streamed messages become
 server-sent events as they are written: the first write starts the response, and a write waits while the
 client does not read (uvicorn's flow control), which the core's write timeout bounds
 (``server.stream_write_timeout_s``). A whole response is kept until the call ends. ``abort`` raises
@@ -10,6 +12,7 @@ client does not read (uvicorn's flow control), which the core's write timeout bo
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -71,9 +74,20 @@ def _renamed(code: grpc.StatusCode, message: str) -> tuple[str, str | None]:
 
 
 class HttpCall:
-    def __init__(self, headers: Sequence[tuple[bytes, bytes]], client: tuple[str, int] | None, send: Send) -> None:
+    def __init__(
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+        send: Send,
+        peer_cert: bytes | None = None,
+    ) -> None:
         self._metadata = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers)
         self._peer = peer_name(client)
+        # gRPC's auth context of a mutual TLS call: the verified client leaf, as bastion.auth.mtls reads it.
+        self._auth: dict[str, list[bytes]] = {}
+        if peer_cert:
+            pem = ssl.DER_cert_to_PEM_cert(peer_cert).encode()
+            self._auth = {"transport_security_type": [b"ssl"], "x509_pem_cert": [pem]}
         self.send = send
         self.request_id = ""
         self.shape: Shape | None = None
@@ -85,7 +99,7 @@ class HttpCall:
         return self._metadata
 
     def auth_context(self) -> Mapping[str, Sequence[bytes]]:
-        return {}  # bearer credentials only on this front end
+        return self._auth
 
     def peer(self) -> str:
         return self._peer

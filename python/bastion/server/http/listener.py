@@ -6,7 +6,9 @@ the connection closed), open connections in total (``limit_concurrency``: 503), 
 (``timeout_keep_alive``). What it leaves open is added by :class:`GuardedH11Protocol`: a connection must
 send each request's head within ``http.header_timeout_s`` (from connect, or from its previous response) or
 is closed — a slow-headers client (slowloris) holds nothing for long —, one peer address holds at most
-``http.max_connections_per_peer`` connections (more are closed at once), and each connection's kernel send
+``http.max_connections_per_peer`` connections (more are closed at once), the client certificate of a mutual
+TLS connection (``http.tls.client_ca_file``; verified in the handshake) reaches the app for the
+authenticator, and each connection's kernel send
 buffer is bounded (``SEND_BUFFER_BYTES``), so that a client that stops reading a stream makes its writes wait
 (SSE back-pressure) instead of having megabytes queued for it. uvicorn's signal handling is not
 used: the server's own SIGTERM handling drains both front ends.
@@ -65,6 +67,7 @@ def guarded_protocol(settings: HttpSettings, peers: PeerCounts) -> type[H11Proto
     class GuardedH11Protocol(H11Protocol):
         _peer: str | None = None
         _head_timer: asyncio.TimerHandle | None = None
+        _peer_cert: bytes | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -74,6 +77,8 @@ def guarded_protocol(settings: HttpSettings, peers: PeerCounts) -> type[H11Proto
                 transport.close()
                 return
             self._peer = peer
+            tls = transport.get_extra_info("ssl_object")  # the handshake is done: a client certificate is verified
+            self._peer_cert = tls.getpeercert(binary_form=True) if tls is not None else None
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
@@ -107,8 +112,13 @@ def guarded_protocol(settings: HttpSettings, peers: PeerCounts) -> type[H11Proto
             super().handle_events()
             scope: Any = self.scope
             if scope is not None and "extensions" not in scope:
-                # The app may see what this connection still holds unsent and drop it (a reader that stalled).
-                scope["extensions"] = {"bastion.close": self._drop, "bastion.buffered": self._buffered}
+                # The app may see what this connection still holds unsent and drop it (a reader that stalled),
+                # and the client certificate the TLS layer verified (DER; None without mutual TLS).
+                scope["extensions"] = {
+                    "bastion.close": self._drop,
+                    "bastion.buffered": self._buffered,
+                    "bastion.peer_cert": self._peer_cert,
+                }
 
         def _drop(self) -> None:
             """Closes at once, discarding what is buffered (close() would wait for a reader that stalled)."""
@@ -137,6 +147,12 @@ def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
         ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"http.tls: cannot load the certificate or key ({type(exc).__name__})") from None
+    if tls.client_ca_file is not None:  # mutual TLS: a client without a certificate that CA signed is refused
+        try:
+            ctx.load_verify_locations(cafile=str(tls.client_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"http.tls.client_ca_file: cannot load it ({type(exc).__name__})") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 

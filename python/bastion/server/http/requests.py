@@ -19,8 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bastion.errors import InvalidArgument, PermissionDenied
 from bastion.server.request_checks import FORBIDDEN_KEYS
+from bastion.server.validation import ADAPTER_RE
 from bastion.v1 import inference_pb2 as pb
 
+# "<model>@<adapter>" names a LoRA adapter served with the model (GET /v1/models lists those the caller may
+# use). Neither a served name ([A-Za-z0-9._:-]) nor an adapter's ([A-Za-z0-9._-]) can hold the separator.
+ADAPTER_SEPARATOR = "@"
 # Top alternatives per token a request may ask for (limits.max_logprobs bounds it again in the servicer).
 MAX_TOP_LOGPROBS = 20
 # OpenAI's default for /v1/completions (the chat route takes bastion's default, shortened to fit).
@@ -125,6 +129,18 @@ class Parsed:
     logprobs: int | None = None
     # Completions' ``echo``: the prompt precedes the completion (with its log-probabilities when asked).
     echo: bool = False
+
+
+def model_id(model: str, adapter: str = "") -> str:
+    """The HTTP API's name for ``model`` with ``adapter`` (the base model without one)."""
+    return f"{model}{ADAPTER_SEPARATOR}{adapter}" if adapter else model
+
+
+def _model_and_adapter(name: str) -> tuple[str, str]:
+    model, sep, adapter = name.partition(ADAPTER_SEPARATOR)
+    if sep and not ADAPTER_RE.fullmatch(adapter):
+        raise InvalidArgument("model", "the adapter after '@' must be 1 to 64 characters of [A-Za-z0-9._-]")
+    return model, adapter
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -235,7 +251,10 @@ def chat_request(body: dict[str, Any], client_request_id: str) -> Parsed:
     top = _top("top_logprobs", req.top_logprobs or 0) if req.logprobs else None
     if top is not None:
         sampling.logprobs = max(1, top)  # the engine returns the sampled token's with at least one alternative
-    msg = pb.GenerateRequest(model=req.model, conversation=conv, sampling=sampling, client_request_id=client_request_id)
+    model, adapter = _model_and_adapter(req.model)
+    msg = pb.GenerateRequest(
+        model=model, adapter=adapter, conversation=conv, sampling=sampling, client_request_id=client_request_id
+    )
     return Parsed(msg, req.stream, bool(req.stream_options and req.stream_options.include_usage), top)
 
 
@@ -257,7 +276,10 @@ def completion_request(body: dict[str, Any], client_request_id: str) -> Parsed:
         sampling.logprobs = max(1, top)
         if echo:  # the prompt's own log-probabilities (lm-evaluation-harness's loglikelihood requests)
             sampling.prompt_logprobs = top
-    msg = pb.GenerateRequest(model=req.model, prompt=prompt, sampling=sampling, client_request_id=client_request_id)
+    model, adapter = _model_and_adapter(req.model)
+    msg = pb.GenerateRequest(
+        model=model, adapter=adapter, prompt=prompt, sampling=sampling, client_request_id=client_request_id
+    )
     return Parsed(msg, req.stream, bool(req.stream_options and req.stream_options.include_usage), top, echo)
 
 
@@ -270,6 +292,7 @@ FIELD_NAMES = (
     ("conversation.messages", "messages"),
     ("conversation", "messages"),
     ("client_request_id", "x-client-request-id"),
+    ("adapter", "model"),
 )
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bastion.server.http.requests import model_id
 from bastion.v1 import inference_pb2 as pb
 
 FINISH: dict[int, str] = {
@@ -162,11 +163,17 @@ class Shape:
         return {**self._envelope(False), "choices": [choice], "usage": self.usage}
 
 
+def _card(model: pb.ModelInfo, adapter: str = "") -> dict[str, Any]:
+    card = {"id": model_id(model.name, adapter), "object": "model", "created": 0, "owned_by": "bastion"}
+    if adapter:
+        card["parent"] = model.name  # as vLLM's card of a LoRA adapter: its base model
+    card["max_model_len"] = model.max_context
+    return card
+
+
 def models(resp: pb.ListModelsResponse) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [
-            {"id": m.name, "object": "model", "created": 0, "owned_by": "bastion", "max_model_len": m.max_context}
-            for m in resp.models
-        ],
-    }
+    """The caller's models, each followed by the adapters its policy allows (``<model>@<adapter>``)."""
+    data = []
+    for m in resp.models:
+        data += [_card(m)] + [_card(m, a.name) for a in m.adapters]
+    return {"object": "list", "data": data}
