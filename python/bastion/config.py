@@ -140,6 +140,10 @@ class HealthSettings(BaseModel):
     watch_lifetime_s: float = Field(default=300.0, ge=0.1, le=86400.0)
     # Server certificate and key (rotated like server.tls); client_ca_file is refused.
     tls: TlsSettings = TlsSettings()
+    # Plaintext on a non-loopback address, for probes that speak no TLS (the kubelet's gRPC probe): an
+    # explicit choice, logged at start. The listener answers only the four health statuses, never a credential
+    # or a prompt, so what a network observer learns is whether the server is up and ready.
+    plaintext_off_loopback: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -155,10 +159,11 @@ class HealthSettings(BaseModel):
         if not self.listen:
             return self
         kind, host, _ = parse_listen(self.listen)
-        if kind == "tcp" and not is_loopback(host) and not self.tls.enabled:
+        if kind == "tcp" and not is_loopback(host) and not self.tls.enabled and not self.plaintext_off_loopback:
             raise ValueError(
                 "health.listen is not a loopback address: set health.tls.cert_file and key_file "
-                "(TLS is required on every non-loopback listener)"
+                "(TLS is required on every non-loopback listener), or health.plaintext_off_loopback = true "
+                "for probes that speak no TLS (the kubelet's gRPC probe)"
             )
         return self
 

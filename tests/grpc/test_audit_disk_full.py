@@ -52,6 +52,9 @@ async def test_a_full_audit_disk_is_an_outage_only_while_it_is_full(tmp_path: Pa
 
             fill(fs, leave=MIB)  # below the reserve
             await srv.wait_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            # Not ready, but alive: a restart would not free the disk, so a liveness probe must not kill it.
+            assert await srv.health_status("readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await srv.health_status("liveness") == health_pb2.HealthCheckResponse.SERVING
             refused = 0
             for _ in range(5):
                 assert (

@@ -18,29 +18,32 @@ async def test_adapters_over_http_are_scoped_to_tenants() -> None:
     ident = make_identity(
         Path(tempfile.mkdtemp(prefix="bastion-id-")), tenants={"tenant-a": {"adapters": ["support-*"]}}
     )
-    async with http_server([engine], identity=ident) as srv:
-        async with client(srv, "alice") as alice, client(srv, "bob") as bob:
-            listed = (await alice.get("/v1/models")).json()["data"]
-            assert [(m["id"], m.get("parent")) for m in listed] == [
-                ("fake-model", None),
-                ("fake-model@support-v1", "fake-model"),
-            ]
-            assert [m["id"] for m in (await bob.get("/v1/models")).json()["data"]] == ["fake-model"]
-            ok = await alice.post("/v1/chat/completions", json=chat_body(model="fake-model@support-v1", max_tokens=2))
-            assert ok.status_code == 200 and ok.json()["model"] == "fake-model@support-v1"
-            base = await alice.post("/v1/completions", json={"model": "fake-model", "prompt": "hi", "max_tokens": 1})
-            assert base.status_code == 200 and base.json()["model"] == "fake-model"
-            answers = {}
-            for who, c, name in (
-                ("alice", alice, "fake-model@legal-v1"),
-                ("alice", alice, "fake-model@support-v9"),
-                ("bob", bob, "fake-model@support-v1"),
-                ("bob", bob, "fake-model@nope"),
-                ("alice", alice, "fake-model@bad/name"),
-                ("alice", alice, "fake-model@"),
-            ):
-                r = await c.post("/v1/chat/completions", json=chat_body(model=name, max_tokens=1))
-                answers[(who, name)] = (r.status_code, r.json()["error"]["message"], r.json()["error"]["param"])
+    async with (
+        http_server([engine], identity=ident) as srv,
+        client(srv, "alice") as alice,
+        client(srv, "bob") as bob,
+    ):
+        listed = (await alice.get("/v1/models")).json()["data"]
+        assert [(m["id"], m.get("parent")) for m in listed] == [
+            ("fake-model", None),
+            ("fake-model@support-v1", "fake-model"),
+        ]
+        assert [m["id"] for m in (await bob.get("/v1/models")).json()["data"]] == ["fake-model"]
+        ok = await alice.post("/v1/chat/completions", json=chat_body(model="fake-model@support-v1", max_tokens=2))
+        assert ok.status_code == 200 and ok.json()["model"] == "fake-model@support-v1"
+        base = await alice.post("/v1/completions", json={"model": "fake-model", "prompt": "hi", "max_tokens": 1})
+        assert base.status_code == 200 and base.json()["model"] == "fake-model"
+        answers = {}
+        for who, c, name in (
+            ("alice", alice, "fake-model@legal-v1"),
+            ("alice", alice, "fake-model@support-v9"),
+            ("bob", bob, "fake-model@support-v1"),
+            ("bob", bob, "fake-model@nope"),
+            ("alice", alice, "fake-model@bad/name"),
+            ("alice", alice, "fake-model@"),
+        ):
+            r = await c.post("/v1/chat/completions", json=chat_body(model=name, max_tokens=1))
+            answers[(who, name)] = (r.status_code, r.json()["error"]["message"], r.json()["error"]["param"])
     assert [r.adapter for r in engine.requests] == ["support-v1", None]
     assert answers[("alice", "fake-model@legal-v1")][0] == 403  # exists, not allowed
     assert answers[("alice", "fake-model@support-v9")][0] == 404  # allowed, does not exist

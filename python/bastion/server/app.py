@@ -241,6 +241,7 @@ class _Run:
         except (ConfigError, OSError) as exc:
             raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
         await self.health.set(NOT_SERVING)
+        await self.health.set_live(True)
         await server.start()
         self.started = True
         log.info("listening on %s (%s); health is NOT_SERVING until the engine is ready", address, description)
@@ -260,6 +261,8 @@ class _Run:
         except (ConfigError, OSError) as exc:
             raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
         log.info("health listener on %s (%s): grpc.health.v1 only, no credentials", address, description)
+        if description == "plaintext":
+            log.warning("health listener: plaintext off loopback (health.plaintext_off_loopback): statuses only")
         if on_bound is not None:
             on_bound(address)
 

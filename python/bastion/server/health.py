@@ -1,9 +1,14 @@
-"""Standard grpc.health.v1 status for "" (overall) and "bastion.v1.Inference", and the engine watchdog.
+"""Standard grpc.health.v1 status, and the engine watchdog. Four service names, for orchestrators' probes:
 
-NOT_SERVING from start until the engine pool is ready; NOT_SERVING again (for good) once shutdown
-begins; NOT_SERVING while any engine is dead or not ready, which the watchdog checks periodically
-(the engine seam exposes no death notification, only ``is_dead()``), and while the audit log takes no new
-calls (its disk is full or below its reserve: ``bastion.audit.log``), SERVING again once it does.
+* ``readiness`` — and ``""`` (overall) and ``bastion.v1.Inference``, the same status: NOT_SERVING from start
+  until the engine pool is ready; NOT_SERVING again (for good) once shutdown begins; NOT_SERVING while any
+  engine is dead or not ready, which the watchdog checks periodically (the engine seam exposes no death
+  notification, only ``is_dead()``), and while the audit log takes no new calls (its disk is full or below
+  its reserve: ``bastion.audit.log``), SERVING again once it does.
+* ``liveness`` — the process runs and needs no restart: SERVING from the moment the listener starts,
+  through the engine's start (minutes on CPU: a liveness probe must not kill it then) and a full audit disk
+  (a restart would not help); NOT_SERVING for good once an engine died or the audit log failed (only a
+  restart recovers: bastion.server.app) and once shutdown begins.
 
 One :class:`Health` holds the status; each listener serves it through a :class:`HealthEndpoint` of its
 own, which bounds Watch: open streams per peer address and in total (over either cap: RESOURCE_EXHAUSTED at
@@ -28,7 +33,9 @@ from bastion.engine.protocol import EnginePool
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("", "bastion.v1.Inference")
+READINESS = "readiness"
+LIVENESS = "liveness"
+SERVICES = ("", "bastion.v1.Inference", READINESS)
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 WATCHDOG_INTERVAL_S = 0.5
@@ -112,6 +119,7 @@ class Health:
     def __init__(self) -> None:
         self.servicer = health_aio.HealthServicer()
         self._status: int | None = None
+        self._live: int | None = None
 
     async def set(self, status: int) -> None:
         if status == self._status:
@@ -119,6 +127,13 @@ class Health:
         self._status = status
         for service in SERVICES:
             await self.servicer.set(service, status)
+
+    async def set_live(self, live: bool) -> None:
+        """``liveness``: SERVING while the process needs no restart; once NOT_SERVING it stays so."""
+        status = SERVING if live and self._live != NOT_SERVING else NOT_SERVING
+        if status != self._live:
+            self._live = status
+            await self.servicer.set(LIVENESS, status)
 
     def endpoint(self, limits: WatchLimits, listener: str = "main") -> HealthEndpoint:
         """The servicer one listener registers: this status, with Watch bounded by ``limits``."""
@@ -149,6 +164,8 @@ class Health:
             if dead and not dead_logged:
                 log.error("an engine died; health is NOT_SERVING (restart the server)")
             dead_logged = dead
+            if dead:
+                await self.set_live(False)  # only a restart brings a dead engine back
             accepting = audit_accepting()
             if accepting == audit_down:
                 if accepting:
