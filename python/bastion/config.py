@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -438,8 +439,44 @@ class Settings(BaseSettings):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """A loggable view: paths and limits only; no secret values ever live in Settings."""
-        return self.model_dump(mode="json")
+        """A loggable, printable view (``bastion config print``, the server's debug log). Secrets live in files
+        (paths here), never in Settings; as defence in depth every string value under a name that says
+        secret (``token``, ``pin``, ``password``, ``secret``, ``headers``, ``*_token``, …) is replaced, and every
+        URL loses its user information, query and fragment (a signed URL carries its credential there)."""
+        view: dict[str, Any] = _redact(self.model_dump(mode="json"), "")
+        return view
+
+
+# Leaf names whose string values are never shown (names ending in _file/_dir hold paths, which are shown).
+_SECRET_NAME = re.compile(r"(?:^|_)(?:token|pin|password|passphrase|secret|headers|credentials?|api_key)$")
+_NOT_SECRET = frozenset({"weights.pkcs11.token"})  # a PKCS#11 token's label (its PIN is pin_file)
+REDACTED = "<redacted>"
+
+
+def _redact_url(value: str) -> str:
+    parts = urlsplit(value)
+    if not parts.scheme or not parts.netloc:
+        return value
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    tail = ("?" + REDACTED if parts.query else "") + ("#" + REDACTED if parts.fragment else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + tail
+
+
+def _redact(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, f"{path}.{k}" if path else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, path) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    name = path.rsplit(".", 1)[-1]
+    if _SECRET_NAME.search(name) and path not in _NOT_SECRET:
+        return REDACTED
+    try:
+        return _redact_url(value) if "://" in value else value
+    except ValueError:  # not a URL after all (a bad port): shown only as redacted
+        return REDACTED
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

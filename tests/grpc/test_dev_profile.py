@@ -63,10 +63,26 @@ async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkey
     _IDENTITIES[id(settings)] = ident
     async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
         env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+        devprofile.remember_listen(f"127.0.0.1:{port}")  # what `serve --dev` records before it binds
         cfg = tmp_path / "client.toml"
         cfg.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n')
         gen = await run_cli("generate", "--config", str(cfg), "--max-tokens", "2", "--raw", "hi", env=env)
         tenants = await run_cli("admin", "tenants", "--config", str(cfg), env=env)
+        # The profile's files go with the target, however it is named: --target alone, or with an API key.
+        by_target = await run_cli("health", "--target", f"127.0.0.1:{port}", env=env)
+        keyed = await run_cli(
+            "health",
+            "--target",
+            f"127.0.0.1:{port}",
+            "--api-key-file",
+            str(paths["api_key"]),
+            "--service",
+            "liveness",
+            env=env,
+        )
+        # No answer is reported as no answer, never as a status.
+        unreachable = await run_cli("health", "--target", f"127.0.0.1:{_port()}", "--timeout", "2", env=env)
+        half = await run_cli("health", "--target", f"127.0.0.1:{port}", "--client-cert", str(paths["ca"]), env=env)
         # Plaintext, or TLS without the client certificate, does not get in.
         plain = grpc.aio.insecure_channel(srv.address)
         try:
@@ -95,6 +111,10 @@ async def test_dev_profile_serves_mtls_and_clients_use_it(tmp_path: Path, monkey
     assert models.status_code == 200 and models.json()["data"][0]["id"] == "fake-model"
     assert plain_http is None
     assert gen == (0, "w0 w1 \n", ""), gen
+    assert by_target == (0, "SERVING\n", ""), by_target
+    assert keyed == (0, "SERVING\n", ""), keyed
+    assert unreachable[0] == 1 and unreachable[1] == "" and "error: no answer from" in unreachable[2], unreachable
+    assert half[0] == 2 and "--client-cert and --client-key go together" in half[2], half
     assert tenants[0] == 0 and json.loads(tenants[1])["tenants"][0]["tenant"] == "dev"
     assert not reached
     assert health.status == health_pb2.HealthCheckResponse.SERVING

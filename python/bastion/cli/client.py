@@ -29,17 +29,18 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 def default_target(settings: Settings) -> str:
     """Where a local client reaches the configured listener (a wildcard bind means localhost)."""
-    return _local_target(settings.server.listen)
+    return local_target(settings.server.listen)
 
 
 def default_health_target(settings: Settings) -> str:
     """Where a local client reaches the health listener; ConfigError when it is off."""
     if not settings.health.listen:
         raise ConfigError("health.listen is empty: the health listener is off (ask the main listener)")
-    return _local_target(settings.health.listen)
+    return local_target(settings.health.listen)
 
 
-def _local_target(listen: str) -> str:
+def local_target(listen: str) -> str:
+    """The client target of a ``listen`` setting on this machine (a wildcard bind means localhost)."""
     kind, host, port = parse_listen(listen)
     if kind == "unix":
         return f"unix:{host}"
@@ -122,6 +123,28 @@ def bearer_from(api_key_file: str | None, token_file: str | None) -> str | None:
                 raise OSError(0, "empty credential file", path)
             return text
     return os.environ.get("BASTION_API_KEY") or None
+
+
+def resolve_client_files(
+    *,
+    ca_file: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+    settings: Settings,
+    dev: dict[str, Path] | None,
+) -> dict[str, str | None]:
+    """The CA and the client certificate a client command uses, each on its own: the option, else (the CA)
+    the server's certificate from ``server.tls``, else the development profile's file (``dev``, or None).
+    ConfigError when only one of ``--client-cert`` and ``--client-key`` is given."""
+    if (client_cert is None) != (client_key is None):
+        raise ConfigError("--client-cert and --client-key go together: give both or neither")
+    tls = settings.server.tls
+    ca = ca_file or (str(tls.cert_file) if tls.enabled and tls.cert_file else None)
+    if ca is None and dev is not None:
+        ca = str(dev["ca"])
+    if client_cert is None and dev is not None:
+        client_cert, client_key = str(dev["client_cert"]), str(dev["client_key"])
+    return {"ca_file": ca, "client_cert": client_cert, "client_key": client_key}
 
 
 def open_channel(
@@ -207,7 +230,8 @@ async def generate(
     out.flush()
 
 
-async def health(channel: grpc.aio.Channel, timeout: float) -> str:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+async def health(channel: grpc.aio.Channel, timeout: float, service: str = "") -> str:
+    stub = health_pb2_grpc.HealthStub(channel)
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=False)
     name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return name

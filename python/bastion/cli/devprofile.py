@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bastion.auth.principal import api_key_principal_id, spiffe_principal_id
-from bastion.files import atomic_write
+from bastion.errors import ConfigError
+from bastion.files import atomic_write, atomic_write_text
 
 TRUST_DOMAIN = "bastion.local"
 CLIENT_SPIFFE_ID = spiffe_principal_id(TRUST_DOMAIN, "/dev/cli")
@@ -200,6 +201,29 @@ def server_overrides(paths: dict[str, Path]) -> dict[str, Any]:
         # Production keeps the default: tenants get a model only with a signed PASSED attestation.
         "assurance": {"require_attestation": False},
     }
+
+
+# Where `serve --dev` last listened (server.listen as configured): client commands use the profile's files
+# for exactly that target, whether it comes from --target, a config file or the default.
+LISTEN_RECORD = "server.listen"
+
+
+def remember_listen(listen: str) -> None:
+    """Records the development server's ``server.listen`` (``serve --dev``, before it binds)."""
+    atomic_write_text(profile_dir() / LISTEN_RECORD, listen + "\n")
+
+
+def profile_for(target: str) -> dict[str, Path] | None:
+    """The profile's client files when ``target`` is where the development server listens, else None."""
+    from bastion.cli.client import local_target
+
+    try:
+        listen = (profile_dir() / LISTEN_RECORD).read_text().strip()
+        if not listen or local_target(listen) != target:
+            return None
+    except (OSError, ValueError, ConfigError):
+        return None
+    return existing_profile()
 
 
 def existing_profile() -> dict[str, Path] | None:

@@ -1,4 +1,5 @@
-"""``bastion`` command line: serve, generate, health, models fetch-default; sealed models: keys create,
+"""``bastion`` command line (``bastion --version``): serve, generate, health, models fetch-default; config
+check/print (``bastion.cli.configuration``); sealed models: keys create,
 seal, verify, inspect, rekey (``bastion.cli.weights``); api-keys issue/revoke/list (``bastion.cli.apikeys``);
 audit verify/keygen (``bastion.cli.audit``); admin (``bastion.cli.admin``); audit-isolation
 (``bastion.cli.isolation``); eval (``bastion.cli.evaluate``); the Ray cluster's nodes, token and CA
@@ -22,6 +23,7 @@ from bastion.cli import admin as admin_cli
 from bastion.cli import apikeys as apikeys_cli
 from bastion.cli import audit as audit_cli
 from bastion.cli import cluster as cluster_cli
+from bastion.cli import configuration as config_cli
 from bastion.cli import errors as cli_errors
 from bastion.cli import evaluate as evaluate_cli
 from bastion.cli import isolation as isolation_cli
@@ -30,8 +32,18 @@ from bastion.cli import weights as weights_cli
 from bastion.config import Settings, load_settings
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bastion")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bastion", description="Hardened self-hosted LLM inference server (gRPC).")
+    p.add_argument("--version", action="version", version=f"bastion {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the gRPC server")
@@ -84,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     client_args(h)
     h.add_argument("--timeout", type=float, default=5.0)
     h.add_argument(
+        "--service",
+        default="",
+        help='the health service: "" (overall), "readiness" or "liveness" (for probes; README "Health")',
+    )
+    h.add_argument(
         "--health-listener",
         action="store_true",
         help="ask the health listener ([health] listen; --target overrides) without credentials, not the main one",
@@ -105,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     isolation_cli.add_parsers(sub, client_args)
     evaluate_cli.add_parsers(sub, client_args)
     cluster_cli.add_parsers(sub)
+    config_cli.add_parsers(sub)
     return p
 
 
@@ -126,12 +144,14 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = _serve_overrides(args)
     if args.dev:
-        from bastion.cli.devprofile import ensure_profile, profile_dir, server_overrides
+        from bastion.cli.devprofile import ensure_profile, profile_dir, remember_listen, server_overrides
         from bastion.config import deep_merge
 
         overrides = deep_merge(server_overrides(ensure_profile()), overrides)
         print(f"bastion: development profile in {profile_dir()} (mutual TLS, API key, tenant dev)", file=sys.stderr)
     settings = load_settings(args.config, overrides)
+    if args.dev:
+        remember_listen(settings.server.listen)  # client commands then use the profile for this target
     if settings.cluster.replicas > 0:
         return _serve_replicas(settings)
     try:
@@ -158,22 +178,19 @@ def _serve_replicas(settings: Settings) -> int:
 
 def _channel(args: argparse.Namespace, settings: Settings) -> Any:
     from bastion.cli import client
+    from bastion.cli.devprofile import profile_for
 
     target = args.target or client.default_target(settings)
-    ca, cert, key = args.ca_file, args.client_cert, args.client_key
-    explicit = ca or cert or args.target or args.api_key_file or args.token_file or settings.server.tls.enabled
-    if not explicit:
-        from bastion.cli.devprofile import existing_profile
-
-        dev = existing_profile()  # the development profile's files, when `serve --dev` created them
-        if dev is not None:
-            ca, cert, key = str(dev["ca"]), str(dev["client_cert"]), str(dev["client_key"])
+    # Each option resolves on its own, whichever others are given: the flag, else the config, else the
+    # development profile's file, for the target `serve --dev` listens on (however it was named).
+    dev = profile_for(target)
+    options = client.resolve_client_files(
+        ca_file=args.ca_file, client_cert=args.client_cert, client_key=args.client_key, settings=settings, dev=dev
+    )
     return client.open_channel(
         target,
         settings,
-        ca_file=ca,
-        client_cert=cert,
-        client_key=key,
+        **options,
         server_name=args.server_name,
         bearer=client.bearer_from(args.api_key_file, args.token_file),
     )
@@ -220,11 +237,15 @@ def _cmd_health(args: argparse.Namespace) -> int:
             target = args.target or client.default_health_target(settings)
             channel = client.open_health_channel(target, settings, ca_file=args.ca_file, server_name=args.server_name)
         else:
+            target = args.target or client.default_target(settings)
             channel = _channel(args, settings)
         try:
-            status = await client.health(channel, args.timeout)
+            status = await client.health(channel, args.timeout, args.service)
         except grpc.aio.AioRpcError as exc:
-            print("NOT_SERVING")
+            # No answer is not an answer: a failed connection is reported as one, never as a status.
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                print(f"error: no answer from {target} ({exc.code().name}: {exc.details()})", file=sys.stderr)
+                return cli_errors.FAILED
             return cli_errors.report(exc)
         finally:
             await channel.close()
@@ -257,6 +278,7 @@ _COMMANDS = {
     **isolation_cli.commands(_channel),
     **evaluate_cli.commands(_channel),
     **cluster_cli.COMMANDS,
+    **config_cli.COMMANDS,
 }
 
 
