@@ -119,3 +119,36 @@ async def test_logs_carry_request_id_never_prompt(caplog: pytest.LogCaptureFixtu
     assert done and done[0].request_id == rid and done[0].levelname == "INFO"
     # "w0 " is the fake completion's first token (with its space: a temp path may contain "w0").
     assert all(PROMPT not in r.getMessage() and "w0 " not in r.getMessage() for r in caplog.records)
+
+
+async def test_refusals_are_counted_by_code_and_reason(tmp_path: Path) -> None:
+    """Refused calls appear in the metrics (issue 18): each call once, also those the audit log coalesced into
+    one record, with labels from closed sets only (never a principal, a key or a path)."""
+    ident = make_identity(tmp_path / "id", tenants={"tenant-b": {"models": ["other"]}})
+    settings = make_settings(metrics_listen="127.0.0.1:0", identity=ident)
+    async with running_server([FakeEngine()], settings=settings) as srv:
+        anonymous = pb_grpc.InferenceStub(srv.channel_for(None))
+        bob = pb_grpc.InferenceStub(srv.channel_for("bob"))
+        for _ in range(3):  # coalesced after the first (same peer, one window)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await collect(anonymous.Generate(prompt_request(max_tokens=1)))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(bob.Generate(prompt_request(max_tokens=1)))
+        forged = grpc.aio.insecure_channel(srv.address, interceptors=None)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(
+                pb_grpc.InferenceStub(forged).Generate(
+                    prompt_request(max_tokens=1), metadata=(("authorization", "Bearer bst_forged"),)
+                )
+            )
+        await forged.close()
+        text = await asyncio.to_thread(_scrape, srv.telemetry.metrics.http_address)
+    series = {
+        ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1])
+        for ln in text.splitlines()
+        if ln.startswith("bastion_auth_refusals_total")
+    }
+    assert series == {
+        'bastion_auth_refusals_total{code="UNAUTHENTICATED",reason="authentication_failed"}': 4,
+        'bastion_auth_refusals_total{code="PERMISSION_DENIED",reason="authorization_denied"}': 1,
+    }

@@ -87,6 +87,12 @@ class Metrics:
             "Time between streamed tokens",
             explicit_bucket_boundaries_advisory=_ITL_BUCKETS,
         )
+        self._refusals = m.create_counter(
+            "bastion_auth_refusals",
+            "{request}",
+            "Refused calls, by status code and audit event (authentication_failed, authorization_denied, "
+            "identity_override_attempt, rate_limited, audit_unavailable, refused)",
+        )
         self.output_tokens = m.create_counter("bastion_output_tokens", "{token}", "Generated tokens")
         self.prompt_tokens = m.create_counter("bastion_prompt_tokens", "{token}", "Prompt tokens")
         self.cached_tokens = m.create_counter(
@@ -169,6 +175,10 @@ class Metrics:
             unit = "{block}" if kind == "gauge" else "{event}"
             name = f"bastion_tenant_kv_blocks_{field}" if kind == "gauge" else f"bastion_tenant_kv_{field}"
             make(name, [self._observe_tenant_kv(field)], unit, what)
+
+    def count_refusal(self, code: str, event: str) -> None:
+        """One refused call. Both labels come from closed sets (gRPC status names, the audit events)."""
+        self._refusals.add(1, {"code": code, "reason": event})
 
     def bind_tenant_kv(self, source: TenantKvSource) -> None:
         self._tenant_kv = source

@@ -183,6 +183,7 @@ class _Run:
         except (BastionError, OSError) as exc:
             raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
         self.tasks.append(asyncio.ensure_future(self.security.recorder.refusals.run()))
+        self.security.recorder.on_refusal = self.telemetry.metrics.count_refusal
         return self.security
 
     def open_assurance(self, security: Security) -> ServerState:

@@ -17,6 +17,7 @@ and the servicer awaits it before the final response, so no call is answered wit
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -72,6 +73,8 @@ class AuditRecorder:
     def __init__(self, log: AppendsRecords, *, refusal_window_s: float = 10.0, refusal_max_keys: int = 1024) -> None:
         self.log = log
         self.refusals = RefusalCoalescer(log, window_s=refusal_window_s, max_keys=refusal_max_keys)
+        # Counts each refused call (status code, event): the server's metrics (bastion_auth_refusals_total).
+        self.on_refusal: Callable[[str, str], None] = lambda _code, _event: None
 
     @property
     def accepting(self) -> bool:
@@ -90,12 +93,14 @@ class AuditRecorder:
         model: str = "",
     ) -> None:
         code = status_code(exc)
+        event = _event(exc)
+        self.on_refusal(code.name, event)  # every refused call, coalesced into a record or not
         fields: dict[str, Any] = {
             "request_id": request_id,
             "method": method,
             "peer": peer[:256],
             "decision": "deny",
-            "event": _event(exc),
+            "event": event,
             "status": code.name,
             "reason": ((exc.detail if isinstance(exc, BastionError) else None) or str(code.name))[:512],
         }
