@@ -105,3 +105,28 @@ async def test_eval_refuses_a_server_reporting_another_digest_before_any_probe(t
         )
         assert code in (0, 1) and (out / "summary.json").exists(), err
         assert engine.requests and "fake-model on bastion-ci@" in stdout
+
+
+async def test_cli_calls_wait_the_delay_a_rate_limited_server_sends(tmp_path: Path) -> None:
+    """The server sends its delay as RetryInfo and as ``grpc-retry-pushback-ms``; the CLI's channel retries an
+    Inference call the server refused with a delay (gRPC's retry policy), instead of failing it or pausing a
+    fixed time. Bob's tenant takes one request per 2 s: two ``generate`` calls at once both succeed, the
+    second after the server's delay; the refusal between is audited."""
+    import json
+
+    from grpc_harness import make_settings
+
+    from identity import make_identity
+
+    ident = make_identity(tmp_path / "id", tenants={"tenant-b": {"requests_per_s": 0.5, "request_burst": 1}})
+    settings = make_settings(identity=ident)
+    async with running_server([FakeEngine()], settings=settings) as srv:
+        argv = ("generate", "--target", srv.address, "--model", "fake-model", "--max-tokens", "1", "--raw", "hi")
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(*(run_cli(*argv, api_key=srv.identity.keys["bob"]) for _ in range(2)))
+        took = asyncio.get_running_loop().time() - started
+    assert [r[0] for r in results] == [0, 0], results
+    assert took >= 1.0  # the second waited for the tenant's bucket (about 2 s), not a fixed pause
+    recs = [json.loads(x) for p in sorted(srv.audit_dir.glob("audit-*.jsonl")) for x in p.read_text().splitlines()]
+    assert sum(r.get("event") == "rate_limited" for r in recs) >= 1
+    assert sum(r["kind"] == "request" and r.get("status") == "OK" for r in recs) == 2

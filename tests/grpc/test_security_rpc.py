@@ -201,6 +201,7 @@ async def test_rate_limit_flood_gets_resource_exhausted_with_retry_info() -> Non
         info = error_details_pb2.RetryInfo()
         assert status.details[0].Unpack(info)
         assert 0 < info.retry_delay.ToMilliseconds() <= 1000
+        assert int(md["grpc-retry-pushback-ms"]) == info.retry_delay.ToMilliseconds()  # what gRPC retries honour
         # The flood of one tenant does not limit another.
         assert (await code_of(alice.Generate(prompt_request(max_tokens=1), timeout=5)))[0] == grpc.StatusCode.OK
         assert len(engine.requests) == 4

@@ -82,4 +82,5 @@ async def test_cli_commands_exit_codes(tmp_path: Path) -> None:
     assert rc == 2 and out == "" and err.count("\n") == 1 and "TLS is required" in err
     assert "Traceback" not in err
     rc, out, err = await run_cli("health", "--target", "127.0.0.1:1", "--timeout", "1")
-    assert rc == 1 and out == "NOT_SERVING\n"
+    # Nothing listens there: reported as no answer (stderr), never as a status the server did not send.
+    assert rc == 1 and out == "" and "error: no answer from 127.0.0.1:1 (UNAVAILABLE" in err

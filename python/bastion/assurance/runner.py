@@ -25,7 +25,6 @@ from bastion.assurance.suites import Probe, Suite
 from bastion.errors import BastionError
 
 ROLES = {"system": 1, "user": 2, "assistant": 3}  # bastion.v1.Role values
-RETRY_PAUSE_S = 2.0
 CALL_TIMEOUT_S = 600.0
 
 
@@ -91,17 +90,10 @@ async def run_suite(
         async with sem:
             request = _request(pb, model, probe, adapter, seed)
             started = time.perf_counter()
-            for attempt in (1, 2):
-                try:
-                    text, tokens, finish, served = await _generate(stub, request)
-                    break
-                except grpc.aio.AioRpcError as exc:
-                    if attempt == 2 or exc.code() not in (
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        grpc.StatusCode.UNAVAILABLE,
-                    ):
-                        raise EvalError(f"probe {probe.id}: {exc.code().name}: {exc.details()}") from None
-                    await asyncio.sleep(RETRY_PAUSE_S)
+            try:  # a refusal with a delay is retried by the channel's retry policy (bastion.cli.client)
+                text, tokens, finish, served = await _generate(stub, request)
+            except grpc.aio.AioRpcError as exc:
+                raise EvalError(f"probe {probe.id}: {exc.code().name}: {exc.details()}") from None
             if served != digest:
                 raise EvalError(f"probe {probe.id} was served by {served or 'an unnamed model'}, not {digest}")
             value = score(probe, text)

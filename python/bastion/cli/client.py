@@ -9,6 +9,7 @@ with a ConfigError before anything connects (exit 2).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +26,26 @@ from bastion.v1 import inference_pb2 as pb
 from bastion.v1 import inference_pb2_grpc as pb_grpc
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+# gRPC's retry policy for the Inference calls of client commands: a call the server refused for load
+# (RESOURCE_EXHAUSTED: a tenant's rate limit, a full server) is tried again after the delay the server sent
+# (grpc-retry-pushback-ms), else after the backoff; never once its first response came. UNAVAILABLE is not
+# retried: a failed connection or handshake is reported at once. Admin calls are not retried.
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "bastion.v1.Inference"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "1s",
+                    "maxBackoff": "10s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["RESOURCE_EXHAUSTED"],
+                },
+            }
+        ]
+    }
+)
 
 
 def default_target(settings: Settings) -> str:
@@ -163,16 +184,18 @@ def open_channel(
     tls = settings.server.tls
     ca = ca_file or (str(tls.cert_file) if tls.enabled and tls.cert_file else None)
     interceptors = bearer_interceptors(bearer) if bearer else None
+    options: list[tuple[str, Any]] = [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
     if ca is None:
         _refuse_plaintext(target, "server.tls")
-        return grpc.aio.insecure_channel(target, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     chain = key = None
     if client_cert and client_key:
         chain, key = Path(client_cert).read_bytes(), Path(client_key).read_bytes()
     creds = grpc.ssl_channel_credentials(
         root_certificates=Path(ca).read_bytes(), private_key=key, certificate_chain=chain
     )
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
 
 

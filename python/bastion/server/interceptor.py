@@ -28,20 +28,25 @@ from bastion.server.status import grpc_status, internal_message
 
 log = logging.getLogger(__name__)
 
+# gRPC's retry pushback (gRFC A6): a client's retry policy waits this many milliseconds before its next attempt.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 # Public calls (health) waiting for their request message at once, per listener: with the Watch cap
 # (listener.MAIN_WATCH_CAP) they stay within the slots the main listener keeps beyond Generate's.
 PUBLIC_WAITING_CAP = 32
 
 
 def abort_metadata(rid: str, exc: BaseException) -> tuple[tuple[str, str | bytes], ...]:
-    """Trailing metadata for a refused call: the request id, and RetryInfo when rate limited or when a retry
-    can succeed elsewhere (a Serve replica died under the call)."""
+    """Trailing metadata for a refused call: the request id, and when rate limited or when a retry can succeed
+    elsewhere (a Serve replica died under the call) the delay twice: ``google.rpc.RetryInfo`` (for clients
+    that read status details) and ``grpc-retry-pushback-ms`` (which gRPC's own retry policy honours)."""
     md: list[tuple[str, str | bytes]] = [(REQUEST_ID_METADATA_KEY, rid)]
     retry = exc.retry_after_s if isinstance(exc, (RateLimited, Unavailable)) else None
     if retry is not None:
         assert isinstance(exc, BastionError)
         delay = Duration()
-        delay.FromMilliseconds(max(1, int(min(retry, 3600.0) * 1000)))
+        millis = max(1, int(min(retry, 3600.0) * 1000))
+        delay.FromMilliseconds(millis)
+        md.append((RETRY_PUSHBACK_KEY, str(millis)))
         info = error_details_pb2.RetryInfo(retry_delay=delay)
         code = code_pb2.RESOURCE_EXHAUSTED if isinstance(exc, RateLimited) else code_pb2.UNAVAILABLE
         status = status_pb2.Status(code=code, message=exc.public_message)

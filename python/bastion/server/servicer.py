@@ -142,11 +142,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             raise Unavailable(public=NOT_READY)
         return engine
 
-    async def _begin(self, context: CallContext) -> tuple[str, Caller]:
+    async def _begin(self, context: CallContext, *, send_id: bool = True) -> tuple[str, Caller]:
+        """The call's request id and caller; ``send_id``: send the id as initial metadata now (Generate sends
+        it once admitted: a refusal before carries it in its trailing metadata only, so the call stays
+        uncommitted and gRPC's retry policy on the client may try it again after the server's delay)."""
         caller = current_caller()  # set by the auth interceptor; fails closed without it
         rid = caller.request_id or new_request_id()
         request_id_var.set(rid)  # this RPC's task has its own context
-        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rid),))
+        if send_id:
+            await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rid),))
         return rid, caller
 
     async def _audit(
@@ -271,7 +275,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         raise Unavailable(public=SHUTTING_DOWN)
 
     async def Generate(self, request: pb.GenerateRequest, context: CallContext) -> None:
-        rid, caller = await self._begin(context)
+        rid, caller = await self._begin(context, send_id=False)
         with self._telemetry.rpc("Generate", rid, caller) as rec:
             engine: Engine | None = None
             prompt: str | None = None
@@ -301,6 +305,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     self._guard.stream(caller.assignment, bound, spec.sampling.max_tokens, estimate=True) as lease,
                     self._state.admission.admit(rid, counted=True, tenant=caller.tenant) as ticket,
                 ):
+                    await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, rid),))  # admitted
                     try:
                         ids = await engine.tokenize(
                             spec.input.prompt,
