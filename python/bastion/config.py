@@ -336,6 +336,9 @@ class ObservabilitySettings(BaseModel):
     # on-disk audit log stays the authority.
     audit_logs_exporter: Literal["none", "console"] = "none"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "text" (one line per record) or "json" (one object per line with request_id and tenant; vLLM's engine
+    # processes too): bastion.observability.logs.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("metrics_listen")
     @classmethod

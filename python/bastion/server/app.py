@@ -464,7 +464,7 @@ def _add_services(
 
 def run_server(settings: Settings, pool_factory: PoolFactory) -> int:
     """Blocking entry point for ``bastion serve``: logging, the event loop, the exit code."""
-    setup_logging(settings.observability.log_level)
+    setup_logging(settings.observability.log_level, settings.observability.log_format)
     log.debug("settings: %s", settings.redacted())
     try:
         return asyncio.run(serve(settings, pool_factory))
