@@ -153,8 +153,11 @@ def test_isolation_self_audit_passes_across_tenants(live_server, tmp_path) -> No
 
 def test_isolation_self_audit_detects_a_shared_partition(live_server, tmp_path) -> None:
     """Control: carol is another principal of alice's tenant, so they share one partition; the same audit
-    must report the sharing (a leak verdict, exit 1)."""
+    must report the sharing (a leak verdict, exit 1). The server's cached-token counts are the evidence the
+    verdict needs; the timing test (8 samples a side) is reported beside them but not required here: under CI
+    load its p-value can miss 0.05 although the medians differ twofold."""
     rc, report = _audit(live_server, tmp_path, "alice", "carol", seed=11)
     across = report["across_tenants"]
-    assert across["distinguishable"] and across["max_cached_prompt_tokens_hit"] > 0
+    assert across["max_cached_prompt_tokens_hit"] > 0 and across["max_cached_prompt_tokens_miss"] == 0
+    assert across["median_ttft_hit_ms"] < across["median_ttft_miss_ms"]
     assert rc == 1 and not report["passed"] and report["verdict"].startswith("LEAK")
