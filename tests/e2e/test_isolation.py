@@ -159,5 +159,4 @@ def test_isolation_self_audit_detects_a_shared_partition(live_server, tmp_path) 
     rc, report = _audit(live_server, tmp_path, "alice", "carol", seed=11)
     across = report["across_tenants"]
     assert across["max_cached_prompt_tokens_hit"] > 0 and across["max_cached_prompt_tokens_miss"] == 0
-    assert across["median_ttft_hit_ms"] < across["median_ttft_miss_ms"]
     assert rc == 1 and not report["passed"] and report["verdict"].startswith("LEAK")
