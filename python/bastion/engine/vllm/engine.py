@@ -138,6 +138,11 @@ class VllmEngine:
         if device == "cpu":
             # Read by vLLM's CPU worker processes (inherited environment).
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.model.cpu_kv_cache_gib)))
+            # vLLM 0.32's AOT compile cache (the default with torch >= 2.10) saves the compiled model but cannot
+            # load it back under torch 2.13 ("'function' object has no attribute 'finalize_loading'"), so every
+            # start compiled again (2-7 min). Its inductor graph cache loads: a warm start's engine init took
+            # 31 s instead of 105-145 s here. An operator's own setting wins. (Not measured on CUDA: left as is.)
+            os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
             if settings.model.fast_start and settings.model.tensor_parallel_size == 1:
                 # The EngineCore runs the model itself (vLLM's uniprocess executor): one process fewer.
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
