@@ -102,9 +102,20 @@ class ServerSettings(BaseModel):
     # Seconds a call may take to send its request message once its headers arrived (a call holds one of the
     # listener's concurrent-RPC slots meanwhile; anonymous calls are refused from their headers alone).
     request_read_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
-    # gRPC server reflection. Off by default: it tells anyone the API surface.
+    # gRPC server reflection is not served: it would tell any client the API surface, and clients have the
+    # committed descriptor set (python/bastion/v1/bastion_v1.protoset) or proto/. Only false is accepted.
     reflection: bool = False
     tls: TlsSettings = TlsSettings()
+
+    @field_validator("reflection")
+    @classmethod
+    def _no_reflection(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "gRPC reflection is not served (a hardened server does not list its API to any client); point "
+                "grpcurl or buf curl at python/bastion/v1/bastion_v1.protoset or at proto/ instead"
+            )
+        return v
 
     @field_validator("listen")
     @classmethod

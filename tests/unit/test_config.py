@@ -83,3 +83,18 @@ def test_adapters_need_unsealed_weights_until_adapters_are_signed(tmp_path: Path
     assert s.model.adapters == {"support-v1": tmp_path}
     with pytest.raises(ConfigError, match="adapter name"):
         load_settings(overrides={"model": {"adapters": {"a/b": str(tmp_path)}}, "weights": {"allow_unsealed": True}})
+
+
+def test_reflection_is_refused_with_the_descriptor_set_named(tmp_path: Path) -> None:
+    """Issue 18: ``server.reflection = true`` was accepted and then failed at start (grpcio-reflection is not in
+    the lock). A hardened server does not list its API; clients get the committed descriptor set."""
+    cfg = tmp_path / "bastion.toml"
+    cfg.write_text("[server]\nreflection = true\n")
+    with pytest.raises(ConfigError, match=r"server\.reflection.*bastion_v1\.protoset"):
+        load_settings(cfg)
+    protoset = Path(__file__).resolve().parents[2] / "python/bastion/v1/bastion_v1.protoset"
+    from google.protobuf import descriptor_pb2
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(protoset.read_bytes()).file
+    services = {f"{f.package}.{s.name}" for f in files for s in f.service}
+    assert {"bastion.v1.Inference", "bastion.v1.Admin"} <= services

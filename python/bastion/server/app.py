@@ -87,24 +87,6 @@ def _stats(state: ServerState) -> Iterable[tuple[str, EngineStats]]:
     return [] if pool is None else [(e.info.name, e.stats()) for e in pool.all()]
 
 
-def _enable_reflection(server: object) -> None:
-    try:
-        from grpc_reflection.v1alpha import reflection
-    except ImportError:
-        raise ConfigError("server.reflection needs the grpcio-reflection package") from None
-    from grpc_health.v1 import health_pb2
-
-    from bastion.v1 import admin_pb2, inference_pb2
-
-    names = (
-        inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
-        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
-    )
-    reflection.enable_server_reflection(names, server)
-
-
 async def _load_pool(load: Callable[[], Awaitable[EnginePool]], stop_event: asyncio.Event) -> EnginePool | None:
     """The pool, or None when a stop was requested first (the load is then cancelled)."""
     loading = asyncio.ensure_future(load())
@@ -233,9 +215,6 @@ class _Run:
         self.inference = InferenceServicer(state, self.telemetry)
         _add_services(server, self.inference, state, self.telemetry, self.health, self.settings)
         try:
-            if self.settings.server.reflection:
-                _enable_reflection(server)
-                log.warning("gRPC reflection is on: any client can list the API")
             address, description = bind(server, self.settings.server)
             if self.settings.observability.metrics_listen:
                 self.telemetry.metrics.start_http(self.settings.observability.metrics_listen)
