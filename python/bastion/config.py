@@ -339,8 +339,12 @@ class LimitSettings(BaseModel):
 
 class ObservabilitySettings(BaseModel):
     model_config = _FROZEN
-    # Prometheus scrape endpoint, separate from the gRPC port; loopback only. "" disables it.
+    # Prometheus scrape endpoint, separate from the gRPC port. "" disables it. Loopback, or any address with
+    # metrics_tls (a scraper on another host).
     metrics_listen: str = "127.0.0.1:9464"
+    # Its server certificate and key (TLS 1.2+); client_ca_file: scrapers must present a certificate that CA
+    # signed (mutual TLS; optional).
+    metrics_tls: TlsSettings = TlsSettings()
     # Where spans go: "none" (kept in process, for tests), "console" (stderr).
     traces_exporter: Literal["none", "console"] = "none"
     # Audit records also exported as OpenTelemetry log records: "none" or "console" (stderr). The
@@ -356,10 +360,19 @@ class ObservabilitySettings(BaseModel):
     def _metrics(cls, v: str) -> str:
         if v == "":
             return v
-        kind, host, _ = parse_listen(v)
-        if kind != "tcp" or not is_loopback(host):
-            raise ValueError("observability.metrics_listen must be a loopback HOST:PORT (or empty to disable)")
+        if parse_listen(v)[0] != "tcp":
+            raise ValueError("observability.metrics_listen must be HOST:PORT (or empty to disable)")
         return v
+
+    @model_validator(mode="after")
+    def _metrics_tls(self) -> ObservabilitySettings:
+        if self.metrics_listen and not is_loopback(parse_listen(self.metrics_listen)[1]):
+            if not self.metrics_tls.enabled:
+                raise ValueError(
+                    "observability.metrics_listen is not a loopback address: set observability.metrics_tls "
+                    "cert_file and key_file (TLS is required on every non-loopback listener)"
+                )
+        return self
 
 
 class TenancySettings(BaseModel):

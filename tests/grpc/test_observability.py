@@ -152,3 +152,40 @@ async def test_refusals_are_counted_by_code_and_reason(tmp_path: Path) -> None:
         'bastion_auth_refusals_total{code="UNAUTHENTICATED",reason="authentication_failed"}': 4,
         'bastion_auth_refusals_total{code="PERMISSION_DENIED",reason="authorization_denied"}': 1,
     }
+
+
+async def test_metrics_listener_off_loopback_needs_tls_and_may_require_client_certificates(tmp_path: Path) -> None:
+    """Issue 18: a scraper on another host. Any address with ``observability.metrics_tls`` (plain HTTP gets
+    nothing); with its client CA, a scraper without a certificate that CA signed gets nothing either."""
+    import ssl
+
+    from certs import make_pki
+
+    from bastion.config import load_settings
+    from bastion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"metrics_tls"):
+        load_settings(overrides={"observability": {"metrics_listen": "0.0.0.0:9464"}})
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"]), "client_ca_file": str(pki["ca"])}
+    settings = make_settings(extra={"observability": {"metrics_listen": "0.0.0.0:0", "metrics_tls": tls}})
+    async with running_server([FakeEngine()], settings=settings) as srv:
+        port = srv.telemetry.metrics.http_address.rsplit(":", 1)[1]
+
+        def scrape(scheme: str, cert: bool) -> str:
+            ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+            if cert:
+                ctx.load_cert_chain(str(pki["client_cert"]), str(pki["client_key"]))
+            try:
+                with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics", timeout=5, context=ctx) as r:
+                    return str(r.status)
+            except OSError as exc:
+                return type(exc).__name__
+
+        results = {
+            (s, c): await asyncio.to_thread(scrape, s, c)
+            for s, c in (("https", True), ("https", False), ("http", False))
+        }
+    assert results[("https", True)] == "200"
+    assert results[("https", False)] != "200" and results[("http", False)] != "200", results

@@ -68,7 +68,7 @@ def test_errors_name_the_field(tmp_path: Path) -> None:
     assert "server.max_inflight_requests" in str(info.value) and "server.bogus" in str(info.value)
 
 
-def test_metrics_listen_loopback_only() -> None:
+def test_metrics_listen_off_loopback_needs_tls() -> None:
     with pytest.raises(ConfigError, match="metrics_listen"):
         load_settings(overrides={"observability": {"metrics_listen": "0.0.0.0:9464"}})
     assert load_settings(overrides={"observability": {"metrics_listen": ""}}).observability.metrics_listen == ""

@@ -2,11 +2,13 @@
 
 Each :class:`Metrics` owns its MeterProvider and a private prometheus_client registry (so several
 servers in one process, as in tests, never share or double-register series). The scrape endpoint is a
-separate loopback port (``observability.metrics_listen``); "" disables it.
+separate port (``observability.metrics_listen``; "" disables it): loopback, or any address with
+``observability.metrics_tls`` (HTTPS; scrapers' client certificates when its client CA is set).
 
 Series (Prometheus names):
   bastion_rpc_requests_total{method,code}        every finished Inference RPC
   bastion_rpc_errors_total{method,code}          the non-OK ones
+  bastion_auth_refusals_total{code,reason}       every refused call (reason: its audit event)
   bastion_rpc_duration_seconds{method}           RPC wall time
   bastion_time_to_first_token_seconds{model}     request start -> first streamed token
   bastion_inter_token_latency_seconds{model}     gap between streamed tokens
@@ -24,6 +26,7 @@ Every label value is bounded: ``model`` is a served model's name (never the stri
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +37,8 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
-from bastion.config import parse_listen
+from bastion.config import TlsSettings, parse_listen
+from bastion.errors import ConfigError
 from bastion.engine.protocol import EngineStats
 
 if TYPE_CHECKING:
@@ -288,14 +292,27 @@ class Metrics:
 
         return callback
 
-    def start_http(self, listen: str) -> str:
-        """Serves /metrics on a loopback HOST:PORT; returns the bound address."""
+    def start_http(self, listen: str, tls: TlsSettings | None = None) -> str:
+        """Serves /metrics on HOST:PORT (with ``tls``: HTTPS, TLS 1.2+, and client certificates from its
+        client CA when set); returns the bound address. ConfigError when the files cannot be loaded."""
         _, host, port = parse_listen(listen)
-        server, _thread = start_http_server(port or 0, addr=host, registry=self.registry)
+        options: dict[str, Any] = {}
+        if tls is not None and tls.enabled:
+            options = {
+                "certfile": str(tls.cert_file),
+                "keyfile": str(tls.key_file),
+                "client_cafile": str(tls.client_ca_file) if tls.client_ca_file else None,
+                "client_auth_required": tls.client_ca_file is not None,
+                "tls_min_version": ssl.TLSVersion.TLSv1_2,
+            }
+        try:
+            server, _thread = start_http_server(port or 0, addr=host, registry=self.registry, **options)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"observability.metrics_tls: cannot load its files ({type(exc).__name__})") from None
         self._http = server
         bound = f"[{host}]:{server.server_port}" if ":" in host else f"{host}:{server.server_port}"
         self.http_address = bound
-        log.info("metrics on http://%s/metrics", bound)
+        log.info("metrics on %s://%s/metrics", "https" if options else "http", bound)
         return bound
 
     def stop_http(self) -> None:

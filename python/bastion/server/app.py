@@ -217,7 +217,8 @@ class _Run:
         try:
             address, description = bind(server, self.settings.server)
             if self.settings.observability.metrics_listen:
-                self.telemetry.metrics.start_http(self.settings.observability.metrics_listen)
+                obs = self.settings.observability
+                self.telemetry.metrics.start_http(obs.metrics_listen, obs.metrics_tls)
         except (ConfigError, OSError) as exc:
             raise _StartFailed(f"cannot start: {_one_line(exc)}") from None
         await self.health.set(NOT_SERVING)
