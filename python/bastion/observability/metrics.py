@@ -38,8 +38,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
 from bastion.config import TlsSettings, parse_listen
-from bastion.errors import ConfigError
 from bastion.engine.protocol import EngineStats
+from bastion.errors import ConfigError
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
