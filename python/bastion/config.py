@@ -57,6 +57,21 @@ def is_loopback(host: str) -> bool:
     return is_loopback_host(host)
 
 
+def require_tls_off_loopback(
+    listen: str, tls_enabled: bool, listen_field: str, tls_field: str, or_else: str = ""
+) -> None:
+    """The rule every listener follows: a TCP address other than loopback only with TLS (``tls_field``'s
+    cert_file and key_file); ValueError naming the fields otherwise. ``or_else``: the listener's other way out."""
+    if not listen:
+        return
+    kind, host, _ = parse_listen(listen)
+    if kind == "tcp" and not is_loopback(host) and not tls_enabled:
+        raise ValueError(
+            f"{listen_field} is not a loopback address: set {tls_field}.cert_file and key_file "
+            f"(TLS is required on every non-loopback listener){or_else}"
+        )
+
+
 class TlsSettings(BaseModel):
     model_config = _FROZEN
     cert_file: Path | None = None
@@ -125,12 +140,7 @@ class ServerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _tls_required(self) -> ServerSettings:
-        kind, host, _ = parse_listen(self.listen)
-        if kind == "tcp" and not is_loopback(host) and not self.tls.enabled:
-            raise ValueError(
-                "server.listen is not a loopback address: set server.tls.cert_file and key_file "
-                "(TLS is required on every non-loopback listener)"
-            )
+        require_tls_off_loopback(self.listen, self.tls.enabled, "server.listen", "server.tls")
         return self
 
 
@@ -168,15 +178,13 @@ class HealthSettings(BaseModel):
     def _tls(self) -> HealthSettings:
         if self.tls.client_ca_file is not None:
             raise ValueError("health.tls.client_ca_file: the health listener asks no client certificate")
-        if not self.listen:
-            return self
-        kind, host, _ = parse_listen(self.listen)
-        if kind == "tcp" and not is_loopback(host) and not self.tls.enabled and not self.plaintext_off_loopback:
-            raise ValueError(
-                "health.listen is not a loopback address: set health.tls.cert_file and key_file "
-                "(TLS is required on every non-loopback listener), or health.plaintext_off_loopback = true "
-                "for probes that speak no TLS (the kubelet's gRPC probe)"
-            )
+        require_tls_off_loopback(
+            self.listen,
+            self.tls.enabled or self.plaintext_off_loopback,
+            "health.listen",
+            "health.tls",
+            ", or health.plaintext_off_loopback = true for probes that speak no TLS (the kubelet's gRPC probe)",
+        )
         return self
 
 
@@ -214,13 +222,7 @@ class HttpSettings(BaseModel):
 
     @model_validator(mode="after")
     def _tls(self) -> HttpSettings:
-        if self.listen:
-            _, host, _ = parse_listen(self.listen)
-            if not is_loopback(host) and not self.tls.enabled:
-                raise ValueError(
-                    "http.listen is not a loopback address: set http.tls.cert_file and key_file "
-                    "(TLS is required on every non-loopback listener)"
-                )
+        require_tls_off_loopback(self.listen, self.tls.enabled, "http.listen", "http.tls")
         return self
 
 
@@ -366,12 +368,8 @@ class ObservabilitySettings(BaseModel):
 
     @model_validator(mode="after")
     def _metrics_tls(self) -> ObservabilitySettings:
-        if self.metrics_listen and not is_loopback(parse_listen(self.metrics_listen)[1]):
-            if not self.metrics_tls.enabled:
-                raise ValueError(
-                    "observability.metrics_listen is not a loopback address: set observability.metrics_tls "
-                    "cert_file and key_file (TLS is required on every non-loopback listener)"
-                )
+        listen, tls = self.metrics_listen, self.metrics_tls
+        require_tls_off_loopback(listen, tls.enabled, "observability.metrics_listen", "observability.metrics_tls")
         return self
 
 

@@ -20,6 +20,8 @@ def test_json_lines_carry_request_id_and_tenant(
 ) -> None:
     monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)  # restored after the test
     monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         setup_logging("INFO", "json")
         rid, tenant = request_id_var.set("rid-123"), tenant_var.set("tenant-a")
@@ -33,8 +35,9 @@ def test_json_lines_carry_request_id_and_tenant(
         except ValueError:
             logging.getLogger("bastion.test").exception("failed")
         config = os.environ["VLLM_LOGGING_CONFIG_PATH"]
-    finally:
-        setup_logging("INFO", "text")
+    finally:  # this process's logging as it was
+        root.handlers[:] = handlers
+        root.setLevel(level)
     first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     assert first["message"] == "served 7 tokens" and first["level"] == "INFO" and first["logger"] == "bastion.test"
     assert (first["request_id"], first["tenant"]) == ("rid-123", "tenant-a")

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bastion.auth.principal import api_key_principal_id, spiffe_principal_id
-from bastion.errors import ConfigError
 from bastion.files import atomic_write, atomic_write_text
 
 TRUST_DOMAIN = "bastion.local"
@@ -209,19 +208,17 @@ LISTEN_RECORD = "server.listen"
 
 
 def remember_listen(listen: str) -> None:
-    """Records the development server's ``server.listen`` (``serve --dev``, before it binds)."""
-    atomic_write_text(profile_dir() / LISTEN_RECORD, listen + "\n")
+    """Records where clients reach the development server (``serve --dev``, from its validated
+    ``server.listen``, before it binds)."""
+    from bastion.cli.client import local_target
+
+    atomic_write_text(profile_dir() / LISTEN_RECORD, local_target(listen) + "\n")
 
 
 def profile_for(target: str) -> dict[str, Path] | None:
     """The profile's client files when ``target`` is where the development server listens, else None."""
-    from bastion.cli.client import local_target
-
-    try:
-        listen = (profile_dir() / LISTEN_RECORD).read_text().strip()
-        if not listen or local_target(listen) != target:
-            return None
-    except (OSError, ValueError, ConfigError):
+    record = profile_dir() / LISTEN_RECORD
+    if not record.is_file() or record.read_text(errors="replace").strip() != target:
         return None
     return existing_profile()
 
