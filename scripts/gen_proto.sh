@@ -9,5 +9,5 @@ py=${PYTHON:-$(command -v python)}
 mkdir -p "$out/bastion/v1"
 "$py" -m grpc_tools.protoc -I "$here/proto" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
-  --descriptor_set_out="$out/bastion/v1/bastion_v1.protoset" --include_imports \
+  --descriptor_set_out="$out/bastion/v1/bastion_v1.binpb" --include_imports \
   "$here"/proto/bastion/v1/*.proto

@@ -118,7 +118,7 @@ class ServerSettings(BaseModel):
     # listener's concurrent-RPC slots meanwhile; anonymous calls are refused from their headers alone).
     request_read_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
     # gRPC server reflection is not served: it would tell any client the API surface, and clients have the
-    # committed descriptor set (python/bastion/v1/bastion_v1.protoset) or proto/. Only false is accepted.
+    # committed descriptor set (python/bastion/v1/bastion_v1.binpb) or proto/. Only false is accepted.
     reflection: bool = False
     tls: TlsSettings = TlsSettings()
 
@@ -128,7 +128,7 @@ class ServerSettings(BaseModel):
         if v:
             raise ValueError(
                 "gRPC reflection is not served (a hardened server does not list its API to any client); point "
-                "grpcurl or buf curl at python/bastion/v1/bastion_v1.protoset or at proto/ instead"
+                "grpcurl or buf curl at python/bastion/v1/bastion_v1.binpb or at proto/ instead"
             )
         return v
 

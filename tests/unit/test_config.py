@@ -90,9 +90,9 @@ def test_reflection_is_refused_with_the_descriptor_set_named(tmp_path: Path) -> 
     the lock). A hardened server does not list its API; clients get the committed descriptor set."""
     cfg = tmp_path / "bastion.toml"
     cfg.write_text("[server]\nreflection = true\n")
-    with pytest.raises(ConfigError, match=r"server\.reflection.*bastion_v1\.protoset"):
+    with pytest.raises(ConfigError, match=r"server\.reflection.*bastion_v1\.binpb"):
         load_settings(cfg)
-    protoset = Path(__file__).resolve().parents[2] / "python/bastion/v1/bastion_v1.protoset"
+    protoset = Path(__file__).resolve().parents[2] / "python/bastion/v1/bastion_v1.binpb"
     from google.protobuf import descriptor_pb2
 
     files = descriptor_pb2.FileDescriptorSet.FromString(protoset.read_bytes()).file

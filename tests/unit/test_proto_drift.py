@@ -18,7 +18,7 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
         assert committed.is_file(), f"{rel} is generated but not committed"
         assert committed.read_text() == (tmp_path / rel).read_text(), f"{rel} drifted: run `make proto`"
     # The descriptor set clients use instead of reflection (grpcurl -protoset, buf curl --schema).
-    protoset = Path("bastion") / "v1" / "bastion_v1.protoset"
+    protoset = Path("bastion") / "v1" / "bastion_v1.binpb"
     assert (ROOT / "python" / protoset).read_bytes() == (tmp_path / protoset).read_bytes(), "run `make proto`"
     committed_all = sorted(
         p.relative_to(ROOT / "python") for p in (ROOT / "python" / "bastion" / "v1").glob("*_pb2*.py*")
