@@ -189,3 +189,16 @@ async def test_metrics_listener_off_loopback_needs_tls_and_may_require_client_ce
         }
     assert results[("https", True)] == "200"
     assert results[("https", False)] != "200" and results[("http", False)] != "200", results
+
+
+async def test_a_callers_w3c_traceparent_parents_the_span() -> None:
+    """Issue 18: W3C trace context from the call's metadata (gRPC) — the span joins the caller's trace; a
+    malformed traceparent is ignored (a trace of its own), never an error."""
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with running_server([FakeEngine()]) as srv:
+        good = ("traceparent", f"00-{trace_id}-{parent_id}-01")
+        await collect(srv.stub.Generate(prompt_request(max_tokens=1), metadata=(good,)))
+        await collect(srv.stub.Generate(prompt_request(max_tokens=1), metadata=(("traceparent", "00-zz-bad-01"),)))
+    joined, alone = sorted(srv.spans.get_finished_spans(), key=lambda s: s.start_time)[-2:]
+    assert f"{joined.context.trace_id:032x}" == trace_id and f"{joined.parent.span_id:016x}" == parent_id
+    assert f"{alone.context.trace_id:032x}" != trace_id and alone.parent is None

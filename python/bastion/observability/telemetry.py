@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from bastion.config import Settings
 from bastion.observability.metrics import Metrics
@@ -31,6 +33,16 @@ from bastion.observability.tracing import build_tracer_provider
 SERVICE = "bastion.v1.Inference"
 # The model label of an RPC whose model was not resolved (unknown, not allowed, or never named).
 UNRESOLVED_MODEL = "-"
+
+
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+_TRACE_KEYS = frozenset({"traceparent", "tracestate"})
+
+
+def trace_parent(metadata: Iterable[tuple[str, Any]]) -> Context | None:
+    """The W3C trace context a caller sent (``traceparent``/``tracestate`` metadata or headers), or None."""
+    carrier = {k: v for k, v in metadata if k in _TRACE_KEYS and isinstance(v, str) and len(v) <= 512}
+    return _TRACE_CONTEXT.extract(carrier) if carrier else None
 
 
 class RpcRecord:
@@ -120,13 +132,21 @@ class Telemetry:
         rec.last_token_at = now
 
     @contextmanager
-    def rpc(self, method: str, request_id: str, caller: Any = None) -> Iterator[RpcRecord]:
-        """``caller`` (a bastion.server.caller.Caller) adds the tenant and principal ids to the span."""
+    def rpc(
+        self, method: str, request_id: str, caller: Any = None, metadata: Iterable[tuple[str, Any]] = ()
+    ) -> Iterator[RpcRecord]:
+        """``caller`` (a bastion.server.caller.Caller) adds the tenant and principal ids to the span; a W3C
+        ``traceparent`` (and ``tracestate``) in the call's ``metadata`` makes it the parent of the span (a
+        malformed one is ignored: the span starts a trace of its own)."""
         tenant = caller.tenant if caller is not None else ""
         principal = caller.principal.id if caller is not None else ""
         rec = RpcRecord(method, request_id, tenant, principal)
         with self.tracer.start_as_current_span(
-            f"{SERVICE}/{method}", kind=SpanKind.SERVER, record_exception=False, set_status_on_exception=False
+            f"{SERVICE}/{method}",
+            context=trace_parent(metadata),
+            kind=SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             try:
                 yield rec

@@ -276,7 +276,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: CallContext) -> None:
         rid, caller = await self._begin(context, send_id=False)
-        with self._telemetry.rpc("Generate", rid, caller) as rec:
+        with self._telemetry.rpc("Generate", rid, caller, context.invocation_metadata() or ()) as rec:
             engine: Engine | None = None
             prompt: str | None = None
             try:
@@ -374,7 +374,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: CallContext) -> pb.TokenizeResponse:
         rid, caller = await self._begin(context)
-        with self._telemetry.rpc("Tokenize", rid, caller) as rec:
+        with self._telemetry.rpc("Tokenize", rid, caller, context.invocation_metadata() or ()) as rec:
             engine: Engine | None = None
             try:
                 spec = validate_input(request, self._limits)
@@ -405,7 +405,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context: CallContext) -> pb.ListModelsResponse:
         rid, caller = await self._begin(context)
-        with self._telemetry.rpc("ListModels", rid, caller) as rec:
+        with self._telemetry.rpc("ListModels", rid, caller, context.invocation_metadata() or ()) as rec:
             try:
                 pool = self._state.pool
                 if pool is None:
