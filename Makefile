@@ -39,8 +39,9 @@ $(VENV)/.native-stamp: $(VENV)/.deps-stamp-$(LOCK) $(RUST_SRC) pyproject.toml  #
 	VIRTUAL_ENV=$(abspath $(VENV)) $(PHASE) setup:native-extension $(BIN)/maturin develop --release --locked --quiet
 	touch $@
 
-# Third-party clients the HTTP API's tests drive — lm-evaluation-harness and PyRIT (requirements/clients.in) —
-# hash-locked beside the runtime lock and constrained by it (the same versions of everything they share).
+# Third-party clients the tests drive — lm-evaluation-harness and PyRIT (the HTTP API), rotel (an OTLP receiver)
+# (requirements/clients.in) — hash-locked beside the runtime lock and constrained by it (the same versions of
+# everything they share).
 $(VENV)/.clients-stamp: requirements/clients.lock $(VENV)/.deps-stamp-$(LOCK)
 	$(PHASE) setup:http-clients $(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements/clients.lock
 	touch $@

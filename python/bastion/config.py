@@ -347,11 +347,14 @@ class ObservabilitySettings(BaseModel):
     # Its server certificate and key (TLS 1.2+); client_ca_file: scrapers must present a certificate that CA
     # signed (mutual TLS; optional).
     metrics_tls: TlsSettings = TlsSettings()
-    # Where spans go: "none" (kept in process, for tests), "console" (stderr).
-    traces_exporter: Literal["none", "console"] = "none"
-    # Audit records also exported as OpenTelemetry log records: "none" or "console" (stderr). The
+    # Where spans go: "none" (kept in process, for tests), "console" (stderr), "otlp" (OTEL_EXPORTER_OTLP_*
+    # variables: bastion.observability.otlp; plaintext only to a loopback endpoint).
+    traces_exporter: Literal["none", "console", "otlp"] = "none"
+    # Audit records also exported as OpenTelemetry log records: "none", "console" (stderr) or "otlp". The
     # on-disk audit log stays the authority.
-    audit_logs_exporter: Literal["none", "console"] = "none"
+    audit_logs_exporter: Literal["none", "console", "otlp"] = "none"
+    # Metrics pushed over OTLP too ("otlp"; every OTEL_METRIC_EXPORT_INTERVAL ms), beside the scrape endpoint.
+    metrics_exporter: Literal["none", "otlp"] = "none"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "text" (one line per record) or "json" (one object per line with request_id and tenant; vLLM's engine
     # processes too): bastion.observability.logs.

@@ -126,7 +126,9 @@ async def running_server(
     settings = settings or make_settings()
     spans = InMemorySpanExporter()
     logs = InMemoryLogRecordExporter()
-    telemetry = Telemetry.from_settings(settings, span_exporter=spans, log_exporter=logs)
+    # Audit records go to the in-memory exporter, unless the settings send them over OTLP (test_otlp_export.py).
+    otlp_audit = settings.observability.audit_logs_exporter == "otlp"
+    telemetry = Telemetry.from_settings(settings, span_exporter=spans, log_exporter=None if otlp_audit else logs)
     stop = asyncio.Event()
     bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     health_bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -57,12 +57,13 @@ _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, extra_readers: Sequence[Any] = ()) -> None:
+        """``extra_readers``: more OpenTelemetry metric readers (the OTLP push: bastion.observability.otlp)."""
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         self._reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
         self._provider = MeterProvider(
-            metric_readers=[self._reader], resource=Resource.create({"service.name": "bastion"})
+            metric_readers=[self._reader, *extra_readers], resource=Resource.create({"service.name": "bastion"})
         )
         self._stats: StatsSource = lambda: ()
         self._tenant_kv: TenantKvSource = lambda: ()

@@ -98,17 +98,27 @@ class Telemetry:
     ) -> Telemetry:
         """``log_exporter`` (an OpenTelemetry LogRecordExporter) receives the audit records too; tests
         pass an in-memory one."""
-        provider = build_tracer_provider(settings.observability.traces_exporter, span_exporter)
+        obs = settings.observability
+        provider = build_tracer_provider(obs.traces_exporter, span_exporter)
         sink = None
-        if settings.observability.audit_logs_exporter == "console" or log_exporter is not None:
+        if obs.audit_logs_exporter != "none" or log_exporter is not None:
             from bastion.audit.export import OtelAuditExporter
 
-            if log_exporter is None:
+            if log_exporter is None and obs.audit_logs_exporter == "otlp":
+                from bastion.observability.otlp import log_exporter as otlp_log_exporter
+
+                log_exporter = otlp_log_exporter()
+            elif log_exporter is None:
                 from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
 
                 log_exporter = ConsoleLogRecordExporter()
-            sink = OtelAuditExporter(log_exporter, batch=settings.observability.audit_logs_exporter == "console")
-        return cls(provider, audit_sink=sink)
+            sink = OtelAuditExporter(log_exporter, batch=obs.audit_logs_exporter != "none")
+        readers = []
+        if obs.metrics_exporter == "otlp":
+            from bastion.observability.otlp import metric_reader
+
+            readers.append(metric_reader())
+        return cls(provider, metrics=Metrics(readers), audit_sink=sink)
 
     def shutdown(self) -> None:
         self.metrics.shutdown()

@@ -15,13 +15,18 @@ SERVICE_NAME = "bastion"
 
 
 def build_tracer_provider(exporter: str, extra: SpanExporter | None = None) -> TracerProvider:
-    """exporter: "none" (spans are created for context but not exported) or "console" (stderr).
+    """exporter: "none" (spans are created for context but not exported), "console" (stderr) or "otlp"
+    (``bastion.observability.otlp``; ConfigError for a plaintext endpoint off loopback).
 
     ``extra`` is exported synchronously as well; tests pass an InMemorySpanExporter.
     """
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
     if exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif exporter == "otlp":
+        from bastion.observability.otlp import span_exporter
+
+        provider.add_span_processor(BatchSpanProcessor(span_exporter()))
     if extra is not None:
         provider.add_span_processor(SimpleSpanProcessor(extra))
     return provider

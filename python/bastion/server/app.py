@@ -361,7 +361,11 @@ async def serve(
     ``on_bound``, ``on_health_bound`` and ``on_http_bound`` receive the addresses the main, the health and the
     HTTP API listener bound.
     """
-    run = _Run(settings, telemetry, watchdog_interval)
+    try:
+        run = _Run(settings, telemetry, watchdog_interval)
+    except ConfigError as exc:  # the telemetry exporters (a plaintext OTLP endpoint off loopback)
+        log.error("cannot start: %s", _one_line(exc))
+        return 1
     try:
         security = run.open_security(security_factory)
         state = run.open_assurance(security)
