@@ -4,6 +4,7 @@ message is read; client-streaming ones (e.g. reflection) are gated before their 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -33,7 +34,7 @@ class Gate:
         self.seen.append(request)
         if not self.allow:
             raise Unauthenticated("no credentials")
-        return object()
+        return SimpleNamespace(tenant="tenant-a")  # a Caller, as far as the interceptor reads it
 
 
 class Aborted(Exception):
