@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from bastion.auth.principal import Principal
+from bastion.observability.logs import tenant_var
 from bastion.tenancy.policy import Assignment
 
 
@@ -27,6 +28,12 @@ class Caller:
 
 
 caller_var: ContextVar[Caller | None] = ContextVar("bastion_caller", default=None)
+
+
+def bind_caller(caller: Caller) -> None:
+    """The running call's caller, for the servicers (:func:`current_caller`) and for every log line (its tenant)."""
+    caller_var.set(caller)
+    tenant_var.set(caller.tenant)
 
 
 def current_caller() -> Caller:

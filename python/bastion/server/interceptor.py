@@ -20,8 +20,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from bastion.errors import BastionError, InvalidArgument, Overloaded, RateLimited, Unavailable
-from bastion.observability.logs import request_id_var, tenant_var
-from bastion.server.caller import caller_var
+from bastion.observability.logs import request_id_var
+from bastion.server.caller import bind_caller
 from bastion.server.gate import SecurityGate
 from bastion.server.ids import REQUEST_ID_METADATA_KEY, new_request_id
 from bastion.server.status import grpc_status, internal_message
@@ -91,8 +91,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             caller = await self._gate.admit(method, request, context, rid, principal)
         except Exception as exc:  # noqa: BLE001 - every failure aborts the call (INTERNAL when unexpected)
             await self._abort(method, context, rid, exc)
-        caller_var.set(caller)
-        tenant_var.set(caller.tenant)
+        bind_caller(caller)
 
     async def _authenticate(self, method: str, context: grpc.aio.ServicerContext, rid: str) -> Any:
         try:

@@ -28,8 +28,8 @@ import grpc
 from bastion.auth.principal import Principal
 from bastion.config import HttpSettings
 from bastion.errors import BastionError, InvalidArgument, NotFound
-from bastion.observability.logs import request_id_var, tenant_var
-from bastion.server.caller import caller_var
+from bastion.observability.logs import request_id_var
+from bastion.server.caller import bind_caller
 from bastion.server.gate import HTTP_ROUTES, SecurityGate
 from bastion.server.health import Health
 from bastion.server.http.call import CallAborted, HttpCall
@@ -214,8 +214,7 @@ class HttpApi:
             await self._refuse(method, call, rid, exc, principal)
             raise AssertionError("unreachable") from None
         caller = await self._gate.admit(method, parsed.request, call, rid, principal)
-        caller_var.set(caller)
-        tenant_var.set(caller.tenant)
+        bind_caller(caller)
         name = model_id(parsed.request.model, parsed.request.adapter)
         call.shape = Shape("chat" if kind == "chat" else "text", rid, name)
         call.shape.top, call.shape.echo, call.shape.prompt = parsed.logprobs, parsed.echo, parsed.request.prompt
@@ -232,8 +231,7 @@ class HttpApi:
     ) -> None:
         request = pb.ListModelsRequest()
         caller = await self._gate.admit(method, request, call, rid, principal)
-        caller_var.set(caller)
-        tenant_var.set(caller.tenant)
+        bind_caller(caller)
         resp = await _run_until_disconnect(self._inference.ListModels(request, call), receive)
         body = json.dumps(models(resp)).encode()
         await self._finish(scope, call.send, _events(200, body, JSON_HEADERS + call.response_headers()))
