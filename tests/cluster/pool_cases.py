@@ -157,7 +157,9 @@ async def _records(engine: ReplicaEngine) -> dict[str, dict[str, Any]]:
     return seen
 
 
-async def _until_aborted(engine: ReplicaEngine, request_id: str, timeout: float = 15.0) -> dict[str, Any]:
+async def _until_aborted(engine: ReplicaEngine, request_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    # Serve delivers a cancellation to the replica asynchronously; under CI load (two cores, engines booting
+    # beside) it once took longer than 15 s for the eight streams of the back-pressure case.
     deadline = time.monotonic() + timeout
     while True:
         for rec in (await _records(engine)).values():
