@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,53 +159,15 @@ def audit_records(audit_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-# The live case modules (tests/cluster/test_cluster_cases.py), in the order they run.
-LIVE_CASES = ("live_cases.py", "pool_cases.py", "vllm_replica_cases.py")
-
-
-@dataclass
-class BackgroundCases:
-    """The live case modules running in a pytest process of their own, output to files."""
-
-    proc: subprocess.Popen[bytes]
-    out: Path
-    err: Path
-    started: float
-
-
-# The live cases' child process of this session, once started (tests/cluster/conftest.py), until its test waits.
-BACKGROUND: dict[str, BackgroundCases] = {}
-
-
-def start_cases(cases: list[Path]) -> BackgroundCases:
-    """Starts the pytest modules ``cases`` in one process of their own (a Ray driver must set Ray's TLS
-    variables before anything imports Ray; in this session other tests import it first); :func:`finish_cases`
-    waits for them."""
-    d = Path(tempfile.mkdtemp(prefix="bastion-cluster-cases-"))
-    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *map(str, cases)]
-    out, err = d / "stdout", d / "stderr"
-    with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen([sys.executable, *args], env=child_env(), stdout=o, stderr=e, cwd=ROOT)
-    return BackgroundCases(proc, out, err, time.monotonic())
-
-
-def finish_cases(bg: BackgroundCases, timeout: float) -> None:
-    """Waits until ``timeout`` s after the start and asserts every case passed (the process is killed after)."""
-    try:
-        bg.proc.wait(timeout=max(1.0, timeout - (time.monotonic() - bg.started)))
-    except subprocess.TimeoutExpired:
-        bg.proc.kill()
-        bg.proc.wait()
-    stdout = bg.out.read_text(errors="replace")
-    out = stdout[-8000:] + bg.err.read_text(errors="replace")[-3000:]
-    assert bg.proc.returncode == 0, out
-    summary = [ln for ln in stdout.splitlines() if " passed" in ln]
-    assert summary and "failed" not in summary[-1] and "error" not in summary[-1], out
-
-
 def run_cases(cases: list[Path], timeout: float) -> None:
-    """:func:`start_cases`, then :func:`finish_cases`."""
-    finish_cases(start_cases(cases), timeout)
+    """Runs the pytest modules ``cases`` in one process of its own (a Ray driver must set Ray's TLS variables
+    before anything imports Ray; in this session other tests import it first) and asserts every case passed."""
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *map(str, cases)]
+    r = run_python(args, timeout=timeout)
+    out = r.stdout[-8000:] + r.stderr[-3000:]
+    assert r.returncode == 0, out
+    summary = [ln for ln in r.stdout.splitlines() if " passed" in ln]
+    assert summary and "failed" not in summary[-1] and "error" not in summary[-1], out
 
 
 def run_python(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -1,8 +1,7 @@
 """The live cluster cases, in a pytest process of their own on one two-node cluster (``live_cluster.py``):
 their front door is a Ray driver, and a driver must set Ray's TLS variables before anything imports Ray
 (Ray's core reads them once, when it loads; ``driver.connect`` refuses otherwise) — in this session other
-tests import Ray first. The process starts when collection ends and runs beside the other test directories
-(tests/cluster/conftest.py); this test, run last before the e2e tests, waits for it.
+tests import Ray first.
 
 * ``live_cases.py`` (first, before any replica listens): the nodes' token auth, mutual TLS, secrets and
   ports;
@@ -16,15 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster_util import BACKGROUND, LIVE_CASES, finish_cases, run_cases
+from cluster_util import run_cases
 
 HERE = Path(__file__).parent
-TIMEOUT_S = 1500
 
 
 def test_the_live_cluster_cases() -> None:
-    bg = BACKGROUND.pop("live", None)
-    if bg is None:  # not started at collection (run on its own by node id, say): run them now
-        run_cases([HERE / f for f in LIVE_CASES], timeout=TIMEOUT_S)
-    else:
-        finish_cases(bg, TIMEOUT_S)
+    run_cases([HERE / f for f in ("live_cases.py", "pool_cases.py", "vllm_replica_cases.py")], timeout=1500)
