@@ -14,13 +14,14 @@ mode works but measures a warmer process than a full run. Modes, each over every
 * ``hash_only``: the ciphertext hash of every segment against the header's table (no key);
 * ``verify_decrypt``: hash check + AES-256-GCM authentication and decryption of every segment;
 * ``loader_path``: what vLLM's worker does (``bastion.engine.vllm.sealed_loader.sealed_weights``): every byte
-  in contiguous batches (hash, decrypt into a new ``bytes``), tensors as zero-copy torch views of them.
+  in contiguous 16 MiB batches (hash, decrypt into batch buffers the loader reuses), tensors as zero-copy torch
+  views of them.
 * ``tensorizer``: the anchor for encrypted loading: CoreWeave tensorizer (PyPI ``tensorizer``, libsodium
   XSalsa20-Poly1305) deserializing the same weights, encrypted with a random key, into CPU tensors
   (``num_readers`` = the thread count; no integrity check beyond its MACs, no signature).
 
-Goals (issue 3): verify+decrypt ≥ 1.5 GB/s per core; ≥ 0.8× plain read with all cores; bastion's loader
-path ≥ 2× tensorizer's encrypted load per core; time to ready sealed ≤ 1.10× plain. Output: a table and ``benchmarks/results/load_bench[-quick].json``.
+Goals (issues 3 and 19): verify+decrypt ≥ 1.5 GB/s per core; ≥ 0.8× plain read with all cores; bastion's
+loader path ≥ 2× tensorizer's encrypted load on one thread and on all cores; time to ready sealed ≤ 1.10× plain. Output: a table and ``benchmarks/results/load_bench[-quick].json``.
 """
 
 from __future__ import annotations
@@ -246,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     all_cores = results[f"verify_decrypt@{cores}"]["gb_s_median"]
     plain = results[f"plain_read@{cores}"]["gb_s_median"]
     vs_tensorizer = results["loader_path@1"]["gb_s_median"] / results["tensorizer@1"]["gb_s_median"]
+    vs_tensorizer_all = results[f"loader_path@{cores}"]["gb_s_median"] / results[f"tensorizer@{cores}"]["gb_s_median"]
     goals: dict[str, Any] = {
         "loader_path_vs_tensorizer_per_core": round(vs_tensorizer, 3),
+        "loader_path_vs_tensorizer_all_cores": round(vs_tensorizer_all, 3),
         "vs_tensorizer_goal": 2.0,
-        "vs_tensorizer_met": vs_tensorizer >= 2.0,
+        "vs_tensorizer_met": min(vs_tensorizer, vs_tensorizer_all) >= 2.0,
+        "loader_path_vs_plain_read_all_cores": round(results[f"loader_path@{cores}"]["gb_s_median"] / plain, 3),
         "verify_decrypt_per_core_gb_s": per_core,
         "per_core_goal_gb_s": 1.5,
         "per_core_met": per_core >= 1.5,

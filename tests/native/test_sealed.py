@@ -82,6 +82,38 @@ def test_round_trip_every_tensor(model: Path, kek: Path, aead: str, hash_: str) 
     assert verify_ciphertext(out).files == 2
 
 
+def test_read_range_into_a_callers_buffer(model: Path, kek: Path) -> None:
+    """Issue 19: decryption into a buffer the caller owns and reuses (the loader's batch buffers, pinned memory
+    for a GPU copy): the same bytes as ``read_range``; anything but a writable, contiguous byte buffer is refused
+    naming ``out``; a failed read leaves the buffer zeroed, never holding bytes that did not authenticate."""
+    import array
+
+    import numpy as np
+
+    out = seal(model, kek)
+    with SealedReader(out, kek) as r:
+        _, _, length = r.files()[0]
+        want = r.read_range(0, 7, length)
+        buf = bytearray(b"\xff" * (length + 9))
+        with memoryview(buf) as whole:
+            r.read_range_into(0, 7, whole[: length - 7])
+        assert bytes(buf[: length - 7]) == want and buf[length - 7 :] == b"\xff" * 16
+        arr = np.full(SEG + 3, 0xFF, dtype=np.uint8)
+        r.read_range_into(0, SEG - 1, arr)  # crosses two segment boundaries, partial segments at both ends
+        assert arr.tobytes() == r.read_range(0, SEG - 1, 2 * SEG + 2)
+        for bad in (b"\x00" * 8, memoryview(bytearray(16))[::2], array.array("f", [0.0] * 4), "text"):
+            with pytest.raises(errors.InvalidArgument, match="out"):
+                r.read_range_into(0, 0, bad)
+        with pytest.raises(errors.InvalidArgument):
+            r.read_range_into(0, length - 2, bytearray(8))  # past the end of the file
+    flip(out / D1, SEG + 5)
+    with SealedReader(out, kek) as r:
+        buf = bytearray(b"\xff" * (2 * SEG + 10))
+        with pytest.raises(errors.IntegrityError, match="segment 1"):
+            r.read_range_into(0, 0, buf)
+        assert buf == bytearray(len(buf))
+
+
 def test_reader_is_thread_safe_and_closes(model: Path, kek: Path) -> None:
     out = seal(model, kek)
     r = SealedReader(out, kek)

@@ -14,9 +14,12 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bastion import native
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 StrPath = str | os.PathLike[str]
 
@@ -97,6 +100,12 @@ class SealedReader:
 
     def read_range(self, file_index: int, begin: int, end: int) -> bytes:
         return self._r.read_range(file_index, begin, end)
+
+    def read_range_into(self, file_index: int, begin: int, out: Buffer) -> None:
+        """Plaintext ``[begin, begin + len(out))`` of data file ``file_index`` decrypted into ``out`` (a writable,
+        C-contiguous byte buffer the caller owns and reuses; GIL released). Its bytes mean something only once
+        the call returned; on failure they are zeroed."""
+        self._r.read_range_into(file_index, begin, out)
 
     def verify_ciphertext(self) -> VerifyReport:
         return VerifyReport(*self._r.verify_ciphertext())

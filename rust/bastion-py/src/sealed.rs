@@ -1,6 +1,7 @@
 //! Sealed-format bindings: `SealedReader`, `seal_dir`, `rekey`, `create_kek`, `inspect`,
 //! `verify_ciphertext`. Paths are owned before the GIL is released; the DEK and KEK never leave
-//! Rust; plaintext is written straight into a new `bytes` only after its segments authenticated.
+//! Rust; plaintext is written straight into a new `bytes`, or into a byte buffer the caller owns and reuses
+//! (`read_range_into`), only after its segments authenticated (on failure that buffer is zeroed).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use bastion_core::sealed::{
     self, AeadAlg, HashAlg, KeyEncryptionKey, Origin, SealOptions, SealedDir,
 };
 use bastion_core::CoreError;
+use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -119,6 +121,38 @@ impl SealedReader {
         end: u64,
     ) -> PyResult<Bound<'py, PyBytes>> {
         self.read(py, file_index, begin, end)
+    }
+
+    /// Plaintext `[begin, begin + len(out))` of data file `file_index` decrypted into `out`: a writable,
+    /// C-contiguous byte buffer the caller owns and reuses (a `bytearray`, a numpy array over pinned memory),
+    /// so a loader pays no allocation and no page faults per batch. The GIL is released while the segments
+    /// are read, hash-checked, authenticated and decrypted (in parallel); `out` must not be used elsewhere
+    /// meanwhile. On any failure `out` is zeroed: no unauthenticated byte is ever left in it.
+    fn read_range_into(
+        &self,
+        py: Python<'_>,
+        file_index: u32,
+        begin: u64,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let need = "must be a writable C-contiguous buffer of bytes";
+        let buf = PyBuffer::<u8>::get(out).map_err(|_| invalid("out", need))?;
+        if buf.readonly() {
+            return Err(invalid("out", need).into());
+        }
+        let ptr = buf.as_slice_ptr().ok_or_else(|| invalid("out", need))?;
+        let (addr, len) = (ptr.as_ptr() as *mut u8 as usize, buf.len_bytes());
+        let r = self.get()?;
+        #[allow(unsafe_code)]
+        let done = py.detach(move || {
+            // SAFETY: `buf` keeps the exporter's memory alive and its size fixed (an exported bytearray
+            // cannot be resized) until it is dropped below, after this closure; `len` is its size in bytes.
+            // The loader that passed `out` does not touch it until this call returns.
+            let out = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+            r.read_range_into(file_index, begin, out)
+        });
+        drop(buf);
+        done.map_err(|e| PyErr::from(NativeError::from(e)))
     }
 
     /// Hash-check every ciphertext segment (no decryption): `(files, segments, bytes)`.

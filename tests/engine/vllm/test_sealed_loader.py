@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
 from bastion.digest import digest_dir, hash_bytes
 from bastion.engine.process import SealedLoad
-from bastion.engine.vllm.sealed_loader import check_attested, sealed_weights
+from bastion.engine.vllm.sealed_loader import BatchBuffers, check_attested, sealed_weights
 from bastion.errors import IntegrityError
 from bastion.weights import SealedReader, seal_dir
 from bastion.weights.policy import TrustPolicy
@@ -42,6 +44,77 @@ def test_every_tensor_exact_and_every_byte_verified(model: Path, sealed: Path, k
         assert got[name].dtype == t.dtype and got[name].shape == t.shape
         assert torch.equal(got[name], t), name
     assert stats == {"tensors": len(expected), "bytes": total, "files": 2}
+
+
+def _expected(model: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(model.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def test_reused_batch_buffers_never_overwrite_a_tensor_the_model_kept(
+    tmp_path: Path, kek: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: batches are decrypted into buffers the loader reuses. A model that keeps some yielded tensors
+    (as views, never copied) and copies the others must find every kept tensor intact at the end, while the
+    copied ones' buffers are reused (else nothing was gained)."""
+    taken: list[bool] = []
+    real_take = BatchBuffers.take
+
+    def spy(self: BatchBuffers, size: int) -> bytearray:
+        pooled = {id(b) for b in self._pool}  # ids, not references: a reference would make a buffer look in use
+        buf = real_take(self, size)
+        taken.append(id(buf) in pooled)
+        return buf
+
+    monkeypatch.setattr(BatchBuffers, "take", spy)
+    rng = np.random.default_rng(19)
+    model = tmp_path / "many"
+    model.mkdir()
+    save_file(
+        {f"layers.{i}.w": rng.standard_normal((17, 31), dtype=np.float32) for i in range(30)},
+        str(model / "m.safetensors"),
+    )
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    sealed = tmp_path / "many-sealed"
+    seal_dir(model, sealed, kek, segment_size=SEG)
+    expected = _expected(model)
+    kept: dict[str, torch.Tensor] = {}
+    copied: dict[str, torch.Tensor] = {}
+    with SealedReader(sealed, kek) as r:
+        for k, (name, t) in enumerate(sealed_weights(r, batch_bytes=1000)):
+            if k % 3 == 0:
+                kept[name] = t.view(-1)[:]  # a view of a view: still the batch buffer's memory
+            else:
+                copied[name] = t.clone()
+            del t
+    assert kept and copied and set(kept) | set(copied) == set(expected)
+    for name, t in kept.items():
+        assert torch.equal(t, expected[name].view(-1)), name
+    for name, t in copied.items():
+        assert torch.equal(t, expected[name]), name
+    assert sum(taken) >= len(taken) // 3, f"buffers reused {sum(taken)} of {len(taken)} batches"
+
+
+def test_batch_buffers_hand_out_only_unreferenced_memory() -> None:
+    pool = BatchBuffers(keep=2)
+    a, b = pool.take(100), pool.take(100)
+    assert a is not b
+    view = memoryview(a)[10:20]
+    del a
+    c = pool.take(100)  # both pooled buffers referenced: a new one; the oldest (held by `view`) leaves the pool
+    assert c is not b and all(x is not view.obj for x in pool._pool) and pool._pool[-1] is c
+    view[:] = b"k" * 10
+    del c
+    d = pool.take(60)  # `c` is free again
+    assert d is pool._pool[-1] and len(d) == 100
+    del b, d
+    e = pool.take(500)  # larger than any free buffer: it replaces the smallest free one
+    assert len(e) == 500 and sorted(len(x) for x in pool._pool) == [100, 500]
+    del e
+    assert len(pool.take(200)) == 500
+    assert bytes(view) == b"k" * 10  # the memory that left the pool was never handed out again
 
 
 def test_a_flipped_segment_stops_the_stream(sealed: Path, kek: Path) -> None:
