@@ -97,6 +97,29 @@ def test_load_bench_smoke(tmp_path: Path) -> None:
         assert report["throughput"][f"{mode}@1"]["gb_s_median"] > 0
 
 
+def test_gpu_load_bench_runs_on_cpu(tmp_path: Path) -> None:
+    """Issue 19: the GPU load benchmark's CPU smoke run (no GPU in CI): it writes and seals a small synthetic
+    model, loads it sealed and plain through the same pipeline and through safetensors, and refuses to report
+    unless all three loaded the same bytes."""
+    report = run_bench(
+        "gpu_load_bench.py",
+        tmp_path / "gpu.json",
+        "--device",
+        "cpu",
+        "--gib",
+        "0.0625",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+    )
+    assert report["device"] == "cpu" and report["model_bytes"] >= 64 << 20
+    row = report["threads"]["1"]
+    for side in ("sealed", "plain", "safetensors"):
+        assert row[side]["gb_s_median"] > 0 and len(row[side]["seconds_runs"]) == 1
+    assert row["sealed_vs_plain_time"] > 0 and isinstance(report["goal_met"], bool)
+
+
 def test_flood_bench_smoke(tmp_path: Path) -> None:
     report = run_bench("flood_bench.py", tmp_path / "flood.json", "--smoke")
     assert report["mode"] == "smoke" and report["errors"] == []
