@@ -319,6 +319,20 @@ def compare_security(on_levels: Sequence[dict[str, Any]], off_levels: Sequence[d
     return out
 
 
+def bootstrap_interval(
+    statistic: Any, a: Sequence[float], b: Sequence[float], *, rounds: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(a, b)`` (e.g. the ratio of two medians): ``a`` and ``b`` (the
+    runs of each side) are resampled with replacement, each on its own, ``rounds`` times. Seeded: the same runs
+    give the same interval."""
+    if not a or not b:
+        raise ValueError("bootstrap_interval needs runs on both sides")
+    rng = random.Random(seed)
+    values = sorted(statistic(rng.choices(a, k=len(a)), rng.choices(b, k=len(b))) for _ in range(rounds))
+    tail = (1 - level) / 2
+    return values[int(tail * rounds)], values[min(rounds - 1, int((1 - tail) * rounds))]
+
+
 def output_agreement(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:
     """How many prompts got the identical (greedy) completion text from both servers."""
     common = sorted(set(a) & set(b))

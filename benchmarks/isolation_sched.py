@@ -85,7 +85,7 @@ def bench_scheduler(steps: int) -> dict[str, Any]:
         "levels": [],
     }
     rng = random.Random(2)
-    for c in (64, 128):
+    for c in (64, 128, 256):
         pair = {False: _decode_scheduler(False, c, hashers), True: _decode_scheduler(True, c, hashers)}
         times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(steps):

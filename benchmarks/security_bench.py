@@ -10,6 +10,7 @@ the client is this process (grpc.aio, one channel per server).
 
     .venv/bin/python benchmarks/security_bench.py --quick    # CI
     .venv/bin/python benchmarks/security_bench.py            # concurrency 1, 16, 64
+    .venv/bin/python benchmarks/security_bench.py --quick --profile /tmp/on.prof   # + where the on side's time goes
 
 Writes benchmarks/results/security_bench[-quick].json. serve_bench.py measures the same comparison on the
 real engine (bastion vs bastion-open), where engine noise is far larger than this layer.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -92,6 +94,19 @@ def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def add_intervals(comparison: list[dict[str, Any]], servers: dict[str, Any]) -> None:
+    """95 % bootstrap intervals (runs resampled per side) of each level's throughput ratio (on / off, medians) and
+    TTFT p50 delta (on - off, medians of the runs' p50s), beside the point figures."""
+    med = statistics.median
+    for cmp, on, off in zip(comparison, servers["on"]["levels"], servers["off"]["levels"], strict=True):
+        tput_on, tput_off = [r["output_tok_s"] for r in on["runs"]], [r["output_tok_s"] for r in off["runs"]]
+        ttft_on, ttft_off = [r["ttft_ms"]["p50"] for r in on["runs"]], [r["ttft_ms"]["p50"] for r in off["runs"]]
+        lo, hi = common.bootstrap_interval(lambda a, b: med(a) / med(b), tput_on, tput_off)
+        cmp["throughput_ratio_ci95"] = [round(lo, 4), round(hi, 4)]
+        lo, hi = common.bootstrap_interval(lambda a, b: med(a) - med(b), ttft_on, ttft_off)
+        cmp["ttft_p50_delta_ms_ci95"] = [round(lo, 3), round(hi, 3)]
+
+
 def fake_servers(configs: dict[str, str], targets: dict[str, str], logdir: Path) -> dict[str, BastionServer]:
     """Security on: bastion's server over the fake engine; off: benchmarks/open_server.py over the same engine."""
     return {
@@ -151,6 +166,10 @@ async def bench_pair(
 async def amain(args: argparse.Namespace) -> int:
     import serve_bench
 
+    if args.profile:  # read by testkit.fake_server's main() in the security-on server (the off side is another program)
+        from testkit.fake_server import PROFILE_ENV
+
+        os.environ[PROFILE_ENV] = str(Path(args.profile).resolve())
     levels = [1, 16] if args.quick else [1, 16, 64]
     n = 64 if args.quick else 200
     logdir = Path(tempfile.mkdtemp(prefix="security_bench."))
@@ -190,6 +209,7 @@ async def amain(args: argparse.Namespace) -> int:
     report["comparison"] = common.compare_security(
         report["servers"]["on"]["levels"], report["servers"]["off"]["levels"]
     )
+    add_intervals(report["comparison"], report["servers"])
     audit = logdir / "secure" / "audit"
     report["audit_records"] = sum(
         1 for seg in audit.glob("audit-*.jsonl") for line in seg.read_text().splitlines() if '"kind":"request"' in line
@@ -197,9 +217,13 @@ async def amain(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else HERE / "results" / f"security_bench{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'conc':>4} {'tput on/off':>12} {'TTFT p50 on-off':>16}")
+    print(f"\n{'conc':>4} {'tput on/off':>12} {'(95 % interval)':>18} {'TTFT p50 on-off':>16} {'(95 % interval)':>18}")
     for c in report["comparison"]:
-        print(f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>12.3f} {c['ttft_p50_delta_ms'] or 0:>13.3f} ms")
+        t, d = c["throughput_ratio_ci95"], c["ttft_p50_delta_ms_ci95"]
+        print(
+            f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>12.3f} [{t[0]:.3f}, {t[1]:.3f}]"
+            f" {c['ttft_p50_delta_ms'] or 0:>13.3f} ms [{d[0]:.2f}, {d[1]:.2f}] ms"
+        )
     print(f"audit records written (security on): {report['audit_records']}\nsaved {out}")
     return 0
 
@@ -207,6 +231,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--profile", help="write a cProfile of the security-on server's event loop to this file")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--out")
     args = p.parse_args()

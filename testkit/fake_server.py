@@ -3,6 +3,7 @@ log with a fake engine, so that hundreds of streams fit on a 2-core machine (tes
 measured without engine noise (benchmarks/security_bench.py, serve_bench.py --engine fake).
 
     python -m testkit.fake_server --config FILE [--address-file FILE] [--token-delay S] [--max-context N]
+    BASTION_FAKE_SERVER_PROFILE=FILE python -m testkit.fake_server ...   # cProfile of the event loop's thread
 
 The same TOML as `bastion serve --config FILE`. With ``--address-file`` it writes the address it bound there
 (atomically) once listening (for ``listen = "127.0.0.1:0"``); it serves until SIGTERM. ``testkit.launcher``
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +29,8 @@ from bastion.server.security import Security, build_security
 from testkit.fakes import FakeEngine
 
 DEFAULT_MAX_CONTEXT = 4096
+# A file to write a cProfile of the server's event-loop thread to, when it exits (benchmarks only).
+PROFILE_ENV = "BASTION_FAKE_SERVER_PROFILE"
 
 
 def serve_fake(
@@ -59,12 +63,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds before each generated token")
     p.add_argument("--max-context", type=int, default=DEFAULT_MAX_CONTEXT, help="the fake model's context length")
     args = p.parse_args(argv)
-    return serve_fake(
+    run = functools.partial(
+        serve_fake,
         load_settings(args.config),
         address_file=args.address_file,
         token_delay=args.token_delay,
         max_context=args.max_context,
     )
+    profile = os.environ.get(PROFILE_ENV)
+    if not profile:
+        return run()
+    # Profiling the front end (benchmarks/security_bench.py --profile): the event loop's thread, written at exit.
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(run)
+    finally:
+        prof.dump_stats(profile)
 
 
 if __name__ == "__main__":

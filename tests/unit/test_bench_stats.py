@@ -203,3 +203,20 @@ def test_prompts_are_deterministic_unique_and_varied() -> None:
 def test_output_agreement() -> None:
     out = common.output_agreement({"p1": "a", "p2": "b", "p3": "c"}, {"p1": "a", "p2": "x"})
     assert out == {"compared": 2, "identical": 1, "fraction": 0.5}
+
+
+def test_bootstrap_interval_brackets_the_statistic_and_narrows_with_agreement() -> None:
+    import statistics
+
+    def ratio_of_medians(a: list[float], b: list[float]) -> float:
+        return statistics.median(a) / statistics.median(b)
+
+    on, off = [90.0, 92.0, 95.0, 91.0, 93.0], [100.0, 99.0, 101.0, 100.0, 102.0]
+    lo, hi = common.bootstrap_interval(ratio_of_medians, on, off)
+    assert lo <= ratio_of_medians(on, off) <= hi and hi < 1.0  # every resample is below 1
+    assert common.bootstrap_interval(ratio_of_medians, on, off) == (lo, hi)  # seeded
+    noisy = [60.0, 92.0, 130.0, 75.0, 110.0]
+    nlo, nhi = common.bootstrap_interval(ratio_of_medians, noisy, off)
+    assert nhi - nlo > hi - lo and nlo < 1.0 < nhi
+    with pytest.raises(ValueError):
+        common.bootstrap_interval(ratio_of_medians, [], off)

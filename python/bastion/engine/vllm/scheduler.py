@@ -82,7 +82,6 @@ class TenantScheduler(Scheduler):
         # tenants and policy versions, not with principals.
         self._budget_slot: dict[tuple[str, int, int], int] = {}
         self._charge: dict[str, list[int]] = {}  # request id -> [slot, blocks charged, their token capacity]
-        self._charge_get = self._charge.get
         self._managers = kvm.coordinator.single_type_managers
         self._block_sizes = [m.block_size for m in self._managers]
         self._exact = len(self._managers) == 1  # one group: the block-table length is predictable
@@ -92,7 +91,7 @@ class TenantScheduler(Scheduler):
         self._allocate, self._free, self._pop_for_free = kvm.allocate_slots, kvm.free, kvm.pop_blocks_for_free
         # The KV cache manager's methods are wrapped in place (vLLM has no hook for them); the allocate_slots
         # wrapper takes what follows num_new_tokens by keyword, as vLLM passes it.
-        kvm.allocate_slots = self._kv_allocate_slots  # type: ignore[method-assign,assignment]  # wrapped in place
+        kvm.allocate_slots = self._fast_allocate_slots()  # type: ignore[method-assign]  # wrapped in place
         kvm.free = self._kv_free  # type: ignore[method-assign]  # wrapped in place
         kvm.pop_blocks_for_free = self._kv_pop_blocks_for_free  # type: ignore[method-assign]  # wrapped in place
         stats_dir = current().kv_stats_dir
@@ -166,19 +165,28 @@ class TenantScheduler(Scheduler):
 
     # --- hooks on the KV cache manager -------------------------------------------------------
 
-    def _kv_allocate_slots(
-        self, request: Request, num_new_tokens: int, num_lookahead_tokens: int = 0, **kwargs: Any
-    ) -> Any:
-        # vLLM 0.32 passes everything after num_new_tokens by keyword (checked: a positional call fails).
-        # Fast path (most decode steps; vLLM passes only num_lookahead_tokens): the tokens fit in the blocks
-        # already charged, so nothing is allocated, charged or checked. It runs for every running request
-        # every step, so it is kept to one dict lookup and a comparison.
-        if not kwargs:
-            charge = self._charge_get(request.request_id)
-            if charge is not None and request.num_computed_tokens + num_new_tokens + num_lookahead_tokens <= charge[2]:
-                self._hint = None
-                return self._allocate(request, num_new_tokens, num_lookahead_tokens=num_lookahead_tokens)
-        return self._kv_allocate_checked(request, num_new_tokens, num_lookahead_tokens=num_lookahead_tokens, **kwargs)
+    def _fast_allocate_slots(self) -> Callable[..., Any]:
+        """The ``allocate_slots`` wrapper. vLLM 0.32 passes everything after num_new_tokens by keyword (checked: a
+        positional call fails). It runs for every running request on every step, so its fast path (most decode
+        steps: vLLM passes only num_lookahead_tokens, and the tokens fit in the blocks already charged, so nothing
+        is allocated, charged or checked) is a closure over locals — one dict lookup and a comparison, no
+        attribute lookups — and everything else goes to ``_kv_allocate_checked`` (issue 19: this hook was most of
+        the tenant scheduler's overhead on vLLM's step)."""
+        charge_get, allocate, checked = self._charge.get, self._allocate, self._kv_allocate_checked
+        scheduler = self
+
+        def allocate_slots(request: Request, num_new_tokens: int, num_lookahead_tokens: int = 0, **kwargs: Any) -> Any:
+            if not kwargs:
+                charge = charge_get(request.request_id)
+                if (
+                    charge is not None
+                    and request.num_computed_tokens + num_new_tokens + num_lookahead_tokens <= charge[2]
+                ):
+                    scheduler._hint = None
+                    return allocate(request, num_new_tokens, num_lookahead_tokens=num_lookahead_tokens)
+            return checked(request, num_new_tokens, num_lookahead_tokens=num_lookahead_tokens, **kwargs)
+
+        return allocate_slots
 
     def _kv_allocate_checked(
         self,
