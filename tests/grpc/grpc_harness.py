@@ -57,6 +57,16 @@ def make_settings(
     return settings
 
 
+def mtls_with_tls_health(pki: dict[str, Path]) -> Settings:
+    """Mutual TLS on the main listener and server TLS (no client certificate asked) on the health listener, from
+    ``certs.make_pki``'s files: the deployment an orchestrator's probes meet."""
+    tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
+    return make_settings(
+        server={"tls": {**tls, "client_ca_file": str(pki["ca"])}},
+        health={"listen": "127.0.0.1:0", "tls": tls},
+    )
+
+
 # Which identity a Settings object was made with (settings are frozen; this keeps the test API small).
 _IDENTITIES: dict[int, Identity] = {}
 

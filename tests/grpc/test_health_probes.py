@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from certs import make_pki
-from grpc_harness import make_settings, running_server
+from grpc_harness import make_settings, mtls_with_tls_health, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bastion.config import load_settings
@@ -44,11 +44,7 @@ async def test_liveness_holds_through_the_engine_start_and_fails_once_an_engine_
 
 async def test_probes_need_no_client_certificate_where_the_main_listener_requires_one(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
-    tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
-    settings = make_settings(
-        server={"tls": {**tls, "client_ca_file": str(pki["ca"])}},
-        health={"listen": "127.0.0.1:0", "tls": tls},
-    )
+    settings = mtls_with_tls_health(pki)
     async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:
         assert srv.health_address is not None
         creds = grpc.ssl_channel_credentials(root_certificates=pki["ca"].read_bytes())  # no client certificate

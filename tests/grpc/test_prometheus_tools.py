@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from certs import make_pki
-from grpc_harness import collect, make_settings, prompt_request, running_server
+from grpc_harness import collect, make_settings, mtls_with_tls_health, prompt_request, running_server
 
 from fakes import FakeEngine
 from testkit.launcher import free_port
@@ -203,11 +203,7 @@ async def test_the_blackbox_exporter_probes_liveness_and_readiness(tmp_path: Pat
         assert ready["probe_success"] == "1"
         assert ready['probe_grpc_healthcheck_response{serving_status="SERVING"}'] == "1"
 
-        tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
-        settings = make_settings(
-            server={"tls": {**tls, "client_ca_file": str(pki["ca"])}},
-            health={"listen": "127.0.0.1:0", "tls": tls},
-        )
+        settings = mtls_with_tls_health(pki)
         # The harness's own channel has no client certificate for the main listener: readiness is awaited through
         # the prober itself.
         async with running_server([FakeEngine()], settings=settings, wait_ready=False) as srv:

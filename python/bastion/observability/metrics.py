@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.process_collector import ProcessCollector
@@ -62,8 +62,13 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         self._reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
+        # Exemplars (a sampled trace id kept per histogram bucket) reach only an OTLP collector: the Prometheus
+        # exposition has none. Without an OTLP reader they are not collected — issue 19's profile found their
+        # filter and reservoirs in every per-token histogram record.
         self._provider = MeterProvider(
-            metric_readers=[self._reader, *extra_readers], resource=Resource.create({"service.name": "bastion"})
+            metric_readers=[self._reader, *extra_readers],
+            resource=Resource.create({"service.name": "bastion"}),
+            exemplar_filter=None if extra_readers else AlwaysOffExemplarFilter(),
         )
         self._stats: StatsSource = lambda: ()
         self._tenant_kv: TenantKvSource = lambda: ()
