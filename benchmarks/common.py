@@ -293,6 +293,45 @@ def compare(bastion_levels: Sequence[dict[str, Any]], vllm_levels: Sequence[dict
     return out
 
 
+def compare_frontend_cpu(
+    bastion_levels: Sequence[dict[str, Any]], vllm_levels: Sequence[dict[str, Any]], goal: float = 0.8
+) -> list[dict[str, Any]]:
+    """Per concurrency: the front-end process's CPU seconds per 1,000 output tokens, bastion / vLLM (issue 19:
+    goal <= 0.8 — on 2 cores the front end competes with the engine). Levels without the figure are left out."""
+    by_c = {lv["concurrency"]: lv for lv in vllm_levels}
+    out = []
+    for b in bastion_levels:
+        v = by_c.get(b["concurrency"])
+        bc, vc = b.get("frontend_cpu_s_per_1000_tokens"), (v or {}).get("frontend_cpu_s_per_1000_tokens")
+        if bc is None or vc is None:
+            continue
+        r = ratio(bc, vc)
+        out.append(
+            {
+                "concurrency": b["concurrency"],
+                "bastion_cpu_s_per_1000_tokens": bc,
+                "vllm_cpu_s_per_1000_tokens": vc,
+                "ratio": r,
+                "goal_met": r is not None and r <= goal,
+            }
+        )
+    return out
+
+
+def cpu_per_1000_tokens(cpu_s: float | None, tokens: int) -> float | None:
+    """CPU seconds per 1,000 output tokens, 4 places; None without a reading or tokens."""
+    if cpu_s is None or tokens <= 0:
+        return None
+    return round(cpu_s * 1000 / tokens, 4)
+
+
+def process_tree_cpu_s(pid: int) -> tuple[float | None, float]:
+    """CPU seconds used so far by one process (all its threads) and, apart, by all its descendants alive now
+    (a descendant that exited is not counted: read around a phase in which none exits)."""
+    kids = sum(c for p in descendants(pid) if (c := proc_cpu_s(p)) is not None)
+    return proc_cpu_s(pid), kids
+
+
 def compare_security(on_levels: Sequence[dict[str, Any]], off_levels: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per concurrency: security on / off. Goals (issue 4): throughput ratio >= 0.97, TTFT p50 delta <= +1 ms."""
     by_c = {lv["concurrency"]: lv for lv in off_levels}

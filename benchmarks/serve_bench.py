@@ -81,6 +81,8 @@ class BenchConfig:
     seed: int
     request_timeout_s: float
     start_timeout_s: float
+    fast_start: bool = False
+    idle_s: float = 0.0  # seconds of no load, after ready, over which the front end's idle CPU is measured
 
 
 def requests_for(c: int, quick: bool) -> int:
@@ -367,8 +369,10 @@ class BastionHttpClient(VllmClient):
 
 
 async def run_level(
-    send: SendFn, warm: list[str], measured: list[str], c: int
+    send: SendFn, warm: list[str], measured: list[str], c: int, server_pid: int | None = None
 ) -> tuple[dict[str, Any], list[RequestResult]]:
+    """Warm-up, then the measured requests with ``c`` in flight. With ``server_pid``, the CPU time of that process
+    (the front end) and of its descendants (engine core, workers) over the measured requests is added."""
     warm_results = await asyncio.gather(*(send(p) for p in warm))
     sem = asyncio.Semaphore(c)
 
@@ -376,10 +380,20 @@ async def run_level(
         async with sem:
             return await send(p)
 
+    cpu0 = common.process_tree_cpu_s(server_pid) if server_pid else None
     t0 = time.perf_counter()
     results = await asyncio.gather(*(one(p) for p in measured))
     wall = time.perf_counter() - t0
+    cpu1 = common.process_tree_cpu_s(server_pid) if server_pid else None
     summary = common.summarize_level(results, wall, c)
+    if cpu0 is not None and cpu1 is not None:
+        front = cpu1[0] - cpu0[0] if cpu1[0] is not None and cpu0[0] is not None else None
+        summary["frontend_cpu_s"] = round(front, 3) if front is not None else None
+        summary["engine_cpu_s"] = round(cpu1[1] - cpu0[1], 3)
+        summary["frontend_cpu_s_per_1000_tokens"] = common.cpu_per_1000_tokens(front, summary["completion_tokens"])
+        summary["engine_cpu_s_per_1000_tokens"] = common.cpu_per_1000_tokens(
+            cpu1[1] - cpu0[1], summary["completion_tokens"]
+        )
     summary["warmup_requests"] = len(warm)
     summary["warmup_errors"] = sum(1 for r in warm_results if not r.ok)
     if summary["warmup_errors"]:
@@ -427,9 +441,15 @@ async def bench_server(
         out["start_to_ready_s"] = round(time.monotonic() - server.started_at, 1)
         out["served_model_name"] = client.model
         print(f"[{name}] ready in {out['start_to_ready_s']} s (model {client.model!r})", flush=True)
+        if cfg.idle_s > 0:  # what the front end burns with no request in flight (timers, pollers, stats loops)
+            cpu0, t0 = common.proc_cpu_s(server.pid), time.perf_counter()
+            await asyncio.sleep(cfg.idle_s)
+            cpu1, wall = common.proc_cpu_s(server.pid), time.perf_counter() - t0
+            if cpu0 is not None and cpu1 is not None:
+                out["frontend_idle_cpu_pct"] = round(100 * (cpu1 - cpu0) / wall, 2)
         sampler = asyncio.create_task(_sampler(memory, stop_sampling))
         for c in cfg.concurrency:
-            summary, results = await run_level(client.send, work.warm[c], work.measured[c], c)
+            summary, results = await run_level(client.send, work.warm[c], work.measured[c], c, server.pid)
             out["levels"].append(summary)
             for p, r in zip(work.measured[c], results, strict=True):
                 if r.ok:
@@ -437,7 +457,8 @@ async def bench_server(
             print(
                 f"[{name}] c={c:<3} {summary['ok']}/{summary['requests']} ok  "
                 f"{summary['output_tok_s']} tok/s  TTFT p50 {summary['ttft_ms']['p50']} ms  "
-                f"ITL p50 {summary['itl_ms']['p50']} ms",
+                f"ITL p50 {summary['itl_ms']['p50']} ms  "
+                f"front-end CPU {summary.get('frontend_cpu_s_per_1000_tokens')} s/1k tok",
                 flush=True,
             )
             if server.exited() is not None:
@@ -618,6 +639,7 @@ def bastion_toml(cfg: BenchConfig, listen: str, security: str = "") -> str:
             "enable_prefix_caching = true",
             f"cpu_kv_cache_gib = {cfg.kv_cache_gib}",
             f"seed = {cfg.seed}",
+            *(["fast_start = true"] if cfg.fast_start else []),
             # The same plain safetensors directory vLLM serves: this benchmark measures the serving path,
             # not weight loading (benchmarks/load_bench.py measures sealed loading).
             "[weights]",
@@ -658,10 +680,79 @@ def vllm_command(cfg: BenchConfig, port: int, extra: str) -> list[str]:
         "--enable-prefix-caching",
         "--seed",
         str(cfg.seed),
+        *(["--enforce-eager"] if cfg.fast_start else []),  # fast start: no torch.compile
         # Engine stats stay on (vLLM's default): bastion passes disable_log_stats=True but also a custom
         # stat logger, which turns AsyncLLM's stats collection back on; so both engines collect stats.
         *shlex.split(extra),
     ]
+
+
+def server_env(cfg: BenchConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment of bastion's servers and of vLLM's: the same engine settings."""
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}
+    # What bastion sets for its own engine on CPU (engine/vllm/engine.py), given to vLLM too: same settings.
+    env.setdefault("VLLM_USE_AOT_COMPILE", "0")  # vLLM 0.32's AOT cache cannot load under torch 2.13
+    return env, {**env, **({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if cfg.fast_start else {})}
+
+
+def build_server(
+    name: str, cfg: BenchConfig, args: argparse.Namespace, logdir: Path, config: dict[str, Any]
+) -> tuple[ServerProcess, BastionClient | VllmClient]:
+    """One server (not started) and its client; its TOML or command line goes into ``config``."""
+    env, vllm_env = server_env(cfg)
+    auth = BastionAuth.from_args(args)
+    bcmd, benv = bastion_command(args)
+    if name in ("bastion", "bastion-open", "bastion-http"):
+        if args.bastion_listen == "unix":
+            listen = f"unix:{logdir / (name + '.sock')}"
+            target = listen
+        else:
+            port = free_port()
+            listen = target = f"127.0.0.1:{port}"
+        http_url = ""
+        if name in ("bastion", "bastion-http"):
+            security, server_auth = secure_setup(logdir / "secure")
+            if auth.tls or auth.api_key:
+                server_auth = auth  # explicit credentials given on the command line win
+            if name == "bastion-http":  # the same secured server, its HTTP API on (TLS, server cert)
+                http_port = free_port()
+                http_url = f"https://127.0.0.1:{http_port}"
+                security += http_toml(logdir / "secure", http_port)
+            text = bastion_toml(cfg, listen, security)
+            program = bcmd + ["serve"]
+        else:
+            server_auth, text = BastionAuth(), bastion_toml(cfg, listen)
+            program = [sys.executable, str(HERE / "open_server.py")]
+        config[f"{name}_toml"] = text
+        if args.engine == "fake":  # the same config, served over the fake engine
+            program = [*FAKE_SERVER] if name != "bastion-open" else [*program, "--engine", "fake"]
+        server: ServerProcess = BastionServer(
+            logdir,
+            text,
+            target=target,
+            program=program,
+            name=name,
+            config_name=f"{name}.toml",
+            log_name=f"{name}.log",
+            env=testkit_env({**env, **benv}),  # testkit on PYTHONPATH: the fake server
+            cwd=REPO,
+            verbose=True,
+        )
+        client: BastionClient | VllmClient = (
+            BastionHttpClient(http_url, server_auth, cfg) if http_url else BastionClient(target, server_auth, cfg)
+        )
+    else:
+        port = free_port()
+        cmd = vllm_command(cfg, port, args.vllm_extra_args)
+        config["vllm_command"] = cmd
+        config["vllm_env"] = {
+            k: vllm_env[k]
+            for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_USE_AOT_COMPILE", "VLLM_ENABLE_V1_MULTIPROCESSING")
+            if k in vllm_env
+        }
+        server = ServerProcess(cmd, logdir / "vllm.log", name=name, env=vllm_env, cwd=REPO, verbose=True)
+        client = VllmClient(f"http://127.0.0.1:{port}", cfg)
+    return server, client
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,6 +781,13 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>18.3f} {c['ttft_p50_ratio'] or 0:>13.3f} "
                 f"{c['itl_p50_ratio'] or 0:>12.3f}  throughput {'met' if g['throughput'] else 'NOT met'}, "
                 f"TTFT {'met' if g['ttft_p50'] else 'NOT met'}"
+            )
+    for name, levels in (report.get("frontend_cpu_comparison") or {}).items():
+        print(f"\n{'conc':>4} {'front-end CPU s/1k tok ' + name:>30} {'vllm':>8} {'ratio':>7}  goal (<= 0.8)")
+        for c in levels:
+            print(
+                f"{c['concurrency']:>4} {c['bastion_cpu_s_per_1000_tokens']:>30.3f} {c['vllm_cpu_s_per_1000_tokens']:>8.3f} "
+                f"{c['ratio'] or 0:>7.3f}  {'met' if c['goal_met'] else 'NOT met'}"
             )
     if report.get("security_comparison"):
         print(f"\n{'conc':>4} {'tput on/off':>12} {'TTFT p50 on-off':>16}  goals (>= 0.97, <= +1 ms)")
@@ -734,6 +832,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("tcp", "unix"),
         default="tcp",
         help="bastion listener: loopback TCP (like vLLM's; default) or a unix socket",
+    )
+    p.add_argument(
+        "--fast-start",
+        action="store_true",
+        help="both servers with the fast-start setting: bastion's model.fast_start = true; vLLM --enforce-eager with "
+        "VLLM_ENABLE_V1_MULTIPROCESSING=0 (what fast_start sets on CPU: the model runs in the engine core process)",
+    )
+    p.add_argument(
+        "--idle-s",
+        type=float,
+        help="seconds without requests, after ready, over which the front end's idle CPU is measured (default 10; "
+        "quick 0)",
     )
     p.add_argument("--vllm-extra-args", default="", help="extra arguments for vLLM's API server")
     p.add_argument(
@@ -783,13 +893,13 @@ async def amain(args: argparse.Namespace) -> int:
         seed=args.seed,
         request_timeout_s=args.request_timeout,
         start_timeout_s=args.start_timeout,
+        fast_start=args.fast_start,
+        idle_s=args.idle_s if args.idle_s is not None else (0.0 if args.quick else 10.0),
     )
     work = make_workload(cfg)
-    auth = BastionAuth.from_args(args)
     out_path = Path(args.out) if args.out else HERE / "results" / f"serve_bench{'-quick' if args.quick else ''}.json"
     logdir = Path(tempfile.mkdtemp(prefix="serve_bench."))
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib)}
-    bcmd, benv = bastion_command(args)
+    bcmd, _ = bastion_command(args)
 
     report: dict[str, Any] = {
         "benchmark": "serve_bench",
@@ -823,6 +933,14 @@ async def amain(args: argparse.Namespace) -> int:
             "ttft": "send to first chunk carrying >= 1 token",
             "itl": "gap between consecutive token-carrying chunks / tokens in the later chunk, pooled over "
             "requests (p50/p99); tpot_ms_mean = per-request (last - first chunk) / (tokens - first chunk's)",
+            "frontend_cpu": "user + system CPU seconds of the front-end process (all its threads; bastion serve's "
+            "main process, vLLM's API server process) over each level's measured requests, per 1,000 completion "
+            "tokens; engine_cpu_s: the same for its descendants (engine core, workers; vLLM's AsyncLLM always runs the "
+            "engine core in a child process, fast start included)",
+            "fast_start": args.fast_start,
+            "frontend_idle_cpu_pct": "CPU of the front-end process over idle_s seconds without requests after "
+            "ready, in % of one core",
+            "idle_s": cfg.idle_s,
             "peak_rss": "VmHWM of the front-end process only (bastion serve main process; vLLM API server "
             "process), read at the end of the run; engine core / worker children reported apart",
             "bastion_listen": args.bastion_listen,
@@ -837,53 +955,7 @@ async def amain(args: argparse.Namespace) -> int:
     failed_logs: list[ServerProcess] = []
     try:
         for name in servers:
-            if name in ("bastion", "bastion-open", "bastion-http"):
-                if args.bastion_listen == "unix":
-                    listen = f"unix:{logdir / (name + '.sock')}"
-                    target = listen
-                else:
-                    port = free_port()
-                    listen = target = f"127.0.0.1:{port}"
-                http_url = ""
-                if name in ("bastion", "bastion-http"):
-                    security, server_auth = secure_setup(logdir / "secure")
-                    if auth.tls or auth.api_key:
-                        server_auth = auth  # explicit credentials given on the command line win
-                    if name == "bastion-http":  # the same secured server, its HTTP API on (TLS, server cert)
-                        http_port = free_port()
-                        http_url = f"https://127.0.0.1:{http_port}"
-                        security += http_toml(logdir / "secure", http_port)
-                    text = bastion_toml(cfg, listen, security)
-                    program = bcmd + ["serve"]
-                else:
-                    server_auth, text = BastionAuth(), bastion_toml(cfg, listen)
-                    program = [sys.executable, str(HERE / "open_server.py")]
-                report["config"][f"{name}_toml"] = text
-                if args.engine == "fake":  # the same config, served over the fake engine
-                    program = [*FAKE_SERVER] if name != "bastion-open" else [*program, "--engine", "fake"]
-                server: ServerProcess = BastionServer(
-                    logdir,
-                    text,
-                    target=target,
-                    program=program,
-                    name=name,
-                    config_name=f"{name}.toml",
-                    log_name=f"{name}.log",
-                    env=testkit_env({**env, **benv}),  # testkit on PYTHONPATH: the fake server
-                    cwd=REPO,
-                    verbose=True,
-                )
-                client: BastionClient | VllmClient = (
-                    BastionHttpClient(http_url, server_auth, cfg)
-                    if http_url
-                    else BastionClient(target, server_auth, cfg)
-                )
-            else:
-                port = free_port()
-                cmd = vllm_command(cfg, port, args.vllm_extra_args)
-                report["config"]["vllm_command"] = cmd
-                server = ServerProcess(cmd, logdir / "vllm.log", name=name, env=env, cwd=REPO, verbose=True)
-                client = VllmClient(f"http://127.0.0.1:{port}", cfg)
+            server, client = build_server(name, cfg, args, logdir, report["config"])
             try:
                 result, texts[name] = await bench_server(name, server, client, cfg, work)
                 report["servers"][name] = result
@@ -916,6 +988,18 @@ async def amain(args: argparse.Namespace) -> int:
             report["http_goal_met"] = {
                 "throughput": bool(http) and all(c["goal_met"]["throughput"] for c in http),
                 "ttft_p50": bool(http) and all(c["goal_met"]["ttft_p50"] for c in http),
+            }
+        if "vllm" in report["servers"]:
+            cpu = {
+                name: common.compare_frontend_cpu(
+                    report["servers"][name]["levels"], report["servers"]["vllm"]["levels"]
+                )
+                for name in ("bastion", "bastion-http")
+                if name in report["servers"]
+            }
+            report["frontend_cpu_comparison"] = cpu
+            report["frontend_cpu_goal_met"] = {
+                name: bool(levels) and all(lv["goal_met"] for lv in levels) for name, levels in cpu.items()
             }
         if "bastion" in report["servers"] and "vllm" in report["servers"]:
             report["comparison"] = common.compare(

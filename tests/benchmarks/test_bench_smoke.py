@@ -38,7 +38,38 @@ def test_serve_bench_runs_both_servers_over_the_fake_engine(tmp_path: Path) -> N
         assert [lv["concurrency"] for lv in levels] == [1, 2]
         for lv in levels:
             assert lv["errors"] == 0 and lv["token_count_mismatches"] == 0 and lv["output_tok_s"] > 0
+            # The front end's CPU over the level (ticks of 10 ms: the figure itself is the full run's business).
+            assert lv["frontend_cpu_s"] >= 0 and lv["engine_cpu_s"] >= 0
+            assert lv["frontend_cpu_s_per_1000_tokens"] == pytest.approx(
+                lv["frontend_cpu_s"] * 1000 / lv["completion_tokens"], abs=1e-3
+            )
     assert [c["concurrency"] for c in report["security_comparison"]] == [1, 2]
+
+
+def test_start_bench_alternates_starts_over_the_fake_engine(tmp_path: Path) -> None:
+    report = run_bench(
+        "start_bench.py",
+        tmp_path / "start.json",
+        "--engine",
+        "fake",
+        "--servers",
+        "bastion,bastion-open",
+        "--rounds",
+        "2",
+    )
+    assert report["errors"] == [] and report["config"]["fast_start"] is True
+    assert [(s["server"], s["round"]) for s in report["starts"]] == [
+        ("bastion", 0),
+        ("bastion-open", 0),
+        ("bastion-open", 1),
+        ("bastion", 1),
+    ]
+    for s in report["starts"]:
+        assert 0 < s["start_to_ready_s"] <= s["start_to_first_response_s"]
+    summary = report["summary"]
+    assert len(summary["servers"]["bastion"]["start_to_ready_s"]["runs"]) == 2
+    lo, hi = summary["ratio"]["start_to_ready_s"]["interval_95"]
+    assert lo <= summary["ratio"]["start_to_ready_s"]["point"] <= hi
 
 
 def test_security_bench_quick(tmp_path: Path) -> None:

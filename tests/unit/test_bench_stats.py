@@ -123,6 +123,43 @@ def test_compare_handles_missing_figures() -> None:
     assert out[0]["throughput_ratio"] is None and out[0]["goal_met"]["throughput"] is False
 
 
+def test_compare_frontend_cpu_ratio_goal_and_missing_levels() -> None:
+    def lv(c: int, cpu: float | None) -> dict:
+        return {"concurrency": c, "frontend_cpu_s_per_1000_tokens": cpu}
+
+    out = common.compare_frontend_cpu([lv(1, 0.4), lv(4, 0.9), lv(16, None)], [lv(1, 0.5), lv(4, 1.0), lv(16, 1.0)])
+    assert [c["concurrency"] for c in out] == [1, 4]  # no figure at 16: left out, not counted as met
+    assert out[0]["ratio"] == pytest.approx(0.8) and out[0]["goal_met"] is True  # the goal is <= 0.8
+    assert out[1]["ratio"] == pytest.approx(0.9) and out[1]["goal_met"] is False
+
+
+def test_cpu_per_1000_tokens() -> None:
+    assert common.cpu_per_1000_tokens(0.25, 500) == pytest.approx(0.5)
+    assert common.cpu_per_1000_tokens(None, 500) is None and common.cpu_per_1000_tokens(0.25, 0) is None
+
+
+def test_process_tree_cpu_s_counts_the_process_and_its_children_apart() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        deadline = time.monotonic() + 30
+        while (kids := common.process_tree_cpu_s(os.getpid())[1]) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own, kids = common.process_tree_cpu_s(os.getpid())
+        assert own is not None and own > 0
+        assert kids >= 0.3  # the child's CPU, apart from this process's own
+        assert common.process_tree_cpu_s(child.pid)[1] == 0  # a process without children
+    finally:
+        child.kill()
+        child.wait()
+    assert common.proc_cpu_s(child.pid) is None  # gone
+
+
 # --- stream accounting -----------------------------------------------------------------------------
 
 

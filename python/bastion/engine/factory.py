@@ -9,6 +9,7 @@ from bastion.config import Settings
 from bastion.engine.process import EngineProcessEnv, SealedLoad
 from bastion.engine.protocol import EnginePool
 from bastion.engine.vllm.device import resolve_device
+from bastion.engine.vllm.preload import preload_vllm
 from bastion.errors import IntegrityError
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ async def build_pool(settings: Settings, process: EngineProcessEnv) -> EnginePoo
     from bastion.models.verified import stage
 
     device = resolve_device(settings.model.device)
+    preload = preload_vllm()  # beside the hashing and copying below, which release the GIL
     prepared = await asyncio.to_thread(prepare_model, settings)
     log.info(
         "starting the engine for %s (%s, %s) on %s",
@@ -36,6 +38,7 @@ async def build_pool(settings: Settings, process: EngineProcessEnv) -> EnginePoo
     # verified bytes (bastion.models.verified); the engine removes it when it stops.
     verified = await asyncio.to_thread(stage, settings.cache_dir, prepared, settings.model.adapters)
     try:
+        await asyncio.to_thread(preload.join)
         from bastion.engine.vllm.engine import VllmEngine
 
         if prepared.key is not None and prepared.trust_policy is not None:
