@@ -117,7 +117,11 @@ def test_isolation_bench_smoke(vllm_bench_reports: dict[str, dict[str, Any]]) ->
     report = vllm_bench_reports["isolation"]
     assert report["mode"] == "smoke"
     assert report["hashing"]["bastion_ns_per_token"] > 0 and report["hashing_block_128"]["bastion_ns_per_token"] > 0
-    assert report["scheduler"]["levels"] and report["scheduler"]["levels"][0]["vllm_step_us"] > 0
+    levels = report["scheduler"]["levels"]
+    assert [lv["concurrency"] for lv in levels] == [64, 128, 256]
+    for lv in levels:  # the premise: every request runs to the end, the bound holds on the budget side
+        assert lv["vllm_step_us"] > 0 and set(lv["running_at_end"].values()) == {lv["concurrency"]}
+        assert lv["unchecked_steps"] > 0 and lv["bounded"]["step_us"] > 0 and lv["checked"]["step_us"] > 0
     assert report["prefix_sharing"]["single_tenant"]["bastion_hit_rate"] > 0
 
 

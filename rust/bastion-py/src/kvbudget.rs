@@ -1,5 +1,6 @@
 //! `KvLedger`: per-tenant KV-cache block budgets (`bastion_core::kvbudget`) for the tenant-aware
-//! scheduler. Every method is O(1) except `snapshot`; errors (unknown slot, underflow, reservation
+//! scheduler. Every method is O(1) except `snapshot` and `step_fits`
+//! (O(tenants)); errors (unknown slot, underflow, reservation
 //! over capacity) raise `bastion.errors.InvalidArgument` and change nothing.
 
 use std::sync::Mutex;
@@ -76,6 +77,22 @@ impl KvLedger {
 
     fn on_evict(&self, slot: usize, n: u64) -> Result<(), NativeError> {
         self.with(|l| l.on_evict(slot, n))
+    }
+
+    /// A request of `slot` now holds a charge.
+    fn open_request(&self, slot: usize) -> Result<(), NativeError> {
+        self.with(|l| l.open_request(slot))
+    }
+
+    /// A request of `slot` released its charge.
+    fn close_request(&self, slot: usize) -> Result<(), NativeError> {
+        self.with(|l| l.close_request(slot))
+    }
+
+    /// Whether a step growing each open request by at most `per_request` blocks, plus `fixed`
+    /// in all, keeps every cap and leaves every unused reservation within `free` blocks.
+    fn step_fits(&self, per_request: u64, fixed: u64, free: u64) -> Result<bool, NativeError> {
+        self.with(|l| Ok(l.step_fits(per_request, fixed, free)))
     }
 
     fn on_preempt(&self, slot: usize) -> Result<(), NativeError> {

@@ -13,6 +13,16 @@ what other tenants share with it. vLLM's ``schedule()`` is not copied; the hooks
 - ``allocate_slots`` (every allocation, running or waiting): refused if the tenant would pass its cap;
   otherwise vLLM's own free-block check also keeps back the other tenants' unused reservations
   (``reserved_blocks``). Afterwards the request's charge is set to its block-table length.
+- the per-step bound (issue 19): at the start of a step the ledger is asked once whether the running
+  requests could pass any cap, reach any unused reservation, or change whether a growing tenant's cached
+  blocks are protected from eviction in this step, whatever vLLM schedules (each request holding a charge
+  growing by at most ``1 + cdiv(lookahead, block_size)`` blocks, plus the step's token budget in blocks;
+  ``KvLedger.step_fits``). When they cannot, the running requests' allocations go to vLLM's
+  ``allocate_slots`` unwrapped (no Python per request per step) and their charges and block owners are
+  settled from the step's output (the requests given new blocks) — or, before the first waiting request
+  is considered, from every charge, so admission always gates on exact charges. Waiting requests are
+  always checked per allocation. Only for one full-attention KV group and no KV connector, where a
+  block-table length is a function of the tokens.
 - ``free`` / ``pop_blocks_for_free``: the request's charge is released.
 - waiting admission (``_handle_blocked_waiting_request``): a waiting request whose whole prompt would
   pass its tenant's cap, or not fit in the free blocks beyond other tenants' unused reservations, is
@@ -30,15 +40,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import compress
 from typing import Any, SupportsIndex
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.request import Request, RequestStatus
 
 from bastion.engine.process import current
-from bastion.engine.vllm.kv_pool import TenantBlockPool
+from bastion.engine.vllm.kv_pool import NO_TENANT, TenantBlockPool
 from bastion.errors import InvalidArgument
 from bastion.files import atomic_write_text
 from bastion.isolation.tag import PartitionTag, TagError
@@ -88,10 +100,21 @@ class TenantScheduler(Scheduler):
         self._step_blocked: set[int] = set()
         self._hint: tuple[Request, int, bool] | None = None  # (request, slot, hit its cap)
         self._running_as_list()
+        self._kvm = kvm
         self._allocate, self._free, self._pop_for_free = kvm.allocate_slots, kvm.free, kvm.pop_blocks_for_free
         # The KV cache manager's methods are wrapped in place (vLLM has no hook for them); the allocate_slots
         # wrapper takes what follows num_new_tokens by keyword, as vLLM passes it.
-        kvm.allocate_slots = self._fast_allocate_slots()  # type: ignore[method-assign]  # wrapped in place
+        self._checked_allocate = self._fast_allocate_slots()
+        kvm.allocate_slots = self._checked_allocate  # type: ignore[method-assign]  # wrapped in place
+        # The per-step bound: one full-attention group (a table's length follows from its tokens, nothing is
+        # freed while running requests grow) and no KV connector (no deferred frees or external blocks).
+        bs = self._block_sizes[0]
+        self._bounded = self._exact and type(self._managers[0]) is FullAttentionManager and self.connector is None
+        self._tables = self._managers[0].req_to_blocks
+        self._per_request = 1 + _cdiv(self.num_lookahead_tokens, bs)
+        self._fixed = _cdiv(self.max_num_scheduled_tokens, bs)
+        self._unchecked = False  # this step's running requests allocate without the per-call check
+        self.unchecked_steps = 0  # steps that ran under the bound (for tests and benchmarks)
         kvm.free = self._kv_free  # type: ignore[method-assign]  # wrapped in place
         kvm.pop_blocks_for_free = self._kv_pop_blocks_for_free  # type: ignore[method-assign]  # wrapped in place
         stats_dir = current().kv_stats_dir
@@ -167,7 +190,8 @@ class TenantScheduler(Scheduler):
 
     def _fast_allocate_slots(self) -> Callable[..., Any]:
         """The ``allocate_slots`` wrapper. vLLM 0.32 passes everything after num_new_tokens by keyword (checked: a
-        positional call fails). It runs for every running request on every step, so its fast path (most decode
+        positional call fails). On a step the per-step bound does not cover it runs for every running request, so
+        its fast path (most decode
         steps: vLLM passes only num_lookahead_tokens, and the tokens fit in the blocks already charged, so nothing
         is allocated, charged or checked) is a closure over locals — one dict lookup and a comparison, no
         attribute lookups — and everything else goes to ``_kv_allocate_checked`` (issue 19: this hook was most of
@@ -246,14 +270,59 @@ class TenantScheduler(Scheduler):
         capacity = held * self._block_sizes[0] if self._exact else -1
         if charge is None:
             self._charge[rid] = [slot, held, capacity]
+            self.kv_ledger.open_request(slot)
         else:
             charge[1], charge[2] = held, capacity
         return blocks
 
     def _release(self, request_id: str) -> None:
         charge = self._charge.pop(request_id, None)
-        if charge and charge[1]:
-            self.kv_ledger.on_free(charge[0], charge[1])
+        if charge:
+            if charge[1]:
+                self.kv_ledger.on_free(charge[0], charge[1])
+            self.kv_ledger.close_request(charge[0])
+
+    # --- the per-step bound -----------------------------------------------------------------------
+
+    def _begin_step(self) -> None:
+        """Runs the step's running requests unwrapped when no allocation of theirs can pass a cap or reach an
+        unused reservation (one ledger call, O(tenants))."""
+        if self._bounded and self.kv_ledger.step_fits(self._per_request, self._fixed, self._pool.get_num_free_blocks()):
+            self._unchecked = True
+            self._pool.current_slot = NO_TENANT  # owners are set when the charges are settled
+            self._kvm.allocate_slots = self._allocate  # type: ignore[method-assign]  # vLLM's own, for this step
+            self.unchecked_steps += 1
+
+    def _end_unchecked(self, request_ids: Iterable[str] | None) -> None:
+        """Back to the checked wrapper; settles the charges of `request_ids` (None: of every request)."""
+        self._unchecked = False
+        self._kvm.allocate_slots = self._checked_allocate  # type: ignore[method-assign]  # wrapped in place
+        if request_ids is None:
+            tables = self._tables
+            request_ids = [rid for rid, c in self._charge.items() if len(tables.get(rid, ())) != c[1]]
+        for rid in request_ids:
+            self._settle(rid)
+
+    def _settle(self, request_id: str) -> None:
+        """Charges a request its block-table length and records the tenant as owner of its new blocks."""
+        table = self._tables.get(request_id, ())
+        held = len(table)
+        charge = self._charge.get(request_id)
+        if charge is None:  # not expected (running requests were charged when admitted): charge it now
+            request = self.requests.get(request_id)
+            if request is None or not held:
+                return
+            charge = self._charge[request_id] = [self.slot_of(request), 0, 0]
+            self.kv_ledger.open_request(charge[0])
+        slot, charged = charge[0], charge[1]
+        if held > charged:
+            owner = self._pool._owner
+            for block in table[charged:held]:
+                owner[block.block_id] = slot
+            self.kv_ledger.on_allocate(slot, held - charged)
+        elif held < charged:
+            self.kv_ledger.on_free(slot, charged - held)
+        charge[1], charge[2] = held, held * self._block_sizes[0]
 
     def _kv_free(self, request: Request) -> None:
         self._free(request)
@@ -270,12 +339,23 @@ class TenantScheduler(Scheduler):
         self._step_blocked.clear()
         self._running_as_list()
         self._export_stats()
+        self._begin_step()
+        output = None
         try:
-            return super().schedule(*args, **kwargs)
+            output = super().schedule(*args, **kwargs)
+            return output
         finally:
             self._hint = None
+            if self._unchecked:
+                if output is None:
+                    self._end_unchecked(None)
+                else:  # the requests given new blocks this step (vLLM reports None for the others)
+                    cached = output.scheduled_cached_reqs
+                    self._end_unchecked(compress(cached.req_ids, cached.new_block_ids))
 
     def _handle_blocked_waiting_request(self, request: Request) -> bool:
+        if self._unchecked:  # the running requests are done: admission gates on exact charges
+            self._end_unchecked(None)
         if not super()._handle_blocked_waiting_request(request):
             return False
         slot = self.slot_of(request)

@@ -36,6 +36,8 @@ pub struct TenantStats {
     pub preemptions: u64,
     /// Cached blocks of this tenant evicted so far.
     pub evictions: u64,
+    /// Requests of this tenant holding a charge (running, or holding blocks while waiting).
+    pub requests: u64,
 }
 
 impl TenantStats {
@@ -53,6 +55,7 @@ pub struct KvLedger {
     total_reserved: u64,
     total_held: u64,
     total_unused: u64,
+    total_requests: u64,
 }
 
 fn invalid(field: &'static str, problem: &str) -> CoreError {
@@ -72,6 +75,7 @@ impl KvLedger {
             total_reserved: 0,
             total_held: 0,
             total_unused: 0,
+            total_requests: 0,
         }
     }
 
@@ -105,6 +109,7 @@ impl KvLedger {
                     cached: 0,
                     preemptions: 0,
                     evictions: 0,
+                    requests: 0,
                 });
                 self.slots.insert(key.to_owned(), self.tenants.len() - 1);
                 self.tenants.len() - 1
@@ -221,6 +226,53 @@ impl KvLedger {
             .ok_or_else(|| invalid("n", "more blocks evicted than cached"))?;
         t.evictions += n;
         Ok(())
+    }
+
+    /// A request of `slot` now holds a charge (counted by [`KvLedger::step_fits`]).
+    pub fn open_request(&mut self, slot: usize) -> Result<(), CoreError> {
+        let t = self.get_mut(slot)?;
+        t.requests = t
+            .requests
+            .checked_add(1)
+            .ok_or_else(|| invalid("slot", "request count overflow"))?;
+        self.total_requests += 1;
+        Ok(())
+    }
+
+    /// A request of `slot` no longer holds a charge; refused (changing nothing) if none is open.
+    pub fn close_request(&mut self, slot: usize) -> Result<(), CoreError> {
+        let t = self.get_mut(slot)?;
+        t.requests = t
+            .requests
+            .checked_sub(1)
+            .ok_or_else(|| invalid("slot", "no open request to close"))?;
+        self.total_requests -= 1;
+        Ok(())
+    }
+
+    /// Whether a step in which every open request grows by at most `per_request` blocks, plus
+    /// `fixed` blocks over all (the step's token budget), keeps every tenant within its cap, leaves
+    /// every tenant's unused reservation within `free` blocks, and cannot change whether any of a
+    /// growing tenant's cached blocks is protected from eviction (its held + cached blocks either
+    /// already above its reservation, or within it even after the growth). When it holds, that
+    /// step's allocations need no per-allocation check and their charges may be settled after
+    /// them: the bound is the check, made once per step.
+    pub fn step_fits(&self, per_request: u64, fixed: u64, free: u64) -> bool {
+        let grow = |requests: u64| requests.saturating_mul(per_request).saturating_add(fixed);
+        if grow(self.total_requests).saturating_add(self.total_unused) > free {
+            return false;
+        }
+        self.tenants.iter().all(|t| {
+            if t.requests == 0 {
+                return true; // nothing of this tenant's can grow in the step
+            }
+            let grown = t.held.saturating_add(grow(t.requests));
+            let within_cap = t.cap == 0 || grown <= t.cap;
+            let protection_fixed = t.cached == 0
+                || t.held > t.reserved
+                || grown.saturating_add(t.cached) <= t.reserved;
+            within_cap && protection_fixed
+        })
     }
 
     /// A request of `slot` was preempted.

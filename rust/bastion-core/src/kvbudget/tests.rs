@@ -156,3 +156,110 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn request_counts_refuse_closing_more_than_opened() {
+    let mut l = KvLedger::new(16);
+    let s = l.register("a", 0, 0).unwrap();
+    l.open_request(s).unwrap();
+    l.close_request(s).unwrap();
+    assert!(l.close_request(s).is_err());
+    assert_eq!(l.snapshot()[s].requests, 0);
+    assert!(l.open_request(7).is_err());
+}
+
+#[test]
+fn step_bound_counts_caps_and_every_unused_reservation() {
+    let mut l = KvLedger::new(100);
+    let a = l.register("a", 10, 20).unwrap();
+    let b = l.register("b", 30, 0).unwrap();
+    l.open_request(a).unwrap();
+    l.open_request(a).unwrap();
+    l.on_allocate(a, 12).unwrap();
+    // a holds more than its reservation: nothing of its is unused
+    assert_eq!(l.others_unused(b).unwrap(), 0);
+    // a: 12 held, 2 requests; growing 2 each + 4 fixed = 8 -> 20 <= cap 20
+    assert!(l.step_fits(2, 4, 100));
+    // 21 > cap
+    assert!(!l.step_fits(2, 5, 100));
+    // unused reservations: a 0, b 30; growth 8 + 30 must fit in free
+    assert!(l.step_fits(2, 4, 38));
+    assert!(!l.step_fits(2, 4, 37));
+    // a tenant without open requests cannot grow in a step: its cap is not in the bound
+    let c = l.register("c", 0, 1).unwrap();
+    l.on_allocate(c, 1).unwrap();
+    assert!(l.step_fits(2, 4, 100));
+    l.open_request(c).unwrap();
+    assert!(!l.step_fits(0, 1, 100));
+}
+
+#[test]
+fn step_bound_refuses_a_step_that_could_change_an_eviction_protection() {
+    let mut l = KvLedger::new(100);
+    let a = l.register("a", 10, 0).unwrap();
+    l.open_request(a).unwrap();
+    l.on_allocate(a, 4).unwrap();
+    l.on_cache(a, 3).unwrap();
+    // 4 held + 3 cached within 10; growing 1 + 2 keeps them within: protected before and after
+    assert!(l.step_fits(1, 2, 100));
+    // growing 1 + 3 could take them past 10: an allocation in the step would see them unprotected
+    assert!(!l.step_fits(1, 3, 100));
+    // above the reservation already: unprotected before and after, whatever the growth
+    l.on_allocate(a, 7).unwrap();
+    assert!(l.step_fits(1, 50, 100));
+}
+
+proptest! {
+    #[test]
+    fn a_step_within_the_bound_keeps_caps_and_reservations(
+        limits in proptest::collection::vec((0u64..10, 0u64..40, 0u64..4, 0u64..12), 4),
+        per_request in 1u64..3,
+        fixed in 0u64..6,
+        growth in proptest::collection::vec(0u64..100, 16),
+    ) {
+        const CAP: u64 = 128;
+        let mut l = KvLedger::new(CAP);
+        let mut slots = Vec::new();
+        let mut held = [0u64; 4];
+        for (i, &(reserved, cap, requests, h)) in limits.iter().enumerate() {
+            let cap = if cap == 0 { 0 } else { cap.max(reserved) };
+            let s = l.register(&format!("t{i}"), reserved, cap).unwrap();
+            for _ in 0..requests { l.open_request(s).unwrap(); }
+            let h = if cap == 0 { h } else { h.min(cap) };
+            l.on_allocate(s, h).unwrap();
+            held[i] = h;
+            slots.push((s, requests));
+        }
+        let used: u64 = held.iter().sum();
+        prop_assume!(used <= CAP);
+        let free = CAP - used;
+        if !l.step_fits(per_request, fixed, free) {
+            return Ok(());
+        }
+        // any growth within the bound: each request at most per_request, plus `fixed` shared
+        let mut spare = fixed;
+        let mut g = growth.into_iter();
+        let mut grown = [0u64; 4];
+        for (i, &(_, requests)) in slots.iter().enumerate() {
+            for _ in 0..requests {
+                let want = g.next().unwrap_or(0) % (per_request + spare + 1);
+                let extra = want.saturating_sub(per_request).min(spare);
+                spare -= extra;
+                grown[i] += want.min(per_request) + extra;
+            }
+        }
+        let total: u64 = grown.iter().sum();
+        prop_assert!(total <= free);
+        for (i, &(s, _)) in slots.iter().enumerate() {
+            l.on_allocate(s, grown[i]).unwrap();
+            let st = &l.snapshot()[s];
+            prop_assert!(st.cap == 0 || st.held <= st.cap);
+        }
+        // every tenant can still reach its reservation out of what is left free
+        let left = free - total;
+        for (i, &(s, _)) in slots.iter().enumerate() {
+            let st = &l.snapshot()[s];
+            prop_assert!(st.reserved.saturating_sub(held[i] + grown[i]) <= left);
+        }
+    }
+}
