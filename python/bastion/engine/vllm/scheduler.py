@@ -285,8 +285,8 @@ class TenantScheduler(Scheduler):
     # --- the per-step bound -----------------------------------------------------------------------
 
     def _begin_step(self) -> None:
-        """Runs the step's running requests unwrapped when no allocation of theirs can pass a cap or reach an
-        unused reservation (one ledger call, O(tenants))."""
+        """Runs the step's running requests unwrapped when no allocation of theirs can pass a cap, reach an
+        unused reservation or change an eviction protection (one ledger call, O(tenants))."""
         if self._bounded and self.kv_ledger.step_fits(self._per_request, self._fixed, self._pool.get_num_free_blocks()):
             self._unchecked = True
             self._pool.current_slot = NO_TENANT  # owners are set when the charges are settled
