@@ -200,3 +200,9 @@ def test_cluster_bench_smoke(vllm_bench_reports: dict[str, dict[str, Any]]) -> N
     keyed = modes["keyed"]["per_tenant_replicas"]
     elsewhere = sum(c for t, counts in keyed.items() for rid, c in counts.items() if rid != first[t])
     assert elsewhere == modes["keyed"]["off_first_choice"] < total / 2
+
+
+def test_stream_write_bench_smoke(tmp_path: Path) -> None:
+    report = run_bench("stream_write_bench.py", tmp_path / "write.json", "--quick")
+    assert report["quick"] and set(report["us_per_write"]) == {"bare", "asyncio_timeout", "write_deadline"}
+    assert all(v["median"] > 0 for v in report["us_per_write"].values())

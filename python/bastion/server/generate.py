@@ -13,7 +13,8 @@ Endings:
     client gets a final message with FINISH_REASON_ABORT and the usage so far, then status OK;
   * the engine raises: the error propagates to the servicer (UNAVAILABLE when the engine is dead);
   * the client stops reading: a message that HTTP/2 flow control keeps from being sent for
-    ``write_timeout`` seconds (``server.stream_write_timeout_s``) ends the stream with :class:`Unavailable`;
+    ``write_timeout`` seconds (``server.stream_write_timeout_s``; ``bastion.server.write_deadline``, one timer per
+    stream) ends the stream with :class:`Unavailable`;
     the engine request is aborted here and the servicer releases the slots and records the call.
 """
 
@@ -24,11 +25,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from bastion.engine.protocol import Engine, EngineOutput, EngineRequest, SamplingSpec
-from bastion.errors import EngineError, Unavailable
+from bastion.errors import EngineError
 from bastion.observability.telemetry import RpcRecord, Telemetry
 from bastion.server import convert
 from bastion.server.admission import Ticket
 from bastion.server.call import CallContext
+from bastion.server.write_deadline import WriteDeadline
 from bastion.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -49,21 +51,12 @@ async def _release(engine: Engine, request_id: str, it: AsyncIterator[EngineOutp
             log.debug("closing the engine stream failed", exc_info=True)
 
 
-STALLED = "stream aborted: the client did not read the response in time"
-
-
-async def _write(context: CallContext, msg: pb.GenerateResponse, timeout: float | None) -> None:
-    """Writes one message; :class:`Unavailable` when the client has not taken it within ``timeout`` s."""
-    if timeout is None:
+async def _write(context: CallContext, msg: pb.GenerateResponse, deadline: WriteDeadline | None) -> None:
+    """Writes one message; :class:`Unavailable` when the client has not taken it within the write timeout."""
+    if deadline is None:
         await context.write(msg)
-        return
-    # asyncio.timeout, not wait_for: the write stays in the handler's own task, so a client's cancel still
-    # arrives as CancelledError (wait_for's inner task would surface grpc's ExecuteBatchError instead).
-    try:
-        async with asyncio.timeout(timeout):
-            await context.write(msg)
-    except TimeoutError:
-        raise Unavailable(f"stream write blocked for {timeout:g} s", public=STALLED) from None
+    else:
+        await deadline.write(context.write(msg))
 
 
 async def _settled(task: asyncio.Future[object]) -> None:
@@ -104,6 +97,7 @@ async def stream_generation(
     shutdown = False
     first = True
     begun: asyncio.Future[object] = asyncio.ensure_future(before_first())
+    deadline = WriteDeadline(write_timeout) if write_timeout is not None else None
     try:
         while not ticket.abort_requested:
             ticket.cancellable = True
@@ -131,7 +125,7 @@ async def stream_generation(
             if finished:
                 ticket.cancellable = False
                 await before_final(out.finish_reason or "stop")
-            await _write(context, msg, write_timeout)
+            await _write(context, msg, deadline)
             if finished:
                 return out.finish_reason or "stop"
         shutdown = True  # asked to stop while writing: the loop condition ended it
@@ -143,6 +137,8 @@ async def stream_generation(
             task.uncancel()
         shutdown = True
     finally:
+        if deadline is not None:
+            deadline.close()
         await asyncio.shield(_release(engine, request_id, it, finished))
         await asyncio.shield(_settled(begun))  # so the call's final record follows its begin record
     # Shutdown past the grace period: end the stream with an explicit ABORT and the usage so far.
@@ -156,5 +152,9 @@ async def stream_generation(
     )
     await begun  # finished (above); its failure is the call's before anything is sent
     await before_final("abort")
-    await _write(context, final, write_timeout)
+    try:
+        await _write(context, final, deadline)
+    finally:
+        if deadline is not None:
+            deadline.close()
     return "abort"
