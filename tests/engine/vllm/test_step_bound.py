@@ -10,13 +10,14 @@ import random
 from collections import Counter
 from typing import Any
 
+import pytest
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import sha256
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.request import Request, RequestStatus
 
 from bastion.engine.vllm import offline
-from bastion.engine.vllm.scheduler import TenantScheduler
+from bastion.engine.vllm.scheduler import AsyncTenantScheduler, TenantScheduler
 from bastion.isolation.tag import PartitionTag
 
 BLOCK = 16
@@ -24,10 +25,10 @@ BUDGET = 256  # tokens per step: the bound's shared term is 256 / 16 = 16 blocks
 KEYS = ["a" * 64, "b" * 64, "c" * 64]
 
 
-def make(num_blocks: int = 400, *, bounded: bool = True) -> TenantScheduler:
-    s = offline.make_scheduler(
-        num_blocks, TenantScheduler, block_size=BLOCK, max_num_seqs=32, max_num_batched_tokens=BUDGET
-    )
+def make(
+    num_blocks: int = 400, *, bounded: bool = True, cls: type[TenantScheduler] = TenantScheduler
+) -> TenantScheduler:
+    s = offline.make_scheduler(num_blocks, cls, block_size=BLOCK, max_num_seqs=32, max_num_batched_tokens=BUDGET)
     assert isinstance(s, TenantScheduler)
     assert s._bounded  # one full-attention group, no connector
     s._bounded = bounded
@@ -195,23 +196,28 @@ def _run(s: TenantScheduler, plan: list[list[Any]], check: bool, snapshots: bool
     return trace
 
 
-def test_a_long_mixed_run_keeps_the_ledger_equal_to_the_block_tables() -> None:
+SCHEDULERS = pytest.mark.parametrize("cls", [TenantScheduler, AsyncTenantScheduler], ids=["sync", "async"])
+
+
+@SCHEDULERS
+def test_a_long_mixed_run_keeps_the_ledger_equal_to_the_block_tables(cls: type[TenantScheduler]) -> None:
     """Arrivals, shared prefixes (prefix hits, evictions), chunked prefills, finishes and preemptions in a pool
     that fills up: after every step the ledger equals the block tables and no tenant is past its cap, and both
     kinds of step occurred."""
-    s = make(240)
+    s = make(240, cls=cls)
     _run(s, _workload(1, 400, shared_prefixes=True), check=True)
     assert 0 < s.unchecked_steps < 400
     assert sum(stats["preemptions"] for stats in s.kv_budget_snapshot().values()) > 0  # the pool did fill
 
 
-def test_the_bound_schedules_and_evicts_exactly_what_the_per_allocation_check_does() -> None:
+@SCHEDULERS
+def test_the_bound_schedules_and_evicts_exactly_what_the_per_allocation_check_does(cls: type[TenantScheduler]) -> None:
     """The same arrivals (shared prefixes: prefix hits and evictions) through the scheduler with the bound and
     with the check on every allocation: on every step the same tokens for the same requests, the same
     preemptions, and the same ledger (held, cached, evictions per tenant) — the bound changes no decision, only
     where it is checked."""
     plan = _workload(2, 300, shared_prefixes=True)
-    bounded, checked = make(240), make(240, bounded=False)
+    bounded, checked = make(240, cls=cls), make(240, bounded=False, cls=cls)
     trace_b = _run(bounded, plan, check=False, snapshots=True)
     trace_c = _run(checked, plan, check=False, snapshots=True)
     assert trace_b == trace_c

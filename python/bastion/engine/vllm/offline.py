@@ -78,16 +78,20 @@ def make_scheduler(
 
 def step(scheduler: Any, token: int = 7) -> Any:
     """One engine step without a model: schedule, then one sampled token for every request that finished
-    its prefill chunk (as the model runner would report). Returns the SchedulerOutput."""
+    its prefill chunk (as the model runner would report). Returns the SchedulerOutput. Under vLLM's
+    AsyncScheduler a request expecting a token holds an output placeholder from its schedule()."""
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
     from vllm.v1.outputs import ModelRunnerOutput
 
     out = scheduler.schedule()
     ids = list(out.num_scheduled_tokens)
     sampled = []
+    is_async = isinstance(scheduler, AsyncScheduler)
     for rid in ids:
         req = scheduler.requests[rid]
         # schedule() has already advanced num_computed_tokens by this step's tokens
-        sampled.append([token] if req.num_computed_tokens >= req.num_prompt_tokens else [])
+        done = req.num_output_placeholders > 0 if is_async else req.num_computed_tokens >= req.num_prompt_tokens
+        sampled.append([token] if done else [])
     runner = ModelRunnerOutput(
         req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled
     )
