@@ -417,6 +417,15 @@ def api_key_tenants(d: Path, tenants: Mapping[str, Mapping[str, Any]]) -> tuple[
 # --------------------------------------------------------------------------------------------------
 
 
+def save_report(report: Mapping[str, Any], out: str | Path | None, default: Path) -> Path:
+    """Writes a benchmark's JSON report to ``out`` (``--out``) or ``default``; prints and returns the path."""
+    path = Path(out) if out else default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = ""
     flags: set[str] = set()

@@ -136,10 +136,7 @@ def main() -> int:
         print(json.dumps(result["scheduler"]), flush=True)
         result["prefix_sharing"] = bench_prefix_sharing(n=n_prefix)
         print(json.dumps(result["prefix_sharing"]), flush=True)
-    out = Path(args.out) if args.out else HERE / "results" / f"isolation_bench{'-quick' if q else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    common.save_report(result, args.out, HERE / "results" / f"isolation_bench{'-quick' if q else ''}.json")
     return 0
 
 

@@ -95,10 +95,7 @@ def main() -> int:
         },
     }
     print(json.dumps(result["us_per_write"]), flush=True)
-    out = Path(args.out) if args.out else HERE / "results" / f"stream_write_bench{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    common.save_report(result, args.out, HERE / "results" / f"stream_write_bench{'-quick' if args.quick else ''}.json")
     return 0
 
 
