@@ -8,7 +8,9 @@ with instant tokens). Here each write only notes when it started; one timer per 
 write, looks at the pending write when it fires: none pending, it is not re-armed until the next write; one
 pending past its deadline, the stream's task is cancelled and the write raises ``Unavailable``; one pending
 but younger, the timer is moved to that write's deadline. A write is therefore ended no earlier than the
-timeout after it started and no later than that plus the scheduling delay, as before.
+timeout after it started and no later than that plus the scheduling delay, as before. The write stays in the
+stream's own task (as under ``asyncio.timeout``; ``wait_for``'s inner task would surface grpc's
+ExecuteBatchError instead of a client's cancel).
 """
 
 from __future__ import annotations
