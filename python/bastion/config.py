@@ -255,6 +255,10 @@ class ModelSettings(BaseModel):
     # and, on CPU, the model runs inside the EngineCore process (no separate worker process to spawn and
     # import torch into). Decoding is slower; the security controls are the same. Off by default.
     fast_start: bool = False
+    # On CPU, the EngineCore is forked from a process that imported vLLM while the model was verified, with the
+    # environment a spawned one would have (bastion.engine.vllm.forkserver): about 25 s off the start on 2
+    # cores. Off: vLLM spawns it, importing vLLM once more.
+    preload_engine_core: bool = True
 
     @field_validator("adapters")
     @classmethod

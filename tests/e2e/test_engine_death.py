@@ -48,6 +48,7 @@ def server(default_path_server: LiveServer) -> LiveServer:
 def test_the_default_start_path_compiles_and_runs_the_model_in_a_worker(server: LiveServer) -> None:
     log = server.log_text()
     assert "Enforce eager set" not in log and "VLLM_ENABLE_V1_MULTIPROCESSING is set to False" not in log
+    assert "the EngineCore is forked from the preloaded process" in log and "is spawned, not forked" not in log
     # The plugin ran in the front end, the EngineCore and the worker process.
     pids = {int(p.name.split("-")[1]) for p in server.marker_dir.glob("plugin-*")}
     assert server.proc.pid in pids and len(pids) >= 3, f"plugin ran only in {pids}"

@@ -170,6 +170,8 @@ def test_the_live_server_takes_the_fast_start_path(live_server, stub, model_name
     plugin ran in exactly two processes. test_engine_death.py checks the default path."""
     log = live_server.log_text()
     assert "Enforce eager set" in log and "VLLM_ENABLE_V1_MULTIPROCESSING is set to False" in log
+    # and the EngineCore forked from the process that imported vLLM in advance (bastion.engine.vllm.forkserver)
+    assert "the EngineCore is forked from the preloaded process" in log and "is spawned, not forked" not in log
     pids = {int(p.name.split("-")[1]) for p in live_server.marker_dir.glob("plugin-*")}
     assert len(pids) == 2, pids
 

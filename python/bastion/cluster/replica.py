@@ -83,7 +83,7 @@ async def start_vllm(spec: ReplicaSpec, settings: Settings) -> Engine:
 
     path = key_file(settings.isolation.partition_key_file, settings.cache_dir)
     await asyncio.to_thread(load_or_create, path, create=settings.isolation.partition_key_file is None)
-    pool = await build_pool(settings, EngineProcessEnv(partition_key_file=path))
+    pool = await build_pool(settings, EngineProcessEnv(partition_key_file=path), in_ray_actor=True)
     (engine,) = pool.all()
     if engine.info.name != spec.model:
         await engine.shutdown()

@@ -111,6 +111,20 @@ CONTRACT: tuple[Entry, ...] = (
         "block_hasher.install() patches the module global EngineCore calls (with 2 arguments)",
         max_args=2,
     ),
+    # forkserver.engine_core_from replaces the module global CoreEngineProcManager takes its multiprocessing
+    # context from, and the context's Process is what it starts (EngineCoreProcess applies the environment).
+    Api("vllm.v1.engine.utils:get_mp_context", FUNCTION, "forkserver.engine_core_from replaces it", exact=True),
+    Calls(
+        "vllm.v1.engine.utils:CoreEngineProcManager.__init__",
+        "get_mp_context",
+        "forkserver.engine_core_from patches the module global the EngineCore's manager calls (no arguments)",
+        max_args=0,
+    ),
+    Calls(
+        "vllm.v1.engine.utils:CoreEngineProcManager.__init__",
+        "context.Process",
+        "the EngineCore is started as the context's Process (forkserver.EngineCoreProcess)",
+    ),
     # _with_extras() calls both private helpers positionally, block by block, for multimodal / embeds requests
     # (their return shapes are behaviour checks below).
     Api(

@@ -6,6 +6,8 @@ vLLM internal it relies on, private ones included:
 - ``engine``: ``VllmEngine``, the engine seam (``bastion.engine.protocol``) over vLLM's ``AsyncLLM``.
 - ``device``: CUDA or vLLM's CPU backend, chosen before vLLM is imported.
 - ``preload``: vLLM imported in a thread while the model is verified (a shorter start).
+- ``forkserver``: on CPU, the EngineCore forked from a process that imported vLLM meanwhile, with the
+  environment a spawned one would have (a shorter start again).
 - ``plugin``: the ``vllm.general_plugins`` entry point, run in every vLLM process.
 - ``sealed_loader``: the ``bastion`` load format (signature-verified, decrypted weights).
 - ``block_hasher``: the EngineCore's keyed, tenant-partitioned prefix-cache block hasher.

@@ -23,7 +23,8 @@ from bastion.engine.protocol import (
     ModelInfo,
     TokenLogprobs,
 )
-from bastion.engine.vllm.device import Device, resolve_dtype
+from bastion.engine.vllm.device import Device, cpu_engine_env, resolve_dtype
+from bastion.engine.vllm.forkserver import Forkserver, engine_core_from
 from bastion.engine.vllm.proof import prove
 from bastion.engine.vllm.stats import StatsSink, make_stat_logger_factory
 from bastion.engine.vllm.tokens import PromptTokenizer
@@ -108,15 +109,17 @@ class VllmEngine:
         *,
         process: EngineProcessEnv,
         subject_digest: str = "",
+        core: Forkserver | None = None,
     ) -> VllmEngine:
         """``verified`` is the private copy vLLM reads the model's config, tokenizer and chat template and
         the adapters from (``bastion.models.verified``); the engine owns it from here and removes it when it
         stops (or fails to start). ``process`` is what vLLM's processes inherit from the server
         (``bastion.engine.process``): with its ``sealed`` part the weights load through the ``bastion`` load
         format from the sealed directory, bound to the attested digests; with a partition key file the
-        EngineCore keys its prefix cache by tenant and runs the tenant KV scheduler."""
+        EngineCore keys its prefix cache by tenant and runs the tenant KV scheduler. ``core``: the forkserver the
+        EngineCore is started from (``bastion.engine.vllm.forkserver``; None: vLLM's own way)."""
         try:
-            return await cls._start(settings, verified, name, digest, device, process, subject_digest)
+            return await cls._start(settings, verified, name, digest, device, process, subject_digest, core)
         except asyncio.CancelledError:
             raise  # _start hands the copy to the shutdown of the engine still being built
         except BaseException:
@@ -133,19 +136,11 @@ class VllmEngine:
         device: Device,
         process: EngineProcessEnv,
         subject_digest: str,
+        core: Forkserver | None,
     ) -> VllmEngine:
         model_path = str(verified.model)
         if device == "cpu":
-            # Read by vLLM's CPU worker processes (inherited environment).
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.model.cpu_kv_cache_gib)))
-            # vLLM 0.32's AOT compile cache (the default with torch >= 2.10) saves the compiled model but cannot
-            # load it back under torch 2.13 ("'function' object has no attribute 'finalize_loading'"), so every
-            # start compiled again (2-7 min). Its inductor graph cache loads: a warm start's engine init took
-            # 31 s instead of 105-145 s here. An operator's own setting wins. (Not measured on CUDA: left as is.)
-            os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
-            if settings.model.fast_start and settings.model.tensor_parallel_size == 1:
-                # The EngineCore runs the model itself (vLLM's uniprocess executor): one process fewer.
-                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            os.environ.update(cpu_engine_env(settings.model, os.environ))
         # Inherited by the EngineCore and worker processes: paths and names only, never in argv or logs.
         os.environ.update(process.to_env())
         args = _engine_args(settings, model_path, name, device, "bastion" if process.sealed is not None else "auto")
@@ -164,12 +159,13 @@ class VllmEngine:
                     if sched.async_scheduling
                     else "bastion.engine.vllm.scheduler.TenantScheduler"
                 )
-            return AsyncLLM.from_vllm_config(
-                config,
-                stat_loggers=[make_stat_logger_factory(sink)],
-                disable_log_stats=True,
-                enable_log_requests=False,
-            )
+            with engine_core_from(core):
+                return AsyncLLM.from_vllm_config(
+                    config,
+                    stat_loggers=[make_stat_logger_factory(sink)],
+                    disable_log_stats=True,
+                    enable_log_requests=False,
+                )
 
         future = asyncio.get_running_loop().run_in_executor(None, build)
         try:

@@ -1,0 +1,213 @@
+"""The EngineCore forked from the preloaded process (bastion.engine.vllm.forkserver): it runs with the environment
+a spawned one would have, or it is spawned; it is never a copy of the server; names, never values, are logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bastion.engine.process import ENV_VAR
+from bastion.engine.vllm import forkserver
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[forkserver.Forkserver]:
+    """One forkserver for the module (Python's is one per process), preloading a light module instead of vLLM's."""
+    saved = dict(os.environ)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(forkserver, "PRELOAD", ("json",))
+        started = forkserver.start(1)
+    yield started
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment made what the forkserver's children see (pytest's own variables and the
+    imports this process made differ): what a test then changes is the only difference. Called in the test's
+    body: pytest sets PYTEST_CURRENT_TEST anew for each phase."""
+    forked = _env_of(multiprocessing.context.ForkServerProcess)
+    for name in set(os.environ) - set(forked):
+        monkeypatch.delenv(name)
+    for name, value in forked.items():
+        monkeypatch.setenv(name, value)
+
+
+def _env_of(proc_cls: type[multiprocessing.process.BaseProcess]) -> dict[str, str]:
+    ctx = forkserver.EngineCoreContext()
+    recv, send = ctx.Pipe(duplex=False)
+    p = proc_cls(target=forkserver._report_env, args=(send,))
+    p.start()
+    send.close()
+    assert recv.poll(60)
+    env = recv.recv()
+    p.join(10)
+    return env
+
+
+def test_start_sets_vllms_cpu_platform_variables_before_the_forkserver_inherits_them(
+    server: forkserver.Forkserver,
+) -> None:
+    forked = _env_of(multiprocessing.context.ForkServerProcess)  # what the forkserver itself was started with
+    for name, value in forkserver.planned_env(os.environ, 1).items():
+        assert os.environ[name] == value == forked[name]
+
+
+def test_the_engine_core_runs_with_the_servers_environment_at_its_start(
+    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _agree(monkeypatch)
+    monkeypatch.setenv(ENV_VAR, '{"version": 1}')  # set after the forkserver started, like the real contract
+    ctx = server.context()
+    assert ctx is not None  # only a variable read inside vLLM's target differs
+    assert ENV_VAR not in _env_of(multiprocessing.context.ForkServerProcess)
+    # EngineCoreProcess applies the server's environment before the target runs.
+    assert _env_of(ctx.Process)[ENV_VAR] == '{"version": 1}'
+    assert _env_of(ctx.Process) == dict(os.environ)
+
+
+def test_a_variable_the_imports_may_have_read_spawns_the_engine_core_and_is_named_not_shown(
+    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _agree(monkeypatch)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # read by the OpenMP runtime when torch loads: too late to apply
+    monkeypatch.setenv("BASTION_TEST_SECRET", "s3cr3t-value")
+    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
+        assert server.context() is None
+    assert "BASTION_TEST_SECRET, OMP_NUM_THREADS" in caplog.text
+    assert "s3cr3t" not in caplog.text
+
+
+def test_a_variable_removed_after_the_start_also_spawns_it(
+    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _agree(monkeypatch)
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS")
+    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
+        assert server.context() is None
+    assert "TORCHINDUCTOR_COMPILE_THREADS" in caplog.text
+
+
+def test_a_changed_ld_preload_spawns_it(
+    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _agree(monkeypatch)
+    monkeypatch.setenv("LD_PRELOAD", "")
+    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
+        assert server.context() is None
+    assert "LD_PRELOAD/LD_LIBRARY_PATH" in caplog.text
+
+
+def test_a_forkserver_that_does_not_answer_spawns_it(
+    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(server, "_forked_env", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
+        assert server.context() is None
+    assert "did not answer" in caplog.text
+
+
+def test_the_engine_core_is_not_a_copy_of_the_server(
+    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forkserver was exec'd: the EngineCore forked from it holds nothing of the server's memory (no key read,
+    no socket, no module the server imported), unlike a fork of the server."""
+    _agree(monkeypatch)
+    ctx = server.context()
+    assert ctx is not None
+    p = ctx.Process(target=time.sleep, args=(30,))
+    p.start()
+    try:
+        # A fork of the forkserver, whose command line is a fresh interpreter's, never pytest's (this process).
+        assert b"from multiprocessing.forkserver import main" in Path(f"/proc/{p.pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{p.pid}/status").read_text()
+        parent = int(status.split("PPid:\t", 1)[1].split()[0])
+        assert parent != os.getpid()
+        assert b"from multiprocessing.forkserver import main" in Path(f"/proc/{parent}/cmdline").read_bytes()
+    finally:
+        p.terminate()
+        p.join(10)
+
+
+def test_differences_ignores_lazy_variables_and_loader_paths_that_do_not_exist(tmp_path: Path) -> None:
+    base = {"A": "1", "LD_PRELOAD": "x.so", "LD_LIBRARY_PATH": f"{tmp_path}/missing:"}
+    loader = forkserver.loader_view(base)
+    assert forkserver.differences(base, dict(base), loader) == []
+    assert forkserver.differences(base | {ENV_VAR: "c", "VLLM_SSM_CONV_STATE_LAYOUT": "SD"}, base, loader) == []
+    assert forkserver.differences(base | {"A": "2"}, base, loader) == ["A"]
+    assert forkserver.differences(base, base | {"B": "1"}, loader) == ["B"]
+    # A directory the loader would search (it exists) is a difference; a missing one is not.
+    assert forkserver.differences(base | {"LD_LIBRARY_PATH": f"{tmp_path}/gone"}, base, loader) == ["LD_LIBRARY_PATH"]
+    moved = base | {"LD_LIBRARY_PATH": str(tmp_path)}
+    assert forkserver.differences(moved, moved, loader) == ["LD_PRELOAD/LD_LIBRARY_PATH"]
+
+
+def test_engine_core_from_replaces_vllms_context_only_while_the_engine_starts(
+    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vllm.v1.engine.utils as engine_utils  # imported first: vLLM's imports set variables
+
+    _agree(monkeypatch)
+
+    original = engine_utils.get_mp_context
+    with forkserver.engine_core_from(None):
+        assert engine_utils.get_mp_context is original
+    with pytest.raises(RuntimeError), forkserver.engine_core_from(server):
+        assert isinstance(engine_utils.get_mp_context(), forkserver.EngineCoreContext)
+        raise RuntimeError("the engine failed to start")
+    assert engine_utils.get_mp_context is original
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with forkserver.engine_core_from(server):  # the environment differs: vLLM's own context
+        assert engine_utils.get_mp_context is original
+
+
+def test_planned_env_is_what_vllms_cpu_platform_sets(tmp_path: Path) -> None:
+    """If a vLLM upgrade changes these, the EngineCore would be spawned (slower): this test says so first."""
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "num_key_value_heads": 4,
+                "vocab_size": 256,
+                "max_position_embeddings": 512,
+            }
+        )
+    )
+    script = textwrap.dedent(
+        """
+        import json, os, sys
+        from bastion.engine.vllm import forkserver
+        planned = forkserver.planned_env(os.environ, 2)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        AsyncEngineArgs(
+            model=sys.argv[1], skip_tokenizer_init=True, dtype="float32", max_model_len=256, enforce_eager=True,
+            tensor_parallel_size=2, distributed_executor_backend="mp",
+        ).create_engine_config(UsageContext.ENGINE_CONTEXT)
+        print(json.dumps({"planned": planned, "vllm": {k: os.environ.get(k) for k in planned}}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in forkserver.planned_env(os.environ, 2)}
+    env |= {"VLLM_TARGET_DEVICE": "cpu", "LD_PRELOAD": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["planned"] == report["vllm"]
+    assert report["planned"]["LOCAL_WORLD_SIZE"] == "2"
