@@ -110,6 +110,34 @@ async def _cli(srv: Running, *args: str, who: str = "alice", timeout: float = 60
     return await run_cli(*args, "--target", srv.address, "--api-key-file", str(_key_file(srv, who)), timeout=timeout)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def test_the_replicas_engine_core_was_forked_from_its_preloaded_process(server: tuple[Running, ReplicaPool]) -> None:
+    """On CPU the replica's EngineCore comes from the forkserver its actor started (bastion.engine.vllm.forkserver),
+    not spawned: the actor set RAY_ADDRESS first, as vLLM does for a spawned one, so the environments agree."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    actors = {p for p in pids if _cmdline(p).startswith("ray::ServeReplica:bastion-")}
+    children = {p: _cmdline(p)[:100] for p in pids if _parent(p) in actors}
+    forkservers = [p for p, cmd in children.items() if "from multiprocessing.forkserver import main" in cmd]
+    assert actors and forkservers, f"no forkserver under the replica's actor {actors}: {children}"
+    # The EngineCore runs as the forkserver's child (the probe that checked the environment has exited) ...
+    assert [p for p in pids if _parent(p) in forkservers], f"nothing forked from {forkservers}"
+    # ... and none was spawned beside it.
+    assert not [cmd for cmd in children.values() if "multiprocessing.spawn" in cmd], children
+
+
 def test_the_replica_was_admitted_on_its_proof_and_the_front_doors_record(
     live_cluster: Cluster, server: tuple[Running, ReplicaPool]
 ) -> None:

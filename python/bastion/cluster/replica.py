@@ -36,6 +36,7 @@ import asyncio
 import dataclasses
 import importlib
 import logging
+import os
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,12 @@ async def start_vllm(spec: ReplicaSpec, settings: Settings) -> Engine:
 
     path = key_file(settings.isolation.partition_key_file, settings.cache_dir)
     await asyncio.to_thread(load_or_create, path, create=settings.isolation.partition_key_file is None)
-    pool = await build_pool(settings, EngineProcessEnv(partition_key_file=path), in_ray_actor=True)
+    import ray
+
+    # What vLLM exports when it spawns the EngineCore of a Ray actor (the cluster a Ray executor joins); set
+    # before the engine's forkserver starts, so a forked EngineCore has it too (bastion.engine.vllm.forkserver).
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    pool = await build_pool(settings, EngineProcessEnv(partition_key_file=path))
     (engine,) = pool.all()
     if engine.info.name != spec.model:
         await engine.shutdown()

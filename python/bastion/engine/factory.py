@@ -17,19 +17,18 @@ from bastion.errors import IntegrityError
 log = logging.getLogger(__name__)
 
 
-async def build_pool(settings: Settings, process: EngineProcessEnv, *, in_ray_actor: bool = False) -> EnginePool:
+async def build_pool(settings: Settings, process: EngineProcessEnv) -> EnginePool:
     """Prepares the model (converting the default one on first use), stages the verified copy vLLM reads,
     then starts one vLLM engine.
 
     ``process`` is the server's part of the engine-process contract (isolation); a sealed model adds how
-    the loading worker verifies and opens it, and the digests it must find (what the server reports).
-    ``in_ray_actor``: vLLM spawns the EngineCore of a Ray actor with the cluster's address; no forkserver there."""
+    the loading worker verifies and opens it, and the digests it must find (what the server reports)."""
     from bastion.models.resolve import prepare_model
     from bastion.models.verified import stage
 
     device = resolve_device(settings.model.device)
     core: forkserver.Forkserver | None = None
-    if device == "cpu" and settings.model.preload_engine_core and not in_ray_actor:
+    if device == "cpu" and settings.model.preload_engine_core:
         os.environ.update(cpu_engine_env(settings.model, os.environ))  # before the forkserver inherits them
         # It imports vLLM's EngineCore modules in a process of its own while the model is verified below.
         core = forkserver.start(settings.model.tensor_parallel_size)

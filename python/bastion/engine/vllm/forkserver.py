@@ -17,7 +17,8 @@ the engine; :func:`planned_env` sets the same ones before the forkserver starts 
 vLLM upgrade that changes them shows as a fall back to spawn, never as a different engine.
 
 The forkserver lives as long as the server: vLLM watches the EngineCore through it. CPU only: on CUDA vLLM forks,
-or spawns once CUDA is initialised, and no forkserver is started.
+or spawns once CUDA is initialised, and no forkserver is started. A cluster replica (a Ray actor) sets
+``RAY_ADDRESS`` before it builds its engine, as vLLM does before it spawns one there (bastion.cluster.replica).
 """
 
 from __future__ import annotations
