@@ -75,45 +75,52 @@ def test_the_engine_core_runs_with_the_servers_environment_at_its_start(
     assert _env_of(ctx.Process) == dict(os.environ)
 
 
+def _spawned(server: forkserver.Forkserver, caplog: pytest.LogCaptureFixture) -> str:
+    """Asserts the EngineCore would be spawned; what was logged."""
+    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
+        assert server.context() is None
+    return caplog.text
+
+
 def test_a_variable_the_imports_may_have_read_spawns_the_engine_core_and_is_named_not_shown(
     server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _agree(monkeypatch)
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # read by the OpenMP runtime when torch loads: too late to apply
     monkeypatch.setenv("BASTION_TEST_SECRET", "s3cr3t-value")
-    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
-        assert server.context() is None
-    assert "BASTION_TEST_SECRET, OMP_NUM_THREADS" in caplog.text
-    assert "s3cr3t" not in caplog.text
+    logged = _spawned(server, caplog)
+    assert "BASTION_TEST_SECRET, OMP_NUM_THREADS" in logged
+    assert "s3cr3t" not in logged
 
 
-def test_a_variable_removed_after_the_start_also_spawns_it(
-    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("TORCHINDUCTOR_COMPILE_THREADS", None, "TORCHINDUCTOR_COMPILE_THREADS"),  # removed after the start
+        ("LD_PRELOAD", "", "LD_PRELOAD/LD_LIBRARY_PATH"),  # the dynamic loader read it when the forkserver started
+    ],
+)
+def test_a_changed_variable_spawns_it(
+    server: forkserver.Forkserver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    value: str | None,
+    named: str,
 ) -> None:
     _agree(monkeypatch)
-    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS")
-    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
-        assert server.context() is None
-    assert "TORCHINDUCTOR_COMPILE_THREADS" in caplog.text
-
-
-def test_a_changed_ld_preload_spawns_it(
-    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    _agree(monkeypatch)
-    monkeypatch.setenv("LD_PRELOAD", "")
-    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
-        assert server.context() is None
-    assert "LD_PRELOAD/LD_LIBRARY_PATH" in caplog.text
+    if value is None:
+        monkeypatch.delenv(name)
+    else:
+        monkeypatch.setenv(name, value)
+    assert named in _spawned(server, caplog)
 
 
 def test_a_forkserver_that_does_not_answer_spawns_it(
     server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(server, "_forked_env", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="bastion.engine.vllm.forkserver"):
-        assert server.context() is None
-    assert "did not answer" in caplog.text
+    assert "did not answer" in _spawned(server, caplog)
 
 
 def test_the_engine_core_is_not_a_copy_of_the_server(
