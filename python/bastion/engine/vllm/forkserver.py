@@ -33,7 +33,6 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from multiprocessing.context import ForkServerContext, ForkServerProcess
-from typing import Any
 
 from bastion.engine.process import ENV_VAR
 
@@ -127,7 +126,9 @@ def _report_env(conn: multiprocessing.connection.Connection) -> None:
     conn.close()
 
 
-def differences(server: Mapping[str, str], forked: Mapping[str, str], loader_at_start: Any) -> list[str]:
+def differences(
+    server: Mapping[str, str], forked: Mapping[str, str], loader_at_start: tuple[str, tuple[str, ...]]
+) -> list[str]:
     """The names of the variables that would make a forked EngineCore differ from a spawned one, sorted."""
     names = {k for k in set(server) | set(forked) if k not in LAZY and server.get(k) != forked.get(k)}
     if loader_view(server) != loader_at_start:
