@@ -4,10 +4,14 @@ a spawned one would have, or it is spawned; it is never a copy of the server; na
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import logging
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -143,6 +147,82 @@ def test_the_engine_core_is_not_a_copy_of_the_server(
     finally:
         p.terminate()
         p.join(10)
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    """``pid`` has exited (or is a zombie nobody reaped yet) within ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_an_engine_core_does_not_outlive_its_forkserver(
+    server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: the forkserver is killed on its own (SIGKILL, the OOM killer). vLLM then sees the EngineCore as
+    gone and the server stops serving; the EngineCore itself, holding the weights and the tenants' KV cache, must
+    not live on as an orphan. (The forkserver also exits with the server, so the same holds for a killed server.)"""
+    import multiprocessing.forkserver as mp_forkserver
+
+    _agree(monkeypatch)
+    ctx = server.context()
+    assert ctx is not None
+    core = ctx.Process(target=time.sleep, args=(120,))
+    core.start()
+    try:
+        assert not _gone(core.pid, 1.0)  # running
+        os.kill(mp_forkserver._forkserver._forkserver_pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        assert _gone(core.pid, 10.0), "the EngineCore outlived its forkserver"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(core.pid, signal.SIGKILL)
+    # A later start gets a new forkserver (multiprocessing starts one again) and the same guarantees.
+    _agree(monkeypatch)
+    assert server.context() is not None
+
+
+_SERVER = """
+import os, sys, time
+from unittest import mock
+from bastion.engine.vllm import forkserver
+with mock.patch.object(forkserver, "PRELOAD", ("json",)):
+    server = forkserver.start(1)
+ctx = server.context()
+assert ctx is not None
+core = ctx.Process(target=time.sleep, args=(120,))
+core.start()
+print(forkserver.multiprocessing.forkserver._forkserver._forkserver_pid, core.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_server_takes_its_forkserver_and_engine_core_with_it(tmp_path: Path) -> None:
+    """Attack: the server is killed (SIGKILL: nothing of its shutdown runs). A spawned EngineCore would live on
+    holding the weights; the forkserver exits when the server's end of its pipe closes, and the EngineCore with
+    it (no process keeps the server's end: the EngineCore closes the copy multiprocessing hands it)."""
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        pids = [int(x) for x in proc.stdout.readline().split()]
+        fs_pid, core_pid = pids
+        assert not _gone(core_pid, 1.0)
+        proc.kill()
+        proc.wait(10)
+        assert _gone(fs_pid, 10.0), "the forkserver outlived the server"
+        assert _gone(core_pid, 10.0), "the EngineCore outlived the server"
+    finally:
+        proc.kill()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_differences_ignores_lazy_variables_and_loader_paths_that_do_not_exist(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ or spawns once CUDA is initialised, and no forkserver is started. A cluster repl
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import importlib.util
 import logging
@@ -30,9 +31,11 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
 import os
+import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from multiprocessing.context import ForkServerContext, ForkServerProcess
+from typing import Any
 
 from bastion.engine.process import ENV_VAR
 
@@ -50,6 +53,7 @@ PRELOAD = (
 # bastion's engine-process contract (bastion's plugin, at the EngineCore's start) and the Mamba state layout that
 # vLLM's CPU platform chooses from the CPU's features (read by vllm.envs when a Mamba layer is built).
 LAZY = frozenset({ENV_VAR, "VLLM_SSM_CONV_STATE_LAYOUT"})
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PROBE_TIMEOUT_S = 300.0  # the forkserver's imports take about 30 s on 2 cores
 
 
@@ -102,16 +106,39 @@ def loader_view(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
     return env.get("LD_PRELOAD", ""), dirs
 
 
+def _die_with_parent(parent: int | None) -> None:
+    """SIGKILL this process when its parent, the forkserver, exits (Linux ``PR_SET_PDEATHSIG``); exits at once
+    when it already has. The forkserver exits with the server, so no EngineCore outlives either one holding the
+    weights and tenants' KV cache (a spawned one outlives a server killed with SIGKILL)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if parent is None or os.getppid() != parent:
+        os._exit(1)  # the forkserver died before the signal was armed: the server sees this as the EngineCore's end
+
+
 class EngineCoreProcess(ForkServerProcess):
-    """A process forked from the forkserver that runs with the environment its parent had at ``start()``."""
+    """A process forked from the forkserver that runs with the environment its parent had at ``start()`` and does
+    not outlive the forkserver."""
 
     _bastion_env: dict[str, str]
+    _bastion_forkserver: int | None
 
     def start(self) -> None:
         self._bastion_env = dict(os.environ)  # pickled with the process object
+        multiprocessing.forkserver.ensure_running()  # (again, if it died since): its pid is the parent's
+        self._bastion_forkserver = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
         super().start()
 
     def run(self) -> None:
+        _die_with_parent(self._bastion_forkserver)
+        # multiprocessing hands each forked process the write end of the pipe that keeps the forkserver alive (so
+        # that it could fork more); held here it would keep the forkserver, and so this process, alive after the
+        # server died. vLLM's processes start theirs with spawn.
+        alive: Any = multiprocessing.forkserver._forkserver
+        if alive._forkserver_alive_fd is not None:
+            os.close(alive._forkserver_alive_fd)
+            alive._forkserver_alive_fd = None
         os.environ.clear()
         os.environ.update(self._bastion_env)
         super().run()
