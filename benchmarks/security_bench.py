@@ -37,7 +37,12 @@ import common  # noqa: E402 - after the sys.path insert above
 from testkit.launcher import NO_HEALTH_LISTENER, BastionServer, fake_server, free_port  # noqa: E402 - after the sys.path insert above
 
 
-async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_tokens: int) -> dict[str, Any]:
+async def run_level(
+    stub: Any, pb: Any, metadata: Any, c: int, n: int, max_tokens: int, server_pid: int | None = None
+) -> dict[str, Any]:
+    """One level: ``c`` warm-up calls, then ``n`` calls ``c`` at a time. With ``server_pid``, the server process's
+    CPU time (user + system, from /proc) over the ``n`` calls, per call: steadier than throughput on a shared
+    machine, and what the security layer adds to each call."""
     sem = asyncio.Semaphore(c)
     ttft: list[float] = []
     lat: list[float] = []
@@ -62,11 +67,15 @@ async def run_level(stub: Any, pb: Any, metadata: Any, c: int, n: int, max_token
     ttft.clear()
     lat.clear()
     tokens = 0
+    cpu0 = common.proc_cpu_s(server_pid) if server_pid is not None else None
     start = time.perf_counter()
     await asyncio.gather(*[one(i) for i in range(n)])
     wall = time.perf_counter() - start
+    cpu1 = common.proc_cpu_s(server_pid) if server_pid is not None else None
     q = statistics.quantiles(ttft, n=100)
+    cpu_ms = None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) / n * 1000, 4)
     return {
+        "server_cpu_ms_per_call": cpu_ms,
         "concurrency": c,
         "requests": n,
         "output_tok_s": round(tokens / wall, 1),
@@ -90,8 +99,14 @@ def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "p99": round(med(r["ttft_ms"]["p99"] for r in runs), 3),
         },
         "latency_ms": {"p50": round(med(r["latency_ms"]["p50"] for r in runs), 3)},
+        "server_cpu_ms_per_call": _median_or_none([r.get("server_cpu_ms_per_call") for r in runs]),
         "runs": runs,
     }
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 4) if len(known) == len(values) and known else None
 
 
 def add_intervals(comparison: list[dict[str, Any]], servers: dict[str, Any]) -> None:
@@ -105,6 +120,16 @@ def add_intervals(comparison: list[dict[str, Any]], servers: dict[str, Any]) -> 
         cmp["throughput_ratio_ci95"] = [round(lo, 4), round(hi, 4)]
         lo, hi = common.bootstrap_interval(lambda a, b: med(a) - med(b), ttft_on, ttft_off)
         cmp["ttft_p50_delta_ms_ci95"] = [round(lo, 3), round(hi, 3)]
+        cpu_on, cpu_off = (
+            [r.get("server_cpu_ms_per_call") for r in on["runs"]],
+            [r.get("server_cpu_ms_per_call") for r in off["runs"]],
+        )
+        if None in cpu_on or None in cpu_off:
+            continue
+        cmp["server_cpu_ms_per_call"] = {"on": on["server_cpu_ms_per_call"], "off": off["server_cpu_ms_per_call"]}
+        cmp["server_cpu_ratio"] = round(med(cpu_on) / med(cpu_off), 4)
+        lo, hi = common.bootstrap_interval(lambda a, b: med(a) / med(b), cpu_on, cpu_off)
+        cmp["server_cpu_ratio_ci95"] = [round(lo, 4), round(hi, 4)]
 
 
 def fake_servers(configs: dict[str, str], targets: dict[str, str], logdir: Path) -> dict[str, BastionServer]:
@@ -146,7 +171,9 @@ async def bench_pair(
             runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
             for _ in range(repeats):
                 for m in ("on", "off"):
-                    runs[m].append(await run_level(stubs[m], pb, auths[m].metadata(), c, max(n, 4 * c), max_tokens))
+                    runs[m].append(
+                        await run_level(stubs[m], pb, auths[m].metadata(), c, max(n, 4 * c), max_tokens, servers[m].pid)
+                    )
             for m in ("on", "off"):
                 lv = median_level(runs[m])
                 out[m]["levels"].append(lv)
@@ -217,12 +244,18 @@ async def amain(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else HERE / "results" / f"security_bench{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'conc':>4} {'tput on/off':>12} {'(95 % interval)':>18} {'TTFT p50 on-off':>16} {'(95 % interval)':>18}")
+    print(
+        f"\n{'conc':>4} {'tput on/off':>12} {'(95 % interval)':>18} {'TTFT p50 on-off':>16} {'(95 % interval)':>18}"
+        f" {'server CPU/call on, off':>24} {'ratio':>6} {'(95 % interval)':>18}"
+    )
     for c in report["comparison"]:
         t, d = c["throughput_ratio_ci95"], c["ttft_p50_delta_ms_ci95"]
+        cpu, k = c.get("server_cpu_ms_per_call"), c.get("server_cpu_ratio_ci95") or [0, 0]
+        cpu_txt = f"{cpu['on']:.3f}, {cpu['off']:.3f} ms" if cpu else "n/a"
         print(
             f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>12.3f} [{t[0]:.3f}, {t[1]:.3f}]"
             f" {c['ttft_p50_delta_ms'] or 0:>13.3f} ms [{d[0]:.2f}, {d[1]:.2f}] ms"
+            f" {cpu_txt:>24} {c.get('server_cpu_ratio') or 0:>6.3f} [{k[0]:.3f}, {k[1]:.3f}]"
         )
     print(f"audit records written (security on): {report['audit_records']}\nsaved {out}")
     return 0

@@ -78,7 +78,11 @@ def test_security_bench_quick(tmp_path: Path) -> None:
     for side in ("on", "off"):
         levels = report["servers"][side]["levels"]
         assert [lv["concurrency"] for lv in levels] == [1, 16] and all(lv["output_tok_s"] > 0 for lv in levels)
+        assert all(r["server_cpu_ms_per_call"] > 0 for lv in levels for r in lv["runs"])  # the server's own CPU
     assert [c["concurrency"] for c in report["comparison"]] == [1, 16]
+    for c in report["comparison"]:
+        lo, hi = c["server_cpu_ratio_ci95"]
+        assert c["server_cpu_ratio"] > 0 and lo <= hi
 
 
 # The two benchmarks that build vLLM's schedulers run in one process: vLLM is imported once (half a minute of

@@ -85,9 +85,12 @@ class RpcRecord:
 
 
 class Telemetry:
-    def __init__(self, tracer_provider: TracerProvider, metrics: Metrics | None = None, audit_sink: Any = None) -> None:
+    def __init__(
+        self, tracer_provider: TracerProvider | None, metrics: Metrics | None = None, audit_sink: Any = None
+    ) -> None:
+        """``tracer_provider`` None: no spans (no exporter configured); metrics and audit export as usual."""
         self.tracer_provider = tracer_provider
-        self.tracer = tracer_provider.get_tracer("bastion.server")
+        self.tracer = tracer_provider.get_tracer("bastion.server") if tracer_provider is not None else None
         self.metrics = metrics or Metrics()
         # Audit records as OpenTelemetry log records (bastion.audit.export.OtelAuditExporter), or None.
         self.audit_sink = audit_sink
@@ -122,7 +125,8 @@ class Telemetry:
 
     def shutdown(self) -> None:
         self.metrics.shutdown()
-        self.tracer_provider.shutdown()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
         if self.audit_sink is not None:
             self.audit_sink.shutdown()
 
@@ -147,10 +151,20 @@ class Telemetry:
     ) -> Iterator[RpcRecord]:
         """``caller`` (a bastion.server.caller.Caller) adds the tenant and principal ids to the span; a W3C
         ``traceparent`` (and ``tracestate``) in the call's ``metadata`` makes it the parent of the span (a
-        malformed one is ignored: the span starts a trace of its own)."""
+        malformed one is ignored: the span starts a trace of its own). Without a tracer (no span exporter) only
+        the metrics are recorded."""
         tenant = caller.tenant if caller is not None else ""
         principal = caller.principal.id if caller is not None else ""
         rec = RpcRecord(method, request_id, tenant, principal)
+        if self.tracer is None:
+            try:
+                yield rec
+            except BaseException as exc:
+                _failed(rec, exc)
+                raise
+            finally:
+                self._finish(None, rec)
+            return
         with self.tracer.start_as_current_span(
             f"{SERVICE}/{method}",
             context=trace_parent(metadata),
@@ -160,47 +174,17 @@ class Telemetry:
         ) as span:
             try:
                 yield rec
-            except asyncio.CancelledError:
-                if rec.code == grpc.StatusCode.OK:
-                    rec.code = grpc.StatusCode.CANCELLED
-                raise
-            except BaseException:
-                if rec.code == grpc.StatusCode.OK:
-                    rec.code = grpc.StatusCode.INTERNAL
+            except BaseException as exc:
+                _failed(rec, exc)
                 raise
             finally:
                 self._finish(span, rec)
 
-    def _finish(self, span: Span, rec: RpcRecord) -> None:
+    def _finish(self, span: Span | None, rec: RpcRecord) -> None:
         elapsed = time.perf_counter() - rec.start
         code = rec.code.name
-        attrs = {
-            "rpc.system": "grpc",
-            "rpc.service": SERVICE,
-            "rpc.method": rec.method,
-            "rpc.grpc.status_code": rec.code.value[0],
-            "bastion.request_id": rec.request_id,
-        }
-        if rec.tenant:
-            attrs["bastion.tenant"] = rec.tenant
-        if rec.principal:
-            attrs["bastion.principal"] = rec.principal
-        if rec.model:
-            attrs["bastion.model"] = rec.model
-        if rec.digest:
-            attrs["bastion.model_digest"] = rec.digest
-        if rec.client_request_id:
-            attrs["bastion.client_request_id"] = rec.client_request_id
-        if rec.method == "Generate":
-            attrs["bastion.usage.prompt_tokens"] = rec.prompt_tokens
-            attrs["bastion.usage.completion_tokens"] = rec.completion_tokens
-            attrs["bastion.usage.cached_prompt_tokens"] = rec.cached_tokens
-            if rec.ttft_s is not None:
-                attrs["bastion.ttft_s"] = rec.ttft_s
-        span.set_attributes(attrs)
-        if rec.code != grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code))
-
+        if span is not None:
+            _describe(span, rec, code)
         m = self.metrics
         labels = {"method": rec.method, "code": code}
         m.requests.add(1, labels)
@@ -216,3 +200,39 @@ class Telemetry:
             m.output_tokens.add(rec.completion_tokens, model)
             if rec.completion_tokens and elapsed > 0:
                 m.tokens_per_s.record(rec.completion_tokens / elapsed, model)
+
+
+def _failed(rec: RpcRecord, exc: BaseException) -> None:
+    """The status code of an RPC that raised, unless the servicer set one: CANCELLED for a cancel, else INTERNAL."""
+    if rec.code == grpc.StatusCode.OK:
+        rec.code = grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError) else grpc.StatusCode.INTERNAL
+
+
+def _describe(span: Span, rec: RpcRecord, code: str) -> None:
+    """The record as the span's attributes (ids, counts, timings; never text or a credential) and status."""
+    attrs: dict[str, Any] = {
+        "rpc.system": "grpc",
+        "rpc.service": SERVICE,
+        "rpc.method": rec.method,
+        "rpc.grpc.status_code": rec.code.value[0],
+        "bastion.request_id": rec.request_id,
+    }
+    if rec.tenant:
+        attrs["bastion.tenant"] = rec.tenant
+    if rec.principal:
+        attrs["bastion.principal"] = rec.principal
+    if rec.model:
+        attrs["bastion.model"] = rec.model
+    if rec.digest:
+        attrs["bastion.model_digest"] = rec.digest
+    if rec.client_request_id:
+        attrs["bastion.client_request_id"] = rec.client_request_id
+    if rec.method == "Generate":
+        attrs["bastion.usage.prompt_tokens"] = rec.prompt_tokens
+        attrs["bastion.usage.completion_tokens"] = rec.completion_tokens
+        attrs["bastion.usage.cached_prompt_tokens"] = rec.cached_tokens
+        if rec.ttft_s is not None:
+            attrs["bastion.ttft_s"] = rec.ttft_s
+    span.set_attributes(attrs)
+    if rec.code != grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code))
