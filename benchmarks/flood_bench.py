@@ -104,6 +104,7 @@ class Sampling:
 
     max_tokens: int
     request_timeout_s: float = REQUEST_TIMEOUT_S
+    stream_interval: int = 1
 
 
 def status_of(r: common.RequestResult) -> str:

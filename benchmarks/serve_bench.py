@@ -83,6 +83,8 @@ class BenchConfig:
     start_timeout_s: float
     fast_start: bool = False
     idle_s: float = 0.0  # seconds of no load, after ready, over which the front end's idle CPU is measured
+    # Tokens per streamed message, asked of every server per request (vLLM's stream_interval; 1: every token).
+    stream_interval: int = 1
 
 
 def requests_for(c: int, quick: bool) -> int:
@@ -205,6 +207,9 @@ class SendSettings(Protocol):
     @property
     def request_timeout_s(self) -> float: ...
 
+    @property
+    def stream_interval(self) -> int: ...
+
 
 class BastionClient:
     def __init__(self, target: str, auth: BastionAuth, cfg: SendSettings) -> None:
@@ -234,6 +239,8 @@ class BastionClient:
             prompt=prompt,
             sampling=self.pb.SamplingParams(max_tokens=self.cfg.max_tokens, temperature=0.0),
         )
+        if self.cfg.stream_interval > 1:
+            req.sampling.stream_interval = self.cfg.stream_interval
         r = RequestResult(start=time.perf_counter())
         acc = BastionStreamAccumulator(r)
         try:
@@ -315,6 +322,7 @@ class VllmClient:
                 "include_usage": True,
                 **({"continuous_usage_stats": True} if self.continuous_usage else {}),
             },
+            **({"stream_interval": self.cfg.stream_interval} if self.cfg.stream_interval > 1 else {}),
         }
         r = RequestResult(start=time.perf_counter())
         acc = VllmStreamAccumulator(r)
@@ -820,6 +828,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, help="measured requests per level (default max(16,4c); quick max(4,2c))")
     p.add_argument("--warmup", type=int, help="warm-up requests per level (default: the concurrency)")
     p.add_argument("--max-tokens", type=int, help="tokens per request (default 64; quick 32)")
+    p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        choices=range(1, 17),
+        metavar="N",
+        help="tokens per streamed message, asked per request of every server (vLLM's stream_interval; default 1)",
+    )
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--max-num-seqs", type=int, default=16)
     p.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE for both servers")
@@ -895,6 +911,7 @@ async def amain(args: argparse.Namespace) -> int:
         start_timeout_s=args.start_timeout,
         fast_start=args.fast_start,
         idle_s=args.idle_s if args.idle_s is not None else (0.0 if args.quick else 10.0),
+        stream_interval=args.stream_interval,
     )
     work = make_workload(cfg)
     out_path = Path(args.out) if args.out else HERE / "results" / f"serve_bench{'-quick' if args.quick else ''}.json"
@@ -938,6 +955,7 @@ async def amain(args: argparse.Namespace) -> int:
             "tokens; engine_cpu_s: the same for its descendants (engine core, workers; vLLM's AsyncLLM always runs the "
             "engine core in a child process, fast start included)",
             "fast_start": args.fast_start,
+            "stream_interval": cfg.stream_interval,
             "frontend_idle_cpu_pct": "CPU of the front-end process over idle_s seconds without requests after "
             "ready, in % of one core",
             "idle_s": cfg.idle_s,

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 from bastion.engine.protocol import (
     ChatTurn,
@@ -100,6 +101,8 @@ class FakeEngine:
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         self.requests.append(request)
+        if request.sampling.stream_interval > 1:
+            return _every(request.sampling.stream_interval, self._generate(request))
         return self._generate(request)
 
     async def _generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
@@ -171,3 +174,21 @@ def _prompt_logprobs(ids: Sequence[int], k: int) -> tuple[TokenLogprobs, ...]:
         top = tuple(((t if t % 2 == 0 else 32) if j == 0 else 33 + j, best - j) for j in range(k))
         out.append(TokenLogprobs(t, lp, top, token=_token_text(t), top_tokens=tuple(_token_text(x) for x, _ in top)))
     return tuple(out)
+
+
+async def _every(k: int, outputs: AsyncIterator[EngineOutput]) -> AsyncIterator[EngineOutput]:
+    """vLLM's stream_interval over the fake's one-token outputs: the first at once, then one output per ``k``
+    tokens, and the last with what remains."""
+    held: list[EngineOutput] = []
+    first = True
+    async for out in outputs:
+        held.append(out)
+        if first or out.finished or sum(len(h.token_ids) for h in held) >= k:
+            yield replace(
+                out,
+                text="".join(h.text for h in held),
+                token_ids=tuple(t for h in held for t in h.token_ids),
+                logprobs=tuple(lp for h in held for lp in h.logprobs),
+                prompt_logprobs=held[0].prompt_logprobs,
+            )
+            held, first = [], False

@@ -259,6 +259,10 @@ class ModelSettings(BaseModel):
     # environment a spawned one would have (bastion.engine.vllm.forkserver): about 25 s off the start on 2
     # cores. Off: vLLM spawns it, importing vLLM once more.
     preload_engine_core: bool = True
+    # Tokens per streamed message, at least (vLLM's stream_interval; 1 to 16, as a call may ask): a call's
+    # sampling.stream_interval can only raise it. Fewer messages per token take less of the front end's CPU, which
+    # on a small CPU host shares the cores with the engine; clients see the same text in fewer, larger messages.
+    stream_interval: int = Field(default=1, ge=1, le=16)
 
     @field_validator("adapters")
     @classmethod

@@ -75,6 +75,22 @@ def test_greedy_is_deterministic(stub, model_name) -> None:
     assert runs[0] == runs[1] and len(runs[0]) == 24
 
 
+def test_stream_interval_groups_the_same_tokens(stub, model_name) -> None:
+    """vLLM's stream_interval through bastion: message boundaries fall only where vLLM emits (the first token,
+    then every 4); vLLM may merge emissions for a slow reader, never split them. Same greedy tokens as without."""
+
+    def run(**extra: int) -> list[pb.GenerateResponse]:
+        sampling = pb.SamplingParams(max_tokens=9, temperature=0.0, ignore_eos=True, **extra)
+        return collect(stub, pb.GenerateRequest(model=model_name, prompt="Once upon a time", sampling=sampling))
+
+    grouped, plain = run(stream_interval=4), run()
+    ends = [sum(len(m.token_ids) for m in grouped[: i + 1]) for i in range(len(grouped))]
+    assert ends[-1] == 9 and set(ends) <= {1, 5, 9}, ends
+    assert [t for m in grouped for t in m.token_ids] == [t for m in plain for t in m.token_ids]
+    assert text_of(grouped) == text_of(plain) and grouped[-1].usage == plain[-1].usage
+    assert len(plain) > 3  # without it, more messages than the interval allows
+
+
 def test_seeded_sampling_is_reproducible(stub, model_name) -> None:
     def run(seed: int) -> list[int]:
         req = pb.GenerateRequest(

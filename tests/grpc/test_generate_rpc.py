@@ -32,6 +32,23 @@ async def test_stream_deltas_usage_and_request_id() -> None:
     assert engine.aborted == [] and engine.closed == [rid]
 
 
+async def test_stream_interval_sends_the_same_tokens_in_fewer_messages() -> None:
+    """sampling.stream_interval reaches the engine; its grouped outputs stream as they come: the first token at
+    once, then four per message, the rest with the final message (usage and digest as without it)."""
+    engine = FakeEngine()
+    async with running_server([engine]) as srv:
+        req = prompt_request("hello", max_tokens=10)
+        req.sampling.stream_interval = 4
+        msgs = await collect(srv.stub.Generate(req))
+        plain = await collect(srv.stub.Generate(prompt_request("hello", max_tokens=10)))
+    assert [len(m.token_ids) for m in msgs] == [1, 4, 4, 1]
+    assert [t for m in msgs for t in m.token_ids] == [t for m in plain for t in m.token_ids]
+    assert "".join(m.text for m in msgs) == "".join(m.text for m in plain)
+    assert [m.model_digest for m in msgs] == [FAKE_DIGEST, "", "", FAKE_DIGEST]
+    assert msgs[-1].usage == plain[-1].usage and msgs[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    assert [r.sampling.stream_interval for r in engine.requests] == [4, 1]
+
+
 async def test_request_ids_are_unique_and_client_id_is_only_a_label() -> None:
     engine = FakeEngine()
     async with running_server([engine]) as srv:

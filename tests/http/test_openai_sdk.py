@@ -55,9 +55,17 @@ async def test_streaming_ends_with_the_usage_chunk_and_done() -> None:
         assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 4
         text = await c.completions.create(model="fake-model", prompt="abc", max_tokens=2, stream=True)
         assert "".join([ch.choices[0].text async for ch in text]) == "w0 w1 "
-        await c.close()
         rec = records(srv.audit_dir)[-1]
         assert rec["method"] == "POST /v1/completions" and rec["completion_tokens"] == 2
+        # vLLM's stream_interval extension: the first token at once, then three per chunk.
+        grouped = await c.completions.create(
+            model="fake-model", prompt="abc", max_tokens=7, stream=True, extra_body={"stream_interval": 3}
+        )
+        assert [ch.choices[0].text async for ch in grouped] == ["w0 ", "w1 w2 w3 ", "w4 w5 w6 "]
+        with pytest.raises(openai.BadRequestError) as bad:
+            await c.completions.create(model="fake-model", prompt="x", stream=True, extra_body={"stream_interval": 17})
+        assert bad.value.body["message"] == "stream_interval: must be between 1 and 16"  # type: ignore[index]
+        await c.close()
 
 
 async def test_refusals_arrive_as_the_sdks_error_classes() -> None:

@@ -133,5 +133,12 @@ def test_log_probabilities_and_echo_map_onto_the_sampling_params() -> None:
     s = lm_eval.request.sampling
     assert lm_eval.echo and lm_eval.logprobs == 1 and s.logprobs == 1 and s.prompt_logprobs == 1
     assert completion_request({"model": "m", "prompt": "x", "ignore_eos": True}, "").request.sampling.ignore_eos
+    body = {"model": "m", "prompt": "x", "stream_interval": 4}
+    assert completion_request(body, "").request.sampling.stream_interval == 4  # vLLM's extension, as vLLM takes it
+    assert not completion_request({"model": "m", "prompt": "x"}, "").request.sampling.HasField("stream_interval")
+    for bad in (0, -1, 2**32):  # what does not fit the proto field; 17 and up: the servicer's bound
+        with pytest.raises(InvalidArgument) as exc:
+            completion_request({**body, "stream_interval": bad}, "")
+        assert exc.value.field == "stream_interval" and "between 1 and 16" in str(exc.value)
     plain = completion_request({"model": "m", "prompt": "x", "echo": True}, "")
     assert plain.echo and not plain.request.sampling.HasField("prompt_logprobs")

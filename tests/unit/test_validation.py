@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from bastion.config import LimitSettings
+from bastion.config import LimitSettings, ModelSettings
 from bastion.engine.protocol import ChatTurn, SamplingSpec
 from bastion.errors import InvalidArgument
 from bastion.server.validation import (
+    MAX_STREAM_INTERVAL,
     GenerateSpec,
     InputSpec,
     fit_context,
@@ -55,7 +56,9 @@ def test_valid_prompt_takes_defaults() -> None:
 
 
 def test_valid_conversation_and_every_sampling_field() -> None:
-    s = pb.SamplingParams(max_tokens=10, temperature=0.0, top_p=0.5, top_k=40, seed=2**63 - 1, stop=["\n"], logprobs=20)
+    s = pb.SamplingParams(
+        max_tokens=10, temperature=0.0, top_p=0.5, top_k=40, seed=2**63 - 1, stop=["\n"], logprobs=20, stream_interval=4
+    )
     spec = validate_generate(
         gen(
             conversation=conv((pb.ROLE_SYSTEM, "be brief"), (pb.ROLE_USER, "hi"), (pb.ROLE_ASSISTANT, "")),
@@ -70,7 +73,14 @@ def test_valid_conversation_and_every_sampling_field() -> None:
         ChatTurn("assistant", ""),
     )
     assert spec.sampling == SamplingSpec(
-        max_tokens=10, temperature=0.0, top_p=0.5, top_k=40, seed=2**63 - 1, stop=("\n",), logprobs=20
+        max_tokens=10,
+        temperature=0.0,
+        top_p=0.5,
+        top_k=40,
+        seed=2**63 - 1,
+        stop=("\n",),
+        logprobs=20,
+        stream_interval=4,
     )
     assert spec.max_tokens_explicit
 
@@ -124,6 +134,8 @@ def test_conversation_limits() -> None:
         (pb.SamplingParams(stop=["ok", ""]), "sampling.stop[1]", "between 1 and 128 bytes"),
         (pb.SamplingParams(stop=[SECRET * 10]), "sampling.stop[0]", "between 1 and 128 bytes"),
         (pb.SamplingParams(logprobs=21), "sampling.logprobs", "between 0 and 20"),
+        (pb.SamplingParams(stream_interval=0), "sampling.stream_interval", "between 1 and 16"),
+        (pb.SamplingParams(stream_interval=17), "sampling.stream_interval", "between 1 and 16"),
     ],
 )
 def test_sampling_limits(sampling: pb.SamplingParams, field: str, limit_text: str) -> None:
@@ -135,6 +147,14 @@ def test_sampling_bounds_accepted() -> None:
         max_tokens=4096, temperature=2.0, top_p=1.0, top_k=0, seed=0, logprobs=0, stop=["x" * 128] * 8
     )
     validate_generate(gen(sampling=s), LIMITS)
+    for k in (1, MAX_STREAM_INTERVAL):
+        assert (
+            validate_generate(gen(sampling=pb.SamplingParams(stream_interval=k)), LIMITS).sampling.stream_interval == k
+        )
+    # The server's floor (model.stream_interval) has the same bound as a call.
+    assert ModelSettings(stream_interval=MAX_STREAM_INTERVAL).stream_interval == MAX_STREAM_INTERVAL
+    with pytest.raises(ValueError, match="stream_interval"):
+        ModelSettings(stream_interval=MAX_STREAM_INTERVAL + 1)
 
 
 def test_configured_limits_apply() -> None:

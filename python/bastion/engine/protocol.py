@@ -63,6 +63,9 @@ class SamplingSpec:
     prompt_logprobs: int | None = None
     # Run to max_tokens past the end-of-sequence token (stop strings still apply).
     ignore_eos: bool = False
+    # Tokens per streamed output after the first (the last output carries what remains); the engine's own
+    # setting is a floor.
+    stream_interval: int = 1
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ ADAPTER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_TEMPERATURE = 2.0
 MAX_TOP_K = 1000
 MAX_SEED = 2**63 - 1
+# Tokens per streamed message a call may ask for (model.stream_interval's bound too).
+MAX_STREAM_INTERVAL = 16
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,10 @@ def validate_sampling(s: pb.SamplingParams, limits: LimitSettings) -> tuple[Samp
         spec = replace(spec, logprobs=s.logprobs)
     if s.ignore_eos:
         spec = replace(spec, ignore_eos=True)
+    if s.HasField("stream_interval"):
+        if not 1 <= s.stream_interval <= MAX_STREAM_INTERVAL:
+            raise InvalidArgument("sampling.stream_interval", f"must be between 1 and {MAX_STREAM_INTERVAL}")
+        spec = replace(spec, stream_interval=s.stream_interval)
     if s.HasField("prompt_logprobs"):
         if s.prompt_logprobs > limits.max_logprobs:
             raise InvalidArgument("sampling.prompt_logprobs", f"must be between 0 and {limits.max_logprobs}")

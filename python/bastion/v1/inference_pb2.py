@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x61stion/v1/inference.proto\x12\nbastion.v1\">\n\x0b\x43hatMessage\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.bastion.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.bastion.v1.ChatMessage\"\xc6\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x15\n\x08logprobs\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x08 \x01(\rH\x06\x88\x01\x01\x12\x17\n\nignore_eos\x18\t \x01(\x08H\x07\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobsB\r\n\x0b_ignore_eos\"\xc7\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x30\n\x0c\x63onversation\x18\x03 \x01(\x0b\x32\x18.bastion.v1.ConversationH\x00\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.bastion.v1.SamplingParams\x12\x19\n\x11\x63lient_request_id\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x06 \x01(\tB\x07\n\x05input\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\t\"j\n\x16GeneratedTokenLogprobs\x12)\n\x07sampled\x18\x01 \x01(\x0b\x32\x18.bastion.v1.TokenLogprob\x12%\n\x03top\x18\x02 \x03(\x0b\x32\x18.bastion.v1.TokenLogprob\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\xa3\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x34\n\x08logprobs\x18\x04 \x03(\x0b\x32\".bastion.v1.GeneratedTokenLogprobs\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.bastion.v1.FinishReason\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.bastion.v1.Usage\x12\x14\n\x0cmodel_digest\x18\x07 \x01(\t\x12;\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32\".bastion.v1.GeneratedTokenLogprobs\"m\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x30\n\x0c\x63onversation\x18\x03 \x01(\x0b\x32\x18.bastion.v1.ConversationH\x00\x42\x07\n\x05input\":\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x13\n\x0bmax_context\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\"\xa2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x13\n\x0bmax_context\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x16\n\x0esubject_digest\x18\x05 \x01(\t\x12\x0f\n\x07release\x18\x06 \x01(\t\x12)\n\x08\x61\x64\x61pters\x18\x07 \x03(\x0b\x32\x17.bastion.v1.AdapterInfo\"<\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.bastion.v1.ModelInfo*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xe8\x01\n\tInference\x12G\n\x08Generate\x12\x1b.bastion.v1.GenerateRequest\x1a\x1c.bastion.v1.GenerateResponse0\x01\x12\x45\n\x08Tokenize\x12\x1b.bastion.v1.TokenizeRequest\x1a\x1c.bastion.v1.TokenizeResponse\x12K\n\nListModels\x12\x1d.bastion.v1.ListModelsRequest\x1a\x1e.bastion.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x61stion/v1/inference.proto\x12\nbastion.v1\">\n\x0b\x43hatMessage\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.bastion.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.bastion.v1.ChatMessage\"\xf8\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x15\n\x08logprobs\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x08 \x01(\rH\x06\x88\x01\x01\x12\x17\n\nignore_eos\x18\t \x01(\x08H\x07\x88\x01\x01\x12\x1c\n\x0fstream_interval\x18\n \x01(\rH\x08\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobsB\r\n\x0b_ignore_eosB\x12\n\x10_stream_interval\"\xc7\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x30\n\x0c\x63onversation\x18\x03 \x01(\x0b\x32\x18.bastion.v1.ConversationH\x00\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.bastion.v1.SamplingParams\x12\x19\n\x11\x63lient_request_id\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x06 \x01(\tB\x07\n\x05input\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\t\"j\n\x16GeneratedTokenLogprobs\x12)\n\x07sampled\x18\x01 \x01(\x0b\x32\x18.bastion.v1.TokenLogprob\x12%\n\x03top\x18\x02 \x03(\x0b\x32\x18.bastion.v1.TokenLogprob\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\xa3\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x34\n\x08logprobs\x18\x04 \x03(\x0b\x32\".bastion.v1.GeneratedTokenLogprobs\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.bastion.v1.FinishReason\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.bastion.v1.Usage\x12\x14\n\x0cmodel_digest\x18\x07 \x01(\t\x12;\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32\".bastion.v1.GeneratedTokenLogprobs\"m\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x30\n\x0c\x63onversation\x18\x03 \x01(\x0b\x32\x18.bastion.v1.ConversationH\x00\x42\x07\n\x05input\":\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x13\n\x0bmax_context\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\"\xa2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x13\n\x0bmax_context\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x16\n\x0esubject_digest\x18\x05 \x01(\t\x12\x0f\n\x07release\x18\x06 \x01(\t\x12)\n\x08\x61\x64\x61pters\x18\x07 \x03(\x0b\x32\x17.bastion.v1.AdapterInfo\"<\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.bastion.v1.ModelInfo*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xe8\x01\n\tInference\x12G\n\x08Generate\x12\x1b.bastion.v1.GenerateRequest\x1a\x1c.bastion.v1.GenerateResponse0\x01\x12\x45\n\x08Tokenize\x12\x1b.bastion.v1.TokenizeRequest\x1a\x1c.bastion.v1.TokenizeResponse\x12K\n\nListModels\x12\x1d.bastion.v1.ListModelsRequest\x1a\x1e.bastion.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bastion.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1733
-  _globals['_ROLE']._serialized_end=1813
-  _globals['_FINISHREASON']._serialized_start=1815
-  _globals['_FINISHREASON']._serialized_end=1935
+  _globals['_ROLE']._serialized_start=1783
+  _globals['_ROLE']._serialized_end=1863
+  _globals['_FINISHREASON']._serialized_start=1865
+  _globals['_FINISHREASON']._serialized_end=1985
   _globals['_CHATMESSAGE']._serialized_start=42
   _globals['_CHATMESSAGE']._serialized_end=104
   _globals['_CONVERSATION']._serialized_start=106
   _globals['_CONVERSATION']._serialized_end=163
   _globals['_SAMPLINGPARAMS']._serialized_start=166
-  _globals['_SAMPLINGPARAMS']._serialized_end=492
-  _globals['_GENERATEREQUEST']._serialized_start=495
-  _globals['_GENERATEREQUEST']._serialized_end=694
-  _globals['_TOKENLOGPROB']._serialized_start=696
-  _globals['_TOKENLOGPROB']._serialized_end=760
-  _globals['_GENERATEDTOKENLOGPROBS']._serialized_start=762
-  _globals['_GENERATEDTOKENLOGPROBS']._serialized_end=868
-  _globals['_USAGE']._serialized_start=870
-  _globals['_USAGE']._serialized_end=957
-  _globals['_GENERATERESPONSE']._serialized_start=960
-  _globals['_GENERATERESPONSE']._serialized_end=1251
-  _globals['_TOKENIZEREQUEST']._serialized_start=1253
-  _globals['_TOKENIZEREQUEST']._serialized_end=1362
-  _globals['_TOKENIZERESPONSE']._serialized_start=1364
-  _globals['_TOKENIZERESPONSE']._serialized_end=1422
-  _globals['_LISTMODELSREQUEST']._serialized_start=1424
-  _globals['_LISTMODELSREQUEST']._serialized_end=1443
-  _globals['_MODELINFO']._serialized_start=1446
-  _globals['_MODELINFO']._serialized_end=1608
-  _globals['_ADAPTERINFO']._serialized_start=1610
-  _globals['_ADAPTERINFO']._serialized_end=1670
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1672
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1731
-  _globals['_INFERENCE']._serialized_start=1938
-  _globals['_INFERENCE']._serialized_end=2170
+  _globals['_SAMPLINGPARAMS']._serialized_end=542
+  _globals['_GENERATEREQUEST']._serialized_start=545
+  _globals['_GENERATEREQUEST']._serialized_end=744
+  _globals['_TOKENLOGPROB']._serialized_start=746
+  _globals['_TOKENLOGPROB']._serialized_end=810
+  _globals['_GENERATEDTOKENLOGPROBS']._serialized_start=812
+  _globals['_GENERATEDTOKENLOGPROBS']._serialized_end=918
+  _globals['_USAGE']._serialized_start=920
+  _globals['_USAGE']._serialized_end=1007
+  _globals['_GENERATERESPONSE']._serialized_start=1010
+  _globals['_GENERATERESPONSE']._serialized_end=1301
+  _globals['_TOKENIZEREQUEST']._serialized_start=1303
+  _globals['_TOKENIZEREQUEST']._serialized_end=1412
+  _globals['_TOKENIZERESPONSE']._serialized_start=1414
+  _globals['_TOKENIZERESPONSE']._serialized_end=1472
+  _globals['_LISTMODELSREQUEST']._serialized_start=1474
+  _globals['_LISTMODELSREQUEST']._serialized_end=1493
+  _globals['_MODELINFO']._serialized_start=1496
+  _globals['_MODELINFO']._serialized_end=1658
+  _globals['_ADAPTERINFO']._serialized_start=1660
+  _globals['_ADAPTERINFO']._serialized_end=1720
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1722
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1781
+  _globals['_INFERENCE']._serialized_start=1988
+  _globals['_INFERENCE']._serialized_end=2220
 # @@protoc_insertion_point(module_scope)

@@ -483,6 +483,7 @@ CONTRACT: tuple[Entry, ...] = (
             "max_lora_rank",
             "num_gpu_blocks_override",
             "gpu_memory_utilization",
+            "stream_interval",
         ),
     ),
     Api(
@@ -539,6 +540,8 @@ CONTRACT: tuple[Entry, ...] = (
             "stop",
             "logprobs",
             "prompt_logprobs",
+            "ignore_eos",
+            "stream_interval",
             "output_kind",
             "skip_special_tokens",
             "skip_reading_prefix_cache",

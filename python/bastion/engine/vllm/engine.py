@@ -58,6 +58,7 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
         trust_remote_code=False,
         load_format=load_format,
         enforce_eager=m.fast_start,  # fast start: no torch.compile, no CUDA graphs
+        stream_interval=m.stream_interval,  # a floor under each call's sampling.stream_interval
     )
     if m.adapters:
         kwargs.update(enable_lora=True, max_loras=min(len(m.adapters), 8), max_lora_rank=m.max_lora_rank)
@@ -258,6 +259,7 @@ class VllmEngine:
             logprobs=s.logprobs if s.logprobs > 0 else None,
             prompt_logprobs=s.prompt_logprobs,
             ignore_eos=s.ignore_eos,
+            stream_interval=s.stream_interval if s.stream_interval > 1 else None,  # vLLM takes the larger
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,
         )

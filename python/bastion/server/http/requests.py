@@ -93,6 +93,7 @@ class _Common(_Strict):
     min_p: float | None = None
     min_tokens: int | None = None
     ignore_eos: bool | None = None
+    stream_interval: int | None = None  # vLLM's extension: tokens per streamed chunk (1 to 16)
     logit_bias: dict[str, float] | None = None
 
 
@@ -226,6 +227,10 @@ def _sampling(req: _Common, max_tokens: int | None) -> pb.SamplingParams:
         s.stop.extend([req.stop] if isinstance(req.stop, str) else req.stop)
     if req.ignore_eos:
         s.ignore_eos = True
+    if req.stream_interval is not None:
+        if not 1 <= req.stream_interval < 2**32:
+            raise InvalidArgument("stream_interval", "must be between 1 and 16")
+        s.stream_interval = req.stream_interval  # the servicer bounds it (limits named there)
     return s
 
 
