@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import grpc
@@ -156,22 +156,16 @@ class Telemetry:
         tenant = caller.tenant if caller is not None else ""
         principal = caller.principal.id if caller is not None else ""
         rec = RpcRecord(method, request_id, tenant, principal)
-        if self.tracer is None:
-            try:
-                yield rec
-            except BaseException as exc:
-                _failed(rec, exc)
-                raise
-            finally:
-                self._finish(None, rec)
-            return
-        with self.tracer.start_as_current_span(
-            f"{SERVICE}/{method}",
-            context=trace_parent(metadata),
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        scope: AbstractContextManager[Span | None] = nullcontext()
+        if self.tracer is not None:
+            scope = self.tracer.start_as_current_span(
+                f"{SERVICE}/{method}",
+                context=trace_parent(metadata),
+                kind=SpanKind.SERVER,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        with scope as span:
             try:
                 yield rec
             except BaseException as exc:
