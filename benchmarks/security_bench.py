@@ -38,7 +38,14 @@ from testkit.launcher import NO_HEALTH_LISTENER, BastionServer, fake_server, fre
 
 
 async def run_level(
-    stub: Any, pb: Any, metadata: Any, c: int, n: int, max_tokens: int, server_pid: int | None = None
+    stub: Any,
+    pb: Any,
+    metadata: Any,
+    c: int,
+    n: int,
+    max_tokens: int,
+    server_pid: int | None = None,
+    stream_interval: int = 1,
 ) -> dict[str, Any]:
     """One level: ``c`` warm-up calls, then ``n`` calls ``c`` at a time. With ``server_pid``, the server process's
     CPU time (user + system, from /proc) over the ``n`` calls, per call: steadier than throughput on a shared
@@ -54,6 +61,8 @@ async def run_level(
             req = pb.GenerateRequest(
                 model="fake-model", prompt=f"Request {i:05d} hello", sampling=pb.SamplingParams(max_tokens=max_tokens)
             )
+            if stream_interval > 1:
+                req.sampling.stream_interval = stream_interval
             t0 = time.perf_counter()
             first = None
             async for m in stub.Generate(req, metadata=metadata, timeout=60):
@@ -151,7 +160,13 @@ def fake_servers(configs: dict[str, str], targets: dict[str, str], logdir: Path)
 
 
 async def bench_pair(
-    servers: dict[str, BastionServer], auths: dict[str, Any], levels: list[int], n: int, max_tokens: int, repeats: int
+    servers: dict[str, BastionServer],
+    auths: dict[str, Any],
+    levels: list[int],
+    n: int,
+    max_tokens: int,
+    repeats: int,
+    stream_interval: int = 1,
 ) -> dict[str, Any]:
     """Both servers up at once (the fake engine is light); per level, on and off measured alternately
     ``repeats`` times, so drift on a shared machine hits both sides alike; medians reported."""
@@ -172,7 +187,16 @@ async def bench_pair(
             for _ in range(repeats):
                 for m in ("on", "off"):
                     runs[m].append(
-                        await run_level(stubs[m], pb, auths[m].metadata(), c, max(n, 4 * c), max_tokens, servers[m].pid)
+                        await run_level(
+                            stubs[m],
+                            pb,
+                            auths[m].metadata(),
+                            c,
+                            max(n, 4 * c),
+                            max_tokens,
+                            servers[m].pid,
+                            stream_interval,
+                        )
                     )
             for m in ("on", "off"):
                 lv = median_level(runs[m])
@@ -216,6 +240,7 @@ async def amain(args: argparse.Namespace) -> int:
         "config": {
             "engine": "testkit/fakes.py FakeEngine (no delay)",
             "max_tokens": args.max_tokens,
+            "stream_interval": args.stream_interval,
             "concurrency": levels,
             "requests_per_level": n,
             "on": "mTLS + JWT (ES256, JWKS file) + tenancy/rate limits + audit log (fsync per call, group commit)",
@@ -232,6 +257,7 @@ async def amain(args: argparse.Namespace) -> int:
         n,
         args.max_tokens,
         repeats,
+        args.stream_interval,
     )
     report["comparison"] = common.compare_security(
         report["servers"]["on"]["levels"], report["servers"]["off"]["levels"]
@@ -266,6 +292,14 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--profile", help="write a cProfile of the security-on server's event loop to this file")
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        choices=range(1, 17),
+        metavar="N",
+        help="tokens per streamed message, asked on every call of both sides (default 1)",
+    )
     p.add_argument("--out")
     args = p.parse_args()
     return asyncio.run(amain(args))
