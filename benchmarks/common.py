@@ -6,6 +6,7 @@ Nothing here starts processes or opens sockets, so tests/unit/test_bench_stats.p
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -512,3 +513,15 @@ def descendants(pid: int) -> list[int]:
             out.append(c)
             todo.append(c)
     return out
+
+
+def add_stream_interval(p: argparse.ArgumentParser, whom: str) -> None:
+    """``--stream-interval N``: tokens per streamed message (vLLM's stream_interval, 1 to 16), asked on every call."""
+    p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        choices=range(1, 17),
+        metavar="N",
+        help=f"tokens per streamed message, asked on every call of {whom} (vLLM's stream_interval; default 1)",
+    )

@@ -292,14 +292,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--profile", help="write a cProfile of the security-on server's event loop to this file")
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument(
-        "--stream-interval",
-        type=int,
-        default=1,
-        choices=range(1, 17),
-        metavar="N",
-        help="tokens per streamed message, asked on every call of both sides (default 1)",
-    )
+    common.add_stream_interval(p, "both sides")
     p.add_argument("--out")
     args = p.parse_args()
     return asyncio.run(amain(args))

@@ -828,14 +828,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, help="measured requests per level (default max(16,4c); quick max(4,2c))")
     p.add_argument("--warmup", type=int, help="warm-up requests per level (default: the concurrency)")
     p.add_argument("--max-tokens", type=int, help="tokens per request (default 64; quick 32)")
-    p.add_argument(
-        "--stream-interval",
-        type=int,
-        default=1,
-        choices=range(1, 17),
-        metavar="N",
-        help="tokens per streamed message, asked per request of every server (vLLM's stream_interval; default 1)",
-    )
+    common.add_stream_interval(p, "every server")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--max-num-seqs", type=int, default=16)
     p.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE for both servers")
