@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,16 +128,22 @@ def test_a_forkserver_that_does_not_answer_spawns_it(
     assert "did not answer" in _spawned(server, caplog)
 
 
+def _sleeping_core(server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch, seconds: int) -> Any:
+    """A started stand-in EngineCore (it sleeps) forked from the forkserver, the environments agreeing."""
+    _agree(monkeypatch)
+    ctx = server.context()
+    assert ctx is not None
+    core = ctx.Process(target=time.sleep, args=(seconds,))
+    core.start()
+    return core
+
+
 def test_the_engine_core_is_not_a_copy_of_the_server(
     server: forkserver.Forkserver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The forkserver was exec'd: the EngineCore forked from it holds nothing of the server's memory (no key read,
     no socket, no module the server imported), unlike a fork of the server."""
-    _agree(monkeypatch)
-    ctx = server.context()
-    assert ctx is not None
-    p = ctx.Process(target=time.sleep, args=(30,))
-    p.start()
+    p = _sleeping_core(server, monkeypatch, 30)
     try:
         # A fork of the forkserver, whose command line is a fresh interpreter's, never pytest's (this process).
         assert b"from multiprocessing.forkserver import main" in Path(f"/proc/{p.pid}/cmdline").read_bytes()
@@ -171,11 +178,7 @@ def test_an_engine_core_does_not_outlive_its_forkserver(
     not live on as an orphan. (The forkserver also exits with the server, so the same holds for a killed server.)"""
     import multiprocessing.forkserver as mp_forkserver
 
-    _agree(monkeypatch)
-    ctx = server.context()
-    assert ctx is not None
-    core = ctx.Process(target=time.sleep, args=(120,))
-    core.start()
+    core = _sleeping_core(server, monkeypatch, 120)
     try:
         assert not _gone(core.pid, 1.0)  # running
         os.kill(mp_forkserver._forkserver._forkserver_pid, signal.SIGKILL)  # type: ignore[attr-defined]
