@@ -94,14 +94,16 @@ def main() -> int:
         from testkit.fake_server import serve_fake
 
         return serve_fake(settings, security_factory=open_security)
-    import asyncio
-
     from bastion.engine.factory import build_pool
     from bastion.observability.logs import setup_logging
+    from bastion.server import event_loop
     from bastion.server.app import serve
 
     setup_logging(settings.observability.log_level)
-    return asyncio.run(serve(settings, functools.partial(build_pool, settings), security_factory=open_security))
+    return event_loop.run(
+        serve(settings, functools.partial(build_pool, settings), security_factory=open_security),
+        settings.server.event_loop,
+    )
 
 
 if __name__ == "__main__":

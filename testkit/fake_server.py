@@ -14,7 +14,6 @@ the security layer replaced by a pass-through.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import os
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from bastion.config import Settings, load_settings
 from bastion.engine.protocol import EnginePool
 from bastion.observability.logs import setup_logging
+from bastion.server import event_loop
 from bastion.server.app import serve
 from bastion.server.security import Security, build_security
 from testkit.fakes import FakeEngine
@@ -53,7 +53,9 @@ def serve_fake(
             tmp.write_text(address, encoding="utf-8")
             os.replace(tmp, address_file)
 
-    return asyncio.run(serve(settings, pool, on_bound=bound, security_factory=security_factory))
+    return event_loop.run(
+        serve(settings, pool, on_bound=bound, security_factory=security_factory), settings.server.event_loop
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

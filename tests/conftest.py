@@ -22,6 +22,18 @@ if str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every async test runs on the loop the server runs on by default (``server.event_loop = "uvloop"``,
+    bastion/server/event_loop.py): the listeners, limits and timeouts are tested on the loop that serves. A
+    policy, not pytest-asyncio's loop-factory hook: the hook parametrizes async tests only, so a module-scoped
+    fixture shared by sync and async tests would be set up twice."""
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 # Time spent per test directory (setup, call and teardown of its tests), for the CI phase table: printed at
 # the end of the run and appended to $BASTION_PHASES when set (scripts/phase, scripts/ci_phases.py).
 _DIR_SECONDS: dict[str, float] = {}

@@ -120,6 +120,9 @@ class ServerSettings(BaseModel):
     # gRPC server reflection is not served: it would tell any client the API surface, and clients have the
     # committed descriptor set (python/bastion/v1/bastion_v1.binpb) or proto/. Only false is accepted.
     reflection: bool = False
+    # The event loop the server runs on: "uvloop" (libuv's; less CPU per wake-up, timer and TLS record, what
+    # vLLM's own server uses) or "asyncio" (the standard library's). Same behaviour, limits and timeouts.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     tls: TlsSettings = TlsSettings()
 
     @field_validator("reflection")

@@ -54,6 +54,7 @@ from bastion.errors import BastionError, ConfigError
 from bastion.isolation.kv_metrics import TenantKvStats
 from bastion.observability.logs import setup_logging
 from bastion.observability.telemetry import Telemetry
+from bastion.server import event_loop
 from bastion.server.admin import AdminServicer
 from bastion.server.background import prune_content, redteam_baseline, start_drift, start_redteam
 from bastion.server.health import NOT_SERVING, WATCHDOG_INTERVAL_S, Health
@@ -451,6 +452,6 @@ def run_server(settings: Settings, pool_factory: PoolFactory) -> int:
     setup_logging(settings.observability.log_level, settings.observability.log_format)
     log.debug("settings: %s", settings.redacted())
     try:
-        return asyncio.run(serve(settings, pool_factory))
+        return event_loop.run(serve(settings, pool_factory), settings.server.event_loop)
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 130
