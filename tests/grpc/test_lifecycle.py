@@ -82,7 +82,7 @@ async def test_shutdown_aborts_streams_past_grace() -> None:
     assert final.request_id == first.request_id and final.model_digest == first.model_digest
     assert final.usage.completion_tokens == 2 and final.usage.prompt_tokens == 5
     assert engine.aborted == [first.request_id] and engine.closed == [first.request_id]
-    assert rc == 0 and 0.3 <= elapsed < 3
+    assert rc == 0 and 0.3 - 1e-3 <= elapsed < 3  # the grace period ran (uvloop's clock counts milliseconds)
 
 
 async def test_shutdown_during_tokenize_past_grace_is_unavailable() -> None:
