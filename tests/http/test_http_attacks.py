@@ -1,8 +1,8 @@
 """Attacks on the HTTP API, each refused or cut off, and audited (issue 17): no credentials, a forged key, an
 identity header and an identity field, an unknown route and ``/invocations`` (vLLM's prefix guard served
 completions there without a key), an oversized body, a stalled body, slow headers, a stalled reader, a
-flood of connections from one peer, the same two over TLS with the handshake never finished; and the record
-of an admitted call names the HTTP route."""
+flood of connections from one peer, a TLS handshake never finished; and the record of an admitted call names
+the HTTP route."""
 
 from __future__ import annotations
 
@@ -132,37 +132,22 @@ async def test_slow_headers_lose_their_connection_and_a_peer_cannot_hold_many() 
             assert (await c.get("/health")).status_code == 200  # the peer's slots are free again
 
 
-async def test_a_stalled_tls_handshake_loses_its_connection_and_a_peer_cannot_hold_many(tmp_path: Path) -> None:
-    """A TLS client that connects and never finishes the handshake is under the same head deadline and per-peer
-    cap as a plaintext one (the TLS layer's own handshake timeout is 60 s, and uvicorn counts a connection only
-    once its handshake is done)."""
+async def test_a_stalled_tls_handshake_loses_its_connection_within_the_head_deadline(tmp_path: Path) -> None:
+    """A TLS client that connects and never finishes the handshake is cut off at ``http.header_timeout_s``, not
+    after the TLS layer's own 60 s."""
     pki = make_pki(tmp_path)
     tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
-    http = {"tls": tls, "header_timeout_s": 0.5, "max_connections_per_peer": 3}
-    async with http_server([FakeEngine()], http=http) as srv:
+    async with http_server([FakeEngine()], http={"tls": tls, "header_timeout_s": 0.5}) as srv:
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        reader, writer = await _raw(srv, b"")  # TCP only: no ClientHello
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
-        assert loop.time() - started < 3
-        writer.close()
-        reader, writer = await _raw(srv, b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
-        for _ in range(3):  # failed handshakes (plaintext HTTP to the TLS port) give their slots back
-            reader, writer = await _raw(srv, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
-            await asyncio.wait_for(reader.read(), 5)
+        for stalled in (b"", b"\x16\x03\x01"):  # TCP only, no ClientHello; the first bytes of one, then nothing
+            started = loop.time()
+            reader, writer = await _raw(srv, stalled)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            assert loop.time() - started < 3
             writer.close()
-        held = [await _raw(srv, b"") for _ in range(3)]
-        reader, writer = await _raw(srv, b"")
-        assert await asyncio.wait_for(reader.read(), 0.4) == b""  # the fourth is closed at once
-        writer.close()
-        for _, w in held:
-            w.close()
-        await asyncio.sleep(0.1)
         ctx = ssl.create_default_context(cafile=str(pki["ca"]))
         async with httpx.AsyncClient(base_url=f"https://{srv.http_address}", verify=ctx, timeout=10) as c:
-            assert (await c.get("/health")).status_code == 200  # the peer's slots are free again
+            assert (await c.get("/health")).status_code == 200
 
 
 async def _non_reader(srv, path: str, payload: dict) -> socket.socket:  # type: ignore[no-untyped-def]

@@ -4,12 +4,12 @@
 uvicorn bounds the request head (``h11_max_incomplete_event_size``: over ``http.max_header_bytes``, 400 and
 the connection closed), open connections in total (``limit_concurrency``: 503), idle keep-alive
 (``timeout_keep_alive``). What it leaves open is added by :class:`GuardedH11Protocol`: a connection must
-finish its TLS handshake and send each request's head within ``http.header_timeout_s`` (from connect, or from
-its previous response) or is closed — a slow-headers or stalled-handshake client (slowloris) holds nothing for
-long —, one peer address holds at most ``http.max_connections_per_peer`` connections, handshakes in progress
-included (more are closed at once), the client certificate of a mutual TLS connection
-(``http.tls.client_ca_file``; verified in the handshake) reaches the app for the authenticator, and each
-connection's kernel send
+send each request's head within ``http.header_timeout_s`` (from connect, or from its previous response) or
+is closed — a slow-headers client (slowloris) holds nothing for long; the TLS handshake has the same deadline
+(:meth:`_Server.serve_socket`) —, one peer address holds at most
+``http.max_connections_per_peer`` connections (more are closed at once), the client certificate of a mutual
+TLS connection (``http.tls.client_ca_file``; verified in the handshake) reaches the app for the
+authenticator, and each connection's kernel send
 buffer is bounded (``SEND_BUFFER_BYTES``), so that a client that stops reading a stream makes its writes wait
 (SSE back-pressure) instead of having megabytes queued for it. uvicorn's signal handling is not
 used: the server's own SIGTERM handling drains both front ends.
@@ -47,7 +47,6 @@ class PeerCounts:
         self.cap = cap
         self.open: Counter[str] = Counter()
         self.refused = 0
-        self.handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes in progress (cancelled at stop)
 
     def take(self, peer: str) -> bool:
         if self.open[peer] >= self.cap:
@@ -62,30 +61,25 @@ class PeerCounts:
             del self.open[peer]
 
 
-def guarded_protocol(settings: HttpSettings, peers: PeerCounts, tls: ssl.SSLContext | None) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with the head deadline and the per-peer cap of ``settings``, and TLS (``tls``) done
-    here rather than by the listening server, so that both hold from the TCP connect: a TLS server's protocol
-    sees a connection only once its handshake is done, so a client that connects and never finishes the
-    handshake would be bounded by the TLS layer's own 60 s alone and counted against no cap."""
+def guarded_protocol(settings: HttpSettings, peers: PeerCounts) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the head deadline and the per-peer cap of ``settings``."""
     deadline_s = settings.header_timeout_s
 
     class GuardedH11Protocol(H11Protocol):
         _peer: str | None = None
         _head_timer: asyncio.TimerHandle | None = None
         _peer_cert: bytes | None = None
-        _raw: asyncio.Transport | None = None  # the TCP connection (under TLS, until the handshake is done)
-        _early: list[bytes] | None = None  # TLS: what arrived after the handshake, before this side took it up
-        _opened = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            addr = transport.get_extra_info("peername")
-            peer = str(addr[0]) if isinstance(addr, tuple) and addr else "local"
+            super().connection_made(transport)
+            peer = self.client[0] if self.client else "local"
             if not peers.take(peer):
                 log.warning("http: connection from %s refused: %d open from it", peer, peers.cap)
-                transport.abort()
+                transport.close()
                 return
             self._peer = peer
-            self._raw = transport
+            tls = transport.get_extra_info("ssl_object")  # the handshake is done: a client certificate is verified
+            self._peer_cert = tls.getpeercert(binary_form=True) if tls is not None else None
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
@@ -93,70 +87,15 @@ def guarded_protocol(settings: HttpSettings, peers: PeerCounts, tls: ssl.SSLCont
                 # number says TCP, which socket.create_server's listening socket (and what it accepts) does not
                 # carry: without this, a chunk after the response head waits for the client's delayed ACK (40 ms).
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._arm()  # the handshake and the first request's head within the one deadline
-            if tls is None:
-                self._open(transport)
-                return
-            self._early = []
-            task = self.loop.create_task(self._handshake(transport, tls))
-            peers.handshakes.add(task)
-            task.add_done_callback(peers.handshakes.discard)
-
-        async def _handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
-            try:
-                transport = await self.loop.start_tls(
-                    raw, self, context, server_side=True, ssl_handshake_timeout=deadline_s
-                )
-            except Exception as exc:  # noqa: BLE001 - whatever the TLS layer raised (a bad or no handshake, a reset), the connection is refused
-                log.debug("http: TLS handshake with %s failed: %s", self._peer, type(exc).__name__)
-                raw.abort()
-                self._release()
-                return
-            except asyncio.CancelledError:  # the listener stops
-                raw.abort()
-                self._release()
-                raise
-            if transport is None or raw.is_closing():
-                self._release()
-                return
-            self._open(transport)
-
-        def _open(self, transport: asyncio.Transport) -> None:
-            """The connection is HTTP from here: uvicorn's state, then what arrived meanwhile."""
-            super().connection_made(transport)
-            self._opened = True
-            ssl_object = transport.get_extra_info("ssl_object")  # the handshake is done: a client cert is verified
-            self._peer_cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            early, self._early = self._early, None
-            for data in early or ():
-                super().data_received(data)
-
-        def data_received(self, data: bytes) -> None:
-            if self._early is not None:
-                self._early.append(data)
-                return
-            super().data_received(data)
-
-        def pause_writing(self) -> None:
-            if self._opened:
-                super().pause_writing()
-
-        def resume_writing(self) -> None:
-            if self._opened:
-                super().resume_writing()
+            self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._release()
-            if self._opened:
-                super().connection_lost(exc)
-
-        def _release(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
-                self._head_timer = None
             if self._peer is not None:
                 peers.give(self._peer)
                 self._peer = None
+            super().connection_lost(exc)
 
         def _arm(self) -> None:
             if self._head_timer is not None:
@@ -165,11 +104,6 @@ def guarded_protocol(settings: HttpSettings, peers: PeerCounts, tls: ssl.SSLCont
 
         def _head_expired(self) -> None:
             self._head_timer = None
-            if not self._opened:  # the TLS handshake is not done
-                if self._raw is not None and not self._raw.is_closing():
-                    log.info("http: connection closed: no TLS handshake within %g s", deadline_s)
-                    self._raw.abort()
-                return
             idle = self.cycle is None or self.cycle.response_complete  # no request head within the deadline
             if idle and not self.transport.is_closing():
                 log.info("http: connection closed: no request head within %g s", deadline_s)
@@ -226,6 +160,25 @@ def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
 class _Server(uvicorn.Server):
     """Started and stopped by the bastion server; never installs signal handlers."""
 
+    async def serve_socket(self, sock: socket.socket, handshake_timeout_s: float) -> None:
+        """uvicorn's startup for one listening socket (its lifespan is off), with the TLS handshake bounded by
+        ``handshake_timeout_s``: uvicorn's own leaves the TLS layer's 60 s, and the protocol (with its head
+        deadline and per-peer cap) sees a connection only once its handshake is done."""
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+            )
+            return protocol
+
+        loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if config.ssl is not None:
+            tls = {"ssl": config.ssl, "ssl_handshake_timeout": handshake_timeout_s}
+        self.servers = [await loop.create_server(create_protocol, sock=sock, backlog=config.backlog, **tls)]
+        self.started = True
+
 
 class HttpListener:
     def __init__(self, server: _Server, sock: socket.socket, peers: PeerCounts) -> None:
@@ -241,8 +194,6 @@ class HttpListener:
     async def stop(self, grace_s: float) -> None:
         """Stops accepting, closes idle connections, gives running responses ``grace_s``, then cancels."""
         self.server.config.timeout_graceful_shutdown = max(1, int(grace_s + 0.999))
-        for task in list(self.peers.handshakes):  # not yet HTTP: nothing to drain
-            task.cancel()
         await self.server.shutdown(sockets=[self.sock])
 
 
@@ -259,7 +210,7 @@ async def start_http_listener(settings: HttpSettings, app: Callable[..., Any]) -
     peers = PeerCounts(settings.max_connections_per_peer)
     config = uvicorn.Config(
         app,
-        http=guarded_protocol(settings, peers, context),  # TLS in the protocol: from the TCP connect
+        http=guarded_protocol(settings, peers),
         ws="none",
         lifespan="off",
         log_config=None,
@@ -269,12 +220,13 @@ async def start_http_listener(settings: HttpSettings, app: Callable[..., Any]) -
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.idle_timeout_s,
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
     )
     config.load()
     server = _Server(config)
     server.lifespan = config.lifespan_class(config)
     try:
-        await server.startup(sockets=[sock])
+        await server.serve_socket(sock, settings.header_timeout_s)
     except BaseException:
         sock.close()
         raise
