@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bastion.isolation.self_audit import Probe, auc_hit_faster, run_audit, verdict
+from bastion.isolation.self_audit import AuditResult, Probe, auc_hit_faster, run_audit, verdict
 
 
 class SimulatedServer:
@@ -74,3 +74,24 @@ async def test_the_across_audit_detects_sharing_by_timing_after_a_within_audit_w
     assert within.distinguishable
     assert all(p.cached_prompt_tokens == 0 for p in across.miss)
     assert across.distinguishable and across.auc == 1.0
+
+
+async def test_hits_that_are_slower_are_not_reported_as_a_cache_leak() -> None:
+    """A cache makes a hit *faster*; the paper's test (and its reference code, ``alternative="greater"``) is
+    one-sided. A two-sided test called a server whose hit-procedure probes happened to be a few ms slower a
+    LEAK (CI, 2026-12-03: 0 cached tokens, p = 0.026, hits 4.6 ms slower, AUC 0.17)."""
+    victims: list[str] = []
+
+    async def victim(prompt: str) -> Probe:
+        victims.append(prompt)
+        return Probe(0.2, 0, 40)
+
+    async def probe(prompt: str) -> Probe:
+        hit_procedure = prompt.split()[:20] == victims[-1].split()[:20]  # shares the victim's opening words
+        return Probe((0.25 if hit_procedure else 0.2) + 0.001 * len(victims), 0, 40)
+
+    slower = await run_audit("across", victim, probe, samples=6, prompt_words=40, seed=5)
+    assert slower.auc == 0.0  # every hit slower than every miss: the two-sided p would be 0.002
+    assert not slower.distinguishable and slower.p_value > 0.5
+    ok, line = verdict(AuditResult("within", 0.05, p_value=0.001), slower)  # within: cache detected
+    assert ok, line
