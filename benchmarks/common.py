@@ -456,6 +456,12 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # Settings given to bastion's servers through the environment (a run's A/B side); secrets by name only.
+        "bastion_env": {
+            k: ("(set)" if any(w in k for w in ("KEY", "TOKEN", "SECRET", "PASS")) else v)
+            for k, v in sorted(os.environ.items())
+            if k.startswith("BASTION_")
+        },
     }
 
 

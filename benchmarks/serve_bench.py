@@ -611,7 +611,6 @@ token_burst = 10000000
             f'policy_file = "{d / "tenants.toml"}"',
             "[audit]",
             f'dir = "{d / "audit"}"',
-            "commit_max_delay_ms = 0",
             "",
         ]
     )

@@ -258,7 +258,7 @@ def test_settings_defaults_and_bounds(tmp_path: Path) -> None:
         64 << 20,
         1000,
         10.0,
-        2.0,
+        0.0,  # natural group commit: no call waits for company that is not coming
     )
     assert s.resolved_dir(tmp_path) == tmp_path / "audit"
     assert s.resolved_witness(tmp_path / "audit") == tmp_path / "audit" / "witness.json"
@@ -286,3 +286,15 @@ async def test_cancelled_caller_does_not_withdraw_its_record(tmp_path: Path) -> 
     log.close()
     assert [r["request_id"] for r in records(log.directory) if r["kind"] == "request"] == ["cancelled", "next"]
     time.sleep(0)
+
+
+async def test_concurrent_records_share_commits_without_a_delay(tmp_path: Path) -> None:
+    """With the default (no group-commit delay) the batch is what queued during the previous write and fsync:
+    64 concurrent appends must not make 64 commits (each commit ends with its own signed checkpoint)."""
+    log = AuditLog.open(settings(tmp_path), tmp_path)
+    seqs = await asyncio.gather(*(log.append("request", {"request_id": f"r{i}"}) for i in range(64)))
+    await log.aclose()
+    kinds = [r["kind"] for r in records(log.directory)]
+    assert kinds.count("request") == 64 and len(set(seqs)) == 64
+    commits = kinds.count("checkpoint") - 1  # less the opening one
+    assert 1 <= commits <= 32, commits

@@ -3,7 +3,9 @@
 ``await log.append(kind, fields)`` returns the record's seq only after its bytes are fsynced, so a server
 that awaits it before sending the final response never answers a call whose record could be lost. Records
 queued together are sealed (seq assigned) in queue order, written with one ``write`` and one ``fsync``, then
-acknowledged; a batch waits at most ``commit_max_delay_ms`` for company.
+acknowledged. The batch is whatever queued while the previous one was written and fsynced; with
+``commit_max_delay_ms`` > 0 it also waits that long for company (off by default: every Generate call awaits
+two records, so the wait lands twice on each call's latency).
 
 No space (ENOSPC, EDQUOT) suspends the log instead of failing it: the batch's records are refused
 (``AuditUnavailable``; none was acknowledged), the segment is cut back to its last acknowledged byte and the
