@@ -569,30 +569,23 @@ CONTRACT: tuple[Entry, ...] = (
     ),
     # --- bastion.engine.vllm.stats --------------------------------------------------------------------------------
     Api(
-        "vllm.v1.metrics.loggers:StatLoggerBase",
+        "vllm.v1.metrics.loggers:PrometheusStatLogger",
         CLASS,
-        "_BastionStatLogger subclasses it and implements exactly these abstract methods",
-        abstract_ok=("__init__", "record", "log_engine_initialized"),
+        "_BastionStatLogger subclasses it (so StatLoggerManager adds no Prometheus logger of its own) and overrides "
+        "every public method (tests/engine/vllm/test_stats.py)",
     ),
     Api(
-        "vllm.v1.metrics.loggers:StatLoggerBase.__init__",
+        "vllm.v1.metrics.loggers:PrometheusStatLogger.__init__",
         METHOD,
-        "_BastionStatLogger and its factory take (vllm_config, engine_index)",
-        params=("self", "vllm_config", "engine_index"),
+        "StatLoggerManager builds an aggregate logger class with (vllm_config, engine_indexes)",
+        params=("self", "vllm_config", "engine_indexes"),
         exact=True,
     ),
     Api(
-        "vllm.v1.metrics.loggers:StatLoggerBase.record",
+        "vllm.v1.metrics.loggers:PrometheusStatLogger.record",
         METHOD,
         "_BastionStatLogger.record overrides it with these parameters",
         params=("self", "scheduler_stats", "iteration_stats", "mm_cache_stats", "engine_idx"),
-        exact=True,
-    ),
-    Api(
-        "vllm.v1.metrics.loggers:StatLoggerBase.log_engine_initialized",
-        METHOD,
-        "_BastionStatLogger overrides it",
-        params=("self",),
         exact=True,
     ),
     Inst(

@@ -53,7 +53,7 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
         enable_prefix_caching=m.enable_prefix_caching,
         seed=m.seed,
         tensor_parallel_size=m.tensor_parallel_size,
-        disable_log_stats=True,  # bastion exports its own metrics; vLLM's stat loggers stay off
+        disable_log_stats=True,  # no LoggingStatLogger; vLLM's Prometheus logger is replaced (engine.vllm.stats)
         enable_log_requests=False,  # vLLM would log prompts; bastion never does at INFO
         trust_remote_code=False,
         load_format=load_format,

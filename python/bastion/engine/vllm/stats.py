@@ -48,21 +48,38 @@ class StatsSink:
 
 
 def make_stat_logger_factory(sink: StatsSink) -> Any:
-    from vllm.v1.metrics.loggers import StatLoggerBase
+    """The stat logger class bastion gives AsyncLLM: it keeps the scheduler's figures in ``sink``.
 
-    class _BastionStatLogger(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self._sink = sink
+    vLLM's StatLoggerManager adds its own PrometheusStatLogger unless one of the given loggers is one, and that
+    logger records hundreds of series on every engine step into prometheus_client's global registry, which
+    bastion never exports (its metrics have their own registry): front-end CPU for nothing, about 8 % of the
+    event loop's samples at concurrency 1 (benchmarks/README.md). So bastion's logger *is* a PrometheusStatLogger
+    (vLLM then adds none) that is never initialised as one: every method is overridden
+    (tests/engine/vllm/test_stats.py fails if a vLLM upgrade adds one it would inherit)."""
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    class _BastionStatLogger(PrometheusStatLogger):
+        def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
+            self._sink = sink  # PrometheusStatLogger.__init__ is not called: it would create vLLM's series
 
         def record(
             self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
         ) -> None:
             self._sink.record(scheduler_stats)
 
+        def record_admission_rejection(self, reason: str) -> None:
+            return None
+
+        def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+            return None
+
+        def log(self) -> None:
+            return None
+
         def log_engine_initialized(self) -> None:
             return None
 
-    def factory(vllm_config: Any, engine_index: int = 0) -> StatLoggerBase:
-        return _BastionStatLogger(vllm_config, engine_index)
+        def log_metrics_info(self, type: str, config_obj: Any) -> None:
+            return None
 
-    return factory
+    return _BastionStatLogger
