@@ -196,5 +196,10 @@ async def test_the_isolation_self_audit_through_the_replica_finds_no_cross_tenan
     report = json.loads(out.read_text())
     within, across = report["within_tenant"], report["across_tenants"]
     assert within["max_cached_prompt_tokens_hit"] > 0  # the audit has power: a tenant's own prefix is cached
-    assert across["max_cached_prompt_tokens_hit"] == 0 and not across["distinguishable"]
-    assert rc == 0 and report["passed"]
+    assert across["max_cached_prompt_tokens_hit"] == 0
+    confirmation = report["across_tenants_confirmation"]  # run only after a (chance) timing difference
+    assert (confirmation is None) is (not across["distinguishable"])
+    assert confirmation is None or (
+        confirmation["max_cached_prompt_tokens_hit"] == 0 and not confirmation["distinguishable"]
+    )
+    assert rc == 0 and report["passed"], report["verdict"]

@@ -113,11 +113,11 @@ def _audit(live_server, tmp_path: Path, victim: str, other: str, seed: int) -> t
             str(_key_file(live_server, tmp_path, victim)),
             "--other-api-key-file",
             str(_key_file(live_server, tmp_path, other)),
-            # Sized for CI: 8 hit and 8 miss timings per condition. The exact two-sample KS test rejects at
-            # alpha 0.05 once the timing distributions differ by D >= 6/8 (p 0.019; full separation gives
-            # p 1.6e-4), e.g. when 6 of the 8 hits are faster than every miss. A cache hit on
-            # ~500 prompt tokens skips most of the prefill, so within a tenant the timings separate fully,
-            # while across tenants there is no hit and p stays above alpha.
+            # Sized for CI: 8 hit and 8 miss timings per condition. The exact one-sided two-sample KS test
+            # (hits faster) rejects at alpha 0.05 once D+ >= 5/8 (p 0.044; full separation gives p 7.8e-5). A
+            # cache hit on ~500 prompt tokens skips most of the prefill, so within a tenant the timings separate
+            # fully; across tenants there is no hit, and a chance difference (about one run in 23) is checked
+            # by the CLI's confirmation audit before it is a LEAK.
             "--samples",
             "8",
             "--prompt-words",
@@ -146,9 +146,14 @@ def test_isolation_self_audit_passes_across_tenants(live_server, tmp_path) -> No
     )
     assert within["distinguishable"] and within["p_value"] < 0.05  # the audit has power
     assert within["max_cached_prompt_tokens_hit"] > 0
-    assert not across["distinguishable"] and across["p_value"] > 0.05
     assert across["max_cached_prompt_tokens_hit"] == 0
-    assert rc == 0 and report["passed"]
+    confirmation = report["across_tenants_confirmation"]
+    # no difference, or a chance one that the independent confirmation audit did not reproduce
+    assert (confirmation is None) is (not across["distinguishable"])
+    assert confirmation is None or (
+        confirmation["max_cached_prompt_tokens_hit"] == 0 and not confirmation["distinguishable"]
+    )
+    assert rc == 0 and report["passed"], report["verdict"]
 
 
 def test_isolation_self_audit_detects_a_shared_partition(live_server, tmp_path) -> None:

@@ -87,23 +87,30 @@ async def _audit(args: argparse.Namespace, open_mine: Callable[[], Any], open_th
         print(file=sys.stderr)
         across = await run_audit("across-tenants", victim, probe, on_sample=progress("across-tenants"), **common)
         print(file=sys.stderr)
+        confirm = None
+        if across.distinguishable and across.cached_in_hits == 0:
+            # A timing difference alone may be chance (alpha): an independent second audit, fresh prompts.
+            name = "across-tenants-confirmation"
+            confirm = await run_audit(name, victim, probe, on_sample=progress(name), **common)
+            print(file=sys.stderr)
     except grpc.aio.AioRpcError as exc:
         print(file=sys.stderr)  # ends the progress line
         return cli_errors.report(exc)
     finally:
         await mine.close()
         await theirs.close()
-    passed, line = verdict(within, across)
+    passed, line = verdict(within, across, confirm)
     report = {
         "model": model,
         "passed": passed,
         "verdict": line,
         "within_tenant": within.summary(),
         "across_tenants": across.summary(),
+        "across_tenants_confirmation": confirm.summary() if confirm is not None else None,
     }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    for r in (within, across):
+    for r in (within, across) + ((confirm,) if confirm is not None else ()):
         s = r.summary()
         print(
             f"{s['name']}: p={s['p_value']:.3g} KS={s['ks_statistic']} AUC={s['auc']} "

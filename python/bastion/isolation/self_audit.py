@@ -252,21 +252,34 @@ def grpc_sender(stub: Any, model: str, pb: Any) -> Send:
     return send
 
 
-def verdict(within: AuditResult, across: AuditResult) -> tuple[bool, str]:
-    """(passed, one line): the audit must have power within a tenant and find nothing across tenants."""
+def verdict(within: AuditResult, across: AuditResult, confirm: AuditResult | None = None) -> tuple[bool, str]:
+    """(passed, one line): the audit must have power within a tenant and find nothing across tenants.
+
+    Cached tokens in a probe's hits are direct evidence: LEAK. A timing difference alone is a test at ``alpha``,
+    which a clean server fails by chance once in 1/alpha runs; ``confirm`` is an independent second across-tenants
+    audit (fresh prompts), run when the first found a difference: LEAK only when it finds one too (a chance
+    alarm then comes once in about 1/alpha**2 runs; a real cache leak separates hits from misses in both)."""
     if not within.distinguishable:
         return False, (
             f"inconclusive: the audit did not detect the cache within one tenant (p={within.p_value:.3g}); "
             "use longer prompts or more samples"
         )
-    if across.distinguishable or across.cached_in_hits > 0:
-        return False, (
-            f"LEAK: another tenant's cache is observable (p={across.p_value:.3g}, "
-            f"cached tokens {across.cached_in_hits})"
-        )
+    runs = [across] + ([confirm] if confirm is not None else [])
+    cached = max(r.cached_in_hits for r in runs)
+    if cached > 0:
+        return False, f"LEAK: another tenant's cached prompt tokens were served to the probe ({cached} tokens)"
+    if across.distinguishable and (confirm is None or confirm.distinguishable):
+        ps = ", confirmed p=".join(f"{r.p_value:.3g}" for r in runs)
+        return False, f"LEAK: another tenant's cache is observable by timing (p={ps})"
+    found = (
+        f"; a first timing difference (p={across.p_value:.3g}) was not reproduced by a second audit "
+        f"(p={confirm.p_value:.3g})"
+        if across.distinguishable and confirm is not None
+        else f" p={across.p_value:.3g}"
+    )
     return True, (
-        f"isolated: within a tenant p={within.p_value:.3g} (cache detected), across tenants "
-        f"p={across.p_value:.3g} with 0 cached tokens"
+        f"isolated: within a tenant p={within.p_value:.3g} (cache detected), across tenants{found}, "
+        "with 0 cached tokens"
     )
 
 
