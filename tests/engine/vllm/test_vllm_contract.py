@@ -572,7 +572,7 @@ CONTRACT: tuple[Entry, ...] = (
         "vllm.v1.metrics.loggers:PrometheusStatLogger",
         CLASS,
         "_BastionStatLogger subclasses it (so StatLoggerManager adds no Prometheus logger of its own) and overrides "
-        "every public method (tests/engine/vllm/test_stats.py)",
+        "every public method (tests/engine/vllm/test_vllm_stat_logger.py)",
     ),
     Api(
         "vllm.v1.metrics.loggers:PrometheusStatLogger.__init__",

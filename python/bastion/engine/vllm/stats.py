@@ -55,7 +55,7 @@ def make_stat_logger_factory(sink: StatsSink) -> Any:
     bastion never exports (its metrics have their own registry): front-end CPU for nothing, about 8 % of the
     event loop's samples at concurrency 1 (benchmarks/README.md). So bastion's logger *is* a PrometheusStatLogger
     (vLLM then adds none) that is never initialised as one: every method is overridden
-    (tests/engine/vllm/test_stats.py fails if a vLLM upgrade adds one it would inherit)."""
+    (tests/engine/vllm/test_vllm_stat_logger.py fails if a vLLM upgrade adds one it would inherit)."""
     from vllm.v1.metrics.loggers import PrometheusStatLogger
 
     class _BastionStatLogger(PrometheusStatLogger):
