@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bastion.isolation.self_audit import AuditResult, Probe, auc_hit_faster, run_audit, verdict
+from bastion.isolation.self_audit import AuditResult, Probe, auc_hit_faster, needs_confirmation, run_audit, verdict
 
 
 class SimulatedServer:
@@ -120,7 +120,19 @@ def test_cached_tokens_are_a_leak_without_any_timing_difference() -> None:
     within = _result("within", 1e-4)
     for across, confirm in (
         (_result("across", 0.9, cached=16), None),
-        (_result("across", 0.04), _result("c", 0.7, 16)),
+        (_result("across", 0.04, cached=16), None),  # a difference with cached tokens: no second audit needed
+        (_result("across", 0.04), _result("c", 0.7, 16)),  # the second audit's cached tokens count as well
     ):
         ok, line = verdict(within, across, confirm)
         assert not ok and line.startswith("LEAK") and "16 tokens" in line, line
+
+
+def test_only_a_timing_difference_without_cached_tokens_asks_for_a_second_audit() -> None:
+    assert needs_confirmation(_result("across", 0.04))
+    assert not needs_confirmation(_result("across", 0.6))  # nothing found
+    assert not needs_confirmation(_result("across", 0.04, cached=16))  # direct evidence: LEAK at once
+    assert not needs_confirmation(_result("across", 0.6, cached=16))
+    within = _result("within", 1e-4)
+    for across in (_result("across", 0.6), _result("across", 0.04, cached=16)):
+        with pytest.raises(ValueError, match="confirm"):  # a second audit where none was asked for is a misuse
+            verdict(within, across, _result("confirm", 0.6))

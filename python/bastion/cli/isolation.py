@@ -69,7 +69,7 @@ async def _audit(args: argparse.Namespace, open_mine: Callable[[], Any], open_th
     import grpc
 
     from bastion.cli import errors as cli_errors
-    from bastion.isolation.self_audit import grpc_sender, run_audit, verdict
+    from bastion.isolation.self_audit import grpc_sender, needs_confirmation, run_audit, verdict
     from bastion.v1 import inference_pb2 as pb
     from bastion.v1 import inference_pb2_grpc as pb_grpc
 
@@ -88,8 +88,7 @@ async def _audit(args: argparse.Namespace, open_mine: Callable[[], Any], open_th
         across = await run_audit("across-tenants", victim, probe, on_sample=progress("across-tenants"), **common)
         print(file=sys.stderr)
         confirm = None
-        if across.distinguishable and across.cached_in_hits == 0:
-            # A timing difference alone may be chance (alpha): an independent second audit, fresh prompts.
+        if needs_confirmation(across):  # a timing difference alone may be chance: a second audit, fresh prompts
             name = "across-tenants-confirmation"
             confirm = await run_audit(name, victim, probe, on_sample=progress(name), **common)
             print(file=sys.stderr)

@@ -252,13 +252,23 @@ def grpc_sender(stub: Any, model: str, pb: Any) -> Send:
     return send
 
 
+def needs_confirmation(across: AuditResult) -> bool:
+    """Whether an across-tenants result calls for a second, independent audit before a verdict: a timing
+    difference without cached tokens (which alone may be chance, at ``alpha``). Cached tokens are direct evidence
+    and need none; no difference needs none."""
+    return across.distinguishable and across.cached_in_hits == 0
+
+
 def verdict(within: AuditResult, across: AuditResult, confirm: AuditResult | None = None) -> tuple[bool, str]:
     """(passed, one line): the audit must have power within a tenant and find nothing across tenants.
 
     Cached tokens in a probe's hits are direct evidence: LEAK. A timing difference alone is a test at ``alpha``,
     which a clean server fails by chance once in 1/alpha runs; ``confirm`` is an independent second across-tenants
     audit (fresh prompts), run when the first found a difference: LEAK only when it finds one too (a chance
-    alarm then comes once in about 1/alpha**2 runs; a real cache leak separates hits from misses in both)."""
+    alarm then comes once in about 1/alpha**2 runs; a real cache leak separates hits from misses in both).
+    ``confirm`` is accepted only where :func:`needs_confirmation` asks for it (``ValueError`` otherwise)."""
+    if confirm is not None and not needs_confirmation(across):
+        raise ValueError("confirm: a second audit is only run after a timing difference without cached tokens")
     if not within.distinguishable:
         return False, (
             f"inconclusive: the audit did not detect the cache within one tenant (p={within.p_value:.3g}); "
@@ -283,4 +293,4 @@ def verdict(within: AuditResult, across: AuditResult, confirm: AuditResult | Non
     )
 
 
-__all__ = ["AuditResult", "Probe", "auc_hit_faster", "grpc_sender", "run_audit", "verdict"]
+__all__ = ["AuditResult", "Probe", "auc_hit_faster", "grpc_sender", "needs_confirmation", "run_audit", "verdict"]
