@@ -333,8 +333,14 @@ def process_tree_cpu_s(pid: int) -> tuple[float | None, float]:
     return proc_cpu_s(pid), kids
 
 
-def compare_security(on_levels: Sequence[dict[str, Any]], off_levels: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per concurrency: security on / off. Goals (issue 4): throughput ratio >= 0.97, TTFT p50 delta <= +1 ms."""
+def compare_security(
+    on_levels: Sequence[dict[str, Any]],
+    off_levels: Sequence[dict[str, Any]],
+    throughput_goals: dict[int, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Per concurrency: security on / off. Goals: TTFT p50 delta <= +1 ms; throughput ratio >= the level's entry in
+    ``throughput_goals`` (None: 0.97 at every level, issue 4's real-engine goal), ``goal_met.throughput`` None at a
+    level without a goal."""
     by_c = {lv["concurrency"]: lv for lv in off_levels}
     out = []
     for on in on_levels:
@@ -342,6 +348,7 @@ def compare_security(on_levels: Sequence[dict[str, Any]], off_levels: Sequence[d
         if off is None:
             continue
         tput = ratio(on["output_tok_s"], off["output_tok_s"])
+        goal = 0.97 if throughput_goals is None else throughput_goals.get(on["concurrency"])
         a, b = on["ttft_ms"]["p50"], off["ttft_ms"]["p50"]
         delta = round(a - b, 2) if a is not None and b is not None else None
         out.append(
@@ -350,8 +357,9 @@ def compare_security(on_levels: Sequence[dict[str, Any]], off_levels: Sequence[d
                 "throughput_ratio": tput,
                 "ttft_p50_delta_ms": delta,
                 "ttft_p50_ratio": ratio(a, b),
+                "throughput_goal": goal,
                 "goal_met": {
-                    "throughput": tput is not None and tput >= 0.97,
+                    "throughput": None if goal is None else tput is not None and tput >= goal,
                     "ttft_p50": delta is not None and delta <= 1.0,
                 },
             }

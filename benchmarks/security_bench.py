@@ -4,9 +4,12 @@ fake engine of the gRPC tests (testkit.fake_server, instant tokens), security on
 
 On: mutual TLS, a JWT bearer token checked against a JWKS file, the tenancy policy with its token buckets,
 and the audit log (record fsynced before each final message). Off: the pass-through of
-benchmarks/open_server.py --engine fake on plaintext loopback. Each side is its own server process (started by
-testkit.launcher); both run at once and are measured alternately, several times per level (medians reported);
-the client is this process (grpc.aio, one channel per server).
+benchmarks/open_server.py --engine fake on plaintext loopback. Between them, "tls": the same pass-through behind
+the same mutual TLS, so the layer's cost splits in the same run into TLS (tls / off, ``comparison_split``) and the
+controls above it (on / tls). Each side is its own server process (started by testkit.launcher); all run at once
+and are measured in turn, several times per level (medians reported); the client is this process (grpc.aio, one
+channel per server). After the calls, ``audit_commit_floor`` times one durable audit record at concurrency 1 on
+the same disk: two per call bound the concurrency-1 ratio (``comparison[0].audit_floor``).
 
     .venv/bin/python benchmarks/security_bench.py --quick    # CI
     .venv/bin/python benchmarks/security_bench.py            # concurrency 1, 16, 64
@@ -118,11 +121,11 @@ def _median_or_none(values: list[float | None]) -> float | None:
     return round(statistics.median(known), 4) if len(known) == len(values) and known else None
 
 
-def add_intervals(comparison: list[dict[str, Any]], servers: dict[str, Any]) -> None:
-    """95 % bootstrap intervals (runs resampled per side) of each level's throughput ratio (on / off, medians) and
-    TTFT p50 delta (on - off, medians of the runs' p50s), beside the point figures."""
+def add_intervals(comparison: list[dict[str, Any]], servers: dict[str, Any], a: str = "on", b: str = "off") -> None:
+    """95 % bootstrap intervals (runs resampled per side) of each level's throughput ratio (``a`` / ``b``, medians)
+    and TTFT p50 delta (``a`` - ``b``, medians of the runs' p50s), beside the point figures."""
     med = statistics.median
-    for cmp, on, off in zip(comparison, servers["on"]["levels"], servers["off"]["levels"], strict=True):
+    for cmp, on, off in zip(comparison, servers[a]["levels"], servers[b]["levels"], strict=True):
         tput_on, tput_off = [r["output_tok_s"] for r in on["runs"]], [r["output_tok_s"] for r in off["runs"]]
         ttft_on, ttft_off = [r["ttft_ms"]["p50"] for r in on["runs"]], [r["ttft_ms"]["p50"] for r in off["runs"]]
         lo, hi = common.bootstrap_interval(lambda a, b: med(a) / med(b), tput_on, tput_off)
@@ -141,22 +144,109 @@ def add_intervals(comparison: list[dict[str, Any]], servers: dict[str, Any]) -> 
         cmp["server_cpu_ratio_ci95"] = [round(lo, 4), round(hi, 4)]
 
 
-def fake_servers(configs: dict[str, str], targets: dict[str, str], logdir: Path) -> dict[str, BastionServer]:
-    """Security on: bastion's server over the fake engine; off: benchmarks/open_server.py over the same engine."""
+# Issue 19's goals for the layer's throughput on/off (none set at concurrency 16).
+THROUGHPUT_GOALS = {1: 0.90, 64: 0.95}
+
+
+async def audit_commit_floor(workdir: Path, n: int) -> dict[str, Any]:
+    """Wall time of one durable audit record at concurrency 1: ``AuditLog`` with the default settings (what the
+    secured server runs) on the same disk, ``n`` sequential appends of a ``begin``-sized record. With an engine
+    that answers at once a secured Generate call waits for two such records in turn (its ``begin`` record before
+    the first token, its ``request`` record before the final message), so at concurrency 1 the layer's throughput
+    ratio cannot exceed off / (off + 2 x this) whatever the rest of it costs. Measured with the servers stopped
+    (a quieter machine than during the calls): the bound it gives is, if anything, too generous."""
+    from bastion.audit.keys import keygen
+    from bastion.audit.log import AuditLog
+    from bastion.audit.settings import AuditSettings
+
+    _, signing, public, content = keygen(workdir / "keys")  # keys and witness outside the log, as deployed
+    settings = AuditSettings(
+        dir=workdir / "audit",
+        signing_key_file=signing,
+        public_key_file=public,
+        content_key_file=content,
+        witness_file=workdir / "witness.json",
+    )
+    log = AuditLog.open(settings, workdir)
+    fields = {
+        "method": "/bastion.v1.Inference/Generate",
+        "peer": "ipv4:127.0.0.1:50000",
+        "principal": "spiffe://bench/tenant-a/client",
+        "auth_method": "jwt",
+        "tenant": "tenant-a",
+        "decision": "allow",
+        "event": "begin",
+        "model": "fake-model",
+        "model_digest": "sha256:" + "0" * 64,
+        "prompt_tokens": 4,
+    }
+    times: list[float] = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            await log.append("decision", {**fields, "request_id": f"floor-{i:06d}"})
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        await log.aclose()
+    q = statistics.quantiles(times, n=10)
     return {
+        "appends": n,
+        "commit_ms": {"p10": round(q[0], 4), "p50": round(statistics.median(times), 4), "p90": round(q[8], 4)},
+    }
+
+
+def add_audit_floor(comparison: list[dict[str, Any]], servers: dict[str, Any], floor: dict[str, Any]) -> None:
+    """At concurrency 1: the throughput ratio the two durable records per call alone would allow (see
+    :func:`audit_commit_floor`), beside the measured one."""
+    off = {lv["concurrency"]: lv for lv in servers["off"]["levels"]}.get(1)
+    cmp = next((c for c in comparison if c["concurrency"] == 1), None)
+    if off is None or cmp is None:
+        return
+    off_call_ms = 1000 / off["requests_s"]
+    waits_ms = 2 * floor["commit_ms"]["p50"]
+    cmp["audit_floor"] = {
+        "off_call_ms": round(off_call_ms, 4),
+        "durable_records_per_call": 2,
+        "commit_ms_p50": floor["commit_ms"]["p50"],
+        "throughput_ratio_bound": round(off_call_ms / (off_call_ms + waits_ms), 4),
+    }
+
+
+def fake_servers(configs: dict[str, str], targets: dict[str, str], logdir: Path) -> dict[str, BastionServer]:
+    """Security on: bastion's server over the fake engine; off (and tls, when configured): benchmarks/open_server.py
+    over the same engine."""
+    servers = {
         "on": fake_server(
             logdir, configs["on"], target=targets["on"], name="on", config_name="on.toml", log_name="on.log"
-        ),
-        "off": BastionServer(
-            logdir,
-            configs["off"],
-            target=targets["off"],
-            program=[sys.executable, str(HERE / "open_server.py"), "--engine", "fake"],
-            name="off",
-            config_name="off.toml",
-            log_name="off.log",
-        ),
+        )
     }
+    for m in ("tls", "off"):
+        if m in configs:
+            servers[m] = BastionServer(
+                logdir,
+                configs[m],
+                target=targets[m],
+                program=[sys.executable, str(HERE / "open_server.py"), "--engine", "fake"],
+                name=m,
+                config_name=f"{m}.toml",
+                log_name=f"{m}.log",
+            )
+    return servers
+
+
+def tls_sections(security_toml: str) -> str:
+    """The ``[server.tls]`` table of the secured configuration alone: the "tls" side is the pass-through behind
+    the same mutual TLS (client certificate required), with no authentication, tenancy or audit on top."""
+    out: list[str] = []
+    inside = False
+    for line in security_toml.splitlines():
+        if line.startswith("["):
+            inside = line.strip() == "[server.tls]"
+        if inside:
+            out.append(line)
+    if not out:
+        raise ValueError("security_toml: no [server.tls] table")
+    return "\n".join(out) + "\n"
 
 
 async def bench_pair(
@@ -168,8 +258,8 @@ async def bench_pair(
     repeats: int,
     stream_interval: int = 1,
 ) -> dict[str, Any]:
-    """Both servers up at once (the fake engine is light); per level, on and off measured alternately
-    ``repeats`` times, so drift on a shared machine hits both sides alike; medians reported."""
+    """All servers up at once (the fake engine is light); per level, the sides measured in turn ``repeats`` times,
+    so drift on a shared machine hits them alike; medians reported."""
     from bastion.v1 import inference_pb2 as pb
     from bastion.v1 import inference_pb2_grpc as pb_grpc
 
@@ -181,11 +271,11 @@ async def bench_pair(
             await asyncio.to_thread(server.wait_serving, 60, channel=auths[m].sync_channel, poll_s=0.05)
             channels[m] = auths[m].channel(server.target)
             stubs[m] = pb_grpc.InferenceStub(channels[m])
-        out: dict[str, Any] = {"on": {"levels": []}, "off": {"levels": []}}
+        out: dict[str, Any] = {m: {"levels": []} for m in servers}
         for c in levels:
-            runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in servers}
             for _ in range(repeats):
-                for m in ("on", "off"):
+                for m in servers:
                     runs[m].append(
                         await run_level(
                             stubs[m],
@@ -198,7 +288,7 @@ async def bench_pair(
                             stream_interval,
                         )
                     )
-            for m in ("on", "off"):
+            for m in servers:
                 lv = median_level(runs[m])
                 out[m]["levels"].append(lv)
                 print(
@@ -225,10 +315,11 @@ async def amain(args: argparse.Namespace) -> int:
     n = 64 if args.quick else 600  # 600: the server CPU per call resolves 1/60 ms (/proc counts 10 ms ticks)
     logdir = Path(tempfile.mkdtemp(prefix="security_bench."))
     security, auth = serve_bench.secure_setup(logdir / "secure")
-    ports = {m: free_port() for m in ("on", "off")}
+    ports = {m: free_port() for m in ("on", "tls", "off")}
     base = common.QUIET_SERVER_TOML + f"{NO_HEALTH_LISTENER}[server]\nmax_inflight_requests = 1024\n"
     configs = {
         "on": security + base + f'listen = "127.0.0.1:{ports["on"]}"\n',
+        "tls": tls_sections(security) + base + f'listen = "127.0.0.1:{ports["tls"]}"\n',
         "off": base + f'listen = "127.0.0.1:{ports["off"]}"\n',
     }
     targets = {m: f"127.0.0.1:{port}" for m, port in ports.items()}
@@ -244,6 +335,7 @@ async def amain(args: argparse.Namespace) -> int:
             "concurrency": levels,
             "requests_per_level": n,
             "on": "mTLS + JWT (ES256, JWKS file) + tenancy/rate limits + audit log (fsync per call, group commit)",
+            "tls": "the same pass-through behind the same mutual TLS (client certificate required): what TLS costs",
             "off": "benchmarks/open_server.py --engine fake pass-through, plaintext loopback",
         },
         "servers": {},
@@ -252,7 +344,13 @@ async def amain(args: argparse.Namespace) -> int:
     report["config"]["repeats"] = repeats
     report["servers"] = await bench_pair(
         fake_servers(configs, targets, logdir),
-        {"on": auth, "off": serve_bench.BastionAuth()},
+        {
+            "on": auth,
+            "tls": serve_bench.BastionAuth(
+                None, ca_file=auth.ca_file, client_cert=auth.client_cert, client_key=auth.client_key
+            ),
+            "off": serve_bench.BastionAuth(),
+        },
         levels,
         n,
         args.max_tokens,
@@ -260,9 +358,18 @@ async def amain(args: argparse.Namespace) -> int:
         args.stream_interval,
     )
     report["comparison"] = common.compare_security(
-        report["servers"]["on"]["levels"], report["servers"]["off"]["levels"]
+        report["servers"]["on"]["levels"], report["servers"]["off"]["levels"], THROUGHPUT_GOALS
     )
     add_intervals(report["comparison"], report["servers"])
+    # The layer split in two, same run: mutual TLS alone (tls / off) and the controls above it (on / tls).
+    servers = report["servers"]
+    report["comparison_split"] = {}
+    for name, a, b in (("tls_vs_off", "tls", "off"), ("on_vs_tls", "on", "tls")):
+        part = common.compare_security(servers[a]["levels"], servers[b]["levels"], {})
+        add_intervals(part, servers, a, b)
+        report["comparison_split"][name] = part
+    report["audit_commit_floor"] = await audit_commit_floor(logdir / "floor", 200 if args.quick else 1000)
+    add_audit_floor(report["comparison"], report["servers"], report["audit_commit_floor"])
     audit = logdir / "secure" / "audit"
     report["audit_records"] = sum(
         1 for seg in audit.glob("audit-*.jsonl") for line in seg.read_text().splitlines() if '"kind":"request"' in line
@@ -282,6 +389,23 @@ async def amain(args: argparse.Namespace) -> int:
             f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>12.3f} [{t[0]:.3f}, {t[1]:.3f}]"
             f" {c['ttft_p50_delta_ms'] or 0:>13.3f} ms [{d[0]:.2f}, {d[1]:.2f}] ms"
             f" {cpu_txt:>24} {c.get('server_cpu_ratio') or 0:>6.3f} [{k[0]:.3f}, {k[1]:.3f}]"
+        )
+    for name, part in report["comparison_split"].items():
+        print(
+            f"{name}: throughput "
+            + ", ".join(
+                f"c={c['concurrency']} {c['throughput_ratio'] or 0:.3f} "
+                f"[{c['throughput_ratio_ci95'][0]:.3f}, {c['throughput_ratio_ci95'][1]:.3f}]"
+                for c in part
+            )
+            + "; server CPU "
+            + ", ".join(f"{c.get('server_cpu_ratio') or 0:.3f}" for c in part)
+        )
+    fl = next((c["audit_floor"] for c in report["comparison"] if "audit_floor" in c), None)
+    if fl is not None:
+        print(
+            f"one durable audit record at c=1: {fl['commit_ms_p50']:.3f} ms (p50); two per call on a "
+            f"{fl['off_call_ms']:.3f} ms call bound the c=1 throughput ratio at {fl['throughput_ratio_bound']:.3f}"
         )
     print(f"audit records written (security on): {report['audit_records']}\nsaved {out}")
     return 0

@@ -83,6 +83,14 @@ def test_security_bench_quick(tmp_path: Path) -> None:
     for c in report["comparison"]:
         lo, hi = c["server_cpu_ratio_ci95"]
         assert c["server_cpu_ratio"] > 0 and lo <= hi
+    # issue 19's goals: 0.90 at c=1, none at 16 (so no verdict there)
+    assert [(c["throughput_goal"], c["goal_met"]["throughput"] is None) for c in report["comparison"]] == [
+        (0.90, False),
+        (None, True),
+    ]
+    floor = report["comparison"][0]["audit_floor"]  # two durable records per call bound the c=1 ratio
+    assert report["audit_commit_floor"]["appends"] == 200 and floor["commit_ms_p50"] > 0
+    assert 0 < floor["throughput_ratio_bound"] < 1 and floor["off_call_ms"] > 0
 
 
 # The two benchmarks that build vLLM's schedulers run in one process: vLLM is imported once (half a minute of
