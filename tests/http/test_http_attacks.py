@@ -150,6 +150,51 @@ async def test_a_stalled_tls_handshake_loses_its_connection_within_the_head_dead
             assert (await c.get("/health")).status_code == 200
 
 
+async def test_tls_handshakes_in_progress_count_against_the_peer_cap(tmp_path: Path) -> None:
+    """A peer's connections are counted from accept, not from the end of their TLS handshake: one that opens
+    connections and never sends a ClientHello holds at most ``http.max_connections_per_peer`` of them for the
+    handshake deadline, and the next is closed at once (before, each waited out the deadline uncounted)."""
+    pki = make_pki(tmp_path)
+    tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
+    limits = {"tls": tls, "header_timeout_s": 30, "max_connections_per_peer": 3}
+    async with http_server([FakeEngine()], http=limits) as srv:
+        loop = asyncio.get_running_loop()
+        held = [await _raw(srv, stalled) for stalled in (b"", b"", b"\x16\x03\x01")]  # handshakes never finished
+        started = loop.time()
+        reader, writer = await _raw(srv, b"")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the fourth is closed at once, not after 30 s
+        assert loop.time() - started < 3
+        writer.close()
+        ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+        async with httpx.AsyncClient(base_url=f"https://{srv.http_address}", verify=ctx, timeout=3) as c:
+            with pytest.raises(httpx.TransportError):  # the peer holds its whole share
+                await c.get("/health")
+        for _, w in held:
+            w.close()
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=f"https://{srv.http_address}", verify=ctx, timeout=10) as c:
+            assert (await c.get("/health")).status_code == 200  # its slots are free again
+
+
+async def test_handshakes_in_progress_are_bounded_in_total_and_dropped_at_shutdown(tmp_path: Path) -> None:
+    """At most ``http.max_connections`` hand-overs (TLS handshakes) run at once, whatever the peers; stopping the
+    listener drops those still running instead of waiting out their deadline."""
+    pki = make_pki(tmp_path)
+    tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
+    limits = {"tls": tls, "header_timeout_s": 30, "max_connections": 2, "max_connections_per_peer": 10}
+    loop = asyncio.get_running_loop()
+    async with http_server([FakeEngine()], http=limits) as srv:
+        held = [await _raw(srv, b"") for _ in range(2)]
+        reader, writer = await _raw(srv, b"")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the third handshake is refused at once
+        writer.close()
+        stopping = loop.time()
+    assert loop.time() - stopping < 10  # the two stalled handshakes did not hold the shutdown for 30 s
+    for reader, writer in held:
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # dropped by the shutdown
+        writer.close()
+
+
 async def _non_reader(srv, path: str, payload: dict) -> socket.socket:  # type: ignore[no-untyped-def]
     """Sends alice's POST of ``payload`` on a raw socket with a small receive buffer, and never reads."""
     key = srv.identity.keys["alice"]

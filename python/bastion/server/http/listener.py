@@ -6,8 +6,9 @@ the connection closed), open connections in total (``limit_concurrency``: 503), 
 (``timeout_keep_alive``). What it leaves open is added by :class:`GuardedH11Protocol`: a connection must
 send each request's head within ``http.header_timeout_s`` (from connect, or from its previous response) or
 is closed — a slow-headers client (slowloris) holds nothing for long; the TLS handshake has the same deadline
-(:meth:`_Server.serve_socket`) —, one peer address holds at most
-``http.max_connections_per_peer`` connections (more are closed at once), the client certificate of a mutual
+(:meth:`_Server.serve_socket`) —, one peer address holds at most ``http.max_connections_per_peer`` connections
+(more are closed at once), counted from accept, so connections still in their TLS handshake count too
+(:class:`_Acceptor`), and at most ``http.max_connections`` handshakes run at once, the client certificate of a mutual
 TLS connection (``http.tls.client_ca_file``; verified in the handshake) reaches the app for the
 authenticator, and each connection's kernel send
 buffer is bounded (``SEND_BUFFER_BYTES``), so that a client that stops reading a stream makes its writes wait
@@ -18,6 +19,7 @@ used: the server's own SIGTERM handling drains both front ends.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -60,24 +62,47 @@ class PeerCounts:
         if self.open[peer] <= 0:
             del self.open[peer]
 
+    def hold(self, peer: str) -> Hold | None:
+        """A place for one connection of ``peer`` (None: the peer holds its cap), released exactly once."""
+        return Hold(self, peer) if self.take(peer) else None
+
+
+class Hold:
+    """One accepted connection's place in its peer's count: taken at accept, released once (by the acceptor when
+    the handshake fails, or by the protocol when the connection ends), whichever comes first and only then."""
+
+    __slots__ = ("peers", "peer", "_held")
+
+    def __init__(self, peers: PeerCounts, peer: str) -> None:
+        self.peers = peers
+        self.peer = peer
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.peers.give(self.peer)
+
 
 def guarded_protocol(settings: HttpSettings, peers: PeerCounts) -> type[H11Protocol]:
     """uvicorn's h11 protocol with the head deadline and the per-peer cap of ``settings``."""
     deadline_s = settings.header_timeout_s
 
     class GuardedH11Protocol(H11Protocol):
-        _peer: str | None = None
+        # The connection's place in its peer's count: set by the acceptor, which counted it at accept.
+        hold: Hold | None = None
         _head_timer: asyncio.TimerHandle | None = None
         _peer_cert: bytes | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            peer = self.client[0] if self.client else "local"
-            if not peers.take(peer):
-                log.warning("http: connection from %s refused: %d open from it", peer, peers.cap)
-                transport.close()
-                return
-            self._peer = peer
+            if self.hold is None:  # not handed over by the acceptor: counted here
+                peer = self.client[0] if self.client else "local"
+                self.hold = peers.hold(peer)
+                if self.hold is None:
+                    log.warning("http: connection from %s refused: %d open from it", peer, peers.cap)
+                    transport.close()
+                    return
             tls = transport.get_extra_info("ssl_object")  # the handshake is done: a client certificate is verified
             self._peer_cert = tls.getpeercert(binary_form=True) if tls is not None else None
             sock = transport.get_extra_info("socket")
@@ -92,9 +117,8 @@ def guarded_protocol(settings: HttpSettings, peers: PeerCounts) -> type[H11Proto
         def connection_lost(self, exc: Exception | None) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
-            if self._peer is not None:
-                peers.give(self._peer)
-                self._peer = None
+            if self.hold is not None:
+                self.hold.release()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
@@ -157,13 +181,100 @@ def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+# accept() errors that mean "out of a resource for now": wait, as asyncio's own accept loop does, then go on.
+_ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_ACCEPT_RETRY_S = 1.0
+
+
+class _Acceptor:
+    """Accepts the listener's connections itself and hands each to the loop (``connect_accepted_socket``: TLS with
+    the handshake deadline) and then to the protocol. A connection counts against its peer's cap from accept —
+    while its TLS handshake runs too, which ``loop.create_server`` would hide until the handshake is done — and at
+    most ``max_handshakes`` hand-overs run at once; past either, the new connection is closed at once.
+    ``close()`` and ``wait_closed()`` (what uvicorn's shutdown calls on its servers) stop accepting and drop
+    handshakes still running."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        create_protocol: Callable[[], asyncio.Protocol],
+        peers: PeerCounts,
+        tls: dict[str, Any],
+        max_handshakes: int,
+    ) -> None:
+        self._sock = sock
+        self._create_protocol = create_protocol
+        self._peers = peers
+        self._tls = tls
+        self._max_handshakes = max_handshakes
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._task = asyncio.get_running_loop().create_task(self._accept(), name="bastion-http-accept")
+
+    def close(self) -> None:
+        self._task.cancel()
+        for t in list(self._handshakes):
+            t.cancel()
+
+    async def wait_closed(self) -> None:
+        """Until the accept loop and every hand-over have ended (after :meth:`close`)."""
+        await asyncio.gather(self._task, *self._handshakes, return_exceptions=True)
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                    log.error("http: cannot accept connections (%s); retrying in %g s", exc.strerror, _ACCEPT_RETRY_S)
+                    await asyncio.sleep(_ACCEPT_RETRY_S)
+                    continue
+                if self._sock.fileno() < 0:  # the listening socket was closed: shutdown
+                    return
+                log.warning("http: accept failed: %s", exc.strerror or type(exc).__name__)
+                continue
+            peer = addr[0] if isinstance(addr, tuple) and addr else "local"
+            hold = self._peers.hold(peer)
+            if hold is None:
+                log.warning("http: connection from %s refused: %d open from it", peer, self._peers.cap)
+                conn.close()
+                continue
+            if len(self._handshakes) >= self._max_handshakes:
+                log.warning("http: connection from %s refused: %d handshakes in progress", peer, self._max_handshakes)
+                hold.release()
+                conn.close()
+                continue
+            task = loop.create_task(self._hand_over(conn, hold))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _hand_over(self, conn: socket.socket, hold: Hold) -> None:
+        def create_protocol() -> asyncio.Protocol:
+            protocol = self._create_protocol()
+            protocol.hold = hold  # type: ignore[attr-defined]  # released by the protocol once connected
+            return protocol
+
+        try:
+            # From here the loop owns the socket: it closes it on failure (never closed here: its descriptor
+            # may already belong to another connection).
+            await asyncio.get_running_loop().connect_accepted_socket(create_protocol, conn, **self._tls)
+        except Exception as exc:  # noqa: BLE001 - a failed or timed-out handshake ends this connection only
+            hold.release()
+            log.debug("http: connection from %s ended before it was served: %s", hold.peer, type(exc).__name__)
+        except BaseException:  # cancelled (shutdown): the loop closed the connection
+            hold.release()
+            raise
+
+
 class _Server(uvicorn.Server):
     """Started and stopped by the bastion server; never installs signal handlers."""
 
-    async def serve_socket(self, sock: socket.socket, handshake_timeout_s: float) -> None:
-        """uvicorn's startup for one listening socket (its lifespan is off), with the TLS handshake bounded by
-        ``handshake_timeout_s``: uvicorn's own leaves the TLS layer's 60 s, and the protocol (with its head
-        deadline and per-peer cap) sees a connection only once its handshake is done."""
+    async def serve_socket(
+        self, sock: socket.socket, peers: PeerCounts, handshake_timeout_s: float, max_handshakes: int
+    ) -> None:
+        """uvicorn's startup for one listening socket (its lifespan is off), accepting through :class:`_Acceptor`:
+        the TLS handshake bounded by ``handshake_timeout_s`` (uvicorn's own leaves the TLS layer's 60 s), counted
+        per peer from accept, at most ``max_handshakes`` at once."""
         config = self.config
 
         def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
@@ -172,11 +283,12 @@ class _Server(uvicorn.Server):
             )
             return protocol
 
-        loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {}
         if config.ssl is not None:
             tls = {"ssl": config.ssl, "ssl_handshake_timeout": handshake_timeout_s}
-        self.servers = [await loop.create_server(create_protocol, sock=sock, backlog=config.backlog, **tls)]
+        sock.setblocking(False)
+        sock.listen(config.backlog)
+        self.servers = [_Acceptor(sock, create_protocol, peers, tls, max_handshakes)]  # type: ignore[list-item]
         self.started = True
 
 
@@ -226,7 +338,7 @@ async def start_http_listener(settings: HttpSettings, app: Callable[..., Any]) -
     server = _Server(config)
     server.lifespan = config.lifespan_class(config)
     try:
-        await server.serve_socket(sock, settings.header_timeout_s)
+        await server.serve_socket(sock, peers, settings.header_timeout_s, settings.max_connections)
     except BaseException:
         sock.close()
         raise
