@@ -103,6 +103,12 @@ class ServerSettings(BaseModel):
     max_send_message_bytes: int = Field(default=1 << 20, ge=1024, le=16 << 20)
     # HTTP/2 concurrent streams per connection.
     max_concurrent_streams: int = Field(default=256, ge=1, le=4096)
+    # Connections the listener holds at once, those still in their TLS handshake included; beyond it a new one
+    # is closed at once (each is a file descriptor of the process that also writes the audit log).
+    max_connections: int = Field(default=1024, ge=1, le=65536)
+    # Seconds a new connection has to finish its TLS handshake and HTTP/2 preface; then it is closed (gRPC's own
+    # default is 120 s, long enough for a client that never sends a ClientHello to pile connections up).
+    handshake_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
     # Requests admitted at once (running + queued in the engine). Over it: RESOURCE_EXHAUSTED.
     max_inflight_requests: int = Field(default=128, ge=1, le=65536)
     # The fraction of max_inflight_requests one tenant may hold at once (at least one slot): past it the

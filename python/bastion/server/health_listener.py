@@ -30,6 +30,10 @@ MAX_MESSAGE_BYTES = 1024
 MAX_CONCURRENT_STREAMS = 16
 # After a connection's age limit (at least the Watch lifetime), its calls get this long before it closes.
 CONNECTION_AGE_GRACE_MS = 10_000
+# Connections held at once, handshakes included (probers need a few); beyond it a new one is closed at once.
+MAX_CONNECTIONS = 256
+# A new connection's TLS handshake and HTTP/2 preface must be done within this (gRPC's default: 120 s).
+HANDSHAKE_TIMEOUT_MS = 10_000
 
 
 def watch_limits(h: HealthSettings) -> WatchLimits:
@@ -43,6 +47,8 @@ def health_server_options(h: HealthSettings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
         ("grpc.so_reuseport", 0),
         ("grpc.max_metadata_size", 8 * 1024),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

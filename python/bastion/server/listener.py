@@ -48,6 +48,8 @@ def server_options(s: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", s.max_send_message_bytes),
         ("grpc.max_receive_message_length", s.max_receive_message_bytes),
         ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", s.max_connections),
+        ("grpc.server_handshake_timeout_ms", max(1, int(s.handshake_timeout_s * 1000))),
         # SO_REUSEPORT would let a second process bind the same port and silently share traffic.
         ("grpc.so_reuseport", 0),
         # Keepalive pings from clients no more often than every 10 s; idle clients are probed every 2 h.
