@@ -224,14 +224,17 @@ class _Acceptor:
         while True:
             try:
                 conn, addr = await loop.sock_accept(self._sock)
+            except ConnectionAbortedError:  # the client gave up before it was accepted
+                continue
             except OSError as exc:
+                if self._sock.fileno() < 0:  # the listening socket was closed: shutdown
+                    return
                 if exc.errno in _ACCEPT_RESOURCE_ERRORS:
                     log.error("http: cannot accept connections (%s); retrying in %g s", exc.strerror, _ACCEPT_RETRY_S)
                     await asyncio.sleep(_ACCEPT_RETRY_S)
-                    continue
-                if self._sock.fileno() < 0:  # the listening socket was closed: shutdown
-                    return
-                log.warning("http: accept failed: %s", exc.strerror or type(exc).__name__)
+                else:  # unexpected: logged, and never a busy loop
+                    log.warning("http: accept failed: %s", exc.strerror or type(exc).__name__)
+                    await asyncio.sleep(_ACCEPT_RETRY_S / 10)
                 continue
             peer = addr[0] if isinstance(addr, tuple) and addr else "local"
             hold = self._peers.hold(peer)
