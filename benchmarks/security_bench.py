@@ -234,21 +234,6 @@ def fake_servers(configs: dict[str, str], targets: dict[str, str], logdir: Path)
     return servers
 
 
-def tls_sections(security_toml: str) -> str:
-    """The ``[server.tls]`` table of the secured configuration alone: the "tls" side is the pass-through behind
-    the same mutual TLS (client certificate required), with no authentication, tenancy or audit on top."""
-    out: list[str] = []
-    inside = False
-    for line in security_toml.splitlines():
-        if line.startswith("["):
-            inside = line.strip() == "[server.tls]"
-        if inside:
-            out.append(line)
-    if not out:
-        raise ValueError("security_toml: no [server.tls] table")
-    return "\n".join(out) + "\n"
-
-
 async def bench_pair(
     servers: dict[str, BastionServer],
     auths: dict[str, Any],
@@ -319,7 +304,7 @@ async def amain(args: argparse.Namespace) -> int:
     base = common.QUIET_SERVER_TOML + f"{NO_HEALTH_LISTENER}[server]\nmax_inflight_requests = 1024\n"
     configs = {
         "on": security + base + f'listen = "127.0.0.1:{ports["on"]}"\n',
-        "tls": tls_sections(security) + base + f'listen = "127.0.0.1:{ports["tls"]}"\n',
+        "tls": serve_bench.server_tls_toml(logdir / "secure") + base + f'listen = "127.0.0.1:{ports["tls"]}"\n',
         "off": base + f'listen = "127.0.0.1:{ports["off"]}"\n',
     }
     targets = {m: f"127.0.0.1:{port}" for m, port in ports.items()}

@@ -556,6 +556,19 @@ def versions() -> dict[str, Any]:
     }
 
 
+def server_tls_toml(d: Path) -> str:
+    """The ``[server.tls]`` table of :func:`secure_setup`'s PKI in ``d``: mutual TLS, client certificate required."""
+    return "\n".join(
+        [
+            "[server.tls]",
+            f'cert_file = "{d / "server.pem"}"',
+            f'key_file = "{d / "server.key"}"',
+            f'client_ca_file = "{d / "ca.pem"}"',
+            "",
+        ]
+    )
+
+
 def secure_setup(d: Path) -> tuple[str, BastionAuth]:
     """Security on: a PKI (mTLS), an EC JWT signer and its JWKS file, a tenancy policy whose rate limits
     are checked on every call but set high enough not to bind, and an audit log. Returns the TOML
@@ -595,12 +608,8 @@ request_burst = 1000
 tokens_per_min = 100000000
 token_burst = 10000000
 """)
-    toml = "\n".join(
+    toml = server_tls_toml(d) + "\n".join(
         [
-            "[server.tls]",
-            f'cert_file = "{d / "server.pem"}"',
-            f'key_file = "{d / "server.key"}"',
-            f'client_ca_file = "{d / "ca.pem"}"',
             "[auth.mtls]",
             f'trust_domains = ["{TRUST_DOMAIN}"]',
             "[auth.jwt]",
