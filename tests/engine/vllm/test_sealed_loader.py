@@ -4,6 +4,7 @@ loader's binding to what the server attested (``check_attested``)."""
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,34 @@ def test_every_tensor_exact_and_every_byte_verified(model: Path, sealed: Path, k
     assert stats == {"tensors": len(expected), "bytes": total, "files": 2}
 
 
+@pytest.mark.parametrize("batch", [1, 4096, SEG - 1, SEG + 3, 1 << 30])
+def test_each_segment_is_decrypted_once_and_whole(
+    model: Path, sealed: Path, kek: Path, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: batches end at tensor ends, anywhere inside a segment. Rust is asked for whole segments only,
+    each once (a batch ending inside a segment decrypts it whole and hands its tail to the next batch), so the
+    ranges read tile every data file from segment boundary to segment boundary (or the file's end)."""
+    reads: list[tuple[int, int, int]] = []
+    real = SealedReader.read_range_into
+
+    def spy(self: SealedReader, file_index: int, begin: int, out: memoryview) -> None:
+        reads.append((file_index, begin, begin + len(out)))
+        real(self, file_index, begin, out)
+
+    monkeypatch.setattr(SealedReader, "read_range_into", spy)
+    expected = _expected(model)
+    with SealedReader(sealed, kek) as r:
+        got = dict(sealed_weights(r, batch_bytes=batch))
+        lengths = [length for _, _, length in r.files()]
+    assert all(torch.equal(got[n], t) for n, t in expected.items()) and set(got) == set(expected)
+    for fi, length in enumerate(lengths):
+        ranges = sorted((b, e) for f, b, e in reads if f == fi)
+        assert ranges[0][0] == 0 and ranges[-1][1] == length, (fi, ranges)
+        for (_, e), (b, _) in zip(ranges, ranges[1:], strict=False):
+            assert e == b, f"file {fi}: ranges overlap or leave a gap: {ranges}"
+        assert all(b % SEG == 0 and (e % SEG == 0 or e == length) for b, e in ranges), (fi, ranges)
+
+
 def _expected(model: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for f in sorted(model.glob("*.safetensors")):
@@ -62,7 +91,7 @@ def test_reused_batch_buffers_never_overwrite_a_tensor_the_model_kept(
     taken: list[bool] = []
     real_take = BatchBuffers.take
 
-    def spy(self: BatchBuffers, size: int) -> bytearray:
+    def spy(self: BatchBuffers, size: int) -> mmap.mmap:
         pooled = {id(b) for b in self._pool}  # ids, not references: a reference would make a buffer look in use
         buf = real_take(self, size)
         taken.append(id(buf) in pooled)

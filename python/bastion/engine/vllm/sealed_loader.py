@@ -24,6 +24,7 @@ file and segment; the engine then fails to start and nothing serves.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import sys
 import time
@@ -100,7 +101,8 @@ def to_tensor(data: Buffer, info: TensorInfo, offset: int = 0) -> torch.Tensor:
 
 
 # Plaintext is read in batches of consecutive tensors of about this size: one call into Rust per batch,
-# every segment hashed and decrypted once (a batch boundary inside a segment costs that one segment twice).
+# every segment hashed and decrypted once (a batch that ends inside a segment decrypts that segment whole and
+# the next batch starts with its remainder, copied: see ``sealed_weights``).
 # 16 MiB, not more: the batch buffers are reused, but the first few are new memory, and first touches of new
 # memory cost more than decrypting it (64 MiB batches: 0.27-0.66 GB/s on one core here; 16 MiB: 1.1-1.3).
 BATCH_BYTES = 16 << 20
@@ -122,11 +124,21 @@ def _batches(
         yield begin, length, members
 
 
+def _new_buffer(size: int) -> mmap.mmap:
+    """``size`` bytes of private anonymous memory (at least one byte: an empty mapping does not exist).
+
+    Not a ``bytearray``: that zero-fills its memory when made, on the thread that asks, so every page of a new
+    buffer was faulted in twice over (the fill, then the decryption); a fresh mapping's pages are zero already
+    and are faulted in by the decrypting threads as they write them (issue 19, alternating fresh processes on two
+    threads: the loader path 2.3-2.4 -> 2.6-2.9 GB/s from this alone). Nor numpy's arrays: numpy advises transparent huge pages for large arrays, and where
+    the kernel compacts memory for them on a fault, the first use of each buffer stalled."""
+    return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
 class BatchBuffers:
     """The batch buffers the loader owns and reuses, so that reading a batch costs no allocation and no page
-    faults once the first few are made (fresh buffers cost more than decryption: issue 19). They are
-    ``bytearray``s (numpy's arrays were slower here: numpy advises transparent huge pages for large arrays, and
-    where the kernel compacts memory for them on a fault, the first use of each buffer stalled).
+    faults once the first few are made (fresh buffers cost more than decryption: issue 19). They are private
+    anonymous mappings (``_new_buffer``).
 
     A buffer is handed out again only when nothing else references it. Every tensor over a batch keeps its
     buffer referenced (``torch.frombuffer`` holds an export of it until the tensor's storage, and every view of
@@ -136,16 +148,16 @@ class BatchBuffers:
 
     def __init__(self, keep: int = 4) -> None:
         self._keep = keep
-        self._pool: list[bytearray] = []
+        self._pool: list[mmap.mmap] = []
         # sys.getrefcount of a pooled buffer that nothing else references, measured the way take() asks.
-        self._pool.append(bytearray())
+        self._pool.append(_new_buffer(1))
         self._alone = self._refs(0)
         self._pool.clear()
 
     def _refs(self, i: int) -> int:
         return sys.getrefcount(self._pool[i])
 
-    def take(self, size: int) -> bytearray:
+    def take(self, size: int) -> mmap.mmap:
         """A buffer of at least ``size`` bytes that nothing else references. The pool is kept in the order
         buffers were handed out; when every pooled buffer is still referenced, the one handed out longest ago is
         taken to be the model's (it kept tensors over it) and leaves the pool for the new buffer."""
@@ -154,7 +166,7 @@ class BatchBuffers:
             if len(self._pool[i]) >= size:
                 self._pool.append(self._pool.pop(i))
                 return self._pool[-1]
-        buf = bytearray(size)
+        buf = _new_buffer(size)
         if len(self._pool) >= self._keep:
             # the smallest free buffer (too small for this batch), else the one handed out longest ago
             self._pool.pop(min(free, key=lambda i: len(self._pool[i])) if free else 0)
@@ -184,21 +196,40 @@ def sealed_weights(
     ]
     verified = 0
     buffers = BatchBuffers()
+    seg = int(header_json(reader.header_file())["segment_size"])
+    lengths = [length for _data, _source, length in files]
 
-    def read(fi: int, begin: int, end: int) -> bytearray:
-        buf = buffers.take(end - begin)
-        with memoryview(buf) as whole, whole[: end - begin] as out:  # released before the buffer is used
-            reader.read_range_into(fi, begin, out)
+    def read(fi: int, begin: int, end: int, prev: tuple[mmap.mmap, int] | None) -> mmap.mmap:
+        """Plaintext ``[begin, stop)`` of file ``fi``, ``stop`` the end of the segment that holds byte
+        ``end - 1`` (or the file's end): Rust is asked only for whole segments, so no segment is decrypted
+        twice and none into a scratch copy. The batch's first bytes up to the next segment boundary are the
+        tail the previous batch of this file (``prev``: its buffer and where it begins) decrypted with its
+        last segment, authenticated there, and copied from it."""
+        stop = min(lengths[fi], -(-end // seg) * seg)
+        aligned = min(stop, -(-begin // seg) * seg)
+        buf = buffers.take(stop - begin)
+        with memoryview(buf) as whole:  # released before the buffer is used
+            if aligned > begin:
+                assert prev is not None and prev[1] <= begin, "a batch inside a segment follows one that read it"
+                with memoryview(prev[0]) as before:
+                    whole[: aligned - begin] = before[begin - prev[1] : aligned - prev[1]]
+            if stop > aligned:
+                with whole[aligned - begin : stop - begin] as out:
+                    reader.read_range_into(fi, aligned, out)
         return buf
 
     # Read-ahead: the next batch is read, hash-checked and decrypted on a worker thread (the native call
     # releases the GIL) while the caller copies the current batch's tensors into the model.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-readahead") as pool:
-        pending = pool.submit(read, *plan[0][:3]) if plan else None
-        for k, (_fi, begin, end, members) in enumerate(plan):
+        pending = pool.submit(read, *plan[0][:3], None) if plan else None
+        for k, (fi, begin, end, members) in enumerate(plan):
             assert pending is not None
             data = pending.result()  # raises the batch's IntegrityError here, before any of its tensors
-            pending = pool.submit(read, *plan[k + 1][:3]) if k + 1 < len(plan) else None
+            if k + 1 < len(plan):
+                nfi, nbegin, nend = plan[k + 1][:3]
+                pending = pool.submit(read, nfi, nbegin, nend, (data, begin) if nfi == fi else None)
+            else:
+                pending = None
             verified += end - begin
             for b, name in members:
                 yield name, to_tensor(data, infos[name], b - begin)
