@@ -130,8 +130,9 @@ def _new_buffer(size: int) -> mmap.mmap:
     Not a ``bytearray``: that zero-fills its memory when made, on the thread that asks, so every page of a new
     buffer was faulted in twice over (the fill, then the decryption); a fresh mapping's pages are zero already
     and are faulted in by the decrypting threads as they write them (issue 19, alternating fresh processes on two
-    threads: the loader path 2.3-2.4 -> 2.6-2.9 GB/s from this alone). Nor numpy's arrays: numpy advises transparent huge pages for large arrays, and where
-    the kernel compacts memory for them on a fault, the first use of each buffer stalled."""
+    threads: the loader path 2.3-2.4 -> 2.6-2.9 GB/s from this alone). Nor numpy's arrays: numpy advises
+    transparent huge pages for large arrays, and where the kernel compacts memory for them on a fault, the first
+    use of each buffer stalled."""
     return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
