@@ -23,8 +23,9 @@ def wait_idle(url: str, timeout: float = 15.0) -> None:
 
 
 def assert_engine_not_running_leftovers(stub, model_name, url: str) -> None:
-    """A short request after the abort runs alone in the engine: the scheduler's running count at its
-    steps is 1. Had the 2000-token request not been aborted, it would still be running (2)."""
+    """After a short request the engine is idle: its scheduler writes zero running and waiting as soon as it runs
+    out of work (bastion.engine.vllm.figures). Had the 2000-token request not been aborted, it would still be
+    running (minutes on this CPU), and the figures would never reach zero."""
     list(
         stub.Generate(
             pb.GenerateRequest(
@@ -33,7 +34,10 @@ def assert_engine_not_running_leftovers(stub, model_name, url: str) -> None:
             timeout=60,
         )
     )
-    assert gauge(url, "bastion_engine_running_requests") <= 1
+    deadline = time.monotonic() + 10
+    while (gauge(url, "bastion_engine_running_requests"), gauge(url, "bastion_engine_waiting_requests")) != (0, 0):
+        assert time.monotonic() < deadline, "the engine still runs a request nobody is waiting for"
+        time.sleep(0.2)
 
 
 def test_client_cancel_aborts_engine_request(live_server, stub, model_name) -> None:
@@ -43,6 +47,14 @@ def test_client_cancel_aborts_engine_request(live_server, stub, model_name) -> N
     first = next(call)
     assert first.request_id
     assert gauge(live_server.metrics_url, "bastion_inflight_requests") >= 1
+    # The engine's own figures, written by its scheduler at most once a second while it works, reach the metrics.
+    deadline = time.monotonic() + 10
+    while not (
+        gauge(live_server.metrics_url, "bastion_engine_running_requests") >= 1
+        and gauge(live_server.metrics_url, "bastion_engine_kv_usage_ratio") > 0
+    ):
+        assert time.monotonic() < deadline, "the engine's figures never showed the running request"
+        next(call)  # keep reading: a stream nobody reads stops being written
     call.cancel()
     wait_idle(live_server.metrics_url)
     assert_engine_not_running_leftovers(stub, model_name, live_server.metrics_url)

@@ -35,7 +35,7 @@ def test_round_trips_through_one_variable(tmp_path: Path) -> None:
         header_digest=HEADER,
         subject_digest=SUBJECT,
     )
-    contract = EngineProcessEnv(partition_key_file=tmp_path / "p.key", kv_stats_dir=tmp_path / "kv", sealed=sealed)
+    contract = EngineProcessEnv(partition_key_file=tmp_path / "p.key", stats_dir=tmp_path / "kv", sealed=sealed)
     env = contract.to_env()
     assert list(env) == [ENV_VAR]
     assert EngineProcessEnv.from_env(env) == contract

@@ -50,7 +50,7 @@ async def _contract_handed_to_the_engine(security_factory: Callable[..., Securit
 
 async def _assert_isolation_on(security_factory: Callable[..., Security]) -> None:
     process, settings = await _contract_handed_to_the_engine(security_factory)
-    assert process.isolation and process.partition_key_file is not None and process.kv_stats_dir is not None
+    assert process.isolation and process.partition_key_file is not None and process.stats_dir is not None
     # The EngineCore derives its block-hashing key from exactly the server's partition secret.
     server_secret = load_or_create(settings.cache_dir / "keys" / "partition.key", create=False)
     assert block_key(load_or_create(process.partition_key_file, create=False)) == block_key(server_secret)

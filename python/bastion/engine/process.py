@@ -12,7 +12,8 @@ What each field switches on inside vLLM's processes:
 
 - ``partition_key_file``: tenant isolation. The EngineCore keys prefix-cache blocks with the key derived
   from this secret (``bastion.engine.vllm.block_hasher``) and runs the tenant KV scheduler.
-- ``kv_stats_dir``: where that scheduler writes per-tenant KV figures for the server's metrics.
+- ``stats_dir``: where the EngineCore's scheduler writes the engine's figures (running, waiting, KV usage and,
+  under isolation, per tenant) for the server's metrics (``bastion.engine.vllm.figures``).
 - ``sealed``: the model is sealed; the ``bastion`` load format opens ``model_dir`` (vLLM's own model path is
   the verified copy of ``bastion.models.verified``, which holds no weights), verifies it against
   ``trust_policy`` for ``served_model``, opens it with ``key_provider``, and refuses to decrypt anything
@@ -68,7 +69,7 @@ class EngineProcessEnv(BaseModel):
 
     version: int = 1
     partition_key_file: Path | None = None
-    kv_stats_dir: Path | None = None
+    stats_dir: Path | None = None
     sealed: SealedLoad | None = None
 
     @property

@@ -1,7 +1,8 @@
 """Per-tenant KV figures from the EngineCore's schedulers, for the server's metrics.
 
-Each ``TenantScheduler`` writes its ledger snapshot (keyed by opaque tenant keys) to
-``<stats dir>/<model>.json`` at most once a second. The server maps tenant keys back to tenant names with
+Each ``TenantScheduler`` writes its ledger snapshot (keyed by opaque tenant keys) as the ``tenants`` of the
+engine's figures, ``<stats dir>/<model>.json`` with the model's name in it (``bastion.engine.vllm.figures``),
+at most once a second. The server maps tenant keys back to tenant names with
 its partition keys; a key it cannot map (the ``untagged`` bucket) is reported as tenant ``-``.
 """
 
@@ -37,6 +38,11 @@ class TenantKvStats:
             except (OSError, ValueError):
                 log.debug("per-tenant KV stats unreadable: %s", path.name)
                 continue
-            for key, figures in snapshot.items():
-                out.append((path.stem, names.get(key, "-"), {f: int(figures.get(f, 0)) for f in FIELDS}))
+            if not isinstance(snapshot, dict):
+                continue
+            model, tenants = snapshot.get("model"), snapshot.get("tenants")
+            if not isinstance(model, str) or not isinstance(tenants, dict):
+                continue  # no isolation in that engine
+            for key, figures in tenants.items():
+                out.append((model, names.get(key, "-"), {f: int(figures.get(f, 0)) for f in FIELDS}))
         return out

@@ -17,7 +17,9 @@ Series (Prometheus names):
   bastion_request_output_tokens_per_second{model}  per request, completion tokens / request wall time
   bastion_inflight_requests                      admitted generations
   bastion_engine_running_requests{model}, bastion_engine_waiting_requests{model} (queue depth),
-  bastion_engine_kv_usage_ratio{model}           from EngineStats at scrape time
+  bastion_engine_kv_usage_ratio{model}           from EngineStats at scrape time (the real engine's scheduler
+                                                 writes them at most once a second, and at once when it goes
+                                                 idle: bastion.engine.vllm.figures)
 
 Every label value is bounded: ``model`` is a served model's name (never the string a client sent: see
 ``bastion.observability.telemetry``), ``tenant`` a policy's tenant, ``method`` and ``code`` fixed names.

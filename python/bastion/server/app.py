@@ -267,7 +267,8 @@ class _Run:
 
     def engine_process(self, security: Security) -> EngineProcessEnv:
         """The contract vLLM's processes inherit: with a partition key file, the EngineCore keys its prefix
-        cache by tenant and runs the tenant KV scheduler, which reports per-tenant KV figures to kv_stats."""
+        cache by tenant and runs the tenant KV scheduler, which reports per-tenant KV figures to kv_stats (without
+        one the engine makes its own directory for its figures)."""
         partition = security.partition
         if partition is None or partition.source is None:
             log.warning("tenant isolation is OFF in the engine: the security layer named no partition key file")
@@ -276,7 +277,7 @@ class _Run:
         guard = security.guard
         stats = TenantKvStats(self.kv_stats, partition, lambda: guard.policy.tenants)
         self.telemetry.metrics.bind_tenant_kv(stats.rows)
-        return EngineProcessEnv(partition_key_file=partition.source.resolve(), kv_stats_dir=self.kv_stats)
+        return EngineProcessEnv(partition_key_file=partition.source.resolve(), stats_dir=self.kv_stats)
 
     async def load_pool(
         self, factory: PoolFactory, process: EngineProcessEnv, stop: asyncio.Event

@@ -496,9 +496,9 @@ CONTRACT: tuple[Entry, ...] = (
     Api(
         f"{_LLM}.from_vllm_config",
         METHOD,
-        "vllm.engine starts the engine with its stat logger and vLLM's request logging off",
+        "vllm.engine starts the engine with vLLM's statistics and request logging off (no stat logger)",
         params=("vllm_config",),
-        keywords=("stat_loggers", "disable_log_stats", "enable_log_requests"),
+        keywords=("disable_log_stats", "enable_log_requests"),
     ),
     Api(
         f"{_LLM}.generate",
@@ -567,37 +567,35 @@ CONTRACT: tuple[Entry, ...] = (
         "vllm.engine._convert_logprobs reads logprob and rank",
         keywords=("logprob", "rank"),
     ),
-    # --- bastion.engine.vllm.stats --------------------------------------------------------------------------------
+    # --- bastion.engine.vllm.stats_scheduler ---------------------------------------------------------------------
     Api(
-        "vllm.v1.metrics.loggers:PrometheusStatLogger",
-        CLASS,
-        "_BastionStatLogger subclasses it (so StatLoggerManager adds no Prometheus logger of its own) and overrides "
-        "every public method (tests/engine/vllm/test_vllm_stat_logger.py)",
+        f"{_SCHED}.update_from_output",
+        METHOD,
+        "EngineFigures.update_from_output overrides it (*args, **kwargs passed through), writing after each step",
     ),
     Api(
-        "vllm.v1.metrics.loggers:PrometheusStatLogger.__init__",
+        f"{_SCHED}.finish_requests",
         METHOD,
-        "StatLoggerManager builds an aggregate logger class with (vllm_config, engine_indexes)",
-        params=("self", "vllm_config", "engine_indexes"),
-        exact=True,
+        "EngineFigures.finish_requests overrides it (*args, **kwargs passed through), writing after an abort",
+        params=("self", "request_ids", "finished_status"),
     ),
+    Calls(
+        "vllm.v1.engine.core:EngineCore.abort_requests",
+        "self.scheduler.finish_requests",
+        "an abort reaches the scheduler through finish_requests, so an engine left idle by it writes zeros",
+    ),
+    Api(f"{_SCHED}.get_request_counts", METHOD, "EngineFigures reads (running, waiting)", params=("self",)),
+    Api(f"{_SCHED}.get_kv_cache_usage", METHOD, "EngineFigures reads the KV usage", params=("self",)),
     Api(
-        "vllm.v1.metrics.loggers:PrometheusStatLogger.record",
+        "vllm.v1.core.sched.interface:SchedulerInterface.has_unfinished_requests",
         METHOD,
-        "_BastionStatLogger.record overrides it with these parameters",
-        params=("self", "scheduler_stats", "iteration_stats", "mm_cache_stats", "engine_idx"),
-        exact=True,
+        "EngineFigures writes at once when the engine runs out of work",
+        params=("self",),
     ),
     Inst(
-        "vllm.v1.metrics.stats.SchedulerStats",
-        (
-            "num_running_reqs",
-            "num_waiting_reqs",
-            "kv_cache_usage",
-            "prefix_cache_stats.queries",
-            "prefix_cache_stats.hits",
-        ),
-        "StatsSink.record reads them for bastion's metrics",
+        "vllm.v1.core.sched.scheduler.Scheduler",
+        ("deferred_waiting", "vllm_config.model_config.served_model_name"),
+        "EngineFigures reports waiting without the deferred requests, as vLLM's stats did, under the served name",
     ),
     # --- bastion.engine.vllm.sealed_loader ------------------------------------------------------------------------
     Api(
@@ -801,7 +799,6 @@ _ROOTS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "vllm.config.cache.CacheConfig": lambda s, r, o: s.vllm_config.cache_config,
     "vllm.v1.request.Request": lambda s, r, o: r,
     "vllm.v1.core.sched.output.SchedulerOutput": lambda s, r, o: o,
-    "vllm.v1.metrics.stats.SchedulerStats": lambda s, r, o: _resolve("vllm.v1.metrics.stats:SchedulerStats")(),
 }
 
 _MISSING = object()
@@ -875,6 +872,8 @@ def _check_inst(entry: Inst, real: _Real) -> list[Problem]:
 SCHEDULER_CLS_STRINGS = {
     "bastion.engine.vllm.scheduler.TenantScheduler": "vllm.v1.core.sched.scheduler:Scheduler",
     "bastion.engine.vllm.scheduler.AsyncTenantScheduler": "vllm.v1.core.sched.async_scheduler:AsyncScheduler",
+    "bastion.engine.vllm.stats_scheduler.StatsScheduler": "vllm.v1.core.sched.scheduler:Scheduler",
+    "bastion.engine.vllm.stats_scheduler.AsyncStatsScheduler": "vllm.v1.core.sched.async_scheduler:AsyncScheduler",
 }
 
 
@@ -893,7 +892,7 @@ def _check_scheduler_cls_strings(real: _Real) -> list[Problem]:
         for n in ast.walk(tree)
         if isinstance(n, ast.Constant)
         and isinstance(n.value, str)
-        and n.value.startswith("bastion.engine.vllm.scheduler.")
+        and n.value.startswith(("bastion.engine.vllm.scheduler.", "bastion.engine.vllm.stats_scheduler."))
     }
     problems = []
     if found != set(SCHEDULER_CLS_STRINGS):

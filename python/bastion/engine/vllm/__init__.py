@@ -12,7 +12,8 @@ vLLM internal it relies on, private ones included:
 - ``sealed_loader``: the ``bastion`` load format (signature-verified, decrypted weights).
 - ``block_hasher``: the EngineCore's keyed, tenant-partitioned prefix-cache block hasher.
 - ``scheduler`` and ``kv_pool``: the tenant KV scheduler and the block pool that charges tenants.
-- ``stats``: vLLM's stat logger feeding the engine's figures.
+- ``figures`` and ``stats_scheduler``: the engine's figures for the metrics, written by the scheduler (vLLM's own
+  statistics are off) and read by the server.
 - ``offline``: a real vLLM scheduler without a model (tests and isolation_bench).
 
 Importing this package imports no vllm; its modules do.

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from bastion.config import Settings
@@ -24,9 +27,9 @@ from bastion.engine.protocol import (
     TokenLogprobs,
 )
 from bastion.engine.vllm.device import Device, cpu_engine_env, resolve_dtype
+from bastion.engine.vllm.figures import read_figures, stats_file
 from bastion.engine.vllm.forkserver import Forkserver, engine_core_from
 from bastion.engine.vllm.proof import prove
-from bastion.engine.vllm.stats import StatsSink, make_stat_logger_factory
 from bastion.engine.vllm.tokens import PromptTokenizer
 from bastion.errors import EngineError, IntegrityError, InvalidArgument, Unavailable
 from bastion.isolation.proof import IsolationProof
@@ -53,7 +56,7 @@ def _engine_args(settings: Settings, model_path: str, name: str, device: Device,
         enable_prefix_caching=m.enable_prefix_caching,
         seed=m.seed,
         tensor_parallel_size=m.tensor_parallel_size,
-        disable_log_stats=True,  # no LoggingStatLogger; vLLM's Prometheus logger is replaced (engine.vllm.stats)
+        disable_log_stats=True,  # vLLM's stats off: the scheduler writes bastion's figures (engine.vllm.figures)
         enable_log_requests=False,  # vLLM would log prompts; bastion never does at INFO
         trust_remote_code=False,
         load_format=load_format,
@@ -85,7 +88,7 @@ class VllmEngine:
         self,
         llm: Any,
         info: ModelInfo,
-        sink: StatsSink,
+        figures: Path | None,
         adapters: Mapping[str, Any] | None = None,
         verified: VerifiedCopy | None = None,
         proof: IsolationProof | None = None,
@@ -93,7 +96,8 @@ class VllmEngine:
         self._llm = llm
         self._proof = proof or IsolationProof()
         self._info = info
-        self._sink = sink
+        self._figures = figures  # the stats file the EngineCore's scheduler writes (engine.vllm.figures)
+        self._own_stats_dir: Path | None = None  # made for this engine (none given): removed when it stops
         self._loras = dict(adapters or {})  # adapter name -> vLLM LoRARequest
         self._verified = verified  # removed once vLLM has stopped
         self._tokens = PromptTokenizer(llm.get_tokenizer())
@@ -118,14 +122,23 @@ class VllmEngine:
         (``bastion.engine.process``): with its ``sealed`` part the weights load through the ``bastion`` load
         format from the sealed directory, bound to the attested digests; with a partition key file the
         EngineCore keys its prefix cache by tenant and runs the tenant KV scheduler. ``core``: the forkserver the
-        EngineCore is started from (``bastion.engine.vllm.forkserver``; None: vLLM's own way)."""
+        EngineCore is started from (``bastion.engine.vllm.forkserver``; None: vLLM's own way). Without a
+        ``stats_dir`` in ``process`` the engine makes one for its scheduler's figures and removes it when it stops."""
+        own: Path | None = None
+        if process.stats_dir is None:
+            own = Path(tempfile.mkdtemp(prefix="bastion-engine-stats-"))
+            process = process.model_copy(update={"stats_dir": own})
         try:
-            return await cls._start(settings, verified, name, digest, device, process, subject_digest, core)
+            engine = await cls._start(settings, verified, name, digest, device, process, subject_digest, core, own)
         except asyncio.CancelledError:
-            raise  # _start hands the copy to the shutdown of the engine still being built
+            raise  # _start hands the copy and the stats directory to the shutdown of the engine still being built
         except BaseException:
             verified.close()
+            if own is not None:
+                shutil.rmtree(own, ignore_errors=True)
             raise
+        engine._own_stats_dir = own
+        return engine
 
     @classmethod
     async def _start(
@@ -138,6 +151,7 @@ class VllmEngine:
         process: EngineProcessEnv,
         subject_digest: str,
         core: Forkserver | None,
+        own_stats_dir: Path | None,
     ) -> VllmEngine:
         model_path = str(verified.model)
         if device == "cpu":
@@ -145,26 +159,30 @@ class VllmEngine:
         # Inherited by the EngineCore and worker processes: paths and names only, never in argv or logs.
         os.environ.update(process.to_env())
         args = _engine_args(settings, model_path, name, device, "bastion" if process.sealed is not None else "auto")
-        sink = StatsSink()
 
         def build() -> Any:
             from vllm.usage.usage_lib import UsageContext
             from vllm.v1.engine.async_llm import AsyncLLM
 
             config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+            sched = config.scheduler_config
             if process.isolation:
                 # Tenant isolation (the server named its partition key file): per-tenant KV budgets.
-                sched = config.scheduler_config
                 sched.scheduler_cls = (
                     "bastion.engine.vllm.scheduler.AsyncTenantScheduler"
                     if sched.async_scheduling
                     else "bastion.engine.vllm.scheduler.TenantScheduler"
                 )
+            else:  # vLLM's scheduler, writing the engine's figures (vLLM's own statistics are off)
+                sched.scheduler_cls = (
+                    "bastion.engine.vllm.stats_scheduler.AsyncStatsScheduler"
+                    if sched.async_scheduling
+                    else "bastion.engine.vllm.stats_scheduler.StatsScheduler"
+                )
             with engine_core_from(core):
                 return AsyncLLM.from_vllm_config(
                     config,
-                    stat_loggers=[make_stat_logger_factory(sink)],
-                    disable_log_stats=True,
+                    disable_log_stats=True,  # no stat logger: vLLM computes no statistics on any step
                     enable_log_requests=False,
                 )
 
@@ -179,6 +197,8 @@ class VllmEngine:
                         f.result().shutdown()
                 finally:
                     verified.close()
+                    if own_stats_dir is not None:
+                        shutil.rmtree(own_stats_dir, ignore_errors=True)
 
             future.add_done_callback(stop)
             raise
@@ -207,7 +227,8 @@ class VllmEngine:
             adapter_digests=adapter_digests,
         )
         log.info("engine ready: model %s (%s) on %s, context %d tokens", name, digest, device, max_context)
-        return cls(llm, info, sink, loras, verified, proof)
+        figures = stats_file(process.stats_dir, name) if process.stats_dir is not None else None
+        return cls(llm, info, figures, loras, verified, proof)
 
     @property
     def info(self) -> ModelInfo:
@@ -342,7 +363,7 @@ class VllmEngine:
             await self._llm.abort(request_id)
 
     def stats(self) -> EngineStats:
-        return self._sink.snapshot(self._llm.get_num_unfinished_requests())
+        return read_figures(self._figures, self._llm.get_num_unfinished_requests())
 
     async def shutdown(self) -> None:
         if self._stopped:
@@ -353,6 +374,8 @@ class VllmEngine:
         finally:
             if self._verified is not None:
                 self._verified.close()
+            if self._own_stats_dir is not None:
+                shutil.rmtree(self._own_stats_dir, ignore_errors=True)
 
 
 def _convert_logprobs(

@@ -37,9 +37,7 @@ what other tenants share with it. vLLM's ``schedule()`` is not copied; the hooks
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable, Iterable
 from itertools import compress
 from typing import Any, SupportsIndex
@@ -49,17 +47,15 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.request import Request, RequestStatus
 
-from bastion.engine.process import current
 from bastion.engine.vllm.kv_pool import NO_TENANT, TenantBlockPool
+from bastion.engine.vllm.stats_scheduler import EngineFigures
 from bastion.errors import InvalidArgument
-from bastion.files import atomic_write_text
 from bastion.isolation.tag import PartitionTag, TagError
 from bastion.native import KvLedger
 
 log = logging.getLogger(__name__)
 
 UNTAGGED = "untagged"
-STATS_INTERVAL_S = 1.0
 # Salts remembered with their slot; past this many the memo starts over (with per-principal cache keys a
 # tenant has one salt per principal and public prefix).
 MAX_SALTS = 16384
@@ -80,7 +76,7 @@ class _Running(list[Request]):
         return super().pop(index if pick is None else pick)
 
 
-class TenantScheduler(Scheduler):
+class TenantScheduler(EngineFigures, Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         kvm = self.kv_cache_manager
@@ -117,10 +113,6 @@ class TenantScheduler(Scheduler):
         self.unchecked_steps = 0  # steps that ran under the bound (for tests and benchmarks)
         kvm.free = self._kv_free  # type: ignore[method-assign]  # wrapped in place
         kvm.pop_blocks_for_free = self._kv_pop_blocks_for_free  # type: ignore[method-assign]  # wrapped in place
-        stats_dir = current().kv_stats_dir
-        name = getattr(self.vllm_config.model_config, "served_model_name", None) or "model"
-        self._stats_file = stats_dir / f"{name}.json" if stats_dir else None
-        self._stats_due = 0.0
 
     def _running_as_list(self) -> _Running:
         """vLLM reassigns ``running`` when requests finish; re-wrap it (once per reassignment)."""
@@ -135,16 +127,9 @@ class TenantScheduler(Scheduler):
         """Per tenant key: reserved, cap, held, cached, preemptions, evictions (blocks / counts)."""
         return self.kv_ledger.snapshot()
 
-    def _export_stats(self) -> None:
-        """At most once a second: the snapshot to the server's stats directory (written, then renamed)."""
-        now = time.monotonic()
-        if self._stats_file is None or now < self._stats_due:
-            return
-        self._stats_due = now + STATS_INTERVAL_S
-        try:
-            atomic_write_text(self._stats_file, json.dumps(self.kv_ledger.snapshot()), mode=0o644)
-        except OSError as exc:  # metrics only: never stops scheduling
-            log.warning("cannot write per-tenant KV stats (%s)", exc.strerror)
+    def _tenants(self) -> dict[str, dict[str, int]]:
+        """The per-tenant figures of the engine's stats file (``bastion.engine.vllm.figures``)."""
+        return self.kv_ledger.snapshot()
 
     def slot_of(self, request: Request) -> int:
         salt = request.cache_salt
@@ -338,7 +323,6 @@ class TenantScheduler(Scheduler):
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         self._step_blocked.clear()
         self._running_as_list()
-        self._export_stats()
         self._begin_step()
         output = None
         try:
