@@ -76,12 +76,15 @@ async def test_spans_metrics_and_audit_records_reach_an_otlp_collector(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             text = out.read_text(errors="replace")
-            if all(s in text for s in ("bastion.v1.Inference/Generate", "bastion_rpc_requests", "bastion.audit")):
+            wanted = ("bastion.v1.Inference/Generate", "bastion_rpc_requests", "bastion_inter_token", "bastion.audit")
+            if all(s in text for s in wanted):
                 break
             await asyncio.sleep(0.2)
     text = out.read_text(errors="replace")
     assert "bastion.v1.Inference/Generate" in text, text[-3000:]  # the span
     assert "bastion_rpc_requests" in text, text[-3000:]  # a metric
+    # The inter-token histogram goes through OpenTelemetry when the push is on (bastion.observability.token_gaps).
+    assert "bastion_inter_token_latency" in text, text[-3000:]
     assert "bastion.audit.request" in text and "audit.request_id" in text, text[-3000:]  # an audit record
 
 

@@ -11,7 +11,8 @@ Series (Prometheus names):
   bastion_auth_refusals_total{code,reason}       every refused call (reason: its audit event)
   bastion_rpc_duration_seconds{method}           RPC wall time
   bastion_time_to_first_token_seconds{model}     request start -> first streamed token
-  bastion_inter_token_latency_seconds{model}     gap between streamed tokens
+  bastion_inter_token_latency_seconds{model}     gap between streamed tokens (a message of n tokens: n gaps of
+                                                 1/n of its wait; plain counters: bastion.observability.token_gaps)
   bastion_output_tokens_total{model}             generated tokens (rate() gives tokens/s)
   bastion_prompt_tokens_total{model}, bastion_cached_prompt_tokens_total{model}
   bastion_request_output_tokens_per_second{model}  per request, completion tokens / request wall time
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
@@ -42,6 +43,8 @@ from prometheus_client.process_collector import ProcessCollector
 from bastion.config import TlsSettings, parse_listen
 from bastion.engine.protocol import EngineStats
 from bastion.errors import ConfigError
+from bastion.observability.token_gaps import HELP as GAPS_HELP
+from bastion.observability.token_gaps import GapHistogram
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -93,12 +96,20 @@ class Metrics:
             "Request start to first streamed token",
             explicit_bucket_boundaries_advisory=_TTFT_BUCKETS,
         )
-        self.itl = m.create_histogram(
-            "bastion_inter_token_latency",
-            "s",
-            "Time between streamed tokens",
-            explicit_bucket_boundaries_advisory=_ITL_BUCKETS,
-        )
+        # The per-token histogram: plain counters on the scrape (bastion.observability.token_gaps), or the
+        # OpenTelemetry instrument when an OTLP push needs it (one source for the series either way).
+        self._gaps: GapHistogram | None = None
+        self._itl: Histogram | None = None
+        if extra_readers:
+            self._itl = m.create_histogram(
+                "bastion_inter_token_latency",
+                "s",
+                GAPS_HELP,
+                explicit_bucket_boundaries_advisory=_ITL_BUCKETS,
+            )
+        else:
+            self._gaps = GapHistogram(_ITL_BUCKETS)
+            self.registry.register(self._gaps)
         self._refusals = m.create_counter(
             "bastion_auth_refusals",
             "{request}",
@@ -187,6 +198,15 @@ class Metrics:
             unit = "{block}" if kind == "gauge" else "{event}"
             name = f"bastion_tenant_kv_blocks_{field}" if kind == "gauge" else f"bastion_tenant_kv_{field}"
             make(name, [self._observe_tenant_kv(field)], unit, what)
+
+    def inter_token(self, model: str, gap: float, n: int) -> None:
+        """``n`` streamed tokens that arrived ``gap`` seconds apart each (one message's share of its wait)."""
+        if self._gaps is not None:
+            self._gaps.observe(model, gap, n)
+        elif self._itl is not None:
+            attrs = {"model": model}
+            for _ in range(n):
+                self._itl.record(gap, attrs)
 
     def count_refusal(self, code: str, event: str) -> None:
         """One refused call. Both labels come from closed sets (gRPC status names, the audit events)."""

@@ -135,14 +135,11 @@ class Telemetry:
         if n <= 0:
             return
         now = time.perf_counter()
-        attrs = {"model": rec.metric_model}
         if rec.ttft_s is None:
             rec.ttft_s = now - rec.start
-            self.metrics.ttft.record(rec.ttft_s, attrs)
-        elif rec.last_token_at is not None:
-            gap = (now - rec.last_token_at) / n
-            for _ in range(min(n, 16)):  # a burst of tokens in one step shares the gap
-                self.metrics.itl.record(gap, attrs)
+            self.metrics.ttft.record(rec.ttft_s, {"model": rec.metric_model})
+        elif rec.last_token_at is not None:  # the tokens of one message share its wait
+            self.metrics.inter_token(rec.metric_model, (now - rec.last_token_at) / n, n)
         rec.last_token_at = now
 
     @contextmanager
