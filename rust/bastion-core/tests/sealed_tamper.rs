@@ -284,3 +284,29 @@ fn wrong_kek_refused() {
     integrity_at(&e, "weights.ctxh", None);
     assert!(e.to_string().contains("unwrap"), "{e}");
 }
+
+#[test]
+fn the_first_bad_segment_is_named_whatever_the_thread_timing() {
+    // Every segment of the first data file damaged: the whole-directory checks run segments in parallel, and each
+    // thread meets a bad one at once; the report is still the first bad segment in file order, every time.
+    let fx = source();
+    let out = seal(&fx, "all-bad");
+    let len = fs::read(out.join(D1)).unwrap().len();
+    assert!(len > 2 * SEG, "the fixture needs several segments");
+    for off in (0..len).step_by(SEG) {
+        flip(&out.join(D1), off + 7);
+    }
+    // More threads than segments' worth of cores, so that later segments are checked beside the first.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(16)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for _ in 0..300 {
+            let dir = SealedDir::open(&out).unwrap();
+            integrity_at(&dir.verify_ciphertext().unwrap_err(), D1, Some(0));
+            let reader = SealedReader::open(&out, &fx.kek).unwrap();
+            integrity_at(&reader.verify_all().unwrap_err(), D1, Some(0));
+        }
+    });
+}

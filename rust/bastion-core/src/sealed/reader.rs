@@ -13,6 +13,7 @@ use super::header::{b64d, Header, KeyBlock, TensorEntry, CTX_HEADER_DIGEST};
 use super::io::{open_error, open_nofollow, pread_exact};
 use super::keys::{Dek, KeyEncryptionKey, KeyWrapper};
 use super::segment::{covering, open_segment, segment_bounds, SegmentPos};
+use super::verify::first_failure;
 use super::{json, limits};
 use crate::digest::to_hex;
 use crate::CoreError;
@@ -310,9 +311,11 @@ impl SealedReader {
             rest = tail;
             at = end;
         }
-        let r = pieces
-            .into_par_iter()
-            .try_for_each(|(si, at, piece)| self.decrypt_piece(fi, si, at, piece));
+        let r = first_failure(
+            pieces
+                .into_par_iter()
+                .map(|(si, at, piece)| self.decrypt_piece(fi, si, at, piece)),
+        );
         if r.is_err() {
             out.fill(0);
         }

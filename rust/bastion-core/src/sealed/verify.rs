@@ -45,10 +45,10 @@ impl SealedDir {
     /// a signature over `weights.ctxh` (the OMS bundle), since the tables are not keyed.
     pub fn verify_ciphertext(&self) -> Result<VerifyReport, CoreError> {
         let seg = self.c.header.segment_size as usize;
-        self.all_segments().into_par_iter().try_for_each_init(
+        first_failure(self.all_segments().into_par_iter().map_init(
             || vec![0u8; seg],
             |buf, (fi, si, len)| self.read_verified(fi, si, &mut buf[..len]),
-        )?;
+        ))?;
         Ok(self.report())
     }
 }
@@ -58,10 +58,22 @@ impl SealedReader {
     pub fn verify_all(&self) -> Result<VerifyReport, CoreError> {
         let d = self.sealed_dir();
         let seg = d.c.header.segment_size as usize;
-        d.all_segments().into_par_iter().try_for_each_init(
+        first_failure(d.all_segments().into_par_iter().map_init(
             || vec![0u8; seg],
             |buf, (fi, si, len)| self.decrypt_segment(fi, si, &mut buf[..len]),
-        )?;
+        ))?;
         Ok(d.report())
+    }
+}
+
+/// The error of the first failing segment in file and segment order, whatever the threads' timing (segments after
+/// a failure already found are not checked); Ok when every segment passed.
+pub(super) fn first_failure<I>(checks: I) -> Result<(), CoreError>
+where
+    I: IndexedParallelIterator<Item = Result<(), CoreError>>,
+{
+    match checks.find_first(Result::is_err) {
+        Some(failed) => failed,
+        None => Ok(()),
     }
 }
