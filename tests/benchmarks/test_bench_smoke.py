@@ -164,7 +164,10 @@ def test_gpu_load_bench_runs_on_cpu(tmp_path: Path) -> None:
     row = report["threads"]["1"]
     for side in ("sealed", "plain", "safetensors"):
         assert row[side]["gb_s_median"] > 0 and len(row[side]["seconds_runs"]) == 1
-    assert row["sealed_vs_plain_time"] > 0 and isinstance(report["goal_met"], bool)
+    assert row["sealed_vs_plain_time"] > 0 and isinstance(report["goal_met"], bool) and report["complete"] is True
+    for side in ("read_only", "hash_only", "verify_decrypt"):  # the CPU work alone: where the sealed time goes
+        assert row[side]["gb_s_median"] > 0
+    assert set(row["profile_s_per_gb"]) == {"read", "hash_beyond_read", "decrypt_beyond_hash"}
 
 
 def test_flood_bench_smoke(tmp_path: Path) -> None:
