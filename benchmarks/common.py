@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import random
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,6 +380,33 @@ def bootstrap_interval(
     values = sorted(statistic(rng.choices(a, k=len(a)), rng.choices(b, k=len(b))) for _ in range(rounds))
     tail = (1 - level) / 2
     return values[int(tail * rounds)], values[min(rounds - 1, int((1 - tail) * rounds))]
+
+
+def add_on_off_intervals(
+    comparison: list[dict[str, Any]],
+    on_levels: Sequence[dict[str, Any]],
+    off_levels: Sequence[dict[str, Any]],
+    cpu_key: str = "server_cpu_ms_per_call",
+) -> None:
+    """95 % bootstrap intervals (runs resampled per side) of each level's throughput ratio (on / off, medians), TTFT
+    p50 delta (on - off, medians of the runs' p50s) and, where every run has ``cpu_key``, CPU ratio, beside the
+    point figures of ``compare_security``. Each level needs its repeated runs under ``runs``."""
+    med = statistics.median
+    for cmp, on, off in zip(comparison, on_levels, off_levels, strict=True):
+        tput_on, tput_off = [r["output_tok_s"] for r in on["runs"]], [r["output_tok_s"] for r in off["runs"]]
+        ttft_on, ttft_off = [r["ttft_ms"]["p50"] for r in on["runs"]], [r["ttft_ms"]["p50"] for r in off["runs"]]
+        lo, hi = bootstrap_interval(lambda a, b: med(a) / med(b), tput_on, tput_off)
+        cmp["throughput_ratio_ci95"] = [round(lo, 4), round(hi, 4)]
+        lo, hi = bootstrap_interval(lambda a, b: med(a) - med(b), ttft_on, ttft_off)
+        cmp["ttft_p50_delta_ms_ci95"] = [round(lo, 3), round(hi, 3)]
+        cpu_on, cpu_off = [r.get(cpu_key) for r in on["runs"]], [r.get(cpu_key) for r in off["runs"]]
+        if None in cpu_on or None in cpu_off:
+            continue
+        cmp[cpu_key] = {"on": on[cpu_key], "off": off[cpu_key]}
+        name = "server_cpu_ratio" if cpu_key == "server_cpu_ms_per_call" else f"{cpu_key}_ratio"
+        cmp[name] = round(med(cpu_on) / med(cpu_off), 4)
+        lo, hi = bootstrap_interval(lambda a, b: med(a) / med(b), cpu_on, cpu_off)
+        cmp[f"{name}_ci95"] = [round(lo, 4), round(hi, 4)]
 
 
 def output_agreement(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:

@@ -121,29 +121,6 @@ def _median_or_none(values: list[float | None]) -> float | None:
     return round(statistics.median(known), 4) if len(known) == len(values) and known else None
 
 
-def add_intervals(comparison: list[dict[str, Any]], servers: dict[str, Any], a: str = "on", b: str = "off") -> None:
-    """95 % bootstrap intervals (runs resampled per side) of each level's throughput ratio (``a`` / ``b``, medians)
-    and TTFT p50 delta (``a`` - ``b``, medians of the runs' p50s), beside the point figures."""
-    med = statistics.median
-    for cmp, on, off in zip(comparison, servers[a]["levels"], servers[b]["levels"], strict=True):
-        tput_on, tput_off = [r["output_tok_s"] for r in on["runs"]], [r["output_tok_s"] for r in off["runs"]]
-        ttft_on, ttft_off = [r["ttft_ms"]["p50"] for r in on["runs"]], [r["ttft_ms"]["p50"] for r in off["runs"]]
-        lo, hi = common.bootstrap_interval(lambda a, b: med(a) / med(b), tput_on, tput_off)
-        cmp["throughput_ratio_ci95"] = [round(lo, 4), round(hi, 4)]
-        lo, hi = common.bootstrap_interval(lambda a, b: med(a) - med(b), ttft_on, ttft_off)
-        cmp["ttft_p50_delta_ms_ci95"] = [round(lo, 3), round(hi, 3)]
-        cpu_on, cpu_off = (
-            [r.get("server_cpu_ms_per_call") for r in on["runs"]],
-            [r.get("server_cpu_ms_per_call") for r in off["runs"]],
-        )
-        if None in cpu_on or None in cpu_off:
-            continue
-        cmp["server_cpu_ms_per_call"] = {"on": on["server_cpu_ms_per_call"], "off": off["server_cpu_ms_per_call"]}
-        cmp["server_cpu_ratio"] = round(med(cpu_on) / med(cpu_off), 4)
-        lo, hi = common.bootstrap_interval(lambda a, b: med(a) / med(b), cpu_on, cpu_off)
-        cmp["server_cpu_ratio_ci95"] = [round(lo, 4), round(hi, 4)]
-
-
 # Issue 19's goals for the layer's throughput on/off (none set at concurrency 16).
 THROUGHPUT_GOALS = {1: 0.90, 64: 0.95}
 
@@ -345,13 +322,15 @@ async def amain(args: argparse.Namespace) -> int:
     report["comparison"] = common.compare_security(
         report["servers"]["on"]["levels"], report["servers"]["off"]["levels"], THROUGHPUT_GOALS
     )
-    add_intervals(report["comparison"], report["servers"])
+    common.add_on_off_intervals(
+        report["comparison"], report["servers"]["on"]["levels"], report["servers"]["off"]["levels"]
+    )
     # The layer split in two, same run: mutual TLS alone (tls / off) and the controls above it (on / tls).
     servers = report["servers"]
     report["comparison_split"] = {}
     for name, a, b in (("tls_vs_off", "tls", "off"), ("on_vs_tls", "on", "tls")):
         part = common.compare_security(servers[a]["levels"], servers[b]["levels"], {})
-        add_intervals(part, servers, a, b)
+        common.add_on_off_intervals(part, servers[a]["levels"], servers[b]["levels"])
         report["comparison_split"][name] = part
     report["audit_commit_floor"] = await audit_commit_floor(logdir / "floor", 200 if args.quick else 1000)
     add_audit_floor(report["comparison"], report["servers"], report["audit_commit_floor"])

@@ -48,6 +48,7 @@ if (REPO / "python" / "bastion").is_dir() and str(REPO / "python") not in sys.pa
     sys.path.append(str(REPO / "python"))  # the generated stubs, when bastion is not installed
 
 import common  # noqa: E402 - after the sys.path insert above
+import security_rounds  # noqa: E402 - after the sys.path insert above
 from common import BastionStreamAccumulator, RequestResult, VllmStreamAccumulator  # noqa: E402 - after the sys.path insert above
 from testkit.launcher import (  # noqa: E402 - after the sys.path insert above
     FAKE_SERVER,
@@ -417,12 +418,15 @@ class Workload:
     measured: dict[int, list[str]]
 
 
-def make_workload(cfg: BenchConfig) -> Workload:
-    """Distinct prompts for every level and for warm-up: no prompt is ever sent twice to one server."""
+def make_workload(cfg: BenchConfig, round_: int | None = None) -> Workload:
+    """Distinct prompts for every level and for warm-up: no prompt is ever sent twice to one server (``round_``: a
+    round's own prompts, distinct from every other round's from their first tokens)."""
     total_measured = sum(cfg.requests[c] for c in cfg.concurrency)
     total_warm = sum(cfg.warmup[c] for c in cfg.concurrency)
-    measured_pool = common.make_prompts(total_measured, seed=cfg.seed, tag="Request")
-    warm_pool = common.make_prompts(total_warm, seed=cfg.seed + 1, tag="Warmup")
+    lead = "" if round_ is None else f"Round {round_} "
+    seed = cfg.seed + (0 if round_ is None else 10 * round_)
+    measured_pool = common.make_prompts(total_measured, seed=seed, tag=f"{lead}Request")
+    warm_pool = common.make_prompts(total_warm, seed=seed + 1, tag=f"{lead}Warmup")
     warm, measured = {}, {}
     i = j = 0
     for c in cfg.concurrency:
@@ -812,6 +816,11 @@ def print_table(report: dict[str, Any]) -> None:
             print(
                 f"{c['concurrency']:>4} {c['throughput_ratio'] or 0:>12.3f} {c['ttft_p50_delta_ms'] or 0:>13.2f} ms  "
                 f"throughput {'met' if g['throughput'] else 'NOT met'}, TTFT {'met' if g['ttft_p50'] else 'NOT met'}"
+                + (
+                    f"  (95% intervals: {c['throughput_ratio_ci95']}, {c['ttft_p50_delta_ms_ci95']} ms)"
+                    if "throughput_ratio_ci95" in c
+                    else ""
+                )
             )
     if report.get("errors"):
         print("\nERRORS:\n  " + "\n  ".join(report["errors"]))
@@ -882,6 +891,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bastion-client-key", help="client key for mutual TLS")
     p.add_argument("--bastion-server-name", help="expected TLS server name")
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' log directory")
+    p.add_argument(
+        "--security-rounds",
+        type=int,
+        default=0,
+        help="with --servers bastion,bastion-open: both up at once, every level sent to both in turn in N rounds "
+        "(order reversed every other round), medians with 95%% bootstrap intervals (security_rounds.py)",
+    )
     return p.parse_args(argv)
 
 
@@ -895,6 +911,9 @@ async def amain(args: argparse.Namespace) -> int:
         return 2
     if args.engine == "fake" and "vllm" in servers:
         print("serve_bench: --engine fake runs bastion and bastion-open only", file=sys.stderr)
+        return 2
+    if args.security_rounds < 0 or (args.security_rounds and sorted(servers) != ["bastion", "bastion-open"]):
+        print("serve_bench: --security-rounds takes a count >= 1 and --servers bastion,bastion-open", file=sys.stderr)
         return 2
     conc = tuple(int(x) for x in (args.concurrency or ("1,4" if args.quick else "1,4,16")).split(","))
     model_dir = resolve_model(args.model, args) if args.engine == "vllm" else "fake (no model)"
@@ -973,7 +992,22 @@ async def amain(args: argparse.Namespace) -> int:
     texts: dict[str, dict[str, str]] = {}
     failed_logs: list[ServerProcess] = []
     try:
-        for name in servers:
+        if args.security_rounds:
+            pair = {name: build_server(name, cfg, args, logdir, report["config"]) for name in servers}
+            report["config"]["security_rounds"] = args.security_rounds
+            try:
+                result, texts, errors = await security_rounds.bench_rounds(
+                    pair, cfg, args.security_rounds, make_workload, run_level, _STARTED
+                )
+                report["servers"].update(result)
+                report["errors"] += errors
+                failed_logs += [server for server, _ in pair.values()] if errors else []
+            except Exception as exc:  # noqa: BLE001 - recorded, with both servers' logs
+                why = exc.reason if isinstance(exc, ServerStartError) else str(exc)
+                report["errors"].append(f"security rounds: {why}")
+                failed_logs += [server for server, _ in pair.values()]
+                print(f"[security rounds] FAILED: {why}", flush=True)
+        for name in servers if not args.security_rounds else ():
             server, client = build_server(name, cfg, args, logdir, report["config"])
             try:
                 result, texts[name] = await bench_server(name, server, client, cfg, work)
@@ -997,6 +1031,17 @@ async def amain(args: argparse.Namespace) -> int:
                 report["servers"]["bastion"]["levels"], report["servers"]["bastion-open"]["levels"]
             )
             report["security_comparison"] = sec
+            if args.security_rounds and sec:
+                common.add_on_off_intervals(
+                    sec,
+                    report["servers"]["bastion"]["levels"],
+                    report["servers"]["bastion-open"]["levels"],
+                    cpu_key="frontend_cpu_s_per_1000_tokens",
+                )
+                if "bastion" in texts and "bastion-open" in texts:
+                    report["security_output_agreement"] = common.output_agreement(
+                        texts["bastion"], texts["bastion-open"]
+                    )
             report["security_goal_met"] = {
                 "throughput": bool(sec) and all(c["goal_met"]["throughput"] for c in sec),
                 "ttft_p50": bool(sec) and all(c["goal_met"]["ttft_p50"] for c in sec),

@@ -46,6 +46,59 @@ def test_serve_bench_runs_both_servers_over_the_fake_engine(tmp_path: Path) -> N
     assert [c["concurrency"] for c in report["security_comparison"]] == [1, 2]
 
 
+def test_serve_bench_security_rounds_alternate_and_carry_intervals(tmp_path: Path) -> None:
+    """Issue 19, item 3 on the real engine's harness: both servers up at once, every level sent to both in each
+    round (the order reversed every other round), each round with its own prompts; medians with bootstrap intervals
+    and the two servers' outputs compared."""
+    report = run_bench(
+        "serve_bench.py",
+        tmp_path / "rounds.json",
+        "--quick",
+        "--engine",
+        "fake",
+        "--servers",
+        "bastion,bastion-open",
+        "--concurrency",
+        "1,2",
+        "--security-rounds",
+        "3",
+    )
+    assert report["errors"] == [] and report["config"]["security_rounds"] == 3
+    for name in ("bastion", "bastion-open"):
+        for lv in report["servers"][name]["levels"]:
+            assert lv["rounds"] == 3 and [r["round"] for r in lv["runs"]] == [0, 1, 2]
+            assert lv["errors"] == 0 and lv["output_tok_s"] > 0
+            assert lv["ok"] == sum(r["ok"] for r in lv["runs"])
+    for cmp in report["security_comparison"]:
+        lo, hi = cmp["throughput_ratio_ci95"]
+        assert lo <= cmp["throughput_ratio"] <= hi
+        lo, hi = cmp["ttft_p50_delta_ms_ci95"]
+        assert lo <= cmp["ttft_p50_delta_ms"] <= hi
+        assert "frontend_cpu_s_per_1000_tokens_ratio_ci95" in cmp
+    # Every prompt of every round answered by both servers, and (greedy, same engine) the same text from both.
+    agreement = report["security_output_agreement"]
+    assert agreement["compared"] == 3 * (4 + 4) and agreement["identical"] == agreement["compared"]
+
+
+def test_serve_bench_refuses_security_rounds_without_both_servers(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "serve_bench.py"),
+            "--engine",
+            "fake",
+            "--servers",
+            "bastion",
+            "--security-rounds",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--servers bastion,bastion-open" in proc.stderr
+
+
 def test_start_bench_alternates_starts_over_the_fake_engine(tmp_path: Path) -> None:
     report = run_bench(
         "start_bench.py",
