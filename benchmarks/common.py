@@ -389,7 +389,7 @@ def add_on_off_intervals(
     cpu_key: str = "server_cpu_ms_per_call",
 ) -> None:
     """95 % bootstrap intervals (runs resampled per side) of each level's throughput ratio (on / off, medians), TTFT
-    p50 delta (on - off, medians of the runs' p50s) and, where every run has ``cpu_key``, CPU ratio, beside the
+    p50 delta (on - off, medians of the runs' p50s) and, where every run has a non-zero ``cpu_key``, CPU ratio, beside the
     point figures of ``compare_security``. Each level needs its repeated runs under ``runs``."""
     med = statistics.median
     for cmp, on, off in zip(comparison, on_levels, off_levels, strict=True):
@@ -400,7 +400,7 @@ def add_on_off_intervals(
         lo, hi = bootstrap_interval(lambda a, b: med(a) - med(b), ttft_on, ttft_off)
         cmp["ttft_p50_delta_ms_ci95"] = [round(lo, 3), round(hi, 3)]
         cpu_on, cpu_off = [r.get(cpu_key) for r in on["runs"]], [r.get(cpu_key) for r in off["runs"]]
-        if None in cpu_on or None in cpu_off:
+        if None in cpu_on or None in cpu_off or 0 in cpu_off:  # 0: under one clock tick, no ratio at that resolution
             continue
         cmp[cpu_key] = {"on": on[cpu_key], "off": off[cpu_key]}
         name = "server_cpu_ratio" if cpu_key == "server_cpu_ms_per_call" else f"{cpu_key}_ratio"

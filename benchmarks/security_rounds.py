@@ -1,9 +1,10 @@
 """Security on vs off on the real engine in alternating rounds, with bootstrap intervals (issue 19, item 3).
 
-``serve_bench.py --servers bastion,bastion-open --security-rounds N``: both bastion servers — security on (mutual
-TLS, JWT, tenancy, audit) and the pass-through ``bastion-open`` — run at once, each over its own engine with the
-same settings. Each round sends every level to both in turn, the order reversed every other round so that drift on
-a shared machine hits both alike, with the round's own prompts (distinct from every other round's from their first
+``serve_bench.py --servers bastion,bastion-open[,bastion-tls] --security-rounds N``: the bastion servers — security
+on (mutual TLS, JWT, tenancy, audit), the pass-through ``bastion-open`` and, when named, the same pass-through behind
+the same mutual TLS (``bastion-tls``: the layer split into TLS and the controls above it) — run at once, each over
+its own engine with the same settings. Each round sends every level to each in turn, the order reversed every other
+round so that drift on a shared machine hits them alike, with the round's own prompts (distinct from every other round's from their first
 tokens: no prefix-cache hit across rounds). Per level the report gives the medians over the rounds, the ratio of
 the medians, 95 % bootstrap intervals (``common.add_on_off_intervals``) and whether both servers generated the same
 text for the same prompt (greedy decoding, the same engine settings).
@@ -55,8 +56,8 @@ async def bench_rounds(
     run_level: RunLevel,
     started: list[Any],
 ) -> tuple[dict[str, Any], dict[str, dict[str, str]], list[str]]:
-    """Starts both servers of ``pair`` (name → (server, client)), runs ``rounds`` alternating rounds of every level,
-    always stops both. Returns (per server: its median levels, per server: prompt → text, errors)."""
+    """Starts the servers of ``pair`` (name → (server, client)), runs ``rounds`` alternating rounds of every level,
+    always stops them all. Returns (per server: its median levels, per server: prompt → text, errors)."""
     names = list(pair)
     out: dict[str, Any] = {name: {"levels": []} for name in names}
     texts: dict[str, dict[str, str]] = {name: {} for name in names}

@@ -722,7 +722,7 @@ def build_server(
     env, vllm_env = server_env(cfg)
     auth = BastionAuth.from_args(args)
     bcmd, benv = bastion_command(args)
-    if name in ("bastion", "bastion-open", "bastion-http"):
+    if name in ("bastion", "bastion-open", "bastion-tls", "bastion-http"):
         if args.bastion_listen == "unix":
             listen = f"unix:{logdir / (name + '.sock')}"
             target = listen
@@ -740,12 +740,25 @@ def build_server(
                 security += http_toml(logdir / "secure", http_port)
             text = bastion_toml(cfg, listen, security)
             program = bcmd + ["serve"]
+        elif name == "bastion-tls":  # the pass-through behind the secured server's mutual TLS: what TLS alone costs
+            secure = logdir / "secure"
+            if not (secure / "ca.pem").exists():  # else the PKI of the secured server running beside it
+                secure_setup(secure)
+            server_auth = BastionAuth(
+                None,
+                ca_file=str(secure / "ca.pem"),
+                client_cert=str(secure / "client.pem"),
+                client_key=str(secure / "client.key"),
+            )
+            text = bastion_toml(cfg, listen, server_tls_toml(secure))
+            program = [sys.executable, str(HERE / "open_server.py")]
         else:
             server_auth, text = BastionAuth(), bastion_toml(cfg, listen)
             program = [sys.executable, str(HERE / "open_server.py")]
         config[f"{name}_toml"] = text
         if args.engine == "fake":  # the same config, served over the fake engine
-            program = [*FAKE_SERVER] if name != "bastion-open" else [*program, "--engine", "fake"]
+            open_side = name in ("bastion-open", "bastion-tls")
+            program = [*program, "--engine", "fake"] if open_side else [*FAKE_SERVER]
         server: ServerProcess = BastionServer(
             logdir,
             text,
@@ -822,6 +835,15 @@ def print_table(report: dict[str, Any]) -> None:
                     else ""
                 )
             )
+    for part, rows in (report.get("security_split") or {}).items():
+        print(
+            f"\n{part}: "
+            + ", ".join(
+                f"c={c['concurrency']} throughput {c['throughput_ratio']} {c['throughput_ratio_ci95']}, front-end CPU "
+                f"{c.get('frontend_cpu_s_per_1000_tokens_ratio')} {c.get('frontend_cpu_s_per_1000_tokens_ratio_ci95')}"
+                for c in rows
+            )
+        )
     if report.get("errors"):
         print("\nERRORS:\n  " + "\n  ".join(report["errors"]))
 
@@ -838,8 +860,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="JSON output (default benchmarks/results/serve_bench[-quick].json)")
     p.add_argument(
         "--servers",
-        help="which servers, in this order: bastion, bastion-open, vllm (default: all "
-        "three; quick: bastion,bastion-open)",
+        help="which servers, in this order: bastion, bastion-open, bastion-tls (the pass-through behind mutual TLS), "
+        "bastion-http, vllm (default: bastion,bastion-open,bastion-http,vllm; quick: the three bastion ones)",
     )
     p.add_argument("--concurrency", help="comma-separated levels (default 1,4,16; quick 1,4)")
     p.add_argument("--requests", type=int, help="measured requests per level (default max(16,4c); quick max(4,2c))")
@@ -895,8 +917,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--security-rounds",
         type=int,
         default=0,
-        help="with --servers bastion,bastion-open: both up at once, every level sent to both in turn in N rounds "
-        "(order reversed every other round), medians with 95%% bootstrap intervals (security_rounds.py)",
+        help="with --servers bastion,bastion-open[,bastion-tls]: all up at once, every level sent to each in turn in N "
+        "rounds (order reversed every other round), medians with 95%% bootstrap intervals (security_rounds.py)",
     )
     return p.parse_args(argv)
 
@@ -906,14 +928,20 @@ async def amain(args: argparse.Namespace) -> int:
         "bastion,bastion-open,bastion-http" if args.quick else "bastion,bastion-open,bastion-http,vllm"
     )
     servers = [s.strip() for s in spec.split(",") if s.strip()]
-    if not servers or any(s not in ("bastion", "bastion-open", "bastion-http", "vllm") for s in servers):
-        print("serve_bench: --servers takes bastion, bastion-open, bastion-http and/or vllm", file=sys.stderr)
+    if not servers or any(s not in ("bastion", "bastion-open", "bastion-tls", "bastion-http", "vllm") for s in servers):
+        print(
+            "serve_bench: --servers takes bastion, bastion-open, bastion-tls, bastion-http and/or vllm", file=sys.stderr
+        )
         return 2
     if args.engine == "fake" and "vllm" in servers:
         print("serve_bench: --engine fake runs bastion and bastion-open only", file=sys.stderr)
         return 2
-    if args.security_rounds < 0 or (args.security_rounds and sorted(servers) != ["bastion", "bastion-open"]):
-        print("serve_bench: --security-rounds takes a count >= 1 and --servers bastion,bastion-open", file=sys.stderr)
+    rounds_sets = (["bastion", "bastion-open"], ["bastion", "bastion-open", "bastion-tls"])
+    if args.security_rounds < 0 or (args.security_rounds and sorted(servers) not in rounds_sets):
+        print(
+            "serve_bench: --security-rounds takes a count >= 1 and --servers bastion,bastion-open[,bastion-tls]",
+            file=sys.stderr,
+        )
         return 2
     conc = tuple(int(x) for x in (args.concurrency or ("1,4" if args.quick else "1,4,16")).split(","))
     model_dir = resolve_model(args.model, args) if args.engine == "vllm" else "fake (no model)"
@@ -1042,6 +1070,18 @@ async def amain(args: argparse.Namespace) -> int:
                     report["security_output_agreement"] = common.output_agreement(
                         texts["bastion"], texts["bastion-open"]
                     )
+                if "bastion-tls" in report["servers"]:  # the layer split in two, same rounds: TLS, the controls above
+                    report["security_split"] = {}
+                    for part, a, b in (
+                        ("tls_vs_off", "bastion-tls", "bastion-open"),
+                        ("on_vs_tls", "bastion", "bastion-tls"),
+                    ):
+                        on_levels, off_levels = report["servers"][a]["levels"], report["servers"][b]["levels"]
+                        split = common.compare_security(on_levels, off_levels, {})
+                        common.add_on_off_intervals(
+                            split, on_levels, off_levels, cpu_key="frontend_cpu_s_per_1000_tokens"
+                        )
+                        report["security_split"][part] = split
             report["security_goal_met"] = {
                 "throughput": bool(sec) and all(c["goal_met"]["throughput"] for c in sec),
                 "ttft_p50": bool(sec) and all(c["goal_met"]["ttft_p50"] for c in sec),
