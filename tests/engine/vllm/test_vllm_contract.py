@@ -510,9 +510,10 @@ CONTRACT: tuple[Entry, ...] = (
     Api(f"{_LLM}.abort", METHOD, "vllm.engine.abort calls abort(request_id)", params=("self", "request_id")),
     Api(f"{_LLM}.get_num_unfinished_requests", METHOD, "vllm.engine.stats reads it", params=("self",)),
     Api(f"{_LLM}.get_tokenizer", METHOD, "vllm.engine tokenizes with it", params=("self",)),
-    Api(f"{_LLM}.shutdown", METHOD, "vllm.engine.shutdown calls it", params=("self",)),
+    Api(f"{_LLM}.shutdown", METHOD, "vllm.engine.shutdown calls it with timeout=", params=("self", "timeout")),
     Api(f"{_LLM}.errored", PROPERTY, "vllm.engine.is_ready / is_dead read it"),
     Assigns(f"{_LLM}.__init__", "self.model_config", "vllm.engine reads llm.model_config.max_model_len"),
+    Assigns(f"{_LLM}._run_output_handler", "self.output_handler", "vllm.engine cancels that task before shutdown"),
     Api(
         "vllm.inputs.engine:tokens_input",
         FUNCTION,

@@ -81,6 +81,12 @@ def lora_requests(verified: VerifiedCopy) -> dict[str, Any]:
     return {a: LoRARequest(a, i + 1, str(p)) for i, (a, p) in enumerate(sorted(verified.adapters.items()))}
 
 
+# Seconds the EngineCore gets to tear down after a stop before vLLM kills it. With the server's drain grace
+# (server.grace_period_s, 20 s by default) it stays inside systemd's TimeoutStopSec (90 s) and Kubernetes'
+# terminationGracePeriodSeconds (60 s) in deploy/.
+ENGINE_TEARDOWN_S = 20.0
+
+
 class VllmEngine:
     """Implements bastion.engine.protocol.Engine over vllm.v1.engine.async_llm.AsyncLLM."""
 
@@ -370,12 +376,29 @@ class VllmEngine:
             return
         self._stopped = True
         try:
-            await asyncio.to_thread(self._llm.shutdown)
+            await _stop_output_handler(self._llm)
+            # The server has drained its calls by now: the EngineCore aborts what is left at once and then tears
+            # down (its workers, their memory). vLLM's default allows 5 s for that before it SIGKILLs the
+            # EngineCore; here a CPU teardown took 5–6 s (vLLM notes GPU teardown can take longer, and a kill
+            # mid-teardown can leave device memory held).
+            await asyncio.to_thread(self._llm.shutdown, timeout=ENGINE_TEARDOWN_S)
         finally:
             if self._verified is not None:
                 self._verified.close()
             if self._own_stats_dir is not None:
                 shutil.rmtree(self._own_stats_dir, ignore_errors=True)
+
+
+async def _stop_output_handler(llm: Any) -> None:
+    """Cancels AsyncLLM's output handler task and waits for it. ``AsyncLLM.shutdown`` stops the EngineCore first
+    and cancels the handler after; run from a thread (as it must, to keep the loop free), the handler reads the
+    EngineCore's exit in between as a crash and logs an EngineDeadError traceback on every clean stop. The server
+    has drained its calls before this, so nothing is waiting on the handler."""
+    task = getattr(llm, "output_handler", None)
+    if not isinstance(task, asyncio.Task) or task.done() or task.get_loop() is not asyncio.get_running_loop():
+        return  # never started, already over, or another loop's (vLLM's own shutdown cancels it thread-safely)
+    task.cancel()
+    await asyncio.wait({task})
 
 
 def _convert_logprobs(
