@@ -934,7 +934,7 @@ async def amain(args: argparse.Namespace) -> int:
         )
         return 2
     if args.engine == "fake" and "vllm" in servers:
-        print("serve_bench: --engine fake runs bastion and bastion-open only", file=sys.stderr)
+        print("serve_bench: --engine fake runs bastion's servers only, not vllm", file=sys.stderr)
         return 2
     rounds_sets = (["bastion", "bastion-open"], ["bastion", "bastion-open", "bastion-tls"])
     if args.security_rounds < 0 or (args.security_rounds and sorted(servers) not in rounds_sets):
@@ -1030,7 +1030,7 @@ async def amain(args: argparse.Namespace) -> int:
                 report["servers"].update(result)
                 report["errors"] += errors
                 failed_logs += [server for server, _ in pair.values()] if errors else []
-            except Exception as exc:  # noqa: BLE001 - recorded, with both servers' logs
+            except Exception as exc:  # noqa: BLE001 - recorded, with every server's log
                 why = exc.reason if isinstance(exc, ServerStartError) else str(exc)
                 report["errors"].append(f"security rounds: {why}")
                 failed_logs += [server for server, _ in pair.values()]

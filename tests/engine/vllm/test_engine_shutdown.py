@@ -21,8 +21,12 @@ class _Llm:
     errored = False
     output_handler: asyncio.Task[None] | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, unfinished: int = 0) -> None:
         self.shutdowns: list[dict[str, Any]] = []
+        self.unfinished = unfinished
+
+    def get_num_unfinished_requests(self) -> int:
+        return self.unfinished
 
     def get_tokenizer(self) -> object:
         return object()
@@ -66,6 +70,24 @@ def test_the_output_handler_is_cancelled_before_the_engine_core_stops() -> None:
     llm = asyncio.run(run())
     assert seen == ["cancelled"]
     assert llm.shutdowns == [{"timeout": ENGINE_TEARDOWN_S, "handler_done": True}]
+
+
+def test_a_stop_under_load_leaves_the_handler_to_end_the_streams() -> None:
+    """Attack: a replica stopped with streams in flight. Cancelling vLLM's handler first would leave those streams
+    waiting forever; it must keep running so that the EngineCore's exit reaches them as an error."""
+
+    async def run() -> tuple[_Llm, bool]:
+        llm = _Llm(unfinished=2)
+        llm.output_handler = asyncio.create_task(asyncio.Event().wait())
+        await asyncio.sleep(0)
+        await _engine(llm).shutdown()
+        running = not llm.output_handler.done()
+        llm.output_handler.cancel()
+        return llm, running
+
+    llm, running = asyncio.run(run())
+    assert running
+    assert llm.shutdowns == [{"timeout": ENGINE_TEARDOWN_S, "handler_done": False}]
 
 
 def test_the_teardown_time_fits_the_deployments_stop_windows() -> None:

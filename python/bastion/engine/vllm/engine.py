@@ -393,10 +393,14 @@ async def _stop_output_handler(llm: Any) -> None:
     """Cancels AsyncLLM's output handler task and waits for it. ``AsyncLLM.shutdown`` stops the EngineCore first
     and cancels the handler after; run from a thread (as it must, to keep the loop free), the handler reads the
     EngineCore's exit in between as a crash and logs an EngineDeadError traceback on every clean stop. The server
-    has drained its calls before this, so nothing is waiting on the handler."""
+    has drained its calls before this; while any request is unfinished (a Serve replica stopped under load) the
+    handler is left running, so that vLLM's own order ends those streams with the engine's error instead of leaving
+    them waiting on a handler that is gone."""
     task = getattr(llm, "output_handler", None)
     if not isinstance(task, asyncio.Task) or task.done() or task.get_loop() is not asyncio.get_running_loop():
         return  # never started, already over, or another loop's (vLLM's own shutdown cancels it thread-safely)
+    if llm.get_num_unfinished_requests():
+        return
     task.cancel()
     await asyncio.wait({task})
 
